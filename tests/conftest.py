@@ -1,0 +1,19 @@
+"""Test-wide settings. Runs before any test module imports megatron."""
+
+import os
+
+# megatron-core applies torch.compile (jit_fuser) at import; on CPU it only adds seconds.
+os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download: models and data are built locally
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine); run benchmarks/gpu/run_all.sh on one")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
