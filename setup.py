@@ -6,13 +6,15 @@ there (docs/install.md). On a GPU cluster (NGC PyTorch container, Python 3.12):
 `pip install -e ".[gpu,sglang]"`. No extra ever pins torch.
 """
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
     name="megatron-hapo",
     version="0.1.0",
     description="HAPO (entropy-adaptive, token-aware policy optimization) RL post-training on Megatron-Core + SGLang",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=(Path(__file__).parent / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["megatron_hapo", "megatron_hapo.*", "sglang_ext", "sglang_ext.*"]),

@@ -13,7 +13,9 @@ import torch  # noqa: E402
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
-    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine); run benchmarks/gpu/run_all.sh on one")
+    skip_gpu = pytest.mark.skip(
+        reason="needs a CUDA GPU (none on this machine); run benchmarks/gpu/run_all.sh on one"
+    )
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)

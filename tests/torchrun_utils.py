@@ -50,8 +50,12 @@ def run_torchrun(
     except subprocess.TimeoutExpired as exc:
         out = (exc.stdout or "") + (exc.stderr or "")
         out = out.decode() if isinstance(out, bytes) else out
-        raise AssertionError(f"torchrun job {path.name} x{nproc} timed out after {timeout}s:\n{out[-6000:]}") from None
+        raise AssertionError(
+            f"torchrun job {path.name} x{nproc} timed out after {timeout}s:\n{out[-6000:]}"
+        ) from None
     out = proc.stdout + proc.stderr
     if proc.returncode != 0:
-        raise AssertionError(f"torchrun job {path.name} x{nproc} failed (rc={proc.returncode}):\n{out[-6000:]}")
+        raise AssertionError(
+            f"torchrun job {path.name} x{nproc} failed (rc={proc.returncode}):\n{out[-6000:]}"
+        )
     return out

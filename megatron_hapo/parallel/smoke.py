@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -136,8 +135,11 @@ def forward_backward(model, batches: list[dict], cfg: TinyGPTConfig, forward_onl
 
 def build_trainable(cfg: TinyGPTConfig, lr: float = 3e-3):
     """Megatron DDP (distributed optimizer) around the tiny GPT, and its Megatron Adam optimizer."""
-    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-    from megatron.core.distributed import finalize_model_grads
+    from megatron.core.distributed import (
+        DistributedDataParallel,
+        DistributedDataParallelConfig,
+        finalize_model_grads,
+    )
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
     gpt = build_tiny_gpt(cfg)
@@ -146,7 +148,9 @@ def build_trainable(cfg: TinyGPTConfig, lr: float = 3e-3):
     gpt.config.finalize_model_grads_func = finalize_model_grads
     gpt.config.no_sync_func = model.no_sync
     optimizer = get_megatron_optimizer(
-        OptimizerConfig(optimizer="adam", lr=lr, weight_decay=0.0, clip_grad=1.0, use_distributed_optimizer=True),
+        OptimizerConfig(
+            optimizer="adam", lr=lr, weight_decay=0.0, clip_grad=1.0, use_distributed_optimizer=True
+        ),
         [model],
     )
     return model, optimizer
@@ -183,12 +187,17 @@ def main(argv: list[str] | None = None) -> None:
         elapsed = time.perf_counter() - start
     if env.rank == 0:
         layout = f"TP={args.tp} PP={args.pp} DP={ps.get_data_parallel_world_size()}"
-        print(f"[smoke] Megatron-Core GPTModel on {env.device.type}, {layout}, {env.backend}, distributed optimizer")
+        print(
+            f"[smoke] Megatron-Core GPTModel on {env.device.type}, {layout}, {env.backend}, distributed optimizer"
+        )
         for i in range(0, args.steps, max(1, args.steps // 6)):
             print(f"[smoke] step {i:3d}  loss {losses[i]:.4f}")
-        print(f"[smoke] step {args.steps - 1:3d}  loss {losses[-1]:.4f}  ({elapsed / args.steps * 1e3:.0f} ms/step)")
+        print(
+            f"[smoke] step {args.steps - 1:3d}  loss {losses[-1]:.4f}  ({elapsed / args.steps * 1e3:.0f} ms/step)"
+        )
     if not losses[-1] < 0.5 * losses[0]:
         raise SystemExit(f"[smoke] FAILED: loss did not halve ({losses[0]:.4f} -> {losses[-1]:.4f})")
+    hp.destroy_model_parallel()
     torch.distributed.destroy_process_group()
 
 

@@ -1,0 +1,33 @@
+# Two commands on a fresh machine: `make demo` and `make test` (README "Quick start").
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export TORCHDYNAMO_DISABLE ?= 1
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: setup demo test test-fast lint format gpu-check clean-venv
+
+setup:  ## create/reuse the virtual environment and install everything (idempotent)
+	@bash tools/bootstrap_env.sh
+
+demo: setup  ## the main job on CPU (see README)
+	$(PY) -m megatron_hapo.demo
+
+test: setup lint  ## the whole test suite (what CI runs)
+	$(PY) -m pytest tests -q
+
+test-fast: setup  ## everything except tests marked slow
+	$(PY) -m pytest tests -q -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+gpu-check:  ## on a GPU machine: GPU tests + benchmarks
+	bash benchmarks/gpu/run_all.sh
+
+clean-venv:
+	rm -rf $(VENV)
