@@ -41,11 +41,17 @@ if [[ ! -x "$VENV/bin/python" ]]; then
   log "creating virtual environment $VENV"
   "$PYTHON" -m venv "$VENV"
 fi
-PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check --quiet)
+# pip, minus the "Location ... is ignored" notices some machines' pip config produces on every call
+pip_install() {
+  local out rc=0
+  out="$("$VENV/bin/python" -m pip install --disable-pip-version-check --quiet "$@" 2>&1)" || rc=$?
+  printf '%s\n' "$out" | grep -v -e "is ignored: it is neither a file nor a directory" -e '^$' >&2 || true
+  return $rc
+}
 start=$SECONDS
 
 log "1/7 torch==2.13.0 (CPU build)"
-"${PIP[@]}" "torch==2.13.0" "setuptools>=70" wheel
+pip_install "torch==2.13.0" "setuptools>=70" wheel
 if "$VENV/bin/python" -c 'import sys, torch; sys.exit(0 if torch.version.cuda is None else 1)'; then :; else
   log "ERROR: the torch in $VENV is a CUDA build; this bootstrap is for CPU machines. On a GPU cluster follow"
   log "the cluster install in README.md (NGC container, pip install -e .[gpu])."
@@ -53,16 +59,16 @@ if "$VENV/bin/python" -c 'import sys, torch; sys.exit(0 if torch.version.cuda is
 fi
 
 log "2/7 pinned dependencies (requirements/cpu.txt)"
-"${PIP[@]}" -c "$CONSTRAINTS" -r "$ROOT/requirements/cpu.txt"
+pip_install -c "$CONSTRAINTS" -r "$ROOT/requirements/cpu.txt"
 
 log "3/7 $MEGATRON_CORE (--no-deps --ignore-requires-python)"
-"${PIP[@]}" --no-deps --ignore-requires-python "$MEGATRON_CORE"
+pip_install --no-deps --ignore-requires-python "$MEGATRON_CORE"
 
 log "4/7 $SGLANG (--no-deps)"
-"${PIP[@]}" --no-deps "$SGLANG"
+pip_install --no-deps "$SGLANG"
 
 log "5/7 megatron-hapo (editable, --no-deps)"
-"${PIP[@]}" --no-deps --no-build-isolation -e "$ROOT"
+pip_install --no-deps --no-build-isolation -e "$ROOT"
 
 log "6/7 CPU import shims for SGLang"
 SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
@@ -76,7 +82,7 @@ else
 fi
 
 log "7/7 checks"
-"$VENV/bin/python" - <<'PY'
+"$VENV/bin/python" -W ignore - <<'PY'
 import importlib.metadata as md, sys
 bad = [d for d in ("transformer-engine", "transformer_engine", "transformer-engine-torch", "apex")
        if any(x.metadata["Name"].lower().replace("_", "-") == d.replace("_", "-") for x in md.distributions())]
