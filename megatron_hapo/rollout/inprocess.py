@@ -1,0 +1,140 @@
+"""SGLang ``Engine`` in the trainer's process (colocated; the CPU default and the single-node option)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+
+from megatron_hapo.rollout.parse import to_samples
+from megatron_hapo.rollout.types import EngineError, GenerationParams, RolloutSample
+
+logger = logging.getLogger(__name__)
+
+
+def cpu_server_args() -> dict[str, Any]:
+    """SGLang server arguments that run on a CPU-only machine (see docs/install.md and notes/sglang_cpu.md).
+
+    ``torch_native`` attention is required (the CPU default, intel_amx, needs sgl_kernel); never set
+    ``SGLANG_USE_CPU_ENGINE=1`` (it selects the AMX backend, which needs a kernel package PyPI lacks).
+    """
+    return {
+        "device": "cpu",
+        "attention_backend": "torch_native",
+        "sampling_backend": "pytorch",
+        "disable_cuda_graph": True,
+        "disable_overlap_schedule": True,
+        "mem_fraction_static": 0.05,
+        "max_total_tokens": 8192,
+        "skip_server_warmup": True,
+    }
+
+
+class InProcessSGLangEngine:
+    """:class:`~megatron_hapo.rollout.types.RolloutEngine` over ``sglang.Engine``.
+
+    The engine's scheduler runs in a child process; this object owns it. Every weight call checks
+    SGLang's ``(success, message)`` reply and raises :class:`EngineError` on failure (SGLang itself
+    does not raise).
+    """
+
+    name = "sglang-inprocess"
+
+    def __init__(
+        self, model_path: str, *, tp_size: int = 1, seed: int = 0, log_level: str = "warning", **server_args
+    ):
+        import sglang as sgl
+
+        if os.environ.get("SGLANG_USE_CPU_ENGINE") == "1" and not torch.cuda.is_available():
+            raise EngineError(
+                "unset SGLANG_USE_CPU_ENGINE: it selects SGLang's AMX backend, which needs sgl_kernel"
+            )
+        args = {} if torch.cuda.is_available() else cpu_server_args()
+        args.update(server_args)
+        logger.info("starting in-process SGLang engine on %s (tp=%d)", model_path, tp_size)
+        self._engine = sgl.Engine(
+            model_path=str(model_path), tp_size=tp_size, random_seed=seed, log_level=log_level, **args
+        )
+        self._tm = self._engine.tokenizer_manager
+        self.weight_version = "default"  # SGLang's initial version string
+
+    # -- generation ---------------------------------------------------------------------------------
+    def generate(self, prompts: list[list[int]], params: GenerationParams) -> list[RolloutSample]:
+        if not prompts:
+            return []
+        sampling = dict(params.to_sglang(), n=params.n)
+        outputs = self._engine.generate(
+            input_ids=[list(p) for p in prompts], sampling_params=sampling, return_logprob=True
+        )
+        return to_samples(outputs, prompts, params.n)
+
+    # -- control ----------------------------------------------------------------------------------
+    def _run(self, coro):
+        return self._engine.loop.run_until_complete(coro)
+
+    def pause(self) -> None:
+        from sglang.srt.managers.io_struct import PauseGenerationReqInput
+
+        self._run(self._tm.pause_generation(PauseGenerationReqInput(mode="retract")))
+
+    def resume(self) -> None:
+        from sglang.srt.managers.io_struct import ContinueGenerationReqInput
+
+        self._run(
+            self._tm.continue_generation(
+                ContinueGenerationReqInput(torch_empty_cache=torch.cuda.is_available())
+            )
+        )
+
+    def flush_cache(self) -> None:
+        _check("flush_cache", self._engine.flush_cache())
+
+    def begin_weight_update(self) -> None:
+        _check("begin_weight_update", self._engine.begin_weight_update())
+
+    def end_weight_update(self) -> None:
+        _check("end_weight_update", self._engine.end_weight_update())
+
+    def update_weights_from_tensor(self, named_tensors: list[tuple[str, Any]]) -> None:
+        _check(
+            "update_weights_from_tensor",
+            self._engine.update_weights_from_tensor(named_tensors, flush_cache=False),
+        )
+
+    def update_weights_from_disk(self, hf_dir: str) -> None:
+        _check("update_weights_from_disk", self._engine.update_weights_from_disk(str(hf_dir)))
+
+    def set_weight_version(self, version: str) -> None:
+        from sglang.srt.managers.io_struct import UpdateWeightVersionReqInput
+
+        self._run(
+            self._tm.update_weight_version(
+                UpdateWeightVersionReqInput(new_version=str(version), abort_all_requests=False)
+            )
+        )
+        self.weight_version = str(version)
+
+    def get_weight(self, hf_name: str, truncate_size: int = 10**9) -> torch.Tensor:
+        """Read a parameter back from the engine (for sync tests and the log-prob doctor)."""
+        return torch.as_tensor(self._engine.get_weights_by_name(hf_name, truncate_size=truncate_size))
+
+    def health(self) -> bool:
+        try:
+            self._engine.get_server_info()
+        except Exception:  # a dead scheduler surfaces as any exception here
+            return False
+        return True
+
+    def shutdown(self) -> None:
+        self._engine.shutdown()
+
+
+def _check(call: str, reply) -> None:
+    """SGLang weight calls return ``(success, message)`` (or an object with those) instead of raising."""
+    if reply is None:
+        return
+    success, message = (reply.success, reply.message) if hasattr(reply, "success") else (reply[0], reply[1])
+    if not success:
+        raise EngineError(f"SGLang {call} failed: {message}")

@@ -1,0 +1,100 @@
+"""What a rollout engine takes and returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Sampling parameters for one generate call (every prompt gets ``n`` samples)."""
+
+    n: int = 1
+    max_new_tokens: int = 256
+    temperature: float = 1.0  # base temperature; the HAPO sampler scales it per token
+    top_p: float = 1.0
+    top_k: int = -1
+    min_p: float = 0.0
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    # `custom_params` for the HAPO sampler plugin (sglang_ext.hapo_sampling_params(...)); None = stock sampling
+    sampler_params: dict[str, Any] | None = None
+
+    def __post_init__(self):
+        if self.n < 1 or self.max_new_tokens < 1:
+            raise ValueError(
+                f"n and max_new_tokens must be >= 1 (got n={self.n}, max_new_tokens={self.max_new_tokens})"
+            )
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(
+                f"need temperature >= 0 and 0 < top_p <= 1 (got {self.temperature}, {self.top_p})"
+            )
+
+    def to_sglang(self) -> dict[str, Any]:
+        """SGLang ``sampling_params`` for one request (``n`` is handled by the engine wrapper)."""
+        params: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "min_p": self.min_p,
+            "ignore_eos": self.ignore_eos,
+        }
+        if self.stop:
+            params["stop"] = list(self.stop)
+        if self.stop_token_ids:
+            params["stop_token_ids"] = list(self.stop_token_ids)
+        if self.sampler_params is not None:
+            params["custom_params"] = self.sampler_params
+        return params
+
+
+@dataclass
+class RolloutSample:
+    """One generated response; per-token lists are aligned with ``response_ids``."""
+
+    prompt_index: int  # position of the prompt in the generate call
+    sample_index: int  # 0..n-1 within its prompt
+    prompt_ids: list[int]
+    response_ids: list[int]
+    logprobs: list[float]  # behaviour log-prob of each token under the distribution actually sampled
+    finish_reason: str  # "stop" | "length" | "abort"
+    weight_version: str
+    entropies: list[float] | None = None  # HAPO sampler: entropy of softmax(z) at T=1 per token
+    temperatures: list[float] | None = None  # HAPO sampler: temperature used per token
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class RolloutEngine(Protocol):
+    """What the trainer needs from a rollout backend (in-process SGLang or a fleet)."""
+
+    def generate(self, prompts: list[list[int]], params: GenerationParams) -> list[RolloutSample]:
+        """``len(prompts) * params.n`` samples, grouped by prompt (prompt 0's n samples first)."""
+
+    def pause(self) -> None:
+        """Stop scheduling; running requests are retracted to the queue (none is lost)."""
+
+    def resume(self) -> None: ...
+
+    def flush_cache(self) -> None: ...
+
+    def begin_weight_update(self) -> None: ...
+
+    def end_weight_update(self) -> None: ...
+
+    def update_weights_from_tensor(self, named_tensors: list[tuple[str, Any]]) -> None: ...
+
+    def update_weights_from_disk(self, hf_dir: str) -> None: ...
+
+    def set_weight_version(self, version: str) -> None: ...
+
+    def health(self) -> bool: ...
+
+    def shutdown(self) -> None: ...
+
+
+class EngineError(RuntimeError):
+    """A rollout engine call failed; the message names the engine/server and the call."""

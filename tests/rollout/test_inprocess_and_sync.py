@@ -1,0 +1,133 @@
+"""The in-process SGLang engine and the weight-sync transports, on the real engine (CPU).
+
+One engine for the module (start-up is ~20-40 s on 2 cores). The model is fp32 so that log-probs can
+be compared with Hugging Face's to a tight tolerance.
+"""
+
+import pytest
+import torch
+
+from megatron_hapo.rollout import EngineError, GenerationParams, InProcessSGLangEngine
+from megatron_hapo.sync import DiskTransport, TensorTransport, WeightSyncError, push_weights
+from tests.fixtures_tiny_model import make_tiny_hf_model
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = [[1, 40, 41, 42, 43], [1, 50, 51]]
+PROBE = "model.layers.0.self_attn.q_proj.weight"
+LOGPROB_TOL = 2e-4  # fp32 on both sides; differences are kernel summation order only
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_tiny_hf_model(
+        tmp_path_factory.mktemp("tiny"), family="llama", dtype="float32", initializer_range=0.3
+    )
+
+
+@pytest.fixture(scope="module")
+def hf_model(model_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def engine(model_dir):
+    eng = InProcessSGLangEngine(model_dir, seed=0, dtype="float32")  # "auto" would downcast fp32 to bf16
+    yield eng
+    eng.shutdown()
+
+
+def hf_logprobs(hf_model, prompt, response, temperature):
+    """log_softmax(z / T) of each response token given its prefix, from the HF model."""
+    ids = torch.tensor([prompt + response])
+    with torch.no_grad():
+        logits = hf_model(ids).logits[0, len(prompt) - 1 : -1].double()
+    return torch.log_softmax(logits / temperature, -1).gather(-1, torch.tensor(response)[:, None])[:, 0]
+
+
+def perturbed_state(hf_model, scale):
+    return [(n, t * scale) for n, t in hf_model.state_dict().items()]
+
+
+def greedy(engine):
+    return [
+        s.response_ids
+        for s in engine.generate(
+            PROMPTS, GenerationParams(max_new_tokens=6, temperature=0.0, ignore_eos=True)
+        )
+    ]
+
+
+def test_generate_groups_samples_by_prompt(engine):
+    samples = engine.generate(
+        PROMPTS, GenerationParams(n=3, max_new_tokens=5, temperature=1.0, ignore_eos=True)
+    )
+    assert [(s.prompt_index, s.sample_index) for s in samples] == [(i, j) for i in range(2) for j in range(3)]
+    for s in samples:
+        assert s.prompt_ids == PROMPTS[s.prompt_index]
+        assert len(s.response_ids) == len(s.logprobs) == 5 and s.finish_reason == "length"
+        assert all(lp <= 0 for lp in s.logprobs)
+        assert s.entropies is None and s.temperatures is None  # stock sampler: no HAPO keys
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_behaviour_logprobs_match_hf_at_sampling_temperature(engine, hf_model, temperature):
+    samples = engine.generate(
+        PROMPTS, GenerationParams(n=2, max_new_tokens=6, temperature=temperature, ignore_eos=True)
+    )
+    for s in samples:
+        ref = hf_logprobs(hf_model, s.prompt_ids, s.response_ids, temperature)
+        got = torch.tensor(s.logprobs, dtype=torch.float64)
+        assert (got - ref).abs().max() < LOGPROB_TOL, (got, ref)
+        if temperature != 1.0:  # the check can tell temperatures apart
+            wrong = hf_logprobs(hf_model, s.prompt_ids, s.response_ids, 1.0)
+            assert (got - wrong).abs().max() > 10 * LOGPROB_TOL
+
+
+@pytest.mark.parametrize("transport", ["tensor", "disk"])
+def test_sync_changes_outputs_and_version_then_restores(engine, hf_model, model_dir, tmp_path, transport):
+    before = greedy(engine)
+
+    def make():
+        if transport == "tensor":
+            return TensorTransport(engine)
+        return DiskTransport(engine, hf_config_dir=model_dir, out_dir=tmp_path / "weights")
+
+    report = push_weights(
+        engine,
+        make(),
+        perturbed_state(hf_model, 1.5),
+        f"{transport}-1",
+        bucket_bytes=64 << 10,
+        verify_name=PROBE,
+    )
+    assert report.buckets > 1 and report.tensors == len(hf_model.state_dict()) and report.bytes > 0
+    perturbed = greedy(engine)
+    assert perturbed != before, "a sync of perturbed weights did not change greedy outputs"
+    samples = engine.generate(PROMPTS, GenerationParams(max_new_tokens=2))
+    assert {s.weight_version for s in samples} == {f"{transport}-1"}
+
+    push_weights(engine, make(), perturbed_state(hf_model, 1.0), f"{transport}-2", verify_name=PROBE)
+    assert greedy(engine) == before
+    assert engine.weight_version == f"{transport}-2"
+
+
+def test_sync_verification_fails_loudly_when_weights_did_not_arrive(engine, hf_model):
+    class DroppingTransport(TensorTransport):
+        def send(self, bucket):  # a broken transport that sends nothing
+            pass
+
+    with pytest.raises(WeightSyncError, match="differs from what was sent"):
+        push_weights(
+            engine, DroppingTransport(engine), perturbed_state(hf_model, 2.0), "lost", verify_name=PROBE
+        )
+    assert engine.health()  # the engine was resumed and still serves
+    assert len(greedy(engine)) == 2
+
+
+def test_engine_error_names_the_call(engine):
+    with pytest.raises(EngineError, match="update_weights_from_disk"):
+        engine.update_weights_from_disk("/nonexistent/checkpoint")
+    assert engine.health()
