@@ -1,0 +1,100 @@
+"""Entropy-adaptive sampling temperature (HAPO_SPEC §3): the ONE schedule shared by the SGLang sampler
+plugin (``sglang_ext/``) and the trainer.
+
+For each row j of post-processed logits z_j [vocab] (after masks, biases and penalties, before any
+temperature):
+
+    H_j = −Σ_v p_v log p_v,  p = softmax(z_j)              full vocabulary, at T = 1, fp32
+    h_j = (log(max(H_j, 1e-6)) − m) / (σ + 1e-6)
+    ĥ_j = clamp(h_j·s₊ if h_j > 0 else h_j·s₋, −1, 1)
+    T_j = T_base · (1 + τ · ĥ_j)
+
+so T ∈ [T_base(1−τ), T_base(1+τ)] with signed stats and [T_base, T_base(1+τ)] with released stats
+(s₋ < 0 makes ĥ ≥ 0). Without stats (step 1, validation) T_j = T_base. The epsilons are the
+released sampler's (1e-6 and σ + 1e-6, spec B5); the trainer's normalisation uses 1e-8 and σ. Pass
+``entropy_eps=1e-8, sigma_eps=0.0`` to make the sampler's ĥ equal the trainer's.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from megatron_hapo.algorithms.entropy import (
+    SAMPLER_ENTROPY_EPS,
+    SAMPLER_SIGMA_EPS,
+    StatsLike,
+    hhat_from_stats,
+)
+
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy [N] of softmax(logits) over the last dimension, in fp32 whatever the input dtype.
+
+        H = log Σ_v e^{z_v − z_max} − Σ_v p_v (z_v − z_max),   p = softmax(z)
+
+    Entries equal to −inf (masked tokens) contribute 0 (p_v = 0; 0·(−inf) is defined as 0, not NaN).
+    A row that is −inf everywhere has no outcome left and gets H = 0. Rounding can make H −1e-7: it
+    is clamped at 0. NaN logits are not screened (that would cost a device sync per decode step).
+    """
+    if logits.dim() < 1:
+        raise ValueError("token_entropy expects logits [..., vocab]")
+    z = logits.float()
+    z_max = z.amax(dim=-1, keepdim=True)
+    row_ok = torch.isfinite(z_max)
+    shifted = z - torch.where(row_ok, z_max, torch.zeros_like(z_max))
+    log_norm = torch.logsumexp(shifted, dim=-1, keepdim=True)
+    p = torch.exp(shifted - log_norm)
+    pz = torch.where(p > 0, p * shifted, torch.zeros_like(p))
+    h = (log_norm - pz.sum(dim=-1, keepdim=True)).squeeze(-1)
+    return torch.where(row_ok.squeeze(-1), h.clamp_min(0.0), torch.zeros_like(h))
+
+
+def temperature_from_entropy(
+    entropy: torch.Tensor,
+    base_temperature: float | torch.Tensor,
+    stats: StatsLike | None,
+    tau: float | torch.Tensor = 0.05,
+    *,
+    entropy_eps: float = SAMPLER_ENTROPY_EPS,
+    sigma_eps: float = SAMPLER_SIGMA_EPS,
+) -> torch.Tensor:
+    """T [N] (fp32) = T_base · (1 + τ · ĥ(H)); T_base and τ are scalars or per-row tensors [N].
+
+    ``stats=None`` returns T_base broadcast to [N]. ĥ comes from :func:`hhat_from_stats`; ``stats``
+    is an :class:`EntropyStats` or a 4-tuple of per-row tensors [N] (one request's stats per row).
+    """
+    if not isinstance(tau, torch.Tensor) and not 0.0 <= tau < 1.0:
+        raise ValueError(f"temperature tau must be in [0, 1) so that T_base·(1 − τ) > 0, got {tau}")
+    if stats is None:
+        return _base_like(base_temperature, entropy.shape, entropy.device)
+    # Python floats stay Python scalars (no host->device copy per decode step); tensors broadcast per row
+    h_hat = hhat_from_stats(entropy.float(), stats, entropy_eps=entropy_eps, sigma_eps=sigma_eps)
+    return (base_temperature * (1.0 + tau * h_hat)).to(torch.float32)
+
+
+def _base_like(
+    base_temperature: float | torch.Tensor, shape: torch.Size, device: torch.device
+) -> torch.Tensor:
+    if isinstance(base_temperature, torch.Tensor):
+        return base_temperature.to(device=device, dtype=torch.float32).expand(shape).clone()
+    return torch.full(shape, float(base_temperature), dtype=torch.float32, device=device)
+
+
+def adaptive_temperature(
+    logits: torch.Tensor,
+    base_temperature: float | torch.Tensor,
+    stats: StatsLike | None,
+    tau: float | torch.Tensor = 0.05,
+    *,
+    entropy_eps: float = SAMPLER_ENTROPY_EPS,
+    sigma_eps: float = SAMPLER_SIGMA_EPS,
+) -> torch.Tensor:
+    """T [N] for logits [N, V]: ``temperature_from_entropy(token_entropy(logits), ...)``.
+
+    Skips the entropy pass when ``stats`` is None (T = T_base).
+    """
+    if stats is None:
+        return _base_like(base_temperature, logits.shape[:-1], logits.device)
+    return temperature_from_entropy(
+        token_entropy(logits), base_temperature, stats, tau, entropy_eps=entropy_eps, sigma_eps=sigma_eps
+    )
