@@ -46,7 +46,8 @@ def push_weights(
     ``named_tensors`` is a stream of HF-named tensors (``export_hf_weights(model)``). The engine is
     resumed even when the update fails, and the error names the failing step. With ``verify_name``,
     that parameter is read back from the engine afterwards and must equal what was sent (within the
-    engine's dtype): a sync that silently changed nothing fails loudly.
+    engine's dtype): a sync that silently changed nothing fails loudly. (Read-back needs the SGLang
+    model class to implement ``get_weights_by_name``: Llama does, Qwen2 does not in 0.5.23.)
     """
     start = time.perf_counter()
     total = count = nbuckets = 0
@@ -74,7 +75,7 @@ def push_weights(
     if verify_name is not None:
         _verify(engine, verify_name, sent_probe)
     logger.info(
-        "weight sync v%s via %s: %d tensors, %.1f MB in %d buckets, %.2f s (%.2f GB/s)",
+        "weight sync %s via %s: %d tensors, %.1f MB in %d buckets, %.2f s (%.2f GB/s)",
         version, transport.name, count, total / 1e6, nbuckets, report.seconds, report.gb_per_s,
     )  # fmt: skip
     return report

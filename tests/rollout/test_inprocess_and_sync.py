@@ -10,12 +10,9 @@ import torch
 from megatron_hapo.rollout import EngineError, GenerationParams, InProcessSGLangEngine
 from megatron_hapo.sync import DiskTransport, TensorTransport, WeightSyncError, push_weights
 from tests.fixtures_tiny_model import make_tiny_hf_model
+from tests.rollout._common import LOGPROB_TOL, PROBE, PROMPTS, hf_logprobs, perturbed_state
 
 pytestmark = pytest.mark.slow
-
-PROMPTS = [[1, 40, 41, 42, 43], [1, 50, 51]]
-PROBE = "model.layers.0.self_attn.q_proj.weight"
-LOGPROB_TOL = 2e-4  # fp32 on both sides; differences are kernel summation order only
 
 
 @pytest.fixture(scope="module")
@@ -37,18 +34,6 @@ def engine(model_dir):
     eng = InProcessSGLangEngine(model_dir, seed=0, dtype="float32")  # "auto" would downcast fp32 to bf16
     yield eng
     eng.shutdown()
-
-
-def hf_logprobs(hf_model, prompt, response, temperature):
-    """log_softmax(z / T) of each response token given its prefix, from the HF model."""
-    ids = torch.tensor([prompt + response])
-    with torch.no_grad():
-        logits = hf_model(ids).logits[0, len(prompt) - 1 : -1].double()
-    return torch.log_softmax(logits / temperature, -1).gather(-1, torch.tensor(response)[:, None])[:, 0]
-
-
-def perturbed_state(hf_model, scale):
-    return [(n, t * scale) for n, t in hf_model.state_dict().items()]
 
 
 def greedy(engine):

@@ -1,0 +1,305 @@
+"""A fleet of SGLang HTTP servers behind ``sglang-router`` (launched by us, or attached by address).
+
+Generation goes through the router (load balancing, retries); weight updates and control calls go to
+every server directly, since each holds its own copy of the weights. A server that dies is reported by
+URL, pid, exit code and log file; by config the fleet then keeps serving on the others (it is removed
+from the router) or fails.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import requests
+import torch
+
+from megatron_hapo.rollout.inprocess import cpu_server_args
+from megatron_hapo.rollout.parse import to_samples
+from megatron_hapo.rollout.types import EngineError, GenerationParams, RolloutSample
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    model_path: str = ""
+    num_servers: int = 2
+    attach_urls: tuple[str, ...] = ()  # existing servers; when set nothing is launched
+    host: str = "127.0.0.1"  # servers bind to loopback unless told otherwise
+    tp_size: int = 1  # GPUs per server
+    router: bool = True
+    router_policy: str = "round_robin"
+    startup_timeout_s: float = 600.0
+    request_timeout_s: float = 1800.0
+    max_retries: int = 2
+    on_server_failure: Literal["continue", "fail"] = "continue"
+    max_concurrent_requests: int = 64
+    log_dir: str | None = None
+    seed: int = 0
+    server_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Server:
+    url: str
+    process: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    def describe(self) -> str:
+        if self.process is None:
+            return f"server {self.url}"
+        return f"server {self.url} (pid {self.process.pid}, log {self.log_path})"
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _cli_flags(args: dict[str, Any]) -> list[str]:
+    flags = []
+    for key, value in args.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            flags.append(flag)
+        elif value not in (False, None):
+            flags += [flag, str(value)]
+    return flags
+
+
+class SGLangFleet:
+    """:class:`~megatron_hapo.rollout.types.RolloutEngine` over N SGLang servers and a router."""
+
+    name = "sglang-fleet"
+
+    def __init__(self, config: FleetConfig):
+        self.config = config
+        self.weight_version = "default"
+        self._session = requests.Session()
+        self._log_dir = Path(config.log_dir or os.environ.get("TMPDIR", "/tmp")) / f"hapo-fleet-{os.getpid()}"
+        self._log_dir.mkdir(parents=True, exist_ok=True)
+        self.servers: list[_Server] = []
+        self._router: _Server | None = None
+        atexit.register(self.shutdown)  # never leave servers behind when the trainer dies
+        try:
+            if config.attach_urls:
+                self.servers = [_Server(u.rstrip("/")) for u in config.attach_urls]
+            else:
+                self.servers = [self._launch_server(i) for i in range(config.num_servers)]
+            for server in self.servers:
+                self._wait_healthy(server)
+            if config.router:
+                self._router = self._launch_router()
+                self._wait_healthy(self._router, path="/health")
+        except BaseException:
+            self.shutdown()
+            raise
+        logger.info("fleet ready: %s", ", ".join(s.url for s in self.servers))
+
+    # -- processes ---------------------------------------------------------------------------------
+    def _spawn(self, name: str, cmd: list[str], url: str) -> _Server:
+        log_path = self._log_dir / f"{name}.log"
+        log = open(log_path, "w")  # noqa: SIM115 (kept open for the child's lifetime)
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ), start_new_session=True
+        )
+        return _Server(url, proc, log_path)
+
+    def _launch_server(self, index: int) -> _Server:
+        cfg = self.config
+        port = _free_port(cfg.host)
+        args = {} if torch.cuda.is_available() else cpu_server_args()
+        args.update(cfg.server_args)
+        args.update(
+            model_path=cfg.model_path,
+            host=cfg.host,
+            port=port,
+            tp_size=cfg.tp_size,
+            random_seed=cfg.seed + index,
+        )
+        args.setdefault("log_level", "warning")
+        cmd = [sys.executable, "-m", "sglang.launch_server", *_cli_flags(args)]
+        return self._spawn(f"server{index}", cmd, f"http://{cfg.host}:{port}")
+
+    def _launch_router(self) -> _Server:
+        cfg = self.config
+        port = _free_port(cfg.host)
+        cmd = [
+            sys.executable, "-m", "sglang_router.launch_router",
+            "--host", cfg.host, "--port", str(port), "--policy", cfg.router_policy,
+            "--worker-urls", *[s.url for s in self.servers],
+            "--request-timeout-secs", str(int(cfg.request_timeout_s)),
+            "--retry-max-retries", str(cfg.max_retries),
+            "--health-check-interval-secs", "5", "--health-failure-threshold", "1",
+            "--prometheus-port", str(_free_port(cfg.host)),  # the default 29000 collides between routers
+            "--log-level", "warn",
+        ]  # fmt: skip
+        return self._spawn("router", cmd, f"http://{cfg.host}:{port}")
+
+    def _wait_healthy(self, server: _Server, path: str = "/health") -> None:
+        deadline = time.monotonic() + self.config.startup_timeout_s
+        while time.monotonic() < deadline:
+            if server.process is not None and server.process.poll() is not None:
+                raise EngineError(
+                    f"{server.describe()} exited with code {server.process.returncode} during start-up; see its log"
+                )
+            try:
+                if self._session.get(server.url + path, timeout=5).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(1.0)
+        raise EngineError(f"{server.describe()} not healthy after {self.config.startup_timeout_s:.0f} s")
+
+    # -- health --------------------------------------------------------------------------------------
+    def _dead_servers(self) -> list[_Server]:
+        dead = []
+        for s in self.servers:
+            if s.process is not None and s.process.poll() is not None:
+                dead.append(s)
+                continue
+            try:
+                ok = self._session.get(s.url + "/health", timeout=10).status_code == 200
+            except requests.RequestException:
+                ok = False
+            if not ok:
+                dead.append(s)
+        return dead
+
+    def check_servers(self) -> None:
+        """Find dead servers; drop them (``continue``) or raise (``fail``). Raises if none is left."""
+        dead = self._dead_servers()
+        for s in dead:
+            code = s.process.poll() if s.process is not None else None
+            msg = f"{s.describe()} is down" + (f" (exit code {code})" if code is not None else "")
+            if self.config.on_server_failure == "fail":
+                raise EngineError(msg + "; rollout.on_server_failure=fail")
+            logger.error("%s; continuing on the remaining servers", msg)
+            self.servers.remove(s)
+            self._remove_from_router(s)
+        if not self.servers:
+            raise EngineError("every rollout server is down; see the server logs in " + str(self._log_dir))
+
+    def _remove_from_router(self, server: _Server) -> None:
+        if self._router is None:
+            return
+        try:
+            workers = self._session.get(self._router.url + "/workers", timeout=10).json().get("workers", [])
+            for w in workers:
+                if w.get("url", "").rstrip("/") == server.url:
+                    self._session.delete(f"{self._router.url}/workers/{w['id']}", timeout=10)
+        except (requests.RequestException, ValueError, KeyError) as exc:
+            logger.warning("could not remove %s from the router (%s); its health check will", server.url, exc)
+
+    def health(self) -> bool:
+        return bool(self.servers) and not self._dead_servers()
+
+    # -- generation ----------------------------------------------------------------------------------
+    def _post(self, url: str, path: str, payload: dict, timeout: float | None = None) -> Any:
+        resp = self._session.post(url + path, json=payload, timeout=timeout or self.config.request_timeout_s)
+        if resp.status_code != 200:
+            raise EngineError(f"{url}{path} returned HTTP {resp.status_code}: {resp.text[:500]}")
+        try:
+            return resp.json() if resp.content else None
+        except ValueError:  # some control routes (flush_cache) answer in plain text
+            return resp.text
+
+    def _generate_one(self, prompt: list[int], sampling: dict) -> list[dict]:
+        payload = {"input_ids": prompt, "sampling_params": sampling, "return_logprob": True}
+        last_error = None
+        for attempt in range(self.config.max_retries + 1):
+            target = (
+                self._router.url
+                if self._router is not None
+                else self.servers[hash(tuple(prompt)) % len(self.servers)].url
+            )
+            try:
+                out = self._post(target, "/generate", payload)
+                return out if isinstance(out, list) else [out]
+            except (requests.RequestException, EngineError) as exc:
+                last_error = exc
+                logger.warning(
+                    "generate attempt %d/%d failed: %s", attempt + 1, self.config.max_retries + 1, exc
+                )
+                self.check_servers()
+                time.sleep(min(2.0**attempt, 10.0))
+        raise EngineError(f"generate failed after {self.config.max_retries + 1} attempts: {last_error}")
+
+    def generate(self, prompts: list[list[int]], params: GenerationParams) -> list[RolloutSample]:
+        if not prompts:
+            return []
+        self.check_servers()
+        sampling = dict(params.to_sglang(), n=params.n)
+        outputs: list[dict] = []
+        with ThreadPoolExecutor(max_workers=min(self.config.max_concurrent_requests, len(prompts))) as pool:
+            for group in pool.map(lambda p: self._generate_one(list(p), sampling), prompts):
+                outputs.extend(group)
+        return to_samples(outputs, prompts, params.n)
+
+    # -- control: every server -------------------------------------------------------------------------
+    def _all(self, path: str, payload: dict | None = None) -> None:
+        errors = []
+        for s in self.servers:
+            try:
+                reply = self._post(s.url, path, payload or {})
+            except (requests.RequestException, EngineError) as exc:
+                errors.append(f"{s.describe()}: {exc}")
+                continue
+            if isinstance(reply, dict) and reply.get("success") is False:
+                errors.append(f"{s.describe()}: {reply.get('message')}")
+        if errors:
+            raise EngineError(f"{path} failed on " + "; ".join(errors))
+
+    def pause(self) -> None:
+        self._all("/pause_generation", {"mode": "retract"})
+
+    def resume(self) -> None:
+        self._all("/continue_generation", {"torch_empty_cache": torch.cuda.is_available()})
+
+    def flush_cache(self) -> None:
+        self._all("/flush_cache")
+
+    def begin_weight_update(self) -> None:
+        self._all("/begin_weight_update", {"selector": "all"})
+
+    def end_weight_update(self) -> None:
+        self._all("/end_weight_update")
+
+    def update_weights_from_tensor(self, named_tensors) -> None:
+        raise EngineError(
+            "update_weights_from_tensor needs a colocated engine; use the disk or distributed transport with a fleet"
+        )
+
+    def update_weights_from_disk(self, hf_dir: str) -> None:
+        self._all("/update_weights_from_disk", {"model_path": str(hf_dir), "keep_pause": True})
+
+    def set_weight_version(self, version: str) -> None:
+        self._all("/update_weight_version", {"new_version": str(version), "abort_all_requests": False})
+        self.weight_version = str(version)
+
+    def get_weight(self, hf_name: str, truncate_size: int = 10**9) -> torch.Tensor:
+        reply = self._post(
+            self.servers[0].url, "/get_weights_by_name", {"name": hf_name, "truncate_size": truncate_size}
+        )
+        return torch.as_tensor(reply)
+
+    def shutdown(self) -> None:
+        for s in ([self._router] if self._router else []) + self.servers:
+            if s.process is not None and s.process.poll() is None:
+                try:
+                    os.killpg(s.process.pid, 15)  # the server's scheduler children share its session
+                    s.process.wait(timeout=30)
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    os.killpg(s.process.pid, 9)
+        self._router = None

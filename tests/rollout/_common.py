@@ -1,0 +1,19 @@
+"""Helpers shared by the rollout tests."""
+
+import torch
+
+PROMPTS = [[1, 40, 41, 42, 43], [1, 50, 51]]
+PROBE = "model.layers.0.mlp.down_proj.weight"  # not fused by SGLang in any family
+LOGPROB_TOL = 2e-4  # fp32 on both sides; differences are kernel summation order only
+
+
+def hf_logprobs(hf_model, prompt, response, temperature):
+    """log_softmax(z / T) of each response token given its prefix, from the HF model."""
+    ids = torch.tensor([prompt + response])
+    with torch.no_grad():
+        logits = hf_model(ids).logits[0, len(prompt) - 1 : -1].double()
+    return torch.log_softmax(logits / temperature, -1).gather(-1, torch.tensor(response)[:, None])[:, 0]
+
+
+def perturbed_state(hf_model, scale):
+    return [(n, t * scale) for n, t in hf_model.state_dict().items()]
