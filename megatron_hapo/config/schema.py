@@ -1,0 +1,433 @@
+"""The typed configuration schema: one dataclass per component, composed into :class:`RootConfig`.
+
+Every field carries a one-line ``help`` in its metadata; ``help_config()`` and ``docs/config.md`` are
+rendered from it, so the schema is the single source of truth for keys, types, defaults and meanings.
+Defaults follow the HAPO paper's recipes (HAPO_SPEC.md §9) wherever one applies.
+
+``MISSING`` (``???``) marks a required value: loading fails if no YAML file or override sets it.
+This module imports nothing heavy on purpose (no torch, no megatron): it is imported by the CLI's
+``--help-config`` and by every component that reads a section.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, is_dataclass
+from typing import Any, Literal
+
+from omegaconf import MISSING
+
+__all__ = [
+    "MISSING",
+    "AdaptiveTemperatureConfig",
+    "AlgorithmConfig",
+    "CheckpointConfig",
+    "ClusterConfig",
+    "DataConfig",
+    "DynamicSamplingConfig",
+    "EvalConfig",
+    "LoggingConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "OverlongConfig",
+    "ParallelConfig",
+    "PrecisionConfig",
+    "RewardConfig",
+    "RolloutConfig",
+    "RootConfig",
+    "SamplingConfig",
+    "SamplingParams",
+    "TrainerConfig",
+]
+
+
+def opt(default: Any, help: str) -> Any:  # noqa: A002 - "help" reads best at the call sites
+    """A schema field with a default and its one-line help (mutable defaults are copied per instance)."""
+    if isinstance(default, list | dict) or is_dataclass(default):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def section(cls: type, help: str) -> Any:  # noqa: A002
+    """A nested section field."""
+    return field(default_factory=cls, metadata={"help": help})
+
+
+# --------------------------------------------------------------------------------------------------- model
+
+
+@dataclass
+class ModelConfig:
+    """The policy model: where its HF config/weights/tokenizer live and how Megatron builds it."""
+
+    hf_path: str = opt(
+        MISSING,
+        "HF model dir (config.json, tokenizer, weights) or hub id; a dir with only config.json + tokenizer "
+        "and load_weights=false builds a tiny random model (CPU demo)",
+    )
+    tokenizer_path: str | None = opt(None, "tokenizer directory or hub id; null = same as hf_path")
+    load_weights: bool = opt(True, "load the HF weights from hf_path; false = random init from config.json")
+    override_config: dict[str, Any] = opt(
+        {}, "HF config fields to override before building, e.g. {max_position_embeddings: 32768}"
+    )
+    dtype: Literal["bfloat16", "float16", "float32"] = opt(
+        "bfloat16", "dtype of the HF weights as loaded, exported and served by the rollout engine"
+    )
+    layer_spec: Literal["auto", "local", "te"] = opt(
+        "auto", "Megatron layer spec: te (Transformer Engine), local (pure torch), auto = te if TE imports"
+    )
+    recompute_granularity: Literal["none", "selective", "full"] = opt(
+        "full", "activation recomputation (HAPO recipes use gradient checkpointing = full)"
+    )
+    recompute_method: Literal["uniform", "block"] = opt("uniform", "how full recompute splits the layers")
+    recompute_num_layers: int = opt(1, "layers per recompute chunk (uniform) or recomputed layers (block)")
+    make_vocab_size_divisible_by: int = opt(128, "pad the vocabulary to a multiple of this x TP")
+
+
+# ------------------------------------------------------------------------------------------------ parallel
+
+
+@dataclass
+class ParallelConfig:
+    """Megatron's training layout. TP x PP x CP x DP must equal the world size."""
+
+    tensor_model_parallel_size: int = opt(1, "tensor-parallel size (TP)")
+    pipeline_model_parallel_size: int = opt(1, "pipeline-parallel size (PP)")
+    context_parallel_size: int = opt(1, "context-parallel size (CP)")
+    data_parallel_size: int | None = opt(None, "data-parallel size (DP); null = world_size / (TP x PP x CP)")
+    virtual_pipeline_model_parallel_size: int | None = opt(
+        None, "interleaved pipeline: model chunks per pipeline rank; null = not interleaved"
+    )
+    sequence_parallel: bool = opt(False, "Megatron sequence parallelism (needs TP > 1)")
+    use_distributed_optimizer: bool = opt(True, "shard optimizer state across data-parallel ranks")
+
+
+# ----------------------------------------------------------------------------------------------- precision
+
+
+@dataclass
+class PrecisionConfig:
+    """Training precision. FP8 needs Transformer Engine and an FP8-capable GPU: never a silent bf16 run."""
+
+    dtype: Literal["bf16", "fp16", "fp32"] = opt(
+        "bf16", "training compute/parameter dtype (fp32 master weights)"
+    )
+    fp8: Literal["e4m3", "hybrid"] | None = opt(None, "FP8 GEMMs via Transformer Engine; null = off")
+    fp8_recipe: Literal["delayed", "tensorwise", "blockwise"] = opt(
+        "blockwise", "TE scaling recipe; blockwise needs Hopper (sm90) and CUDA >= 12.9"
+    )
+    fp8_param: bool = opt(False, "keep parameters in FP8 (needs fp8 set)")
+    first_last_layers_bf16: bool = opt(
+        False, "keep the first/last layers in bf16 (not with fp8_recipe=delayed)"
+    )
+    num_layers_at_start_in_bf16: int = opt(1, "layers at the start kept in bf16 when first_last_layers_bf16")
+    num_layers_at_end_in_bf16: int = opt(1, "layers at the end kept in bf16 when first_last_layers_bf16")
+
+
+# --------------------------------------------------------------------------------------------------- optim
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and its learning-rate schedule (HAPO recipes: lr 1e-6, wd 0.1, 10 warmup steps, constant)."""
+
+    lr: float = opt(1.0e-6, "peak learning rate")
+    min_lr: float = opt(0.0, "final learning rate of a decaying schedule")
+    weight_decay: float = opt(0.1, "AdamW decoupled weight decay")
+    betas: tuple[float, float] = opt((0.9, 0.999), "Adam (beta1, beta2)")
+    eps: float = opt(1.0e-8, "Adam epsilon")
+    clip_grad: float = opt(1.0, "global gradient-norm clip; 0 = off")
+    warmup_steps: int = opt(10, "linear warmup, in optimizer steps")
+    schedule: Literal["constant", "cosine", "linear"] = opt("constant", "learning-rate shape after warmup")
+    decay_steps: int | None = opt(None, "optimizer steps of a cosine/linear decay; null = until the run ends")
+
+
+# ------------------------------------------------------------------------------------------------- rollout
+
+
+@dataclass
+class RolloutConfig:
+    """The SGLang rollout engine: in-process (colocated with training) or an external fleet."""
+
+    engine: Literal["inprocess", "fleet"] = opt(
+        "inprocess", "inprocess = SGLang engine inside the training job; fleet = external servers/router"
+    )
+    num_servers: int = opt(1, "fleet: number of SGLang servers")
+    tensor_parallel_size: int = opt(1, "TP size of each SGLang server/engine")
+    gpus_per_server: int | None = opt(None, "GPUs per SGLang server; null = tensor_parallel_size")
+    server_addresses: list[str] = opt([], "fleet: http://host:port of each SGLang server")
+    router_address: str | None = opt(None, "fleet: http://host:port of an sglang-router in front of them")
+    mem_fraction: float = opt(0.8, "SGLang mem_fraction_static (share of GPU memory for weights + KV cache)")
+    max_new_tokens: int = opt(10240, "maximum response length in tokens (HAPO: 10240 Qwen2.5, 12288 Qwen3)")
+    stop: list[str] = opt([], "extra stop strings (EOS always stops)")
+    request_timeout_s: float = opt(3600.0, "timeout of one generate request, seconds")
+    startup_timeout_s: float = opt(900.0, "time allowed for engines/servers to become healthy, seconds")
+    max_retries: int = opt(3, "retries of a failed request before the step fails")
+
+
+# ------------------------------------------------------------------------------------------------ sampling
+
+
+@dataclass
+class SamplingParams:
+    """Sampling parameters of one kind of generation (training rollouts or validation)."""
+
+    temperature: float = opt(1.0, "base sampling temperature")
+    top_p: float = opt(1.0, "nucleus sampling threshold; 1.0 = off")
+    top_k: int = opt(-1, "top-k truncation; -1 = off")
+    n: int = opt(16, "samples per prompt (group size G; for validation the k of avg@k)")
+
+
+@dataclass
+class SamplingConfig:
+    """Sampling for training rollouts and for validation/evaluation (HAPO: val T 0.5, top-p 0.7, n 8)."""
+
+    train: SamplingParams = section(SamplingParams, "training rollouts")
+    val: SamplingParams = opt(
+        SamplingParams(temperature=0.5, top_p=0.7, top_k=-1, n=8), "validation/evaluation (avg@n)"
+    )
+
+
+# ----------------------------------------------------------------------------------------------- algorithm
+
+
+@dataclass
+class LossConfig:
+    """The policy loss. Carries exactly the fields of ``megatron_hapo.algorithms.HapoLossConfig``."""
+
+    clip_low: float = opt(0.2, "base lower clip epsilon (ratio >= 1 - clip_low)")
+    clip_high: float = opt(0.2, "base upper clip epsilon (HAPO 0.2; DAPO clip-higher 0.28)")
+    dual_clip_c: float | None = opt(
+        10.0, "dual-clip bound c on the ratio for negative advantages; null = off"
+    )
+    adaptive_clip: bool = opt(True, "entropy-adaptive asymmetric clip bounds (HAPO §6)")
+    clip_alpha: float = opt(1.0, "alpha: strength of the adaptive clip")
+    adaptive_advantage: bool = opt(True, "differential advantage redistribution (HAPO §5)")
+    adv_beta: float = opt(1.0, "beta: strength of the advantage redistribution")
+    pivot_quantile: float = opt(0.8, "quantile of log-entropy used as the pivot of the normalisation")
+    entropy_mode: Literal["signed", "released"] = opt(
+        "signed", "entropy normalisation sign: signed (paper) or released (the released code's |h|)"
+    )
+    stats_scope: Literal["step", "micro_batch"] = opt(
+        "step", "entropy statistics: once per step over all ranks, or per micro-batch (released code)"
+    )
+    agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = opt(
+        "token-mean", "loss aggregation (global normalisers across DP ranks and micro-batches)"
+    )
+    tis_cap: float | None = opt(None, "truncated importance sampling cap on pi_old/pi_behaviour; null = off")
+    entropy_eps: float = opt(
+        1.0e-8, "floor of the entropy before its log in the normalisation (released: 1e-8)"
+    )
+    token_sum_norm_len: int | None = opt(
+        None, "constant L_norm of agg=seq-mean-token-sum-norm; null = the padded response length"
+    )
+
+
+@dataclass
+class AdaptiveTemperatureConfig:
+    """Entropy-adaptive sampling temperature T = T_base (1 + tau * h_hat) (HAPO §3)."""
+
+    enable: bool = opt(True, "sample with the entropy-adaptive temperature")
+    tau: float = opt(0.05, "tau: relative temperature swing (lower it if training collapses)")
+
+
+@dataclass
+class DynamicSamplingConfig:
+    """DAPO dynamic sampling: drop groups whose accuracy is all-equal and generate more to refill."""
+
+    enable: bool = opt(False, "filter groups (off in the released HAPO code, HAPO_SPEC B10)")
+    metric: Literal["acc"] = opt(
+        "acc", "what must vary within a group: binary accuracy (never the shaped score)"
+    )
+    max_num_gen_batches: int = opt(
+        16, "generation batches tried per step before the step fails; 0 = unlimited"
+    )
+
+
+@dataclass
+class AlgorithmConfig:
+    """The RL algorithm: advantage estimator, temperature handling, dynamic sampling and the loss."""
+
+    name: Literal["hapo", "dapo", "grpo"] = opt("hapo", "algorithm label (recipes set the matching switches)")
+    adv_estimator: Literal["tlga", "grpo"] = opt("tlga", "advantage: token-level group average or GRPO")
+    norm_adv_by_std: bool = opt(True, "divide advantages by the group std")
+    tlga_fallback_threshold: float | None = opt(
+        5.0, "TLGA falls back to GRPO for a group with any |A| >= this; null = never"
+    )
+    tlga_fallback_counts_padding: bool = opt(
+        False, "include padded positions in the fallback check (the released code does, HAPO_SPEC B8)"
+    )
+    ratio_temperature: Literal["per_token", "base"] = opt(
+        "per_token",
+        "log-probs for the ratio at each token's sampling temperature, or at the base T (released)",
+    )
+    adaptive_temperature: AdaptiveTemperatureConfig = section(
+        AdaptiveTemperatureConfig, "adaptive temperature"
+    )
+    dynamic_sampling: DynamicSamplingConfig = section(DynamicSamplingConfig, "dynamic sampling")
+    loss: LossConfig = section(LossConfig, "policy loss (HapoLossConfig)")
+
+
+# -------------------------------------------------------------------------------------------------- reward
+
+
+@dataclass
+class OverlongConfig:
+    """DAPO overlong shaping: r += min(-(L - (L_max - B)) / B * f, 0) with L_max = rollout.max_new_tokens."""
+
+    enable: bool = opt(True, "apply the overlong penalty (HAPO's Qwen recipes: on; Llama: off)")
+    buffer_len: int = opt(4096, "B: length of the penalty ramp before max_new_tokens, tokens")
+    penalty_factor: float = opt(1.0, "f: penalty at the maximum length")
+
+
+@dataclass
+class RewardConfig:
+    """Reward scoring: verifiers in a process pool, routed by data_source, plus overlong shaping."""
+
+    scorer: str = opt(
+        "auto", "auto = route by data_source ('math_dapo' in it -> dapo, else math_verify); or a scorer name"
+    )
+    num_workers: int = opt(8, "scoring worker processes")
+    start_method: Literal["spawn", "forkserver", "fork"] = opt(
+        "spawn", "how workers start; spawn/forkserver are safe when the trainer holds CUDA/NCCL state"
+    )
+    verify_timeout_s: int = opt(1, "math-verify's own parse/verify timeout (SIGALRM, whole seconds)")
+    call_timeout_s: float = opt(5.0, "deadline per answer, measured from the start of its work, seconds")
+    kill_grace_s: float = opt(2.0, "a worker still busy this long after the deadline is killed and replaced")
+    extra_modules: list[str] = opt([], "modules each worker imports (to register custom scorers)")
+    overlong: OverlongConfig = section(OverlongConfig, "overlong reward shaping")
+
+
+# ---------------------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class DataConfig:
+    """Prompt datasets (parquet in the verl/HAPO schema, or JSONL) and the batch sizes of a step."""
+
+    train_files: list[str] = opt(MISSING, "training prompt files (.parquet, .jsonl)")
+    val_files: list[str] = opt([], "validation prompt files (scored with sampling.val)")
+    prompt_key: str = opt("prompt", "column with the chat message list (or a plain string = one user turn)")
+    data_source_key: str = opt("data_source", "column naming the dataset, used to route the reward scorer")
+    ground_truth_key: str = opt("reward_model.ground_truth", "dotted path of the reference answer")
+    extra_info_key: str = opt(
+        "extra_info", "column with per-row extra info passed to the scorer; may be absent"
+    )
+    default_data_source: str | None = opt(None, "data_source for files without that column; null = required")
+    apply_chat_template: bool = opt(True, "render prompts with the tokenizer's chat template")
+    max_prompt_length: int = opt(1024, "maximum prompt length in tokens")
+    truncation: Literal["drop", "left", "error"] = opt(
+        "drop", "prompts over max_prompt_length: drop them, keep their last tokens, or fail (all counted)"
+    )
+    bad_rows: Literal["error", "skip"] = opt(
+        "error",
+        "rows with a malformed prompt or missing ground truth: fail naming the row, or skip and count",
+    )
+    dedup: bool = opt(
+        False, "drop repeated prompts, keeping the first (DAPO-Math-17k ships ~100x duplicates)"
+    )
+    shuffle: bool = opt(True, "shuffle every epoch (deterministic from seed and epoch)")
+    seed: int = opt(42, "shuffling seed")
+    drop_last: bool = opt(True, "skip the incomplete last batch of an epoch")
+    train_batch_size: int = opt(512, "prompts per RL step (global)")
+    mini_batch_size: int = opt(
+        32, "prompts per optimizer step (global); train_batch_size / this = updates per step"
+    )
+    micro_batch_size: int = opt(1, "responses per micro-batch per data-parallel rank")
+    max_tokens_per_micro_batch: int | None = opt(
+        None, "dynamic batching: pack micro-batches up to this many tokens; null = fixed micro_batch_size"
+    )
+
+
+# ------------------------------------------------------------------------------------------------- trainer
+
+
+@dataclass
+class TrainerConfig:
+    """The training loop."""
+
+    experiment_name: str = opt("hapo", "run name, used in run_dir")
+    run_dir: str = opt(
+        "runs/${trainer.experiment_name}", "directory for the resolved config, metrics, checkpoints"
+    )
+    total_epochs: int = opt(1, "passes over the training prompts")
+    total_steps: int | None = opt(None, "RL steps to run; null = total_epochs x steps per epoch")
+    seed: int = opt(42, "global random seed")
+    device: Literal["auto", "cuda", "cpu"] = opt("auto", "auto = cuda when available, else cpu (gloo)")
+
+
+# ---------------------------------------------------------------------------------------------- checkpoint
+
+
+@dataclass
+class CheckpointConfig:
+    """Distributed checkpoints (model, optimizer, sampler state, RNG) under the run directory."""
+
+    dir: str = opt("${trainer.run_dir}/checkpoints", "checkpoint directory")
+    save_every: int = opt(50, "save every N steps; 0 = only at the end")
+    keep_last: int | None = opt(3, "keep the newest N checkpoints; null = keep all")
+    resume: str = opt("auto", "auto = latest in dir if any; none = start fresh; or a checkpoint path")
+    async_save: bool = opt(False, "write checkpoints in the background")
+
+
+# ------------------------------------------------------------------------------------------------- logging
+
+
+@dataclass
+class LoggingConfig:
+    """Metrics and console output."""
+
+    jsonl: bool = opt(True, "write metrics to <run_dir>/metrics.jsonl")
+    tensorboard: bool = opt(True, "write TensorBoard events to <run_dir>/tensorboard")
+    stdout_every: int = opt(1, "print a metrics line every N steps; 0 = never")
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = opt("INFO", "Python logging level")
+
+
+# ---------------------------------------------------------------------------------------------------- eval
+
+
+@dataclass
+class EvalConfig:
+    """Periodic avg@k evaluation with sampling.val (k = sampling.val.n)."""
+
+    benchmarks: list[str] = opt(
+        [], "benchmark files (.parquet/.jsonl, prompt schema as data); name = file stem"
+    )
+    every: int = opt(5, "evaluate every N steps; 0 = never (HAPO: 5)")
+    before_train: bool = opt(True, "evaluate once before the first step")
+    max_new_tokens: int | None = opt(None, "response limit for evaluation; null = rollout.max_new_tokens")
+
+
+# ------------------------------------------------------------------------------------------------- cluster
+
+
+@dataclass
+class ClusterConfig:
+    """The machines, for validating layouts before launch (dry runs); torchrun's WORLD_SIZE wins at run time."""
+
+    nodes: int = opt(1, "number of nodes")
+    gpus_per_node: int = opt(8, "GPUs (or CPU processes) per node")
+
+
+# ---------------------------------------------------------------------------------------------------- root
+
+
+@dataclass
+class RootConfig:
+    """The whole configuration of a run."""
+
+    model: ModelConfig = section(ModelConfig, "policy model")
+    parallel: ParallelConfig = section(ParallelConfig, "training parallel layout")
+    precision: PrecisionConfig = section(PrecisionConfig, "training precision and FP8")
+    optim: OptimConfig = section(OptimConfig, "optimizer and LR schedule")
+    rollout: RolloutConfig = section(RolloutConfig, "rollout engine")
+    sampling: SamplingConfig = section(SamplingConfig, "sampling parameters")
+    algorithm: AlgorithmConfig = section(AlgorithmConfig, "RL algorithm and loss")
+    reward: RewardConfig = section(RewardConfig, "reward scoring")
+    data: DataConfig = section(DataConfig, "prompt data and batch sizes")
+    trainer: TrainerConfig = section(TrainerConfig, "training loop")
+    checkpoint: CheckpointConfig = section(CheckpointConfig, "checkpointing")
+    logging: LoggingConfig = section(LoggingConfig, "logging")
+    eval: EvalConfig = section(EvalConfig, "evaluation")
+    cluster: ClusterConfig = section(ClusterConfig, "cluster shape for dry-run validation")

@@ -1,0 +1,468 @@
+"""Cross-field rules of a loaded config; every violation is reported at once.
+
+Pure rules (layout, batch sizes, value ranges) always run. With ``check_env=True`` the rules that look
+at the machine and the file system run too: FP8 needs Transformer Engine and an FP8-capable GPU, the
+TE layer spec needs TE, data/benchmark/model/checkpoint paths must exist, and the model's config.json
+must fit the layout (heads and KV heads divisible by TP, layers by PP x VPP, prompt + response within
+the context). Each issue names its key(s) and the file or override that set them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from megatron_hapo.config.environment import EnvProbe
+from megatron_hapo.config.errors import ConfigError, ConfigIssue
+from megatron_hapo.config.loader import source_of
+from megatron_hapo.config.model_info import ModelShape, find_config_json, looks_like_hub_id, read_model_shape
+from megatron_hapo.config.schema import RootConfig
+
+logger = logging.getLogger(__name__)
+
+# FP8 GEMMs need Ada/Hopper (sm89+); TE's blockwise recipe needs Hopper (sm90) and CUDA >= 12.9.
+_FP8_MIN_CAPABILITY = {"delayed": (8, 9), "tensorwise": (8, 9), "blockwise": (9, 0)}
+_BLOCKWISE_MIN_CUDA = (12, 9)
+
+
+class _Issues:
+    """Collects issues, attributing each to the file(s)/override(s) that set its keys."""
+
+    def __init__(self, origins: Mapping[str, str]):
+        self.origins = origins
+        self.items: list[ConfigIssue] = []
+
+    def add(self, keys: str | Sequence[str], message: str, source: str | None = None) -> None:
+        keys = [keys] if isinstance(keys, str) else list(keys)
+        if source is None:
+            # "data.train_files[1]" was set where "data.train_files" was.
+            sources = list(dict.fromkeys(source_of(self.origins, re.sub(r"\[\d+\]", "", k)) for k in keys))
+            source = "; ".join(sources)
+        self.items.append(ConfigIssue(", ".join(keys), message, source))
+
+
+def world_size_of(cfg: RootConfig, world_size: int | None) -> tuple[int, str]:
+    """The world size to validate against and a phrase saying where it came from."""
+    if world_size is not None:
+        return world_size, f"world size {world_size}"
+    n = cfg.cluster.nodes * cfg.cluster.gpus_per_node
+    return n, f"world size {n} (cluster.nodes x cluster.gpus_per_node; pass the real one at launch)"
+
+
+def data_parallel_size(cfg: RootConfig, world_size: int) -> int | None:
+    """DP: the configured value, else world / (TP x PP x CP) when that divides; None if it does not."""
+    p = cfg.parallel
+    if p.data_parallel_size is not None:
+        return p.data_parallel_size
+    model_parallel = p.tensor_model_parallel_size * p.pipeline_model_parallel_size * p.context_parallel_size
+    if model_parallel <= 0 or world_size % model_parallel:
+        return None
+    return world_size // model_parallel
+
+
+# --------------------------------------------------------------------------------------------- rules
+
+
+def _positive(cfg: RootConfig, out: _Issues) -> None:
+    checks = {
+        "parallel.tensor_model_parallel_size": cfg.parallel.tensor_model_parallel_size,
+        "parallel.pipeline_model_parallel_size": cfg.parallel.pipeline_model_parallel_size,
+        "parallel.context_parallel_size": cfg.parallel.context_parallel_size,
+        "rollout.tensor_parallel_size": cfg.rollout.tensor_parallel_size,
+        "rollout.num_servers": cfg.rollout.num_servers,
+        "rollout.max_new_tokens": cfg.rollout.max_new_tokens,
+        "data.train_batch_size": cfg.data.train_batch_size,
+        "data.mini_batch_size": cfg.data.mini_batch_size,
+        "data.micro_batch_size": cfg.data.micro_batch_size,
+        "data.max_prompt_length": cfg.data.max_prompt_length,
+        "sampling.train.n": cfg.sampling.train.n,
+        "sampling.val.n": cfg.sampling.val.n,
+        "reward.num_workers": cfg.reward.num_workers,
+        "reward.verify_timeout_s": cfg.reward.verify_timeout_s,
+        "trainer.total_epochs": cfg.trainer.total_epochs,
+        "cluster.nodes": cfg.cluster.nodes,
+        "cluster.gpus_per_node": cfg.cluster.gpus_per_node,
+    }
+    optional = {
+        "parallel.data_parallel_size": cfg.parallel.data_parallel_size,
+        "parallel.virtual_pipeline_model_parallel_size": cfg.parallel.virtual_pipeline_model_parallel_size,
+        "rollout.gpus_per_server": cfg.rollout.gpus_per_server,
+        "data.max_tokens_per_micro_batch": cfg.data.max_tokens_per_micro_batch,
+        "trainer.total_steps": cfg.trainer.total_steps,
+        "checkpoint.keep_last": cfg.checkpoint.keep_last,
+        "eval.max_new_tokens": cfg.eval.max_new_tokens,
+    }
+    checks.update({k: v for k, v in optional.items() if v is not None})
+    for key, value in checks.items():
+        if value < 1:
+            out.add(key, f"must be >= 1, got {value}")
+    nonneg = {
+        "checkpoint.save_every": cfg.checkpoint.save_every,
+        "eval.every": cfg.eval.every,
+        "logging.stdout_every": cfg.logging.stdout_every,
+        "optim.warmup_steps": cfg.optim.warmup_steps,
+        "rollout.max_retries": cfg.rollout.max_retries,
+        "algorithm.dynamic_sampling.max_num_gen_batches": cfg.algorithm.dynamic_sampling.max_num_gen_batches,
+    }
+    for key, value in nonneg.items():
+        if value < 0:
+            out.add(key, f"must be >= 0, got {value}")
+
+
+def _layout(cfg: RootConfig, world_size: int, world_phrase: str, out: _Issues) -> None:
+    p = cfg.parallel
+    tp, pp, cp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.context_parallel_size
+    if min(tp, pp, cp) < 1:
+        return  # reported by _positive
+    layout_keys = [
+        "parallel.tensor_model_parallel_size",
+        "parallel.pipeline_model_parallel_size",
+        "parallel.context_parallel_size",
+    ]
+    if p.data_parallel_size is not None:
+        if tp * pp * cp * p.data_parallel_size != world_size:
+            out.add(
+                [*layout_keys, "parallel.data_parallel_size"],
+                f"TP x PP x CP x DP = {tp} x {pp} x {cp} x {p.data_parallel_size} = "
+                f"{tp * pp * cp * p.data_parallel_size} must equal the {world_phrase}",
+            )
+    elif world_size % (tp * pp * cp):
+        out.add(
+            layout_keys,
+            f"TP x PP x CP = {tp * pp * cp} must divide the {world_phrase} (DP = world / (TP x PP x CP))",
+        )
+    if p.sequence_parallel and tp == 1:
+        out.add(
+            ["parallel.sequence_parallel", "parallel.tensor_model_parallel_size"],
+            "sequence parallelism splits activations across TP ranks and needs TP > 1; set sequence_parallel=false",
+        )
+    if p.virtual_pipeline_model_parallel_size is not None and pp == 1:
+        out.add(
+            ["parallel.virtual_pipeline_model_parallel_size", "parallel.pipeline_model_parallel_size"],
+            "an interleaved (virtual) pipeline needs PP > 1; set virtual_pipeline_model_parallel_size=null",
+        )
+
+
+def _batches(cfg: RootConfig, dp: int | None, out: _Issues) -> None:
+    d, n = cfg.data, cfg.sampling.train.n
+    if min(d.train_batch_size, d.mini_batch_size, d.micro_batch_size, n) < 1:
+        return
+    if d.train_batch_size % d.mini_batch_size:
+        out.add(
+            ["data.train_batch_size", "data.mini_batch_size"],
+            f"train_batch_size {d.train_batch_size} must be a multiple of mini_batch_size {d.mini_batch_size} "
+            "(each step runs train_batch_size / mini_batch_size optimizer updates)",
+        )
+    if dp is not None and d.max_tokens_per_micro_batch is None:
+        per_update = d.mini_batch_size * n
+        if per_update % (dp * d.micro_batch_size):
+            out.add(
+                [
+                    "data.mini_batch_size",
+                    "sampling.train.n",
+                    "data.micro_batch_size",
+                    "parallel.data_parallel_size",
+                ],
+                f"responses per optimizer update (mini_batch_size x n = {d.mini_batch_size} x {n} = {per_update}) "
+                f"must be divisible by DP x micro_batch_size = {dp} x {d.micro_batch_size}",
+            )
+    elif dp is not None and (d.mini_batch_size * n) % dp:
+        out.add(
+            ["data.mini_batch_size", "sampling.train.n", "parallel.data_parallel_size"],
+            f"responses per optimizer update ({d.mini_batch_size * n}) must be divisible by DP = {dp}",
+        )
+    if cfg.algorithm.adv_estimator in ("tlga", "grpo") and n < 2:
+        out.add("sampling.train.n", f"group advantages need at least 2 samples per prompt, got {n}")
+
+
+def _precision(cfg: RootConfig, out: _Issues) -> None:
+    pr = cfg.precision
+    if pr.fp8 is not None and pr.fp8_recipe == "delayed" and pr.first_last_layers_bf16:
+        out.add(
+            ["precision.fp8_recipe", "precision.first_last_layers_bf16"],
+            "the delayed FP8 recipe cannot keep first/last layers in bf16 (Megatron rejects it); "
+            "use fp8_recipe=tensorwise or blockwise, or first_last_layers_bf16=false",
+        )
+    if pr.fp8_param and pr.fp8 is None:
+        out.add(["precision.fp8_param", "precision.fp8"], "fp8_param needs FP8 on (set precision.fp8)")
+    if pr.first_last_layers_bf16 and min(pr.num_layers_at_start_in_bf16, pr.num_layers_at_end_in_bf16) < 0:
+        out.add("precision.num_layers_at_start_in_bf16", "bf16 layer counts must be >= 0")
+
+
+def _rollout(cfg: RootConfig, world_size: int, world_phrase: str, out: _Issues) -> None:
+    r = cfg.rollout
+    if r.tensor_parallel_size < 1:
+        return
+    gpus = r.gpus_per_server if r.gpus_per_server is not None else r.tensor_parallel_size
+    if gpus < 1:
+        return
+    if gpus % r.tensor_parallel_size:
+        out.add(
+            ["rollout.gpus_per_server", "rollout.tensor_parallel_size"],
+            f"GPUs per server ({gpus}) must be a multiple of the server TP size ({r.tensor_parallel_size})",
+        )
+    if r.engine == "inprocess":
+        if world_size % gpus:
+            out.add(
+                ["rollout.tensor_parallel_size", "rollout.gpus_per_server"],
+                f"in-process engines span {gpus} training ranks each; {gpus} must divide the {world_phrase}",
+            )
+        if gpus > cfg.cluster.gpus_per_node:
+            out.add(
+                ["rollout.gpus_per_server", "cluster.gpus_per_node"],
+                f"an in-process engine ({gpus} GPUs) cannot span more than one node "
+                f"({cfg.cluster.gpus_per_node} GPUs per node)",
+            )
+    else:
+        if not r.server_addresses and not r.router_address:
+            out.add(
+                ["rollout.server_addresses", "rollout.router_address"],
+                "rollout.engine=fleet needs the servers' addresses or a router address",
+            )
+        if r.server_addresses and len(r.server_addresses) != r.num_servers:
+            out.add(
+                ["rollout.server_addresses", "rollout.num_servers"],
+                f"{len(r.server_addresses)} server addresses given but num_servers={r.num_servers}",
+            )
+    if not 0.0 < r.mem_fraction < 1.0:
+        out.add("rollout.mem_fraction", f"must be in (0, 1), got {r.mem_fraction}")
+
+
+def _sampling(cfg: RootConfig, out: _Issues) -> None:
+    for name in ("train", "val"):
+        s = getattr(cfg.sampling, name)
+        if s.temperature <= 0:
+            out.add(
+                f"sampling.{name}.temperature", f"must be > 0 (greedy is not sampling), got {s.temperature}"
+            )
+        if not 0.0 < s.top_p <= 1.0:
+            out.add(f"sampling.{name}.top_p", f"must be in (0, 1], got {s.top_p}")
+        if s.top_k == 0 or s.top_k < -1:
+            out.add(f"sampling.{name}.top_k", f"must be -1 (off) or >= 1, got {s.top_k}")
+
+
+def _algorithm(cfg: RootConfig, out: _Issues) -> None:
+    # Mirrors HapoLossConfig.__post_init__ (megatron_hapo.algorithms), so a config that loads builds a loss;
+    # tests/config checks the two agree.
+    a, loss = cfg.algorithm, cfg.algorithm.loss
+    if not 0.0 <= loss.clip_low < 1.0:
+        out.add(
+            "algorithm.loss.clip_low",
+            f"must be in [0, 1) (the lower bound 1 - clip_low stays > 0), got {loss.clip_low}",
+        )
+    if loss.clip_high < 0:
+        out.add("algorithm.loss.clip_high", f"must be >= 0, got {loss.clip_high}")
+    if loss.adaptive_clip and loss.clip_low * (1 + loss.clip_alpha) >= 1:
+        out.add(
+            ["algorithm.loss.clip_low", "algorithm.loss.clip_alpha"],
+            f"clip_low x (1 + clip_alpha) = {loss.clip_low * (1 + loss.clip_alpha):g} >= 1 lets the adaptive lower "
+            "bound reach 0; lower clip_low or clip_alpha",
+        )
+    if loss.dual_clip_c is not None and loss.dual_clip_c <= 1.0:
+        out.add("algorithm.loss.dual_clip_c", f"must be > 1 or null, got {loss.dual_clip_c}")
+    if loss.clip_alpha < 0 or loss.adv_beta < 0:
+        out.add(["algorithm.loss.clip_alpha", "algorithm.loss.adv_beta"], "must be >= 0")
+    if not 0.0 <= loss.pivot_quantile <= 1.0:
+        out.add("algorithm.loss.pivot_quantile", f"must be in [0, 1], got {loss.pivot_quantile}")
+    if loss.tis_cap is not None and loss.tis_cap <= 0:
+        out.add("algorithm.loss.tis_cap", f"must be > 0 or null, got {loss.tis_cap}")
+    if loss.entropy_eps <= 0:
+        out.add("algorithm.loss.entropy_eps", f"must be > 0, got {loss.entropy_eps}")
+    if loss.token_sum_norm_len is not None and loss.token_sum_norm_len <= 0:
+        out.add("algorithm.loss.token_sum_norm_len", f"must be > 0 or null, got {loss.token_sum_norm_len}")
+    if a.tlga_fallback_threshold is not None and a.tlga_fallback_threshold <= 0:
+        out.add("algorithm.tlga_fallback_threshold", f"must be > 0 or null, got {a.tlga_fallback_threshold}")
+    tau = a.adaptive_temperature.tau
+    if not 0.0 <= tau < 1.0:
+        out.add(
+            "algorithm.adaptive_temperature.tau", f"must be in [0, 1) so that T stays positive, got {tau}"
+        )
+
+
+def _reward(cfg: RootConfig, out: _Issues) -> None:
+    rw = cfg.reward
+    if rw.call_timeout_s <= 0:
+        out.add("reward.call_timeout_s", f"must be > 0, got {rw.call_timeout_s}")
+    if rw.kill_grace_s < 0:
+        out.add("reward.kill_grace_s", f"must be >= 0, got {rw.kill_grace_s}")
+    ov = rw.overlong
+    if ov.enable:
+        if not 0 < ov.buffer_len <= cfg.rollout.max_new_tokens:
+            out.add(
+                ["reward.overlong.buffer_len", "rollout.max_new_tokens"],
+                f"the overlong buffer ({ov.buffer_len}) must be in [1, max_new_tokens={cfg.rollout.max_new_tokens}]",
+            )
+        if ov.penalty_factor < 0:
+            out.add("reward.overlong.penalty_factor", f"must be >= 0, got {ov.penalty_factor}")
+
+
+def _optim(cfg: RootConfig, out: _Issues) -> None:
+    o = cfg.optim
+    if o.lr <= 0 or not 0 <= o.min_lr <= o.lr:
+        out.add(
+            ["optim.lr", "optim.min_lr"],
+            f"need lr > 0 and 0 <= min_lr <= lr, got lr={o.lr}, min_lr={o.min_lr}",
+        )
+    if not all(0.0 <= b < 1.0 for b in o.betas):
+        out.add("optim.betas", f"each beta must be in [0, 1), got {list(o.betas)}")
+    if o.clip_grad < 0 or o.weight_decay < 0 or o.eps <= 0:
+        out.add(
+            ["optim.clip_grad", "optim.weight_decay", "optim.eps"],
+            "need clip_grad >= 0, weight_decay >= 0, eps > 0",
+        )
+
+
+# --------------------------------------------------------------------------------- environment rules
+
+
+def _fp8_env(cfg: RootConfig, probe: EnvProbe, out: _Issues) -> None:
+    pr = cfg.precision
+    needs_te = []
+    if pr.fp8 is not None:
+        needs_te.append("precision.fp8")
+    if cfg.model.layer_spec == "te":
+        needs_te.append("model.layer_spec")
+    if needs_te and (err := probe.te_error()) is not None:
+        out.add(
+            needs_te,
+            f"needs Transformer Engine, which does not import here ({err}). Install transformer-engine[pytorch] "
+            "on a CUDA machine, or turn FP8 off (precision.fp8=null) / use model.layer_spec=local; "
+            "FP8 never silently falls back to bf16",
+        )
+    if pr.fp8 is None:
+        return
+    cap = probe.gpu_capability()
+    need = _FP8_MIN_CAPABILITY[pr.fp8_recipe]
+    if cap is None:
+        out.add(
+            "precision.fp8",
+            "FP8 needs a CUDA GPU and none is visible; set precision.fp8=null to train in bf16",
+        )
+    elif tuple(cap) < need:
+        out.add(
+            ["precision.fp8", "precision.fp8_recipe"],
+            f"the {pr.fp8_recipe} FP8 recipe needs compute capability >= sm{need[0]}{need[1]} "
+            f"(Hopper-class for blockwise); this GPU is sm{cap[0]}{cap[1]}",
+        )
+    if pr.fp8_recipe == "blockwise" and cap is not None:
+        cuda = probe.cuda_version()
+        if cuda is None or cuda < _BLOCKWISE_MIN_CUDA:
+            out.add(
+                "precision.fp8_recipe",
+                f"blockwise FP8 needs CUDA >= 12.9, torch here is built with CUDA {cuda}; use tensorwise",
+            )
+
+
+def _paths(cfg: RootConfig, out: _Issues) -> None:
+    lists = {"data.train_files": cfg.data.train_files, "data.val_files": cfg.data.val_files}
+    lists["eval.benchmarks"] = cfg.eval.benchmarks
+    for key, files in lists.items():
+        for i, f in enumerate(files):
+            if not Path(f).expanduser().is_file():
+                out.add(f"{key}[{i}]", f"file not found: {f} (relative paths are relative to {Path.cwd()})")
+    if not cfg.data.train_files:
+        out.add("data.train_files", "needs at least one training file")
+    for key, path in (
+        ("model.hf_path", cfg.model.hf_path),
+        ("model.tokenizer_path", cfg.model.tokenizer_path),
+    ):
+        if path is None or Path(path).expanduser().exists():
+            continue
+        if looks_like_hub_id(path):
+            continue  # a hub id; resolved (and checked) when the model loads
+        out.add(key, f"directory not found: {path} (relative paths are relative to {Path.cwd()})")
+    resume = cfg.checkpoint.resume
+    if resume not in ("auto", "none") and not Path(resume).expanduser().exists():
+        out.add("checkpoint.resume", f"checkpoint not found: {resume} (use auto, none or an existing path)")
+
+
+def _model_shape(cfg: RootConfig, out: _Issues) -> ModelShape | None:
+    config_json = find_config_json(cfg.model.hf_path)
+    if config_json is None:
+        if looks_like_hub_id(cfg.model.hf_path):
+            # Not in the local cache: the model loader downloads it and re-checks the layout then.
+            logger.warning(
+                "model.hf_path=%s is not a local directory, so it is taken as a hub id; it is not in the local "
+                "HF cache, so head/layer divisibility is checked when the model loads, not now",
+                cfg.model.hf_path,
+            )
+        return None
+    try:
+        return read_model_shape(config_json, cfg.model.override_config)
+    except ValueError as e:
+        out.add("model.hf_path", str(e))
+        return None
+
+
+def _model_fits(cfg: RootConfig, shape: ModelShape, out: _Issues) -> None:
+    tp = cfg.parallel.tensor_model_parallel_size
+    pp = cfg.parallel.pipeline_model_parallel_size
+    vpp = cfg.parallel.virtual_pipeline_model_parallel_size or 1
+    src = f"(from {shape.source})"
+    if tp >= 1 and shape.num_attention_heads % tp:
+        out.add(
+            "parallel.tensor_model_parallel_size",
+            f"TP={tp} must divide the model's num_attention_heads={shape.num_attention_heads} {src}",
+        )
+    if tp >= 1 and shape.num_key_value_heads % tp:
+        out.add(
+            "parallel.tensor_model_parallel_size",
+            f"TP={tp} must divide the model's KV heads (num_key_value_heads={shape.num_key_value_heads}) {src}: "
+            "each TP rank owns whole query groups; choose a TP that divides it",
+        )
+    if pp >= 1 and shape.num_hidden_layers % (pp * vpp):
+        out.add(
+            ["parallel.pipeline_model_parallel_size", "parallel.virtual_pipeline_model_parallel_size"],
+            f"PP x VPP = {pp * vpp} must divide num_hidden_layers={shape.num_hidden_layers} {src}",
+        )
+    total = cfg.data.max_prompt_length + cfg.rollout.max_new_tokens
+    if shape.max_position_embeddings is not None and total > shape.max_position_embeddings:
+        out.add(
+            ["data.max_prompt_length", "rollout.max_new_tokens"],
+            f"prompt + response = {total} tokens exceeds max_position_embeddings={shape.max_position_embeddings} "
+            f"{src}; shorten them or set model.override_config.max_position_embeddings",
+        )
+
+
+# ---------------------------------------------------------------------------------------------- entry
+
+
+def collect_issues(
+    cfg: RootConfig,
+    *,
+    world_size: int | None = None,
+    origins: Mapping[str, str] | None = None,
+    check_env: bool = True,
+    probe: EnvProbe | None = None,
+) -> list[ConfigIssue]:
+    """Every cross-field problem of ``cfg`` (empty list = valid). See the module docstring."""
+    out = _Issues(origins or {})
+    ws, phrase = world_size_of(cfg, world_size)
+    if ws < 1:
+        out.add("", f"world size must be >= 1, got {ws}", source="launcher")
+        return out.items
+    _positive(cfg, out)
+    _layout(cfg, ws, phrase, out)
+    _batches(cfg, data_parallel_size(cfg, ws), out)
+    _precision(cfg, out)
+    _rollout(cfg, ws, phrase, out)
+    _sampling(cfg, out)
+    _algorithm(cfg, out)
+    _reward(cfg, out)
+    _optim(cfg, out)
+    if check_env:
+        _fp8_env(cfg, probe or EnvProbe(), out)
+        _paths(cfg, out)
+        shape = _model_shape(cfg, out)
+        if shape is not None:
+            _model_fits(cfg, shape, out)
+    return out.items
+
+
+def validate(cfg: RootConfig, **kwargs) -> None:
+    """Raise ConfigError listing every problem ``collect_issues`` finds (same keyword arguments)."""
+    issues = collect_issues(cfg, **kwargs)
+    if issues:
+        raise ConfigError(issues)

@@ -1,0 +1,91 @@
+"""Scorers by name, and the rule that routes a ``data_source`` to one.
+
+Routing rule (HAPO's, ``reward_score/__init__.py`` of the reference code, kept explicit here):
+  1. ``reward.scorer`` other than ``auto`` forces that scorer for every row;
+  2. otherwise the most recently registered scorer whose ``match(data_source)`` is true wins;
+     the built-in ``dapo`` scorer matches ``"math_dapo" in data_source``;
+  3. otherwise ``math_verify`` (HAPO sends every other source, benchmarks included, to Math-Verify 0/1).
+
+A scorer is ``fn(response, ground_truth, *, deadline, extra) -> Score``. Scorers run inside the worker
+processes of ``ScorerPool``, so one registered by user code must live in a module the workers import
+(``reward.extra_modules``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from megatron_hapo.rewards.types import Deadline, Score
+
+DEFAULT_SCORER = "math_verify"
+AUTO = "auto"
+
+
+class ScorerFn(Protocol):
+    def __call__(
+        self, response: str, ground_truth: str, *, deadline: Deadline, extra: dict[str, Any]
+    ) -> Score: ...
+
+
+@dataclass(frozen=True)
+class ScorerEntry:
+    """A registered scorer. fail_score: the reward it gives a wrong answer (used for timeouts/errors too)."""
+
+    name: str
+    fn: ScorerFn
+    match: Callable[[str], bool] | None
+    fail_score: float
+
+
+_REGISTRY: dict[str, ScorerEntry] = {}
+
+
+def register_scorer(
+    name: str, *, match: Callable[[str], bool] | None = None, fail_score: float = 0.0
+) -> Callable[[ScorerFn], ScorerFn]:
+    """Decorator registering ``fn`` as scorer ``name``; ``match`` claims data sources for ``auto`` routing.
+
+    Re-registering a name replaces it (and moves it to the front of the routing order).
+    """
+
+    def deco(fn: ScorerFn) -> ScorerFn:
+        _REGISTRY.pop(name, None)
+        _REGISTRY[name] = ScorerEntry(name=name, fn=fn, match=match, fail_score=float(fail_score))
+        return fn
+
+    return deco
+
+
+def _ensure_builtins() -> None:
+    # Importing the modules registers them; done lazily so that registry.py has no import cycle.
+    from megatron_hapo.rewards import dapo, math_verify_scorer  # noqa: F401
+
+
+def get_scorer(name: str) -> ScorerEntry:
+    """The scorer registered as ``name``; KeyError naming the registered ones otherwise."""
+    _ensure_builtins()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(
+            f"no reward scorer named {name!r} (reward.scorer); registered: {sorted(_REGISTRY)}. "
+            "Custom scorers must be registered in a module listed in reward.extra_modules"
+        ) from None
+
+
+def resolve_scorer(data_source: str, scorer: str = AUTO) -> ScorerEntry:
+    """The scorer for a row from ``data_source`` under ``scorer`` (``auto`` or a name); see the module rule."""
+    _ensure_builtins()
+    if scorer != AUTO:
+        return get_scorer(scorer)
+    for entry in reversed(_REGISTRY.values()):
+        if entry.match is not None and entry.match(data_source):
+            return entry
+    return get_scorer(DEFAULT_SCORER)
+
+
+def registered() -> list[str]:
+    _ensure_builtins()
+    return list(_REGISTRY)

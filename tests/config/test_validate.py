@@ -1,0 +1,239 @@
+"""Cross-field rules: layout vs world size, batch divisibility, model shape, FP8 environment, paths."""
+
+from __future__ import annotations
+
+import pytest
+
+from megatron_hapo.config import (
+    ConfigError,
+    collect_issues,
+    data_parallel_size,
+    load_config,
+    load_with_origins,
+)
+from megatron_hapo.config.loader import compose
+
+from .conftest import CONFIGS, probe
+
+REQUIRED = ["model.hf_path=m", "data.train_files=[t.jsonl]"]
+
+
+def issues(overrides=(), world_size=None, check_env=False, **kw):
+    loaded = compose(None, [*REQUIRED, *overrides])
+    return collect_issues(
+        loaded.cfg, world_size=world_size, origins=loaded.origins, check_env=check_env, **kw
+    )
+
+
+def keys(found):
+    return {i.key for i in found}
+
+
+def test_defaults_are_valid_on_one_node_of_8():
+    assert issues() == []
+
+
+def test_tp_pp_cp_dp_must_equal_world_size():
+    found = issues(["parallel.tensor_model_parallel_size=2", "parallel.data_parallel_size=2"], world_size=8)
+    assert len(found) == 1
+    assert "TP x PP x CP x DP = 2 x 1 x 1 x 2 = 4 must equal the world size 8" in found[0].message
+    assert "command line (parallel.data_parallel_size=2)" in found[0].source
+    assert (
+        issues(["parallel.tensor_model_parallel_size=2", "parallel.data_parallel_size=4"], world_size=8) == []
+    )
+
+
+def test_model_parallel_must_divide_world_size_and_dp_is_derived():
+    found = issues(["parallel.tensor_model_parallel_size=3"], world_size=8)
+    assert any("TP x PP x CP = 3 must divide the world size 8" in i.message for i in found)
+    cfg = compose(
+        None, [*REQUIRED, "parallel.tensor_model_parallel_size=2", "parallel.pipeline_model_parallel_size=2"]
+    ).cfg
+    assert data_parallel_size(cfg, 16) == 4
+
+
+def test_world_size_defaults_to_the_cluster_section():
+    found = issues(
+        ["parallel.tensor_model_parallel_size=4", "cluster.gpus_per_node=2", "rollout.tensor_parallel_size=2"]
+    )
+    assert any("cluster.nodes x cluster.gpus_per_node" in i.message for i in found)
+
+
+def test_global_batch_divisible_by_dp_times_micro_batch():
+    # 32 prompts x 16 samples = 512 responses per update; DP 8 x micro 3 = 24 does not divide it.
+    found = issues(["data.micro_batch_size=3"], world_size=8)
+    assert keys(found) == {
+        "data.mini_batch_size, sampling.train.n, data.micro_batch_size, parallel.data_parallel_size"
+    }
+    assert "512" in found[0].message and "8 x 3" in found[0].message
+    found = issues(["data.train_batch_size=100", "data.mini_batch_size=32"], world_size=8)
+    assert "multiple of mini_batch_size" in found[0].message
+
+
+def test_sequence_parallel_and_virtual_pipeline_need_their_dimension():
+    found = issues(
+        ["parallel.sequence_parallel=true", "parallel.virtual_pipeline_model_parallel_size=2"], world_size=8
+    )
+    assert {"needs TP > 1" in i.message for i in found} == {True, False}
+    assert any("needs PP > 1" in i.message for i in found)
+
+
+def test_delayed_fp8_with_bf16_first_last_layers_is_rejected_even_without_env_checks():
+    found = issues(
+        ["precision.fp8=hybrid", "precision.fp8_recipe=delayed", "precision.first_last_layers_bf16=true"]
+    )
+    assert keys(found) == {"precision.fp8_recipe, precision.first_last_layers_bf16"}
+
+
+def test_fp8_without_transformer_engine_is_a_hard_error():
+    found = issues(
+        ["precision.fp8=e4m3"],
+        check_env=True,
+        probe=probe(te="RuntimeError: cudnn shared object not found."),
+    )
+    te = [i for i in found if "Transformer Engine" in i.message]
+    assert len(te) == 1 and "cudnn" in te[0].message and "never silently falls back" in te[0].message
+
+
+@pytest.mark.parametrize(
+    "recipe, cap, cuda, expect",
+    [
+        ("blockwise", (9, 0), (12, 9), None),
+        ("blockwise", (8, 9), (12, 9), "needs compute capability >= sm90"),
+        ("blockwise", (9, 0), (12, 4), "CUDA >= 12.9"),
+        ("tensorwise", (8, 9), (12, 4), None),
+        ("tensorwise", (8, 0), (12, 4), "needs compute capability >= sm89"),
+        ("delayed", None, None, "none is visible"),
+    ],
+)
+def test_fp8_needs_a_capable_gpu(recipe, cap, cuda, expect):
+    found = issues(
+        [f"precision.fp8_recipe={recipe}", "precision.fp8=hybrid"],
+        check_env=True,
+        probe=probe(cap=cap, cuda=cuda),
+    )
+    found = [i for i in found if i.key.startswith("precision")]
+    if expect is None:
+        assert found == []
+    else:
+        assert len(found) == 1 and expect in found[0].message
+
+
+def test_te_layer_spec_needs_te():
+    found = issues(["model.layer_spec=te"], check_env=True, probe=probe(te="ImportError: no module"))
+    assert "model.layer_spec" in keys(found)
+
+
+def test_rollout_tp_vs_gpus_per_server_and_world():
+    found = issues(["rollout.tensor_parallel_size=2", "rollout.gpus_per_server=3"], world_size=8)
+    assert any("multiple of the server TP size" in i.message for i in found)
+    found = issues(["rollout.tensor_parallel_size=16"], world_size=16, **{})
+    assert any("cannot span more than one node" in i.message for i in found)
+    found = issues(["rollout.engine=fleet"])
+    assert any("needs the servers' addresses" in i.message for i in found)
+    found = issues(["rollout.engine=fleet", "rollout.num_servers=2", "rollout.server_addresses=[http://a:1]"])
+    assert any("1 server addresses given but num_servers=2" in i.message for i in found)
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("algorithm.loss.clip_low=1.0", "algorithm.loss.clip_low"),
+        ("algorithm.loss.clip_low=0.6", "algorithm.loss.clip_low, algorithm.loss.clip_alpha"),
+        ("algorithm.loss.dual_clip_c=1.0", "algorithm.loss.dual_clip_c"),
+        ("algorithm.loss.pivot_quantile=1.5", "algorithm.loss.pivot_quantile"),
+        ("algorithm.adaptive_temperature.tau=1.0", "algorithm.adaptive_temperature.tau"),
+        ("sampling.train.n=1", "sampling.train.n"),
+        ("sampling.val.top_p=0", "sampling.val.top_p"),
+        ("sampling.train.top_k=0", "sampling.train.top_k"),
+        ("reward.overlong.buffer_len=20000", "reward.overlong.buffer_len, rollout.max_new_tokens"),
+        ("optim.min_lr=1.0", "optim.lr, optim.min_lr"),
+        ("data.micro_batch_size=0", "data.micro_batch_size"),
+    ],
+)
+def test_value_ranges(override, key):
+    assert key in keys(issues([override]))
+
+
+def test_every_problem_is_reported_at_once(write):
+    path = write(
+        "bad.yaml", "parallel: {tensor_model_parallel_size: 3}\nalgorithm: {loss: {pivot_quantile: 2.0}}\n"
+    )
+    with pytest.raises(ConfigError) as e:
+        load_config(path, REQUIRED, world_size=8, check_env=False)
+    assert len(e.value.issues) >= 2
+    assert all(str(path) in i.source for i in e.value.issues)
+    assert "2 problems" in str(e.value) or "3 problems" in str(e.value)
+
+
+def test_model_shape_rules_read_config_json(model_dir, data_file):
+    d = model_dir(heads=8, kv=2, layers=6, max_pos=4096)
+    base = [
+        f"model.hf_path={d}",
+        f"data.train_files=[{data_file}]",
+        "rollout.max_new_tokens=2048",
+        "reward.overlong.buffer_len=512",
+    ]
+    ok = collect_issues(
+        compose(None, [*base, "parallel.tensor_model_parallel_size=2"]).cfg, world_size=8, probe=probe()
+    )
+    assert ok == []
+    found = collect_issues(
+        compose(None, [*base, "parallel.tensor_model_parallel_size=4"]).cfg, world_size=8, probe=probe()
+    )
+    assert any("KV heads (num_key_value_heads=2)" in i.message and str(d) in i.message for i in found)
+    found = collect_issues(
+        compose(None, [*base, "parallel.pipeline_model_parallel_size=4"]).cfg, world_size=8, probe=probe()
+    )
+    assert any("must divide num_hidden_layers=6" in i.message for i in found)
+    found = collect_issues(
+        compose(None, [*base, "rollout.max_new_tokens=4000"]).cfg, world_size=8, probe=probe()
+    )
+    assert any("exceeds max_position_embeddings=4096" in i.message for i in found)
+    fixed = compose(
+        None, [*base, "rollout.max_new_tokens=4000", "model.override_config.max_position_embeddings=8192"]
+    )
+    assert collect_issues(fixed.cfg, world_size=8, probe=probe()) == []
+
+
+def test_model_dir_without_config_json(tmp_path, data_file):
+    loaded = compose(None, [f"model.hf_path={tmp_path}", f"data.train_files=[{data_file}]"])
+    found = collect_issues(loaded.cfg, probe=probe())
+    assert any(i.key == "model.hf_path" and "config.json" in i.message for i in found)
+
+
+def test_paths_must_exist(tmp_path, data_file):
+    found = issues(
+        [
+            f"data.train_files=[{data_file}, {tmp_path}/nope.parquet]",
+            "eval.benchmarks=[missing.jsonl]",
+            "checkpoint.resume=/no/ckpt",
+        ],
+        check_env=True,
+        probe=probe(),
+    )
+    got = keys(found)
+    assert {"data.train_files[1]", "eval.benchmarks[0]", "checkpoint.resume"} <= got
+    assert "data.train_files[0]" not in got
+    src = next(i for i in found if i.key == "data.train_files[1]").source
+    assert src.startswith("command line (data.train_files=")
+
+
+def test_cpu_demo_config_is_valid_once_the_tiny_model_exists(model_dir, monkeypatch):
+    monkeypatch.chdir(CONFIGS.parents[1])  # the demo's data paths are relative to the repo root
+    d = model_dir(heads=4, kv=2, layers=2, max_pos=256)
+    loaded = load_with_origins(
+        CONFIGS / "cpu_demo.yaml", [f"model.hf_path={d}"], world_size=1, probe=probe(cap=None, cuda=None)
+    )
+    cfg = loaded.cfg
+    assert cfg.trainer.device == "cpu" and cfg.rollout.engine == "inprocess"
+    assert cfg.parallel.tensor_model_parallel_size == cfg.parallel.pipeline_model_parallel_size == 1
+    assert cfg.algorithm.loss.clip_low == 0.2  # inherited from base.yaml
+    assert loaded.origins["algorithm.loss.clip_low"].endswith("base.yaml")
+    assert loaded.origins["data.train_batch_size"].endswith("cpu_demo.yaml")
+
+
+def test_cpu_demo_hf_path_honours_the_environment(monkeypatch):
+    monkeypatch.setenv("HAPO_TINY_MODEL", "/tmp/elsewhere")
+    cfg = load_config(CONFIGS / "cpu_demo.yaml", check_env=False, world_size=1)
+    assert cfg.model.hf_path == "/tmp/elsewhere"
