@@ -29,8 +29,6 @@ def eval_main(argv: list[str] | None = None) -> None:
 
 
 def convert_main(argv: list[str] | None = None) -> None:
-    sys.exit(
-        _NOT_YET.format(
-            name="hapo-convert", what="HF <-> Megatron conversion", issue="Models and checkpoint conversion"
-        )
-    )
+    from megatron_hapo.models.convert import main
+
+    sys.exit(main(argv))

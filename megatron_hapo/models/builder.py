@@ -1,0 +1,185 @@
+"""HF config -> Megatron ``TransformerConfig``, layer spec and ``GPTModel`` for the current TP/PP rank.
+
+Import ``megatron_hapo.parallel`` (done here) before Megatron, and call the builder after
+``megatron_hapo.parallel.initialize_model_parallel``: TP/PP sizes and pre/post-process flags come
+from Megatron's ``parallel_state``. On CPU wrap the call in ``megatron_hapo.parallel.device_mode()``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+import megatron_hapo.parallel as hp  # noqa: F401  (CPU import patches before megatron)
+from megatron_hapo.models.errors import ConversionError, ParallelLayoutError
+from megatron_hapo.models.hf_config import DEFAULT_VOCAB_DIVISOR, ModelArch, load_arch
+from megatron_hapo.parallel import cpu_compat
+
+logger = logging.getLogger(__name__)
+
+SpecChoice = Literal["auto", "local", "te"]
+
+
+def transformer_engine_status() -> tuple[bool, str]:
+    """(usable, reason): Transformer Engine importable *and* a CUDA device present.
+
+    Guarded with ``except Exception``: a half-installed TE raises ``RuntimeError`` (not ImportError)
+    at import.
+    """
+    if not torch.cuda.is_available():
+        return False, "no CUDA device"
+    try:
+        import transformer_engine  # noqa: F401
+        from megatron.core.extensions import transformer_engine as _te  # noqa: F401
+    except Exception as e:  # noqa: BLE001
+        return False, f"transformer_engine is not usable ({type(e).__name__}: {e})"
+    return True, "transformer_engine importable and CUDA present"
+
+
+def layer_spec(arch: ModelArch, spec: SpecChoice = "auto"):
+    """The GPT layer spec for ``arch``: TE's when ``spec`` is "te" (or "auto" and TE is usable), else local."""
+    from megatron.core.models.gpt.gpt_layer_specs import (
+        get_gpt_layer_local_spec,
+        get_gpt_layer_with_transformer_engine_spec,
+    )
+
+    if spec not in ("auto", "local", "te"):
+        raise ValueError(f"spec must be 'auto', 'local' or 'te', got {spec!r}")
+    usable, reason = transformer_engine_status()
+    if spec == "te" and not usable:
+        raise ConversionError(f"spec='te' asked for, but {reason}; use spec='local' (or 'auto')")
+    use_te = spec == "te" or (spec == "auto" and usable)
+    logger.info("GPT layer spec: %s (%s)", "transformer_engine" if use_te else "local", reason)
+    if use_te:
+        return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=arch.qk_norm)
+    return get_gpt_layer_local_spec(qk_layernorm=arch.qk_norm, normalization="RMSNorm")
+
+
+def transformer_config(arch: ModelArch, *, params_dtype: torch.dtype = torch.float32, **overrides: Any):
+    """Megatron ``TransformerConfig`` equivalent to ``arch`` at the current TP/PP sizes.
+
+    ``overrides`` are passed to ``TransformerConfig`` last (recompute, sequence_parallel, ...).
+    """
+    from megatron.core import parallel_state as ps
+    from megatron.core.transformer import TransformerConfig
+
+    kwargs: dict[str, Any] = dict(
+        num_layers=arch.num_layers,
+        hidden_size=arch.hidden_size,
+        num_attention_heads=arch.num_attention_heads,
+        num_query_groups=arch.num_kv_heads,
+        kv_channels=arch.head_dim,  # Qwen3: head_dim != hidden / heads
+        ffn_hidden_size=arch.ffn_hidden_size,
+        gated_linear_unit=True,  # SwiGLU: fc1 = [gate; up]
+        activation_func=F.silu,
+        normalization="RMSNorm",
+        layernorm_epsilon=arch.norm_eps,
+        add_bias_linear=False,
+        add_qkv_bias=arch.qkv_bias,
+        qk_layernorm=arch.qk_norm,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=arch.initializer_range,
+        tensor_model_parallel_size=ps.get_tensor_model_parallel_world_size(),
+        pipeline_model_parallel_size=ps.get_pipeline_model_parallel_world_size(),
+        params_dtype=params_dtype,
+        pipeline_dtype=params_dtype,
+        bf16=params_dtype == torch.bfloat16,
+        fp16=params_dtype == torch.float16,
+        # fusions that need CUDA kernels / apex stay off (they are off by default; explicit for CPU)
+        bias_dropout_fusion=False,
+        masked_softmax_fusion=False,
+        gradient_accumulation_fusion=False,
+        persist_layer_norm=False,
+        apply_rope_fusion=False,
+    )
+    if not cpu_compat.cuda_available():
+        kwargs.update(
+            use_cpu_initialization=True,  # build on the host; TP ranks slice the same master weights
+            batch_p2p_sync=False,  # the default calls torch.cuda.synchronize() around PP send/recv
+        )
+    kwargs.update(overrides)
+    return TransformerConfig(**kwargs)
+
+
+def build_gpt_model(
+    source: Any,
+    *,
+    params_dtype: torch.dtype = torch.float32,
+    spec: SpecChoice = "auto",
+    padded_vocab_size: int | None = None,
+    make_vocab_size_divisible_by: int = DEFAULT_VOCAB_DIVISOR,
+    pre_process: bool | None = None,
+    post_process: bool | None = None,
+    vp_stage: int | None = None,
+    perform_initialization: bool = True,
+    config_overrides: dict[str, Any] | None = None,
+):
+    """Build this rank's ``GPTModel`` for the HF model described by ``source``.
+
+    ``source``: a model directory, a config.json, a dict, a transformers config or a ``ModelArch``.
+    ``padded_vocab_size``: the embedding/output row count; default ``arch.padded_vocab_size(tp,
+    make_vocab_size_divisible_by)``. Pass the value a checkpoint was written with to load it at another
+    TP (``mcore_io.checkpoint_padded_vocab``). ``perform_initialization=False`` skips random init (for
+    weights about to be overwritten). The returned model carries ``hapo_arch`` (the ``ModelArch``) for
+    ``export_hf_weights``; its ``vocab_size`` attribute is the padded vocab.
+    """
+    from megatron.core import parallel_state as ps
+    from megatron.core.models.gpt import GPTModel
+
+    arch = load_arch(source)
+    tp = ps.get_tensor_model_parallel_world_size()
+    pp = ps.get_pipeline_model_parallel_world_size()
+    arch.check_layout(tp, pp)
+    padded = padded_vocab_size or arch.padded_vocab_size(tp, make_vocab_size_divisible_by)
+    if padded < arch.vocab_size or padded % tp:
+        raise ParallelLayoutError(
+            f"padded vocab {padded} must be >= the HF vocab {arch.vocab_size} and divisible by TP={tp}; "
+            f"re-convert the checkpoint with --tp {tp}"
+        )
+    overrides = {"perform_initialization": perform_initialization, **(config_overrides or {})}
+    config = transformer_config(arch, params_dtype=params_dtype, **overrides)
+    if pre_process is None:
+        pre_process = ps.is_pipeline_first_stage(ignore_virtual=vp_stage is None, vp_stage=vp_stage)
+    if post_process is None:
+        post_process = ps.is_pipeline_last_stage(ignore_virtual=vp_stage is None, vp_stage=vp_stage)
+    model = GPTModel(
+        config=config,
+        transformer_layer_spec=layer_spec(arch, spec),
+        vocab_size=padded,
+        max_sequence_length=arch.max_position_embeddings,
+        pre_process=pre_process,
+        post_process=post_process,
+        share_embeddings_and_output_weights=arch.tie_word_embeddings,
+        position_embedding_type="rope",
+        rotary_base=arch.rope_theta,
+        rope_scaling=arch.rope_scaling is not None,
+        rope_scaling_factor=arch.rope_scaling.factor if arch.rope_scaling else 8.0,
+        seq_len_interpolation_factor=arch.linear_rope_factor,
+        vp_stage=vp_stage,
+    )
+    if arch.rope_scaling is not None:
+        _apply_llama3_rope(model, arch)
+    model.hapo_arch = arch
+    return model.to(params_dtype)
+
+
+def _apply_llama3_rope(model, arch: ModelArch) -> None:
+    # GPTModel applies llama3 scaling with hard-coded low_freq_factor=1, high_freq_factor=4 and
+    # original_max_position_embeddings=8192 (RotaryEmbedding._apply_scaling defaults). Recompute the
+    # frequencies with the HF config's values so any llama3-style config matches HF exactly.
+    s = arch.rope_scaling
+    rope = model.rotary_pos_emb
+    device = rope.inv_freq.device
+    dim = arch.head_dim
+    base = 1.0 / (arch.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim))
+    rope.inv_freq = rope._apply_scaling(
+        base,
+        factor=s.factor,
+        low_freq_factor=s.low_freq_factor,
+        high_freq_factor=s.high_freq_factor,
+        original_max_position_embeddings=s.original_max_position_embeddings,
+    )

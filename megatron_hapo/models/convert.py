@@ -1,0 +1,256 @@
+"""``hapo-convert`` / ``tools/convert_checkpoint.py``: HF <-> Megatron checkpoint conversion and verification.
+
+    hapo-convert hf-to-mcore --hf DIR --out DIR [--tp N --pp M] [--dtype auto|bfloat16|float32]
+    hapo-convert mcore-to-hf --mcore DIR --hf-config DIR --out DIR [--dtype auto|...] [--max-shard-size 5GB]
+    hapo-convert verify      --hf DIR --mcore DIR [--tp N --pp M] [--atol 1e-4]
+
+Run as a plain process (a world of one) or under ``torchrun --nproc-per-node K`` with K a multiple of
+TP x PP (each rank then converts its own shard). ``hf-to-mcore`` in one process writes the whole
+model; its ``--tp`` still sets the vocab padding (a multiple of 128 x TP), and the checkpoint loads
+at any TP/PP whose TP divides that padded vocab. ``verify`` needs K = TP x PP processes.
+
+Exit codes: 0 success; 1 ``verify`` found logits outside the tolerance; 2 a usage or conversion error
+(message printed, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from megatron_hapo.models.errors import ConversionError, ParallelLayoutError
+from megatron_hapo.models.hf_config import DEFAULT_VOCAB_DIVISOR, load_arch
+from megatron_hapo.models.hf_io import parse_size
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hapo-convert", description="HF <-> Megatron-Core checkpoint conversion."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    h2m = sub.add_parser("hf-to-mcore", help="HF safetensors -> Megatron distributed checkpoint (torch_dist)")
+    h2m.add_argument("--hf", required=True, type=Path, help="HF model directory (config.json + safetensors)")
+    h2m.add_argument("--out", required=True, type=Path, help="output checkpoint directory (new or empty)")
+    h2m.add_argument("--tp", type=int, default=1, help="tensor-parallel size the vocab is padded for")
+    h2m.add_argument("--pp", type=int, default=1, help="pipeline-parallel size (checked against the layers)")
+    h2m.add_argument("--dtype", default="auto", choices=["auto", *_DTYPES], help="auto: config.json's dtype")
+    h2m.add_argument(
+        "--make-vocab-size-divisible-by",
+        type=int,
+        default=DEFAULT_VOCAB_DIVISOR,
+        help="vocab padding unit (x TP)",
+    )
+
+    m2h = sub.add_parser("mcore-to-hf", help="Megatron distributed checkpoint -> HF safetensors")
+    m2h.add_argument("--mcore", required=True, type=Path, help="Megatron checkpoint directory")
+    m2h.add_argument(
+        "--hf-config", required=True, type=Path, help="HF directory with config.json and tokenizer"
+    )
+    m2h.add_argument("--out", required=True, type=Path, help="output HF directory")
+    m2h.add_argument("--tp", type=int, default=1, help="TP to load at under torchrun (1 in a single process)")
+    m2h.add_argument("--pp", type=int, default=1, help="PP to load at under torchrun (1 in a single process)")
+    m2h.add_argument(
+        "--dtype", default="auto", choices=["auto", *_DTYPES], help="auto: the checkpoint's dtype"
+    )
+    m2h.add_argument(
+        "--max-shard-size",
+        default="5GB",
+        type=parse_size,
+        help="safetensors shard size cap (e.g. 5GB, 500MB)",
+    )
+
+    ver = sub.add_parser("verify", help="compare HF and Megatron logits on a random token batch")
+    ver.add_argument("--hf", required=True, type=Path, help="HF model directory")
+    ver.add_argument("--mcore", required=True, type=Path, help="Megatron checkpoint directory")
+    ver.add_argument("--tp", type=int, default=1)
+    ver.add_argument("--pp", type=int, default=1)
+    ver.add_argument("--atol", type=float, default=None, help="tolerance on max |logit diff| (default 1e-4)")
+    ver.add_argument("--batch", type=int, default=2)
+    ver.add_argument("--seq-len", type=int, default=16)
+    ver.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``hapo-convert``; returns the exit code."""
+    args = _parser().parse_args(argv)
+    _show_model_logs()
+    try:
+        return {"hf-to-mcore": hf_to_mcore, "mcore-to-hf": mcore_to_hf, "verify": verify}[args.command](args)
+    except (ConversionError, FileNotFoundError) as e:
+        # every rank fails together (models.collective); one message is enough
+        if os.environ.get("RANK", "0") == "0":
+            print(f"hapo-convert {args.command}: error: {e}", file=sys.stderr, flush=True)
+        return 2
+
+
+def _show_model_logs() -> None:
+    """Print megatron_hapo.models' INFO logs (the layer-spec choice) on rank 0, once per process."""
+    logger = logging.getLogger("megatron_hapo.models")
+    if os.environ.get("RANK", "0") != "0" or any(getattr(h, "_hapo_convert", False) for h in logger.handlers):
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("[hapo-convert] %(message)s"))
+    handler._hapo_convert = True
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+@contextlib.contextmanager
+def _model_parallel(tp: int, pp: int, *, single_process_ok: bool):
+    """Process group + Megatron model parallel at TP x PP (TP=PP=1 in a single process if allowed)."""
+    import torch.distributed as dist
+
+    import megatron_hapo.parallel as hp
+
+    created = not dist.is_initialized()
+    env = hp.init_distributed()
+    try:
+        if env.world_size == 1 and tp * pp > 1:
+            if not single_process_ok:
+                raise ParallelLayoutError(
+                    f"TP={tp} x PP={pp} needs {tp * pp} processes: run under "
+                    f"`torchrun --nproc-per-node {tp * pp} -m megatron_hapo.models.convert ...`"
+                )
+            tp = pp = 1
+        elif env.world_size % (tp * pp):
+            raise ParallelLayoutError(
+                f"{env.world_size} processes cannot hold TP={tp} x PP={pp}; launch a multiple of {tp * pp} processes"
+            )
+        hp.initialize_model_parallel(tp, pp)
+        try:
+            with hp.device_mode():
+                yield env
+        finally:
+            hp.destroy_model_parallel()
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
+def _log(msg: str) -> None:
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(f"[hapo-convert] {msg}", flush=True)
+
+
+def _resolve_dtype(name: str, fallback: str | torch.dtype | None) -> torch.dtype:
+    if name != "auto":
+        return _DTYPES[name]
+    if isinstance(fallback, torch.dtype):
+        return fallback
+    return _DTYPES.get(fallback or "float32", torch.float32)
+
+
+def hf_to_mcore(args) -> int:
+    from megatron_hapo.models.builder import build_gpt_model
+    from megatron_hapo.models.hf_io import HFCheckpointReader
+    from megatron_hapo.models.loading import load_hf_weights
+    from megatron_hapo.models.mcore_io import save_checkpoint
+
+    arch = load_arch(args.hf)
+    arch.check_layout(args.tp, args.pp)
+    reader = HFCheckpointReader(args.hf)  # missing shards fail here, before Megatron starts
+    if args.out.exists() and any(args.out.iterdir()):
+        raise ConversionError(f"--out {args.out} is not empty; choose a new directory")
+    dtype = _resolve_dtype(args.dtype, arch.dtype)
+    padded = arch.padded_vocab_size(args.tp, args.make_vocab_size_divisible_by)
+    start = time.perf_counter()
+    with _model_parallel(args.tp, args.pp, single_process_ok=True):
+        from megatron.core import parallel_state as ps
+
+        layout = (
+            f"TP={ps.get_tensor_model_parallel_world_size()} PP={ps.get_pipeline_model_parallel_world_size()}"
+        )
+        _log(
+            f"{arch.family} from {args.hf}: {arch.num_layers} layers, vocab {arch.vocab_size} -> padded {padded}, "
+            f"{dtype}, building at {layout}"
+        )
+        model = build_gpt_model(
+            arch, params_dtype=dtype, padded_vocab_size=padded, perform_initialization=False
+        )
+        load_hf_weights(model, reader, progress=True)
+        save_checkpoint(model, args.out)
+    _log(
+        f"wrote {args.out} in {time.perf_counter() - start:.1f}s (loads at any TP dividing {padded} and any PP dividing {arch.num_layers})"
+    )
+    return 0
+
+
+def mcore_to_hf(args) -> int:
+    import torch.distributed as dist
+
+    from megatron_hapo.models.builder import build_gpt_model
+    from megatron_hapo.models.export import export_hf_weights
+    from megatron_hapo.models.hf_io import (
+        HFCheckpointWriter,
+        check_output_dir,
+        copy_reference_files,
+    )
+    from megatron_hapo.models.mcore_io import checkpoint_dtype, checkpoint_padded_vocab, load_checkpoint
+
+    arch = load_arch(args.hf_config)
+    arch.check_layout(args.tp, args.pp)
+    padded = checkpoint_padded_vocab(args.mcore)
+    dtype = _resolve_dtype(args.dtype, checkpoint_dtype(args.mcore))
+    max_shard = args.max_shard_size
+    check_output_dir(args.out)  # on every rank, before any collective (only rank 0 writes)
+    start = time.perf_counter()
+    with _model_parallel(args.tp, args.pp, single_process_ok=True):
+        writer = HFCheckpointWriter(args.out, max_shard, dtype) if dist.get_rank() == 0 else None
+        model = build_gpt_model(
+            arch, params_dtype=dtype, padded_vocab_size=padded, perform_initialization=False
+        )
+        load_checkpoint(model, args.mcore)
+        for name, tensor in export_hf_weights(model, progress=True):
+            if writer is not None:  # every rank walks the export (it is collective); rank 0 writes
+                writer.add(name, tensor)
+        if writer is not None:
+            index = writer.close()
+            copied = copy_reference_files(args.hf_config, args.out, dtype)
+            _log(
+                f"wrote {index.name} ({writer.total_bytes / 1e9:.2f} GB, {dtype}) and {', '.join(copied)} "
+                f"to {args.out} in {time.perf_counter() - start:.1f}s"
+            )
+        dist.barrier()
+    return 0
+
+
+def verify(args) -> int:
+    from megatron_hapo.models.builder import build_gpt_model
+    from megatron_hapo.models.mcore_io import checkpoint_padded_vocab, load_checkpoint
+    from megatron_hapo.models.verify import DEFAULT_ATOL, compare_with_hf
+
+    arch = load_arch(args.hf)
+    arch.check_layout(args.tp, args.pp)
+    padded = checkpoint_padded_vocab(args.mcore)
+    with _model_parallel(args.tp, args.pp, single_process_ok=False):
+        model = build_gpt_model(
+            arch, params_dtype=torch.float32, padded_vocab_size=padded, perform_initialization=False
+        )
+        load_checkpoint(model, args.mcore)
+        result = compare_with_hf(
+            model,
+            args.hf,
+            batch=args.batch,
+            seq_len=args.seq_len,
+            seed=args.seed,
+            atol=args.atol or DEFAULT_ATOL,
+        )
+        _log(f"verify {arch.family} TP={args.tp} PP={args.pp}: {result.describe()}")
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
