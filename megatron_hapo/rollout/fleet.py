@@ -284,6 +284,47 @@ class SGLangFleet:
     def update_weights_from_disk(self, hf_dir: str) -> None:
         self._all("/update_weights_from_disk", {"model_path": str(hf_dir), "keep_pause": True})
 
+    @property
+    def num_engine_ranks(self) -> int:
+        return self.config.tp_size * len(self.servers)
+
+    def init_weights_update_group(
+        self, master_address, master_port, rank_offset, world_size, group_name, backend
+    ):
+        # every server blocks until all ranks joined: call them concurrently
+        def join(k_server):
+            k, server = k_server
+            payload = dict(
+                master_address=master_address, master_port=master_port, world_size=world_size,
+                rank_offset=rank_offset + k * self.config.tp_size, group_name=group_name, backend=backend,
+            )  # fmt: skip
+            reply = self._post(server.url, "/init_weights_update_group", payload)
+            if isinstance(reply, dict) and reply.get("success") is False:
+                raise EngineError(
+                    f"{server.describe()}: init_weights_update_group failed: {reply.get('message')}"
+                )
+
+        with ThreadPoolExecutor(max_workers=len(self.servers)) as pool:
+            list(pool.map(join, enumerate(self.servers)))
+
+    def update_weights_from_distributed(self, names, dtypes, shapes, group_name) -> None:
+        payload = {
+            "names": names,
+            "dtypes": dtypes,
+            "shapes": shapes,
+            "group_name": group_name,
+            "flush_cache": False,
+        }
+        with ThreadPoolExecutor(max_workers=len(self.servers)) as pool:
+            list(
+                pool.map(
+                    lambda s: self._post(s.url, "/update_weights_from_distributed", payload), self.servers
+                )
+            )
+
+    def destroy_weights_update_group(self, group_name) -> None:
+        self._all("/destroy_weights_update_group", {"group_name": group_name})
+
     def set_weight_version(self, version: str) -> None:
         self._all("/update_weight_version", {"new_version": str(version), "abort_all_requests": False})
         self.weight_version = str(version)

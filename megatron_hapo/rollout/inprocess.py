@@ -58,6 +58,7 @@ class InProcessSGLangEngine:
             model_path=str(model_path), tp_size=tp_size, random_seed=seed, log_level=log_level, **args
         )
         self._tm = self._engine.tokenizer_manager
+        self.num_engine_ranks = tp_size  # ranks that join a distributed weight-update group
         self.weight_version = "default"  # SGLang's initial version string
 
     # -- generation ---------------------------------------------------------------------------------
@@ -105,6 +106,23 @@ class InProcessSGLangEngine:
 
     def update_weights_from_disk(self, hf_dir: str) -> None:
         _check("update_weights_from_disk", self._engine.update_weights_from_disk(str(hf_dir)))
+
+    def init_weights_update_group(
+        self, master_address, master_port, rank_offset, world_size, group_name, backend
+    ):
+        reply = self._engine.init_weights_update_group(
+            master_address, master_port, rank_offset, world_size, group_name, backend
+        )
+        _check("init_weights_update_group", reply)
+
+    def update_weights_from_distributed(self, names, dtypes, shapes, group_name) -> None:
+        reply = self._engine.update_weights_from_distributed(
+            names, dtypes, shapes, group_name, flush_cache=False
+        )
+        _check("update_weights_from_distributed", reply)
+
+    def destroy_weights_update_group(self, group_name) -> None:
+        _check("destroy_weights_update_group", self._engine.destroy_weights_update_group(group_name))
 
     def set_weight_version(self, version: str) -> None:
         from sglang.srt.managers.io_struct import UpdateWeightVersionReqInput

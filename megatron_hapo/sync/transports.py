@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import shutil
+import socket
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
 import torch
+import torch.distributed as dist
 
 from megatron_hapo.rollout.types import RolloutEngine
 
@@ -89,3 +93,87 @@ class DiskTransport:
         else:
             staging.rename(self.out_dir)
         self.engine.update_weights_from_disk(str(self.out_dir))
+
+
+class DistributedTransport:
+    """``update_weights_from_distributed``: broadcast from the trainer to every engine rank.
+
+    The trainer's pushing rank is rank 0 of a group it forms with all engine ranks (world = 1 +
+    engine ranks). SGLang builds its side with a ``PrefixStore(group_name, ...)`` rendezvous and
+    c10d's group helper, so a plain ``init_process_group`` would hang: we join through SGLang's own
+    ``init_custom_process_group``. NCCL on GPU, gloo on CPU. Only the pushing rank uses this object.
+    """
+
+    name = "distributed"
+
+    def __init__(
+        self,
+        engine: RolloutEngine,
+        master_address: str = "127.0.0.1",
+        master_port: int | None = None,
+        backend: str | None = None,
+        group_name: str = "hapo_weight_sync",
+        timeout_s: float = 600.0,
+    ):
+        self.engine = engine
+        self.master_address = master_address
+        self.master_port = master_port
+        self.backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+        self.group_name = group_name
+        self.timeout_s = timeout_s
+        self._group = None
+
+    def _ensure_group(self) -> None:
+        if self._group is not None:
+            return
+        from sglang.srt.utils.common import init_custom_process_group
+
+        port = self.master_port or _free_port(self.master_address)
+        world = 1 + self.engine.num_engine_ranks
+        with ThreadPoolExecutor(max_workers=1) as pool:  # the engine side blocks until we join
+            joined = pool.submit(
+                self.engine.init_weights_update_group,
+                self.master_address,
+                port,
+                1,
+                world,
+                self.group_name,
+                self.backend,
+            )
+            self._group = init_custom_process_group(
+                backend=self.backend,
+                init_method=f"tcp://{self.master_address}:{port}",
+                world_size=world,
+                rank=0,
+                group_name=self.group_name,
+                timeout=datetime.timedelta(seconds=self.timeout_s),
+            )
+            joined.result(timeout=self.timeout_s)
+
+    def send(self, bucket):
+        self._ensure_group()
+        names = [n for n, _ in bucket]
+        dtypes = [str(t.dtype).removeprefix("torch.") for _, t in bucket]
+        shapes = [list(t.shape) for _, t in bucket]
+        with ThreadPoolExecutor(max_workers=1) as pool:  # the engine receives while we broadcast, in order
+            received = pool.submit(
+                self.engine.update_weights_from_distributed, names, dtypes, shapes, self.group_name
+            )
+            for _, tensor in bucket:
+                dist.broadcast(tensor.detach().contiguous(), src=0, group=self._group)
+            received.result(timeout=self.timeout_s)
+
+    def finish(self):
+        pass
+
+    def close(self) -> None:
+        if self._group is not None:
+            self.engine.destroy_weights_update_group(self.group_name)
+            dist.destroy_process_group(self._group)
+            self._group = None
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from megatron_hapo.rollout import EngineError, GenerationParams, InProcessSGLangEngine
-from megatron_hapo.sync import DiskTransport, TensorTransport, WeightSyncError, push_weights
+from megatron_hapo.sync import DiskTransport, DistributedTransport, TensorTransport, WeightSyncError, push_weights
 from tests.fixtures_tiny_model import make_tiny_hf_model
 from tests.rollout._common import LOGPROB_TOL, PROBE, PROMPTS, hf_logprobs, perturbed_state
 
@@ -71,14 +71,18 @@ def test_behaviour_logprobs_match_hf_at_sampling_temperature(engine, hf_model, t
             assert (got - wrong).abs().max() > 10 * LOGPROB_TOL
 
 
-@pytest.mark.parametrize("transport", ["tensor", "disk"])
+@pytest.mark.parametrize("transport", ["tensor", "disk", "distributed"])
 def test_sync_changes_outputs_and_version_then_restores(engine, hf_model, model_dir, tmp_path, transport):
     before = greedy(engine)
 
     def make():
         if transport == "tensor":
             return TensorTransport(engine)
+        if transport == "distributed":
+            return distributed  # one group for both pushes, as in training
         return DiskTransport(engine, hf_config_dir=model_dir, out_dir=tmp_path / "weights")
+
+    distributed = DistributedTransport(engine, group_name=f"test-{transport}")
 
     report = push_weights(
         engine,
@@ -97,6 +101,7 @@ def test_sync_changes_outputs_and_version_then_restores(engine, hf_model, model_
     push_weights(engine, make(), perturbed_state(hf_model, 1.0), f"{transport}-2", verify_name=PROBE)
     assert greedy(engine) == before
     assert engine.weight_version == f"{transport}-2"
+    distributed.close()
 
 
 def test_sync_verification_fails_loudly_when_weights_did_not_arrive(engine, hf_model):
