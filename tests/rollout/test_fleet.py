@@ -13,7 +13,7 @@ import torch
 
 from megatron_hapo.rollout import EngineError, GenerationParams
 from megatron_hapo.rollout.fleet import FleetConfig, SGLangFleet
-from megatron_hapo.sync import DiskTransport, push_weights
+from megatron_hapo.sync import DiskTransport, DistributedTransport, push_weights
 from tests.fixtures_tiny_model import make_tiny_hf_model
 from tests.rollout._common import LOGPROB_TOL, PROBE, PROMPTS, hf_logprobs, perturbed_state
 
@@ -60,7 +60,7 @@ def test_generate_through_router_matches_hf_logprobs(fleet, hf_model):
         assert (torch.tensor(s.logprobs, dtype=torch.float64) - ref).abs().max() < LOGPROB_TOL
 
 
-def test_disk_sync_reaches_every_server(fleet, hf_model, model_dir, tmp_path):
+def test_disk_and_distributed_sync_reach_every_server(fleet, hf_model, model_dir, tmp_path):
     before = [s.response_ids for s in fleet.generate(PROMPTS, GREEDY)]
     transport = DiskTransport(fleet, hf_config_dir=model_dir, out_dir=tmp_path / "weights")
     push_weights(fleet, transport, perturbed_state(hf_model, 1.5), "fleet-1", verify_name=PROBE)
@@ -69,13 +69,12 @@ def test_disk_sync_reaches_every_server(fleet, hf_model, model_dir, tmp_path):
         single = SGLangFleet(FleetConfig(attach_urls=(server.url,), router=False))
         out = single.generate(PROMPTS, GREEDY)
         assert [s.response_ids for s in out] != before and {s.weight_version for s in out} == {"fleet-1"}
-    push_weights(
-        fleet,
-        DiskTransport(fleet, model_dir, tmp_path / "weights"),
-        perturbed_state(hf_model, 1.0),
-        "fleet-2",
-    )
-    assert [s.response_ids for s in fleet.generate(PROMPTS, GREEDY)] == before
+    # back to the original weights by broadcast: one trainer rank + one rank per server, gloo on CPU
+    distributed = DistributedTransport(fleet, group_name="fleet-test")
+    push_weights(fleet, distributed, perturbed_state(hf_model, 1.0), "fleet-2", bucket_bytes=64 << 10)
+    distributed.close()
+    out = fleet.generate(PROMPTS, GREEDY)
+    assert [s.response_ids for s in out] == before and {s.weight_version for s in out} == {"fleet-2"}
 
 
 def test_pause_with_requests_in_flight_loses_none(fleet):

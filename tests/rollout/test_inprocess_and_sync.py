@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from megatron_hapo.rollout import EngineError, GenerationParams, InProcessSGLangEngine
-from megatron_hapo.sync import DiskTransport, DistributedTransport, TensorTransport, WeightSyncError, push_weights
+from megatron_hapo.sync import (
+    DiskTransport,
+    DistributedTransport,
+    TensorTransport,
+    WeightSyncError,
+    push_weights,
+)
 from tests.fixtures_tiny_model import make_tiny_hf_model
 from tests.rollout._common import LOGPROB_TOL, PROBE, PROMPTS, hf_logprobs, perturbed_state
 

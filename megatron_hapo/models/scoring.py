@@ -1,0 +1,125 @@
+"""Per-token log-probs and entropies of given sequences under a Megatron policy (forward only).
+
+The old-policy pass of the trainer and the rollout log-prob check both need, for each response token
+t, ``log softmax(z_t / T_t)[y_t]`` and the entropy of ``softmax(z_t / T_t)``, with ``z`` the (vocab-
+parallel) logits and ``T_t`` the temperature the sampler used for that token. This runs through
+Megatron's pipeline schedule, so it works at any TP/PP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from megatron_hapo.ops import vocab_parallel_logprob_entropy
+
+
+@dataclass
+class ScoredSequence:
+    log_prob: torch.Tensor  # [response_len] fp32
+    entropy: torch.Tensor  # [response_len] fp32
+
+
+def _mask_padded_vocab(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Exclude Megatron's padding rows (ids >= the HF vocab) from the softmax: set them to -inf.
+
+    ``logits``: ``[..., V_padded / tp]``, this TP rank's shard of the vocab.
+    """
+    from megatron.core import parallel_state as ps
+
+    local = logits.shape[-1]
+    first = ps.get_tensor_model_parallel_rank() * local
+    valid = max(0, min(local, vocab_size - first))
+    if valid < local:
+        logits = logits.clone()
+        logits[..., valid:] = float("-inf")
+    return logits
+
+
+def score_sequences(
+    model,
+    prompts: list[list[int]],
+    responses: list[list[int]],
+    temperatures: list[list[float] | float],
+    vocab_size: int,
+    micro_batch_size: int = 4,
+) -> list[ScoredSequence]:
+    """Score ``responses[i]`` given ``prompts[i]`` at per-token temperatures ``temperatures[i]``.
+
+    ``vocab_size`` is the true (HF) vocab: padded columns are excluded. Every rank must call this with
+    the same inputs (it runs collectives); every rank returns the same result (broadcast from the
+    last pipeline stage).
+    """
+    from megatron.core import parallel_state as ps
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    n = len(prompts)
+    if not (n == len(responses) == len(temperatures)) or n == 0:
+        raise ValueError(
+            f"need equally many prompts, responses and temperatures (got {n}, {len(responses)}, {len(temperatures)})"
+        )
+    seq_len = max(len(p) + len(r) for p, r in zip(prompts, responses))
+    n_padded = -(-n // micro_batch_size) * micro_batch_size  # the schedule needs equal micro-batches
+    tokens = torch.zeros(n_padded, seq_len, dtype=torch.long)
+    targets = torch.zeros(n_padded, seq_len, dtype=torch.long)
+    temps = torch.ones(n_padded, seq_len)
+    for i, (p, r, t) in enumerate(zip(prompts, responses, temperatures)):
+        seq = torch.tensor(p + r)
+        tokens[i, : len(seq)] = seq
+        targets[i, : len(seq) - 1] = seq[1:]
+        # position j predicts token j+1: response token k is predicted at len(p) - 1 + k
+        temps[i, len(p) - 1 : len(p) - 1 + len(r)] = torch.as_tensor(t, dtype=torch.float32)
+    position_ids = torch.arange(seq_len).expand(micro_batch_size, seq_len).contiguous()
+    causal = torch.ones(1, 1, seq_len, seq_len, dtype=torch.bool).triu(1)
+    tp_group = ps.get_tensor_model_parallel_group() if ps.get_tensor_model_parallel_world_size() > 1 else None
+    batches = [
+        {
+            "tokens": tokens[s : s + micro_batch_size],
+            "targets": targets[s : s + micro_batch_size],
+            "temps": temps[s : s + micro_batch_size],
+        }
+        for s in range(0, n_padded, micro_batch_size)
+    ]
+
+    def forward_step(data_iterator, model_chunk):
+        batch = next(data_iterator)
+        logits = model_chunk(batch["tokens"], position_ids, causal)
+
+        def collect(output, non_loss_data=False):
+            local = _mask_padded_vocab(output.float(), vocab_size)  # [b, s, V/tp]
+            lp, ent = vocab_parallel_logprob_entropy(
+                local.reshape(-1, local.shape[-1]),
+                batch["targets"].reshape(-1),
+                temperature=batch["temps"].reshape(-1),
+                tp_group=tp_group,
+            )
+            return torch.stack([lp.view(batch["tokens"].shape), ent.view(batch["tokens"].shape)])
+
+        return logits, collect
+
+    with torch.no_grad():
+        collected = get_forward_backward_func()(
+            forward_step_func=forward_step,
+            data_iterator=iter(batches),
+            model=[model],
+            num_microbatches=len(batches),
+            seq_length=seq_len,
+            micro_batch_size=micro_batch_size,
+            forward_only=True,
+            collect_non_loss_data=True,
+        )
+    result = torch.zeros(2, n_padded, seq_len)
+    if ps.is_pipeline_last_stage():
+        result = torch.cat(collected, dim=1).float()
+    if ps.get_pipeline_model_parallel_world_size() > 1:
+        torch.distributed.broadcast(
+            result,
+            src=ps.get_pipeline_model_parallel_last_rank(),
+            group=ps.get_pipeline_model_parallel_group(),
+        )
+    out = []
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        span = slice(len(p) - 1, len(p) - 1 + len(r))
+        out.append(ScoredSequence(log_prob=result[0, i, span].clone(), entropy=result[1, i, span].clone()))
+    return out
