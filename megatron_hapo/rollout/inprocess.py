@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Any
@@ -32,6 +33,22 @@ def cpu_server_args() -> dict[str, Any]:
     }
 
 
+# Variables torchrun sets for the trainer's world. SGLang's scheduler processes inherit the environment,
+# and its own torch.distributed init then tries to join the trainer's world and hangs.
+_LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                 "ROLE_RANK", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")  # fmt: skip
+
+
+@contextlib.contextmanager
+def _without_launcher_env():
+    names = [k for k in os.environ if k in _LAUNCHER_ENV or k.startswith("TORCHELASTIC_")]
+    saved = {k: os.environ.pop(k) for k in names}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
 class InProcessSGLangEngine:
     """:class:`~megatron_hapo.rollout.types.RolloutEngine` over ``sglang.Engine``.
 
@@ -54,9 +71,10 @@ class InProcessSGLangEngine:
         args = {} if torch.cuda.is_available() else cpu_server_args()
         args.update(server_args)
         logger.info("starting in-process SGLang engine on %s (tp=%d)", model_path, tp_size)
-        self._engine = sgl.Engine(
-            model_path=str(model_path), tp_size=tp_size, random_seed=seed, log_level=log_level, **args
-        )
+        with _without_launcher_env():
+            self._engine = sgl.Engine(
+                model_path=str(model_path), tp_size=tp_size, random_seed=seed, log_level=log_level, **args
+            )
         self._tm = self._engine.tokenizer_manager
         self.num_engine_ranks = tp_size  # ranks that join a distributed weight-update group
         self.weight_version = "default"  # SGLang's initial version string
