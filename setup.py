@@ -48,5 +48,8 @@ setup(
             "hapo-eval=megatron_hapo.cli:eval_main",
             "hapo-convert=megatron_hapo.cli:convert_main",
         ],
+        # SGLang discovers plugins through this group in every process (schedulers too); the sampler
+        # takes effect with HAPO_SGLANG_SAMPLER=1 or --sampling-backend hapo (docs/sampler.md).
+        "sglang.srt.plugins": ["hapo_adaptive_temperature = sglang_ext:register"],
     },
 )

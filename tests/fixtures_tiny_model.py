@@ -51,21 +51,22 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 
-_WORDS = (
+_WORD_TEXT = (
     "the a of to and in is that for it as with on by this be are from at or an which have not "
     "solve find compute answer number sum product prime square root equation value integer triangle "
     "circle area angle probability function derivative limit matrix vector so therefore because if "
     "then let we have get thus hence x y z n k m p q r"
-).split()
+)
 _MIN_VOCAB = 256 + len(SPECIAL_TOKENS)  # byte-level alphabet + specials
 
 
 def _corpus(seed: int, n_lines: int = 3000) -> list[str]:
     """Deterministic pseudo-English with arithmetic, so BPE learns word, digit and operator merges."""
     rng = random.Random(seed)
+    words_pool = _WORD_TEXT.split()
     lines = []
     for _ in range(n_lines):
-        words = [rng.choice(_WORDS) for _ in range(rng.randint(4, 14))]
+        words = [rng.choice(words_pool) for _ in range(rng.randint(4, 14))]
         a, b = rng.randint(0, 999), rng.randint(0, 999)
         words.insert(rng.randint(0, len(words)), f"{a} + {b} = {a + b}.")
         lines.append(" ".join(words).capitalize())
@@ -109,8 +110,15 @@ def _train_tokenizer(vocab_size: int, seed: int, family: Family):
     return tok
 
 
-def _config(family: Family, vocab_size: int, tie_word_embeddings: bool, hidden_size: int, num_layers: int,
-            initializer_range: float, dtype: str):
+def _config(
+    family: Family,
+    vocab_size: int,
+    tie_word_embeddings: bool,
+    hidden_size: int,
+    num_layers: int,
+    initializer_range: float,
+    dtype: str,
+):
     from transformers import LlamaConfig, Qwen2Config, Qwen3Config
 
     common = dict(
@@ -155,10 +163,13 @@ def make_tiny_hf_model(
     ``vocab_size`` must be at least 261 (256 bytes + 5 special tokens). ``initializer_range`` is the std of
     the random weights: the default 0.02 gives nearly uniform next-token distributions (entropy close to
     log V); raise it (e.g. 0.2-0.5) when a test needs peaked, varied distributions. ``dtype`` is the dtype
-    the weights are stored in and the ``dtype`` field of config.json (what SGLang loads by default).
+    the weights are stored in and the ``dtype`` field of config.json. Note that SGLang's ``dtype="auto"``
+    serves a float32 checkpoint in bfloat16: pass ``dtype="float32"`` to the engine for fp32 comparisons.
     """
     from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerFast
 
+    if family not in ("llama", "qwen2", "qwen3"):
+        raise ValueError(f"family must be 'llama', 'qwen2' or 'qwen3', got {family!r}")
     if vocab_size < _MIN_VOCAB:
         raise ValueError(f"vocab_size must be >= {_MIN_VOCAB} (byte alphabet + specials), got {vocab_size}")
     out = Path(out_dir)
@@ -181,7 +192,9 @@ def make_tiny_hf_model(
     tok_cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
     cfg_path.write_text(json.dumps(tok_cfg, indent=2))
 
-    config = _config(family, vocab_size, tie_word_embeddings, hidden_size, num_layers, initializer_range, dtype)
+    config = _config(
+        family, vocab_size, tie_word_embeddings, hidden_size, num_layers, initializer_range, dtype
+    )
     torch_dtype = getattr(torch, dtype)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -1,0 +1,45 @@
+"""Building SamplingBatchInfo / calling the Sampler the way SGLang's ModelRunner does (no engine)."""
+
+import torch
+
+
+def make_batch_info(temperatures, *, top_ks=None, top_ps=None, min_ps=None, rows=None, vocab_size):
+    """A SamplingBatchInfo as the scheduler builds it (greedy rows: T = 1, top_k = 1).
+
+    ``rows``: a list of ``sglang_ext.params.RowParams`` (None: no HAPO request in the batch).
+    """
+    from sglang.srt.sampling.sampling_batch_info import SamplingBatchInfo
+    from sglang.srt.sampling.sampling_params import TOP_K_ALL
+
+    from sglang_ext.batch_state import ATTR, HapoRows
+
+    b = len(temperatures)
+    top_ks = [TOP_K_ALL] * b if top_ks is None else top_ks
+    top_ps = [1.0] * b if top_ps is None else top_ps
+    min_ps = [0.0] * b if min_ps is None else min_ps
+    info = SamplingBatchInfo(
+        temperatures=torch.tensor(temperatures, dtype=torch.float32).view(-1, 1),
+        top_ps=torch.tensor(top_ps, dtype=torch.float32),
+        top_ks=torch.tensor(top_ks, dtype=torch.int32),
+        min_ps=torch.tensor(min_ps, dtype=torch.float32),
+        is_all_greedy=all(k <= 1 for k in top_ks),
+        is_any_greedy=any(k <= 1 for k in top_ks),
+        need_top_p_sampling=any(p != 1.0 for p in top_ps),
+        need_top_k_sampling=any(k != TOP_K_ALL for k in top_ks),
+        need_min_p_sampling=any(m > 0 for m in min_ps),
+        vocab_size=vocab_size,
+        device="cpu",
+    )
+    setattr(info, ATTR, HapoRows.from_params(rows, "cpu") if rows is not None else None)
+    return info
+
+
+def run_sampler(sampler, logits, info, seed=0):
+    """One sampler call as ModelRunner.sample makes it; returns (token ids, log-probs, logits output)."""
+    from sglang.srt.layers.logits_processor import LogitsProcessorOutput
+
+    b = logits.shape[0]
+    out = LogitsProcessorOutput(next_token_logits=logits.clone())
+    torch.manual_seed(seed)
+    ids = sampler(out, info, True, [0] * b, [None] * b, torch.arange(b))
+    return ids, out.next_token_logprobs, out
