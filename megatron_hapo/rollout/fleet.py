@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import requests
 import torch
+from tqdm import tqdm
 
 from megatron_hapo.rollout.inprocess import cpu_server_args
 from megatron_hapo.rollout.parse import to_samples
@@ -44,6 +45,8 @@ class FleetConfig:
     max_retries: int = 2
     on_server_failure: Literal["continue", "fail"] = "continue"
     max_concurrent_requests: int = 64
+    hapo_sampler: bool = False  # start servers with the sglang_ext sampler; responses must carry hapo_*
+    progress: bool = True  # tqdm over completed prompts
     log_dir: str | None = None
     seed: int = 0
     server_args: dict[str, Any] = field(default_factory=dict)
@@ -129,6 +132,8 @@ class SGLangFleet:
             random_seed=cfg.seed + index,
         )
         args.setdefault("log_level", "warning")
+        if cfg.hapo_sampler:
+            args["sampling_backend"] = "hapo"
         cmd = [sys.executable, "-m", "sglang.launch_server", *_cli_flags(args)]
         return self._spawn(f"server{index}", cmd, f"http://{cfg.host}:{port}")
 
@@ -242,10 +247,17 @@ class SGLangFleet:
         self.check_servers()
         sampling = dict(params.to_sglang(), n=params.n)
         outputs: list[dict] = []
-        with ThreadPoolExecutor(max_workers=min(self.config.max_concurrent_requests, len(prompts))) as pool:
+        bar = tqdm(
+            total=len(prompts), desc="rollout", unit="prompt", disable=not self.config.progress, leave=False
+        )
+        with (
+            bar,
+            ThreadPoolExecutor(max_workers=min(self.config.max_concurrent_requests, len(prompts))) as pool,
+        ):
             for group in pool.map(lambda p: self._generate_one(list(p), sampling), prompts):
                 outputs.extend(group)
-        return to_samples(outputs, prompts, params.n)
+                bar.update(1)
+        return to_samples(outputs, prompts, params.n, require_hapo=self.config.hapo_sampler)
 
     # -- control: every server -------------------------------------------------------------------------
     def _all(self, path: str, payload: dict | None = None) -> None:

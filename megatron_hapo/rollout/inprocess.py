@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from typing import Any
 
 import torch
@@ -60,7 +61,14 @@ class InProcessSGLangEngine:
     name = "sglang-inprocess"
 
     def __init__(
-        self, model_path: str, *, tp_size: int = 1, seed: int = 0, log_level: str = "warning", **server_args
+        self,
+        model_path: str,
+        *,
+        tp_size: int = 1,
+        seed: int = 0,
+        hapo_sampler: bool = False,
+        log_level: str = "warning",
+        **server_args,
     ):
         import sglang as sgl
 
@@ -70,7 +78,15 @@ class InProcessSGLangEngine:
             )
         args = {} if torch.cuda.is_available() else cpu_server_args()
         args.update(server_args)
-        logger.info("starting in-process SGLang engine on %s (tp=%d)", model_path, tp_size)
+        self.hapo_sampler = hapo_sampler
+        if hapo_sampler:  # the sglang_ext plugin's backend; every response then carries hapo_* per token
+            args["sampling_backend"] = "hapo"
+        logger.info(
+            "starting in-process SGLang engine on %s (tp=%d, hapo sampler %s)",
+            model_path,
+            tp_size,
+            hapo_sampler,
+        )
         with _without_launcher_env():
             self._engine = sgl.Engine(
                 model_path=str(model_path), tp_size=tp_size, random_seed=seed, log_level=log_level, **args
@@ -84,10 +100,19 @@ class InProcessSGLangEngine:
         if not prompts:
             return []
         sampling = dict(params.to_sglang(), n=params.n)
+        logger.info(
+            "generating %d prompts x %d samples (max %d new tokens)",
+            len(prompts),
+            params.n,
+            params.max_new_tokens,
+        )
+        start = time.perf_counter()
         outputs = self._engine.generate(
             input_ids=[list(p) for p in prompts], sampling_params=sampling, return_logprob=True
         )
-        return to_samples(outputs, prompts, params.n)
+        samples = to_samples(outputs, prompts, params.n, require_hapo=self.hapo_sampler)
+        _log_throughput(samples, time.perf_counter() - start)
+        return samples
 
     # -- control ----------------------------------------------------------------------------------
     def _run(self, coro):
@@ -165,6 +190,17 @@ class InProcessSGLangEngine:
 
     def shutdown(self) -> None:
         self._engine.shutdown()
+
+
+def _log_throughput(samples: list[RolloutSample], seconds: float) -> None:
+    tokens = sum(len(s.response_ids) for s in samples)
+    logger.info(
+        "generated %d samples, %d tokens in %.1f s (%.0f tok/s)",
+        len(samples),
+        tokens,
+        seconds,
+        tokens / max(seconds, 1e-9),
+    )
 
 
 def _check(call: str, reply) -> None:

@@ -5,13 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 from megatron_hapo.rollout.types import RolloutSample
-
-HAPO_TEMPERATURE_KEY = "hapo_temperature"
-HAPO_ENTROPY_KEY = "hapo_entropy"
+from sglang_ext.params import require_hapo_outputs
 
 
-def to_samples(outputs: list[dict[str, Any]], prompts: list[list[int]], n: int) -> list[RolloutSample]:
-    """Outputs arrive grouped by prompt: ``outputs[i * n + j]`` is sample j of prompt i."""
+def to_samples(
+    outputs: list[dict[str, Any]], prompts: list[list[int]], n: int, require_hapo: bool = False
+) -> list[RolloutSample]:
+    """Outputs arrive grouped by prompt: ``outputs[i * n + j]`` is sample j of prompt i.
+
+    With ``require_hapo`` (the engine was started with the HAPO sampler), every output must carry the
+    per-token ``hapo_temperature``/``hapo_entropy``: a server running the stock sampler fails loudly
+    instead of silently sampling at the base temperature.
+    """
     if len(outputs) != len(prompts) * n:
         raise ValueError(
             f"expected {len(prompts) * n} outputs ({len(prompts)} prompts x n={n}), got {len(outputs)}"
@@ -23,6 +28,9 @@ def to_samples(outputs: list[dict[str, Any]], prompts: list[list[int]], n: int) 
         logprobs = [float(lp) for lp, _tok, *_ in meta["output_token_logprobs"]]
         if len(logprobs) != len(response):
             raise ValueError(f"output {k}: {len(logprobs)} log-probs for {len(response)} tokens")
+        temperatures = entropies = None
+        if require_hapo:
+            temperatures, entropies = (list(map(float, v)) for v in require_hapo_outputs(meta))
         samples.append(
             RolloutSample(
                 prompt_index=k // n,
@@ -32,18 +40,8 @@ def to_samples(outputs: list[dict[str, Any]], prompts: list[list[int]], n: int) 
                 logprobs=logprobs,
                 finish_reason=(meta.get("finish_reason") or {}).get("type", "abort"),
                 weight_version=str(meta.get("weight_version")),
-                entropies=_per_token(meta, HAPO_ENTROPY_KEY, len(response), k),
-                temperatures=_per_token(meta, HAPO_TEMPERATURE_KEY, len(response), k),
+                entropies=entropies,
+                temperatures=temperatures,
             )
         )
     return samples
-
-
-def _per_token(meta: dict, key: str, length: int, k: int) -> list[float] | None:
-    values = meta.get(key)
-    if values is None:
-        return None
-    values = [float(v) for v in values]
-    if len(values) != length:
-        raise ValueError(f"output {k}: meta_info[{key!r}] has {len(values)} entries for {length} tokens")
-    return values

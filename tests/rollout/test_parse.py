@@ -1,0 +1,45 @@
+"""SGLang outputs -> RolloutSample, without an engine."""
+
+import pytest
+
+from megatron_hapo.rollout.parse import to_samples
+from sglang_ext.params import HapoSamplerMissingError
+
+
+def output(tokens, hapo=True):
+    meta = {
+        "output_token_logprobs": [(-0.5 * (i + 1), t, None) for i, t in enumerate(tokens)],
+        "finish_reason": {"type": "length"},
+        "weight_version": "7",
+    }
+    if hapo:
+        meta.update(
+            hapo_temperature=[1.0 + 0.01 * i for i in range(len(tokens))], hapo_entropy=[2.0] * len(tokens)
+        )
+    return {"output_ids": tokens, "meta_info": meta}
+
+
+def test_grouping_and_per_token_fields():
+    samples = to_samples(
+        [output([5, 6]), output([7]), output([8, 9, 10]), output([11])], [[1], [2, 3]], n=2, require_hapo=True
+    )
+    assert [(s.prompt_index, s.sample_index, s.prompt_ids) for s in samples] == [
+        (0, 0, [1]), (0, 1, [1]), (1, 0, [2, 3]), (1, 1, [2, 3]),
+    ]  # fmt: skip
+    assert samples[2].logprobs == [-0.5, -1.0, -1.5] and samples[2].temperatures == [1.0, 1.01, 1.02]
+    assert samples[0].weight_version == "7" and samples[0].finish_reason == "length"
+
+
+def test_stock_sampler_output_is_rejected_when_hapo_was_requested():
+    assert to_samples([output([5], hapo=False)], [[1]], n=1)[0].temperatures is None
+    with pytest.raises(HapoSamplerMissingError, match="not running the HAPO sampler"):
+        to_samples([output([5], hapo=False)], [[1]], n=1, require_hapo=True)
+
+
+def test_misaligned_outputs_fail():
+    bad = output([5, 6])
+    bad["meta_info"]["output_token_logprobs"].pop()
+    with pytest.raises(ValueError, match="1 log-probs for 2 tokens"):
+        to_samples([bad], [[1]], n=1)
+    with pytest.raises(ValueError, match="expected 2 outputs"):
+        to_samples([output([5])], [[1]], n=2)
