@@ -14,26 +14,11 @@ import torch
 from megatron_hapo.rollout import EngineError, GenerationParams
 from megatron_hapo.rollout.fleet import FleetConfig, SGLangFleet
 from megatron_hapo.sync import DiskTransport, DistributedTransport, push_weights
-from tests.fixtures_tiny_model import make_tiny_hf_model
 from tests.rollout._common import LOGPROB_TOL, PROBE, PROMPTS, hf_logprobs, perturbed_state
 
 pytestmark = pytest.mark.slow
 
 GREEDY = GenerationParams(n=2, max_new_tokens=6, temperature=0.0, ignore_eos=True)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return make_tiny_hf_model(
-        tmp_path_factory.mktemp("tiny"), family="llama", dtype="float32", initializer_range=0.3
-    )
-
-
-@pytest.fixture(scope="module")
-def hf_model(model_dir):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
 
 
 @pytest.fixture(scope="module")

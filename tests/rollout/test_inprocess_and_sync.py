@@ -15,24 +15,9 @@ from megatron_hapo.sync import (
     WeightSyncError,
     push_weights,
 )
-from tests.fixtures_tiny_model import make_tiny_hf_model
 from tests.rollout._common import LOGPROB_TOL, PROBE, PROMPTS, hf_logprobs, perturbed_state
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return make_tiny_hf_model(
-        tmp_path_factory.mktemp("tiny"), family="llama", dtype="float32", initializer_range=0.3
-    )
-
-
-@pytest.fixture(scope="module")
-def hf_model(model_dir):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
 
 
 @pytest.fixture(scope="module")
