@@ -19,3 +19,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_process_group():
+    """A test that creates an in-process world of one tears it down, so test order never matters."""
+    import torch.distributed as dist
+
+    existed = dist.is_initialized()
+    yield
+    if not existed and dist.is_initialized():
+        import sys
+
+        if "megatron.core" in sys.modules:
+            from megatron.core import parallel_state
+
+            parallel_state.destroy_model_parallel()
+        dist.destroy_process_group()

@@ -43,14 +43,15 @@ def init_distributed(backend: str | None = None, timeout_minutes: float = 10.0) 
     rank stuck in a collective into an error instead of a silent hang.
     """
     if not dist.is_initialized():
-        if "RANK" not in os.environ:
-            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(_free_port()))
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+        timeout = datetime.timedelta(minutes=timeout_minutes)
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+        if "RANK" in os.environ:  # launched by torchrun (or a cluster launcher setting its variables)
+            dist.init_process_group(backend, timeout=timeout)
+        else:  # plain python / pytest: a world of one on a fresh port, leaving the environment untouched
+            init = f"tcp://127.0.0.1:{_free_port()}"
+            dist.init_process_group(backend, init_method=init, world_size=1, rank=0, timeout=timeout)
     return DistEnv(
         rank=dist.get_rank(),
         world_size=dist.get_world_size(),
