@@ -397,6 +397,7 @@ class EvalConfig:
     every: int = opt(5, "evaluate every N steps; 0 = never (HAPO: 5)")
     before_train: bool = opt(True, "evaluate once before the first step")
     max_new_tokens: int | None = opt(None, "response limit for evaluation; null = rollout.max_new_tokens")
+    max_prompts: int | None = opt(None, "evaluate only the first N prompts of each benchmark; null = all")
 
 
 # ------------------------------------------------------------------------------------------------- cluster

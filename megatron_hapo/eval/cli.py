@@ -1,0 +1,164 @@
+"""``hapo-eval``: avg@k / pass@k of an HF checkpoint on benchmark files, served by SGLang.
+
+    hapo-eval --model HF_DIR --benchmarks aime24.parquet aime25.parquet [--names AIME24 AIME25]
+              [--k 8] [--temperature 0.5] [--top-p 0.7] [--max-new-tokens 10240]
+              [--out results.json] [--fleet-servers N]
+
+Starts an in-process SGLang engine on the checkpoint (or, with ``--fleet-servers N``, N SGLang servers
+behind a router), samples k answers per prompt, scores them in a process pool, prints the Markdown
+table and writes the JSON result. Defaults follow the paper (avg@8 at T=0.5, top-p 0.7).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from megatron_hapo.data import DataError
+from megatron_hapo.eval.benchmarks import benchmark_names
+from megatron_hapo.eval.runner import evaluate
+from megatron_hapo.rollout.types import GenerationParams
+
+logger = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hapo-eval", description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="HF checkpoint directory (weights + tokenizer)")
+    p.add_argument("--benchmarks", nargs="+", required=True, help="benchmark files (.parquet/.jsonl)")
+    p.add_argument("--names", nargs="+", help="one name per benchmark file (default: file stems)")
+    p.add_argument("--k", type=int, default=8, help="samples per prompt (avg@k, pass@k); paper: 8")
+    p.add_argument("--pass-k", type=int, nargs="*", default=[], help="extra pass@j to report (j <= k)")
+    p.add_argument("--temperature", type=float, default=0.5, help="sampling temperature; paper: 0.5")
+    p.add_argument("--top-p", type=float, default=0.7, help="nucleus threshold; paper: 0.7")
+    p.add_argument("--top-k", type=int, default=-1, help="top-k truncation; -1 = off")
+    p.add_argument("--max-new-tokens", type=int, default=10240, help="response limit in tokens")
+    p.add_argument("--stop", nargs="*", default=[], help="extra stop strings (EOS always stops)")
+    p.add_argument("--max-prompts", type=int, default=None, help="first N prompts of each benchmark only")
+    p.add_argument("--max-prompt-length", type=int, default=4096, help="prompt limit in tokens")
+    p.add_argument(
+        "--truncation", choices=("error", "left", "drop"), default="error",
+        help="prompts over the limit: fail (default), keep their last tokens, or drop (counted)",
+    )  # fmt: skip
+    p.add_argument("--no-chat-template", action="store_true", help="feed prompts without the chat template")
+    p.add_argument("--default-data-source", default=None, help="data_source for files without that column")
+    p.add_argument("--out", default=None, help="write the JSON result here")
+    p.add_argument("--save-samples", action="store_true", help="include every answer in the JSON")
+    p.add_argument("--fleet-servers", type=int, default=0, help="N > 0: N SGLang servers + router")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel size of each engine/server")
+    p.add_argument("--dtype", default="auto", help="SGLang dtype (auto, bfloat16, float32, ...)")
+    p.add_argument("--seed", type=int, default=0, help="SGLang random seed")
+    p.add_argument("--batch-prompts", type=int, default=256, help="prompts per generate call")
+    p.add_argument("--scorer-workers", type=int, default=4, help="scoring processes; 0 = score in-process")
+    p.add_argument("--score-timeout", type=float, default=5.0, help="scoring deadline per answer, seconds")
+    p.add_argument("--reward-extra-modules", nargs="*", default=[], help="modules registering custom scorers")
+    return p
+
+
+def build_engine(args: argparse.Namespace) -> Any:
+    """The rollout engine the arguments ask for: in-process SGLang, or a fleet of servers."""
+    if args.fleet_servers > 0:
+        from megatron_hapo.rollout.fleet import FleetConfig, SGLangFleet
+
+        cfg = FleetConfig(
+            model_path=args.model,
+            num_servers=args.fleet_servers,
+            tp_size=args.tp,
+            seed=args.seed,
+            server_args={"dtype": args.dtype},
+        )
+        return SGLangFleet(cfg)
+    from megatron_hapo.rollout import InProcessSGLangEngine
+
+    return InProcessSGLangEngine(args.model, tp_size=args.tp, seed=args.seed, dtype=args.dtype)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.names is not None and len(args.names) != len(args.benchmarks):
+        print(
+            f"hapo-eval: --names gives {len(args.names)} names for {len(args.benchmarks)} benchmark files",
+            file=sys.stderr,
+        )
+        return 2
+    try:  # bad sampling arguments fail here, before any file is read or engine started
+        GenerationParams(
+            n=args.k, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p
+        )
+        bad = [j for j in args.pass_k if not 1 <= j <= args.k]
+        if bad:
+            raise ValueError(f"--pass-k values must be in [1, --k={args.k}], got {bad}")
+    except ValueError as e:
+        print(f"hapo-eval: {e}", file=sys.stderr)
+        return 2
+    try:
+        benchmarks = benchmark_names(
+            dict(zip(args.names, args.benchmarks, strict=True)) if args.names else args.benchmarks
+        )
+    except DataError as e:
+        print(f"hapo-eval: {e}", file=sys.stderr)
+        return 2
+    from transformers import AutoTokenizer
+
+    from megatron_hapo.data import RowKeys
+    from megatron_hapo.rewards import ScorerPool
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    keys = RowKeys(default_data_source=args.default_data_source)
+    # Load the files before starting anything heavy: a bad row fails in seconds, naming file and row.
+    from megatron_hapo.eval.benchmarks import load_benchmarks
+
+    try:
+        loaded = load_benchmarks(
+            benchmarks,
+            tokenizer,
+            max_prompt_length=args.max_prompt_length,
+            truncation=args.truncation,
+            apply_chat_template=not args.no_chat_template,
+            keys=keys,
+            max_prompts=args.max_prompts,
+        )
+    except DataError as e:
+        print(f"hapo-eval: {e}", file=sys.stderr)
+        return 2
+    scorer = None
+    if args.scorer_workers > 0:
+        scorer = ScorerPool(
+            args.scorer_workers, call_timeout_s=args.score_timeout, extra_modules=args.reward_extra_modules
+        )
+    engine = None
+    try:
+        engine = build_engine(args)
+        result = evaluate(
+            engine,
+            tokenizer,
+            loaded,
+            k=args.k,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            top_k=args.top_k,
+            max_new_tokens=args.max_new_tokens,
+            stop=args.stop,
+            scorer=scorer,
+            pass_ks=args.pass_k,
+            keep_samples=args.save_samples,
+            batch_prompts=args.batch_prompts,
+            model=args.model,
+        )
+    finally:
+        if engine is not None:
+            engine.shutdown()
+        if scorer is not None:
+            scorer.close()
+    print(result.table())
+    if args.out:
+        result.to_json(args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Evaluation inside training: every ``eval.every`` steps (and before the first when
+``eval.before_train``), with ``sampling.val`` (k = ``sampling.val.n``), against the trainer's own
+rollout engine right after a weight sync.
+
+    evaluator = Evaluator.from_config(cfg, tokenizer, scorer=pool)   # files loaded and tokenized once
+    ...
+    if evaluator.due(step):
+        result = evaluator.run(engine, step)                          # EvalResult
+        log(result.metrics())                                         # eval/<bench>/avg@8, ...
+    evaluator.history.best_table()                                    # per-benchmark maxima (paper table)
+
+The paper's table reports, per benchmark, the maximum avg@8 over the validation curve (so the cells can
+come from different checkpoints; HAPO_SPEC §10). :class:`EvalHistory` keeps every result and reports
+those maxima *with the step of each*, so that the choice is visible rather than hidden.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from megatron_hapo.data import RowKeys
+from megatron_hapo.eval.benchmarks import Benchmark, load_benchmarks
+from megatron_hapo.eval.runner import EvalResult, evaluate
+
+if TYPE_CHECKING:
+    from megatron_hapo.config.schema import RootConfig
+    from megatron_hapo.rewards import ScorerPool
+    from megatron_hapo.rollout.types import RolloutEngine
+
+
+@dataclass
+class EvalHistory:
+    """Every evaluation of a run, by step; the per-benchmark maxima the paper's table reports."""
+
+    results: list[tuple[int, EvalResult]] = field(default_factory=list)
+
+    def add(self, step: int, result: EvalResult) -> None:
+        self.results.append((step, result))
+
+    def best(self) -> dict[str, tuple[float, int]]:
+        """``{benchmark: (max avg@k, step of the first maximum)}`` over the recorded evaluations."""
+        best: dict[str, tuple[float, int]] = {}
+        for step, result in self.results:
+            for name, m in result.benchmarks.items():
+                if name not in best or m.avg_at_k > best[name][0]:
+                    best[name] = (m.avg_at_k, step)
+        return best
+
+    def best_table(self) -> str:
+        """Markdown: per-benchmark maximum avg@k and its step, and the mean of the maxima ("Avg")."""
+        best = self.best()
+        if not best:
+            return "(no evaluations recorded)"
+        rows = ["| benchmark | max avg@k | step |", "| --- | --- | --- |"]
+        rows += [f"| {name} | {100 * v:.2f} | {step} |" for name, (v, step) in best.items()]
+        mean = sum(v for v, _ in best.values()) / len(best)
+        rows.append(f"| **Avg of maxima** | {100 * mean:.2f} | |")
+        return "\n".join(rows)
+
+    def write_jsonl(self, path: str | Path) -> None:
+        """One JSON line per evaluation: ``{"step", "result"}``."""
+        with Path(path).open("w", encoding="utf-8") as f:
+            for step, result in self.results:
+                f.write(json.dumps({"step": step, "result": result.to_dict()}, ensure_ascii=False) + "\n")
+
+
+class Evaluator:
+    """Periodic evaluation for the trainer: benchmarks loaded once, run on a schedule, history kept.
+
+    benchmarks: loaded :class:`Benchmark` objects. every: evaluate when ``step % every == 0`` (0 =
+    never); before_train: also at step 0. The keyword arguments go to :func:`evaluate`.
+    """
+
+    def __init__(
+        self,
+        benchmarks: list[Benchmark],
+        tokenizer: Any,
+        *,
+        every: int,
+        before_train: bool = True,
+        scorer: ScorerPool | None = None,
+        **eval_kwargs: Any,
+    ):
+        if every < 0:
+            raise ValueError(f"eval.every must be >= 0, got {every}")
+        self.benchmarks = benchmarks
+        self.tokenizer = tokenizer
+        self.every = every
+        self.before_train = before_train
+        self.scorer = scorer
+        self.eval_kwargs = eval_kwargs
+        self.history = EvalHistory()
+
+    @classmethod
+    def from_config(
+        cls, cfg: RootConfig, tokenizer: Any, scorer: ScorerPool | None = None
+    ) -> Evaluator | None:
+        """The evaluator a run's config describes (``eval.*``, ``sampling.val``, ``data.*`` keys), or
+        None when ``eval.benchmarks`` is empty."""
+        ev, data, val = cfg.eval, cfg.data, cfg.sampling.val
+        if not ev.benchmarks:
+            return None
+        keys = RowKeys(
+            prompt=data.prompt_key,
+            data_source=data.data_source_key,
+            ground_truth=data.ground_truth_key,
+            extra_info=data.extra_info_key,
+            default_data_source=data.default_data_source,
+        )
+        benchmarks = load_benchmarks(
+            ev.benchmarks,
+            tokenizer,
+            max_prompt_length=data.max_prompt_length,
+            truncation=data.truncation,
+            apply_chat_template=data.apply_chat_template,
+            keys=keys,
+            max_prompts=ev.max_prompts,
+        )
+        return cls(
+            benchmarks,
+            tokenizer,
+            every=ev.every,
+            before_train=ev.before_train,
+            scorer=scorer,
+            k=val.n,
+            temperature=val.temperature,
+            top_p=val.top_p,
+            top_k=val.top_k,
+            max_new_tokens=ev.max_new_tokens or cfg.rollout.max_new_tokens,
+            stop=tuple(cfg.rollout.stop),
+        )
+
+    def due(self, step: int) -> bool:
+        """Whether to evaluate after ``step`` (step 0 = before training)."""
+        if step == 0:
+            return self.before_train
+        return self.every > 0 and step % self.every == 0
+
+    def run(self, engine: RolloutEngine, step: int) -> EvalResult:
+        """Evaluate now (whatever the schedule) and record the result under ``step``."""
+        result = evaluate(
+            engine, self.tokenizer, self.benchmarks, scorer=self.scorer, step=step, **self.eval_kwargs
+        )
+        self.history.add(step, result)
+        return result

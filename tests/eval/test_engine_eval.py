@@ -1,0 +1,200 @@
+"""End to end against a real in-process SGLang engine serving a tiny random model: ``evaluate``,
+the trainer's ``Evaluator`` and the ``hapo-eval`` command line, on tiny benchmark files.
+
+Two benchmarks of 8 prompts each, from ``examples/data/tiny_math_val.parquet``:
+* ``arith``: the rows as they are (``math_dapo`` source -> the real DAPO scorer; a random model gets
+  every answer wrong, and the DAPO scorer's -1 reward must not leak into the accuracy);
+* ``checksum``: the same prompts routed to a deterministic test scorer with mixed outcomes
+  (``tests/eval/helper_scorers.py``), so that avg@k and pass@k are non-trivial.
+The numbers are recomputed from the per-answer records and from re-scoring each answer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from megatron_hapo.eval import Evaluator, evaluate, pass_at_k
+from megatron_hapo.rewards import compute_score
+from megatron_hapo.rollout import InProcessSGLangEngine
+from tests.eval import helper_scorers
+from tests.fixtures_tiny_model import make_tiny_hf_model
+
+pytestmark = pytest.mark.slow
+
+VAL = Path(__file__).resolve().parents[2] / "examples" / "data" / "tiny_math_val.parquet"
+K = 4
+MAX_NEW = 12
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_tiny_hf_model(tmp_path_factory.mktemp("tiny"), family="qwen2", initializer_range=0.3)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+@pytest.fixture(scope="module")
+def bench_files(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    rows = pq.read_table(VAL).slice(0, 8)
+    pq.write_table(rows, out / "arith.parquet")
+    checksum = rows.to_pylist()
+    for r in checksum:
+        r["data_source"] = helper_scorers.SOURCE
+    (out / "checksum.jsonl").write_text("\n".join(json.dumps(r) for r in checksum) + "\n")
+    return {"arith": out / "arith.parquet", "checksum": out / "checksum.jsonl"}
+
+
+@pytest.fixture(scope="module")
+def engine(model_dir):
+    eng = InProcessSGLangEngine(model_dir, seed=0)
+    yield eng
+    eng.shutdown()
+
+
+def check_consistent(name: str, metrics: dict, records: list[dict], k: int, max_new: int) -> None:
+    """The benchmark's numbers follow from its per-answer records, and each record's acc/score is what
+    the scorer gives for its response."""
+    assert len(records) == metrics["num_prompts"] * k == metrics["num_samples"]
+    by_prompt: dict[int, list[dict]] = {}
+    for r in records:
+        by_prompt.setdefault(r["prompt"], []).append(r)
+        assert r["length"] <= max_new and r["finish_reason"] in ("stop", "length")
+        again = compute_score(r["data_source"], r["response"], r["ground_truth"])
+        assert (again["acc"], again["score"]) == (r["acc"], r["score"]), (name, r)
+    assert sorted(by_prompt) == list(range(metrics["num_prompts"]))
+    correct = [sum(r["acc"] for r in group) for group in by_prompt.values()]
+    assert all(len(group) == k for group in by_prompt.values())
+    assert metrics["avg_at_k"] == pytest.approx(sum(c / k for c in correct) / len(correct))
+    for j, value in metrics["pass_at"].items():
+        expected = sum(pass_at_k(k, c, int(j)) for c in correct) / len(correct)
+        assert value == pytest.approx(expected)
+    assert metrics["pass_at"][str(k)] == pytest.approx(sum(c > 0 for c in correct) / len(correct))
+    assert metrics["mean_response_length"] == pytest.approx(sum(r["length"] for r in records) / len(records))
+    truncated = sum(r["finish_reason"] == "length" for r in records)
+    assert metrics["num_truncated"] == truncated
+    assert metrics["truncation_rate"] == pytest.approx(truncated / len(records))
+    assert metrics["num_timeouts"] == sum(r["timed_out"] for r in records) == 0
+
+
+def test_evaluate_on_real_engine(engine, tokenizer, bench_files):
+    result = evaluate(
+        engine,
+        tokenizer,
+        bench_files,
+        k=K,
+        max_new_tokens=MAX_NEW,
+        pass_ks=[2],
+        keep_samples=True,
+        batch_prompts=5,
+    )  # batch_prompts=5: two generate calls per benchmark, the second one partial
+    data = json.loads(result.to_json())
+    assert list(data["benchmarks"]) == ["arith", "checksum"]
+    assert data["settings"] | {"weight_version": None} == {
+        "k": K, "temperature": 0.5, "top_p": 0.7, "top_k": -1, "max_new_tokens": MAX_NEW, "stop": [],
+        "model": None, "weight_version": None, "step": None,
+    }  # fmt: skip
+    for name, metrics in data["benchmarks"].items():
+        assert metrics["num_prompts"] == 8 and metrics["k"] == K
+        assert set(metrics["pass_at"]) == {"1", "2", str(K)}
+        check_consistent(name, metrics, data["samples"][name], K, MAX_NEW)
+
+    arith = data["samples"]["arith"]
+    assert all(r["score"] == -1.0 and not r["acc"] for r in arith)  # DAPO scorer: -1 reward, acc False
+    assert data["benchmarks"]["arith"]["avg_at_k"] == 0.0  # accuracy, never the -1 reward (B13)
+    checksum = data["samples"]["checksum"]
+    assert 0 < sum(r["acc"] for r in checksum) < len(checksum), "test scorer should give mixed outcomes"
+    assert data["average_avg_at_k"] == pytest.approx(data["benchmarks"]["checksum"]["avg_at_k"] / 2)
+    # responses are sampled (T=0.5), not copies of one another
+    assert len({r["response"] for r in checksum}) > 1
+
+    table = result.table().splitlines()
+    assert table[0].startswith(f"| benchmark | prompts | avg@{K} | pass@1 | pass@2 | pass@{K} |")
+    assert [row.split(" | ")[0] for row in table[2:]] == ["| arith", "| checksum", "| **Avg**"]
+
+
+def test_trainer_evaluator_from_config(engine, tokenizer, bench_files):
+    from megatron_hapo.config.schema import RootConfig
+
+    cfg = RootConfig()
+    cfg.eval.benchmarks = [str(bench_files["checksum"])]
+    cfg.eval.every = 2
+    cfg.eval.max_new_tokens = 6
+    cfg.eval.max_prompts = 3
+    cfg.sampling.val.n = 2
+    evaluator = Evaluator.from_config(cfg, tokenizer)
+    assert [s for s in range(5) if evaluator.due(s)] == [0, 2, 4]
+    for step in (0, 2):
+        result = evaluator.run(engine, step)
+        (m,) = result.benchmarks.values()
+        assert (m.num_prompts, m.k, m.num_samples) == (3, 2, 6)
+        assert m.mean_response_length <= 6
+        assert result.settings.step == step and result.settings.temperature == 0.5
+        assert result.metrics()["eval/checksum/avg@2"] == m.avg_at_k
+    best = evaluator.history.best()
+    assert best["checksum"][0] == max(r.benchmarks["checksum"].avg_at_k for _, r in evaluator.history.results)
+
+
+class _Borrowed:
+    """The module's engine, lent to the command line, which shuts down what it starts."""
+
+    def __init__(self, engine):
+        self._engine = engine
+
+    def generate(self, prompts, params):
+        return self._engine.generate(prompts, params)
+
+    def shutdown(self):
+        pass
+
+
+def test_cli_writes_table_and_json(engine, model_dir, bench_files, tmp_path, monkeypatch, capsys):
+    from megatron_hapo import cli
+    from megatron_hapo.eval import cli as eval_cli
+
+    started = []
+    monkeypatch.setattr(eval_cli, "build_engine", lambda args: started.append(args) or _Borrowed(engine))
+    out = tmp_path / "res" / "results.json"
+    argv = [
+        "--model", str(model_dir), "--benchmarks", str(bench_files["arith"]), str(bench_files["checksum"]),
+        "--names", "ARITH", "CHECK", "--k", "3", "--max-new-tokens", "8", "--out", str(out),
+        "--save-samples", "--scorer-workers", "1", "--reward-extra-modules", "tests.eval.helper_scorers",
+        "--fleet-servers", "0",
+    ]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        cli.eval_main(argv)
+    assert exit_info.value.code == 0
+    (args,) = started
+    assert (args.temperature, args.top_p, args.fleet_servers) == (0.5, 0.7, 0)
+    printed = capsys.readouterr().out
+    assert "| ARITH | 8 |" in printed and "| CHECK | 8 |" in printed and f"wrote {out}" in printed
+    data = json.loads(out.read_text())
+    assert data["settings"]["model"] == str(model_dir) and data["settings"]["k"] == 3
+    for name in ("ARITH", "CHECK"):
+        check_consistent(name, data["benchmarks"][name], data["samples"][name], 3, 8)
+    avg = [data["benchmarks"][n]["avg_at_k"] for n in ("ARITH", "CHECK")]
+    assert data["average_avg_at_k"] == pytest.approx(sum(avg) / 2)
+    assert not math.isnan(data["average_avg_at_k"])
+
+
+def test_cli_bad_file_fails_fast_naming_the_row(model_dir, tmp_path, monkeypatch, capsys):
+    from megatron_hapo.eval import cli as eval_cli
+
+    monkeypatch.setattr(eval_cli, "build_engine", lambda args: pytest.fail("engine started for a bad file"))
+    bad = tmp_path / "aime25.jsonl"
+    bad.write_text(
+        '{"data_source": "x", "prompt": "1+1?", "reward_model": {"ground_truth": "2"}}\n{"prompt": 3}\n'
+    )
+    assert eval_cli.main(["--model", str(model_dir), "--benchmarks", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "benchmark 'aime25'" in err and "aime25.jsonl row 1" in err
