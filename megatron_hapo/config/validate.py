@@ -93,6 +93,7 @@ def _positive(cfg: RootConfig, out: _Issues) -> None:
         "trainer.total_steps": cfg.trainer.total_steps,
         "checkpoint.keep_last": cfg.checkpoint.keep_last,
         "eval.max_new_tokens": cfg.eval.max_new_tokens,
+        "eval.max_prompts": cfg.eval.max_prompts,
     }
     checks.update({k: v for k, v in optional.items() if v is not None})
     for key, value in checks.items():

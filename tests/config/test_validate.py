@@ -237,3 +237,8 @@ def test_cpu_demo_hf_path_honours_the_environment(monkeypatch):
     monkeypatch.setenv("HAPO_TINY_MODEL", "/tmp/elsewhere")
     cfg = load_config(CONFIGS / "cpu_demo.yaml", check_env=False, world_size=1)
     assert cfg.model.hf_path == "/tmp/elsewhere"
+
+
+@pytest.mark.parametrize("key", ["eval.max_prompts", "eval.max_new_tokens", "trainer.total_steps"])
+def test_optional_counts_must_be_positive_when_set(key):
+    assert key in keys(issues([f"{key}=0"]))
