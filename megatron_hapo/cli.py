@@ -21,11 +21,9 @@ def train_main(argv: list[str] | None = None) -> None:
 
 
 def eval_main(argv: list[str] | None = None) -> None:
-    sys.exit(
-        _NOT_YET.format(
-            name="hapo-eval", what="avg@k evaluation", issue="Config system, data, rewards and evaluation"
-        )
-    )
+    from megatron_hapo.eval.cli import main
+
+    sys.exit(main(argv))
 
 
 def convert_main(argv: list[str] | None = None) -> None:
