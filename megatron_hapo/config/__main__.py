@@ -4,6 +4,8 @@ python -m megatron_hapo.config --help-config            # every key, default, me
 python -m megatron_hapo.config --update-doc docs/config.md
 python -m megatron_hapo.config CONFIG.yaml [key=value ...] [--world-size N] [--no-env-check]
     # load + validate, print the resolved YAML; exit 2 with the problems listed if invalid
+python -m megatron_hapo.config CONFIG.yaml --plan cluster.nodes=4 cluster.gpus_per_node=8
+    # dry run against the declared cluster: layout, memory per GPU, tokens per step (no GPU needed)
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--world-size", type=int, default=None, help="validate against this world size")
     parser.add_argument("--no-env-check", action="store_true", help="skip TE/GPU/path/model-file checks")
-    args = parser.parse_args(argv)
+    parser.add_argument("--plan", action="store_true", help="dry run: layout and memory plan on cluster.*")
+    args = parser.parse_intermixed_args(argv)
     if args.help_config:
         sys.stdout.write(help_config())
         return 0
@@ -42,6 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.config:
         parser.print_usage()
         return 2
+    if args.plan:
+        from megatron_hapo.config.plan import dry_run
+
+        try:
+            print(dry_run(args.config, args.overrides))
+        except (ConfigError, ValueError) as e:
+            print(e, file=sys.stderr)
+            return 2
+        return 0
     try:
         cfg = load_config(args.config, args.overrides, args.world_size, check_env=not args.no_env_check)
     except ConfigError as e:

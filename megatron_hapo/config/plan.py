@@ -130,3 +130,14 @@ def render_plan(cfg: RootConfig, world_size: int, gpu_gib: float = 80.0) -> str:
             f"{report}\nthe estimate exceeds {gpu_gib:.0f} GiB per GPU: raise TP/PP, recompute or DP"
         )
     return report
+
+
+def dry_run(path: str, overrides: list[str] = ()) -> str:
+    """Validate ``path`` + ``overrides`` against ``cluster.nodes x cluster.gpus_per_node`` (no GPU, no
+    model files needed) and return the plan. Raises ``ConfigError``/``ValueError`` naming the problem."""
+    from megatron_hapo.config import load_config
+
+    cfg = load_config(path, list(overrides), check_env=False)
+    world = cfg.cluster.nodes * cfg.cluster.gpus_per_node
+    load_config(path, list(overrides), world_size=world, check_env=False)  # layout vs the declared cluster
+    return render_plan(cfg, world)

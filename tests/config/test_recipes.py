@@ -66,3 +66,13 @@ def test_a_layout_that_cannot_fit_is_refused():
                "parallel.use_distributed_optimizer=false")  # fmt: skip
     with pytest.raises(ValueError, match="exceeds 80 GiB"):
         render_plan(cfg, cfg.cluster.nodes * cfg.cluster.gpus_per_node)
+
+
+def test_dry_run_cli_prints_the_plan_or_names_the_bad_key(capsys):
+    from megatron_hapo.config.__main__ import main
+
+    recipe = str(RECIPES / "qwen2.5_math_7b_hapo.yaml")
+    assert main([recipe, "--plan", "cluster.nodes=4"]) == 0
+    assert "training   32 GPUs = TP 4 x PP 1 x CP 1 x DP 8" in capsys.readouterr().out
+    assert main([recipe, "--plan", "parallel.tensor_model_parallel_size=3"]) == 2
+    assert "parallel.tensor_model_parallel_size" in capsys.readouterr().err
