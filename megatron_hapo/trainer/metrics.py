@@ -1,0 +1,118 @@
+"""Step metrics: what a step's batch looked like, and where metrics go (metrics.jsonl, TensorBoard, console).
+
+Only global rank 0 writes. ``metrics.jsonl`` has one JSON object per step with at least: step,
+reward/mean, acc/mean, entropy/mean, response_length/mean, temperature/mean, time/step_s, the loss
+metrics (actor/*), optim/grad_norm, optim/lr and time/sync_s.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from megatron_hapo.trainer.batch import StepBatch
+
+# the console table: (metric, header, format)
+CONSOLE_COLUMNS = (
+    ("step", "step", "{:>4.0f}"),
+    ("reward/mean", "reward", "{:>7.3f}"),
+    ("acc/mean", "acc", "{:>5.2f}"),
+    ("entropy/mean", "entropy", "{:>7.3f}"),
+    ("temperature/mean", "temp", "{:>6.3f}"),
+    ("response_length/mean", "resp_len", "{:>8.1f}"),
+    ("actor/pg_loss", "pg_loss", "{:>8.4f}"),
+    ("optim/grad_norm", "grad_norm", "{:>9.4f}"),
+    ("time/step_s", "step_s", "{:>6.1f}"),
+)
+
+
+def batch_metrics(batch: StepBatch, entropy: torch.Tensor, mask: torch.Tensor, temps: torch.Tensor) -> dict:
+    """Reward, accuracy, length, entropy and temperature statistics of the step's whole batch."""
+    lengths = [len(s.response_ids) for s in batch.samples]
+    n = max(len(batch), 1)
+    valid = mask.bool()
+    out = {
+        "reward/mean": sum(batch.scores) / n,
+        "reward/max": max(batch.scores, default=0.0),
+        "reward/min": min(batch.scores, default=0.0),
+        "acc/mean": sum(batch.accs) / n,
+        "response_length/mean": sum(lengths) / n,
+        "response_length/max": float(max(lengths, default=0)),
+        "response_length/clip_frac": sum(s.finish_reason == "length" for s in batch.samples) / n,
+        "entropy/mean": float(entropy[valid].mean()) if valid.any() else 0.0,
+        "temperature/mean": float(temps[valid].mean()) if valid.any() else 0.0,
+        "temperature/min": float(temps[valid].min()) if valid.any() else 0.0,
+        "temperature/max": float(temps[valid].max()) if valid.any() else 0.0,
+    }
+    out.update({k: v for k, v in batch.extra_metrics.items()})
+    return out
+
+
+class RunLogger:
+    """Writes metrics on the lead rank; a no-op elsewhere."""
+
+    def __init__(self, run_dir: str | Path, *, lead: bool, jsonl: bool, tensorboard: bool, stdout_every: int):
+        self.run_dir, self.lead, self.stdout_every = Path(run_dir), lead, stdout_every
+        self._jsonl = None
+        self._tb = None
+        self._header_printed = False
+        if not lead:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if jsonl:
+            self._jsonl = (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.lead:
+            return
+        row = {"step": step, **{k: _clean(v) for k, v in sorted(metrics.items())}}
+        if self._jsonl is not None:
+            self._jsonl.write(json.dumps(row) + "\n")
+            self._jsonl.flush()
+        if self._tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self._tb.add_scalar(k, v, step)
+            self._tb.flush()
+        if self.stdout_every and step % self.stdout_every == 0:
+            if not self._header_printed:
+                print(format_header(), flush=True)
+                self._header_printed = True
+            print(format_row(row), flush=True)
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _clean(v):
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def format_header() -> str:
+    widths = [len(fmt.format(0)) for _, _, fmt in CONSOLE_COLUMNS]
+    return " ".join(h.rjust(w) for (_, h, _), w in zip(CONSOLE_COLUMNS, widths))
+
+
+def format_row(row: dict) -> str:
+    cells = []
+    for key, _, fmt in CONSOLE_COLUMNS:
+        v = row.get(key)
+        cells.append(fmt.format(v) if isinstance(v, (int, float)) else "-".rjust(len(fmt.format(0))))
+    return " ".join(cells)
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The rows of ``<run_dir>/metrics.jsonl``."""
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,271 @@
+"""The policy on Megatron: build (GPTModel + DDP + optimizer + LR schedule), the old-policy pass, the policy
+update through Megatron's pipeline schedule with the fused HAPO loss, and weight export for the sync.
+
+Loss scaling across data-parallel ranks: the loss of every micro-batch is divided by the step's *global*
+normaliser (tokens or sequences over all micro-batches and DP ranks of the mini-batch), so the sum of the
+micro-batch losses over all ranks is the mini-batch loss. Megatron's DDP *averages* gradients over DP
+(and its schedule divides each micro-batch loss by the number of micro-batches), so the loss handed to
+the schedule is multiplied by ``num_microbatches x dp_size`` to get the summed gradient back
+(docs/algorithm.md, "global normaliser").
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+
+import torch
+import torch.distributed as dist
+
+from megatron_hapo.algorithms import EntropyStats, loss_normalizer, normalize_entropy
+from megatron_hapo.config import RootConfig
+from megatron_hapo.models.scoring import _mask_padded_vocab, score_sequences
+from megatron_hapo.ops import fused_hapo_loss
+from megatron_hapo.trainer.algorithm import loss_config
+from megatron_hapo.trainer.batch import TokenTensors
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# metrics summed over micro-batches (the others are averaged, weighted by tokens)
+_SUMMED = ("pg_loss", "n_tokens", "dar/scaled_up_count", "dar/scaled_down_count")
+
+
+class Policy:
+    """This rank's policy model with its DDP wrapper, Megatron optimizer and LR scheduler."""
+
+    def __init__(self, cfg: RootConfig, optimizer_steps: int):
+        from megatron.core import parallel_state as ps
+        from megatron.core.distributed import (
+            DistributedDataParallel,
+            DistributedDataParallelConfig,
+            finalize_model_grads,
+        )
+        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+        from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+        from megatron_hapo.models import build_gpt_model, load_hf_weights
+
+        self.cfg = cfg
+        dtype = _DTYPES[cfg.precision.dtype]
+        recompute = {}
+        if cfg.model.recompute_granularity != "none":
+            recompute = {"recompute_granularity": cfg.model.recompute_granularity}
+            if cfg.model.recompute_granularity == "full":
+                recompute.update(
+                    recompute_method=cfg.model.recompute_method,
+                    recompute_num_layers=cfg.model.recompute_num_layers,
+                )
+        gpt = build_gpt_model(
+            cfg.model.hf_path,
+            params_dtype=dtype,
+            spec=cfg.model.layer_spec,
+            make_vocab_size_divisible_by=cfg.model.make_vocab_size_divisible_by,
+            config_overrides={"sequence_parallel": cfg.parallel.sequence_parallel, **recompute},
+        )
+        if cfg.model.load_weights:
+            load_hf_weights(gpt, cfg.model.hf_path)
+        self.arch = gpt.hapo_arch
+        self.vocab_size = gpt.hapo_arch.vocab_size
+        ddp_config = DistributedDataParallelConfig(
+            use_distributed_optimizer=cfg.parallel.use_distributed_optimizer, grad_reduce_in_fp32=True
+        )
+        self.model = DistributedDataParallel(config=gpt.config, ddp_config=ddp_config, module=gpt)
+        self.model.hapo_arch = gpt.hapo_arch
+        gpt.config.finalize_model_grads_func = finalize_model_grads
+        gpt.config.no_sync_func = self.model.no_sync
+        o = cfg.optim
+        self.optimizer = get_megatron_optimizer(
+            OptimizerConfig(
+                optimizer="adam",
+                lr=o.lr,
+                min_lr=o.min_lr,
+                weight_decay=o.weight_decay,
+                adam_beta1=o.betas[0],
+                adam_beta2=o.betas[1],
+                adam_eps=o.eps,
+                clip_grad=o.clip_grad,
+                bf16=dtype == torch.bfloat16,
+                fp16=dtype == torch.float16,
+                params_dtype=dtype,
+                use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
+            ),
+            [self.model],
+        )
+        decay = max(o.decay_steps or optimizer_steps, o.warmup_steps + 1)
+        self.scheduler = OptimizerParamScheduler(
+            self.optimizer,
+            init_lr=0.0 if o.warmup_steps else o.lr,
+            max_lr=o.lr,
+            min_lr=o.min_lr,
+            lr_warmup_steps=o.warmup_steps,
+            lr_decay_steps=decay,
+            lr_decay_style=o.schedule,
+            start_wd=o.weight_decay,
+            end_wd=o.weight_decay,
+            wd_incr_steps=decay,
+            wd_incr_style="constant",
+        )
+        self.loss_cfg = loss_config(cfg)
+        self.dp_size = ps.get_data_parallel_world_size()
+        self.dp_group = ps.get_data_parallel_group() if self.dp_size > 1 else None
+        self.tp_group = (
+            ps.get_tensor_model_parallel_group() if ps.get_tensor_model_parallel_world_size() > 1 else None
+        )
+
+    # ------------------------------------------------------------------------------- old-policy pass
+    def old_policy_pass(self, samples, temperatures, seq_len: int):
+        """log π_old and entropy per response token ([b, seq], 0 at padding) at the given temperatures."""
+        from megatron_hapo.trainer.batch import place_per_token
+
+        self.model.eval()
+        scored = score_sequences(
+            self.model,
+            [s.prompt_ids for s in samples],
+            [s.response_ids for s in samples],
+            temperatures,
+            self.vocab_size,
+            micro_batch_size=self.cfg.data.micro_batch_size,
+        )
+        log_prob = place_per_token([x.log_prob for x in scored], samples, seq_len)
+        entropy = place_per_token([x.entropy for x in scored], samples, seq_len)
+        return log_prob, entropy
+
+    def entropy_stats(self, entropy: torch.Tensor, mask: torch.Tensor) -> EntropyStats:
+        """Step-global entropy statistics over every DP rank's response tokens (exact pivot)."""
+        _, stats = normalize_entropy(
+            entropy,
+            mask,
+            pivot_quantile=self.loss_cfg.pivot_quantile,
+            mode=self.loss_cfg.entropy_mode,
+            group=self.dp_group,
+            eps=self.loss_cfg.entropy_eps,
+        )
+        return stats
+
+    # ------------------------------------------------------------------------------------ update
+    def update(
+        self, data: TokenTensors, old_log_prob, advantages, stats: EntropyStats | None, num_mini_batches: int
+    ) -> dict[str, float]:
+        """Optimizer steps over ``num_mini_batches`` equal slices of this rank's responses."""
+        from megatron.core import parallel_state as ps
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        mbs = self.cfg.data.micro_batch_size
+        n_local = data.tokens.shape[0]
+        per_mini = n_local // num_mini_batches
+        if per_mini * num_mini_batches != n_local or per_mini % mbs:
+            raise ValueError(
+                f"{n_local} responses on this rank do not split into {num_mini_batches} mini-batches of "
+                f"micro-batches of {mbs} (data.mini_batch_size / data.micro_batch_size)"
+            )
+        seq_len = data.tokens.shape[1]
+        position_ids = torch.arange(seq_len).expand(mbs, seq_len).contiguous()
+        causal = torch.ones(1, 1, seq_len, seq_len, dtype=torch.bool).triu(1)
+        step_stats = stats if self.loss_cfg.stats_scope == "step" else None
+        agg = defaultdict(float)
+        self.model.train()
+        for m in range(num_mini_batches):
+            lo = m * per_mini
+            mini = data.slice(lo, lo + per_mini)
+            normalizer = torch.zeros((), dtype=torch.float64)
+            micro = []
+            for s in range(0, per_mini, mbs):
+                part = mini.slice(s, s + mbs)
+                normalizer += loss_normalizer(part.mask, self.loss_cfg.agg).double()
+                micro.append((part, old_log_prob[lo + s : lo + s + mbs], advantages[lo + s : lo + s + mbs]))
+            if self.dp_group is not None:
+                dist.all_reduce(normalizer, group=self.dp_group)
+            scale = len(micro) * self.dp_size
+            collected: list[dict] = []
+
+            def forward_step(data_iterator, model, _norm=normalizer, _scale=scale, _out=collected):
+                part, old, adv = next(data_iterator)
+                output = model(part.tokens, position_ids, causal)  # [b, s, V/tp]
+
+                def loss_func(logits):
+                    loss, metrics = fused_hapo_loss(
+                        _mask_padded_vocab(logits, self.vocab_size),
+                        part.targets,
+                        old,
+                        adv,
+                        part.mask,
+                        self.loss_cfg,
+                        temperature=part.temperature,
+                        tp_group=self.tp_group,
+                        stats=step_stats,
+                        rollout_log_prob=part.rollout_log_prob,
+                        global_normalizer=_norm.to(torch.float32),
+                    )
+                    _out.append({k: float(v) for k, v in metrics.items()})
+                    return loss * _scale, {"pg_loss": loss.detach().clone()}
+
+                return output, loss_func
+
+            self.model.zero_grad_buffer()
+            self.optimizer.zero_grad()
+            get_forward_backward_func()(
+                forward_step_func=forward_step,
+                data_iterator=iter(micro),
+                model=[self.model],
+                num_microbatches=len(micro),
+                seq_length=seq_len,
+                micro_batch_size=mbs,
+                forward_only=False,
+            )
+            ok, grad_norm, _ = self.optimizer.step()
+            if not ok:
+                raise RuntimeError("optimizer step skipped: non-finite gradients (check the loss inputs)")
+            self.scheduler.step(increment=1)
+            agg["grad_norm"] += float(grad_norm or 0.0) / num_mini_batches
+            _merge(agg, collected, num_mini_batches)
+        if ps.get_pipeline_model_parallel_world_size() > 1:  # loss metrics exist on the last stage only
+            box = [{k: v for k, v in agg.items() if k != "grad_norm"}]
+            dist.broadcast_object_list(
+                box,
+                src=ps.get_pipeline_model_parallel_last_rank(),
+                group=ps.get_pipeline_model_parallel_group(),
+            )
+            agg.update(box[0])
+        agg["lr"] = self.optimizer.param_groups[0]["lr"]
+        return {f"actor/{k}" if k not in ("grad_norm", "lr") else f"optim/{k}": v for k, v in agg.items()}
+
+    # ------------------------------------------------------------------------------------- sync
+    def sync_weights(self, engine, version: str) -> dict[str, float]:
+        """Push the weights into ``engine`` (held by global rank 0); the model-parallel peers of rank 0
+        iterate the collective export in lockstep; other data-parallel replicas have nothing to do."""
+        from megatron.core import parallel_state as ps
+
+        from megatron_hapo.models import export_hf_weights
+        from megatron_hapo.sync import TensorTransport, push_weights
+
+        t0 = time.perf_counter()
+        if ps.get_data_parallel_rank() != 0:
+            return {}
+        named = export_hf_weights(self.model)
+        if engine is not None:
+            report = push_weights(engine, TensorTransport(engine), named, version=version)
+            return {"time/sync_s": time.perf_counter() - t0, "sync/mb": report.bytes / 1e6}
+        for _ in named:
+            pass
+        return {"time/sync_s": time.perf_counter() - t0}
+
+
+def _merge(agg: dict, collected: list[dict], num_mini_batches: int) -> None:
+    """Micro-batch metrics -> one value per step: sums for counts and the loss, token-weighted means else."""
+    if not collected:
+        return
+    tokens = sum(c.get("n_tokens", 0.0) for c in collected) or 1.0
+    keys = set().union(*collected)
+    for k in keys:
+        if k in _SUMMED:
+            agg[k] += sum(c.get(k, 0.0) for c in collected) / (num_mini_batches if k == "pg_loss" else 1)
+        elif k.endswith("/min"):
+            agg[k] = min(agg.get(k, float("inf")), min(c[k] for c in collected if k in c))
+        elif k.endswith("/max"):
+            agg[k] = max(agg.get(k, float("-inf")), max(c[k] for c in collected if k in c))
+        else:
+            agg[k] += (
+                sum(c.get(k, 0.0) * c.get("n_tokens", 0.0) for c in collected) / tokens / num_mini_batches
+            )

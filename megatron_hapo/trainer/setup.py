@@ -1,0 +1,100 @@
+"""Build the components of a run from its config (called by :func:`megatron_hapo.trainer.loop.train`)."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from megatron_hapo.config import RootConfig, save_resolved
+from megatron_hapo.trainer.metrics import RunLogger
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    cfg: RootConfig
+    lead: bool
+    run_dir: Path
+    policy: object  # trainer.policy.Policy
+    rollout: object  # trainer.rollout.RolloutStage
+    logger: RunLogger
+    total_steps: int
+    updates_per_step: int
+    dp_rank: int
+    dp_size: int
+
+
+def resolve_run_dir(cfg: RootConfig) -> Path:
+    """``trainer.run_dir``; the same on every rank."""
+    return Path(cfg.trainer.run_dir)
+
+
+def build_run(cfg: RootConfig) -> Run:
+    """Model, optimizer, engine, scorer, data, logger. Call inside ``hp.device_mode()`` after model-parallel init."""
+    from megatron.core import parallel_state as ps
+    from transformers import AutoTokenizer
+
+    from megatron_hapo.data import PromptDataset, ResumableSampler
+    from megatron_hapo.rewards import ScorerPool
+    from megatron_hapo.trainer.policy import Policy
+    from megatron_hapo.trainer.rollout import RolloutStage, make_engine
+
+    lead = dist.get_rank() == 0
+    seed = cfg.trainer.seed
+    random.seed(seed)
+    np.random.seed(seed)
+    run_dir = resolve_run_dir(cfg)
+    if lead:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_resolved(cfg, run_dir, rank=0, echo=False)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer_path or cfg.model.hf_path)
+    dataset = PromptDataset.from_config(cfg.data, tokenizer)
+    sampler = ResumableSampler(
+        len(dataset), cfg.data.train_batch_size, seed=cfg.data.seed, shuffle=cfg.data.shuffle,
+        drop_last=cfg.data.drop_last,
+    )  # fmt: skip
+    total = cfg.trainer.total_steps or cfg.trainer.total_epochs * sampler.batches_per_epoch
+    updates = cfg.data.train_batch_size // cfg.data.mini_batch_size
+    t0 = time.perf_counter()
+    policy = Policy(cfg, optimizer_steps=total * updates)
+    engine = scorer = None
+    if lead:
+        scorer = ScorerPool.from_config(cfg.reward)
+        engine = make_engine(cfg)
+        logger.info("engine and scorer ready in %.1f s", time.perf_counter() - t0)
+    run_logger = RunLogger(
+        run_dir, lead=lead, jsonl=cfg.logging.jsonl, tensorboard=cfg.logging.tensorboard,
+        stdout_every=cfg.logging.stdout_every,
+    )  # fmt: skip
+    return Run(
+        cfg=cfg,
+        lead=lead,
+        run_dir=run_dir,
+        policy=policy,
+        rollout=RolloutStage(cfg, dataset, sampler, tokenizer, engine, scorer),
+        logger=run_logger,
+        total_steps=total,
+        updates_per_step=updates,
+        dp_rank=ps.get_data_parallel_rank(),
+        dp_size=ps.get_data_parallel_world_size(),
+    )
+
+
+def close_run(run: Run) -> None:
+    run.logger.close()
+    if run.rollout.engine is not None:
+        run.rollout.engine.shutdown()
+    if run.rollout.scorer is not None:
+        run.rollout.scorer.close()
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)

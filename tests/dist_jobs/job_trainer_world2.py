@@ -1,0 +1,49 @@
+"""torchrun job (2 processes): two RL steps of the trainer, SGLang in-process on rank 0.
+
+Args: MODEL_DIR RUN_DIR TP DISTRIBUTED_OPTIMIZER(0|1): TP=2 (DP=1) or TP=1 (DP=2). Asserts the run wrote
+two metric rows with finite losses, an engine serving the trainer's weights, and a checkpoint.
+"""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import megatron_hapo.parallel  # noqa: F401  (before megatron)
+
+
+def main() -> None:
+    import torch.distributed as dist
+
+    from megatron_hapo.config import load_config
+    from megatron_hapo.trainer import train
+
+    model_dir, run_dir, tp, dist_opt = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
+    overrides = [
+        f"model.hf_path={model_dir}",
+        f"trainer.run_dir={run_dir}",
+        f"parallel.tensor_model_parallel_size={tp}",
+        f"parallel.use_distributed_optimizer={str(dist_opt).lower()}",
+        "trainer.total_steps=2",
+        "data.train_batch_size=4",
+        "data.mini_batch_size=2",
+        "data.micro_batch_size=2",
+        "sampling.train.n=4",
+    ]
+    cfg = load_config("examples/configs/tiny_cpu.yaml", overrides, world_size=2)
+    train(cfg)
+    if dist.get_rank() == 0:
+        rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == [1, 2], rows
+        for r in rows:
+            assert math.isfinite(r["actor/pg_loss"]) and math.isfinite(r["optim/grad_norm"]), r
+            # the engine serves the trainer's weights: behaviour and old log-probs agree
+            assert r["actor/tis/abs_log_prob_diff"] < 1e-3, r
+        assert (Path(run_dir) / "checkpoints" / "step_2" / "trainer_state.json").is_file()
+        print(f"TRAINER_WORLD2_OK tp={tp}", flush=True)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

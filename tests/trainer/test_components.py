@@ -1,0 +1,174 @@
+"""Trainer components without Megatron or SGLang: batch layout, temperatures, advantages, dynamic sampling,
+checkpoint discovery, presets, metrics formatting."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from megatron_hapo.config import load_config
+from megatron_hapo.data import PromptSample, ResumableSampler
+from megatron_hapo.rewards import Score
+from megatron_hapo.rollout import RolloutSample
+from megatron_hapo.trainer import PRESETS, compute_advantages, loss_config
+from megatron_hapo.trainer.batch import StepBatch, pad_responses, place_per_token, response_temperatures
+from megatron_hapo.trainer.checkpoint import STATE_FILE, list_checkpoints, resolve_resume
+from megatron_hapo.trainer.metrics import format_header, format_row
+from megatron_hapo.trainer.rollout import DynamicSamplingError, RolloutStage
+
+CONFIG = "examples/configs/tiny_cpu.yaml"
+
+
+def _sample(p, j, prompt, response, temps=None, pi=0):
+    return RolloutSample(
+        prompt_index=pi, sample_index=j, prompt_ids=prompt, response_ids=response,
+        logprobs=[-0.5] * len(response), finish_reason="stop", weight_version="v", temperatures=temps,
+    )  # fmt: skip
+
+
+def _cfg(*overrides):
+    return load_config(CONFIG, list(overrides), world_size=1, check_env=False)
+
+
+def test_pad_responses_layout():
+    s = [_sample(0, 0, [5, 6, 7], [8, 9], [0.9, 1.1]), _sample(0, 1, [5, 6], [4], [1.0])]
+    t = pad_responses(s, [x.temperatures for x in s], seq_len=5)
+    # response token k of a prompt of length P is predicted at position P - 1 + k
+    assert t.tokens[0].tolist() == [5, 6, 7, 8, 9]
+    assert t.mask[0].tolist() == [0, 0, 1, 1, 0]
+    assert t.targets[0, 2:4].tolist() == [8, 9]
+    assert t.temperature[0].tolist() == pytest.approx([1, 1, 0.9, 1.1, 1])
+    assert t.mask[1].tolist() == [0, 1, 0, 0, 0] and t.targets[1, 1] == 4
+    assert t.rollout_log_prob[0, 2:4].tolist() == [-0.5, -0.5]
+    placed = place_per_token([torch.tensor([1.0, 2.0]), torch.tensor([3.0])], s, 5)
+    assert placed.tolist() == [[0, 0, 1, 2, 0], [0, 3, 0, 0, 0]]
+    with pytest.raises(ValueError, match="exceeds"):
+        pad_responses(s, [x.temperatures for x in s], seq_len=4)
+
+
+def test_temperatures_per_token_requires_hapo_outputs():
+    s = _sample(0, 0, [1], [2, 3], temps=None)
+    with pytest.raises(RuntimeError, match="HAPO sampler"):
+        response_temperatures(s, "per_token", 1.0, adaptive=True)
+    assert response_temperatures(s, "base", 0.7, adaptive=True) == [0.7, 0.7]
+    assert response_temperatures(s, "per_token", 1.0, adaptive=False) == [1.0, 1.0]
+    s.temperatures = [0.95, 1.05]
+    assert response_temperatures(s, "per_token", 1.0, adaptive=True) == [0.95, 1.05]
+
+
+def test_advantages_follow_config():
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.float32)
+    rewards = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    groups = [0, 0, 1, 1]
+    tlga = compute_advantages(_cfg(), rewards, mask, groups)
+    # TLGA: length-weighted advantages sum to zero per group
+    assert float((tlga[:2]).sum()) == pytest.approx(0.0, abs=1e-5)
+    grpo = compute_advantages(_cfg("algorithm.adv_estimator=grpo"), rewards, mask, groups)
+    assert grpo[0, 0] == pytest.approx(-grpo[1, 0])  # sequence-level, symmetric
+    assert float(tlga[0, 0]) != pytest.approx(float(grpo[0, 0]))
+    never = compute_advantages(_cfg("algorithm.tlga_fallback_threshold=null"), rewards, mask, groups)
+    assert torch.isfinite(never).all()
+
+
+def test_presets_load_and_map_to_the_loss():
+    for name, overrides in PRESETS.items():
+        cfg = _cfg(*overrides)
+        lc = loss_config(cfg)
+        assert cfg.algorithm.name == name
+        if name != "hapo":
+            assert not lc.adaptive_clip and not lc.adaptive_advantage
+            assert not cfg.algorithm.adaptive_temperature.enable
+    assert loss_config(_cfg(*PRESETS["dapo"])).clip_high == pytest.approx(0.28)
+
+
+class _FakeEngine:
+    """Generates n responses per prompt; prompt i answers correctly on samples where acc_fn says so."""
+
+    def __init__(self, acc_fn):
+        self.acc_fn, self.calls = acc_fn, 0
+
+    def generate(self, prompts, params):
+        self.calls += 1
+        out = []
+        for i, p in enumerate(prompts):
+            for j in range(params.n):
+                out.append(_sample(i, j, list(p), [1 if self.acc_fn(self.calls, i, j) else 0], [1.0], pi=i))
+        return out
+
+
+class _FakeTokenizer:
+    def batch_decode(self, ids, skip_special_tokens=True):
+        return ["right" if x == [1] else "wrong" for x in ids]
+
+
+class _FakeScorer:
+    def score(self, requests):
+        class R:
+            results = [Score(score=1.0 if r.response == "right" else -1.0, acc=r.response == "right", pred="",
+                             timed_out=False) for r in requests]  # fmt: skip
+
+            def metrics(self, prefix):
+                return {}
+
+        return R()
+
+
+class _FakeDataset:
+    def batch(self, idx):
+        return [PromptSample(i, [100 + i], "math_dapo", "1", {}, "x") for i in idx]
+
+
+def _stage(cfg, acc_fn):
+    sampler = ResumableSampler(100, cfg.data.train_batch_size, seed=0)
+    return RolloutStage(cfg, _FakeDataset(), sampler, _FakeTokenizer(), _FakeEngine(acc_fn), _FakeScorer())
+
+
+def test_dynamic_sampling_refills_and_trims():
+    cfg = _cfg("algorithm.dynamic_sampling.enable=true", "algorithm.adaptive_temperature.enable=false",
+               "reward.overlong.enable=false")  # fmt: skip
+    # call 1: only even prompts have mixed accuracy (4 of 8 groups); call 2: all mixed
+    stage = _stage(cfg, lambda call, i, j: (j == 0) and (call > 1 or i % 2 == 0))
+    batch = stage._collect_lead(None)
+    n = cfg.sampling.train.n
+    assert len(batch) == cfg.data.train_batch_size * n
+    assert len(set(batch.group_ids)) == cfg.data.train_batch_size
+    assert batch.extra_metrics["dynamic_sampling/gen_batches"] == 2
+    for g in set(batch.group_ids):  # every kept group has mixed accuracy
+        accs = {a for a, gid in zip(batch.accs, batch.group_ids) if gid == g}
+        assert accs == {True, False}
+
+
+def test_dynamic_sampling_fails_clearly_when_it_cannot_fill():
+    cfg = _cfg("algorithm.dynamic_sampling.enable=true", "algorithm.dynamic_sampling.max_num_gen_batches=3",
+               "algorithm.adaptive_temperature.enable=false")  # fmt: skip
+    stage = _stage(cfg, lambda call, i, j: False)  # every group all-wrong
+    with pytest.raises(DynamicSamplingError, match="max_num_gen_batches=3"):
+        stage._collect_lead(None)
+    assert stage.engine.calls == 3
+
+
+def test_stepbatch_first_groups():
+    b = StepBatch([None] * 6, [None] * 6, [7, 7, 3, 3, 9, 9], [0.0] * 6, [False] * 6)
+    assert b.first_groups(2).group_ids == [7, 7, 3, 3]
+
+
+def test_checkpoint_discovery(tmp_path):
+    assert resolve_resume("auto", tmp_path / "none") is None
+    for step in (2, 10, 4):
+        (tmp_path / f"step_{step}").mkdir()
+        (tmp_path / f"step_{step}" / STATE_FILE).write_text(json.dumps({"step": step}))
+    (tmp_path / ".tmp_step_12").mkdir()  # an interrupted save is never picked
+    (tmp_path / "step_11").mkdir()  # no state file: incomplete
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_2", "step_4", "step_10"]
+    assert resolve_resume("auto", tmp_path).name == "step_10"
+    assert resolve_resume("none", tmp_path) is None
+    with pytest.raises(FileNotFoundError, match="checkpoint.resume"):
+        resolve_resume(str(tmp_path / "step_11"), tmp_path)
+
+
+def test_console_table():
+    assert "reward" in format_header() and "temp" in format_header()
+    row = format_row({"step": 3, "reward/mean": 0.5})
+    assert row.split()[0] == "3" and "-" in row

@@ -1,0 +1,124 @@
+"""End to end: hapo-train on the tiny CPU config (SGLang in-process, Megatron, weight sync), resume from
+its checkpoint, two-step runs at TP=2 and at DP=2 (distributed optimizer) under torchrun, and bad configs rejected before any work."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.torchrun_utils import REPO_ROOT, run_torchrun
+
+CONFIG = "examples/configs/tiny_cpu.yaml"
+STEPS = 24
+DIST_OPT = ("parallel.use_distributed_optimizer=true",)  # its checkpoint (save + resume) is the harder one
+
+
+def _env():
+    return dict(os.environ, OMP_NUM_THREADS="1", TORCHDYNAMO_DISABLE="1", PYTHONPATH=str(REPO_ROOT))
+
+
+def _train(*overrides, timeout=420):
+    cmd = [sys.executable, "-m", "megatron_hapo.trainer", "--config", CONFIG, *overrides]
+    return subprocess.run(cmd, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def demo_model(tmp_path_factory):
+    from megatron_hapo.trainer.tiny_model import make_demo_model
+
+    return make_demo_model(
+        tmp_path_factory.mktemp("tiny_demo"),
+        sft_steps=400,
+        sft_noise=0.5,
+        sft_files=["examples/data/tiny_math_train.parquet"],
+    )
+
+
+@pytest.fixture(scope="module")
+def first_run(demo_model, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    proc = _train(f"model.hf_path={demo_model}", f"trainer.run_dir={run_dir}", f"trainer.total_steps={STEPS}",
+                  "checkpoint.save_every=4", "checkpoint.keep_last=2", *DIST_OPT)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return run_dir, proc.stdout
+
+
+def test_run_directory_and_metrics(first_run):
+    run_dir, stdout = first_run
+    assert (run_dir / "resolved_config.yaml").is_file()
+    rows = _rows(run_dir)
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    required = ("reward/mean", "acc/mean", "entropy/mean", "response_length/mean", "temperature/mean",
+                "time/step_s", "actor/pg_loss", "optim/grad_norm", "optim/lr", "time/sync_s")  # fmt: skip
+    for r in rows:
+        missing = [k for k in required if r.get(k) is None]
+        assert not missing, (r["step"], missing)
+        assert r["actor/tis/abs_log_prob_diff"] < 1e-3  # the engine samples from the trainer's weights
+    # HAPO adaptive temperature: off at step 1 (no statistics yet), per-token afterwards
+    assert rows[0]["temperature/min"] == rows[0]["temperature/max"] == pytest.approx(1.0)
+    assert any(r["temperature/min"] < 0.999 for r in rows[1:])
+    assert "reward" in stdout and "temp" in stdout  # the console table
+    # keep_last=2, saves at 4, 8, ..., 24
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_20", "step_24"]
+
+
+def test_reward_rises(first_run):
+    # the SFT-warmed policy answers without the "Answer:" line half of the time: RL must fix that fast
+    rewards = [r["reward/mean"] for r in _rows(first_run[0])]
+    start = sum(rewards[:2]) / 2
+    second_half = sum(rewards[len(rewards) // 2 :]) / (len(rewards) - len(rewards) // 2)
+    assert second_half > start + 0.1, [round(r, 3) for r in rewards]
+
+
+def test_resume_continues_from_the_checkpoint(first_run, demo_model):
+    run_dir, _ = first_run
+    state = json.loads((run_dir / "checkpoints" / "step_24" / "trainer_state.json").read_text())
+    proc = _train(f"model.hf_path={demo_model}", f"trainer.run_dir={run_dir}", f"trainer.total_steps={STEPS + 2}",
+                  "checkpoint.resume=auto", "checkpoint.save_every=0", *DIST_OPT)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    rows = _rows(run_dir)
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 3))  # appended, not restarted
+    new = json.loads((run_dir / "checkpoints" / f"step_{STEPS + 2}" / "trainer_state.json").read_text())
+    assert (
+        new["sampler"]["position"] != state["sampler"]["position"]
+        or new["sampler"]["epoch"] > state["sampler"]["epoch"]
+    )
+    assert rows[STEPS]["temperature/min"] < 0.999  # the restored statistics drive the first resumed rollout
+
+
+@pytest.mark.parametrize("tp, dist_opt", [(2, 0), (1, 1)], ids=["tp2", "dp2-distopt"])
+def test_two_steps_on_two_ranks(demo_model, tmp_path, tp, dist_opt):
+    out = run_torchrun("job_trainer_world2.py", 2, str(demo_model), str(tmp_path / "run"), str(tp), str(dist_opt),
+                       timeout=420)  # fmt: skip
+    assert f"TRAINER_WORLD2_OK tp={tp}" in out
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["trainer.lr=1"], "optim.lr"),
+        (["data.mini_batch_size=3"], "mini_batch_size"),
+        (["algorithm.loss.clip_low=1.5"], "clip_low"),
+    ],
+)
+def test_bad_config_rejected_before_any_work(tmp_path, overrides, message):
+    run_dir = tmp_path / "run"
+    proc = _train(f"trainer.run_dir={run_dir}", *overrides, timeout=120)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert not run_dir.exists()  # nothing was started or written
+
+
+def test_help_config_lists_keys():
+    proc = subprocess.run([sys.executable, "-m", "megatron_hapo.trainer", "--help-config"], cwd=REPO_ROOT,
+                          env=_env(), capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0 and "algorithm.loss.clip_high" in proc.stdout
