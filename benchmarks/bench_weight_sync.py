@@ -32,9 +32,9 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM
 
+    from megatron_hapo.models.tiny import make_tiny_hf_model
     from megatron_hapo.rollout import InProcessSGLangEngine
     from megatron_hapo.sync import DiskTransport, DistributedTransport, TensorTransport, push_weights
-    from tests.fixtures_tiny_model import make_tiny_hf_model
 
     dtype = "bfloat16" if torch.cuda.is_available() else "float32"
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,10 +19,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from megatron_hapo.eval import Evaluator, evaluate, pass_at_k
+from megatron_hapo.models.tiny import make_tiny_hf_model
 from megatron_hapo.rewards import compute_score
 from megatron_hapo.rollout import InProcessSGLangEngine
 from tests.eval import helper_scorers
-from tests.fixtures_tiny_model import make_tiny_hf_model
 
 pytestmark = pytest.mark.slow
 

@@ -23,7 +23,7 @@ from megatron_hapo.eval import (
     load_benchmarks,
     pass_at_k,
 )
-from tests.fixtures_tiny_model import make_tiny_hf_model
+from megatron_hapo.models.tiny import make_tiny_hf_model
 
 
 def brute_force_pass_at_k(accs: list[bool], k: int) -> float:

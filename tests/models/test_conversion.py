@@ -244,7 +244,7 @@ def test_missing_shards_are_reported(models, tmp_path, capsys):
 def test_bf16_checkpoint_keeps_its_dtype_and_round_trips_exactly(tmp_path, capsys):
     """Real checkpoints are bf16: `--dtype auto` keeps bf16 end to end, and verify (fp32 compute) passes."""
     from megatron_hapo.models.mcore_io import checkpoint_dtype
-    from tests.fixtures_tiny_model import make_tiny_hf_model
+    from megatron_hapo.models.tiny import make_tiny_hf_model
 
     hf = make_tiny_hf_model(
         tmp_path / "bf16", family="qwen2", vocab_size=300, initializer_range=0.3, dtype="bfloat16"

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from megatron_hapo.algorithms import EntropyStats
+from megatron_hapo.models.tiny import make_tiny_hf_model
 from sglang_ext import hapo_sampling_params
-from tests.fixtures_tiny_model import make_tiny_hf_model
 from tests.sglang_ext.reference import (
     CPU_ENGINE_ARGS,
     ENTROPY_TOL,

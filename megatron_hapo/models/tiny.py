@@ -1,4 +1,4 @@
-"""Tiny random Hugging Face models with a locally trained tokenizer, for tests that need a real checkpoint.
+"""Tiny random Hugging Face models with a locally trained tokenizer: test checkpoints and the CPU demo's policy.
 
 Nothing is downloaded: the weights are random (seeded) and the byte-level BPE tokenizer is trained with
 ``tokenizers`` on a small deterministic corpus. The directory written by :func:`make_tiny_hf_model` loads
@@ -7,7 +7,7 @@ with ``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained`
 
 Usage in a test module (one model per module, it takes well under a second)::
 
-    from tests.fixtures_tiny_model import make_tiny_hf_model
+    from megatron_hapo.models.tiny import make_tiny_hf_model
 
     @pytest.fixture(scope="module")
     def tiny_model(tmp_path_factory):
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -73,7 +74,7 @@ def _corpus(seed: int, n_lines: int = 3000) -> list[str]:
     return lines
 
 
-def _train_tokenizer(vocab_size: int, seed: int, family: Family):
+def _train_tokenizer(vocab_size: int, seed: int, family: Family, corpus: list[str] | None = None):
     """Byte-level BPE with exactly ``vocab_size`` entries (fillers top up what BPE could not learn).
 
     Qwen families get Qwen2's normaliser and pre-tokenizer, so that the ``Qwen2Tokenizer`` transformers
@@ -99,7 +100,7 @@ def _train_tokenizer(vocab_size: int, seed: int, family: Family):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(seed), trainer=trainer)
+    tok.train_from_iterator(corpus if corpus is not None else _corpus(seed), trainer=trainer)
     missing = vocab_size - tok.get_vocab_size()
     if missing > 0:
         tok.add_special_tokens([f"<|extra_{i}|>" for i in range(missing)])
@@ -157,6 +158,8 @@ def make_tiny_hf_model(
     num_layers: int = 2,
     initializer_range: float = 0.02,
     dtype: Literal["bfloat16", "float32", "float16"] = "bfloat16",
+    corpus: list[str] | None = None,
+    before_save: Callable | None = None,
 ) -> Path:
     """Write a random ``family`` causal LM and its tokenizer to ``out_dir``; return ``out_dir`` as a Path.
 
@@ -165,6 +168,8 @@ def make_tiny_hf_model(
     log V); raise it (e.g. 0.2-0.5) when a test needs peaked, varied distributions. ``dtype`` is the dtype
     the weights are stored in and the ``dtype`` field of config.json. Note that SGLang's ``dtype="auto"``
     serves a float32 checkpoint in bfloat16: pass ``dtype="float32"`` to the engine for fp32 comparisons.
+    ``corpus`` replaces the built-in tokenizer training text; ``before_save(model, tokenizer)`` may train
+    the random model in place before it is written (the demo's SFT warm-up).
     """
     from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerFast
 
@@ -175,7 +180,7 @@ def make_tiny_hf_model(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    tok = _train_tokenizer(vocab_size, seed, family)
+    tok = _train_tokenizer(vocab_size, seed, family, corpus)
     hf_tok = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=SPECIAL_TOKENS[BOS],
@@ -199,6 +204,8 @@ def make_tiny_hf_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config).to(torch_dtype)
+        if before_save is not None:
+            before_save(model, hf_tok)
     model.generation_config = GenerationConfig(bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
     model.save_pretrained(out)
     _check_reload(out, hf_tok, vocab_size)

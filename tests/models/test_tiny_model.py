@@ -1,11 +1,11 @@
-"""The shared tiny-model helper (tests/fixtures_tiny_model.py): loadable, exact vocab, deterministic. Fast."""
+"""The shared tiny-model helper (megatron_hapo/models/tiny.py): loadable, exact vocab, deterministic. Fast."""
 
 import hashlib
 
 import pytest
 import torch
 
-from tests.fixtures_tiny_model import make_tiny_hf_model
+from megatron_hapo.models.tiny import make_tiny_hf_model
 
 
 def _digest(path):
