@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from megatron_hapo.algorithms import EntropyStats, temperature_from_entropy, token_entropy
+from megatron_hapo.rollout.inprocess import cpu_server_args
 
 ENTRY_POINT = ("hapo_adaptive_temperature", "sglang_ext:register")
 
@@ -21,18 +22,14 @@ ENTROPY_TOL = 2e-4
 LOGPROB_TOL = 2e-4
 WRONG_HYPOTHESIS_MIN_ERR = 0.05
 
-CPU_ENGINE_ARGS = dict(
-    device="cpu",
-    attention_backend="torch_native",  # the CPU default (intel_amx) needs sgl_kernel
-    disable_cuda_graph=True,
-    disable_overlap_schedule=True,
-    mem_fraction_static=0.05,
-    max_total_tokens=8192,
-    skip_server_warmup=True,
-    dtype="float32",
-    random_seed=1234,
-    log_level="warning",
-)
+# The package's CPU server arguments (one source of truth), minus the sampling backend: these tests
+# choose it themselves (the plugin must also work when SGLang rewrites it to "pytorch").
+CPU_ENGINE_ARGS = {
+    **{k: v for k, v in cpu_server_args().items() if k != "sampling_backend"},
+    "dtype": "float32",
+    "random_seed": 1234,
+    "log_level": "warning",
+}
 
 
 def require_entry_point() -> None:
