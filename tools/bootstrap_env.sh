@@ -5,7 +5,7 @@
 # Order matters (docs/install.md explains each step):
 #   1. torch==2.13.0 first (the CPU wheel on Python 3.11), then every later step runs with
 #      requirements/constraints-cpu.txt so that no dependency can pull a CUDA build of torch;
-#   2. the pinned pure-python dependencies (requirements/cpu.txt);
+#   2. the pinned pure-python dependencies (requirements/cpu.txt, including nvidia-modelopt for the FP8 export);
 #   3. megatron-core 0.19.2 with --no-deps --ignore-requires-python: it declares Requires-Python >=3.12
 #      but ships a cp311 wheel that works (only megatron/training/models uses 3.12's typing.override);
 #   4. sglang 0.5.23 with --no-deps: its metadata pins CUDA torch 2.14.1 and ~20 CUDA kernel packages;
@@ -91,6 +91,9 @@ if bad:
              "`import megatron.core` and PyPI 'apex' is not NVIDIA apex. Remove them: pip uninstall -y " + " ".join(bad))
 import torch, megatron.core, sglang, megatron_hapo  # noqa: F401  (fails loudly if the environment is broken)
 assert torch.__version__.startswith("2.13.0"), torch.__version__
+# nvidia-modelopt (FP8 serving export) must not have dragged in another torch; check it is there by metadata
+# (importing modelopt.torch costs ~10 s).
+assert md.version("nvidia-modelopt") == "0.47.0", md.version("nvidia-modelopt")
 print(f"[bootstrap] ok: torch {torch.__version__}, megatron-core {megatron.core.__version__}, sglang {sglang.__version__}", file=sys.stderr)
 PY
 echo "$want_stamp" > "$STAMP_FILE"

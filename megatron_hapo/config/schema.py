@@ -54,6 +54,10 @@ def section(cls: type, help: str) -> Any:  # noqa: A002
     return field(default_factory=cls, metadata={"help": help})
 
 
+# Truncated-importance-sampling cap turned on by rollout.quantization=fp8 when algorithm.loss.tis_cap is null
+# (C = 2 as in verl's TIS / rollout-correction defaults; docs/fp8.md).
+FP8_ROLLOUT_DEFAULT_TIS_CAP = 2.0
+
 # --------------------------------------------------------------------------------------------------- model
 
 
@@ -158,7 +162,27 @@ class RolloutConfig:
     gpus_per_server: int | None = opt(None, "GPUs per SGLang server; null = tensor_parallel_size")
     server_addresses: list[str] = opt([], "fleet: http://host:port of each SGLang server")
     router_address: str | None = opt(None, "fleet: http://host:port of an sglang-router in front of them")
+    launch_servers: bool = opt(
+        False, "fleet: the trainer's lead rank launches num_servers SGLang servers + a router on its node"
+    )
+    weight_sync: Literal["distributed", "disk"] = opt(
+        "distributed", "fleet: weight sync by broadcast to every server rank, or an HF checkpoint reloaded"
+    )
+    on_server_failure: Literal["continue", "fail"] = opt(
+        "continue", "fleet: a dead server is dropped (continue on the others) or fails the step"
+    )
     mem_fraction: float = opt(0.8, "SGLang mem_fraction_static (share of GPU memory for weights + KV cache)")
+    quantization: Literal["fp8"] | None = opt(
+        None,
+        "SGLang serving precision: fp8 = online FP8 (weights re-quantised on every sync; TIS on, "
+        "see docs/fp8.md); null = the checkpoint's dtype",
+    )
+    seeded_sampling: bool = opt(
+        False,
+        "seed every response (from trainer.seed and its prompt's position in the run): rollouts depend only "
+        "on the weights, so a resumed run repeats the uninterrupted one on CPU; uses SGLang's torch "
+        "sampling kernels (slower than flashinfer on GPU)",
+    )
     max_new_tokens: int = opt(10240, "maximum response length in tokens (HAPO: 10240 Qwen2.5, 12288 Qwen3)")
     stop: list[str] = opt([], "extra stop strings (EOS always stops)")
     request_timeout_s: float = opt(3600.0, "timeout of one generate request, seconds")
@@ -432,3 +456,10 @@ class RootConfig:
     logging: LoggingConfig = section(LoggingConfig, "logging")
     eval: EvalConfig = section(EvalConfig, "evaluation")
     cluster: ClusterConfig = section(ClusterConfig, "cluster shape for dry-run validation")
+
+    def __post_init__(self) -> None:
+        # FP8 rollout makes pi_rollout differ from the bf16 trainer's pi_old by design; without the TIS
+        # correction that mismatch biases the gradient, so FP8 rollout turns TIS on (docs/fp8.md). A cap
+        # set explicitly is kept; tis_cap cannot be null together with rollout.quantization=fp8.
+        if self.rollout.quantization == "fp8" and self.algorithm.loss.tis_cap is None:
+            self.algorithm.loss.tis_cap = FP8_ROLLOUT_DEFAULT_TIS_CAP

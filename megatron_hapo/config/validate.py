@@ -9,6 +9,7 @@ the context). Each issue names its key(s) and the file or override that set them
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -188,6 +189,13 @@ def _precision(cfg: RootConfig, out: _Issues) -> None:
         )
     if pr.fp8_param and pr.fp8 is None:
         out.add(["precision.fp8_param", "precision.fp8"], "fp8_param needs FP8 on (set precision.fp8)")
+    if pr.fp8_param and pr.fp8 is not None and not cfg.parallel.use_distributed_optimizer:
+        # Megatron-LM asserts the same (--fp8-param-gather needs the distributed optimizer): the FP8 weights
+        # are re-quantised from the optimizer's fp32 main copy, which only the distributed optimizer keeps.
+        out.add(
+            ["precision.fp8_param", "parallel.use_distributed_optimizer"],
+            "fp8_param needs parallel.use_distributed_optimizer=true",
+        )
     if pr.first_last_layers_bf16 and min(pr.num_layers_at_start_in_bf16, pr.num_layers_at_end_in_bf16) < 0:
         out.add("precision.num_layers_at_start_in_bf16", "bf16 layer counts must be >= 0")
 
@@ -217,10 +225,11 @@ def _rollout(cfg: RootConfig, world_size: int, world_phrase: str, out: _Issues) 
                 f"({cfg.cluster.gpus_per_node} GPUs per node)",
             )
     else:
-        if not r.server_addresses and not r.router_address:
+        if not r.server_addresses and not r.router_address and not r.launch_servers:
             out.add(
                 ["rollout.server_addresses", "rollout.router_address"],
-                "rollout.engine=fleet needs the servers' addresses or a router address",
+                "rollout.engine=fleet needs the servers' addresses or a router address "
+                "(or rollout.launch_servers=true)",
             )
         if r.server_addresses and len(r.server_addresses) != r.num_servers:
             out.add(
@@ -332,6 +341,17 @@ def _fp8_env(cfg: RootConfig, probe: EnvProbe, out: _Issues) -> None:
             "on a CUDA machine, or turn FP8 off (precision.fp8=null) / use model.layer_spec=local; "
             "FP8 never silently falls back to bf16",
         )
+    if (
+        cfg.rollout.quantization == "fp8"
+        and cfg.rollout.engine == "inprocess"
+        and probe.gpu_capability() is None
+    ):
+        # SGLang's FP8 linear kernels are CUDA-only; a fleet's servers are checked by SGLang on their own nodes.
+        out.add(
+            "rollout.quantization",
+            "FP8 rollout needs a CUDA GPU for the in-process SGLang engine and none is visible; "
+            "set rollout.quantization=null to roll out in the checkpoint's dtype",
+        )
     if pr.fp8 is None:
         return
     cap = probe.gpu_capability()
@@ -354,6 +374,30 @@ def _fp8_env(cfg: RootConfig, probe: EnvProbe, out: _Issues) -> None:
                 "precision.fp8_recipe",
                 f"blockwise FP8 needs CUDA >= 12.9, torch here is built with CUDA {cuda}; use tensorwise",
             )
+
+
+# Architectures whose SGLang 0.5.23 loader supports FP8 re-quantisation on weight sync (load_format=flash_rl:
+# sglang/srt/models/qwen2.py and qwen3.py mark load_weights with @supports_quantized_rl_reload).
+_FP8_ROLLOUT_ARCHS = ("Qwen2ForCausalLM", "Qwen3ForCausalLM")
+
+
+def _fp8_rollout_model(cfg: RootConfig, out: _Issues) -> None:
+    if cfg.rollout.quantization != "fp8":
+        return
+    config_json = find_config_json(cfg.model.hf_path)
+    if config_json is None or not config_json.is_file():
+        return  # a hub id not cached yet: SGLang checks the architecture at start-up
+    try:
+        archs = json.loads(config_json.read_text()).get("architectures") or []
+    except (OSError, ValueError):
+        return  # _model_shape reports an unreadable config.json
+    if archs and not set(archs) & set(_FP8_ROLLOUT_ARCHS):
+        out.add(
+            "rollout.quantization",
+            f"FP8 rollout re-quantises synced weights through SGLang's FlashRL loader, which supports "
+            f"{', '.join(_FP8_ROLLOUT_ARCHS)}; {config_json} is {', '.join(archs)}. "
+            "Set rollout.quantization=null for this model",
+        )
 
 
 def _paths(cfg: RootConfig, out: _Issues) -> None:
@@ -456,6 +500,7 @@ def collect_issues(
     if check_env:
         _fp8_env(cfg, probe or EnvProbe(), out)
         _paths(cfg, out)
+        _fp8_rollout_model(cfg, out)
         shape = _model_shape(cfg, out)
         if shape is not None:
             _model_fits(cfg, shape, out)

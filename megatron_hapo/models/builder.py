@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import megatron_hapo.parallel as hp  # noqa: F401  (CPU import patches before megatron)
 from megatron_hapo.models.errors import ConversionError, ParallelLayoutError
 from megatron_hapo.models.hf_config import DEFAULT_VOCAB_DIVISOR, ModelArch, load_arch
+from megatron_hapo.models.precision import check_fp8_spec
 from megatron_hapo.parallel import cpu_compat
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,16 @@ def transformer_engine_status() -> tuple[bool, str]:
     return True, "transformer_engine importable and CUDA present"
 
 
+def uses_te_spec(spec: SpecChoice) -> bool:
+    """Whether ``spec`` resolves to Transformer Engine's layer spec here (raises if "te" is not usable)."""
+    if spec not in ("auto", "local", "te"):
+        raise ValueError(f"spec must be 'auto', 'local' or 'te', got {spec!r}")
+    usable, reason = transformer_engine_status()
+    if spec == "te" and not usable:
+        raise ConversionError(f"spec='te' asked for, but {reason}; use spec='local' (or 'auto')")
+    return spec == "te" or (spec == "auto" and usable)
+
+
 def layer_spec(arch: ModelArch, spec: SpecChoice = "auto"):
     """The GPT layer spec for ``arch``: TE's when ``spec`` is "te" (or "auto" and TE is usable), else local."""
     from megatron.core.models.gpt.gpt_layer_specs import (
@@ -46,13 +57,10 @@ def layer_spec(arch: ModelArch, spec: SpecChoice = "auto"):
         get_gpt_layer_with_transformer_engine_spec,
     )
 
-    if spec not in ("auto", "local", "te"):
-        raise ValueError(f"spec must be 'auto', 'local' or 'te', got {spec!r}")
-    usable, reason = transformer_engine_status()
-    if spec == "te" and not usable:
-        raise ConversionError(f"spec='te' asked for, but {reason}; use spec='local' (or 'auto')")
-    use_te = spec == "te" or (spec == "auto" and usable)
-    logger.info("GPT layer spec: %s (%s)", "transformer_engine" if use_te else "local", reason)
+    use_te = uses_te_spec(spec)
+    logger.info(
+        "GPT layer spec: %s (%s)", "transformer_engine" if use_te else "local", transformer_engine_status()[1]
+    )
     if use_te:
         return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=arch.qk_norm)
     return get_gpt_layer_local_spec(qk_layernorm=arch.qk_norm, normalization="RMSNorm")
@@ -141,6 +149,9 @@ def build_gpt_model(
             f"re-convert the checkpoint with --tp {tp}"
         )
     overrides = {"perform_initialization": perform_initialization, **(config_overrides or {})}
+    # FP8 (fp8_config_overrides) only exists in TE's layers: refuse it before building with the local spec,
+    # where Megatron's fp8 context is a no-op and the run would silently be bf16.
+    check_fp8_spec(overrides.get("fp8"), uses_te_spec(spec))
     config = transformer_config(arch, params_dtype=params_dtype, **overrides)
     if pre_process is None:
         pre_process = ps.is_pipeline_first_stage(ignore_virtual=vp_stage is None, vp_stage=vp_stage)

@@ -3,6 +3,7 @@
     hapo-convert hf-to-mcore --hf DIR --out DIR [--tp N --pp M] [--dtype auto|bfloat16|float32]
     hapo-convert mcore-to-hf --mcore DIR --hf-config DIR --out DIR [--dtype auto|...] [--max-shard-size 5GB]
     hapo-convert verify      --hf DIR --mcore DIR [--tp N --pp M] [--atol 1e-4]
+    hapo-convert export-fp8  --hf DIR --out DIR [--calib-file F] [--calib-samples 128] [--device cuda|cpu]
 
 Run as a plain process (a world of one) or under ``torchrun --nproc-per-node K`` with K a multiple of
 TP x PP (each rank then converts its own shard). ``hf-to-mcore`` in one process writes the whole
@@ -78,6 +79,23 @@ def _parser() -> argparse.ArgumentParser:
     ver.add_argument("--batch", type=int, default=2)
     ver.add_argument("--seq-len", type=int, default=16)
     ver.add_argument("--seed", type=int, default=0)
+
+    fp8 = sub.add_parser(
+        "export-fp8",
+        help="HF checkpoint -> FP8 per-tensor serving folder (ModelOpt; SGLang quantization=modelopt)",
+    )
+    fp8.add_argument("--hf", required=True, type=Path, help="HF model directory (config.json + safetensors)")
+    fp8.add_argument("--out", required=True, type=Path, help="output serving directory (new or empty)")
+    fp8.add_argument(
+        "--calib-file",
+        type=Path,
+        default=None,
+        help="calibration texts: .jsonl (prompt/text) or one per line",
+    )
+    fp8.add_argument("--calib-samples", type=int, default=128, help="at most this many calibration texts")
+    fp8.add_argument("--max-seq-len", type=int, default=512, help="tokens per calibration text (truncated)")
+    fp8.add_argument("--dtype", default="auto", choices=["auto", *_DTYPES], help="auto: config.json's dtype")
+    fp8.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     return parser
 
 
@@ -86,12 +104,40 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _show_model_logs()
     try:
-        return {"hf-to-mcore": hf_to_mcore, "mcore-to-hf": mcore_to_hf, "verify": verify}[args.command](args)
+        commands = {
+            "hf-to-mcore": hf_to_mcore,
+            "mcore-to-hf": mcore_to_hf,
+            "verify": verify,
+            "export-fp8": export_fp8,
+        }
+        return commands[args.command](args)
     except (ConversionError, FileNotFoundError) as e:
         # every rank fails together (models.collective); one message is enough
         if os.environ.get("RANK", "0") == "0":
             print(f"hapo-convert {args.command}: error: {e}", file=sys.stderr, flush=True)
         return 2
+
+
+def export_fp8(args) -> int:
+    """``export-fp8``: ModelOpt FP8 quantisation + HF export (megatron_hapo.models.export_fp8)."""
+    from megatron_hapo.models.export_fp8 import export_fp8 as run_export
+
+    report = run_export(
+        args.hf,
+        args.out,
+        calib_file=args.calib_file,
+        max_calib_samples=args.calib_samples,
+        max_seq_len=args.max_seq_len,
+        dtype=args.dtype,
+        device=args.device,
+    )
+    print(
+        f"[hapo-convert] wrote {report.out_dir}: {report.quantized_linears} FP8 linears, excluded "
+        f"{report.excluded}, calibrated on {report.calib_samples} texts ({report.calib_tokens} tokens) in "
+        f"{report.seconds:.1f} s; serve with SGLang --quantization modelopt (auto-detected)",
+        flush=True,
+    )
+    return 0
 
 
 def _show_model_logs() -> None:

@@ -1,0 +1,68 @@
+"""SGLang server arguments derived from the run config (shared by the in-process engine and the fleet).
+
+``engine_server_args(cfg)`` is the single place that turns ``model.*`` / ``rollout.*`` keys into SGLang
+``ServerArgs`` fields; machine-dependent sizing (``mem_fraction_static``, CPU KV-cache size) stays with the
+engine that knows the machine.
+
+FP8 rollout (``rollout.quantization=fp8``), read from SGLang 0.5.23's sources:
+
+* ``quantization="fp8"`` on a bf16 checkpoint builds ``Fp8Config()`` with ``is_checkpoint_fp8_serialized=False``
+  and no ``weight_block_size`` (``sglang/srt/model_loader/weight_utils.py::get_quant_config``, the
+  ``return quant_cls()`` branch), so SGLang quantises *online* in ``Fp8LinearMethod.process_weights_after_loading``
+  (``sglang/srt/layers/quantization/fp8.py`` ~l.1142-1174): per-channel scales when the CUTLASS/Marlin kernels are
+  used, else per-tensor (``input_to_float8``), dynamic activation scales. That is not TE's 128x128 blockwise
+  recipe: blockwise FP8 serving needs an FP8-serialised checkpoint with ``weight_block_size`` (fp8.py l.302-306
+  rejects blockwise otherwise).
+* ``update_weights_from_tensor`` only calls ``model.load_weights`` (``model_runner_components/weight_updater.py``
+  ``update_weights_from_tensor``); ``end_weight_update`` re-runs ``process_weights_after_loading``
+  (``DefaultModelLoader.postprocess_weights``). With the default loader that path is broken for online FP8: the
+  first ``process_weights_after_loading`` replaced each linear's ``weight`` by a new FP8, transposed ``Parameter``
+  without its ``weight_loader``, so bf16 tensors pushed later cannot be loaded into it (and a second
+  post-process would quantise already-FP8 data). SGLang's answer is the FlashRL loader,
+  ``load_format="flash_rl"`` (``model_loader/loader.py::QuantizedRLModelLoader``): it records the native
+  loaders at the initial load and, on every later ``load_weights``, quantises the pushed bf16 rows into the
+  existing FP8 weight/scale buffers (``rebinding_and_load_weights``), skipping the post-process on reload. So
+  *SGLang re-quantises on load* when, and only when, ``load_format="flash_rl"`` is used; it supports Qwen2/2.5
+  and Qwen3 native loaders and rejects others (Llama) at start-up with a ValueError.
+
+Hence ``rollout.quantization=fp8`` maps to ``quantization="fp8", load_format="flash_rl"`` and the trainer keeps
+pushing bf16 tensors; TIS is turned on by the config (``RootConfig.__post_init__``), and ``tis/*`` metrics log
+the train-vs-rollout log-prob mismatch every step. docs/fp8.md has the details.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# SGLang load format that re-quantises weights pushed by update_weights_from_tensor into FP8 (see above).
+FP8_RL_LOAD_FORMAT = "flash_rl"
+
+
+def engine_server_args(cfg: Any) -> dict[str, Any]:
+    """SGLang ``ServerArgs`` kwargs derived from ``cfg`` (a ``RootConfig``).
+
+    * ``dtype``: ``model.dtype`` (activations and unquantised layers);
+    * ``load_format="dummy"`` when ``model.load_weights`` is false (the real weights arrive by the first sync);
+    * ``rollout.quantization=fp8``: ``quantization="fp8"`` and ``load_format="flash_rl"`` (replaces ``dummy``:
+      the FlashRL loader needs a real initial load from ``model.hf_path`` to record the native loaders it
+      re-quantises through on every sync).
+    """
+    args: dict[str, Any] = {"dtype": cfg.model.dtype}
+    if not cfg.model.load_weights:
+        args["load_format"] = "dummy"
+    quant = getattr(cfg.rollout, "quantization", None)
+    if quant is None:
+        return args
+    if quant != "fp8":
+        raise ValueError(f"rollout.quantization must be fp8 or null, got {quant!r}")
+    if args.get("load_format") == "dummy":
+        logger.info(
+            "rollout.quantization=fp8: SGLang loads %s for real (load_format=flash_rl, not dummy) so that "
+            "weight syncs can be re-quantised to FP8",
+            cfg.model.hf_path,
+        )
+    args.update(quantization="fp8", load_format=FP8_RL_LOAD_FORMAT)
+    return args
