@@ -13,7 +13,7 @@ override points SGLang provides for exactly this (``adjusted_from_schedule_batch
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -31,7 +31,9 @@ class HapoRows:
 
     Host lists make "is any row enabled" a Python check (no device sync per step); device tensors feed
     the sampler: ``tau [B]``, ``stats [B, 4]`` (pivot, sigma, pos_scale, neg_scale), ``adaptive [B]``
-    (enabled and has statistics), ``enabled [B]``.
+    (enabled and has statistics), ``enabled [B]``, and ``seed [B]`` int64 or None when no row of the
+    batch asked for a ``sampling_seed`` (rows without one then get a fresh random seed, so they stay
+    random while the batch is sampled through SGLang's seeded path).
     """
 
     enabled_host: list[bool]
@@ -40,6 +42,7 @@ class HapoRows:
     adaptive: torch.Tensor
     tau: torch.Tensor
     stats: torch.Tensor
+    seed: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.enabled_host)
@@ -51,6 +54,11 @@ class HapoRows:
     @property
     def any_adaptive(self) -> bool:
         return any(self.adaptive_host)
+
+    @property
+    def needed(self) -> bool:
+        """Whether the batch needs the rows at all (else the sampler takes the stock path)."""
+        return self.any_enabled or self.seed is not None
 
     @classmethod
     def from_params(cls, rows: list[RowParams], device) -> HapoRows:
@@ -68,6 +76,11 @@ class HapoRows:
             adaptive=to_dev(adaptive, torch.bool),
             tau=to_dev([r.tau for r in rows], torch.float32),
             stats=to_dev([r.stats or _NEUTRAL_STATS for r in rows], torch.float32).view(len(rows), 4),
+            seed=(
+                to_dev([_random_seed() if r.seed is None else r.seed for r in rows], torch.int64)
+                if any(r.seed is not None for r in rows)
+                else None
+            ),
         )
 
     def filtered(self, keep: list[int], keep_device: torch.Tensor) -> HapoRows:
@@ -78,6 +91,7 @@ class HapoRows:
             adaptive=self.adaptive[keep_device],
             tau=self.tau[keep_device],
             stats=self.stats[keep_device],
+            seed=None if self.seed is None else self.seed[keep_device],
         )
 
     def concat(self, other: HapoRows) -> HapoRows:
@@ -88,7 +102,24 @@ class HapoRows:
             adaptive=torch.cat([self.adaptive, other.adaptive]),
             tau=torch.cat([self.tau, other.tau]),
             stats=torch.cat([self.stats, other.stats]),
+            seed=_cat_seeds(self, other),
         )
+
+
+def _random_seed() -> int:
+    # from the scheduler's torch generator (seeded by --random-seed), like stock multinomial sampling
+    return int(torch.randint(0, 2**62, ()).item())
+
+
+def _cat_seeds(a: HapoRows, b: HapoRows) -> torch.Tensor | None:
+    if a.seed is None and b.seed is None:
+        return None
+    device = (a.seed if a.seed is not None else b.seed).device
+    parts = [
+        rows.seed if rows.seed is not None else torch.tensor([_random_seed() for _ in range(len(rows))])
+        for rows in (a, b)
+    ]
+    return torch.cat([p.to(device) for p in parts])
 
 
 def parse_requests(reqs) -> list[RowParams]:
@@ -98,10 +129,12 @@ def parse_requests(reqs) -> list[RowParams]:
     rows = []
     for req in reqs:
         try:
-            rows.append(parse_row(req.sampling_params.custom_params))
+            row = parse_row(req.sampling_params.custom_params)
         except HapoParamsError as exc:
             logger.error("request %s: %s; sampling it WITHOUT HAPO", getattr(req, "rid", "?"), exc)
-            rows.append(RowParams())
+            row = RowParams()
+        seed = getattr(req.sampling_params, "sampling_seed", None)
+        rows.append(row if seed is None else replace(row, seed=int(seed)))
     return rows
 
 
@@ -115,8 +148,9 @@ def rows_of(sampling_info) -> HapoRows | None:
 
 def _after_from_schedule_batch(_result, info, batch, _vocab_size):
     rows = parse_requests(batch.reqs)
-    # Batches without any HAPO request carry nothing: the sampler then takes the stock path.
-    setattr(info, ATTR, HapoRows.from_params(rows, info.device) if any(r.enabled for r in rows) else None)
+    # Batches without any HAPO or seeded request carry nothing: the sampler then takes the stock path.
+    needed = any(r.enabled or r.seed is not None for r in rows)
+    setattr(info, ATTR, HapoRows.from_params(rows, info.device) if needed else None)
 
 
 def _after_merge_batch(_result, info, other):
@@ -137,7 +171,7 @@ def _after_filter_batch(_result, info, keep_indices, keep_indices_device):
     rows = rows_of(info)
     if rows is not None:
         kept = rows.filtered(list(keep_indices), keep_indices_device)
-        setattr(info, ATTR, kept if kept.any_enabled else None)
+        setattr(info, ATTR, kept if kept.needed else None)
 
 
 def _after_copy_for_forward(result, info):

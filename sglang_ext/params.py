@@ -43,11 +43,17 @@ class HapoParamsError(ValueError):
 
 @dataclass(frozen=True)
 class RowParams:
-    """One request's parsed HAPO parameters. ``stats`` is ``(pivot, sigma, pos_scale, neg_scale)`` or None."""
+    """One request's parsed HAPO parameters. ``stats`` is ``(pivot, sigma, pos_scale, neg_scale)`` or None.
+
+    ``seed`` is the request's standard SGLang ``sampling_seed``: the HAPO sampler honours it without
+    SGLang's deterministic-inference mode (sampling then depends only on the seed, the token position and
+    the logits; see ``sglang_ext.batch_state``).
+    """
 
     enabled: bool = False
     tau: float = DEFAULT_TAU
     stats: tuple[float, float, float, float] | None = None
+    seed: int | None = None
 
 
 DISABLED = RowParams()

@@ -100,8 +100,9 @@ def _check_supported(server_args) -> None:
 
 def _hook_targets() -> list[str]:
     from sglang_ext.batch_state import BATCH_HOOKS
+    from sglang_ext.seeded import HOOK_TARGET as SEEDED_HASH
 
-    return [*BATCH_HOOKS, _CREATE_SAMPLER, _VERIFY_PARAMS]
+    return [*BATCH_HOOKS, _CREATE_SAMPLER, _VERIFY_PARAMS, SEEDED_HASH]
 
 
 def _check_hooks_applied() -> None:
@@ -207,6 +208,7 @@ def _register() -> None:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType, _current_plugin_source
 
     import sglang_ext.sampler  # noqa: F401  (fail here, at start-up, if the schedule cannot be imported)
+    from sglang_ext import seeded
     from sglang_ext.batch_state import BATCH_HOOKS
 
     register_sampler_backend(BACKEND_NAME, make_hapo_sampler)
@@ -217,6 +219,7 @@ def _register() -> None:
         HookRegistry.register(target, hook, HookType.AFTER)
     HookRegistry.register(_CREATE_SAMPLER, verify_created_sampler, HookType.AFTER)
     HookRegistry.register(_VERIFY_PARAMS, validate_sampling_params, HookType.BEFORE)
+    HookRegistry.register(seeded.HOOK_TARGET, seeded.murmur_hash32_hook, HookType.AROUND)
     if _current_plugin_source.get() is None:
         # Called by hand rather than from SGLang's load_plugins() (which applies hooks after all plugins).
         HookRegistry.apply_hooks()

@@ -27,6 +27,11 @@ Per token, ``logits_output.customized_info`` gets ``hapo_temperature`` (T^eff_b)
 responses serialise. SGLang appends row b to request b's ``meta_info`` lists, aligned one to one with
 ``output_token_logprobs``.
 
+Requests with a ``sampling_seed`` are sampled by SGLang's seeded kernels (Gumbel-max on a hash of the seed,
+the token position and the vocabulary index) without its deterministic-inference mode: their tokens depend
+only on the seed and the logits, not on the batch they share or on earlier requests. The trainer uses
+this to make rollouts reproducible across a resume (``rollout.seeded_sampling``).
+
 Rows with HAPO disabled are sampled bit for bit as stock SGLang samples them: their T^eff_b is T_b itself
 (same fp32 value), the logits are never written (the entropy pass only reads them), and a batch without
 any adaptive row keeps its temperatures tensor.
@@ -80,11 +85,20 @@ class HapoSampler(Sampler):
                 "requests (speculative decoding samples outside Sampler and is not supported)"
             )
         self._armed, self._step_info = True, None
+        rows = rows_of(sampling_info)
+        # Seeded rows: SGLang fills sampling_info.sampling_seed only in deterministic-inference mode (which
+        # also forces its own sampler); the HAPO sampler hands the requests' seeds to the same seeded
+        # kernels (Gumbel-max keyed by seed and position) for this call.
+        bind_seeds = rows is not None and rows.seed is not None and sampling_info.sampling_seed is None
+        if bind_seeds:
+            sampling_info.sampling_seed = rows.seed
         try:
             next_ids = super().forward(
                 logits_output, sampling_info, return_logprob, top_logprobs_nums, token_ids_logprobs, positions
             )
         finally:
+            if bind_seeds:
+                sampling_info.sampling_seed = None
             self._armed = False
             if self._rebound is not None:
                 info, own_temperatures = self._rebound
@@ -127,7 +141,10 @@ class HapoSampler(Sampler):
     def _sample_from_probs(self, *args, **kwargs):
         # The base method dispatches on the configured backend *name*; under "hapo" it would reject it.
         kernel = get_exec().kernel
-        if kernel.sampling_backend == self.inner_backend:
+        sampling_info = kwargs["sampling_info"] if "sampling_info" in kwargs else args[1]
+        # flashinfer's kernels take no seeds; the torch kernels implement SGLang's seeded sampling
+        backend = "pytorch" if sampling_info.sampling_seed is not None else self.inner_backend
+        if kernel.sampling_backend == backend:
             return super()._sample_from_probs(*args, **kwargs)
-        with kernel.override(sampling_backend=self.inner_backend):
+        with kernel.override(sampling_backend=backend):
             return super()._sample_from_probs(*args, **kwargs)

@@ -99,7 +99,7 @@ class InProcessSGLangEngine:
     def generate(self, prompts: list[list[int]], params: GenerationParams) -> list[RolloutSample]:
         if not prompts:
             return []
-        sampling = dict(params.to_sglang(), n=params.n)
+        inputs, sampling = params.sglang_requests(prompts)
         logger.info(
             "generating %d prompts x %d samples (max %d new tokens)",
             len(prompts),
@@ -108,7 +108,7 @@ class InProcessSGLangEngine:
         )
         start = time.perf_counter()
         outputs = self._engine.generate(
-            input_ids=[list(p) for p in prompts], sampling_params=sampling, return_logprob=True
+            input_ids=inputs, sampling_params=sampling, return_logprob=True
         )
         samples = to_samples(outputs, prompts, params.n, require_hapo=self.hapo_sampler)
         _log_throughput(samples, time.perf_counter() - start)

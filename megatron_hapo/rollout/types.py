@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -21,6 +22,9 @@ class GenerationParams:
     ignore_eos: bool = False
     # `custom_params` for the HAPO sampler plugin (sglang_ext.hapo_sampling_params(...)); None = stock sampling
     sampler_params: dict[str, Any] | None = None
+    # one seed per prompt of the call: sample j of prompt i is drawn with sampling_seed
+    # sample_seed(seeds[i], j), so it depends on the seed and the logits only (needs the HAPO sampler)
+    seeds: tuple[int, ...] | None = None
 
     def __post_init__(self):
         if self.n < 1 or self.max_new_tokens < 1:
@@ -49,6 +53,25 @@ class GenerationParams:
         if self.sampler_params is not None:
             params["custom_params"] = self.sampler_params
         return params
+
+    def sglang_requests(self, prompts: list[list[int]]) -> tuple[list[list[int]], dict | list[dict]]:
+        """``input_ids`` and ``sampling_params`` for one SGLang ``generate`` call giving ``n`` samples per
+        prompt in prompt-major order: SGLang's ``n``, or with ``seeds`` n one-sample requests per prompt,
+        each with its own ``sampling_seed`` (SGLang's ``n`` would give every copy the same seed)."""
+        if self.seeds is None:
+            return [list(p) for p in prompts], dict(self.to_sglang(), n=self.n)
+        if len(self.seeds) != len(prompts):
+            raise ValueError(f"{len(self.seeds)} seeds for {len(prompts)} prompts: give one seed per prompt")
+        base = self.to_sglang()
+        inputs = [list(p) for p in prompts for _ in range(self.n)]
+        sampling = [dict(base, sampling_seed=sample_seed(s, j)) for s in self.seeds for j in range(self.n)]
+        return inputs, sampling
+
+
+def sample_seed(prompt_seed: int, index: int) -> int:
+    """A well-mixed 63-bit ``sampling_seed`` for sample ``index`` of a prompt seeded ``prompt_seed``."""
+    digest = hashlib.blake2b(f"{prompt_seed}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 @dataclass

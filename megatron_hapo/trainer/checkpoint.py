@@ -110,6 +110,23 @@ def _ensure_optimizer_state(optimizer) -> None:
                     state["exp_avg_sq"] = torch.zeros_like(p.data)
 
 
+def _unshare_adam_steps(optimizer) -> None:
+    """Give every parameter its own Adam ``step`` tensor after a load.
+
+    Without apex/TE, Megatron's ``DistributedOptimizer.load_state_dict`` (megatron-core 0.19.2,
+    ``distrib_optimizer.py``, "Extract 'step', for non-Apex/TE support") assigns ONE step tensor to
+    every parameter's state, and torch's Adam increments each parameter's step in place: after a
+    resume the shared counter advanced once per parameter per update (76 instead of 12 for a 17-tensor
+    model after 8 + 4 updates), so the bias correction was wrong for every later update.
+    """
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(opt, "optimizer", None)
+        if isinstance(inner, torch.optim.Optimizer):
+            for state in inner.state.values():
+                if isinstance(state.get("step"), torch.Tensor):
+                    state["step"] = state["step"].clone()
+
+
 def load(policy, path: str | Path) -> dict[str, Any]:
     """Restore model, optimizer and scheduler from ``path``; return the trainer state (step, sampler, stats)."""
     path = Path(path)
@@ -117,6 +134,7 @@ def load(policy, path: str | Path) -> dict[str, Any]:
     loaded = load_sharded(_state(policy, is_loading=True), path)
     policy.model.module.load_state_dict(loaded["model"])
     policy.optimizer.load_state_dict(loaded["optimizer"])
+    _unshare_adam_steps(policy.optimizer)
     state = json.loads((path / STATE_FILE).read_text())
     policy.scheduler.load_state_dict(state["scheduler"])
     return state

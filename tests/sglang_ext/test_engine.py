@@ -224,3 +224,27 @@ def test_sampling_follows_the_adaptive_distribution(engine, hf):
     assert emp[intended == 0].sum() == 0, "sampled outside the top-k/top-p support"
     assert tv["intended"] < 3 * noise
     assert tv["softmax(z)"] > 10 * noise and tv["truncated at T_base"] > 5 * noise
+
+
+def test_sampling_seed_fixes_the_sample_whatever_the_batch(engine):
+    """A request's ``sampling_seed`` alone fixes its tokens (HAPO and plain rows), whatever requests share
+    its batch and whenever it joins; different seeds and unseeded requests still differ."""
+    prompt = [1, 33, 71, 5]
+
+    def job(seed, hapo=True, p=prompt):
+        params = {"temperature": BASE_T, "top_p": 0.95, "max_new_tokens": 16, "ignore_eos": True}
+        if hapo:
+            params["custom_params"] = hapo_sampling_params(_hapo_stats(1), tau=TAU)
+        if seed is not None:
+            params["sampling_seed"] = seed
+        return (p, params)
+
+    first = _generate_staggered(engine, [job(11), job(12), job(7, hapo=False), job(None), job(None)])
+    # the same seeds again, now joining a batch of other requests at other positions
+    others = [job(None, p=[1, 90 + i, 4]) for i in range(3)]
+    second = _generate_staggered(engine, [*others, job(7, hapo=False), others[0], job(11)])
+    ids = [o["output_ids"] for o in first], [o["output_ids"] for o in second]
+    assert ids[0][0] == ids[1][-1]  # seed 11, HAPO row
+    assert ids[0][2] == ids[1][3]  # seed 7, plain row in a batch the HAPO sampler serves
+    assert ids[0][0] != ids[0][1]  # another seed, another sample
+    assert ids[0][3] != ids[0][4]  # unseeded requests stay random
