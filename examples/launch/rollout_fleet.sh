@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The rollout fleet of a recipe (rollout.engine=fleet), on nodes of their own:
+#   every rollout node:  bash examples/launch/rollout_fleet.sh servers MODEL_PATH NUM_SERVERS TP [FIRST_PORT]
+#   one of them, after:  bash examples/launch/rollout_fleet.sh router PORT http://node-a:30001 http://node-a:30002 ...
+# then train with rollout.router_address=http://<router host>:PORT (or HAPO_ROLLOUT_ROUTER) and
+# rollout.server_addresses=[...] so that weight updates reach every server.
+# Servers run the HAPO sampler (HAPO_SGLANG_SAMPLER=1; megatron-hapo must be installed on these nodes: the
+# sampler is an SGLang plugin) and start with the checkpoint's weights; the trainer pushes its own before
+# the first rollout. NUM_SERVERS x TP GPUs are used, server i on GPUs i*TP .. i*TP+TP-1.
+set -euo pipefail
+MODE=${1:?usage: rollout_fleet.sh servers MODEL NUM TP [PORT] | router PORT URL...}
+shift
+case "$MODE" in
+servers)
+    MODEL=${1:?model path}; NUM=${2:?number of servers}; TP=${3:?TP per server}; PORT=${4:-30001}
+    export HAPO_SGLANG_SAMPLER=1
+    mkdir -p logs
+    for ((i = 0; i < NUM; i++)); do
+        GPUS=$(seq -s, $((i * TP)) $((i * TP + TP - 1)))
+        CUDA_VISIBLE_DEVICES=$GPUS nohup python -m sglang.launch_server --model-path "$MODEL" \
+            --host 0.0.0.0 --port $((PORT + i)) --tp-size "$TP" --random-seed $((1000 + i)) \
+            >"logs/sglang_server_$i.log" 2>&1 &
+        echo "server $i: http://$(hostname):$((PORT + i)) on GPUs $GPUS (log: logs/sglang_server_$i.log)"
+    done
+    wait
+    ;;
+router)
+    PORT=${1:?router port}; shift
+    [ "$#" -gt 0 ] || { echo "give the servers' URLs" >&2; exit 2; }
+    exec python -m sglang_router.launch_router --host 0.0.0.0 --port "$PORT" --worker-urls "$@" \
+        --prometheus-port $((PORT + 1000))
+    ;;
+*) echo "unknown mode $MODE (servers | router)" >&2; exit 2 ;;
+esac
