@@ -177,6 +177,12 @@ class RolloutConfig:
         "SGLang serving precision: fp8 = online FP8 (weights re-quantised on every sync; TIS on, "
         "see docs/fp8.md); null = the checkpoint's dtype",
     )
+    fp8_format: Literal["blockwise", "flashrl"] = opt(
+        "blockwise",
+        "rollout.quantization=fp8: blockwise = 128x128 block scales, the trainer quantises every sync on the way "
+        "and SGLang serves an FP8 copy of the checkpoint; flashrl = SGLang's FlashRL loader re-quantises bf16 "
+        "syncs per channel (both Qwen2/Qwen3 only in SGLang 0.5.23; docs/fp8.md)",
+    )
     seeded_sampling: bool = opt(
         False,
         "seed every response (from trainer.seed and its prompt's position in the run): rollouts depend only "
@@ -393,6 +399,10 @@ class CheckpointConfig:
     keep_last: int | None = opt(3, "keep the newest N checkpoints; null = keep all")
     resume: str = opt("auto", "auto = latest in dir if any; none = start fresh; or a checkpoint path")
     async_save: bool = opt(False, "write checkpoints in the background")
+    hf_export: bool = opt(
+        False,
+        "also write the policy as a Hugging Face folder (step_<N>/hf: safetensors + config + tokenizer)",
+    )
 
 
 # ------------------------------------------------------------------------------------------------- logging

@@ -388,9 +388,21 @@ def _fp8_rollout_model(cfg: RootConfig, out: _Issues) -> None:
     if config_json is None or not config_json.is_file():
         return  # a hub id not cached yet: SGLang checks the architecture at start-up
     try:
-        archs = json.loads(config_json.read_text()).get("architectures") or []
+        config = json.loads(config_json.read_text())
     except (OSError, ValueError):
         return  # _model_shape reports an unreadable config.json
+    if cfg.rollout.fp8_format == "blockwise":
+        from megatron_hapo.sync.fp8 import blockwise_layout_problems
+
+        problems = blockwise_layout_problems(config, tp_size=cfg.rollout.tensor_parallel_size)
+        if problems:
+            out.add(
+                ["rollout.quantization", "rollout.fp8_format"],
+                f"blockwise FP8 rollout cannot serve {config_json}: {'; '.join(problems)}. "
+                "Use rollout.fp8_format=flashrl, another rollout TP, or rollout.quantization=null",
+            )
+        return
+    archs = config.get("architectures") or []
     if archs and not set(archs) & set(_FP8_ROLLOUT_ARCHS):
         out.add(
             "rollout.quantization",

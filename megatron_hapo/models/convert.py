@@ -4,6 +4,7 @@
     hapo-convert mcore-to-hf --mcore DIR --hf-config DIR --out DIR [--dtype auto|...] [--max-shard-size 5GB]
     hapo-convert verify      --hf DIR --mcore DIR [--tp N --pp M] [--atol 1e-4]
     hapo-convert export-fp8  --hf DIR --out DIR [--calib-file F] [--calib-samples 128] [--device cuda|cpu]
+    hapo-convert export-fp8-blockwise --hf DIR --out DIR [--tp N] [--max-shard-size 5GB]
 
 Run as a plain process (a world of one) or under ``torchrun --nproc-per-node K`` with K a multiple of
 TP x PP (each rank then converts its own shard). ``hf-to-mcore`` in one process writes the whole
@@ -96,6 +97,20 @@ def _parser() -> argparse.ArgumentParser:
     fp8.add_argument("--max-seq-len", type=int, default=512, help="tokens per calibration text (truncated)")
     fp8.add_argument("--dtype", default="auto", choices=["auto", *_DTYPES], help="auto: config.json's dtype")
     fp8.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+
+    fp8b = sub.add_parser(
+        "export-fp8-blockwise",
+        help="HF checkpoint -> 128x128 blockwise FP8 folder (SGLang quantization=fp8; FP8 rollout start-up weights)",
+    )
+    fp8b.add_argument("--hf", required=True, type=Path, help="HF model directory (config.json + safetensors)")
+    fp8b.add_argument("--out", required=True, type=Path, help="output serving directory (new or empty)")
+    fp8b.add_argument("--tp", type=int, default=1, help="SGLang TP size the block layout is checked for")
+    fp8b.add_argument(
+        "--max-shard-size",
+        default="5GB",
+        type=parse_size,
+        help="safetensors shard size cap (e.g. 5GB, 500MB)",
+    )
     return parser
 
 
@@ -109,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             "mcore-to-hf": mcore_to_hf,
             "verify": verify,
             "export-fp8": export_fp8,
+            "export-fp8-blockwise": export_fp8_blockwise,
         }
         return commands[args.command](args)
     except (ConversionError, FileNotFoundError) as e:
@@ -135,6 +151,20 @@ def export_fp8(args) -> int:
         f"[hapo-convert] wrote {report.out_dir}: {report.quantized_linears} FP8 linears, excluded "
         f"{report.excluded}, calibrated on {report.calib_samples} texts ({report.calib_tokens} tokens) in "
         f"{report.seconds:.1f} s; serve with SGLang --quantization modelopt (auto-detected)",
+        flush=True,
+    )
+    return 0
+
+
+def export_fp8_blockwise(args) -> int:
+    """``export-fp8-blockwise``: 128x128 blockwise FP8 folder (megatron_hapo.models.fp8_blockwise_export)."""
+    from megatron_hapo.models.fp8_blockwise_export import export_fp8_blockwise as run_export
+
+    report = run_export(args.hf, args.out, tp_size=args.tp, max_shard_bytes=args.max_shard_size)
+    print(
+        f"[hapo-convert] wrote {report.out_dir}: {report.quantized_linears} blockwise FP8 linears, "
+        f"{report.kept_tensors} tensors kept, {report.bytes_in / 1e6:.1f} MB -> {report.bytes_out / 1e6:.1f} MB in "
+        f"{report.seconds:.1f} s; serve with SGLang --quantization fp8 (config.json quantization_config)",
         flush=True,
     )
     return 0

@@ -33,6 +33,9 @@ the train-vs-rollout log-prob mismatch every step. docs/fp8.md has the details.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -58,6 +61,12 @@ def engine_server_args(cfg: Any) -> dict[str, Any]:
         return args
     if quant != "fp8":
         raise ValueError(f"rollout.quantization must be fp8 or null, got {quant!r}")
+    if cfg.rollout.fp8_format == "blockwise":
+        # the engine starts from the FP8 copy (rollout_model_path) with its real weights: SGLang reads the
+        # block size from its quantization_config; every sync then sends FP8 weights + block scales
+        args.pop("load_format", None)
+        args["quantization"] = "fp8"
+        return args
     if args.get("load_format") == "dummy":
         logger.info(
             "rollout.quantization=fp8: SGLang loads %s for real (load_format=flash_rl, not dummy) so that "
@@ -66,3 +75,23 @@ def engine_server_args(cfg: Any) -> dict[str, Any]:
         )
     args.update(quantization="fp8", load_format=FP8_RL_LOAD_FORMAT)
     return args
+
+
+def rollout_model_path(cfg: Any, run_dir: str | Path) -> str:
+    """The checkpoint the rollout engine starts from: ``model.hf_path``, or with blockwise FP8 rollout an FP8
+    copy of it written once to ``<run_dir>/rollout_fp8_blockwise`` (SGLang's blockwise format). Lead rank only."""
+    if cfg.rollout.quantization != "fp8" or cfg.rollout.fp8_format != "blockwise":
+        return str(cfg.model.hf_path)
+    from megatron_hapo.models.fp8_blockwise_export import export_fp8_blockwise
+
+    out = Path(run_dir) / "rollout_fp8_blockwise"
+    if not out.is_dir():  # written under a temporary name, so a complete folder is the only kind found
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        report = export_fp8_blockwise(cfg.model.hf_path, tmp, tp_size=cfg.rollout.tensor_parallel_size)
+        os.replace(tmp, out)
+        logger.info(
+            "blockwise FP8 serving copy of %s: %s (%d linears, %.2f GB)",
+            cfg.model.hf_path, out, report.quantized_linears, report.bytes_out / 1e9,
+        )  # fmt: skip
+    return str(out)

@@ -66,9 +66,18 @@ def resolve_resume(setting: str, directory: str | Path) -> Path | None:
 
 
 def save(
-    policy, directory: str | Path, step: int, trainer_state: dict[str, Any], keep_last: int | None
+    policy,
+    directory: str | Path,
+    step: int,
+    trainer_state: dict[str, Any],
+    keep_last: int | None,
+    hf_reference: str | Path | None = None,
 ) -> Path:
-    """Write ``step_<step>`` atomically; every rank calls it. Returns the final path."""
+    """Write ``step_<step>`` atomically; every rank calls it. Returns the final path.
+
+    ``hf_reference``: also export the policy to ``step_<step>/hf`` as a Hugging Face folder, with config,
+    tokenizer and chat template copied from that directory (the run's ``model.hf_path``).
+    """
     directory = Path(directory)
     final = directory / f"step_{step}"
     tmp = directory / f".tmp_step_{step}"
@@ -77,6 +86,8 @@ def save(
         shutil.rmtree(tmp, ignore_errors=True)
     dist.barrier()
     save_sharded(_state(policy), tmp)
+    if hf_reference is not None:
+        _export_hf(policy, tmp / "hf", hf_reference)
     state = dict(trainer_state, step=step, scheduler=policy.scheduler.state_dict())
     dist.barrier()
     if lead:
@@ -88,6 +99,26 @@ def save(
                 shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
     return final
+
+
+def _export_hf(policy, out: Path, hf_reference: str | Path) -> None:
+    """The policy as HF safetensors (dtype of ``model.dtype``): the model-parallel group of data-parallel
+    rank 0 walks the collective export, global rank 0 writes."""
+    from megatron.core import parallel_state as ps
+
+    from megatron_hapo.models import export_hf_weights
+    from megatron_hapo.models.hf_io import HFCheckpointWriter, copy_reference_files
+
+    if ps.get_data_parallel_rank() != 0:
+        return
+    dtype = getattr(torch, policy.cfg.model.dtype)
+    writer = HFCheckpointWriter(out, 5 * 10**9, dtype) if dist.get_rank() == 0 else None
+    for name, tensor in export_hf_weights(policy.model):
+        if writer is not None:
+            writer.add(name, tensor)
+    if writer is not None:
+        writer.close()
+        copy_reference_files(hf_reference, out, dtype)
 
 
 def _ensure_optimizer_state(optimizer) -> None:

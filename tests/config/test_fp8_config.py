@@ -46,11 +46,21 @@ def test_unknown_quantization_is_rejected_at_load():
         cfg_of("rollout.quantization=int4")
 
 
+FLASHRL = "rollout.fp8_format=flashrl"
+
+
 def test_fp8_rollout_server_args():
-    args = engine_server_args(cfg_of("rollout.quantization=fp8").cfg)
+    # blockwise (default): the FP8 copy of the checkpoint is loaded for real, block size from its config
+    assert engine_server_args(cfg_of("rollout.quantization=fp8").cfg) == {
+        "dtype": "bfloat16",
+        "quantization": "fp8",
+    }
+    args = engine_server_args(cfg_of("rollout.quantization=fp8", "model.load_weights=false").cfg)
+    assert "load_format" not in args
+    args = engine_server_args(cfg_of("rollout.quantization=fp8", FLASHRL).cfg)
     assert args == {"dtype": "bfloat16", "quantization": "fp8", "load_format": "flash_rl"}
     # weights arriving by sync: FlashRL still needs the real initial load, so dummy is replaced
-    args = engine_server_args(cfg_of("rollout.quantization=fp8", "model.load_weights=false").cfg)
+    args = engine_server_args(cfg_of("rollout.quantization=fp8", FLASHRL, "model.load_weights=false").cfg)
     assert args["load_format"] == "flash_rl"
     assert engine_server_args(cfg_of("model.load_weights=false").cfg) == {
         "dtype": "bfloat16",
@@ -61,7 +71,7 @@ def test_fp8_rollout_server_args():
 def test_server_args_are_valid_sglang_choices():
     from sglang.srt.server_args import LOAD_FORMAT_CHOICES, QUANTIZATION_CHOICES
 
-    args = engine_server_args(cfg_of("rollout.quantization=fp8").cfg)
+    args = engine_server_args(cfg_of("rollout.quantization=fp8", FLASHRL).cfg)
     assert args["quantization"] in QUANTIZATION_CHOICES and args["load_format"] in LOAD_FORMAT_CHOICES
 
 
@@ -93,6 +103,35 @@ def test_fp8_training_without_te_names_the_key_and_the_fix():
     assert "precision.fp8=null" in msg[0].message and "never silently falls back to bf16" in msg[0].message
 
 
+def _fp8_rollout_issues(tmp_path, config: dict, *overrides):
+    import json
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(config))
+    loaded = compose(
+        None, [f"model.hf_path={model}", "data.train_files=[t.jsonl]", "rollout.quantization=fp8", *overrides]
+    )
+    found = collect_issues(loaded.cfg, world_size=8, origins=loaded.origins, check_env=True, probe=probe())
+    return [i for i in found if i.key.startswith("rollout.quantization")]
+
+
+# Qwen2.5-7B's linear sizes: q 3584 = 28 x 128, k/v 512, MLP 18944 = 148 x 128
+QWEN7B = {"architectures": ["Qwen2ForCausalLM"], "hidden_size": 3584, "num_attention_heads": 28,
+          "num_key_value_heads": 4, "num_hidden_layers": 28, "intermediate_size": 18944}  # fmt: skip
+
+
+@pytest.mark.parametrize("tp, ok", [(4, True), (8, False)])
+def test_blockwise_fp8_rollout_checks_the_block_layout(tmp_path, tp, ok):
+    hit = _fp8_rollout_issues(tmp_path, QWEN7B, f"rollout.tensor_parallel_size={tp}")
+    assert (hit == []) if ok else (len(hit) == 1 and "fp8_format=flashrl" in hit[0].message)
+
+
+def test_blockwise_fp8_rollout_refuses_llama(tmp_path):
+    hit = _fp8_rollout_issues(tmp_path, dict(QWEN7B, architectures=["LlamaForCausalLM"]))
+    assert len(hit) == 1 and "LlamaForCausalLM" in hit[0].message
+
+
 @pytest.mark.parametrize("arch, ok", [("Qwen2ForCausalLM", True), ("LlamaForCausalLM", False)])
 def test_fp8_rollout_needs_a_flash_rl_architecture(tmp_path, arch, ok):
     import json
@@ -102,7 +141,7 @@ def test_fp8_rollout_needs_a_flash_rl_architecture(tmp_path, arch, ok):
     shape = {"num_attention_heads": 8, "num_key_value_heads": 2, "num_hidden_layers": 4}
     (model / "config.json").write_text(json.dumps({"architectures": [arch], **shape}))
     loaded = compose(
-        None, [f"model.hf_path={model}", "data.train_files=[t.jsonl]", "rollout.quantization=fp8"]
+        None, [f"model.hf_path={model}", "data.train_files=[t.jsonl]", "rollout.quantization=fp8", FLASHRL]
     )
     found = collect_issues(loaded.cfg, world_size=8, origins=loaded.origins, check_env=True, probe=probe())
     hit = [i for i in found if i.key == "rollout.quantization"]

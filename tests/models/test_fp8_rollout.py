@@ -1,4 +1,4 @@
-"""FP8 rollout on SGLang (rollout.quantization=fp8 -> quantization=fp8, load_format=flash_rl). GPU only: SGLang's
+"""FP8 rollout on SGLang (rollout.quantization=fp8 + rollout.fp8_format=flashrl -> quantization=fp8, load_format=flash_rl). GPU only: SGLang's
 FP8 linear kernels are CUDA kernels, so nothing here can run on the CPU machine.
 
 What is checked on a GPU: the engine starts in FP8 from a bf16 checkpoint, its behaviour log-probs stay close to
@@ -44,7 +44,13 @@ def fp8_engine(tmp_path_factory):
         initializer_range=0.2,
     )
     cfg = compose(
-        None, [f"model.hf_path={path}", "data.train_files=[t.jsonl]", "rollout.quantization=fp8"]
+        None,
+        [
+            f"model.hf_path={path}",
+            "data.train_files=[t.jsonl]",
+            "rollout.quantization=fp8",
+            "rollout.fp8_format=flashrl",
+        ],
     ).cfg
     eng = InProcessSGLangEngine(str(path), seed=0, mem_fraction_static=0.3, **engine_server_args(cfg))
     yield path, eng
