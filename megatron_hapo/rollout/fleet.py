@@ -1,7 +1,8 @@
 """A fleet of SGLang HTTP servers behind ``sglang-router`` (launched by us, or attached by address).
 
-Generation goes through the router (load balancing, retries); weight updates and control calls go to
-every server directly, since each holds its own copy of the weights. A server that dies is reported by
+Generation goes through the router (load balancing, retries), except requests with ``custom_params``
+(HAPO's sampler statistics), which the router drops: those go to a server directly. Weight updates and
+control calls go to every server directly, since each holds its own copy of the weights. A server that dies is reported by
 URL, pid, exit code and log file; by config the fleet then keeps serving on the others (it is removed
 from the router) or fails.
 """
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +37,8 @@ class FleetConfig:
     model_path: str = ""
     num_servers: int = 2
     attach_urls: tuple[str, ...] = ()  # existing servers; when set nothing is launched
+    # an existing sglang-router to attach to; without attach_urls, its workers are the servers
+    router_url: str | None = None
     host: str = "127.0.0.1"  # servers bind to loopback unless told otherwise
     tp_size: int = 1  # GPUs per server
     router: bool = True
@@ -50,6 +53,8 @@ class FleetConfig:
     log_dir: str | None = None
     seed: int = 0
     server_args: dict[str, Any] = field(default_factory=dict)
+    weight_sync: Literal["distributed", "disk"] = "distributed"  # transport of weight_transport()
+    sync_master_address: str = "127.0.0.1"  # distributed sync: the trainer's address as the servers see it
 
 
 @dataclass
@@ -68,6 +73,16 @@ def _free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def _server_env() -> dict[str, str]:
+    """This process's environment without torchrun's variables: a server that inherits RANK/MASTER_PORT
+    tries to join the trainer's world in its own torch.distributed init and hangs."""
+    from megatron_hapo.rollout.inprocess import _LAUNCHER_ENV
+
+    return {
+        k: v for k, v in os.environ.items() if k not in _LAUNCHER_ENV and not k.startswith("TORCHELASTIC_")
+    }
 
 
 def _cli_flags(args: dict[str, Any]) -> list[str]:
@@ -94,15 +109,21 @@ class SGLangFleet:
         self._log_dir.mkdir(parents=True, exist_ok=True)
         self.servers: list[_Server] = []
         self._router: _Server | None = None
+        self._transport = None
         atexit.register(self.shutdown)  # never leave servers behind when the trainer dies
         try:
+            if config.router_url:
+                self._router = _Server(config.router_url.rstrip("/"))
+                self._wait_healthy(self._router)
             if config.attach_urls:
                 self.servers = [_Server(u.rstrip("/")) for u in config.attach_urls]
+            elif self._router is not None:
+                self.servers = [_Server(u) for u in self._router_workers()]
             else:
                 self.servers = [self._launch_server(i) for i in range(config.num_servers)]
             for server in self.servers:
                 self._wait_healthy(server)
-            if config.router:
+            if config.router and self._router is None:
                 self._router = self._launch_router()
                 self._wait_healthy(self._router, path="/health")
         except BaseException:
@@ -115,9 +136,17 @@ class SGLangFleet:
         log_path = self._log_dir / f"{name}.log"
         log = open(log_path, "w")  # noqa: SIM115 (kept open for the child's lifetime)
         proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ), start_new_session=True
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=_server_env(), start_new_session=True
         )
         return _Server(url, proc, log_path)
+
+    def _router_workers(self) -> list[str]:
+        """The worker URLs an attached router balances over (weight updates must reach each of them)."""
+        reply = self._session.get(self._router.url + "/workers", timeout=30)
+        urls = [w["url"].rstrip("/") for w in reply.json().get("workers", []) if w.get("url")]
+        if not urls:
+            raise EngineError(f"router {self._router.url} lists no workers; set rollout.server_addresses")
+        return urls
 
     def _launch_server(self, index: int) -> _Server:
         cfg = self.config
@@ -166,6 +195,24 @@ class SGLangFleet:
                 pass
             time.sleep(1.0)
         raise EngineError(f"{server.describe()} not healthy after {self.config.startup_timeout_s:.0f} s")
+
+    # -- weight sync ---------------------------------------------------------------------------------
+    def weight_transport(self):
+        """The sync transport that reaches every server (``config.weight_sync``), created once: the
+        distributed transport keeps its process group with the servers across syncs."""
+        if self._transport is None:
+            from megatron_hapo.sync import DiskTransport, DistributedTransport
+
+            if self.config.weight_sync == "disk":
+                self._transport = DiskTransport(
+                    self, self.config.model_path, self._log_dir / "synced_weights"
+                )
+            else:
+                self._transport = DistributedTransport(
+                    self, master_address=self.config.sync_master_address, group_name="hapo_fleet_sync",
+                    timeout_s=self.config.startup_timeout_s,
+                )  # fmt: skip
+        return self._transport
 
     # -- health --------------------------------------------------------------------------------------
     def _dead_servers(self) -> list[_Server]:
@@ -220,15 +267,26 @@ class SGLangFleet:
         except ValueError:  # some control routes (flush_cache) answer in plain text
             return resp.text
 
-    def _generate_one(self, prompt: list[int], sampling: dict) -> list[dict]:
-        payload = {"input_ids": prompt, "sampling_params": sampling, "return_logprob": True}
+    def _target(self, prompt: list[int], sampling: dict | list[dict]) -> str:
+        """The router, or a server directly: without a router, and for requests with ``custom_params``
+        (HAPO's statistics) or a ``sampling_seed``, which sglang-router does not pass on: through it the HAPO
+        sampler would silently sample at the base temperature (or unseeded)."""
+        first = sampling if isinstance(sampling, dict) else sampling[0]
+        if self._router is not None and not {"custom_params", "sampling_seed"} & set(first):
+            return self._router.url
+        return self.servers[hash(tuple(prompt)) % len(self.servers)].url
+
+    def _generate_one(self, prompt: list[int], params: GenerationParams) -> list[dict]:
+        """The ``n`` samples of one prompt (``params.seeds``: this prompt's seed, then one request each)."""
+        inputs, sampling = params.sglang_requests([prompt])
+        payload = {
+            "input_ids": inputs[0] if isinstance(sampling, dict) else inputs,
+            "sampling_params": sampling,
+            "return_logprob": True,
+        }
         last_error = None
         for attempt in range(self.config.max_retries + 1):
-            target = (
-                self._router.url
-                if self._router is not None
-                else self.servers[hash(tuple(prompt)) % len(self.servers)].url
-            )
+            target = self._target(prompt, sampling)
             try:
                 out = self._post(target, "/generate", payload)
                 return out if isinstance(out, list) else [out]
@@ -245,7 +303,14 @@ class SGLangFleet:
         if not prompts:
             return []
         self.check_servers()
-        sampling = dict(params.to_sglang(), n=params.n)
+        per_prompt = [
+            params if params.seeds is None else replace(params, seeds=params.seeds[i : i + 1])
+            for i in range(len(prompts))
+        ]
+        if params.seeds is not None and len(params.seeds) != len(prompts):
+            raise ValueError(
+                f"{len(params.seeds)} seeds for {len(prompts)} prompts: give one seed per prompt"
+            )
         outputs: list[dict] = []
         bar = tqdm(
             total=len(prompts), desc="rollout", unit="prompt", disable=not self.config.progress, leave=False
@@ -254,7 +319,7 @@ class SGLangFleet:
             bar,
             ThreadPoolExecutor(max_workers=min(self.config.max_concurrent_requests, len(prompts))) as pool,
         ):
-            for group in pool.map(lambda p: self._generate_one(list(p), sampling), prompts):
+            for group in pool.map(lambda p, q: self._generate_one(list(p), q), prompts, per_prompt):
                 outputs.extend(group)
                 bar.update(1)
         return to_samples(outputs, prompts, params.n, require_hapo=self.config.hapo_sampler)
@@ -348,6 +413,13 @@ class SGLangFleet:
         return torch.as_tensor(reply)
 
     def shutdown(self) -> None:
+        """Close the weight-sync group, then stop the servers and the router this fleet launched."""
+        transport, self._transport = self._transport, None
+        if transport is not None and hasattr(transport, "close"):
+            try:
+                transport.close()
+            except Exception as exc:  # the servers may already be gone; never block the shutdown
+                logger.warning("closing the weight-sync transport failed: %s", exc)
         for s in ([self._router] if self._router else []) + self.servers:
             if s.process is not None and s.process.poll() is None:
                 try:

@@ -1,7 +1,7 @@
 """Weight sync Megatron -> rollout engine: streaming export, buckets, transports."""
 
 from megatron_hapo.sync.buckets import iter_buckets
-from megatron_hapo.sync.transports import DiskTransport, DistributedTransport, TensorTransport
+from megatron_hapo.sync.transports import DiskTransport, DistributedTransport, TensorTransport, transport_for
 from megatron_hapo.sync.weight_sync import SyncReport, WeightSyncError, push_weights
 
 __all__ = [
@@ -12,4 +12,5 @@ __all__ = [
     "WeightSyncError",
     "iter_buckets",
     "push_weights",
+    "transport_for",
 ]

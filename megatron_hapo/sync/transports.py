@@ -173,6 +173,14 @@ class DistributedTransport:
             self._group = None
 
 
+def transport_for(engine: RolloutEngine) -> Transport:
+    """The transport that reaches ``engine``: the engine's own ``weight_transport()`` when it has one
+    (a fleet of servers picks distributed or disk sync), else :class:`TensorTransport` (a colocated
+    engine, whose ``update_weights_from_tensor`` is the fast path)."""
+    own = getattr(engine, "weight_transport", None)
+    return own() if own is not None else TensorTransport(engine)
+
+
 def _free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))

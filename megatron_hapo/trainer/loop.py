@@ -7,6 +7,7 @@ All ranks run this function; rank 0 owns the SGLang engine and the scorer and br
 
 from __future__ import annotations
 
+import logging
 import time
 
 import torch
@@ -19,6 +20,9 @@ from megatron_hapo.trainer.algorithm import compute_advantages
 from megatron_hapo.trainer.batch import pad_responses, response_temperatures
 from megatron_hapo.trainer.metrics import batch_metrics
 from megatron_hapo.trainer.setup import Run, build_run, close_run
+from megatron_hapo.trainer.shutdown import StopRequest
+
+logger = logging.getLogger(__name__)
 
 
 def rl_step(run: Run, step: int, stats: EntropyStats | None) -> tuple[EntropyStats | None, dict]:
@@ -50,8 +54,8 @@ def rl_step(run: Run, step: int, stats: EntropyStats | None) -> tuple[EntropySta
     t_upd = time.perf_counter() - t_upd
     # 7. weight sync into the engine, version = step
     metrics.update(policy.sync_weights(run.rollout.engine, version=f"step-{step}"))
-    # 8. metrics (batch statistics of rank 0's slice for entropy/temperature, the whole batch otherwise)
-    metrics.update(batch_metrics(batch, entropy, local.mask, local.temperature))
+    # 8. metrics of the whole batch (entropy/temperature token statistics all-reduced over DP ranks)
+    metrics.update(batch_metrics(batch, entropy, local.mask, local.temperature, group=policy.dp_group))
     metrics.update({f"entropy/{k}": v for k, v in new_stats.to_dict().items()})
     metrics.update(
         {"time/old_policy_s": t_old, "time/update_s": t_upd, "time/step_s": time.perf_counter() - t0}
@@ -73,32 +77,77 @@ def train(cfg: RootConfig) -> Run:
     )  # fmt: skip
     with hp.device_mode():
         run = build_run(cfg)
+        stop = StopRequest().install()  # SIGTERM/SIGINT: finish the step, checkpoint, exit 128 + signal
         try:
-            stats, start = None, 1
-            resume = checkpoint.resolve_resume(cfg.checkpoint.resume, cfg.checkpoint.dir)
-            if resume is not None:
-                state = checkpoint.load(run.policy, resume)
-                run.rollout.sampler.load_state_dict(state["sampler"])
-                run.rollout._next_group = state["next_group"]
-                stats = EntropyStats.from_dict(state["entropy_stats"]) if state["entropy_stats"] else None
-                start = state["step"] + 1
-            if start == 1 or resume is not None:  # the engine serves exactly the trainer's weights
-                run.policy.sync_weights(run.rollout.engine, version=f"step-{start - 1}")
+            stats, start = resume(run)
+            if start == 1 and (m := eval_metrics(run, 0)):  # eval.before_train
+                run.logger.log(0, m)
+            stop.install()  # again: the engine's first request (the sync) registered SGLang's own handler
             for step in range(start, run.total_steps + 1):
                 stats, metrics = rl_step(run, step, stats)
+                metrics.update(eval_metrics(run, step))  # after this step's weight sync
                 run.logger.log(step, metrics)
-                save_every = cfg.checkpoint.save_every
-                if (save_every and step % save_every == 0) or step == run.total_steps:
-                    trainer_state = {
-                        "sampler": run.rollout.sampler.state_dict(),
-                        "next_group": run.rollout._next_group,
-                        "entropy_stats": stats.to_dict() if stats is not None else None,
-                    }
-                    checkpoint.save(
-                        run.policy, cfg.checkpoint.dir, step, trainer_state, cfg.checkpoint.keep_last
-                    )
+                stopping = stop.agreed(step)
+                every = cfg.checkpoint.save_every
+                if (every and step % every == 0) or step == run.total_steps or stopping:
+                    save(run, step, stats)
+                if stopping:
+                    break
+            report_best_eval(run)
         finally:
+            stop.uninstall()
             close_run(run)
     torch.distributed.barrier()  # no rank leaves while another still needs it in a collective
     hp.destroy_model_parallel()
+    stop.raise_if_stopped()
     return run
+
+
+def resume(run: Run) -> tuple[EntropyStats | None, int]:
+    """Restore the checkpoint ``checkpoint.resume`` names (if any) and make the engine serve the trainer's
+    weights; return the entropy statistics for the next rollout and the first step to run."""
+    cfg, stats, start = run.cfg, None, 1
+    path = checkpoint.resolve_resume(cfg.checkpoint.resume, cfg.checkpoint.dir)
+    if path is not None:
+        state = checkpoint.load(run.policy, path)
+        run.rollout.sampler.load_state_dict(state["sampler"])
+        run.rollout._next_group = state["next_group"]
+        stats = EntropyStats.from_dict(state["entropy_stats"]) if state["entropy_stats"] else None
+        start = state["step"] + 1
+    if start == 1 or path is not None:  # the engine serves exactly the trainer's weights
+        run.policy.sync_weights(run.rollout.engine, version=f"step-{start - 1}")
+    return stats, start
+
+
+def save(run: Run, step: int, stats: EntropyStats | None) -> None:
+    """Checkpoint after ``step``: model, optimizer, scheduler (``checkpoint.save``) and the loop's own state."""
+    cfg = run.cfg
+    trainer_state = {
+        "sampler": run.rollout.sampler.state_dict(),
+        "next_group": run.rollout._next_group,
+        "entropy_stats": stats.to_dict() if stats is not None else None,
+    }
+    hf_reference = cfg.model.hf_path if cfg.checkpoint.hf_export else None
+    checkpoint.save(
+        run.policy, cfg.checkpoint.dir, step, trainer_state, cfg.checkpoint.keep_last, hf_reference
+    )
+
+
+def eval_metrics(run: Run, step: int) -> dict[str, float]:
+    """``eval/<benchmark>/avg@k``, ``.../pass@j``, ... when evaluation is due after ``step`` (0 = before
+    training); the lead evaluates with the rollout engine, which already serves this step's weights."""
+    ev = run.evaluator
+    if ev is None or not ev.due(step):
+        return {}
+    result = ev.run(run.rollout.engine, step)
+    logger.info("evaluation after step %d:\n%s", step, result.table())
+    return result.metrics()
+
+
+def report_best_eval(run: Run) -> None:
+    """Print the per-benchmark best avg@k (and its step) and write every evaluation to eval_history.jsonl."""
+    ev = run.evaluator
+    if ev is None or not ev.history.results:
+        return
+    ev.history.write_jsonl(run.run_dir / "eval_history.jsonl")
+    print("best evaluation so far (max avg@k per benchmark):\n" + ev.history.best_table(), flush=True)

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from megatron_hapo.trainer.batch import StepBatch
 
@@ -29,11 +30,15 @@ CONSOLE_COLUMNS = (
 )
 
 
-def batch_metrics(batch: StepBatch, entropy: torch.Tensor, mask: torch.Tensor, temps: torch.Tensor) -> dict:
-    """Reward, accuracy, length, entropy and temperature statistics of the step's whole batch."""
+def batch_metrics(
+    batch: StepBatch, entropy: torch.Tensor, mask: torch.Tensor, temps: torch.Tensor, group=None
+) -> dict:
+    """Reward, accuracy, length, entropy and temperature statistics of the step's whole batch.
+
+    ``entropy``/``mask``/``temps`` are this data-parallel rank's slice; with ``group`` (the DP group;
+    collective: every rank of it calls this) the token statistics are over every rank's slice."""
     lengths = [len(s.response_ids) for s in batch.samples]
     n = max(len(batch), 1)
-    valid = mask.bool()
     out = {
         "reward/mean": sum(batch.scores) / n,
         "reward/max": max(batch.scores, default=0.0),
@@ -42,13 +47,37 @@ def batch_metrics(batch: StepBatch, entropy: torch.Tensor, mask: torch.Tensor, t
         "response_length/mean": sum(lengths) / n,
         "response_length/max": float(max(lengths, default=0)),
         "response_length/clip_frac": sum(s.finish_reason == "length" for s in batch.samples) / n,
-        "entropy/mean": float(entropy[valid].mean()) if valid.any() else 0.0,
-        "temperature/mean": float(temps[valid].mean()) if valid.any() else 0.0,
-        "temperature/min": float(temps[valid].min()) if valid.any() else 0.0,
-        "temperature/max": float(temps[valid].max()) if valid.any() else 0.0,
+        **token_metrics(entropy, temps, mask, group),
     }
     out.update({k: v for k, v in batch.extra_metrics.items()})
     return out
+
+
+def token_metrics(entropy: torch.Tensor, temps: torch.Tensor, mask: torch.Tensor, group=None) -> dict:
+    """entropy/mean and temperature/{mean,min,max} over the valid response tokens of every rank of
+    ``group`` (sums, counts, min and max all-reduced; None or one rank = this rank's tokens); 0 when no
+    rank has a token."""
+    valid = mask.bool()
+    e, t = entropy[valid].double(), temps[valid].double()
+    empty = t.numel() == 0
+    sums = torch.stack(
+        [e.sum(), t.sum(), torch.tensor(float(t.numel()), dtype=torch.float64, device=t.device)]
+    )
+    # min and -max in one MIN reduction; +inf where this rank has no token
+    inf = torch.tensor(math.inf, dtype=torch.float64, device=t.device)
+    extremes = torch.stack([inf if empty else t.min(), inf if empty else -t.max()])
+    if group is not None and dist.get_world_size(group) > 1:
+        dist.all_reduce(sums, group=group)
+        dist.all_reduce(extremes, op=dist.ReduceOp.MIN, group=group)
+    count = float(sums[2])
+    if count == 0:
+        return {"entropy/mean": 0.0, "temperature/mean": 0.0, "temperature/min": 0.0, "temperature/max": 0.0}
+    return {
+        "entropy/mean": float(sums[0]) / count,
+        "temperature/mean": float(sums[1]) / count,
+        "temperature/min": float(extremes[0]),
+        "temperature/max": -float(extremes[1]),
+    }
 
 
 class RunLogger:

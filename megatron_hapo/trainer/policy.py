@@ -46,6 +46,12 @@ class Policy:
         from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
         from megatron_hapo.models import build_gpt_model, load_hf_weights
+        from megatron_hapo.models.precision import (
+            fp8_config_overrides,
+            fp8_ddp_overrides,
+            fp8_optimizer_overrides,
+            log_implementations,
+        )
 
         self.cfg = cfg
         dtype = _DTYPES[cfg.precision.dtype]
@@ -62,14 +68,20 @@ class Policy:
             params_dtype=dtype,
             spec=cfg.model.layer_spec,
             make_vocab_size_divisible_by=cfg.model.make_vocab_size_divisible_by,
-            config_overrides={"sequence_parallel": cfg.parallel.sequence_parallel, **recompute},
+            config_overrides={
+                "sequence_parallel": cfg.parallel.sequence_parallel,
+                **recompute,
+                **fp8_config_overrides(cfg.precision),
+            },
         )
         if cfg.model.load_weights:
             load_hf_weights(gpt, cfg.model.hf_path)
         self.arch = gpt.hapo_arch
         self.vocab_size = gpt.hapo_arch.vocab_size
         ddp_config = DistributedDataParallelConfig(
-            use_distributed_optimizer=cfg.parallel.use_distributed_optimizer, grad_reduce_in_fp32=True
+            use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
+            grad_reduce_in_fp32=True,
+            **fp8_ddp_overrides(cfg.precision),
         )
         self.model = DistributedDataParallel(config=gpt.config, ddp_config=ddp_config, module=gpt)
         self.model.hapo_arch = gpt.hapo_arch
@@ -90,6 +102,7 @@ class Policy:
                 fp16=dtype == torch.float16,
                 params_dtype=dtype,
                 use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
+                **fp8_optimizer_overrides(cfg.precision),
             ),
             [self.model],
         )
@@ -113,6 +126,7 @@ class Policy:
         self.tp_group = (
             ps.get_tensor_model_parallel_group() if ps.get_tensor_model_parallel_world_size() > 1 else None
         )
+        log_implementations(gpt, self.optimizer)  # which Adam / norm / linear classes Megatron chose
 
     # ------------------------------------------------------------------------------- old-policy pass
     def old_policy_pass(self, samples, temperatures, seq_len: int):
@@ -238,14 +252,19 @@ class Policy:
         from megatron.core import parallel_state as ps
 
         from megatron_hapo.models import export_hf_weights
-        from megatron_hapo.sync import TensorTransport, push_weights
+        from megatron_hapo.sync import push_weights, transport_for
 
         t0 = time.perf_counter()
         if ps.get_data_parallel_rank() != 0:
             return {}
         named = export_hf_weights(self.model)
         if engine is not None:
-            report = push_weights(engine, TensorTransport(engine), named, version=version)
+            r = self.cfg.rollout
+            if r.quantization == "fp8" and r.fp8_format == "blockwise":  # quantised on the way (docs/fp8.md)
+                from megatron_hapo.sync.fp8 import fp8_rollout_stream
+
+                named = fp8_rollout_stream(named)
+            report = push_weights(engine, transport_for(engine), named, version=version)
             return {"time/sync_s": time.perf_counter() - t0, "sync/mb": report.bytes / 1e6}
         for _ in named:
             pass

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+import torch
 import torch.distributed as dist
 
 from megatron_hapo.algorithms import EntropyStats, dynamic_sampling_filter
@@ -17,7 +20,12 @@ from megatron_hapo.config import RootConfig
 from megatron_hapo.data import PromptDataset, ResumableSampler
 from megatron_hapo.rewards import ScoreRequest, ScorerPool, apply_overlong
 from megatron_hapo.rollout import GenerationParams, InProcessSGLangEngine
+from megatron_hapo.rollout.serving import engine_server_args, rollout_model_path
+from megatron_hapo.rollout.types import RolloutEngine, sample_seed
 from megatron_hapo.trainer.batch import StepBatch
+
+if TYPE_CHECKING:
+    from megatron_hapo.rollout.fleet import SGLangFleet
 
 logger = logging.getLogger(__name__)
 
@@ -26,21 +34,57 @@ class DynamicSamplingError(RuntimeError):
     """Dynamic sampling could not fill a step within algorithm.dynamic_sampling.max_num_gen_batches."""
 
 
-def make_engine(cfg: RootConfig) -> InProcessSGLangEngine:
-    """The rollout engine of ``cfg.rollout`` (in-process only for now: a fleet is an explicit error)."""
-    if cfg.rollout.engine != "inprocess":
-        raise NotImplementedError(
-            "rollout.engine=fleet is not wired into the trainer yet; use rollout.engine=inprocess"
-        )
-    extra = {} if cfg.model.load_weights else {"load_format": "dummy"}  # real weights arrive by sync
+def make_engine(cfg: RootConfig, run_dir: str | Path | None = None) -> RolloutEngine:
+    """The rollout engine ``cfg.rollout.engine`` names: ``inprocess`` (SGLang colocated with the trainer)
+    or ``fleet`` (SGLang servers behind a router: launched here or attached by address). ``run_dir``
+    holds the fleet's server logs."""
+    builders = {"inprocess": _inprocess_engine, "fleet": _fleet_engine}
+    return builders[cfg.rollout.engine](cfg, run_dir)
+
+
+def uses_hapo_sampler(cfg: RootConfig) -> bool:
+    """The HAPO sampler serves adaptive temperatures and per-request seeds (stock SGLang honours seeds
+    only in its deterministic mode, which CPU and the HAPO sampler cannot use)."""
+    return cfg.algorithm.adaptive_temperature.enable or cfg.rollout.seeded_sampling
+
+
+def _inprocess_engine(cfg: RootConfig, run_dir) -> InProcessSGLangEngine:
     return InProcessSGLangEngine(
-        cfg.model.hf_path,
-        hapo_sampler=cfg.algorithm.adaptive_temperature.enable,  # responses must then carry hapo_* per token
+        rollout_model_path(cfg, run_dir),
+        hapo_sampler=uses_hapo_sampler(cfg),  # responses must then carry hapo_* per token
         tp_size=cfg.rollout.tensor_parallel_size,
         seed=cfg.trainer.seed,
-        dtype=cfg.model.dtype,
-        **extra,
+        **engine_server_args(cfg),
     )
+
+
+def _fleet_engine(cfg: RootConfig, run_dir) -> SGLangFleet:
+    """Launch ``rollout.num_servers`` servers + a router (``launch_servers``), or attach to
+    ``server_addresses`` / ``router_address``."""
+    from megatron_hapo.rollout.fleet import FleetConfig, SGLangFleet
+
+    r = cfg.rollout
+    args = engine_server_args(cfg)
+    if torch.cuda.is_available():  # on CPU, cpu_server_args() sizes the KV cache
+        args["mem_fraction_static"] = r.mem_fraction
+    fleet_cfg = FleetConfig(
+        model_path=rollout_model_path(cfg, run_dir),
+        num_servers=r.num_servers,
+        attach_urls=tuple(r.server_addresses),
+        router_url=r.router_address,
+        tp_size=r.tensor_parallel_size,
+        startup_timeout_s=r.startup_timeout_s,
+        request_timeout_s=r.request_timeout_s,
+        max_retries=r.max_retries,
+        on_server_failure=r.on_server_failure,
+        hapo_sampler=uses_hapo_sampler(cfg),
+        progress=False,
+        log_dir=str(Path(run_dir) / "fleet_logs") if run_dir is not None else None,
+        seed=cfg.trainer.seed,
+        server_args=args,
+        weight_sync=r.weight_sync,
+    )
+    return SGLangFleet(fleet_cfg)
 
 
 class RolloutStage:
@@ -48,11 +92,12 @@ class RolloutStage:
 
     def __init__(self, cfg, dataset: PromptDataset, sampler: ResumableSampler, tokenizer, engine, scorer):
         self.cfg, self.dataset, self.sampler, self.tokenizer = cfg, dataset, sampler, tokenizer
-        self.engine: InProcessSGLangEngine | None = engine
+        self.engine: RolloutEngine | None = engine
         self.scorer: ScorerPool | None = scorer
         self._next_group = 0
 
-    def params(self, stats: EntropyStats | None) -> GenerationParams:
+    def params(self, stats: EntropyStats | None, group_ids: range | None = None) -> GenerationParams:
+        """Sampling parameters of the prompts with these group ids (their seeds under rollout.seeded_sampling)."""
         s, algo = self.cfg.sampling.train, self.cfg.algorithm
         sampler_params = None
         if algo.adaptive_temperature.enable:
@@ -67,12 +112,18 @@ class RolloutStage:
             top_k=s.top_k,
             stop=tuple(self.cfg.rollout.stop),
             sampler_params=sampler_params,
+            seeds=(
+                tuple(sample_seed(self.cfg.trainer.seed, g) for g in group_ids)
+                if self.cfg.rollout.seeded_sampling and group_ids is not None
+                else None
+            ),
         )
 
     def _generate_and_score(self, stats: EntropyStats | None) -> StepBatch:
         prompts = self.dataset.batch(self.sampler.next_batch())
         n = self.cfg.sampling.train.n
-        samples = self.engine.generate([p.prompt_ids for p in prompts], self.params(stats))
+        params = self.params(stats, range(self._next_group, self._next_group + len(prompts)))
+        samples = self.engine.generate([p.prompt_ids for p in prompts], params)
         per_response = [prompts[s.prompt_index] for s in samples]
         group_ids = [self._next_group + s.prompt_index for s in samples]
         self._next_group += len(prompts)

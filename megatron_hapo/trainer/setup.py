@@ -30,6 +30,7 @@ class Run:
     updates_per_step: int
     dp_rank: int
     dp_size: int
+    evaluator: object | None = None  # eval.Evaluator on the lead when eval.benchmarks is set, else None
 
 
 def resolve_run_dir(cfg: RootConfig) -> Path:
@@ -43,6 +44,7 @@ def build_run(cfg: RootConfig) -> Run:
     from transformers import AutoTokenizer
 
     from megatron_hapo.data import PromptDataset, ResumableSampler
+    from megatron_hapo.eval import Evaluator
     from megatron_hapo.rewards import ScorerPool
     from megatron_hapo.trainer.policy import Policy
     from megatron_hapo.trainer.rollout import RolloutStage, make_engine
@@ -65,10 +67,11 @@ def build_run(cfg: RootConfig) -> Run:
     updates = cfg.data.train_batch_size // cfg.data.mini_batch_size
     t0 = time.perf_counter()
     policy = Policy(cfg, optimizer_steps=total * updates)
-    engine = scorer = None
+    engine = scorer = evaluator = None
     if lead:
         scorer = ScorerPool.from_config(cfg.reward)
-        engine = make_engine(cfg)
+        evaluator = Evaluator.from_config(cfg, tokenizer, scorer=scorer)  # benchmark files fail fast
+        engine = make_engine(cfg, run_dir)
         logger.info("engine and scorer ready in %.1f s", time.perf_counter() - t0)
     run_logger = RunLogger(
         run_dir, lead=lead, jsonl=cfg.logging.jsonl, tensorboard=cfg.logging.tensorboard,
@@ -85,10 +88,12 @@ def build_run(cfg: RootConfig) -> Run:
         updates_per_step=updates,
         dp_rank=ps.get_data_parallel_rank(),
         dp_size=ps.get_data_parallel_world_size(),
+        evaluator=evaluator,
     )
 
 
 def close_run(run: Run) -> None:
+    """Close the metrics files, shut the rollout engine (or fleet) down and stop the scorer pool."""
     run.logger.close()
     if run.rollout.engine is not None:
         run.rollout.engine.shutdown()

@@ -1,15 +1,17 @@
 """End to end: hapo-train on the tiny CPU config (SGLang in-process, Megatron, weight sync), resume from
-its checkpoint, two-step runs at TP=2 and at DP=2 (distributed optimizer) under torchrun, and bad configs rejected before any work."""
+its checkpoint, two-step runs at TP=2, at DP=2 (distributed optimizer) and at PP=2 under torchrun, and bad configs rejected before any work."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.torchrun_utils import REPO_ROOT, run_torchrun
 
@@ -47,7 +49,8 @@ def demo_model(tmp_path_factory):
 def first_run(demo_model, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
     proc = _train(f"model.hf_path={demo_model}", f"trainer.run_dir={run_dir}", f"trainer.total_steps={STEPS}",
-                  "checkpoint.save_every=4", "checkpoint.keep_last=2", *DIST_OPT)  # fmt: skip
+                  "checkpoint.save_every=4", "checkpoint.keep_last=2", "checkpoint.hf_export=true",
+                  *DIST_OPT)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return run_dir, proc.stdout
 
@@ -79,6 +82,39 @@ def test_reward_rises(first_run):
     assert second_half > start + 0.1, [round(r, 3) for r in rewards]
 
 
+def _is_timing(key: str) -> bool:
+    # scorer deadlines depend on the machine's load like timings do
+    return key.startswith("time/") or key.endswith("_s") or "per_s" in key or key == "reward/timeouts"
+
+
+def test_checkpoint_holds_the_trained_policy_as_hf(first_run, demo_model):
+    from transformers import AutoModelForCausalLM
+
+    exported = first_run[0] / "checkpoints" / "step_24" / "hf"
+    trained = AutoModelForCausalLM.from_pretrained(exported).state_dict()
+    start = AutoModelForCausalLM.from_pretrained(demo_model).state_dict()
+    assert trained.keys() == start.keys()
+    assert all(trained[k].shape == v.shape for k, v in start.items())
+    changed = [k for k, v in start.items() if not torch.equal(trained[k], v)]
+    assert len(changed) > len(start) // 2, changed  # 24 steps of RL moved most tensors
+
+
+def test_resume_repeats_the_uninterrupted_run_exactly(first_run, demo_model, tmp_path):
+    """Resume from step 20 of the 24-step run in a fresh run directory: steps 21-24 give the same metrics,
+    bit for bit (seeded rollouts, restored optimizer/scheduler/sampler/statistics); only timings differ."""
+    run_dir, _ = first_run
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run_dir / "checkpoints" / "step_20", resumed / "checkpoints" / "step_20")
+    proc = _train(f"model.hf_path={demo_model}", f"trainer.run_dir={resumed}", f"trainer.total_steps={STEPS}",
+                  "checkpoint.resume=auto", "checkpoint.save_every=0", *DIST_OPT)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    expected, got = _rows(run_dir)[20:STEPS], _rows(resumed)
+    assert [r["step"] for r in got] == list(range(21, STEPS + 1))
+    for want, row in zip(expected, got, strict=True):
+        differing = {k: (v, row.get(k)) for k, v in want.items() if not _is_timing(k) and row.get(k) != v}
+        assert not differing, (row["step"], differing)
+
+
 def test_resume_continues_from_the_checkpoint(first_run, demo_model):
     run_dir, _ = first_run
     state = json.loads((run_dir / "checkpoints" / "step_24" / "trainer_state.json").read_text())
@@ -95,11 +131,13 @@ def test_resume_continues_from_the_checkpoint(first_run, demo_model):
     assert rows[STEPS]["temperature/min"] < 0.999  # the restored statistics drive the first resumed rollout
 
 
-@pytest.mark.parametrize("tp, dist_opt", [(2, 0), (1, 1)], ids=["tp2", "dp2-distopt"])
-def test_two_steps_on_two_ranks(demo_model, tmp_path, tp, dist_opt):
+@pytest.mark.parametrize(
+    "tp, dist_opt, pp", [(2, 0, 1), (1, 1, 1), (1, 0, 2)], ids=["tp2", "dp2-distopt", "pp2"]
+)
+def test_two_steps_on_two_ranks(demo_model, tmp_path, tp, dist_opt, pp):
     out = run_torchrun("job_trainer_world2.py", 2, str(demo_model), str(tmp_path / "run"), str(tp), str(dist_opt),
-                       timeout=420)  # fmt: skip
-    assert f"TRAINER_WORLD2_OK tp={tp}" in out
+                       str(pp), timeout=420)  # fmt: skip
+    assert f"TRAINER_WORLD2_OK tp={tp} pp={pp}" in out
 
 
 @pytest.mark.parametrize(

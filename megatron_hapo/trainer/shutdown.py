@@ -1,0 +1,121 @@
+"""Graceful shutdown of a training run on SIGTERM / SIGINT (a scheduler's preemption, Ctrl-C).
+
+The first signal only sets a flag: the loop finishes the step it is in, and at the end of every step
+all ranks agree on the flag (a max all-reduce over the default group, so a signal that reached one
+rank stops every rank after the same step). The loop then saves a checkpoint, shuts the engine (or
+fleet) and the scorer down, and :func:`~megatron_hapo.trainer.loop.train` raises
+:class:`TrainingStopped`: exit code 128 + signal number (143 for SIGTERM, 130 for SIGINT), so a job
+scheduler sees an interrupted run, never a finished one. ``checkpoint.resume=auto`` continues from it.
+
+A second signal aborts at once: the handler raises :class:`TrainingStopped` wherever the main thread
+is (``finally`` blocks still shut the engine down; no checkpoint is written).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+import warnings
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class TrainingStopped(SystemExit):
+    """The run stopped early on a signal; ``code`` is 128 + the signal number."""
+
+    def __init__(self, signum: int, step: int | None):
+        super().__init__(128 + signum)
+        self.signum, self.step = signum, step
+
+    def __str__(self) -> str:
+        where = f"after step {self.step}" if self.step is not None else "immediately"
+        return f"training stopped {where} on {signal.Signals(self.signum).name} (exit code {self.code})"
+
+
+class StopRequest:
+    """Catches SIGTERM/SIGINT in the main thread while installed; :meth:`agreed` is the collective check.
+
+    Outside the main thread (a test calling ``train`` from a worker thread) nothing is installed and
+    signals keep their previous behaviour.
+    """
+
+    def __init__(self) -> None:
+        self.signum = 0  # the first signal received here; 0 = none
+        self.stopped: tuple[int, int] | None = None  # (signal, last step) once the ranks agreed to stop
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> StopRequest:
+        """Take SIGTERM/SIGINT over (idempotent; :meth:`agreed` re-asserts it every step).
+
+        An in-process SGLang engine registers its own SIGTERM handler on the main thread's asyncio loop
+        at its first request ("drain and exit 0"): that registration is removed first, or it would both
+        run and hide the interruption from the scheduler."""
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        loop = _main_event_loop()
+        for s in STOP_SIGNALS:
+            if loop is not None:
+                loop.remove_signal_handler(s)
+            previous = signal.signal(s, self._handle)
+            self._previous.setdefault(s, previous)
+        return self
+
+    def uninstall(self) -> None:
+        """Give the signals back to the handlers they had before :meth:`install`."""
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.signum:
+            logger.error("second signal (%s): aborting now, without a checkpoint", name)
+            raise TrainingStopped(signum, None)
+        self.signum = signum
+        logger.warning(
+            "received %s: finishing the current step, then checkpoint and exit (send it again to abort now)",
+            name,
+        )
+
+    def agreed(self, step: int) -> bool:
+        """Whether every rank stops after ``step``: collective over the default group, call once per step.
+
+        The signal is taken from any rank that received one (max all-reduce), so all ranks agree."""
+        if self._previous:
+            self.install()  # an engine started during the step may have taken the signals over
+        signum = self.signum
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            on_gpu = dist.get_backend() == "nccl"
+            device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+            flag = torch.tensor([signum], dtype=torch.int64, device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            signum = int(flag.item())
+        if signum:
+            self.stopped = (signum, step)
+            logger.warning("stopping after step %d on %s", step, signal.Signals(signum).name)
+        return bool(signum)
+
+    def raise_if_stopped(self) -> None:
+        """After the run was shut down: raise :class:`TrainingStopped` when it stopped on a signal."""
+        if self.stopped is not None:
+            exc = TrainingStopped(*self.stopped)
+            logger.error("%s; checkpoint.resume=auto continues from its checkpoint", exc)
+            raise exc
+
+
+def _main_event_loop() -> asyncio.AbstractEventLoop | None:
+    """The main thread's asyncio loop (where SGLang's Engine runs its tokenizer manager), if open."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            loop = asyncio.get_event_loop()
+        except RuntimeError:
+            return None
+    return None if loop.is_closed() else loop

@@ -1,0 +1,156 @@
+"""The trainer's periodic evaluation (eval.every) and its graceful shutdown on SIGTERM, end to end:
+``python -m megatron_hapo.trainer`` on the tiny CPU config (real Megatron, SGLang in-process, real
+scorer) with a briefly SFT-warmed tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.torchrun_utils import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+CONFIG = "examples/configs/tiny_cpu.yaml"
+SMALL = (  # 4 prompts x 4 samples per step, 2 updates: a step takes a few seconds on 2 cores
+    "data.train_batch_size=4", "data.mini_batch_size=2", "data.micro_batch_size=2", "sampling.train.n=4",
+)  # fmt: skip
+
+
+def _cmd(*overrides) -> list[str]:
+    return [sys.executable, "-m", "megatron_hapo.trainer", "--config", CONFIG, *SMALL, *overrides]
+
+
+def _env():
+    return dict(os.environ, OMP_NUM_THREADS="1", TORCHDYNAMO_DISABLE="1", PYTHONPATH=str(REPO_ROOT))
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    from megatron_hapo.trainer.tiny_model import make_demo_model
+
+    return make_demo_model(
+        tmp_path_factory.mktemp("tiny"), sft_steps=40, sft_files=["examples/data/tiny_math_train.parquet"]
+    )
+
+
+@pytest.fixture(scope="module")
+def benchmark(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("bench") / "arith.parquet"
+    pq.write_table(pq.read_table(REPO_ROOT / "examples/data/tiny_math_val.parquet").slice(0, 4), path)
+    return path
+
+
+def test_periodic_evaluation_every_two_steps(model, benchmark, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        _cmd(f"model.hf_path={model}", f"trainer.run_dir={run_dir}", "trainer.total_steps=5",
+             f"eval.benchmarks=[{benchmark}]", "eval.every=2", "eval.before_train=false", "sampling.val.n=2"),
+        cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    rows = _rows(run_dir)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    evaluated = [r["step"] for r in rows if "eval/arith/avg@2" in r]
+    assert evaluated == [2, 4]
+    for r in rows:
+        if r["step"] in evaluated:
+            assert 0.0 <= r["eval/arith/avg@2"] <= r["eval/arith/pass@2"] <= 1.0, r
+            assert r["eval/arith/response_length"] > 0 and r["eval/wall_s"] > 0
+    history = (run_dir / "eval_history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in history] == [2, 4]
+    assert "best evaluation so far" in proc.stdout and "| arith |" in proc.stdout
+
+
+def test_before_train_evaluation_logs_step_zero(model, benchmark, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        _cmd(f"model.hf_path={model}", f"trainer.run_dir={run_dir}", "trainer.total_steps=1",
+             f"eval.benchmarks=[{benchmark}]", "eval.every=0", "eval.before_train=true", "sampling.val.n=2"),
+        cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    rows = _rows(run_dir)
+    assert [r["step"] for r in rows] == [0, 1]
+    assert "eval/arith/avg@2" in rows[0] and "eval/arith/avg@2" not in rows[1]
+
+
+def test_sigterm_finishes_the_step_checkpoints_and_resumes(model, tmp_path):
+    run_dir = tmp_path / "run"
+    common = (f"model.hf_path={model}", f"trainer.run_dir={run_dir}", "checkpoint.save_every=0")
+    proc = subprocess.Popen(
+        _cmd(*common, "trainer.total_steps=200"), cwd=REPO_ROOT, env=_env(), text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 420
+        while not _rows(run_dir):
+            assert proc.poll() is None, proc.communicate()[1][-6000:]
+            assert time.monotonic() < deadline, "no step finished within 420 s"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        stdout, stderr = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-6000:]
+    assert time.monotonic() - signalled < 180
+    last = _rows(run_dir)[-1]["step"]
+    assert 1 <= last < 200
+    assert f"training stopped after step {last} on SIGTERM" in stderr
+    assert (run_dir / "checkpoints" / f"step_{last}" / "trainer_state.json").is_file()
+    # checkpoint.resume=auto picks the stop's checkpoint up and continues with the next step
+    resumed = subprocess.run(
+        _cmd(*common, f"trainer.total_steps={last + 1}", "checkpoint.resume=auto"),
+        cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-6000:]
+    assert [r["step"] for r in _rows(run_dir)] == list(range(1, last + 2))
+
+
+def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(model, tmp_path):
+    """Under torchrun (DP=2), SIGTERM to the non-lead rank only: the stop flag is all-reduced at the end
+    of each step, so both ranks stop after the same step and write one checkpoint together."""
+    import psutil
+
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           "-m", "megatron_hapo.trainer", "--config", CONFIG, *SMALL, f"model.hf_path={model}",
+           f"trainer.run_dir={run_dir}", "trainer.total_steps=200", "checkpoint.save_every=0"]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=REPO_ROOT, env=_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 480
+        while not _rows(run_dir):
+            assert proc.poll() is None, proc.communicate()[0][-6000:]
+            assert time.monotonic() < deadline, "no step finished within 480 s"
+            time.sleep(0.5)
+        workers = {
+            p.environ().get("RANK"): p for p in psutil.Process(proc.pid).children() if "RANK" in p.environ()
+        }
+        workers["1"].send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0, output[-6000:]
+    last = _rows(run_dir)[-1]["step"]
+    assert output.count(f"training stopped after step {last} on SIGTERM") == 2, output[-6000:]  # both ranks
+    assert (run_dir / "checkpoints" / f"step_{last}" / "trainer_state.json").is_file()
