@@ -28,7 +28,9 @@ def cpu_server_args() -> dict[str, Any]:
         "sampling_backend": "pytorch",
         "disable_cuda_graph": True,
         "disable_overlap_schedule": True,
-        "mem_fraction_static": 0.05,
+        # an upper bound only (max_total_tokens sizes the pool); SGLang checks it against the memory other
+        # processes on the machine free or take during the weight load, so leave headroom
+        "mem_fraction_static": 0.2,
         "max_total_tokens": 8192,
         "skip_server_warmup": True,
     }

@@ -3,7 +3,6 @@ llama3 RoPE scaling, the layer-spec choice, and the CLI's error messages. TP=2 /
 test_conversion_dist.py.
 """
 
-import contextlib
 import dataclasses
 import json
 import re
@@ -17,6 +16,7 @@ from megatron_hapo.models.convert import main
 from megatron_hapo.models.mcore_io import checkpoint_padded_vocab
 from megatron_hapo.models.verify import compare_with_hf
 from tests.models.tiny import make_family_model
+from tests.parallel_utils import world_of_one
 
 # name -> (family, tie): llama untied with llama3 RoPE, qwen2 tied with qkv bias, qwen3 untied with
 # head_dim 24, and a tied llama (Llama 3.2 style)
@@ -55,19 +55,6 @@ def _tensors(directory):
     for f in sorted(directory.glob("*.safetensors")):
         out.update(load_file(f))
     return out
-
-
-@contextlib.contextmanager
-def _tp1():
-    import megatron_hapo.parallel as hp
-
-    hp.init_distributed()
-    hp.initialize_model_parallel(1, 1)
-    try:
-        with hp.device_mode():
-            yield
-    finally:
-        hp.destroy_model_parallel()
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -126,7 +113,7 @@ def test_vocab_padded_for_tp_loads_at_tp1(models, tmp_path, capsys):
     assert rc == 0, out
     from megatron.core import dist_checkpointing
 
-    with _tp1():
+    with world_of_one():
         emb = dist_checkpointing.load_plain_tensors(str(padded))["embedding.word_embeddings.weight"]
     assert emb.shape == (512, 64) and not emb[300:].any() and emb[:300].abs().sum() > 0
 
@@ -137,7 +124,7 @@ def test_llama3_rope_scaling_is_applied_with_the_hf_parameters(models):
     arch = load_arch(hf)
     assert arch.rope_scaling == Llama3RopeScaling(8.0, 1.0, 4.0, 64)
     diffs = {}
-    with _tp1():
+    with world_of_one():
         for label, scaling in [
             ("hf", arch.rope_scaling),
             ("none", None),
@@ -156,7 +143,7 @@ def test_local_spec_on_cpu_and_te_spec_refused(caplog, models):
     from megatron_hapo.models.builder import transformer_config
 
     hf, _ = models["qwen3"]
-    with _tp1():
+    with world_of_one():
         with caplog.at_level(logging.INFO, logger="megatron_hapo.models.builder"):
             model = build_gpt_model(hf)
         assert "GPT layer spec: local (no CUDA device)" in caplog.text

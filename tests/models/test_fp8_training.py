@@ -1,7 +1,6 @@
 """FP8 training plumbing: precision config -> Megatron TransformerConfig kwargs, the builder's refusal of FP8
 without Transformer Engine's spec, and the implementation log line. CPU; the TE/FP8 forward test is GPU-only."""
 
-import contextlib
 import dataclasses
 
 import pytest
@@ -17,24 +16,12 @@ from megatron_hapo.models.precision import (
     implementation_summary,
 )
 from megatron_hapo.models.tiny import make_tiny_hf_model
+from tests.parallel_utils import world_of_one
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return make_tiny_hf_model(tmp_path_factory.mktemp("fp8") / "m", "qwen2", num_layers=4, dtype="float32")
-
-
-@contextlib.contextmanager
-def _tp1():
-    import megatron_hapo.parallel as hp
-
-    hp.init_distributed()
-    hp.initialize_model_parallel(1, 1)
-    try:
-        with hp.device_mode():
-            yield
-    finally:
-        hp.destroy_model_parallel()
 
 
 def test_fp8_off_maps_to_nothing():
@@ -92,7 +79,7 @@ def test_transformer_config_carries_fp8_fields(tiny):
     kw = fp8_config_overrides(
         PrecisionConfig(fp8="e4m3", fp8_recipe="blockwise", first_last_layers_bf16=True)
     )
-    with _tp1():
+    with world_of_one():
         cfg = transformer_config(load_arch(tiny), params_dtype=torch.bfloat16, **kw)
     assert cfg.fp8 == "e4m3" and str(getattr(cfg.fp8_recipe, "value", cfg.fp8_recipe)) == "blockwise"
     assert (
@@ -112,7 +99,7 @@ def test_megatron_rejects_more_bf16_layers_than_the_stage_has(tiny):
             fp8="e4m3", fp8_recipe="tensorwise", first_last_layers_bf16=True, num_layers_at_start_in_bf16=5
         )
     )
-    with _tp1(), pytest.raises(ValueError, match="num_layers_at_start_in_bf16"):
+    with world_of_one(), pytest.raises(ValueError, match="num_layers_at_start_in_bf16"):
         transformer_config(load_arch(tiny), **kw)
 
 
@@ -124,14 +111,14 @@ def test_builder_refuses_fp8_without_te_spec(tiny, spec):
     if spec == "auto" and torch.cuda.is_available():
         pytest.skip("auto resolves to TE where CUDA is present")
     kw = fp8_config_overrides(PrecisionConfig(fp8="hybrid", fp8_recipe="tensorwise"))
-    with _tp1(), pytest.raises(Fp8ConfigError, match="Transformer Engine layer spec"):
+    with world_of_one(), pytest.raises(Fp8ConfigError, match="Transformer Engine layer spec"):
         build_gpt_model(tiny, spec=spec, config_overrides=kw)
 
 
 def test_builder_without_fp8_still_builds_local(tiny):
     from megatron_hapo.models import build_gpt_model
 
-    with _tp1():
+    with world_of_one():
         model = build_gpt_model(tiny, spec="local", config_overrides=fp8_config_overrides(PrecisionConfig()))
     assert model.config.fp8 is None
 
@@ -143,7 +130,7 @@ def test_implementation_summary_names_torch_fallbacks(tiny):
 
     from megatron_hapo.models import build_gpt_model
 
-    with _tp1():
+    with world_of_one():
         gpt = build_gpt_model(tiny, spec="local")
         ddp = DistributedDataParallel(
             config=gpt.config, ddp_config=DistributedDataParallelConfig(), module=gpt
@@ -158,15 +145,12 @@ def test_implementation_summary_names_torch_fallbacks(tiny):
 @pytest.mark.gpu
 def test_te_fp8_forward_backward_on_gpu(tmp_path):
     """Hopper + TE: the TE spec with blockwise FP8 and bf16 ends builds, runs fwd/bwd, logits stay bf16."""
-    import megatron_hapo.parallel as hp
     from megatron_hapo.models import build_gpt_model
 
     kw = fp8_config_overrides(
         PrecisionConfig(fp8="e4m3", fp8_recipe="blockwise", first_last_layers_bf16=True)
     )
-    hp.init_distributed()
-    hp.initialize_model_parallel(1, 1)
-    try:
+    with world_of_one(device_mode=False):
         # FP8 GEMM shapes must be multiples of 16 (blockwise: 128-element blocks): hidden 256, ffn 512, 2 x 128 tokens
         path = make_tiny_hf_model(tmp_path / "m", "qwen2", hidden_size=256, num_layers=4, dtype="bfloat16")
         model = build_gpt_model(path, params_dtype=torch.bfloat16, spec="te", config_overrides=kw).cuda()
@@ -175,5 +159,3 @@ def test_te_fp8_forward_backward_on_gpu(tmp_path):
         logits = model(ids, pos, attention_mask=None)
         assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
         logits.float().logsumexp(-1).mean().backward()
-    finally:
-        hp.destroy_model_parallel()

@@ -40,13 +40,9 @@ def _rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    from megatron_hapo.trainer.tiny_model import make_demo_model
-
-    return make_demo_model(
-        tmp_path_factory.mktemp("tiny"), sft_steps=40, sft_files=["examples/data/tiny_math_train.parquet"]
-    )
+@pytest.fixture
+def model(small_policy):
+    return small_policy
 
 
 @pytest.fixture(scope="module")
@@ -56,38 +52,25 @@ def benchmark(tmp_path_factory) -> Path:
     return path
 
 
-def test_periodic_evaluation_every_two_steps(model, benchmark, tmp_path):
+def test_periodic_evaluation_before_training_and_every_two_steps(model, benchmark, tmp_path):
     run_dir = tmp_path / "run"
     proc = subprocess.run(
         _cmd(f"model.hf_path={model}", f"trainer.run_dir={run_dir}", "trainer.total_steps=5",
-             f"eval.benchmarks=[{benchmark}]", "eval.every=2", "eval.before_train=false", "sampling.val.n=2"),
+             f"eval.benchmarks=[{benchmark}]", "eval.every=2", "eval.before_train=true", "sampling.val.n=2"),
         cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     rows = _rows(run_dir)
-    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4, 5]  # step 0: the evaluation before training
     evaluated = [r["step"] for r in rows if "eval/arith/avg@2" in r]
-    assert evaluated == [2, 4]
+    assert evaluated == [0, 2, 4]
     for r in rows:
         if r["step"] in evaluated:
             assert 0.0 <= r["eval/arith/avg@2"] <= r["eval/arith/pass@2"] <= 1.0, r
             assert r["eval/arith/response_length"] > 0 and r["eval/wall_s"] > 0
     history = (run_dir / "eval_history.jsonl").read_text().splitlines()
-    assert [json.loads(line)["step"] for line in history] == [2, 4]
+    assert [json.loads(line)["step"] for line in history] == [0, 2, 4]
     assert "best evaluation so far" in proc.stdout and "| arith |" in proc.stdout
-
-
-def test_before_train_evaluation_logs_step_zero(model, benchmark, tmp_path):
-    run_dir = tmp_path / "run"
-    proc = subprocess.run(
-        _cmd(f"model.hf_path={model}", f"trainer.run_dir={run_dir}", "trainer.total_steps=1",
-             f"eval.benchmarks=[{benchmark}]", "eval.every=0", "eval.before_train=true", "sampling.val.n=2"),
-        cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    rows = _rows(run_dir)
-    assert [r["step"] for r in rows] == [0, 1]
-    assert "eval/arith/avg@2" in rows[0] and "eval/arith/avg@2" not in rows[1]
 
 
 def test_sigterm_finishes_the_step_checkpoints_and_resumes(model, tmp_path):

@@ -16,13 +16,9 @@ from tests.torchrun_utils import REPO_ROOT
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    from megatron_hapo.trainer.tiny_model import make_demo_model
-
-    return make_demo_model(
-        tmp_path_factory.mktemp("tiny"), sft_steps=40, sft_files=["examples/data/tiny_math_train.parquet"]
-    )
+@pytest.fixture
+def model(small_policy):
+    return small_policy
 
 
 def test_two_steps_with_a_launched_fleet(model, tmp_path):
