@@ -4,13 +4,16 @@ PY := $(VENV)/bin/python
 export TORCHDYNAMO_DISABLE ?= 1
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test test-fast lint format gpu-check clean-venv
+.PHONY: setup demo study test test-fast lint format gpu-check clean-venv
 
 setup:  ## create/reuse the virtual environment and install everything (idempotent)
 	@bash tools/bootstrap_env.sh
 
 demo: setup  ## the main job on CPU (see README)
 	$(PY) -m megatron_hapo.demo
+
+study: setup  ## the reproduction study, quick variant (docs/reproduction.md; ~15-30 min on 2 cores)
+	$(PY) tools/run_study.py --quick --jobs 2
 
 test: setup lint  ## the whole test suite (what CI runs)
 	$(PY) -m pytest tests -q

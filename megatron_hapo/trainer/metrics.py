@@ -48,9 +48,24 @@ def batch_metrics(
         "response_length/max": float(max(lengths, default=0)),
         "response_length/clip_frac": sum(s.finish_reason == "length" for s in batch.samples) / n,
         **token_metrics(entropy, temps, mask, group),
+        **sampler_temperatures(batch),
     }
     out.update({k: v for k, v in batch.extra_metrics.items()})
     return out
+
+
+def sampler_temperatures(batch: StepBatch) -> dict:
+    """rollout/temperature_{mean,min,max}: the temperatures the HAPO sampler drew the tokens at (its
+    per-token ``hapo_temperature``), whatever temperature the loss's ratio uses (``temperature/*``:
+    with ``ratio_temperature=base`` those stay at the base T). Empty without the HAPO sampler."""
+    temps = [t for s in batch.samples if s.temperatures for t in s.temperatures]
+    if not temps:
+        return {}
+    return {
+        "rollout/temperature_mean": sum(temps) / len(temps),
+        "rollout/temperature_min": min(temps),
+        "rollout/temperature_max": max(temps),
+    }
 
 
 def token_metrics(entropy: torch.Tensor, temps: torch.Tensor, mask: torch.Tensor, group=None) -> dict:

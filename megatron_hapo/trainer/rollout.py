@@ -8,6 +8,7 @@ the batch by ``broadcast_object_list``.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,7 +40,14 @@ def make_engine(cfg: RootConfig, run_dir: str | Path | None = None) -> RolloutEn
     or ``fleet`` (SGLang servers behind a router: launched here or attached by address). ``run_dir``
     holds the fleet's server logs."""
     builders = {"inprocess": _inprocess_engine, "fleet": _fleet_engine}
-    return builders[cfg.rollout.engine](cfg, run_dir)
+    # SGLang draws its ports from Python's global `random`, which build_run seeded with trainer.seed: two
+    # runs with one seed on one machine would pick the same ports. Start the engine from fresh entropy.
+    seeded = random.getstate()
+    random.seed()
+    try:
+        return builders[cfg.rollout.engine](cfg, run_dir)
+    finally:
+        random.setstate(seeded)
 
 
 def uses_hapo_sampler(cfg: RootConfig) -> bool:
@@ -166,9 +174,10 @@ class RolloutStage:
         gen_batches = 1
         if cfg_ds.enable:
             kept_batch: StepBatch | None = None
-            raw_acc, raw_n, kept_groups = 0.0, 0, 0
+            raw_acc, raw_reward, raw_n, kept_groups = 0.0, 0.0, 0, 0
             while True:
                 raw_acc += sum(batch.accs)
+                raw_reward += sum(batch.scores)
                 raw_n += len(batch)
                 res = dynamic_sampling_filter(_bool_tensor(batch.accs), batch.group_ids)
                 kept = batch.select(res.keep.tolist())
@@ -187,7 +196,9 @@ class RolloutStage:
                 batch = self._generate_and_score(stats)
                 gen_batches += 1
             batch = kept_batch.first_groups(want)
+            # over everything generated (reward/* and acc/* describe the kept groups only)
             metrics["dynamic_sampling/raw_acc_mean"] = raw_acc / max(raw_n, 1)
+            metrics["dynamic_sampling/raw_reward_mean"] = raw_reward / max(raw_n, 1)
         metrics["dynamic_sampling/gen_batches"] = float(gen_batches)
         metrics["time/rollout_s"] = time.perf_counter() - t0
         batch.extra_metrics = metrics

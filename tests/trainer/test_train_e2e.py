@@ -69,6 +69,13 @@ def test_run_directory_and_metrics(first_run):
     # HAPO adaptive temperature: off at step 1 (no statistics yet), per-token afterwards
     assert rows[0]["temperature/min"] == rows[0]["temperature/max"] == pytest.approx(1.0)
     assert any(r["temperature/min"] < 0.999 for r in rows[1:])
+    # the sampler's own per-token temperatures: base T at step 1, spread by +-tau afterwards
+    assert rows[0]["rollout/temperature_min"] == rows[0]["rollout/temperature_max"] == pytest.approx(1.0)
+    assert all(
+        0.95 - 1e-6 <= r["rollout/temperature_min"] <= r["rollout/temperature_max"] <= 1.05 + 1e-6
+        for r in rows
+    )
+    assert any(r["rollout/temperature_min"] < 0.999 for r in rows[1:])
     assert "reward" in stdout and "temp" in stdout  # the console table
     # keep_last=2, saves at 4, 8, ..., 24
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_20", "step_24"]
