@@ -43,7 +43,9 @@ def _fmix(h: torch.Tensor) -> torch.Tensor:
     return h ^ (h >> 16)
 
 
-def murmur_hash32_torch(seed: torch.Tensor, positions: torch.Tensor, col_indices: torch.Tensor) -> torch.Tensor:
+def murmur_hash32_torch(
+    seed: torch.Tensor, positions: torch.Tensor, col_indices: torch.Tensor
+) -> torch.Tensor:
     """[n] seeds (int64), [n] positions, [m] column indices -> [n, m] uint32 hashes."""
     seed = seed.to(torch.int64).view(-1, 1)
     low, high = seed & _MASK, (seed >> 32) & _MASK  # arithmetic shift, masked: the bit pattern of uint64

@@ -86,7 +86,9 @@ def render(hapo: Path) -> str:
     diff = []
     if dapo.is_file():
         changed = _flat(load_config(dapo, check_env=False))
-        diff = [(k, base[k], v) for k, v in changed.items() if v != base.get(k) and not k.startswith("trainer.")]
+        diff = [
+            (k, base[k], v) for k, v in changed.items() if v != base.get(k) and not k.startswith("trainer.")
+        ]
     world = f"cluster.nodes={cfg.cluster.nodes}"
     run = cfg.trainer.run_dir
     lines = [
@@ -146,7 +148,9 @@ def render(hapo: Path) -> str:
         "# 4. the DAPO baseline, and curves of both",
     ]
     if dapo.is_file():
-        lines.append(f"sbatch --nodes={cfg.cluster.nodes} examples/launch/slurm.sbatch {dapo.relative_to(REPO)}")
+        lines.append(
+            f"sbatch --nodes={cfg.cluster.nodes} examples/launch/slurm.sbatch {dapo.relative_to(REPO)}"
+        )
     lines += [
         f"python tools/plot_run.py {run}",
         "# 5. evaluate a saved policy (checkpoint.hf_export=true writes step_<N>/hf) at the paper's settings",
@@ -160,7 +164,9 @@ def render(hapo: Path) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 if a page differs from its recipe")
     args = parser.parse_args()
     stale = []

@@ -54,6 +54,8 @@ def score_sequences(
     from megatron.core import parallel_state as ps
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
+    from megatron_hapo.parallel import compute_device
+
     n = len(prompts)
     if not (n == len(responses) == len(temperatures)) or n == 0:
         raise ValueError(
@@ -70,14 +72,15 @@ def score_sequences(
         targets[i, : len(seq) - 1] = seq[1:]
         # position j predicts token j+1: response token k is predicted at len(p) - 1 + k
         temps[i, len(p) - 1 : len(p) - 1 + len(r)] = torch.as_tensor(t, dtype=torch.float32)
-    position_ids = torch.arange(seq_len).expand(micro_batch_size, seq_len).contiguous()
-    causal = torch.ones(1, 1, seq_len, seq_len, dtype=torch.bool).triu(1)
+    device = compute_device()
+    position_ids = torch.arange(seq_len, device=device).expand(micro_batch_size, seq_len).contiguous()
+    causal = torch.ones(1, 1, seq_len, seq_len, dtype=torch.bool, device=device).triu(1)
     tp_group = ps.get_tensor_model_parallel_group() if ps.get_tensor_model_parallel_world_size() > 1 else None
     batches = [
         {
-            "tokens": tokens[s : s + micro_batch_size],
-            "targets": targets[s : s + micro_batch_size],
-            "temps": temps[s : s + micro_batch_size],
+            "tokens": tokens[s : s + micro_batch_size].to(device),
+            "targets": targets[s : s + micro_batch_size].to(device),
+            "temps": temps[s : s + micro_batch_size].to(device),
         }
         for s in range(0, n_padded, micro_batch_size)
     ]
@@ -109,7 +112,7 @@ def score_sequences(
             forward_only=True,
             collect_non_loss_data=True,
         )
-    result = torch.zeros(2, n_padded, seq_len)
+    result = torch.zeros(2, n_padded, seq_len, device=device)
     if ps.is_pipeline_last_stage():
         result = torch.cat(collected, dim=1).float()
     if ps.get_pipeline_model_parallel_world_size() > 1:
@@ -118,6 +121,7 @@ def score_sequences(
             src=ps.get_pipeline_model_parallel_last_rank(),
             group=ps.get_pipeline_model_parallel_group(),
         )
+    result = result.cpu()
     out = []
     for i, (p, r) in enumerate(zip(prompts, responses)):
         span = slice(len(p) - 1, len(p) - 1 + len(r))

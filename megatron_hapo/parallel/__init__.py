@@ -11,6 +11,7 @@ cpu_compat.apply_import_patches()
 from megatron_hapo.parallel.cpu_compat import apply_runtime_patches, device_mode  # noqa: E402
 from megatron_hapo.parallel.distributed import (  # noqa: E402
     DistEnv,
+    compute_device,
     destroy_model_parallel,
     init_distributed,
     initialize_model_parallel,
@@ -18,6 +19,7 @@ from megatron_hapo.parallel.distributed import (  # noqa: E402
 )
 
 __all__ = [
+    "compute_device",
     "DistEnv",
     "apply_runtime_patches",
     "destroy_model_parallel",

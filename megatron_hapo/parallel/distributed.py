@@ -29,6 +29,16 @@ class DistEnv:
         return torch.device("cuda", self.local_rank) if self.backend == "nccl" else torch.device("cpu")
 
 
+def compute_device() -> torch.device:
+    """The device this process computes and communicates on: its current CUDA device when CUDA is
+    available (NCCL collectives need CUDA tensors), else the CPU (gloo)."""
+    return (
+        torch.device("cuda", torch.cuda.current_device())
+        if torch.cuda.is_available()
+        else torch.device("cpu")
+    )
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -109,9 +109,7 @@ class InProcessSGLangEngine:
             params.max_new_tokens,
         )
         start = time.perf_counter()
-        outputs = self._engine.generate(
-            input_ids=inputs, sampling_params=sampling, return_logprob=True
-        )
+        outputs = self._engine.generate(input_ids=inputs, sampling_params=sampling, return_logprob=True)
         samples = to_samples(outputs, prompts, params.n, require_hapo=self.hapo_sampler)
         _log_throughput(samples, time.perf_counter() - start)
         return samples

@@ -76,6 +76,9 @@ class TokenTensors:
     def slice(self, start: int, stop: int) -> TokenTensors:
         return TokenTensors(*(getattr(self, f)[start:stop] for f in self.__dataclass_fields__))
 
+    def to(self, device) -> TokenTensors:
+        return TokenTensors(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+
 
 def response_temperatures(sample: RolloutSample, mode: str, base: float, adaptive: bool) -> list[float]:
     """Per-token temperatures of the ratio: the sampler's T_t (``per_token``) or the base T (``base``).

@@ -17,7 +17,7 @@ from megatron_hapo.algorithms import EntropyStats
 from megatron_hapo.config import RootConfig
 from megatron_hapo.trainer import checkpoint
 from megatron_hapo.trainer.algorithm import compute_advantages
-from megatron_hapo.trainer.batch import pad_responses, response_temperatures
+from megatron_hapo.trainer.batch import StepBatch, pad_responses, response_temperatures
 from megatron_hapo.trainer.metrics import batch_metrics
 from megatron_hapo.trainer.setup import Run, build_run, close_run
 from megatron_hapo.trainer.shutdown import StopRequest
@@ -27,9 +27,22 @@ logger = logging.getLogger(__name__)
 
 def rl_step(run: Run, step: int, stats: EntropyStats | None) -> tuple[EntropyStats | None, dict]:
     """One RL step; returns this step's entropy statistics (for the next rollout) and its metrics."""
-    cfg, policy, t0 = run.cfg, run.policy, time.perf_counter()
+    t0 = time.perf_counter()
     # 1-3. rollout with last step's stats (None at step 1), rewards, dynamic sampling: same batch on every rank
     batch = run.rollout.collect(stats)
+    # 4-6. advantages, old-policy pass, step-global entropy statistics, policy update
+    new_stats, metrics = learn(run.cfg, run.policy, batch)
+    # 7. weight sync into the engine, version = step
+    metrics.update(run.policy.sync_weights(run.rollout.engine, version=f"step-{step}"))
+    metrics["time/step_s"] = time.perf_counter() - t0
+    return new_stats, metrics
+
+
+def learn(cfg: RootConfig, policy, batch: StepBatch) -> tuple[EntropyStats, dict]:
+    """Steps 4-6 on one step's batch (every rank holds all of it and trains its data-parallel slice), with
+    the batch's metrics. Needs no rollout engine: tests drive it from a fixed batch, on CPU and GPU."""
+    from megatron.core import parallel_state as ps
+
     base_t = cfg.sampling.train.temperature
     adaptive = cfg.algorithm.adaptive_temperature.enable
     temps = [
@@ -40,26 +53,25 @@ def rl_step(run: Run, step: int, stats: EntropyStats | None) -> tuple[EntropySta
     # 4. advantages over the whole step's groups (identical on every rank), then this DP rank's slice
     rewards = torch.tensor(batch.scores, dtype=torch.float32)
     advantages = compute_advantages(cfg, rewards, data.mask, batch.group_ids)
-    per_rank = len(batch) // run.dp_size
-    lo, hi = run.dp_rank * per_rank, (run.dp_rank + 1) * per_rank
-    local, local_adv = data.slice(lo, hi), advantages[lo:hi]
+    per_rank = len(batch) // policy.dp_size
+    lo = ps.get_data_parallel_rank() * per_rank
+    local, local_adv = data.slice(lo, lo + per_rank), advantages[lo : lo + per_rank]
     # 5. old-policy pass on this rank's responses; step-global entropy statistics over all DP ranks
     t_old = time.perf_counter()
-    old_log_prob, entropy = policy.old_policy_pass(batch.samples[lo:hi], temps[lo:hi], seq_len)
+    old_log_prob, entropy = policy.old_policy_pass(
+        batch.samples[lo : lo + per_rank], temps[lo : lo + per_rank], seq_len
+    )
     new_stats = policy.entropy_stats(entropy, local.mask)
     t_old = time.perf_counter() - t_old
     # 6. policy update: mini-batches x micro-batches through Megatron's schedule, fused HAPO loss
     t_upd = time.perf_counter()
-    metrics = policy.update(local, old_log_prob, local_adv, new_stats, run.updates_per_step)
+    updates = cfg.data.train_batch_size // cfg.data.mini_batch_size
+    metrics = policy.update(local, old_log_prob, local_adv, new_stats, updates)
     t_upd = time.perf_counter() - t_upd
-    # 7. weight sync into the engine, version = step
-    metrics.update(policy.sync_weights(run.rollout.engine, version=f"step-{step}"))
-    # 8. metrics of the whole batch (entropy/temperature token statistics all-reduced over DP ranks)
+    # metrics of the whole batch (entropy/temperature token statistics all-reduced over DP ranks)
     metrics.update(batch_metrics(batch, entropy, local.mask, local.temperature, group=policy.dp_group))
     metrics.update({f"entropy/{k}": v for k, v in new_stats.to_dict().items()})
-    metrics.update(
-        {"time/old_policy_s": t_old, "time/update_s": t_upd, "time/step_s": time.perf_counter() - t0}
-    )
+    metrics.update({"time/old_policy_s": t_old, "time/update_s": t_upd})
     return new_stats, metrics
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from megatron_hapo.parallel import compute_device
 from megatron_hapo.trainer.batch import StepBatch
 
 # the console table: (metric, header, format)
@@ -82,6 +83,7 @@ def token_metrics(entropy: torch.Tensor, temps: torch.Tensor, mask: torch.Tensor
     inf = torch.tensor(math.inf, dtype=torch.float64, device=t.device)
     extremes = torch.stack([inf if empty else t.min(), inf if empty else -t.max()])
     if group is not None and dist.get_world_size(group) > 1:
+        sums, extremes = sums.to(compute_device()), extremes.to(compute_device())  # NCCL: CUDA tensors
         dist.all_reduce(sums, group=group)
         dist.all_reduce(extremes, op=dist.ReduceOp.MIN, group=group)
     count = float(sums[2])

@@ -22,6 +22,7 @@ from megatron_hapo.algorithms import EntropyStats, loss_normalizer, normalize_en
 from megatron_hapo.config import RootConfig
 from megatron_hapo.models.scoring import _mask_padded_vocab, score_sequences
 from megatron_hapo.ops import fused_hapo_loss
+from megatron_hapo.parallel import compute_device
 from megatron_hapo.trainer.algorithm import loss_config
 from megatron_hapo.trainer.batch import TokenTensors
 
@@ -148,9 +149,10 @@ class Policy:
 
     def entropy_stats(self, entropy: torch.Tensor, mask: torch.Tensor) -> EntropyStats:
         """Step-global entropy statistics over every DP rank's response tokens (exact pivot)."""
+        device = compute_device()  # the DP all-reduces of the statistics run on NCCL's device on GPUs
         _, stats = normalize_entropy(
-            entropy,
-            mask,
+            entropy.to(device),
+            mask.to(device),
             pivot_quantile=self.loss_cfg.pivot_quantile,
             mode=self.loss_cfg.entropy_mode,
             group=self.dp_group,
@@ -175,15 +177,18 @@ class Policy:
                 f"micro-batches of {mbs} (data.mini_batch_size / data.micro_batch_size)"
             )
         seq_len = data.tokens.shape[1]
-        position_ids = torch.arange(seq_len).expand(mbs, seq_len).contiguous()
-        causal = torch.ones(1, 1, seq_len, seq_len, dtype=torch.bool).triu(1)
+        device = compute_device()
+        data = data.to(device)
+        old_log_prob, advantages = old_log_prob.to(device), advantages.to(device)
+        position_ids = torch.arange(seq_len, device=device).expand(mbs, seq_len).contiguous()
+        causal = torch.ones(1, 1, seq_len, seq_len, dtype=torch.bool, device=device).triu(1)
         step_stats = stats if self.loss_cfg.stats_scope == "step" else None
         agg = defaultdict(float)
         self.model.train()
         for m in range(num_mini_batches):
             lo = m * per_mini
             mini = data.slice(lo, lo + per_mini)
-            normalizer = torch.zeros((), dtype=torch.float64)
+            normalizer = torch.zeros((), dtype=torch.float64, device=device)
             micro = []
             for s in range(0, per_mini, mbs):
                 part = mini.slice(s, s + mbs)

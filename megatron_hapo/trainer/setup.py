@@ -27,9 +27,6 @@ class Run:
     rollout: object  # trainer.rollout.RolloutStage
     logger: RunLogger
     total_steps: int
-    updates_per_step: int
-    dp_rank: int
-    dp_size: int
     evaluator: object | None = None  # eval.Evaluator on the lead when eval.benchmarks is set, else None
 
 
@@ -40,7 +37,6 @@ def resolve_run_dir(cfg: RootConfig) -> Path:
 
 def build_run(cfg: RootConfig) -> Run:
     """Model, optimizer, engine, scorer, data, logger. Call inside ``hp.device_mode()`` after model-parallel init."""
-    from megatron.core import parallel_state as ps
     from transformers import AutoTokenizer
 
     from megatron_hapo.data import PromptDataset, ResumableSampler
@@ -85,9 +81,6 @@ def build_run(cfg: RootConfig) -> Run:
         rollout=RolloutStage(cfg, dataset, sampler, tokenizer, engine, scorer),
         logger=run_logger,
         total_steps=total,
-        updates_per_step=updates,
-        dp_rank=ps.get_data_parallel_rank(),
-        dp_size=ps.get_data_parallel_world_size(),
         evaluator=evaluator,
     )
 

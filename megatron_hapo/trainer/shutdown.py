@@ -22,6 +22,8 @@ import warnings
 import torch
 import torch.distributed as dist
 
+from megatron_hapo.parallel import compute_device
+
 logger = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -92,9 +94,7 @@ class StopRequest:
             self.install()  # an engine started during the step may have taken the signals over
         signum = self.signum
         if dist.is_initialized() and dist.get_world_size() > 1:
-            on_gpu = dist.get_backend() == "nccl"
-            device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
-            flag = torch.tensor([signum], dtype=torch.int64, device=device)
+            flag = torch.tensor([signum], dtype=torch.int64, device=compute_device())
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             signum = int(flag.item())
         if signum:
