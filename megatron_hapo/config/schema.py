@@ -416,6 +416,11 @@ class LoggingConfig:
     tensorboard: bool = opt(True, "write TensorBoard events to <run_dir>/tensorboard")
     stdout_every: int = opt(1, "print a metrics line every N steps; 0 = never")
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = opt("INFO", "Python logging level")
+    plots: bool = opt(True, "draw <run_dir>/plots/metrics.png at the end of the run (needs matplotlib)")
+    wandb: bool = opt(
+        False, "also log to Weights & Biases (needs the wandb package; WANDB_MODE=offline works)"
+    )
+    wandb_project: str = opt("megatron-hapo", "wandb project; the run is named trainer.experiment_name")
 
 
 # ---------------------------------------------------------------------------------------------------- eval

@@ -9,6 +9,7 @@ the context). Each issue names its key(s) and the file or override that set them
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import re
@@ -412,6 +413,11 @@ def _fp8_rollout_model(cfg: RootConfig, out: _Issues) -> None:
         )
 
 
+def _logging_env(cfg: RootConfig, out: _Issues) -> None:
+    if cfg.logging.wandb and importlib.util.find_spec("wandb") is None:
+        out.add("logging.wandb", "needs the wandb package: pip install wandb, or set logging.wandb=false")
+
+
 def _paths(cfg: RootConfig, out: _Issues) -> None:
     lists = {"data.train_files": cfg.data.train_files, "data.val_files": cfg.data.val_files}
     lists["eval.benchmarks"] = cfg.eval.benchmarks
@@ -512,6 +518,7 @@ def collect_issues(
     if check_env:
         _fp8_env(cfg, probe or EnvProbe(), out)
         _paths(cfg, out)
+        _logging_env(cfg, out)
         _fp8_rollout_model(cfg, out)
         shape = _model_shape(cfg, out)
         if shape is not None:

@@ -8,6 +8,7 @@ metrics (actor/*), optim/grad_norm, optim/lr and time/sync_s.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import torch.distributed as dist
 
 from megatron_hapo.parallel import compute_device
 from megatron_hapo.trainer.batch import StepBatch
+
+logger = logging.getLogger(__name__)
 
 # the console table: (metric, header, format)
 CONSOLE_COLUMNS = (
@@ -100,20 +103,35 @@ def token_metrics(entropy: torch.Tensor, temps: torch.Tensor, mask: torch.Tensor
 class RunLogger:
     """Writes metrics on the lead rank; a no-op elsewhere."""
 
-    def __init__(self, run_dir: str | Path, *, lead: bool, jsonl: bool, tensorboard: bool, stdout_every: int):
-        self.run_dir, self.lead, self.stdout_every = Path(run_dir), lead, stdout_every
-        self._jsonl = None
-        self._tb = None
+    def __init__(self, run_dir: str | Path, cfg, *, lead: bool):
+        """``cfg``: the run's RootConfig (its ``logging`` section decides the sinks; wandb records all of it)."""
+        log = cfg.logging
+        self.run_dir, self.lead, self.stdout_every, self.plots = (
+            Path(run_dir),
+            lead,
+            log.stdout_every,
+            log.plots,
+        )
+        self._jsonl = self._tb = self._wandb = None
         self._header_printed = False
         if not lead:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if jsonl:
+        if log.jsonl:
             self._jsonl = (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8")
-        if tensorboard:
+        if log.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+        if log.wandb:  # config validation has checked the package is there
+            import dataclasses
+
+            import wandb
+
+            self._wandb = wandb.init(
+                project=log.wandb_project, name=cfg.trainer.experiment_name, dir=str(self.run_dir),
+                config=dataclasses.asdict(cfg), resume="allow",
+            )  # fmt: skip
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.lead:
@@ -127,6 +145,8 @@ class RunLogger:
                 if k != "step" and isinstance(v, (int, float)):
                     self._tb.add_scalar(k, v, step)
             self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in row.items() if k != "step"}, step=step)
         if self.stdout_every and step % self.stdout_every == 0:
             if not self._header_printed:
                 print(format_header(), flush=True)
@@ -136,8 +156,26 @@ class RunLogger:
     def close(self) -> None:
         if self._jsonl is not None:
             self._jsonl.close()
+            if self.plots:
+                self._plot()
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+    def _plot(self) -> None:
+        from megatron_hapo.trainer.plots import DEFAULT_KEYS, load_rows, plot_metrics
+
+        try:
+            out = plot_metrics(
+                load_rows(self.run_dir), list(DEFAULT_KEYS), self.run_dir / "plots" / "metrics.png"
+            )
+        except ImportError as e:  # curves are a convenience: the metrics are in metrics.jsonl either way
+            logger.warning("no plots/metrics.png: %s (pip install matplotlib, or logging.plots=false)", e)
+        except ValueError as e:  # nothing logged yet (a run stopped before its first step)
+            logger.info("no plots/metrics.png: %s", e)
+        else:
+            logger.info("curves: %s", out)
 
 
 def _clean(v):

@@ -69,10 +69,7 @@ def build_run(cfg: RootConfig) -> Run:
         evaluator = Evaluator.from_config(cfg, tokenizer, scorer=scorer)  # benchmark files fail fast
         engine = make_engine(cfg, run_dir)
         logger.info("engine and scorer ready in %.1f s", time.perf_counter() - t0)
-    run_logger = RunLogger(
-        run_dir, lead=lead, jsonl=cfg.logging.jsonl, tensorboard=cfg.logging.tensorboard,
-        stdout_every=cfg.logging.stdout_every,
-    )  # fmt: skip
+    run_logger = RunLogger(run_dir, cfg, lead=lead)
     return Run(
         cfg=cfg,
         lead=lead,

@@ -58,6 +58,7 @@ def first_run(demo_model, tmp_path_factory):
 def test_run_directory_and_metrics(first_run):
     run_dir, stdout = first_run
     assert (run_dir / "resolved_config.yaml").is_file()
+    assert (run_dir / "plots" / "metrics.png").stat().st_size > 10_000  # curves drawn at the end
     rows = _rows(run_dir)
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
     required = ("reward/mean", "acc/mean", "entropy/mean", "response_length/mean", "temperature/mean",
