@@ -35,4 +35,4 @@ def test_preset_runs_two_steps(small_policy, tmp_path, preset):
         assert r["actor/tis/abs_log_prob_diff"] < 1e-3
         if preset == "dapo":  # dynamic sampling: only groups with mixed accuracy are trained on
             assert r["dynamic_sampling/gen_batches"] >= 1 and 0.0 < r["acc/mean"] < 1.0
-            assert -1.0 <= r["dynamic_sampling/raw_reward_mean"] <= 1.0
+            assert -2.0 <= r["dynamic_sampling/raw_reward_mean"] <= 1.0  # +-1, minus up to 1 if overlong
