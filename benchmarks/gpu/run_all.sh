@@ -41,6 +41,9 @@ step() {  # step NAME COMMAND...: run, keep the log, record pass/fail and the lo
 
 # Only the GPU test files: the other test modules import packages (sglang, omegaconf, ...) absent there.
 step pytest_gpu "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/ops/test_gpu_kernels.py $(ls -d tests/gpu 2>/dev/null)
+# one HAPO update on CUDA (bf16, NCCL) from a fixed batch, and Megatron on CUDA vs HF on CPU: needs the
+# config/transformers wheels of fetch_wheels.sh
+step pytest_gpu_trainer "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/trainer/test_learn_step.py
 step bench_logprob_entropy "$PY" benchmarks/bench_logprob_entropy.py --device cuda
 if "$PY" -c "import sglang" 2>/dev/null; then
   step bench_sampler "$PY" benchmarks/bench_sampler.py --device cuda --truncation
