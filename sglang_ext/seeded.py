@@ -12,6 +12,7 @@ int64 arithmetic masked to 32 bits, and an AROUND hook that uses it for CPU tens
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 
 import torch
@@ -58,7 +59,8 @@ def murmur_hash32_torch(
     return h.to(torch.uint32)
 
 
-def _sgl_kernel_available() -> bool:
+@functools.cache
+def _sgl_kernel_available() -> bool:  # asked once per process, not per decode step
     return importlib.util.find_spec("sgl_kernel") is not None
 
 

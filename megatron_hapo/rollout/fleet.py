@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -303,14 +303,7 @@ class SGLangFleet:
         if not prompts:
             return []
         self.check_servers()
-        per_prompt = [
-            params if params.seeds is None else replace(params, seeds=params.seeds[i : i + 1])
-            for i in range(len(prompts))
-        ]
-        if params.seeds is not None and len(params.seeds) != len(prompts):
-            raise ValueError(
-                f"{len(params.seeds)} seeds for {len(prompts)} prompts: give one seed per prompt"
-            )
+        per_prompt = params.per_prompt(len(prompts))
         outputs: list[dict] = []
         bar = tqdm(
             total=len(prompts), desc="rollout", unit="prompt", disable=not self.config.progress, leave=False

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -60,12 +60,22 @@ class GenerationParams:
         each with its own ``sampling_seed`` (SGLang's ``n`` would give every copy the same seed)."""
         if self.seeds is None:
             return [list(p) for p in prompts], dict(self.to_sglang(), n=self.n)
-        if len(self.seeds) != len(prompts):
-            raise ValueError(f"{len(self.seeds)} seeds for {len(prompts)} prompts: give one seed per prompt")
+        self._check_seeds(len(prompts))
         base = self.to_sglang()
         inputs = [list(p) for p in prompts for _ in range(self.n)]
         sampling = [dict(base, sampling_seed=sample_seed(s, j)) for s in self.seeds for j in range(self.n)]
         return inputs, sampling
+
+    def per_prompt(self, count: int) -> list[GenerationParams]:
+        """One parameter set per prompt of a ``count``-prompt call (each with its own seed, if seeded)."""
+        if self.seeds is None:
+            return [self] * count
+        self._check_seeds(count)
+        return [replace(self, seeds=(seed,)) for seed in self.seeds]
+
+    def _check_seeds(self, count: int) -> None:
+        if len(self.seeds) != count:
+            raise ValueError(f"{len(self.seeds)} seeds for {count} prompts: give one seed per prompt")
 
 
 def sample_seed(prompt_seed: int, index: int) -> int:

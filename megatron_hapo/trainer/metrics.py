@@ -62,13 +62,15 @@ def sampler_temperatures(batch: StepBatch) -> dict:
     """rollout/temperature_{mean,min,max}: the temperatures the HAPO sampler drew the tokens at (its
     per-token ``hapo_temperature``), whatever temperature the loss's ratio uses (``temperature/*``:
     with ``ratio_temperature=base`` those stay at the base T). Empty without the HAPO sampler."""
-    temps = [t for s in batch.samples if s.temperatures for t in s.temperatures]
-    if not temps:
+    per_response = [s.temperatures for s in batch.samples if s.temperatures]
+    if not per_response:
         return {}
+    # per-response builtins: no step-sized list of every token's temperature (millions at recipe scale)
+    count = sum(len(t) for t in per_response)
     return {
-        "rollout/temperature_mean": sum(temps) / len(temps),
-        "rollout/temperature_min": min(temps),
-        "rollout/temperature_max": max(temps),
+        "rollout/temperature_mean": sum(sum(t) for t in per_response) / count,
+        "rollout/temperature_min": min(min(t) for t in per_response),
+        "rollout/temperature_max": max(max(t) for t in per_response),
     }
 
 

@@ -43,3 +43,25 @@ def test_misaligned_outputs_fail():
         to_samples([bad], [[1]], n=1)
     with pytest.raises(ValueError, match="expected 2 outputs"):
         to_samples([output([5])], [[1]], n=2)
+
+
+def test_seeded_requests_give_each_sample_its_own_seed():
+    import pytest
+
+    from megatron_hapo.rollout.types import GenerationParams, sample_seed
+
+    params = GenerationParams(n=2, seeds=(5, 7))
+    inputs, sampling = params.sglang_requests([[1, 2], [3]])
+    assert inputs == [[1, 2], [1, 2], [3], [3]]  # prompt-major, one request per sample
+    assert [s["sampling_seed"] for s in sampling] == [
+        sample_seed(5, 0),
+        sample_seed(5, 1),
+        sample_seed(7, 0),
+        sample_seed(7, 1),
+    ]
+    assert len({s["sampling_seed"] for s in sampling}) == 4
+    assert [p.seeds for p in params.per_prompt(2)] == [(5,), (7,)]  # the fleet's one-prompt requests
+    with pytest.raises(ValueError, match="2 seeds for 3 prompts"):
+        params.per_prompt(3)
+    unseeded_inputs, unseeded = GenerationParams(n=2).sglang_requests([[1, 2]])
+    assert unseeded_inputs == [[1, 2]] and unseeded["n"] == 2 and "sampling_seed" not in unseeded
