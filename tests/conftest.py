@@ -10,6 +10,30 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
+# Figures the fault-injection suite (tests/faults) reports at the end of the run, e.g.
+# "signals: 12/12 saved and resumed exactly". One line per category; tests add to them with `fault_figures`.
+_FAULT_FIGURES: dict[str, list[int | str]] = {}
+
+
+@pytest.fixture
+def fault_figures():
+    """``report(category, ok, total, what)``: add ``ok`` of ``total`` cases to the category's summary line."""
+
+    def report(category: str, ok: int, total: int, what: str) -> None:
+        row = _FAULT_FIGURES.setdefault(category, [0, 0, what])
+        row[0] += ok
+        row[1] += total
+
+    return report
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _FAULT_FIGURES:
+        terminalreporter.section("fault injection")
+        for category, (ok, total, what) in sorted(_FAULT_FIGURES.items()):
+            terminalreporter.write_line(f"{category}: {ok}/{total} {what}")
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
