@@ -21,8 +21,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from megatron_hapo.config.model_info import padded_vocab_size
 from megatron_hapo.config.schema import RootConfig
-from megatron_hapo.config.validate import data_parallel_size
+from megatron_hapo.config.validate import ENV_CHECKS, data_parallel_size
 
 GiB = 1024**3
 
@@ -109,7 +110,9 @@ def render_plan(cfg: RootConfig, world_size: int, gpu_gib: float = 80.0) -> str:
     seq = data.max_prompt_length + r.max_new_tokens
     lines = [
         f"model      {cfg.model.hf_path}: {arch.family}, {total_params / 1e9:.2f} B params, {arch.num_layers} layers, "
-        f"hidden {arch.hidden_size}, {arch.num_attention_heads} heads / {arch.num_kv_heads} KV, vocab {arch.vocab_size}",
+        f"hidden {arch.hidden_size}, {arch.num_attention_heads} heads / {arch.num_kv_heads} KV, vocab {arch.vocab_size} "
+        f"(padded to {padded_vocab_size(arch.vocab_size, p.tensor_model_parallel_size, cfg.model.make_vocab_size_divisible_by)}"
+        f" = a multiple of {cfg.model.make_vocab_size_divisible_by} x TP), context {arch.max_position_embeddings}",
         f"training   {world_size} GPUs = TP {p.tensor_model_parallel_size} x PP {p.pipeline_model_parallel_size} "
         f"x CP {p.context_parallel_size} x DP {dp}"
         + (" + sequence parallel" if p.sequence_parallel else "")
@@ -124,6 +127,11 @@ def render_plan(cfg: RootConfig, world_size: int, gpu_gib: float = 80.0) -> str:
     for name in ("weights", "grads", "optimizer", "activations", "logits"):
         lines.append(f"  {name:<12} {getattr(mem, name) / GiB:8.2f} GiB")
     lines.append(f"  {'total':<12} {mem.total / GiB:8.2f} GiB of {gpu_gib:.0f} GiB")
+    lines.append(
+        "checked    layout vs the cluster, batch sizes, heads / KV heads / MLP vs TP, layers vs PP x VPP, "
+        "prompt + response vs the context, vocabulary padding"
+    )
+    lines.append("skipped    (need the machine the run starts on): " + "; ".join(ENV_CHECKS))
     report = "\n".join(lines)
     if mem.total / GiB > gpu_gib:
         raise ValueError(
@@ -134,7 +142,10 @@ def render_plan(cfg: RootConfig, world_size: int, gpu_gib: float = 80.0) -> str:
 
 def dry_run(path: str, overrides: list[str] = ()) -> str:
     """Validate ``path`` + ``overrides`` against ``cluster.nodes x cluster.gpus_per_node`` (no GPU, no
-    model files needed) and return the plan. Raises ``ConfigError``/``ValueError`` naming the problem."""
+    model files needed) and return the plan. Raises ``ConfigError``/``ValueError`` naming the problem.
+
+    The rules are the real run's (``config/validate.py``), model fit included (from the local config.json
+    or ``models/known_configs.py``); the machine-dependent ones (``ENV_CHECKS``) are listed as skipped."""
     from megatron_hapo.config import load_config
 
     cfg = load_config(path, list(overrides), check_env=False)
