@@ -431,9 +431,17 @@ def _logging_env(cfg: RootConfig, out: _Issues) -> None:
 def _paths(cfg: RootConfig, out: _Issues) -> None:
     lists = {"data.train_files": cfg.data.train_files, "data.val_files": cfg.data.val_files}
     lists["eval.benchmarks"] = cfg.eval.benchmarks
+    from megatron_hapo.data.rows import DATA_SUFFIXES  # the formats the loader reads (no torch import)
+
     for key, files in lists.items():
         for i, f in enumerate(files):
-            if not Path(f).expanduser().is_file():
+            if Path(f).suffix.lower() not in DATA_SUFFIXES:
+                out.add(
+                    f"{key}[{i}]",
+                    f"{f}: unknown data format {Path(f).suffix or '(no extension)'!r}; the loader reads "
+                    f"{', '.join(DATA_SUFFIXES)} (convert the file, e.g. pandas.read_csv(...).to_parquet(...))",
+                )
+            elif not Path(f).expanduser().is_file():
                 out.add(f"{key}[{i}]", f"file not found: {f} (relative paths are relative to {Path.cwd()})")
     if not cfg.data.train_files:
         out.add("data.train_files", "needs at least one training file")
@@ -446,6 +454,14 @@ def _paths(cfg: RootConfig, out: _Issues) -> None:
         if looks_like_hub_id(path):
             continue  # a hub id; resolved (and checked) when the model loads
         out.add(key, f"directory not found: {path} (relative paths are relative to {Path.cwd()})")
+    run_dir = Path(cfg.trainer.run_dir).expanduser()
+    existing = next((p for p in (run_dir, *run_dir.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        out.add(
+            "trainer.run_dir",
+            f"{existing} exists and is not a directory, so {run_dir} cannot be created; the run writes its "
+            "config, metrics, logs and checkpoints there: choose another path or remove the file",
+        )
     resume = cfg.checkpoint.resume
     if resume not in ("auto", "none") and not Path(resume).expanduser().exists():
         out.add("checkpoint.resume", f"checkpoint not found: {resume} (use auto, none or an existing path)")
