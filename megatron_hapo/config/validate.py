@@ -457,10 +457,11 @@ def _paths(cfg: RootConfig, out: _Issues) -> None:
     run_dir = Path(cfg.trainer.run_dir).expanduser()
     existing = next((p for p in (run_dir, *run_dir.parents) if p.exists()), None)
     if existing is not None and not existing.is_dir():
+        what = f"{run_dir} is an existing file" if existing == run_dir else f"{existing} is a file"
         out.add(
             "trainer.run_dir",
-            f"{existing} exists and is not a directory, so {run_dir} cannot be created; the run writes its "
-            "config, metrics, logs and checkpoints there: choose another path or remove the file",
+            f"{what}, not a directory; the run writes its config, metrics, logs and checkpoints under "
+            "trainer.run_dir: choose another path or remove the file",
         )
     resume = cfg.checkpoint.resume
     if resume not in ("auto", "none") and not Path(resume).expanduser().exists():

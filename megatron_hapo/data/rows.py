@@ -21,11 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from megatron_hapo.config.errors import HapoError
+
 _PARQUET_BATCH_ROWS = 4096
 DATA_SUFFIXES = (".parquet", ".jsonl", ".json")  # what iter_records reads (config validation checks it too)
 
 
-class DataError(ValueError):
+class DataError(HapoError, ValueError):
     """A dataset file or row is unusable; the message names the file, the row and what to do."""
 
 
@@ -179,7 +181,11 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any, str | None]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                yield row, None, f"line {line_no}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
+                yield (
+                    row,
+                    None,
+                    f"line {line_no}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})",
+                )
                 row += 1
                 continue
             if not line.strip():

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from megatron_hapo.console import fds_to, keep_root_handlers
 from megatron_hapo.rollout.parse import to_samples
 from megatron_hapo.rollout.types import EngineError, GenerationParams, RolloutSample
 
@@ -70,6 +71,7 @@ class InProcessSGLangEngine:
         seed: int = 0,
         hapo_sampler: bool = False,
         log_level: str = "warning",
+        log_file: str | os.PathLike | None = None,
         **server_args,
     ):
         import sglang as sgl
@@ -89,7 +91,11 @@ class InProcessSGLangEngine:
             tp_size,
             hapo_sampler,
         )
-        with _without_launcher_env():
+        if log_file is not None:
+            logger.info("SGLang engine output (its settings, scheduler and detokenizer) -> %s", log_file)
+        # log_file: the engine's processes inherit fds 1/2 pointing at it (console.fds_to); the Engine
+        # re-configures this process's root logger (basicConfig(force=True)): the trainer's is restored
+        with _without_launcher_env(), keep_root_handlers(), fds_to(log_file):
             self._engine = sgl.Engine(
                 model_path=str(model_path), tp_size=tp_size, random_seed=seed, log_level=log_level, **args
             )
