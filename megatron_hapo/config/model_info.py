@@ -123,6 +123,29 @@ def tp_problems(shape: ModelShape, tp: int) -> list[str]:
     return problems
 
 
+def rollout_tp_problems(shape: ModelShape, tp: int) -> list[str]:
+    """Why an SGLang server at tensor parallelism ``tp`` cannot shard the model (empty = it can).
+
+    SGLang's attention layers (``sglang/srt/models/qwen2.py``, ``llama.py``, ...) assert that TP divides
+    the attention heads, and that TP divides the KV heads or, with more ranks than KV heads, that the
+    KV heads divide TP (each KV head is then replicated).
+    """
+    if tp < 1:
+        return [f"rollout TP must be >= 1, got {tp}"]
+    problems = []
+    if shape.num_attention_heads % tp:
+        problems.append(
+            f"rollout TP={tp} does not divide the number of attention heads ({shape.num_attention_heads})"
+        )
+    kv = shape.num_key_value_heads
+    if (kv >= tp and kv % tp) or (kv < tp and tp % kv):
+        problems.append(
+            f"rollout TP={tp} and the {kv} KV heads: SGLang needs TP to divide them, or (TP > KV heads) them to "
+            "divide TP"
+        )
+    return problems
+
+
 def pp_problems(shape: ModelShape, pp: int, vpp: int = 1) -> list[str]:
     """Why ``pp`` pipeline stages of ``vpp`` virtual chunks each cannot split the layers (empty = they can):
     every one of the PP x VPP model chunks holds the same number of layers."""

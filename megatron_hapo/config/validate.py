@@ -27,6 +27,7 @@ from megatron_hapo.config.model_info import (
     looks_like_hub_id,
     pp_problems,
     read_model_shape,
+    rollout_tp_problems,
     tp_problems,
 )
 from megatron_hapo.config.schema import RootConfig
@@ -507,6 +508,8 @@ def _model_fits(cfg: RootConfig, shape: ModelShape, out: _Issues) -> None:
             if p.virtual_pipeline_model_parallel_size is not None:
                 keys.append("parallel.virtual_pipeline_model_parallel_size")
             out.add(keys, f"{problem} {src}")
+    for problem in rollout_tp_problems(shape, cfg.rollout.tensor_parallel_size):
+        out.add("rollout.tensor_parallel_size", f"{problem} {src}")
     total = cfg.data.max_prompt_length + cfg.rollout.max_new_tokens
     if shape.max_position_embeddings is not None and total > shape.max_position_embeddings:
         out.add(

@@ -47,6 +47,13 @@ def test_pp_3_for_28_layers_is_refused_and_so_is_a_virtual_pipeline_that_does_no
                                           "parallel.virtual_pipeline_model_parallel_size=2"])  # fmt: skip
 
 
+def test_a_rollout_tp_sglang_cannot_shard_is_refused():
+    issues = _problems("rollout.tensor_parallel_size=8", "rollout.gpus_per_server=8")  # 28 heads, 4 KV heads
+    assert [i.key for i in issues] == ["rollout.tensor_parallel_size"]
+    assert "rollout TP=8 does not divide the number of attention heads (28)" in issues[0].message
+    assert "training" in dry_run(RECIPE, ["rollout.tensor_parallel_size=2", "rollout.gpus_per_server=2"])
+
+
 def test_a_response_longer_than_the_context_is_refused():
     issues = _problems("rollout.max_new_tokens=60000")  # a 32k context
     assert len(issues) == 1 and "1024 + 60000 = 61024 tokens exceeds max_position_embeddings=32768" in (
