@@ -164,7 +164,9 @@ def _from_hf_config(cfg: Any, where: str) -> ModelArch:
     kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     theta, scaling, linear = _rope(cfg, where)
-    dtype = getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None)
+    # transformers 4.x stores torch_dtype as an attribute; 5.x makes it a property that warns "deprecated"
+    # on every read (it mirrors dtype), so read it only where it is plain data
+    dtype = getattr(cfg, "dtype", None) or vars(cfg).get("torch_dtype")
     if dtype is not None and not isinstance(dtype, str):
         dtype = str(dtype).removeprefix("torch.")
     if heads % kv_heads:
