@@ -11,10 +11,6 @@ from collections.abc import Callable
 from megatron_hapo.config.errors import HapoError
 
 
-class PlanError(HapoError):
-    """The dry run's plan does not fit (its message is the whole plan and the reason)."""
-
-
 def report_errors(prog: str, fn: Callable[[], int | None]) -> int:
     """Run ``fn`` and turn a :class:`~megatron_hapo.config.errors.HapoError` into ``prog: <message>`` on
     stderr and exit status 1. Only rank 0 prints it (every rank usually meets the same problem; the
@@ -84,10 +80,7 @@ def _train(args) -> None:
     if args.dry_run:
         from megatron_hapo.config.plan import dry_run
 
-        try:
-            print(dry_run(args.config, overrides))
-        except ValueError as e:  # the plan's memory estimate: a ValueError carrying the whole report
-            raise PlanError(str(e)) from None
+        print(dry_run(args.config, overrides))  # ConfigError / PlanError: reported by report_errors
         return
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     # every problem is reported before any heavy work (Megatron, SGLang) starts
