@@ -9,6 +9,7 @@ requests never pays for sympy.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -77,12 +78,16 @@ def _parse_gold(gold_latex: str, deadline: Deadline) -> list[Any]:
 
 
 GOLD_CHECK_TIMEOUT_S = 5
+_PLAIN_NUMBER = re.compile(r"^\s*-?\d+(\.\d+)?\s*$")  # parses for sure: no need to pay sympy (~5 ms a row)
 
 
 def gold_problem(ground_truth: str) -> str | None:
     """Why Math-Verify cannot use ``ground_truth`` as a reference (None = it parses): checked when a
     dataset is loaded, so a gold that would score every answer 0 is a bad row, not a silent zero reward.
-    Main thread only (SIGALRM); imports math-verify (sympy) on first use."""
+    Main thread only (SIGALRM); imports math-verify (sympy) on first use. Plain numbers (most golds) skip
+    the parse; each other distinct gold costs one parse (cached)."""
+    if _PLAIN_NUMBER.match(ground_truth):
+        return None
     from math_verify.errors import TimeoutException
 
     _check_main_thread()
