@@ -277,7 +277,9 @@ def worker_timing(spec: dict) -> dict:
 
 # ---------------------------------------------------------------------------------------------- driver
 def run_worker(kind: str, spec: dict, timeout: float) -> dict:
-    env = dict(os.environ, TORCHDYNAMO_DISABLE="1", PYTHONPATH=str(REPO))
+    # prepend: the GPU run puts its carried wheels (megatron-core) on PYTHONPATH too
+    pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, TORCHDYNAMO_DISABLE="1", PYTHONPATH=pythonpath)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(dict(spec, kind=kind))]
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
