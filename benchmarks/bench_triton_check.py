@@ -111,7 +111,7 @@ def main() -> None:
         else "no row reaches it at this size"
     )
     print(
-        f"# logits {n} x {v} bf16 = {n * v / 1e9:.3g}e9 elements (2^31 = 2.15e9: {past}); "
+        f"# logits {n} x {v} bf16 = {n * v:.3g} elements (2^31 = 2.15e9: {past}); "
         f"{len(rows)} sampled rows incl. masked row {masked_row} and the last rows"
     )
     print(
