@@ -118,3 +118,12 @@ def test_policy_update_state_and_batch_on_the_current_device(tmp_path, current_d
     (logits.float().logsumexp(-1) * data.mask).sum().backward()
     grads = [(n, p.main_grad) for n, p in policy.model.named_parameters()]
     assert _misplaced(grads, device, torch.float32) == []
+
+
+def test_smoke_tiny_gpt_on_the_current_device(current_device_meta):
+    """parallel/smoke.py builds with use_cpu_initialization (host weights) and must move the model too."""
+    from megatron_hapo.parallel.smoke import TinyGPTConfig, build_tiny_gpt
+
+    model = build_tiny_gpt(TinyGPTConfig(num_layers=2), dtype=torch.bfloat16)
+    named = [*model.named_parameters(), *model.named_buffers()]
+    assert named and _misplaced(named, current_device_meta, torch.bfloat16) == []
