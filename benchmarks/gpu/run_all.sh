@@ -7,7 +7,8 @@
 #   bash benchmarks/gpu/run_all.sh               # GPU machine: everything, <= 6 min (BUDGET=320 s of steps)
 #   bash benchmarks/gpu/run_all.sh --quick       # the rerun: smaller sizes, fewer repeats, <= 3 min
 #   DEVICE=cpu bash benchmarks/gpu/run_all.sh --quick   # dry run of this script on a CPU machine (tiny sizes)
-#   STEPS="pytest train_step" bash benchmarks/gpu/run_all.sh   # only the named steps (see STEP NAMES below)
+#   STEPS="install import pytest" bash benchmarks/gpu/run_all.sh   # only the named steps (STEP NAMES below;
+#                                                # keep "install" on a fresh machine: nothing survives it)
 #
 # Device tool: run(command="bash benchmarks/gpu/run_all.sh", carry=[".gpu_wheels"], timeout_s=400); rerun: "bash benchmarks/gpu/run_all.sh --quick" (or STEPS=...), timeout_s=240.
 #
@@ -39,6 +40,7 @@ LOG="$OUT/run.log"
 if [ "$QUICK" = 1 ]; then BUDGET="${BUDGET:-165}"; else BUDGET="${BUDGET:-320}"; fi
 STEPS="${STEPS:-install import pytest train_step triton_check sampler_math export logprob_entropy}"
 SITE=/tmp/hapo_gpu_site
+# TORCHDYNAMO_DISABLE: Megatron's jit_fuser (torch.compile) stays off, so no compile time eats the budget
 export PYTHONUNBUFFERED=1 NCCL_DEBUG=WARN TORCHDYNAMO_DISABLE=1
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 # CPU dry run: what the GPU image lacks (SGLang, TE, ...) is made unimportable here too
@@ -49,7 +51,8 @@ TMP="$(mktemp -d)"
 {
   echo "# GPU run $(date -u +%Y-%m-%dT%H:%MZ) ($([ "$QUICK" = 1 ] && echo quick || echo full), DEVICE=$DEVICE, budget ${BUDGET} s)"
   echo
-  echo "command: \`bash benchmarks/gpu/run_all.sh $*\` at $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+  echo "command: \`bash benchmarks/gpu/run_all.sh $*\` at $(git rev-parse --short HEAD 2>/dev/null || echo '?');" \
+    "env: PYTHONUNBUFFERED=1 NCCL_DEBUG=WARN TORCHDYNAMO_DISABLE=1 (torch.compile off)"
   echo
   echo '```'
   timeout 10 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 || echo "nvidia-smi: not available"
