@@ -13,7 +13,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-import megatron_hapo.parallel as hp  # noqa: F401  (CPU import patches before megatron)
+import megatron_hapo.parallel as hp  # (also applies the CPU import patches before megatron)
 from megatron_hapo.models.errors import ConversionError, ParallelLayoutError
 from megatron_hapo.models.hf_config import DEFAULT_VOCAB_DIVISOR, ModelArch, load_arch
 from megatron_hapo.models.precision import check_fp8_spec
@@ -133,7 +133,8 @@ def build_gpt_model(
     make_vocab_size_divisible_by)``. Pass the value a checkpoint was written with to load it at another
     TP (``mcore_io.checkpoint_padded_vocab``). ``perform_initialization=False`` skips random init (for
     weights about to be overwritten). The returned model carries ``hapo_arch`` (the ``ModelArch``) for
-    ``export_hf_weights``; its ``vocab_size`` attribute is the padded vocab.
+    ``export_hf_weights``; its ``vocab_size`` attribute is the padded vocab. Every parameter and buffer is
+    on ``megatron_hapo.parallel.compute_device()`` in ``params_dtype``.
     """
     from megatron.core import parallel_state as ps
     from megatron.core.models.gpt import GPTModel
@@ -175,7 +176,10 @@ def build_gpt_model(
     if arch.rope_scaling is not None:
         _apply_llama3_rope(model, arch)
     model.hapo_arch = arch
-    return model.to(params_dtype)
+    # Megatron builds its tensor-parallel layers on the current CUDA device, but modules it takes from torch
+    # (WrappedTorchNorm -> torch.nn.RMSNorm) land on the default device, the CPU. Move the whole model, as
+    # Megatron's own get_model does (model.cuda(torch.cuda.current_device())), then cast to params_dtype.
+    return model.to(device=hp.compute_device(), dtype=params_dtype)
 
 
 def _apply_llama3_rope(model, arch: ModelArch) -> None:
