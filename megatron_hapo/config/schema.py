@@ -266,9 +266,10 @@ class AdaptiveTemperatureConfig:
 class DynamicSamplingConfig:
     """DAPO dynamic sampling: drop groups whose accuracy is all-equal and generate more to refill."""
 
-    enable: bool = opt(False, "filter groups (off in the released HAPO code, HAPO_SPEC B10)")
-    metric: Literal["acc"] = opt(
-        "acc", "what must vary within a group: binary accuracy (never the shaped score)"
+    enable: bool = opt(
+        False,
+        "filter groups whose binary accuracy (never the shaped score) is all-equal (off in the released HAPO "
+        "code, HAPO_SPEC B10)",
     )
     max_num_gen_batches: int = opt(
         16, "generation batches tried per step before the step fails; 0 = unlimited"
@@ -337,7 +338,6 @@ class DataConfig:
     """Prompt datasets (parquet in the verl/HAPO schema, or JSONL) and the batch sizes of a step."""
 
     train_files: list[str] = opt(MISSING, "training prompt files (.parquet, .jsonl)")
-    val_files: list[str] = opt([], "validation prompt files (scored with sampling.val)")
     prompt_key: str = opt("prompt", "column with the chat message list (or a plain string = one user turn)")
     data_source_key: str = opt("data_source", "column naming the dataset, used to route the reward scorer")
     ground_truth_key: str = opt("reward_model.ground_truth", "dotted path of the reference answer")
@@ -398,7 +398,6 @@ class CheckpointConfig:
     save_every: int = opt(50, "save every N steps; 0 = only at the end")
     keep_last: int | None = opt(3, "keep the newest N checkpoints; null = keep all")
     resume: str = opt("auto", "auto = latest in dir if any; none = start fresh; or a checkpoint path")
-    async_save: bool = opt(False, "write checkpoints in the background")
     hf_export: bool = opt(
         False,
         "also write the policy as a Hugging Face folder (step_<N>/hf: safetensors + config + tokenizer)",

@@ -232,6 +232,12 @@ def _rollout(cfg: RootConfig, world_size: int, world_phrase: str, out: _Issues) 
                 "rollout.engine=fleet needs the servers' addresses or a router address "
                 "(or rollout.launch_servers=true)",
             )
+        if r.launch_servers and (r.server_addresses or r.router_address):
+            out.add(
+                ["rollout.launch_servers", "rollout.server_addresses", "rollout.router_address"],
+                "rollout.launch_servers=true starts new servers, but addresses of existing ones are set too; "
+                "either attach (launch_servers=false) or launch (server_addresses=[] router_address=null)",
+            )
         if r.server_addresses and len(r.server_addresses) != r.num_servers:
             out.add(
                 ["rollout.server_addresses", "rollout.num_servers"],
@@ -419,8 +425,7 @@ def _logging_env(cfg: RootConfig, out: _Issues) -> None:
 
 
 def _paths(cfg: RootConfig, out: _Issues) -> None:
-    lists = {"data.train_files": cfg.data.train_files, "data.val_files": cfg.data.val_files}
-    lists["eval.benchmarks"] = cfg.eval.benchmarks
+    lists = {"data.train_files": cfg.data.train_files, "eval.benchmarks": cfg.eval.benchmarks}
     for key, files in lists.items():
         for i, f in enumerate(files):
             if not Path(f).expanduser().is_file():
