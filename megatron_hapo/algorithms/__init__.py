@@ -37,6 +37,7 @@ from megatron_hapo.algorithms.quantile import nearest_rank_index, nearest_rank_q
 from megatron_hapo.algorithms.registry import (
     ADVANTAGE_ESTIMATORS,
     POLICY_LOSSES,
+    bind_advantage,
     get_advantage,
     get_policy_loss,
     register_advantage,
@@ -59,6 +60,7 @@ __all__ = [
     "AGG_MODES",
     "ENTROPY_MODES",
     "POLICY_LOSSES",
+    "bind_advantage",
     "SAMPLER_ENTROPY_EPS",
     "SAMPLER_SIGMA_EPS",
     "STATS_SCOPES",

@@ -7,11 +7,10 @@ that turn the base (HAPO) recipe into DAPO or GRPO (`hapo-train --config base.ya
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 
-from megatron_hapo.algorithms import HapoLossConfig, get_advantage
+from megatron_hapo.algorithms import HapoLossConfig, bind_advantage
 from megatron_hapo.config import RootConfig
 
 PRESETS: dict[str, list[str]] = {
@@ -42,25 +41,8 @@ def loss_config(cfg: RootConfig) -> HapoLossConfig:
     return HapoLossConfig(**dataclasses.asdict(cfg.algorithm.loss))
 
 
-def needs_entropy_stats(cfg: RootConfig) -> bool:
-    """Whether the step must compute global entropy statistics (the sampler or the loss uses them)."""
-    return cfg.algorithm.adaptive_temperature.enable or loss_config(cfg).uses_entropy
-
-
 def compute_advantages(
     cfg: RootConfig, rewards: torch.Tensor, mask: torch.Tensor, group_ids: list[int]
 ) -> torch.Tensor:
     """Advantages [B, T] (0 at padding) with the configured estimator over the whole step's groups."""
-    algo = cfg.algorithm
-    estimator = get_advantage(algo.adv_estimator)
-    if algo.adv_estimator == "tlga":
-        threshold = algo.tlga_fallback_threshold
-        return estimator(
-            rewards,
-            mask,
-            group_ids,
-            fallback_threshold=math.inf if threshold is None else threshold,
-            fallback_counts_padding=algo.tlga_fallback_counts_padding,
-            norm_by_std=algo.norm_adv_by_std,
-        )
-    return estimator(rewards, mask, group_ids, norm_by_std=algo.norm_adv_by_std)
+    return bind_advantage(cfg.algorithm.adv_estimator, cfg.algorithm)(rewards, mask, group_ids)
