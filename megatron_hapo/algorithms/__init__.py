@@ -1,6 +1,6 @@
 """HAPO algorithm core: pure torch functions (no Megatron, no SGLang), the spec in code.
 
-See ``docs/algorithm.md`` and ``/work/shared/HAPO_SPEC.md``. Module map:
+See ``docs/algorithm.md`` and ``docs/hapo_spec.md``. Module map:
 
 - :mod:`.entropy`: EntropyStats, normalize_entropy (ĥ), hhat_from_stats
 - :mod:`.quantile`: exact nearest-rank quantile, single-process and over a process group

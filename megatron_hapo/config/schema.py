@@ -2,7 +2,7 @@
 
 Every field carries a one-line ``help`` in its metadata; ``help_config()`` and ``docs/config.md`` are
 rendered from it, so the schema is the single source of truth for keys, types, defaults and meanings.
-Defaults follow the HAPO paper's recipes (HAPO_SPEC.md §9) wherever one applies.
+Defaults follow the HAPO paper's recipes (docs/hapo_spec.md §9) wherever one applies.
 
 ``MISSING`` (``???``) marks a required value: loading fails if no YAML file or override sets it.
 This module imports nothing heavy on purpose (no torch, no megatron): it is imported by the CLI's

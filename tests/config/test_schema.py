@@ -28,7 +28,7 @@ def test_sections_are_the_issue_components():
 
 
 def test_defaults_are_the_hapo_recipe_values():
-    """HAPO_SPEC.md §9 (common to all recipes) and §10 (validation sampling)."""
+    """docs/hapo_spec.md §9 (common to all recipes) and §10 (validation sampling)."""
     cfg = compose(None, REQUIRED).cfg
     loss = cfg.algorithm.loss
     assert (loss.clip_low, loss.clip_high, loss.dual_clip_c) == (0.2, 0.2, 10.0)

@@ -34,8 +34,13 @@ TOP_DIRS = ("megatron_hapo", "sglang_ext", "tests", "tools", "benchmarks", "exam
 SPAN = re.compile(r"`([^`\n]+)`")
 
 
+# Pages about other code bases: their names are the released HAPO/verl code's and the dependencies'.
+ABOUT_OTHER_CODE = ("docs/hapo_spec.md", "docs/background/")
+
+
 def doc_files() -> list[Path]:
-    return [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+    pages = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+    return [p for p in pages if not str(p.relative_to(REPO)).startswith(ABOUT_OTHER_CODE)]
 
 
 @functools.cache
