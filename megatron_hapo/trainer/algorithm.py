@@ -1,7 +1,7 @@
-"""Config -> algorithm pieces: the loss settings, the advantage estimator, and the presets of hapo/dapo/grpo.
+"""Config -> algorithm pieces: the loss settings and the advantage estimator.
 
-``algorithm.name`` is a label; the switches below it decide what runs. ``PRESETS`` are the override lists
-that turn the base (HAPO) recipe into DAPO or GRPO (`hapo-train --config base.yaml --preset dapo`).
+``algorithm.name`` is a label; the switches below it decide what runs. The presets that turn the base (HAPO)
+recipe into DAPO or GRPO are YAML files (``megatron_hapo/config/presets/``, ``hapo-train --preset dapo``).
 """
 
 from __future__ import annotations
@@ -12,28 +12,6 @@ import torch
 
 from megatron_hapo.algorithms import HapoLossConfig, bind_advantage
 from megatron_hapo.config import RootConfig
-
-PRESETS: dict[str, list[str]] = {
-    "hapo": ["algorithm.name=hapo"],
-    "dapo": [
-        "algorithm.name=dapo",
-        "algorithm.adv_estimator=grpo",
-        "algorithm.adaptive_temperature.enable=false",
-        "algorithm.dynamic_sampling.enable=true",
-        "algorithm.loss.adaptive_clip=false",
-        "algorithm.loss.adaptive_advantage=false",
-        "algorithm.loss.clip_low=0.2",
-        "algorithm.loss.clip_high=0.28",
-    ],
-    "grpo": [
-        "algorithm.name=grpo",
-        "algorithm.adv_estimator=grpo",
-        "algorithm.adaptive_temperature.enable=false",
-        "algorithm.dynamic_sampling.enable=false",
-        "algorithm.loss.adaptive_clip=false",
-        "algorithm.loss.adaptive_advantage=false",
-    ],
-}
 
 
 def loss_config(cfg: RootConfig) -> HapoLossConfig:
