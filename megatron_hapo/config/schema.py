@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 from omegaconf import MISSING
 
+from megatron_hapo.algorithms.loss_config import HapoLossConfig  # the loss owns its settings (torch-free)
+
 __all__ = [
     "MISSING",
     "AdaptiveTemperatureConfig",
@@ -27,7 +29,7 @@ __all__ = [
     "DynamicSamplingConfig",
     "EvalConfig",
     "LoggingConfig",
-    "LossConfig",
+    "HapoLossConfig",
     "ModelConfig",
     "OptimConfig",
     "OverlongConfig",
@@ -223,38 +225,6 @@ class SamplingConfig:
 
 
 @dataclass
-class LossConfig:
-    """The policy loss. Carries exactly the fields of ``megatron_hapo.algorithms.HapoLossConfig``."""
-
-    clip_low: float = opt(0.2, "base lower clip epsilon (ratio >= 1 - clip_low)")
-    clip_high: float = opt(0.2, "base upper clip epsilon (HAPO 0.2; DAPO clip-higher 0.28)")
-    dual_clip_c: float | None = opt(
-        10.0, "dual-clip bound c on the ratio for negative advantages; null = off"
-    )
-    adaptive_clip: bool = opt(True, "entropy-adaptive asymmetric clip bounds (HAPO §6)")
-    clip_alpha: float = opt(1.0, "alpha: strength of the adaptive clip")
-    adaptive_advantage: bool = opt(True, "differential advantage redistribution (HAPO §5)")
-    adv_beta: float = opt(1.0, "beta: strength of the advantage redistribution")
-    pivot_quantile: float = opt(0.8, "quantile of log-entropy used as the pivot of the normalisation")
-    entropy_mode: Literal["signed", "released"] = opt(
-        "signed", "entropy normalisation sign: signed (paper) or released (the released code's |h|)"
-    )
-    stats_scope: Literal["step", "micro_batch"] = opt(
-        "step", "entropy statistics: once per step over all ranks, or per micro-batch (released code)"
-    )
-    agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = opt(
-        "token-mean", "loss aggregation (global normalisers across DP ranks and micro-batches)"
-    )
-    tis_cap: float | None = opt(None, "truncated importance sampling cap on pi_old/pi_behaviour; null = off")
-    entropy_eps: float = opt(
-        1.0e-8, "floor of the entropy before its log in the normalisation (released: 1e-8)"
-    )
-    token_sum_norm_len: int | None = opt(
-        None, "constant L_norm of agg=seq-mean-token-sum-norm; null = the padded response length"
-    )
-
-
-@dataclass
 class AdaptiveTemperatureConfig:
     """Entropy-adaptive sampling temperature T = T_base (1 + tau * h_hat) (HAPO §3)."""
 
@@ -297,7 +267,7 @@ class AlgorithmConfig:
         AdaptiveTemperatureConfig, "adaptive temperature"
     )
     dynamic_sampling: DynamicSamplingConfig = section(DynamicSamplingConfig, "dynamic sampling")
-    loss: LossConfig = section(LossConfig, "policy loss (HapoLossConfig)")
+    loss: HapoLossConfig = section(HapoLossConfig, "policy loss (megatron_hapo/algorithms/loss_config.py)")
 
 
 # -------------------------------------------------------------------------------------------------- reward

@@ -6,8 +6,6 @@ recipe into DAPO or GRPO are YAML files (``megatron_hapo/config/presets/``, ``ha
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
 from megatron_hapo.algorithms import HapoLossConfig, bind_advantage
@@ -15,8 +13,8 @@ from megatron_hapo.config import RootConfig
 
 
 def loss_config(cfg: RootConfig) -> HapoLossConfig:
-    """``algorithm.loss`` as the loss's own dataclass (same fields by construction)."""
-    return HapoLossConfig(**dataclasses.asdict(cfg.algorithm.loss))
+    """The loss's settings: ``algorithm.loss`` is the loss's own dataclass (checked when the config loads)."""
+    return cfg.algorithm.loss
 
 
 def compute_advantages(

@@ -87,7 +87,8 @@ def module_file(dotted: str) -> Path | None:
 
 @functools.cache
 def defined_names(path: Path) -> frozenset[str]:
-    """Module-level names of ``path``: functions, classes, assignments, imports, plus class members."""
+    """Module-level names of ``path``: functions, classes, assignments, imports, plus class members, and the
+    keys of a lazy package's ``_EXPORTS`` table (PEP 562, ``megatron_hapo/algorithms/__init__.py``)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     names: set[str] = set()
     for node in ast.walk(tree):
@@ -97,6 +98,8 @@ def defined_names(path: Path) -> frozenset[str]:
             names.update(t.id for t in node.targets if isinstance(t, ast.Name))
         elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             names.add(node.target.id)
+            if node.target.id == "_EXPORTS" and isinstance(node.value, ast.Dict):
+                names.update(k.value for k in node.value.keys if isinstance(k, ast.Constant))
         elif isinstance(node, ast.ImportFrom | ast.Import):
             names.update((a.asname or a.name).split(".")[0] for a in node.names)
     return frozenset(names)
