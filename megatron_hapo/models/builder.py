@@ -125,6 +125,7 @@ def build_gpt_model(
     vp_stage: int | None = None,
     perform_initialization: bool = True,
     config_overrides: dict[str, Any] | None = None,
+    hf_overrides: dict[str, Any] | None = None,
 ):
     """Build this rank's ``GPTModel`` for the HF model described by ``source``.
 
@@ -132,14 +133,16 @@ def build_gpt_model(
     ``padded_vocab_size``: the embedding/output row count; default ``arch.padded_vocab_size(tp,
     make_vocab_size_divisible_by)``. Pass the value a checkpoint was written with to load it at another
     TP (``mcore_io.checkpoint_padded_vocab``). ``perform_initialization=False`` skips random init (for
-    weights about to be overwritten). The returned model carries ``hapo_arch`` (the ``ModelArch``) for
-    ``export_hf_weights``; its ``vocab_size`` attribute is the padded vocab. Every parameter and buffer is
-    on ``megatron_hapo.parallel.compute_device()`` in ``params_dtype``.
+    weights about to be overwritten). ``hf_overrides``: HF config fields set on top of ``source``'s
+    (``model.override_config``); ``config_overrides``: Megatron ``TransformerConfig`` fields. The returned
+    model carries ``hapo_arch`` (the ``ModelArch``) for ``export_hf_weights``; its ``vocab_size`` attribute
+    is the padded vocab. Every parameter and buffer is on ``megatron_hapo.parallel.compute_device()`` in
+    ``params_dtype``.
     """
     from megatron.core import parallel_state as ps
     from megatron.core.models.gpt import GPTModel
 
-    arch = load_arch(source)
+    arch = load_arch(source, hf_overrides)
     tp = ps.get_tensor_model_parallel_world_size()
     pp = ps.get_pipeline_model_parallel_world_size()
     arch.check_layout(tp, pp)

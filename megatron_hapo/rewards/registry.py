@@ -58,14 +58,8 @@ def register_scorer(
     return deco
 
 
-def _ensure_builtins() -> None:
-    # Importing the modules registers them; done lazily so that registry.py has no import cycle.
-    from megatron_hapo.rewards import dapo, math_verify_scorer  # noqa: F401
-
-
 def get_scorer(name: str) -> ScorerEntry:
     """The scorer registered as ``name``; KeyError naming the registered ones otherwise."""
-    _ensure_builtins()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -77,7 +71,6 @@ def get_scorer(name: str) -> ScorerEntry:
 
 def resolve_scorer(data_source: str, scorer: str = AUTO) -> ScorerEntry:
     """The scorer for a row from ``data_source`` under ``scorer`` (``auto`` or a name); see the module rule."""
-    _ensure_builtins()
     if scorer != AUTO:
         return get_scorer(scorer)
     for entry in reversed(_REGISTRY.values()):
@@ -87,5 +80,4 @@ def resolve_scorer(data_source: str, scorer: str = AUTO) -> ScorerEntry:
 
 
 def registered() -> list[str]:
-    _ensure_builtins()
     return list(_REGISTRY)
