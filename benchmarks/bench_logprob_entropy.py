@@ -10,6 +10,10 @@ Implementations (TP = 1; ``--impls`` picks a subset):
     ours-torch   megatron_hapo.ops.vocab_parallel_logprob_entropy(impl="torch")
     ours-torch-inplace   the same with inplace_backward=True (gradient written into the logits buffer)
     ours-triton  megatron_hapo.ops.vocab_parallel_logprob_entropy(impl="triton"), CUDA only
+    ours-lp-only the training path: ours (impl="auto": Triton on CUDA, torch on CPU) with entropy_grad=False,
+                 backward of Σ g1·log_prob only (HAPO's entropy terms are constants)
+    hapo-loss    megatron_hapo.ops.fused_hapo_loss end to end (impl="auto"; default HapoLossConfig, step
+                 statistics, token-mean), backward of the scalar loss
 
 Backward is of Σ g1·log_prob + g2·entropy with random g1, g2 (entropy_grad=True for ours), except for
 megatron-ce (log-prob only). Each (implementation, shape) runs in a fresh subprocess so that its memory
@@ -47,7 +51,15 @@ if str(REPO) not in sys.path:
 import torch  # noqa: E402
 
 MIB = 1 << 20
-ALL_IMPLS = ("naive", "peer-slime", "megatron-ce", "ours-torch", "ours-torch-inplace", "ours-triton")
+ALL_IMPLS = (
+    "naive", "peer-slime", "megatron-ce", "ours-torch", "ours-torch-inplace", "ours-triton", "ours-lp-only",
+    "hapo-loss",
+)  # fmt: skip
+NOTES = {
+    "megatron-ce": "log-prob only",
+    "ours-lp-only": "log-prob-only gradient (training path)",
+    "hapo-loss": "fused_hapo_loss end to end",
+}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -129,15 +141,39 @@ def make_megatron_ce(device):
     return megatron_ce
 
 
-def make_ours(impl, inplace=False):
+def make_ours(impl, inplace=False, entropy_grad=True):
     from megatron_hapo.ops import vocab_parallel_logprob_entropy
 
     def ours(logits, target):
-        return vocab_parallel_logprob_entropy(
-            logits, target, entropy_grad=True, impl=impl, inplace_backward=inplace
+        lp, ent = vocab_parallel_logprob_entropy(
+            logits, target, entropy_grad=entropy_grad, impl=impl, inplace_backward=inplace
         )
+        return lp, ent if entropy_grad else None  # None: the backward takes the log-prob term only
 
     return ours
+
+
+def make_hapo_loss():
+    """fused_hapo_loss with fixed per-token inputs; returns (scalar loss, None)."""
+    from megatron_hapo.algorithms import EntropyStats, HapoLossConfig
+    from megatron_hapo.ops import fused_hapo_loss
+
+    cfg = HapoLossConfig()
+    stats = EntropyStats(pivot=2.0, sigma=1.0, pos_scale=1.0, neg_scale=1.0)
+    cache = {}
+
+    def hapo_loss(logits, target):
+        n = target.shape[0]
+        if n not in cache:
+            g = torch.Generator(device=target.device).manual_seed(1)
+            old = -torch.rand(n, device=target.device, generator=g) * 4 - 10  # near log(1/V) of the logits
+            adv = torch.randn(n, device=target.device, generator=g)
+            cache[n] = (old, adv, torch.ones(n, device=target.device))
+        old, adv, mask = cache[n]
+        loss, _ = fused_hapo_loss(logits, target, old, adv, mask, cfg, stats=stats)
+        return loss, None
+
+    return hapo_loss
 
 
 def build(name, device):
@@ -153,6 +189,10 @@ def build(name, device):
         return make_ours("torch", inplace=True)
     if name == "ours-triton":
         return make_ours("triton")
+    if name == "ours-lp-only":
+        return make_ours("auto", entropy_grad=False)
+    if name == "hapo-loss":
+        return make_hapo_loss()
     raise ValueError(f"unknown implementation {name!r}; choose from {ALL_IMPLS}")
 
 
@@ -215,6 +255,9 @@ def step(fn, logits, target, g1, g2, backward: bool) -> None:
     x = logits.detach().requires_grad_(True)
     lp, ent = fn(x, target)
     if backward:
+        if lp.dim() == 0:  # hapo-loss: the scalar loss itself
+            lp.backward()
+            return
         loss = (lp * g1).sum() + (0 if ent is None else (ent * g2).sum())
         loss.backward()
 
@@ -277,7 +320,9 @@ def worker_timing(spec: dict) -> dict:
 
 # ---------------------------------------------------------------------------------------------- driver
 def run_worker(kind: str, spec: dict, timeout: float) -> dict:
-    env = dict(os.environ, TORCHDYNAMO_DISABLE="1", PYTHONPATH=str(REPO))
+    # prepend: the GPU run puts its carried wheels (megatron-core) on PYTHONPATH too
+    pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, TORCHDYNAMO_DISABLE="1", PYTHONPATH=pythonpath)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(dict(spec, kind=kind))]
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -295,6 +340,11 @@ def floor_s(row: dict) -> float:
     return 3 * row["n"] * row["v"] * DTYPES[row["dtype"]].itemsize / row["copy_bw"]
 
 
+def extra_share(row: dict, ref: dict) -> float:
+    """Extra fwd+bwd memory of ``row`` as a percentage of ``ref``'s (in-place rows count as 0)."""
+    return 100 * max(row["extra_mib"], 0.0) / max(ref["extra_mib"], 1e-9)
+
+
 def summary(rows: list[dict]) -> list[str]:
     """Per shape: our rows against naive torch and the peer-style reference (which also computes entropy)."""
     lines = []
@@ -307,21 +357,34 @@ def summary(rows: list[dict]) -> list[str]:
             f"# {shape[0]}x{shape[1]} {shape[2]}: copy bandwidth {first['copy_bw'] / 1e9:.1f} GB/s, "
             f"fwd+bwd floor {floor_s(first) * 1e3:.1f} ms"
         )
-        naive_row, peer = same.get("naive"), same.get("peer-slime")
-        for ours in ("ours-triton", "ours-torch"):
+        naive_row, peer, mce = same.get("naive"), same.get("peer-slime"), same.get("megatron-ce")
+        for ours in ("ours-triton", "ours-torch", "ours-lp-only", "hapo-loss"):
             if ours not in same:
                 continue
             r = same[ours]
             parts = [f"{r['fwd_bwd_s'] / floor_s(r):.1f}x floor"]
             if naive_row:
-                share = 100 * max(r["extra_mib"], 0.0) / max(naive_row["extra_mib"], 1e-9)
                 parts.append(
                     f"{naive_row['fwd_bwd_s'] / r['fwd_bwd_s']:.1f}x faster than naive, "
-                    f"extra memory {share:.1f}% of naive's"
+                    f"extra memory {extra_share(r, naive_row):.1f}% of naive's"
                 )
-            if peer:
+            if peer and ours in ("ours-triton", "ours-torch"):
                 parts.append(f"{peer['fwd_bwd_s'] / r['fwd_bwd_s']:.1f}x faster than peer-slime")
+            if mce and ours in ("ours-lp-only", "hapo-loss"):
+                parts.append(
+                    f"{mce['fwd_bwd_s'] / r['fwd_bwd_s']:.1f}x faster than megatron-ce, "
+                    f"extra memory {r['extra_mib']:.0f} MiB vs megatron-ce's {mce['extra_mib']:.0f} MiB"
+                )
             lines.append(f"#   {ours}: " + ", ".join(parts))
+        fused = same.get("ours-triton") or same.get("ours-torch")
+        if fused and naive_row:
+            speed = naive_row["fwd_bwd_s"] / fused["fwd_bwd_s"]
+            share = extra_share(fused, naive_row)
+            ok = speed >= 3.0 and share < 10.0
+            lines.append(
+                f"# goal [{'PASS' if ok else 'MISS'}] fused op ({fused['impl']}) >= 3x faster than naive "
+                f"({speed:.1f}x) with < 10% of naive's extra memory ({share:.1f}%)"
+            )
     return lines
 
 
@@ -380,7 +443,7 @@ def main() -> None:
         print(f"# timing {n}x{v} {dt} ({time.time() - started:.0f}s)", file=sys.stderr, flush=True)
         for impl in impls:
             err = memory[impl].get("error") or timing.get("error")
-            row = dict(base, impl=impl, entropy=impl != "megatron-ce")
+            row = dict(base, impl=impl)
             if not err:
                 row.update(memory[impl], **timing["impls"][impl], copy_bw=timing["copy_bw"])
             rows.append(dict(row, error=err) if err else row)
@@ -406,7 +469,7 @@ def main() -> None:
         if "error" in r:
             print(f"| {r['impl']} | {shape} | - | - | - | - | - | {r['error'][:80]} |")
             continue
-        note = "log-prob only" if not r["entropy"] else ""
+        note = NOTES.get(r["impl"], "")
         if mutates_logits(r["impl"], r["dtype"]):
             note = (note + "; " if note else "") + "gradient reuses the logits buffer"
         print(

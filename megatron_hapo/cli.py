@@ -35,6 +35,8 @@ def train_main(argv: list[str] | None = None) -> None:
     (python or torchrun)."""
     import argparse
 
+    from megatron_hapo.config.presets import preset_names
+
     argv = sys.argv[1:] if argv is None else argv
     if "--help-config" in argv:
         from megatron_hapo.config import help_config
@@ -48,7 +50,9 @@ def train_main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--config", required=True, help="YAML config (may name parents under defaults:)")
     parser.add_argument(
-        "--preset", choices=["hapo", "dapo", "grpo"], help="algorithm preset applied before the overrides"
+        "--preset",
+        choices=preset_names(),
+        help="algorithm preset (megatron_hapo/config/presets/NAME.yaml) applied before the overrides",
     )
     parser.add_argument("--help-config", action="store_true", help="print every config key and exit")
     parser.add_argument(
@@ -74,9 +78,9 @@ def train_main(argv: list[str] | None = None) -> None:
 def _train(args) -> None:
     from megatron_hapo import console
     from megatron_hapo.config import load_config
-    from megatron_hapo.trainer.algorithm import PRESETS
+    from megatron_hapo.config.presets import preset_overrides
 
-    overrides = [*(PRESETS[args.preset] if args.preset else []), *args.overrides]
+    overrides = [*(preset_overrides(args.preset) if args.preset else []), *args.overrides]
     if args.dry_run:
         from megatron_hapo.config.plan import dry_run
 

@@ -9,7 +9,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download: models and
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-
 # Figures the fault-injection suite (tests/faults) reports at the end of the run, e.g.
 # "signals: 12/12 saved and resumed exactly". One line per category; tests add to them with `fault_figures`.
 _FAULT_FIGURES: dict[str, list[int | str]] = {}

@@ -154,7 +154,7 @@ def render(hapo: Path) -> str:
     lines += [
         f"python tools/plot_run.py {run}",
         "# 5. evaluate a saved policy (checkpoint.hf_export=true writes step_<N>/hf) at the paper's settings",
-        f"hapo-eval --model {cfg.checkpoint.dir}/step_<N>/hf --benchmarks {' '.join(cfg.data.val_files)} "
+        f"hapo-eval --model {cfg.checkpoint.dir}/step_<N>/hf --benchmarks {' '.join(cfg.eval.benchmarks)} "
         f"--k {cfg.sampling.val.n} --temperature {cfg.sampling.val.temperature} --top-p {cfg.sampling.val.top_p} "
         f"--max-new-tokens {cfg.rollout.max_new_tokens} --tp {cfg.rollout.tensor_parallel_size}",
         "```",

@@ -7,6 +7,7 @@ advantages that are 0 at padding; they run without autograd.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -93,7 +94,7 @@ def _grpo_per_response(
     return centred / (std[index] + eps) if norm_by_std else centred
 
 
-@register_advantage("grpo")
+@register_advantage("grpo", options=lambda algo: {"norm_by_std": algo.norm_adv_by_std})
 def grpo_advantage(
     rewards: torch.Tensor,
     mask: torch.Tensor,
@@ -117,7 +118,16 @@ def grpo_advantage(
         return torch.where(mask.bool(), per_response[:, None], torch.zeros((), dtype=work, device=r.device))
 
 
-@register_advantage("tlga", "hapo")
+def _tlga_options(algo) -> dict:
+    threshold = algo.tlga_fallback_threshold  # null: never fall back
+    return {
+        "fallback_threshold": math.inf if threshold is None else threshold,
+        "fallback_counts_padding": algo.tlga_fallback_counts_padding,
+        "norm_by_std": algo.norm_adv_by_std,
+    }
+
+
+@register_advantage("tlga", "hapo", options=_tlga_options)
 def token_level_group_average(
     rewards: torch.Tensor,
     mask: torch.Tensor,

@@ -31,8 +31,7 @@ from __future__ import annotations
 import torch
 
 from megatron_hapo.algorithms._masked import check_same_shape
-
-AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+from megatron_hapo.algorithms.loss_config import AGG_MODES
 
 
 def check_agg_mode(mode: str, mask: torch.Tensor) -> None:

@@ -26,14 +26,13 @@ import torch
 import torch.distributed as dist
 
 from megatron_hapo.algorithms._masked import check_same_shape
+from megatron_hapo.algorithms.loss_config import ENTROPY_MODES, TRAINER_ENTROPY_EPS  # noqa: F401 (re-exported)
 from megatron_hapo.algorithms.quantile import (
     distributed_kth_smallest,
     nearest_rank_index,
     nearest_rank_quantile,
 )
 
-ENTROPY_MODES = ("signed", "released")
-TRAINER_ENTROPY_EPS = 1e-8  # floor of H in the trainer's normalisation (released compute_entropy_h)
 SAMPLER_ENTROPY_EPS = 1e-6  # floor of H in the released vLLM sampler
 SAMPLER_SIGMA_EPS = 1e-6  # the released vLLM sampler divides by σ + 1e-6; the trainer by σ
 

@@ -1,4 +1,4 @@
-"""The HAPO policy loss (HAPO_SPEC §2, §5, §6) with its configuration.
+"""The HAPO policy loss (HAPO_SPEC §2, §5, §6); its settings are :class:`~.loss_config.HapoLossConfig`.
 
     ĥ   from the current entropies: frozen step statistics (stats_scope="step") or this micro-batch's
         own statistics (stats_scope="micro_batch", the released behaviour)
@@ -13,97 +13,15 @@ With ``adaptive_clip=False, adaptive_advantage=False`` and clip (0.2, 0.28) this
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from megatron_hapo.algorithms._masked import check_same_shape, masked_max, masked_mean, masked_min
-from megatron_hapo.algorithms.aggregation import AGG_MODES, aggregate_loss, check_agg_mode
-from megatron_hapo.algorithms.entropy import (
-    ENTROPY_MODES,
-    TRAINER_ENTROPY_EPS,
-    EntropyStats,
-    hhat_from_stats,
-    normalize_entropy,
-)
+from megatron_hapo.algorithms.aggregation import aggregate_loss, check_agg_mode
+from megatron_hapo.algorithms.entropy import EntropyStats, hhat_from_stats, normalize_entropy
+from megatron_hapo.algorithms.loss_config import HapoLossConfig
 from megatron_hapo.algorithms.registry import register_policy_loss
 from megatron_hapo.algorithms.tis import rollout_mismatch
 from megatron_hapo.algorithms.token_terms import hapo_token_terms
-
-STATS_SCOPES = ("step", "micro_batch")
-
-
-@dataclass(frozen=True)
-class HapoLossConfig:
-    """Loss settings; the paper's names are in ``docs/algorithm.md``.
-
-    clip_low, clip_high   base PPO clip ε_low, ε_high (HAPO recipes 0.2/0.2; DAPO 0.2/0.28)
-    dual_clip_c           dual-clip bound c on the ratio for A′ < 0 (recipes 10.0); None disables it
-    adaptive_clip, clip_alpha            Asymmetric Adaptive Clipping and its α
-    adaptive_advantage, adv_beta         Differential Advantage Redistribution and its β (β > 1 flips the
-                          sign of A where ĥ < −1/β in signed mode, spec B11: allowed, on purpose)
-    pivot_quantile        q of the pivot m (0.8)
-    entropy_mode          "signed" (paper's intent) or "released" (ĥ = |·|, the released code)
-    stats_scope           "step": ĥ from frozen step statistics passed as ``stats``;
-                          "micro_batch": statistics of each call's own tokens (released)
-    agg                   loss aggregation, see :mod:`aggregation`
-    tis_cap               truncated-IS cap (e.g. 2.0); None: no correction (metrics still reported)
-    entropy_eps           floor of H before the log (released trainer: 1e-8)
-    token_sum_norm_len    constant L_norm of agg="seq-mean-token-sum-norm" (None: the padded length)
-    """
-
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    dual_clip_c: float | None = 10.0
-    adaptive_clip: bool = True
-    clip_alpha: float = 1.0
-    adaptive_advantage: bool = True
-    adv_beta: float = 1.0
-    pivot_quantile: float = 0.8
-    entropy_mode: str = "signed"
-    stats_scope: str = "step"
-    agg: str = "token-mean"
-    tis_cap: float | None = None
-    entropy_eps: float = TRAINER_ENTROPY_EPS
-    token_sum_norm_len: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.clip_low < 0 or self.clip_high < 0:
-            raise ValueError(f"clip_low/clip_high must be >= 0, got {self.clip_low}/{self.clip_high}")
-        if self.clip_low >= 1:
-            raise ValueError(
-                f"clip_low must be < 1 (the lower bound 1 − clip_low must stay > 0), got {self.clip_low}"
-            )
-        if self.dual_clip_c is not None and not self.dual_clip_c > 1.0:
-            raise ValueError(
-                f"dual_clip_c must be > 1 (it bounds the ratio from above), got {self.dual_clip_c}"
-            )
-        if self.clip_alpha < 0 or self.adv_beta < 0:
-            raise ValueError(f"clip_alpha and adv_beta must be >= 0, got {self.clip_alpha}/{self.adv_beta}")
-        if self.adaptive_clip and self.clip_low * (1 + self.clip_alpha) >= 1:
-            raise ValueError(
-                f"clip_low·(1 + clip_alpha) = {self.clip_low * (1 + self.clip_alpha)} >= 1 lets the adaptive "
-                "lower bound 1 − ε′_low reach 0 or below; lower clip_low or clip_alpha"
-            )
-        if not 0.0 <= self.pivot_quantile <= 1.0:
-            raise ValueError(f"pivot_quantile must be in [0, 1], got {self.pivot_quantile}")
-        if self.entropy_mode not in ENTROPY_MODES:
-            raise ValueError(f"entropy_mode {self.entropy_mode!r} is unknown; use one of {ENTROPY_MODES}")
-        if self.stats_scope not in STATS_SCOPES:
-            raise ValueError(f"stats_scope {self.stats_scope!r} is unknown; use one of {STATS_SCOPES}")
-        if self.agg not in AGG_MODES:
-            raise ValueError(f"agg {self.agg!r} is unknown; use one of {AGG_MODES}")
-        if self.tis_cap is not None and not self.tis_cap > 0:
-            raise ValueError(f"tis_cap must be > 0 or None, got {self.tis_cap}")
-        if not self.entropy_eps > 0:
-            raise ValueError(f"entropy_eps must be > 0, got {self.entropy_eps}")
-        if self.token_sum_norm_len is not None and self.token_sum_norm_len <= 0:
-            raise ValueError(f"token_sum_norm_len must be > 0 or None, got {self.token_sum_norm_len}")
-
-    @property
-    def uses_entropy(self) -> bool:
-        """Whether the loss needs ĥ (and therefore the entropies)."""
-        return self.adaptive_clip or self.adaptive_advantage
 
 
 def compute_h_hat(
@@ -182,6 +100,7 @@ def hapo_policy_loss(
     log π_old − log π_θ, verl's ppo_kl); ``entropy/mean`` and ``entropy/pivot|sigma|pos_scale|neg_scale``
     of the statistics used; ``tis/*`` when ``rollout_log_prob`` is given (see :mod:`tis`).
     """
+    config.check()
     for name, t in (("log_prob", log_prob), ("old_log_prob", old_log_prob), ("advantages", advantages)):
         check_same_shape(name, t, mask)
     check_agg_mode(config.agg, mask)

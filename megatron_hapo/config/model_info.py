@@ -70,6 +70,14 @@ def read_model_shape(config_json: Path, override_config: Mapping[str, Any]) -> M
         raise ValueError(f"{config_json} does not exist (a model directory needs a config.json)") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{config_json} is not valid JSON: {e}") from None
+    stale = sorted({"rope_theta", "rope_scaling"} & set(override_config))
+    if "rope_parameters" in raw and stale and "rope_parameters" not in override_config:
+        # transformers 5 (and SGLang after it) read RoPE from rope_parameters and ignore the top-level keys
+        raise ValueError(
+            f"model.override_config sets {stale}, but {config_json} keeps RoPE under rope_parameters, so the "
+            "override would be ignored by both the trainer and SGLang; override rope_parameters instead, e.g. "
+            f"{{rope_parameters: {{...{raw['rope_parameters']}, rope_theta: ...}}}}"
+        )
     return shape_from_dict({**raw, **override_config}, str(config_json))
 
 

@@ -2,7 +2,7 @@
 
 Every field carries a one-line ``help`` in its metadata; ``help_config()`` and ``docs/config.md`` are
 rendered from it, so the schema is the single source of truth for keys, types, defaults and meanings.
-Defaults follow the HAPO paper's recipes (HAPO_SPEC.md §9) wherever one applies.
+Defaults follow the HAPO paper's recipes (docs/hapo_spec.md §9) wherever one applies.
 
 ``MISSING`` (``???``) marks a required value: loading fails if no YAML file or override sets it.
 This module imports nothing heavy on purpose (no torch, no megatron): it is imported by the CLI's
@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 from omegaconf import MISSING
 
+from megatron_hapo.algorithms.loss_config import HapoLossConfig  # the loss owns its settings (torch-free)
+
 __all__ = [
     "MISSING",
     "AdaptiveTemperatureConfig",
@@ -27,7 +29,7 @@ __all__ = [
     "DynamicSamplingConfig",
     "EvalConfig",
     "LoggingConfig",
-    "LossConfig",
+    "HapoLossConfig",
     "ModelConfig",
     "OptimConfig",
     "OverlongConfig",
@@ -223,38 +225,6 @@ class SamplingConfig:
 
 
 @dataclass
-class LossConfig:
-    """The policy loss. Carries exactly the fields of ``megatron_hapo.algorithms.HapoLossConfig``."""
-
-    clip_low: float = opt(0.2, "base lower clip epsilon (ratio >= 1 - clip_low)")
-    clip_high: float = opt(0.2, "base upper clip epsilon (HAPO 0.2; DAPO clip-higher 0.28)")
-    dual_clip_c: float | None = opt(
-        10.0, "dual-clip bound c on the ratio for negative advantages; null = off"
-    )
-    adaptive_clip: bool = opt(True, "entropy-adaptive asymmetric clip bounds (HAPO §6)")
-    clip_alpha: float = opt(1.0, "alpha: strength of the adaptive clip")
-    adaptive_advantage: bool = opt(True, "differential advantage redistribution (HAPO §5)")
-    adv_beta: float = opt(1.0, "beta: strength of the advantage redistribution")
-    pivot_quantile: float = opt(0.8, "quantile of log-entropy used as the pivot of the normalisation")
-    entropy_mode: Literal["signed", "released"] = opt(
-        "signed", "entropy normalisation sign: signed (paper) or released (the released code's |h|)"
-    )
-    stats_scope: Literal["step", "micro_batch"] = opt(
-        "step", "entropy statistics: once per step over all ranks, or per micro-batch (released code)"
-    )
-    agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = opt(
-        "token-mean", "loss aggregation (global normalisers across DP ranks and micro-batches)"
-    )
-    tis_cap: float | None = opt(None, "truncated importance sampling cap on pi_old/pi_behaviour; null = off")
-    entropy_eps: float = opt(
-        1.0e-8, "floor of the entropy before its log in the normalisation (released: 1e-8)"
-    )
-    token_sum_norm_len: int | None = opt(
-        None, "constant L_norm of agg=seq-mean-token-sum-norm; null = the padded response length"
-    )
-
-
-@dataclass
 class AdaptiveTemperatureConfig:
     """Entropy-adaptive sampling temperature T = T_base (1 + tau * h_hat) (HAPO §3)."""
 
@@ -266,9 +236,10 @@ class AdaptiveTemperatureConfig:
 class DynamicSamplingConfig:
     """DAPO dynamic sampling: drop groups whose accuracy is all-equal and generate more to refill."""
 
-    enable: bool = opt(False, "filter groups (off in the released HAPO code, HAPO_SPEC B10)")
-    metric: Literal["acc"] = opt(
-        "acc", "what must vary within a group: binary accuracy (never the shaped score)"
+    enable: bool = opt(
+        False,
+        "filter groups whose binary accuracy (never the shaped score) is all-equal (off in the released HAPO "
+        "code, HAPO_SPEC B10)",
     )
     max_num_gen_batches: int = opt(
         16, "generation batches tried per step before the step fails; 0 = unlimited"
@@ -296,7 +267,7 @@ class AlgorithmConfig:
         AdaptiveTemperatureConfig, "adaptive temperature"
     )
     dynamic_sampling: DynamicSamplingConfig = section(DynamicSamplingConfig, "dynamic sampling")
-    loss: LossConfig = section(LossConfig, "policy loss (HapoLossConfig)")
+    loss: HapoLossConfig = section(HapoLossConfig, "policy loss (megatron_hapo/algorithms/loss_config.py)")
 
 
 # -------------------------------------------------------------------------------------------------- reward
@@ -337,7 +308,6 @@ class DataConfig:
     """Prompt datasets (parquet in the verl/HAPO schema, or JSONL) and the batch sizes of a step."""
 
     train_files: list[str] = opt(MISSING, "training prompt files (.parquet, .jsonl)")
-    val_files: list[str] = opt([], "validation prompt files (scored with sampling.val)")
     prompt_key: str = opt("prompt", "column with the chat message list (or a plain string = one user turn)")
     data_source_key: str = opt("data_source", "column naming the dataset, used to route the reward scorer")
     ground_truth_key: str = opt("reward_model.ground_truth", "dotted path of the reference answer")
@@ -398,7 +368,6 @@ class CheckpointConfig:
     save_every: int = opt(50, "save every N steps; 0 = only at the end")
     keep_last: int | None = opt(3, "keep the newest N checkpoints; null = keep all")
     resume: str = opt("auto", "auto = latest in dir if any; none = start fresh; or a checkpoint path")
-    async_save: bool = opt(False, "write checkpoints in the background")
     hf_export: bool = opt(
         False,
         "also write the policy as a Hugging Face folder (step_<N>/hf: safetensors + config + tokenizer)",

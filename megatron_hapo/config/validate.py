@@ -243,6 +243,12 @@ def _rollout(cfg: RootConfig, world_size: int, world_phrase: str, out: _Issues) 
                 "rollout.engine=fleet needs the servers' addresses or a router address "
                 "(or rollout.launch_servers=true)",
             )
+        if r.launch_servers and (r.server_addresses or r.router_address):
+            out.add(
+                ["rollout.launch_servers", "rollout.server_addresses", "rollout.router_address"],
+                "rollout.launch_servers=true starts new servers, but addresses of existing ones are set too; "
+                "either attach (launch_servers=false) or launch (server_addresses=[] router_address=null)",
+            )
         if r.server_addresses and len(r.server_addresses) != r.num_servers:
             out.add(
                 ["rollout.server_addresses", "rollout.num_servers"],
@@ -266,34 +272,9 @@ def _sampling(cfg: RootConfig, out: _Issues) -> None:
 
 
 def _algorithm(cfg: RootConfig, out: _Issues) -> None:
-    # Mirrors HapoLossConfig.__post_init__ (megatron_hapo.algorithms), so a config that loads builds a loss;
-    # tests/config checks the two agree.
-    a, loss = cfg.algorithm, cfg.algorithm.loss
-    if not 0.0 <= loss.clip_low < 1.0:
-        out.add(
-            "algorithm.loss.clip_low",
-            f"must be in [0, 1) (the lower bound 1 - clip_low stays > 0), got {loss.clip_low}",
-        )
-    if loss.clip_high < 0:
-        out.add("algorithm.loss.clip_high", f"must be >= 0, got {loss.clip_high}")
-    if loss.adaptive_clip and loss.clip_low * (1 + loss.clip_alpha) >= 1:
-        out.add(
-            ["algorithm.loss.clip_low", "algorithm.loss.clip_alpha"],
-            f"clip_low x (1 + clip_alpha) = {loss.clip_low * (1 + loss.clip_alpha):g} >= 1 lets the adaptive lower "
-            "bound reach 0; lower clip_low or clip_alpha",
-        )
-    if loss.dual_clip_c is not None and loss.dual_clip_c <= 1.0:
-        out.add("algorithm.loss.dual_clip_c", f"must be > 1 or null, got {loss.dual_clip_c}")
-    if loss.clip_alpha < 0 or loss.adv_beta < 0:
-        out.add(["algorithm.loss.clip_alpha", "algorithm.loss.adv_beta"], "must be >= 0")
-    if not 0.0 <= loss.pivot_quantile <= 1.0:
-        out.add("algorithm.loss.pivot_quantile", f"must be in [0, 1], got {loss.pivot_quantile}")
-    if loss.tis_cap is not None and loss.tis_cap <= 0:
-        out.add("algorithm.loss.tis_cap", f"must be > 0 or null, got {loss.tis_cap}")
-    if loss.entropy_eps <= 0:
-        out.add("algorithm.loss.entropy_eps", f"must be > 0, got {loss.entropy_eps}")
-    if loss.token_sum_norm_len is not None and loss.token_sum_norm_len <= 0:
-        out.add("algorithm.loss.token_sum_norm_len", f"must be > 0 or null, got {loss.token_sum_norm_len}")
+    a = cfg.algorithm
+    for fields, message in a.loss.problems():  # the loss states its own rules
+        out.add([f"algorithm.loss.{f}" for f in fields], message)
     if a.tlga_fallback_threshold is not None and a.tlga_fallback_threshold <= 0:
         out.add("algorithm.tlga_fallback_threshold", f"must be > 0 or null, got {a.tlga_fallback_threshold}")
     tau = a.adaptive_temperature.tau
@@ -430,8 +411,7 @@ def _logging_env(cfg: RootConfig, out: _Issues) -> None:
 
 
 def _paths(cfg: RootConfig, out: _Issues) -> None:
-    lists = {"data.train_files": cfg.data.train_files, "data.val_files": cfg.data.val_files}
-    lists["eval.benchmarks"] = cfg.eval.benchmarks
+    lists = {"data.train_files": cfg.data.train_files, "eval.benchmarks": cfg.eval.benchmarks}
     from megatron_hapo.data.rows import DATA_SUFFIXES  # the formats the loader reads (no torch import)
 
     for key, files in lists.items():

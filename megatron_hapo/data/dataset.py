@@ -101,7 +101,7 @@ class PromptDataset:
         scorer: str | None = "auto",
     ):
         if not files:
-            raise DataError("no data files given (data.train_files / data.val_files)")
+            raise DataError("no data files given (data.train_files / eval.benchmarks)")
         if max_prompt_length < 1:
             raise DataError(
                 f"max_prompt_length must be >= 1 (data.max_prompt_length), got {max_prompt_length}"

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-import megatron_hapo.parallel as hp  # noqa: F401  (CPU import patches before megatron)
+import megatron_hapo.parallel as hp  # (also applies the CPU import patches before megatron)
 from megatron_hapo.models.errors import ConversionError, ParallelLayoutError
 from megatron_hapo.models.hf_config import DEFAULT_VOCAB_DIVISOR, ModelArch, load_arch
 from megatron_hapo.models.precision import check_fp8_spec
@@ -125,6 +125,7 @@ def build_gpt_model(
     vp_stage: int | None = None,
     perform_initialization: bool = True,
     config_overrides: dict[str, Any] | None = None,
+    hf_overrides: dict[str, Any] | None = None,
 ):
     """Build this rank's ``GPTModel`` for the HF model described by ``source``.
 
@@ -132,13 +133,16 @@ def build_gpt_model(
     ``padded_vocab_size``: the embedding/output row count; default ``arch.padded_vocab_size(tp,
     make_vocab_size_divisible_by)``. Pass the value a checkpoint was written with to load it at another
     TP (``mcore_io.checkpoint_padded_vocab``). ``perform_initialization=False`` skips random init (for
-    weights about to be overwritten). The returned model carries ``hapo_arch`` (the ``ModelArch``) for
-    ``export_hf_weights``; its ``vocab_size`` attribute is the padded vocab.
+    weights about to be overwritten). ``hf_overrides``: HF config fields set on top of ``source``'s
+    (``model.override_config``); ``config_overrides``: Megatron ``TransformerConfig`` fields. The returned
+    model carries ``hapo_arch`` (the ``ModelArch``) for ``export_hf_weights``; its ``vocab_size`` attribute
+    is the padded vocab. Every parameter and buffer is on ``megatron_hapo.parallel.compute_device()`` in
+    ``params_dtype``.
     """
     from megatron.core import parallel_state as ps
     from megatron.core.models.gpt import GPTModel
 
-    arch = load_arch(source)
+    arch = load_arch(source, hf_overrides)
     tp = ps.get_tensor_model_parallel_world_size()
     pp = ps.get_pipeline_model_parallel_world_size()
     arch.check_layout(tp, pp)
@@ -175,7 +179,10 @@ def build_gpt_model(
     if arch.rope_scaling is not None:
         _apply_llama3_rope(model, arch)
     model.hapo_arch = arch
-    return model.to(params_dtype)
+    # Megatron builds its tensor-parallel layers on the current CUDA device, but modules it takes from torch
+    # (WrappedTorchNorm -> torch.nn.RMSNorm) land on the default device, the CPU. Move the whole model, as
+    # Megatron's own get_model does (model.cuda(torch.cuda.current_device())), then cast to params_dtype.
+    return model.to(device=hp.compute_device(), dtype=params_dtype)
 
 
 def _apply_llama3_rope(model, arch: ModelArch) -> None:

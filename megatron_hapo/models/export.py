@@ -28,6 +28,7 @@ from megatron_hapo.models.errors import ConversionError
 from megatron_hapo.models.hf_config import ModelArch
 from megatron_hapo.models.mappings import BoundRow, family_mapping
 from megatron_hapo.models.params import arch_of, as_chunks, named_global_parameters
+from megatron_hapo.parallel import compute_device
 
 
 def export_hf_weights(
@@ -60,7 +61,8 @@ def export_hf_weights(
         error = e
     # before the first collective, so no rank of the model-parallel group is left waiting in one
     raise_if_any(error, group=ps.get_model_parallel_group())
-    device = local[0][0].device if local else torch.device("cpu")
+    # broadcast buffers of a stage that exports nothing: on the collective's device (NCCL needs CUDA tensors)
+    device = local[0][0].device if local else compute_device()
     # Every stage announces (name, full shape, dtype) of its tensors, so the other stages can post
     # matching broadcast buffers and all ranks run the same collectives in the same order.
     manifest = [(b.mcore_name, b.row.full_shape(p.shape, tp), p.dtype) for p, b in local]

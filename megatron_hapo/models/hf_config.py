@@ -98,12 +98,19 @@ class ModelArch:
         return asdict(self)
 
 
-def load_arch(source: Any) -> ModelArch:
+def load_arch(source: Any, overrides: Mapping[str, Any] | None = None) -> ModelArch:
     """Read a :class:`ModelArch` from a model directory, a config.json path, a dict or a transformers config.
+
+    ``overrides``: HF config fields set on top of what ``source`` says (``model.override_config``), applied
+    before anything is derived from them.
 
     Raises :class:`UnsupportedArchitectureError` for model types or variants the mappings do not cover
     (with what is supported), ``FileNotFoundError`` when a directory has no config.json.
     """
+    if overrides:
+        if isinstance(source, ModelArch):
+            raise TypeError("load_arch: overrides apply to an HF config, not to a ModelArch")
+        return load_arch({**read_hf_config(source), **overrides})
     if isinstance(source, ModelArch):
         return source
     if isinstance(source, str | os.PathLike):
@@ -114,6 +121,19 @@ def load_arch(source: Any) -> ModelArch:
         return _from_hf_config(source, where=type(source).__name__)
     raise TypeError(
         f"load_arch expects a directory, a config.json path, a dict or a transformers config, got {source!r}"
+    )
+
+
+def read_hf_config(source: Any) -> dict[str, Any]:
+    """The raw HF config of a model directory, a config.json path, a dict or a transformers config."""
+    if isinstance(source, str | os.PathLike):
+        return _read_config_json(Path(source))
+    if isinstance(source, Mapping):
+        return dict(source)
+    if hasattr(source, "to_dict"):
+        return source.to_dict()
+    raise TypeError(
+        f"expected a directory, a config.json path, a dict or a transformers config, got {source!r}"
     )
 
 

@@ -11,7 +11,9 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -172,11 +174,15 @@ class HFCheckpointWriter:
 
 
 def copy_reference_files(
-    reference_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype: torch.dtype | None
+    reference_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    dtype: torch.dtype | None,
+    config_overrides: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Copy config.json, tokenizer and generation files (everything but weights) from ``reference_dir``.
 
-    config.json's ``dtype`` / ``torch_dtype`` is set to ``dtype`` (the dtype the weights were written in).
+    config.json gets ``config_overrides`` (``model.override_config``: the model the weights belong to) and
+    its ``dtype`` / ``torch_dtype`` set to ``dtype`` (the dtype the weights were written in).
     Returns the copied file names.
     """
     src, dst = Path(reference_dir), Path(out_dir)
@@ -184,12 +190,13 @@ def copy_reference_files(
     for path in sorted(src.iterdir()):
         if not path.is_file() or _WEIGHT_FILE.match(path.name):
             continue
-        if path.name == "config.json" and dtype is not None:
-            config = json.loads(path.read_text())
-            name = str(dtype).removeprefix("torch.")
-            for key in ("dtype", "torch_dtype"):
-                if key in config:
-                    config[key] = name
+        if path.name == "config.json" and (dtype is not None or config_overrides):
+            config = {**json.loads(path.read_text()), **(config_overrides or {})}
+            if dtype is not None:
+                name = str(dtype).removeprefix("torch.")
+                for key in ("dtype", "torch_dtype"):
+                    if key in config:
+                        config[key] = name
             (dst / path.name).write_text(json.dumps(config, indent=2) + "\n")
         else:
             shutil.copy2(path, dst / path.name)

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_hapo.models.params import as_chunks
+from megatron_hapo.parallel import compute_device
 
 DEFAULT_ATOL = 1e-4  # fp32 on CPU matches to ~1e-6; bf16 needs a looser bound
 
@@ -124,7 +125,8 @@ def compare_with_hf(
     vocab = chunk.hapo_arch.vocab_size
     tokens = random_tokens(vocab, batch, seq_len, seed)
     ours = megatron_logits(model, tokens)
-    diff = torch.zeros(1, dtype=torch.float64)
+    # on the collective's device: NCCL (GPU runs) reduces CUDA tensors only
+    diff = torch.zeros(1, dtype=torch.float64, device=compute_device())
     reference_rank = (
         ps.is_pipeline_last_stage()
         and ps.get_tensor_model_parallel_rank() == 0
@@ -132,7 +134,7 @@ def compare_with_hf(
     )
     if reference_rank:
         ref = hf_logits(hf_dir, tokens)
-        diff[0] = (ref - ours[..., :vocab]).abs().max().double()
+        diff[0] = (ref - ours[..., :vocab]).abs().max().double().to(diff.device)
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(diff, op=dist.ReduceOp.MAX)
     return LogitComparison(float(diff[0]), atol, batch, seq_len, vocab)

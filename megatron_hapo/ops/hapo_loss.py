@@ -54,6 +54,7 @@ def fused_hapo_loss(
         ``(loss, metrics)`` from ``hapo_policy_loss``; ``metrics`` also holds ``entropy/mean`` of this
         call's valid tokens.
     """
+    config.check()
     n_tokens = mask.numel()
     if logits.dim() < 2 or logits.shape[:-1] not in (mask.shape, torch.Size([n_tokens])):
         raise ValueError(

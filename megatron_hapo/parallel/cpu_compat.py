@@ -2,7 +2,7 @@
 
 Every function here is a no-op when CUDA is available. On CPU, Megatron-Core's local (non-TE) GPT
 path runs unchanged under gloo once these few call sites are redirected; each shim names the
-Megatron call that needs it (see ../shared/notes/megatron_cpu.md for the failures they fix).
+Megatron call that needs it (see docs/background/megatron_cpu.md for the failures they fix).
 
 Order of use (``megatron_hapo.parallel`` does this for you):
   1. :func:`apply_import_patches` before the first ``import megatron``;

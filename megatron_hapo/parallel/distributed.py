@@ -32,11 +32,11 @@ class DistEnv:
 def compute_device() -> torch.device:
     """The device this process computes and communicates on: its current CUDA device when CUDA is
     available (NCCL collectives need CUDA tensors), else the CPU (gloo)."""
-    return (
-        torch.device("cuda", torch.cuda.current_device())
-        if torch.cuda.is_available()
-        else torch.device("cpu")
-    )
+    # through cpu_compat.cuda_available and torch.device(current_device()) so that a test can point the
+    # "current device" elsewhere (e.g. at `meta`) and see where the model and the batches end up
+    if cpu_compat.cuda_available():
+        return torch.device(torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def _free_port() -> int:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-import megatron_hapo.parallel as hp  # noqa: F401  (import-time CPU patches before megatron)
+import megatron_hapo.parallel as hp  # (also applies the import-time CPU patches before megatron)
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,9 @@ def build_tiny_gpt(cfg: TinyGPTConfig, dtype: torch.dtype = torch.float32):
         position_embedding_type="rope",
         share_embeddings_and_output_weights=False,
     )
-    return model.to(dtype)
+    # use_cpu_initialization builds everything on the host: move the model to the compute device (CUDA's
+    # current device on a GPU machine, as Megatron's get_model does)
+    return model.to(device=hp.compute_device(), dtype=dtype)
 
 
 def synthetic_batch(cfg: TinyGPTConfig, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -93,7 +95,7 @@ def synthetic_batch(cfg: TinyGPTConfig, seed: int = 0) -> dict[str, torch.Tensor
 
 
 def _forward_step(data_iterator, model):
-    batch = next(data_iterator)
+    batch = {k: v.to(hp.compute_device()) for k, v in next(data_iterator).items()}
     output = model(batch["tokens"], batch["position_ids"], batch["attention_mask"], labels=batch["labels"])
 
     def loss_func(per_token_loss):
@@ -123,7 +125,7 @@ def forward_backward(model, batches: list[dict], cfg: TinyGPTConfig, forward_onl
         micro_batch_size=cfg.micro_batch_size,
         forward_only=forward_only,
     )
-    value = torch.zeros(1, dtype=torch.float64)
+    value = torch.zeros(1, dtype=torch.float64, device=hp.compute_device())  # NCCL: CUDA tensors only
     if ps.is_pipeline_last_stage():
         # each entry is one micro-batch's mean loss (we reported a copy, so it was not rescaled)
         value += sum(float(d["lm loss"]) for d in losses) / len(losses)

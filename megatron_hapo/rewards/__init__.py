@@ -16,6 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
+# The built-in scorers register themselves on import (registry.py imports no scorer: no import cycle);
+# the package imports them, so every process that reaches a scorer by name has them.
+from megatron_hapo.rewards import dapo, math_verify_scorer  # noqa: F401
 from megatron_hapo.rewards.overlong import apply_overlong, overlong_penalty
 from megatron_hapo.rewards.pool import BatchScores, ScorerPool, run_scorer
 from megatron_hapo.rewards.registry import (

@@ -1,4 +1,4 @@
-"""The DAPO math scorer with HAPO's Math-Verify fallback (HAPO_SPEC.md §7); registered as ``dapo`` and
+"""The DAPO math scorer with HAPO's Math-Verify fallback (docs/hapo_spec.md §7); registered as ``dapo`` and
 routed every ``data_source`` containing ``"math_dapo"``.
 
 1. Keep the last 300 characters of the response (the answer line is at the end; this also bounds the

@@ -1,6 +1,6 @@
 """The Math-Verify scorer: 1 if the response's answer (``\\boxed{}`` first, else the last expression)
 equals the ground truth under Math-Verify, else 0. Registered as ``math_verify``, the default for every
-``data_source`` no other scorer claims (HAPO_SPEC.md §7).
+``data_source`` no other scorer claims (docs/hapo_spec.md §7).
 """
 
 from __future__ import annotations

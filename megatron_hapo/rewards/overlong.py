@@ -1,4 +1,4 @@
-"""DAPO's overlong reward shaping (HAPO_SPEC.md §7): a linear penalty over the last ``buffer_len`` tokens
+"""DAPO's overlong reward shaping (docs/hapo_spec.md §7): a linear penalty over the last ``buffer_len`` tokens
 before the response limit.
 
     penalty(L) = min(-(L - (L_max - B)) / B * f, 0)

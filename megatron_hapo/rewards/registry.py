@@ -68,14 +68,8 @@ def register_scorer(
     return deco
 
 
-def _ensure_builtins() -> None:
-    # Importing the modules registers them; done lazily so that registry.py has no import cycle.
-    from megatron_hapo.rewards import dapo, math_verify_scorer  # noqa: F401
-
-
 def get_scorer(name: str) -> ScorerEntry:
     """The scorer registered as ``name``; KeyError naming the registered ones otherwise."""
-    _ensure_builtins()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -87,7 +81,6 @@ def get_scorer(name: str) -> ScorerEntry:
 
 def resolve_scorer(data_source: str, scorer: str = AUTO) -> ScorerEntry:
     """The scorer for a row from ``data_source`` under ``scorer`` (``auto`` or a name); see the module rule."""
-    _ensure_builtins()
     if scorer != AUTO:
         return get_scorer(scorer)
     for entry in reversed(_REGISTRY.values()):
@@ -104,7 +97,6 @@ def ground_truth_problem(data_source: str, ground_truth: str, scorer: str = AUTO
     """
     if not str(ground_truth).strip():
         return f"ground truth is empty ({str(ground_truth)!r}): nothing can be scored against it"
-    _ensure_builtins()
     if scorer != AUTO and scorer not in _REGISTRY:
         # a custom scorer registered only in the pool's workers (reward.extra_modules): the pool names an
         # unknown scorer loudly when it starts; its own ground-truth rule cannot run in this process
@@ -116,5 +108,4 @@ def ground_truth_problem(data_source: str, ground_truth: str, scorer: str = AUTO
 
 
 def registered() -> list[str]:
-    _ensure_builtins()
     return list(_REGISTRY)

@@ -32,6 +32,7 @@ the train-vs-rollout log-prob mismatch every step. docs/fp8.md has the details.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -54,6 +55,10 @@ def engine_server_args(cfg: Any) -> dict[str, Any]:
       re-quantises through on every sync).
     """
     args: dict[str, Any] = {"dtype": cfg.model.dtype}
+    if (
+        cfg.model.override_config
+    ):  # the engine serves the model the trainer builds (SGLang applies it on load)
+        args["json_model_override_args"] = json.dumps(dict(cfg.model.override_config))
     if not cfg.model.load_weights:
         args["load_format"] = "dummy"
     quant = getattr(cfg.rollout, "quantization", None)

@@ -118,7 +118,7 @@ def _export_hf(policy, out: Path, hf_reference: str | Path) -> None:
             writer.add(name, tensor)
     if writer is not None:
         writer.close()
-        copy_reference_files(hf_reference, out, dtype)
+        copy_reference_files(hf_reference, out, dtype, policy.cfg.model.override_config)
 
 
 def _ensure_optimizer_state(optimizer) -> None:

@@ -69,6 +69,7 @@ class Policy:
             params_dtype=dtype,
             spec=cfg.model.layer_spec,
             make_vocab_size_divisible_by=cfg.model.make_vocab_size_divisible_by,
+            hf_overrides=dict(cfg.model.override_config),
             config_overrides={
                 "sequence_parallel": cfg.parallel.sequence_parallel,
                 **recompute,

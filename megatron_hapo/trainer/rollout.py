@@ -80,8 +80,8 @@ def _fleet_engine(cfg: RootConfig, run_dir) -> SGLangFleet:
     fleet_cfg = FleetConfig(
         model_path=rollout_model_path(cfg, run_dir),
         num_servers=r.num_servers,
-        attach_urls=tuple(r.server_addresses),
-        router_url=r.router_address,
+        attach_urls=() if r.launch_servers else tuple(r.server_addresses),
+        router_url=None if r.launch_servers else r.router_address,
         tp_size=r.tensor_parallel_size,
         startup_timeout_s=r.startup_timeout_s,
         request_timeout_s=r.request_timeout_s,

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 import torch.distributed as dist
 
 from megatron_hapo.config import RootConfig, save_resolved
@@ -89,7 +88,3 @@ def close_run(run: Run) -> None:
         run.rollout.engine.shutdown()
     if run.rollout.scorer is not None:
         run.rollout.scorer.close()
-
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)

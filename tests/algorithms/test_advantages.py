@@ -1,5 +1,7 @@
 """TLGA and GRPO advantages (HAPO_SPEC §4, TV3, B8, B9), filters, shaping and registries."""
 
+import math
+
 import pytest
 import torch
 
@@ -186,3 +188,20 @@ def test_registries():
         reg.register("x")(lambda: 2)
     with pytest.raises(ValueError, match="already registered"):
         register_advantage("grpo")(lambda *a: None)
+
+
+def test_bind_advantage_reads_each_estimators_options_from_the_algorithm_config():
+    from types import SimpleNamespace
+
+    from megatron_hapo.algorithms import bind_advantage
+
+    algo = SimpleNamespace(
+        norm_adv_by_std=False, tlga_fallback_threshold=None, tlga_fallback_counts_padding=True
+    )
+    rewards, mask = torch.tensor([1.0, 0.0, 0.0]), torch.ones(3, 4)
+    got = bind_advantage("tlga", algo)(rewards, mask, [0, 0, 0])
+    want = token_level_group_average(
+        rewards, mask, [0, 0, 0], fallback_threshold=math.inf, fallback_counts_padding=True, norm_by_std=False
+    )
+    assert torch.equal(got, want) and got[0, 0] == pytest.approx(2 / 3)  # not divided by the std
+    assert bind_advantage("grpo", algo).keywords == {"norm_by_std": False}

@@ -339,5 +339,5 @@ def test_configuration_errors_are_clear():
         dict(tis_cap=0.0),
     ):
         with pytest.raises(ValueError):
-            HapoLossConfig(**bad)
-    HapoLossConfig(dual_clip_c=None, adv_beta=2.0)  # allowed: no dual clip; β > 1 (spec B11)
+            HapoLossConfig(**bad).check()
+    HapoLossConfig(dual_clip_c=None, adv_beta=2.0).check()  # allowed: no dual clip; β > 1 (spec B11)

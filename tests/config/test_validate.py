@@ -133,6 +133,10 @@ def test_rollout_tp_vs_gpus_per_server_and_world():
     assert any("needs the servers' addresses" in i.message for i in found)
     found = issues(["rollout.engine=fleet", "rollout.num_servers=2", "rollout.server_addresses=[http://a:1]"])
     assert any("1 server addresses given but num_servers=2" in i.message for i in found)
+    found = issues(
+        ["rollout.engine=fleet", "rollout.launch_servers=true", "rollout.router_address=http://r:1"]
+    )
+    assert any("either attach (launch_servers=false) or launch" in i.message for i in found)
 
 
 @pytest.mark.parametrize(

@@ -145,7 +145,11 @@ def test_implementation_summary_names_torch_fallbacks(tiny):
 @pytest.mark.gpu
 def test_te_fp8_forward_backward_on_gpu(tmp_path):
     """Hopper + TE: the TE spec with blockwise FP8 and bf16 ends builds, runs fwd/bwd, logits stay bf16."""
-    from megatron_hapo.models import build_gpt_model
+    from megatron_hapo.models import build_gpt_model, transformer_engine_status
+
+    usable, reason = transformer_engine_status()
+    if not usable:  # the GPU image has no TE: report the test as not run, never as passed or failed
+        pytest.skip(f"Transformer Engine FP8 not tested: {reason}")
 
     kw = fp8_config_overrides(
         PrecisionConfig(fp8="e4m3", fp8_recipe="blockwise", first_last_layers_bf16=True)
@@ -153,7 +157,7 @@ def test_te_fp8_forward_backward_on_gpu(tmp_path):
     with world_of_one(device_mode=False):
         # FP8 GEMM shapes must be multiples of 16 (blockwise: 128-element blocks): hidden 256, ffn 512, 2 x 128 tokens
         path = make_tiny_hf_model(tmp_path / "m", "qwen2", hidden_size=256, num_layers=4, dtype="bfloat16")
-        model = build_gpt_model(path, params_dtype=torch.bfloat16, spec="te", config_overrides=kw).cuda()
+        model = build_gpt_model(path, params_dtype=torch.bfloat16, spec="te", config_overrides=kw)
         ids = torch.randint(0, 512, (2, 128), device="cuda")
         pos = torch.arange(128, device="cuda").expand(2, -1)
         logits = model(ids, pos, attention_mask=None)

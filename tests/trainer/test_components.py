@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from megatron_hapo.config import load_config
+from megatron_hapo.config.presets import preset_names, preset_overrides
 from megatron_hapo.data import PromptSample, ResumableSampler
 from megatron_hapo.rewards import Score
 from megatron_hapo.rollout import RolloutSample
-from megatron_hapo.trainer import PRESETS, compute_advantages, loss_config
+from megatron_hapo.trainer import compute_advantages, loss_config
 from megatron_hapo.trainer.batch import StepBatch, pad_responses, place_per_token, response_temperatures
 from megatron_hapo.trainer.checkpoint import STATE_FILE, list_checkpoints, resolve_resume
 from megatron_hapo.trainer.metrics import format_header, format_row
@@ -73,14 +74,17 @@ def test_advantages_follow_config():
 
 
 def test_presets_load_and_map_to_the_loss():
-    for name, overrides in PRESETS.items():
-        cfg = _cfg(*overrides)
+    assert preset_names() == ["dapo", "grpo", "hapo"]
+    for name in preset_names():
+        cfg = _cfg(*preset_overrides(name))
         lc = loss_config(cfg)
         assert cfg.algorithm.name == name
         if name != "hapo":
             assert not lc.adaptive_clip and not lc.adaptive_advantage
             assert not cfg.algorithm.adaptive_temperature.enable
-    assert loss_config(_cfg(*PRESETS["dapo"])).clip_high == pytest.approx(0.28)
+    assert loss_config(_cfg(*preset_overrides("dapo"))).clip_high == pytest.approx(0.28)
+    with pytest.raises(ValueError, match="unknown preset 'ppo'; presets: dapo, grpo, hapo"):
+        preset_overrides("ppo")
 
 
 class _FakeEngine:

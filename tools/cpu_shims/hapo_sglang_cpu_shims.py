@@ -9,7 +9,7 @@ The finder is appended to the END of ``sys.meta_path``: it answers only imports 
 package satisfies, so an environment with real torchvision or vLLM is never affected.
 Set ``HAPO_DISABLE_CPU_SHIMS=1`` to switch it off.
 
-Two shims (see ../shared/notes/sglang_cpu.md §4 and docs/install.md):
+Two shims (see docs/background/sglang_cpu.md §4 and docs/install.md):
 
 * ``torchvision`` / ``torchvision.*``: an empty package whose attributes are permissive dummies.
   ``sglang.srt.configs`` imports torchvision unconditionally (multimodal utilities) even for text

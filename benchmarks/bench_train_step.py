@@ -1,0 +1,209 @@
+"""Benchmark (a): the policy update and the old-policy pass of a Qwen2.5-1.5B-shaped model on Megatron.
+
+Random initialisation, local layer spec (unfused attention, no Transformer Engine), one GPU, bf16 with
+Megatron's bf16 optimizer, sequences of ``--seq`` tokens (response = all but the first 256). Measures
+``Policy.update`` (forward, fused HAPO loss, backward, optimizer step; one optimizer step over ``--batch``
+sequences in micro-batches of ``--mbs``) and ``Policy.old_policy_pass`` (forward-only scoring).
+
+FLOPs (docs/ops.md, "Training-step FLOPs"), with T = tokens in the step, s = sequence length, L = layers,
+h_att = heads x head_dim, N = matmul parameters (all parameters except the input embedding table, plus the
+output layer's V_pad x d when it is tied to the embedding):
+
+    update    = 6 N T + 12 L s h_att T      (forward 2 N + 4 L s h_att per token; backward twice that)
+    old pass  = 2 N T +  4 L s h_att T
+
+The attention term counts the full s x s products the local spec computes (it does not skip the causal
+half). MFU = update FLOPs / time / 989 TFLOP/s (dense bf16 peak of an H100/H200 SXM). Attention's share:
+one layer's ``core_attention`` (QK^T, masked softmax, AV) timed alone on the step's shapes, forward +
+backward, times L x micro-batches, over the update time.
+
+Goal (issue 16): MFU >= 30% with the local spec.
+
+    python benchmarks/bench_train_step.py --device cuda                     # 1.5B, s=4096, ~60-90 s on an H200
+    .venv/bin/python benchmarks/bench_train_step.py --device cpu --tiny     # tiny model, proves the script (~30 s)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch  # noqa: E402
+from bench_common import (  # noqa: E402
+    PEAK_BF16_FLOPS,
+    REPO,
+    goal,
+    header,
+    peak_mib,
+    pick_device,
+    qwen25_15b_config,
+    sync,
+    timed,
+    write_config,
+)
+
+PROMPT_LEN = 256
+
+
+def matmul_params(model, arch) -> int:
+    """N of the FLOPs formula: parameters that take part in a matmul per token (see module doc)."""
+    total = sum(p.numel() for p in model.parameters())
+    emb = model.embedding.word_embeddings.weight.numel()
+    tied = arch.tie_word_embeddings
+    return total - emb + (emb if tied else 0)
+
+
+def make_samples(n: int, seq: int, vocab: int, prompt_len: int):
+    from megatron_hapo.rollout.types import RolloutSample
+
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for i in range(n):
+        ids = torch.randint(3, vocab, (seq,), generator=g).tolist()
+        r = seq - prompt_len
+        out.append(
+            RolloutSample(
+                prompt_index=i, sample_index=0, prompt_ids=ids[:prompt_len], response_ids=ids[prompt_len:],
+                logprobs=(-torch.rand(r, generator=g) * 4).tolist(), finish_reason="length",
+                weight_version="bench", temperatures=[1.0] * r,
+            )
+        )  # fmt: skip
+    return out
+
+
+def attention_seconds(policy, seq: int, mbs: int, device: str, iters: int) -> float:
+    """Forward + backward of one layer's core attention on [s, b, heads, head_dim] bf16 inputs."""
+    from megatron.core.transformer.enums import AttnMaskType
+
+    gpt = policy.model.module
+    core = gpt.decoder.layers[0].self_attention.core_attention
+    arch = policy.arch
+    dtype = next(gpt.parameters()).dtype
+    q = torch.randn(seq, mbs, arch.num_attention_heads, arch.head_dim, device=device, dtype=dtype)
+    kv = [
+        torch.randn(seq, mbs, arch.num_kv_heads, arch.head_dim, device=device, dtype=dtype) for _ in range(2)
+    ]
+    q.requires_grad_(True)
+    for t in kv:
+        t.requires_grad_(True)
+    mask = torch.ones(1, 1, seq, seq, dtype=torch.bool, device=device).triu(1)
+    grad = None
+
+    def run():
+        nonlocal grad
+        out = core(q, kv[0], kv[1], mask, attn_mask_type=AttnMaskType.causal)
+        if grad is None:
+            grad = torch.randn_like(out)
+        out.backward(grad)
+
+    return timed(run, device, iters)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", choices=("cpu", "cuda"))
+    ap.add_argument("--tiny", action="store_true", help="tiny Qwen2-family model (CPU check of the script)")
+    ap.add_argument("--seq", type=int, help="tokens per sequence (default 4096; tiny: 128)")
+    ap.add_argument("--batch", type=int, help="sequences per optimizer step (default 4; tiny: 4)")
+    ap.add_argument("--mbs", type=int, default=1, help="sequences per micro-batch")
+    ap.add_argument("--iters", type=int, default=3, help="timed updates (after one warm-up)")
+    args = ap.parse_args()
+    device = pick_device(args.device)
+    seq = args.seq or (128 if args.tiny else 4096)
+    batch = args.batch or 4
+    prompt_len = 32 if args.tiny else PROMPT_LEN
+    if seq <= prompt_len or batch % args.mbs or batch % 2:
+        sys.exit(
+            f"--seq must exceed the prompt ({prompt_len}) and --batch an even multiple of --mbs "
+            f"(got {seq}, {batch}, {args.mbs})"
+        )
+
+    import megatron_hapo.parallel as hp
+    from megatron_hapo.config import load_config
+    from megatron_hapo.trainer.batch import pad_responses
+    from megatron_hapo.trainer.policy import Policy
+
+    started = time.time()
+    hp.init_distributed()
+    hp.initialize_model_parallel(1, 1)
+    tmp = Path(tempfile.mkdtemp(prefix="bench_train_step_"))
+    model_dir = write_config(tmp / "model", qwen25_15b_config(args.tiny))
+    dtype = "bf16" if device == "cuda" else "fp32"
+    overrides = [
+        f"model.hf_path={model_dir}", "model.load_weights=false", "model.layer_spec=local",
+        f"precision.dtype={dtype}", f"data.micro_batch_size={args.mbs}", f"data.mini_batch_size={batch // 2}",
+        f"data.train_batch_size={batch // 2}", "sampling.train.n=2", "parallel.use_distributed_optimizer=false",
+        "optim.lr=1e-6", f"trainer.run_dir={tmp / 'run'}",
+    ]  # fmt: skip
+    cfg = load_config(REPO / "examples/configs/tiny_cpu.yaml", overrides, check_env=False)
+    with hp.device_mode():
+        policy = Policy(cfg, optimizer_steps=args.iters + 2)
+        build_s = time.time() - started
+        gpt = policy.model.module
+        arch = policy.arch
+        n_mm = matmul_params(gpt, arch)
+        samples = make_samples(batch, seq, arch.vocab_size, prompt_len)
+        temps = [s.temperatures for s in samples]
+        data = pad_responses(samples, temps, seq)
+
+        def old_pass():
+            return policy.old_policy_pass(samples, temps, seq)
+
+        old_s = timed(old_pass, device, args.iters)
+        old_lp, entropy = old_pass()
+        stats = policy.entropy_stats(entropy, data.mask)
+        adv = torch.where(torch.arange(batch) % 2 == 0, 1.0, -1.0)[:, None] * data.mask
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        metrics = {}
+
+        def update():
+            metrics.update(policy.update(data, old_lp, adv, stats, num_mini_batches=1))
+
+        upd_s = timed(update, device, args.iters)
+        sync(device)
+        peak = peak_mib(device)
+        att_s = attention_seconds(policy, seq, args.mbs, device, args.iters)
+
+    tokens = batch * seq
+    h_att = arch.num_attention_heads * arch.head_dim
+    att_flops = arch.num_layers * seq * h_att
+    upd_flops = tokens * (6 * n_mm + 12 * att_flops)
+    old_flops = tokens * (2 * n_mm + 4 * att_flops)
+    att_share = att_s * arch.num_layers * (batch // args.mbs) / upd_s
+    mfu = upd_flops / upd_s / PEAK_BF16_FLOPS if device == "cuda" else None
+
+    header("bench_train_step (Policy.update through the fused HAPO loss; old-policy pass)", device)
+    print(
+        f"# model: {'tiny ' if args.tiny else ''}Qwen2.5-1.5B shape, L={arch.num_layers} d={arch.hidden_size} "
+        f"heads={arch.num_attention_heads}/{arch.num_kv_heads} V={arch.vocab_size}, N (matmul params) "
+        f"{n_mm / 1e9:.3f} B, {dtype}, local spec, random init; built in {build_s:.0f} s"
+    )
+    print(
+        f"# step: {batch} sequences x {seq} tokens (prompt {prompt_len}), micro-batch {args.mbs}; median of {args.iters} after 1 warm-up"
+    )
+    print("# FLOPs: update 6*N*T + 12*L*s*h_att*T, old pass 2*N*T + 4*L*s*h_att*T (full s x s attention)")
+    print()
+    print("| pass | ms | tokens/s | TFLOP/s | MFU | peak MiB | note |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    mfu_txt = f"{100 * mfu:.1f}%" if mfu is not None else "n/a (CPU)"
+    print(
+        f"| update | {upd_s * 1e3:.0f} | {tokens / upd_s:,.0f} | {upd_flops / upd_s / 1e12:.1f} | {mfu_txt} | "
+        f"{peak:.0f} | attention {100 * att_share:.0f}% of the time; grad_norm {metrics.get('optim/grad_norm', float('nan')):.3g} |"
+    )
+    old_mfu = f"{100 * old_flops / old_s / PEAK_BF16_FLOPS:.1f}%" if device == "cuda" else "n/a (CPU)"
+    print(
+        f"| old-policy pass | {old_s * 1e3:.0f} | {tokens / old_s:,.0f} | {old_flops / old_s / 1e12:.1f} | {old_mfu} | - | forward only |"
+    )
+    print()
+    print(goal(None if mfu is None else mfu >= 0.30, f"MFU >= 30% with the local spec: {mfu_txt}"))
+    print(f"# total {time.time() - started:.0f} s")
+    hp.destroy_model_parallel()
+
+
+if __name__ == "__main__":
+    main()
