@@ -7,7 +7,8 @@ the scheduler processes' output) goes to log files under ``run_dir/logs/``:
 
 * ``rank{R}.log``: this process's logging at ``logging.level``, Python warnings included;
 * ``sglang.log``: the in-process SGLang engine (its scheduler and detokenizer processes write there
-  for their whole life; see :func:`fds_to`).
+  for their whole life; see :func:`fds_to`). If one of them dies, :class:`EngineCrashReport` prints
+  the log's last lines on the console before SGLang kills the run.
 
 ``--verbose`` (or ``HAPO_VERBOSE=1``, which the flag sets so that torchrun's other ranks and SGLang's
 processes see it too) sends all of it to the console again, with tracebacks of project errors; the log
@@ -164,3 +165,29 @@ def keep_root_handlers() -> Iterator[None]:
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
+
+
+class EngineCrashReport:
+    """SGLang's SIGQUIT handler when the engine writes to a log file: a child process (scheduler,
+    detokenizer) that fails SIGQUITs this process, and SGLang's own handler kills the process tree with
+    nothing on the console. This one first writes the log's last lines to ``console_fd`` (a copy of the
+    console's stderr), then does what SGLang's does. A plain class, not a closure: SGLang pickles its
+    server arguments into the scheduler process."""
+
+    TAIL_LINES = 30
+
+    def __init__(self, log_file: str, console_fd: int):
+        self.log_file, self.console_fd = log_file, console_fd
+
+    def __call__(self, signum, frame) -> None:
+        try:
+            with open(self.log_file, encoding="utf-8", errors="replace") as f:
+                tail = "".join(f.readlines()[-self.TAIL_LINES :])
+            os.write(
+                self.console_fd,
+                f"SGLang engine process failed; the last lines of {self.log_file}:\n{tail}\n".encode(),
+            )
+        finally:
+            from sglang.srt.utils import kill_process_tree
+
+            kill_process_tree(os.getpid())

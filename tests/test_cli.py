@@ -133,3 +133,24 @@ def test_benign_warnings_are_filtered_by_message_and_package():
         warnings.warn_explicit("Apex is not installed. Falling back to Torch Norm", UserWarning, "x.py", 1,
                                module="mypackage")  # fmt: skip
     assert [str(w.message) for w in caught] == ["Apex is not installed. Falling back to Torch Norm"]
+
+
+def test_a_failing_engine_process_shows_its_last_words_on_the_console(tmp_path):
+    """With the engine's output in a log file, SGLang's SIGQUIT path (a dead scheduler kills this process)
+    would print nothing; the handler prints the log's tail first, then kills the tree as SGLang does."""
+    log = tmp_path / "sglang.log"
+    log.write_text(
+        "".join(f"line {i}\n" for i in range(100)) + "RuntimeError: Cannot find any model weights\n"
+    )
+    code = (
+        "import os, signal\n"
+        "from megatron_hapo.console import EngineCrashReport\n"
+        f"signal.signal(signal.SIGQUIT, EngineCrashReport({str(log)!r}, os.dup(2)))\n"
+        "os.kill(os.getpid(), signal.SIGQUIT)\n"
+        "import time; time.sleep(60)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))  # fmt: skip
+    assert proc.returncode in (-9, 137), proc.stderr[-2000:]
+    assert proc.stderr.startswith(f"SGLang engine process failed; the last lines of {log}:")
+    assert "Cannot find any model weights" in proc.stderr and "line 50\n" not in proc.stderr
