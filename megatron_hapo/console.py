@@ -171,7 +171,7 @@ class EngineCrashReport:
     """SGLang's SIGQUIT handler when the engine writes to a log file: a child process (scheduler,
     detokenizer) that fails SIGQUITs this process, and SGLang's own handler kills the process tree with
     nothing on the console. This one first writes the log's last lines to ``console_fd`` (a copy of the
-    console's stderr), then does what SGLang's does. A plain class, not a closure: SGLang pickles its
+    console's stderr), then does what SGLang's does (kill the process tree). A plain class, not a closure: SGLang pickles its
     server arguments into the scheduler process."""
 
     TAIL_LINES = 30
@@ -188,6 +188,13 @@ class EngineCrashReport:
                 f"SGLang engine process failed; the last lines of {self.log_file}:\n{tail}\n".encode(),
             )
         finally:
-            from sglang.srt.utils import kill_process_tree
+            # what SGLang's handler does (sglang.srt.utils.kill_process_tree): SIGKILL the children, then
+            # this process; done with psutil here so that the handler needs no heavy import
+            import signal
 
-            kill_process_tree(os.getpid())
+            import psutil
+
+            for child in psutil.Process().children(recursive=True):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
+            os.kill(os.getpid(), signal.SIGKILL)
