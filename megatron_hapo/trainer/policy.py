@@ -195,7 +195,10 @@ class Policy:
         """One optimizer step per entry of ``mini_batches`` (this rank's micro-batches of it; every DP rank
         passes the same number of micro-batches). ``norm_len``: L_norm of agg=seq-mean-token-sum-norm when
         ``algorithm.loss.token_sum_norm_len`` is null (the step's longest sequence, what whole-step padding
-        used), so the loss does not depend on each micro-batch's padded length."""
+        used), so the loss does not depend on each micro-batch's padded length.
+
+        The loss metrics (actor/*) are over every DP rank's micro-batches: sums (pg_loss, n_tokens, counts)
+        and token-weighted means of the whole mini-batch, averaged over the mini-batches."""
         from megatron.core import parallel_state as ps
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -254,6 +257,10 @@ class Policy:
                 raise RuntimeError("optimizer step skipped: non-finite gradients (check the loss inputs)")
             self.scheduler.step(increment=1)
             agg["grad_norm"] += float(grad_norm or 0.0) / num_mini
+            if self.dp_group is not None:  # every rank's micro-batches: the ranks hold different responses
+                parts: list = [None] * self.dp_size
+                dist.all_gather_object(parts, collected, group=self.dp_group)
+                collected = [c for part in parts for c in part]
             _merge(agg, collected, num_mini)
         if ps.get_pipeline_model_parallel_world_size() > 1:  # loss metrics exist on the last stage only
             box = [{k: v for k, v in agg.items() if k != "grad_norm"}]
