@@ -364,7 +364,10 @@ class DataConfig:
     mini_batch_size: int = opt(
         32, "prompts per optimizer step (global); train_batch_size / this = updates per step"
     )
-    micro_batch_size: int = opt(1, "responses per micro-batch per data-parallel rank")
+    micro_batch_size: int = opt(
+        1,
+        "responses per micro-batch per data-parallel rank (fixed micro-batches: max_tokens_per_micro_batch null)",
+    )
     max_tokens_per_micro_batch: int | None = opt(
         None,
         "token budget of an update micro-batch (rows x padded length, per DP rank): responses are spread over "
