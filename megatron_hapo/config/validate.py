@@ -195,12 +195,6 @@ def _batches(cfg: RootConfig, dp: int | None, out: _Issues) -> None:
                 + (f" (padded to a multiple of {multiple}: {need})" if need != longest else "")
                 + f"; set it to at least {need} (docs/training.md, 'Micro-batches')",
             )
-    if d.max_tokens_per_old_micro_batch is not None and d.max_tokens_per_micro_batch is None:
-        out.add(
-            ["data.max_tokens_per_old_micro_batch", "data.max_tokens_per_micro_batch"],
-            "an old-pass token budget needs token-budget micro-batches for the update too; set "
-            "data.max_tokens_per_micro_batch (or drop max_tokens_per_old_micro_batch)",
-        )
     if d.sequence_packing:
         out.add(
             "data.sequence_packing",

@@ -73,7 +73,6 @@ def test_a_sequence_over_the_budget_is_refused():
             ["data.max_tokens_per_micro_batch=4096", "data.max_tokens_per_old_micro_batch=159"],
             "data.max_tokens_per_old_micro_batch",
         ),  # fmt: skip
-        (["data.max_tokens_per_old_micro_batch=4096"], "data.max_tokens_per_old_micro_batch"),
         (["data.sequence_packing=true"], "data.sequence_packing"),
         # SP at TP=4: 128 + 32 = 160 is a multiple of 4, 161 is not
         (
