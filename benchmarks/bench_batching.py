@@ -1,11 +1,11 @@
 """Whole-step padding vs token-budget micro-batches on one synthetic RL step (old-policy pass + update).
 
-    python benchmarks/bench_batching.py [--responses 64] [--max-new 512] [--repeats 3]
+    python benchmarks/bench_batching.py [--responses 32] [--max-new 384] [--repeats 3]
 
 The step: ``responses / 4`` prompts x 4 samples. Prompt lengths are uniform in [24, 64]; response lengths
 follow reasoning RL's heavy tail, scaled down for a CPU: ``L = min(max_new, round(exp(N(ln(max_new / 5),
 0.9))))``, a log-normal whose median is a fifth of the maximum, with a few responses clipped at the
-maximum (HAPO's 7B recipe: up to 10k tokens, most far shorter). Model: a random Qwen2 (hidden 128, 4
+maximum (HAPO's 7B recipe: up to 10k tokens, most far shorter). Model: a random Qwen2 (hidden 64, 2
 layers, vocab 512) on Megatron-Core, fp32, TP = PP = DP = 1, the trainer's own ``learn()``.
 
 Rows (interleaved, ``--repeats`` times each; the table shows the median):
@@ -62,8 +62,8 @@ def synthetic_step(n_responses: int, max_new: int, vocab: int, seed: int = 0):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--responses", type=int, default=64)
-    ap.add_argument("--max-new", type=int, default=512)
+    ap.add_argument("--responses", type=int, default=32)
+    ap.add_argument("--max-new", type=int, default=384)
     ap.add_argument("--prompt-max", type=int, default=64)
     ap.add_argument("--micro-batch-size", type=int, default=4, help="rows of the whole-step padding row")
     ap.add_argument("--budget", type=int, default=None, help="update token budget; default 2 x longest")
@@ -90,13 +90,14 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         model = make_tiny_hf_model(
-            Path(tmp) / "m", "qwen2", vocab_size=vocab, dtype="float32", hidden_size=128, num_layers=4
+            Path(tmp) / "m", "qwen2", vocab_size=vocab, dtype="float32", hidden_size=64, num_layers=2
         )
         base = [
             f"model.hf_path={model}", "model.load_weights=true", "precision.dtype=fp32",
             "data.train_batch_size=" + str(args.responses // 4), "data.mini_batch_size=" + str(args.responses // 8),
             "sampling.train.n=4", f"data.micro_batch_size={args.micro_batch_size}",
             f"data.max_prompt_length={args.prompt_max}", f"rollout.max_new_tokens={args.max_new}",
+            "data.max_tokens_per_micro_batch=null", "data.max_tokens_per_old_micro_batch=null",
         ]  # fmt: skip
         rows = {
             "whole-step padding": (
