@@ -46,6 +46,8 @@ def run_variant(model_dir, layout, variant):
     ]  # fmt: skip
     if variant in ("budget", "wrong"):
         overrides += ["data.max_tokens_per_micro_batch=96", "data.max_tokens_per_old_micro_batch=200"]
+    else:  # fixed micro_batch_size micro-batches (tiny_cpu.yaml sets budgets)
+        overrides += ["data.max_tokens_per_micro_batch=null", "data.max_tokens_per_old_micro_batch=null"]
     cfg = load_config("examples/configs/tiny_cpu.yaml", overrides, check_env=False, world_size=2)
     seen = {}
 
@@ -117,6 +119,10 @@ def main():
             runs = {v: run_variant(model_dir, layout, v) for v in ("fixed", "budget", "whole_step", "wrong")}
             hp.destroy_model_parallel()
             fixed_m = runs["fixed"][0]
+            # fixed: 2 updates x (8 responses / DP) / micro_batch_size 2 per rank
+            assert fixed_m["perf/micro_batches_per_rank/update"] == 8 // (2 if layout == "dp2" else 1), (
+                fixed_m
+            )
             budget_m = runs["budget"][0]
             log(
                 f"{layout}: padding ratio update fixed {fixed_m['perf/padding_ratio/update']:.3f} budget "
