@@ -2,7 +2,7 @@
 
 Only global rank 0 writes. ``metrics.jsonl`` has one JSON object per step with at least: step,
 reward/mean, acc/mean, entropy/mean, response_length/mean, temperature/mean, time/step_s, the loss
-metrics (actor/*), optim/grad_norm, optim/lr and time/sync_s.
+metrics (actor/*), optim/grad_norm, optim/lr, time/sync_s and the layout's perf/* (:func:`perf_metrics`).
 """
 
 from __future__ import annotations
