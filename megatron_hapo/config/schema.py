@@ -334,9 +334,26 @@ class DataConfig:
     mini_batch_size: int = opt(
         32, "prompts per optimizer step (global); train_batch_size / this = updates per step"
     )
-    micro_batch_size: int = opt(1, "responses per micro-batch per data-parallel rank")
+    micro_batch_size: int = opt(
+        1,
+        "responses per micro-batch per data-parallel rank (fixed micro-batches: max_tokens_per_micro_batch null)",
+    )
     max_tokens_per_micro_batch: int | None = opt(
-        None, "dynamic batching: pack micro-batches up to this many tokens; null = fixed micro_batch_size"
+        None,
+        "token budget of an update micro-batch (rows x padded length, per DP rank): responses are spread over "
+        "DP ranks by tokens and grouped first-fit-decreasing under it, each micro-batch padded to its own "
+        "longest sequence; must be >= max_prompt_length + rollout.max_new_tokens. null = fixed "
+        "micro_batch_size responses per micro-batch (docs/training.md, 'Micro-batches')",
+    )
+    max_tokens_per_old_micro_batch: int | None = opt(
+        None,
+        "token budget of an old-policy-pass micro-batch (forward only, no activations kept: can be larger "
+        "than max_tokens_per_micro_batch); null = max_tokens_per_micro_batch",
+    )
+    sequence_packing: bool = opt(
+        False,
+        "several responses per row with per-sequence positions (THD): not implemented yet, must stay false "
+        "(token-budget micro-batches are the supported layout)",
     )
 
 

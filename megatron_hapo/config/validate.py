@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -103,6 +104,7 @@ def _positive(cfg: RootConfig, out: _Issues) -> None:
         "parallel.virtual_pipeline_model_parallel_size": cfg.parallel.virtual_pipeline_model_parallel_size,
         "rollout.gpus_per_server": cfg.rollout.gpus_per_server,
         "data.max_tokens_per_micro_batch": cfg.data.max_tokens_per_micro_batch,
+        "data.max_tokens_per_old_micro_batch": cfg.data.max_tokens_per_old_micro_batch,
         "trainer.total_steps": cfg.trainer.total_steps,
         "checkpoint.keep_last": cfg.checkpoint.keep_last,
         "eval.max_new_tokens": cfg.eval.max_new_tokens,
@@ -186,6 +188,30 @@ def _batches(cfg: RootConfig, dp: int | None, out: _Issues) -> None:
         out.add(
             ["data.mini_batch_size", "sampling.train.n", "parallel.data_parallel_size"],
             f"responses per optimizer update ({d.mini_batch_size * n}) must be divisible by DP = {dp}",
+        )
+    longest = d.max_prompt_length + cfg.rollout.max_new_tokens
+    multiple = cfg.parallel.tensor_model_parallel_size if cfg.parallel.sequence_parallel else 1
+    if cfg.parallel.context_parallel_size > 1:
+        multiple = math.lcm(multiple, 2 * cfg.parallel.context_parallel_size)
+    need = -(-longest // multiple) * multiple
+    for key, budget in (
+        ("data.max_tokens_per_micro_batch", d.max_tokens_per_micro_batch),
+        ("data.max_tokens_per_old_micro_batch", d.max_tokens_per_old_micro_batch),
+    ):
+        if budget is not None and budget < need:
+            out.add(
+                [key, "data.max_prompt_length", "rollout.max_new_tokens"],
+                f"{key}={budget} is smaller than the longest possible sequence, max_prompt_length + "
+                f"max_new_tokens = {d.max_prompt_length} + {cfg.rollout.max_new_tokens}"
+                + (f" (padded to a multiple of {multiple}: {need})" if need != longest else "")
+                + f"; set it to at least {need} (docs/training.md, 'Micro-batches')",
+            )
+    if d.sequence_packing:
+        out.add(
+            "data.sequence_packing",
+            "sequence packing is not implemented yet (Megatron's local attention refuses packed-sequence "
+            "parameters and its rotary embedding runs across a row); set data.sequence_packing=false and use "
+            "data.max_tokens_per_micro_batch (token-budget micro-batches)",
         )
     if cfg.algorithm.adv_estimator in ("tlga", "grpo") and n < 2:
         out.add("sampling.train.n", f"group advantages need at least 2 samples per prompt, got {n}")

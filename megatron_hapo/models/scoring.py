@@ -51,8 +51,9 @@ def score_sequences(
     the same inputs (it runs collectives); every rank returns the same result (broadcast from the
     last pipeline stage).
     """
+    from types import SimpleNamespace
+
     from megatron.core import parallel_state as ps
-    from megatron.core.pipeline_parallel import get_forward_backward_func
 
     from megatron_hapo.parallel import compute_device
 
@@ -75,43 +76,17 @@ def score_sequences(
     device = compute_device()
     position_ids = torch.arange(seq_len, device=device).expand(micro_batch_size, seq_len).contiguous()
     causal = torch.ones(1, 1, seq_len, seq_len, dtype=torch.bool, device=device).triu(1)
-    tp_group = ps.get_tensor_model_parallel_group() if ps.get_tensor_model_parallel_world_size() > 1 else None
     batches = [
-        {
-            "tokens": tokens[s : s + micro_batch_size].to(device),
-            "targets": targets[s : s + micro_batch_size].to(device),
-            "temps": temps[s : s + micro_batch_size].to(device),
-        }
+        SimpleNamespace(
+            tokens=tokens[s : s + micro_batch_size].to(device),
+            targets=targets[s : s + micro_batch_size].to(device),
+            temperature=temps[s : s + micro_batch_size].to(device),
+            position_ids=position_ids,
+            attention_mask=causal,
+        )
         for s in range(0, n_padded, micro_batch_size)
     ]
-
-    def forward_step(data_iterator, model_chunk):
-        batch = next(data_iterator)
-        logits = model_chunk(batch["tokens"], position_ids, causal)
-
-        def collect(output, non_loss_data=False):
-            local = _mask_padded_vocab(output.float(), vocab_size)  # [b, s, V/tp]
-            lp, ent = vocab_parallel_logprob_entropy(
-                local.reshape(-1, local.shape[-1]),
-                batch["targets"].reshape(-1),
-                temperature=batch["temps"].reshape(-1),
-                tp_group=tp_group,
-            )
-            return torch.stack([lp.view(batch["tokens"].shape), ent.view(batch["tokens"].shape)])
-
-        return logits, collect
-
-    with torch.no_grad():
-        collected = get_forward_backward_func()(
-            forward_step_func=forward_step,
-            data_iterator=iter(batches),
-            model=[model],
-            num_microbatches=len(batches),
-            seq_length=seq_len,
-            micro_batch_size=micro_batch_size,
-            forward_only=True,
-            collect_non_loss_data=True,
-        )
+    collected = forward_log_prob_entropy(model, batches, vocab_size)
     result = torch.zeros(2, n_padded, seq_len, device=device)
     if ps.is_pipeline_last_stage():
         result = torch.cat(collected, dim=1).float()
@@ -127,3 +102,61 @@ def score_sequences(
         span = slice(len(p) - 1, len(p) - 1 + len(r))
         out.append(ScoredSequence(log_prob=result[0, i, span].clone(), entropy=result[1, i, span].clone()))
     return out
+
+
+def forward_log_prob_entropy(
+    model, micro_batches, vocab_size: int, num_microbatches: int | None = None, on_output=None
+) -> list[torch.Tensor]:
+    """Forward-only pass over ``micro_batches`` (a list, or an iterator with ``num_microbatches``) through
+    Megatron's schedule; per micro-batch ``[2, b, s]`` (log-prob, entropy of every target at its
+    temperature) on the last pipeline stage, an empty list on the other stages. With ``on_output``, the
+    last stage calls ``on_output(batch, result)`` per micro-batch instead of keeping the results (so a long
+    pass never holds them all) and the list is empty.
+
+    Each micro-batch has ``tokens``, ``targets``, ``temperature``, ``position_ids`` ``[b, s]`` and a causal
+    ``attention_mask``; their shapes may differ (under PP set ``config.variable_seq_lengths``, which the
+    trainer's Policy does). Every rank of the model-parallel group calls this with the same batches.
+    """
+    from megatron.core import parallel_state as ps
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    tp_group = ps.get_tensor_model_parallel_group() if ps.get_tensor_model_parallel_world_size() > 1 else None
+
+    def forward_step(data_iterator, model_chunk):
+        batch = next(data_iterator)
+        logits = model_chunk(batch.tokens, batch.position_ids, batch.attention_mask)
+
+        def collect(output, non_loss_data=False):
+            local = _mask_padded_vocab(output.float(), vocab_size)  # [b, s, V/tp]
+            lp, ent = vocab_parallel_logprob_entropy(
+                local.reshape(-1, local.shape[-1]),
+                batch.targets.reshape(-1),
+                temperature=batch.temperature.reshape(-1),
+                tp_group=tp_group,
+            )
+            result = torch.stack([lp.view(batch.tokens.shape), ent.view(batch.tokens.shape)])
+            if on_output is None:
+                return result
+            on_output(batch, result)
+            return result.new_zeros(())
+
+        return logits, collect
+
+    shape = (
+        1,
+        1,
+    )  # (rows, seq): with varying shapes config.variable_seq_lengths makes the schedule ignore it
+    if num_microbatches is None:
+        num_microbatches, shape = len(micro_batches), tuple(micro_batches[0].tokens.shape)
+    with torch.no_grad():
+        collected = get_forward_backward_func()(
+            forward_step_func=forward_step,
+            data_iterator=iter(micro_batches),
+            model=[model],
+            num_microbatches=num_microbatches,
+            seq_length=shape[1],
+            micro_batch_size=shape[0],
+            forward_only=True,
+            collect_non_loss_data=True,
+        )
+    return list(collected) if ps.is_pipeline_last_stage() and on_output is None else []

@@ -1,15 +1,9 @@
-"""The step's data: generated responses with their rewards, and padded per-token tensors for Megatron.
-
-Layout of the token tensors ``[batch, seq]`` (what Megatron's GPTModel consumes and what the loss reads):
-position j holds input token j and predicts token j+1, so response token k of a sample with prompt
-length P sits at target position P - 1 + k. ``mask`` is 1 exactly at those positions.
-"""
+"""The step's data: generated responses with their rewards and groups, and the ratio temperatures of their
+tokens. The per-token tensors Megatron trains on are built once per step from these (experience.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-import torch
 
 from megatron_hapo.data import PromptSample
 from megatron_hapo.rollout import RolloutSample
@@ -63,23 +57,6 @@ class StepBatch:
         return self.select(keep)
 
 
-@dataclass
-class TokenTensors:
-    """Padded ``[batch, seq]`` tensors of a list of responses (see the module docstring for the layout)."""
-
-    tokens: torch.Tensor  # int64 input ids
-    targets: torch.Tensor  # int64 next-token ids (0 where masked)
-    mask: torch.Tensor  # float 1 at response-token targets
-    temperature: torch.Tensor  # float per-token temperature (1 where masked)
-    rollout_log_prob: torch.Tensor  # float behaviour log-probs from the engine (0 where masked)
-
-    def slice(self, start: int, stop: int) -> TokenTensors:
-        return TokenTensors(*(getattr(self, f)[start:stop] for f in self.__dataclass_fields__))
-
-    def to(self, device) -> TokenTensors:
-        return TokenTensors(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
-
-
 def response_temperatures(sample: RolloutSample, mode: str, base: float, adaptive: bool) -> list[float]:
     """Per-token temperatures of the ratio: the sampler's T_t (``per_token``) or the base T (``base``).
 
@@ -96,36 +73,3 @@ def response_temperatures(sample: RolloutSample, mode: str, base: float, adaptiv
             "with sampling_backend='hapo' / HAPO_SGLANG_SAMPLER=1, or set algorithm.ratio_temperature=base."
         )
     return list(sample.temperatures)
-
-
-def pad_responses(
-    samples: list[RolloutSample], temperatures: list[list[float]], seq_len: int
-) -> TokenTensors:
-    """Right-padded token tensors of ``samples`` with sequences of at most ``seq_len`` tokens."""
-    b = len(samples)
-    tokens = torch.zeros(b, seq_len, dtype=torch.long)
-    targets = torch.zeros(b, seq_len, dtype=torch.long)
-    mask = torch.zeros(b, seq_len)
-    temps = torch.ones(b, seq_len)
-    rollout = torch.zeros(b, seq_len)
-    for i, (s, t) in enumerate(zip(samples, temperatures, strict=True)):
-        seq = torch.tensor(s.prompt_ids + s.response_ids, dtype=torch.long)
-        if len(seq) > seq_len:
-            raise ValueError(f"sequence of {len(seq)} tokens exceeds the padded length {seq_len}")
-        p, r = len(s.prompt_ids), len(s.response_ids)
-        tokens[i, : len(seq)] = seq
-        targets[i, : len(seq) - 1] = seq[1:]
-        span = slice(p - 1, p - 1 + r)
-        mask[i, span] = 1.0
-        temps[i, span] = torch.tensor(t, dtype=torch.float32)
-        rollout[i, span] = torch.tensor(s.logprobs, dtype=torch.float32)
-    return TokenTensors(tokens, targets, mask, temps, rollout)
-
-
-def place_per_token(values: list[torch.Tensor], samples: list[RolloutSample], seq_len: int) -> torch.Tensor:
-    """Per-response vectors (length = response length) placed at their target positions in ``[b, seq]``."""
-    out = torch.zeros(len(samples), seq_len)
-    for i, (v, s) in enumerate(zip(values, samples, strict=True)):
-        p = len(s.prompt_ids)
-        out[i, p - 1 : p - 1 + len(s.response_ids)] = v
-    return out

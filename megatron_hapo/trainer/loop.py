@@ -8,6 +8,7 @@ All ranks run this function; rank 0 owns the SGLang engine and the scorer and br
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import torch
@@ -15,10 +16,13 @@ import torch
 import megatron_hapo.parallel as hp
 from megatron_hapo.algorithms import EntropyStats
 from megatron_hapo.config import RootConfig
+from megatron_hapo.parallel import compute_device
 from megatron_hapo.trainer import checkpoint
 from megatron_hapo.trainer.algorithm import compute_advantages
-from megatron_hapo.trainer.batch import StepBatch, pad_responses, response_temperatures
-from megatron_hapo.trainer.metrics import batch_metrics
+from megatron_hapo.trainer.batch import StepBatch, response_temperatures
+from megatron_hapo.trainer.batching import MicroBatchPlan, plan_step
+from megatron_hapo.trainer.experience import Experience
+from megatron_hapo.trainer.metrics import batch_metrics, perf_metrics
 from megatron_hapo.trainer.setup import Run, build_run, close_run
 from megatron_hapo.trainer.shutdown import StopRequest
 
@@ -38,41 +42,87 @@ def rl_step(run: Run, step: int, stats: EntropyStats | None) -> tuple[EntropySta
     return new_stats, metrics
 
 
-def learn(cfg: RootConfig, policy, batch: StepBatch) -> tuple[EntropyStats, dict]:
-    """Steps 4-6 on one step's batch (every rank holds all of it and trains its data-parallel slice), with
-    the batch's metrics. Needs no rollout engine: tests drive it from a fixed batch, on CPU and GPU."""
+def learn(
+    cfg: RootConfig, policy, batch: StepBatch, *, whole_step_padding: bool = False
+) -> tuple[EntropyStats, dict]:
+    """Steps 4-6 on one step's batch (every rank holds all of it and trains its data-parallel share), with
+    the batch's metrics. Needs no rollout engine: tests drive it from a fixed batch, on CPU and GPU.
+
+    The layout (which rank, update and micro-batch each response goes to) comes from
+    :func:`~megatron_hapo.trainer.batching.plan_step` (``data.max_tokens_per_micro_batch``: token budgets,
+    else fixed ``micro_batch_size``); this rank's responses become one :class:`Experience`, on the compute
+    device once, which the old-policy pass fills and the update reads. ``whole_step_padding`` pads every
+    micro-batch to the step's longest sequence (the historical layout; benchmarks and tests)."""
     from megatron.core import parallel_state as ps
 
+    d = cfg.data
     base_t = cfg.sampling.train.temperature
     adaptive = cfg.algorithm.adaptive_temperature.enable
     temps = [
         response_temperatures(s, cfg.algorithm.ratio_temperature, base_t, adaptive) for s in batch.samples
     ]
-    seq_len = max(len(s.prompt_ids) + len(s.response_ids) for s in batch.samples)
-    data = pad_responses(batch.samples, temps, seq_len)
-    # 4. advantages over the whole step's groups (identical on every rank), then this DP rank's slice
-    rewards = torch.tensor(batch.scores, dtype=torch.float32)
-    advantages = compute_advantages(cfg, rewards, data.mask, batch.group_ids)
-    per_rank = len(batch) // policy.dp_size
-    lo = ps.get_data_parallel_rank() * per_rank
-    local, local_adv = data.slice(lo, lo + per_rank), advantages[lo : lo + per_rank]
+    seq_lens = [len(s.prompt_ids) + len(s.response_ids) for s in batch.samples]
+    plan = plan_step(
+        seq_lens,
+        policy.dp_size,
+        d.train_batch_size // d.mini_batch_size,
+        max_tokens=d.max_tokens_per_micro_batch,
+        max_tokens_old=d.max_tokens_per_old_micro_batch,
+        micro_batch_size=d.micro_batch_size,
+        pad_multiple=pad_multiple(cfg),
+        pad_to_step=whole_step_padding,
+    )
+    # 4. advantages over the whole step's groups (identical on every rank); this rank's responses
+    advantages = response_advantages(cfg, batch)
+    rank = ps.get_data_parallel_rank() if policy.dp_size > 1 else 0
+    rows = plan.responses[rank]
+    exp = Experience.build(
+        [batch.samples[i] for i in rows], [temps[i] for i in rows], [advantages[i] for i in rows],
+        [batch.group_ids[i] for i in rows], rows, device=compute_device(),
+    )  # fmt: skip
+    local = {g: i for i, g in enumerate(rows)}
+
+    def on_rank(mb: MicroBatchPlan) -> MicroBatchPlan:  # step indices -> rows of exp
+        return MicroBatchPlan(tuple(local[g] for g in mb.rows), mb.seq_len)
+
     # 5. old-policy pass on this rank's responses; step-global entropy statistics over all DP ranks
     t_old = time.perf_counter()
-    old_log_prob, entropy = policy.old_policy_pass(
-        batch.samples[lo : lo + per_rank], temps[lo : lo + per_rank], seq_len
-    )
-    new_stats = policy.entropy_stats(entropy, local.mask)
+    policy.old_policy_pass(exp, [on_rank(mb) for mb in plan.old[rank]])
+    new_stats = policy.entropy_stats(exp.entropy, exp.mask)
     t_old = time.perf_counter() - t_old
     # 6. policy update: mini-batches x micro-batches through Megatron's schedule, fused HAPO loss
     t_upd = time.perf_counter()
-    updates = cfg.data.train_batch_size // cfg.data.mini_batch_size
-    metrics = policy.update(local, old_log_prob, local_adv, new_stats, updates)
+    mini = [[on_rank(mb) for mb in m] for m in plan.update[rank]]
+    metrics = policy.update(exp, mini, new_stats, norm_len=max(seq_lens))
     t_upd = time.perf_counter() - t_upd
     # metrics of the whole batch (entropy/temperature token statistics all-reduced over DP ranks)
-    metrics.update(batch_metrics(batch, entropy, local.mask, local.temperature, group=policy.dp_group))
+    metrics.update(batch_metrics(batch, exp.entropy, exp.mask, exp.temperature, group=policy.dp_group))
     metrics.update({f"entropy/{k}": v for k, v in new_stats.to_dict().items()})
     metrics.update({"time/old_policy_s": t_old, "time/update_s": t_upd})
+    metrics.update(perf_metrics(plan, t_old, t_upd))
     return new_stats, metrics
+
+
+def pad_multiple(cfg: RootConfig) -> int:
+    """What every micro-batch's padded length must divide by: TP with sequence parallelism (the sequence
+    is split over TP ranks), 2 x CP with context parallelism (Megatron's load-balanced CP chunks)."""
+    p = cfg.parallel
+    m = p.tensor_model_parallel_size if p.sequence_parallel else 1
+    if p.context_parallel_size > 1:
+        m = math.lcm(m, 2 * p.context_parallel_size)
+    return m
+
+
+def response_advantages(cfg: RootConfig, batch: StepBatch) -> list[float]:
+    """One advantage per response (the estimators give the same value at every token of a response),
+    computed over the whole step's groups. The estimator sees a ``[N, longest sequence]`` response mask, the
+    width whole-step padding gave it (``tlga_fallback_counts_padding`` looks at padded positions)."""
+    r_lens = torch.tensor([len(s.response_ids) for s in batch.samples])
+    width = max(len(s.prompt_ids) + len(s.response_ids) for s in batch.samples)
+    mask = (torch.arange(width)[None, :] < r_lens[:, None]).float()
+    rewards = torch.tensor(batch.scores, dtype=torch.float32)
+    per_token = compute_advantages(cfg, rewards, mask, batch.group_ids)
+    return torch.where(r_lens > 0, per_token[:, 0], torch.zeros(())).tolist()
 
 
 def train(cfg: RootConfig) -> Run:

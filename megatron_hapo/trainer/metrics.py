@@ -2,7 +2,7 @@
 
 Only global rank 0 writes. ``metrics.jsonl`` has one JSON object per step with at least: step,
 reward/mean, acc/mean, entropy/mean, response_length/mean, temperature/mean, time/step_s, the loss
-metrics (actor/*), optim/grad_norm, optim/lr and time/sync_s.
+metrics (actor/*), optim/grad_norm, optim/lr, time/sync_s and the layout's perf/* (:func:`perf_metrics`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from megatron_hapo.parallel import compute_device
 from megatron_hapo.trainer.batch import StepBatch
+from megatron_hapo.trainer.batching import StepPlan
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,14 @@ def token_metrics(entropy: torch.Tensor, temps: torch.Tensor, mask: torch.Tensor
         "temperature/min": float(extremes[0]),
         "temperature/max": -float(extremes[1]),
     }
+
+
+def perf_metrics(plan: StepPlan, old_s: float, update_s: float) -> dict:
+    """perf/*: the step's layout (padding ratios of the update and the old pass = computed token slots /
+    real tokens; micro-batches per rank; DP token spread as max and min over the mean) and
+    perf/train_tokens_per_s = real (prompt + response) tokens of the step, all ranks, / (old pass + update)."""
+    real = sum(plan.seq_lens)
+    return {**plan.stats(), "perf/train_tokens_per_s": real / max(old_s + update_s, 1e-9)}
 
 
 class RunLogger:

@@ -11,6 +11,7 @@ the schedule is multiplied by ``num_microbatches x dp_size`` to get the summed g
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import defaultdict
@@ -18,13 +19,14 @@ from collections import defaultdict
 import torch
 import torch.distributed as dist
 
-from megatron_hapo.algorithms import EntropyStats, loss_normalizer, normalize_entropy
+from megatron_hapo.algorithms import EntropyStats, normalize_entropy
 from megatron_hapo.config import RootConfig
-from megatron_hapo.models.scoring import _mask_padded_vocab, score_sequences
+from megatron_hapo.models.scoring import _mask_padded_vocab
 from megatron_hapo.ops import fused_hapo_loss
 from megatron_hapo.parallel import compute_device
 from megatron_hapo.trainer.algorithm import loss_config
-from megatron_hapo.trainer.batch import TokenTensors
+from megatron_hapo.trainer.batching import MicroBatchPlan
+from megatron_hapo.trainer.experience import Experience
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +91,8 @@ class Policy:
         self.model.hapo_arch = gpt.hapo_arch
         gpt.config.finalize_model_grads_func = finalize_model_grads
         gpt.config.no_sync_func = self.model.no_sync
+        # micro-batches are padded to their own length: under PP the schedule exchanges each one's shape
+        gpt.config.variable_seq_lengths = ps.get_pipeline_model_parallel_world_size() > 1
         o = cfg.optim
         self.optimizer = get_megatron_optimizer(
             OptimizerConfig(
@@ -131,22 +135,35 @@ class Policy:
         log_implementations(gpt, self.optimizer)  # which Adam / norm / linear classes Megatron chose
 
     # ------------------------------------------------------------------------------- old-policy pass
-    def old_policy_pass(self, samples, temperatures, seq_len: int):
-        """log π_old and entropy per response token ([b, seq], 0 at padding) at the given temperatures."""
-        from megatron_hapo.trainer.batch import place_per_token
+    def old_policy_pass(self, exp: Experience, micro_batches: list[MicroBatchPlan]) -> None:
+        """Fill ``exp.old_log_prob`` and ``exp.entropy`` (log π_old and entropy at each token's T_t) over
+        ``micro_batches`` (rows index ``exp``); every pipeline stage ends up with the values."""
+        from megatron.core import parallel_state as ps
+
+        from megatron_hapo.models.scoring import forward_log_prob_entropy
 
         self.model.eval()
-        scored = score_sequences(
+
+        def fill(mb, result):
+            exp.scatter("old_log_prob", mb, result[0])
+            exp.scatter("entropy", mb, result[1])
+
+        forward_log_prob_entropy(
             self.model,
-            [s.prompt_ids for s in samples],
-            [s.response_ids for s in samples],
-            temperatures,
+            (exp.micro_batch(p.rows, p.seq_len) for p in micro_batches),  # built one at a time
             self.vocab_size,
-            micro_batch_size=self.cfg.data.micro_batch_size,
+            num_microbatches=len(micro_batches),
+            on_output=fill,
         )
-        log_prob = place_per_token([x.log_prob for x in scored], samples, seq_len)
-        entropy = place_per_token([x.entropy for x in scored], samples, seq_len)
-        return log_prob, entropy
+        if ps.get_pipeline_model_parallel_world_size() > 1:
+            both = torch.stack([exp.old_log_prob, exp.entropy])
+            torch.distributed.broadcast(
+                both,
+                src=ps.get_pipeline_model_parallel_last_rank(),
+                group=ps.get_pipeline_model_parallel_group(),
+            )
+            exp.old_log_prob.copy_(both[0])
+            exp.entropy.copy_(both[1])
 
     def entropy_stats(self, entropy: torch.Tensor, mask: torch.Tensor) -> EntropyStats:
         """Step-global entropy statistics over every DP rank's response tokens (exact pivot)."""
@@ -162,63 +179,65 @@ class Policy:
         return stats
 
     # ------------------------------------------------------------------------------------ update
+    def loss_normalizer(self, exp: Experience, rows: list[int]) -> torch.Tensor:
+        """This rank's share of a mini-batch's global normaliser N (aggregation.py): response tokens
+        (token-mean) or responses with >= 1 token (seq-mean-*) of ``rows``; float64 on exp's device."""
+        lens = exp.response_lens[torch.tensor(rows, dtype=torch.long, device=exp.response_lens.device)]
+        count = lens.sum() if self.loss_cfg.agg == "token-mean" else (lens > 0).sum()
+        return count.double()
+
     def update(
-        self, data: TokenTensors, old_log_prob, advantages, stats: EntropyStats | None, num_mini_batches: int
+        self,
+        exp: Experience,
+        mini_batches: list[list[MicroBatchPlan]],
+        stats: EntropyStats | None,
+        norm_len: int | None = None,
     ) -> dict[str, float]:
-        """Optimizer steps over ``num_mini_batches`` equal slices of this rank's responses."""
+        """One optimizer step per entry of ``mini_batches`` (this rank's micro-batches of it; every DP rank
+        passes the same number of micro-batches). ``norm_len``: L_norm of agg=seq-mean-token-sum-norm when
+        ``algorithm.loss.token_sum_norm_len`` is null (the step's longest sequence, what whole-step padding
+        used), so the loss does not depend on each micro-batch's padded length.
+
+        The loss metrics (actor/*) are over every DP rank's micro-batches: sums (pg_loss, n_tokens, counts)
+        and token-weighted means of the whole mini-batch, averaged over the mini-batches."""
         from megatron.core import parallel_state as ps
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
-        mbs = self.cfg.data.micro_batch_size
-        n_local = data.tokens.shape[0]
-        per_mini = n_local // num_mini_batches
-        if per_mini * num_mini_batches != n_local or per_mini % mbs:
-            raise ValueError(
-                f"{n_local} responses on this rank do not split into {num_mini_batches} mini-batches of "
-                f"micro-batches of {mbs} (data.mini_batch_size / data.micro_batch_size)"
-            )
-        seq_len = data.tokens.shape[1]
-        device = compute_device()
-        data = data.to(device)
-        old_log_prob, advantages = old_log_prob.to(device), advantages.to(device)
-        position_ids = torch.arange(seq_len, device=device).expand(mbs, seq_len).contiguous()
-        causal = torch.ones(1, 1, seq_len, seq_len, dtype=torch.bool, device=device).triu(1)
-        step_stats = stats if self.loss_cfg.stats_scope == "step" else None
+        loss_cfg = self.loss_cfg
+        if loss_cfg.token_sum_norm_len is None and norm_len is not None:
+            loss_cfg = dataclasses.replace(loss_cfg, token_sum_norm_len=norm_len)
+        step_stats = stats if loss_cfg.stats_scope == "step" else None
+        num_mini = len(mini_batches)
         agg = defaultdict(float)
         self.model.train()
-        for m in range(num_mini_batches):
-            lo = m * per_mini
-            mini = data.slice(lo, lo + per_mini)
-            normalizer = torch.zeros((), dtype=torch.float64, device=device)
-            micro = []
-            for s in range(0, per_mini, mbs):
-                part = mini.slice(s, s + mbs)
-                normalizer += loss_normalizer(part.mask, self.loss_cfg.agg).double()
-                micro.append((part, old_log_prob[lo + s : lo + s + mbs], advantages[lo + s : lo + s + mbs]))
+        for plans in mini_batches:
+            normalizer = self.loss_normalizer(exp, [r for p in plans for r in p.rows])
             if self.dp_group is not None:
                 dist.all_reduce(normalizer, group=self.dp_group)
-            scale = len(micro) * self.dp_size
+            scale = len(plans) * self.dp_size
             collected: list[dict] = []
+            micro = (exp.micro_batch(p.rows, p.seq_len) for p in plans)  # built one at a time
 
             def forward_step(data_iterator, model, _norm=normalizer, _scale=scale, _out=collected):
-                part, old, adv = next(data_iterator)
-                output = model(part.tokens, position_ids, causal)  # [b, s, V/tp]
+                part = next(data_iterator)
+                output = model(part.tokens, part.position_ids, part.attention_mask)  # [b, s, V/tp]
 
                 def loss_func(logits):
                     loss, metrics = fused_hapo_loss(
                         _mask_padded_vocab(logits, self.vocab_size),
                         part.targets,
-                        old,
-                        adv,
+                        part.old_log_prob,
+                        part.advantages,
                         part.mask,
-                        self.loss_cfg,
+                        loss_cfg,
                         temperature=part.temperature,
                         tp_group=self.tp_group,
                         stats=step_stats,
                         rollout_log_prob=part.rollout_log_prob,
                         global_normalizer=_norm.to(torch.float32),
                     )
-                    _out.append({k: float(v) for k, v in metrics.items()})
+                    if float(metrics.get("n_tokens", 1.0)) > 0:  # an all-padding micro-batch reports nothing
+                        _out.append({k: float(v) for k, v in metrics.items()})
                     return loss * _scale, {"pg_loss": loss.detach().clone()}
 
                 return output, loss_func
@@ -227,19 +246,23 @@ class Policy:
             self.optimizer.zero_grad()
             get_forward_backward_func()(
                 forward_step_func=forward_step,
-                data_iterator=iter(micro),
+                data_iterator=micro,
                 model=[self.model],
-                num_microbatches=len(micro),
-                seq_length=seq_len,
-                micro_batch_size=mbs,
+                num_microbatches=len(plans),
+                seq_length=plans[0].seq_len,  # ignored under PP (variable_seq_lengths), unused without
+                micro_batch_size=max(len(plans[0].rows), 1),
                 forward_only=False,
             )
             ok, grad_norm, _ = self.optimizer.step()
             if not ok:
                 raise RuntimeError("optimizer step skipped: non-finite gradients (check the loss inputs)")
             self.scheduler.step(increment=1)
-            agg["grad_norm"] += float(grad_norm or 0.0) / num_mini_batches
-            _merge(agg, collected, num_mini_batches)
+            agg["grad_norm"] += float(grad_norm or 0.0) / num_mini
+            if self.dp_group is not None:  # every rank's micro-batches: the ranks hold different responses
+                parts: list = [None] * self.dp_size
+                dist.all_gather_object(parts, collected, group=self.dp_group)
+                collected = [c for part in parts for c in part]
+            _merge(agg, collected, num_mini)
         if ps.get_pipeline_model_parallel_world_size() > 1:  # loss metrics exist on the last stage only
             box = [{k: v for k, v in agg.items() if k != "grad_norm"}]
             dist.broadcast_object_list(

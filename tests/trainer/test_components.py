@@ -1,4 +1,4 @@
-"""Trainer components without Megatron or SGLang: batch layout, temperatures, advantages, dynamic sampling,
+"""Trainer components without Megatron or SGLang: the Experience layout, temperatures, advantages, dynamic sampling,
 checkpoint discovery, presets, metrics formatting."""
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from megatron_hapo.data import PromptSample, ResumableSampler
 from megatron_hapo.rewards import Score
 from megatron_hapo.rollout import RolloutSample
 from megatron_hapo.trainer import compute_advantages, loss_config
-from megatron_hapo.trainer.batch import StepBatch, pad_responses, place_per_token, response_temperatures
+from megatron_hapo.trainer.batch import StepBatch, response_temperatures
 from megatron_hapo.trainer.checkpoint import STATE_FILE, list_checkpoints, resolve_resume
+from megatron_hapo.trainer.experience import Experience
 from megatron_hapo.trainer.metrics import format_header, format_row
 from megatron_hapo.trainer.rollout import DynamicSamplingError, RolloutStage
 
@@ -33,20 +34,27 @@ def _cfg(*overrides):
     return load_config(CONFIG, list(overrides), world_size=1, check_env=False)
 
 
-def test_pad_responses_layout():
+def test_experience_layout_and_micro_batch_views():
     s = [_sample(0, 0, [5, 6, 7], [8, 9], [0.9, 1.1]), _sample(0, 1, [5, 6], [4], [1.0])]
-    t = pad_responses(s, [x.temperatures for x in s], seq_len=5)
-    # response token k of a prompt of length P is predicted at position P - 1 + k
-    assert t.tokens[0].tolist() == [5, 6, 7, 8, 9]
-    assert t.mask[0].tolist() == [0, 0, 1, 1, 0]
-    assert t.targets[0, 2:4].tolist() == [8, 9]
-    assert t.temperature[0].tolist() == pytest.approx([1, 1, 0.9, 1.1, 1])
-    assert t.mask[1].tolist() == [0, 1, 0, 0, 0] and t.targets[1, 1] == 4
-    assert t.rollout_log_prob[0, 2:4].tolist() == [-0.5, -0.5]
-    placed = place_per_token([torch.tensor([1.0, 2.0]), torch.tensor([3.0])], s, 5)
-    assert placed.tolist() == [[0, 0, 1, 2, 0], [0, 3, 0, 0, 0]]
-    with pytest.raises(ValueError, match="exceeds"):
-        pad_responses(s, [x.temperatures for x in s], seq_len=4)
+    exp = Experience.build(s, [x.temperatures for x in s], [0.5, -1.0], [0, 0], [3, 7])
+    assert exp.offsets.tolist() == [0, 5, 8] and exp.pad_slot == 8 and exp.step_index == [3, 7]
+    # flat: response token k of a prompt of length P is predicted at offset + P - 1 + k
+    assert exp.tokens.tolist() == [5, 6, 7, 8, 9, 5, 6, 4, 0]
+    assert exp.targets.tolist() == [6, 7, 8, 9, 0, 6, 4, 0, 0]
+    assert exp.mask.tolist() == [0, 0, 1, 1, 0, 0, 1, 0, 0]
+    assert exp.advantages.tolist() == [0, 0, 0.5, 0.5, 0, 0, -1.0, 0, 0]
+    assert exp.temperature.tolist() == pytest.approx([1, 1, 0.9, 1.1, 1, 1, 1.0, 1, 1])
+    mb = exp.micro_batch([1, 0], 6)  # rows in any order, padded to the micro-batch's own length
+    assert mb.tokens.tolist() == [[5, 6, 4, 0, 0, 0], [5, 6, 7, 8, 9, 0]]
+    assert mb.mask.tolist() == [[0, 1, 0, 0, 0, 0], [0, 0, 1, 1, 0, 0]]
+    assert mb.rollout_log_prob[1, 2:4].tolist() == [-0.5, -0.5]
+    assert mb.attention_mask.shape == (1, 1, 6, 6) and mb.position_ids[0].tolist() == list(range(6))
+    exp.scatter("old_log_prob", mb, torch.arange(12.0).view(2, 6))
+    assert exp.old_log_prob.tolist() == [6, 7, 8, 9, 10, 0, 1, 2, 0]  # padding never written
+    empty = exp.micro_batch([], 2)
+    assert empty.tokens.shape == (1, 2) and empty.mask.sum() == 0
+    with pytest.raises(ValueError, match="does not fit"):
+        exp.micro_batch([0], 4)
 
 
 def test_temperatures_per_token_requires_hapo_outputs():

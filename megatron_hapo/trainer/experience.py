@@ -1,0 +1,168 @@
+"""One step's training data on one data-parallel rank, built once, on the compute device once.
+
+The old-policy pass, the entropy statistics, the batch metrics and the update all read (and the old pass
+fills in) the same flat tensors; a micro-batch is a gathered ``[rows, seq]`` view of them through an
+index (:meth:`Experience.micro_batch`), so nothing is padded, un-padded and re-padded along the way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from megatron_hapo.rollout import RolloutSample
+
+_PER_TOKEN = (
+    "tokens", "targets", "mask", "temperature", "rollout_log_prob", "advantages", "old_log_prob", "entropy",
+)  # fmt: skip
+
+
+@dataclass
+class MicroBatch:
+    """A ``[b, s]`` view of some of an Experience's sequences, right-padded to ``s``.
+
+    Position j of row i holds input token j and predicts token j+1 (``targets``); ``mask`` is 1 exactly at
+    response-token targets. ``index [b, s]`` maps every slot to its flat position (padding: the
+    Experience's pad slot), ``attention_mask [1, 1, s, s]`` is causal (True = masked, Megatron's
+    convention). The per-token fields are those of :class:`Experience`.
+    """
+
+    index: torch.Tensor
+    position_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    tokens: torch.Tensor
+    targets: torch.Tensor
+    mask: torch.Tensor
+    temperature: torch.Tensor
+    rollout_log_prob: torch.Tensor
+    advantages: torch.Tensor
+    old_log_prob: torch.Tensor
+    entropy: torch.Tensor
+
+
+@dataclass
+class Experience:
+    """This rank's responses of a step, flat: sequence i (prompt + response, L_i = P_i + R_i tokens)
+    occupies positions ``offsets[i] : offsets[i+1]``; one trailing *pad slot* (position T = offsets[-1])
+    holds token 0, mask 0, and is where micro-batch padding points.
+
+    Per token, ``[T + 1]``:
+      tokens int64, targets int64 (the next token of the same sequence; 0 at each sequence's last position),
+      mask float32 (1 at response-token targets: position offsets[i] + P_i - 1 + k for response token k),
+      temperature float32 (the ratio's T_t; 1 off the mask), rollout_log_prob float32 (behaviour log-probs
+      from the engine; 0 off the mask), advantages float32 (A_i on the mask, 0 elsewhere), old_log_prob and
+      entropy float32 (log π_old and entropy at T_t, filled by the old-policy pass).
+    Per response, ``[N]``: offsets ``[N + 1]`` int64, prompt_lens, response_lens, group_ids int64;
+      step_index (position in the step's batch), weight_versions (the engine's version per response).
+    """
+
+    tokens: torch.Tensor
+    targets: torch.Tensor
+    mask: torch.Tensor
+    temperature: torch.Tensor
+    rollout_log_prob: torch.Tensor
+    advantages: torch.Tensor
+    old_log_prob: torch.Tensor
+    entropy: torch.Tensor
+    offsets: torch.Tensor
+    prompt_lens: torch.Tensor
+    response_lens: torch.Tensor
+    group_ids: torch.Tensor
+    step_index: list[int]
+    weight_versions: list[str]
+
+    @property
+    def pad_slot(self) -> int:
+        return self.tokens.numel() - 1
+
+    @property
+    def seq_lens(self) -> torch.Tensor:
+        return self.offsets[1:] - self.offsets[:-1]
+
+    @classmethod
+    def build(
+        cls,
+        samples: list[RolloutSample],
+        temperatures: list[list[float]],
+        advantages: list[float],
+        group_ids: list[int],
+        step_index: list[int],
+        device: torch.device | str = "cpu",
+    ) -> Experience:
+        """From this rank's responses (``step_index[i]`` = position of ``samples[i]`` in the step), their
+        ratio temperatures (one per response token) and their per-response advantages; moved to ``device``."""
+        n = len(samples)
+        if not (n == len(temperatures) == len(advantages) == len(group_ids) == len(step_index)):
+            raise ValueError(
+                f"Experience.build: {n} samples but {len(temperatures)} temperature lists, "
+                f"{len(advantages)} advantages, {len(group_ids)} group ids, {len(step_index)} step indices"
+            )
+        p_lens = [len(s.prompt_ids) for s in samples]
+        r_lens = [len(s.response_ids) for s in samples]
+        offsets = torch.zeros(n + 1, dtype=torch.long)
+        offsets[1:] = torch.tensor([p + r for p, r in zip(p_lens, r_lens)], dtype=torch.long).cumsum(0)
+        total = int(offsets[-1])
+        seqs = [torch.tensor(s.prompt_ids + s.response_ids, dtype=torch.long) for s in samples]
+        tokens = torch.zeros(total + 1, dtype=torch.long)
+        targets = torch.zeros(total + 1, dtype=torch.long)
+        if n:
+            tokens[:total] = torch.cat(seqs)
+            # next token within each sequence; the last position of each sequence keeps target 0
+            nxt = torch.cat([torch.cat([s[1:], s.new_zeros(1)]) for s in seqs])
+            targets[:total] = nxt
+        # response token k of sequence i is predicted at offsets[i] + P_i - 1 + k
+        starts = [int(o) + p - 1 for o, p in zip(offsets[:-1], p_lens)]
+        resp_pos = torch.cat(
+            [torch.arange(a, a + r) for a, r in zip(starts, r_lens)] or [torch.zeros(0)]
+        ).long()
+        mask = torch.zeros(total + 1)
+        mask[resp_pos] = 1.0
+        temps = torch.ones(total + 1)
+        rollout = torch.zeros(total + 1)
+        adv = torch.zeros(total + 1)
+        if resp_pos.numel():
+            temps[resp_pos] = torch.tensor([t for ts in temperatures for t in ts], dtype=torch.float32)
+            rollout[resp_pos] = torch.tensor([x for s in samples for x in s.logprobs], dtype=torch.float32)
+            adv[resp_pos] = torch.repeat_interleave(
+                torch.tensor(advantages, dtype=torch.float32), torch.tensor(r_lens)
+            )
+        exp = cls(
+            tokens, targets, mask, temps, rollout, adv, torch.zeros(total + 1), torch.zeros(total + 1),
+            offsets, torch.tensor(p_lens), torch.tensor(r_lens), torch.tensor(group_ids, dtype=torch.long),
+            list(step_index), [s.weight_version for s in samples],
+        )  # fmt: skip
+        return exp.to(device)
+
+    def to(self, device) -> Experience:
+        moved = {
+            k: getattr(self, k).to(device)
+            for k in (*_PER_TOKEN, "offsets", "prompt_lens", "response_lens", "group_ids")
+        }
+        return Experience(**moved, step_index=self.step_index, weight_versions=self.weight_versions)
+
+    def micro_batch(self, rows: list[int] | tuple[int, ...], seq_len: int) -> MicroBatch:
+        """Rows ``rows`` (indices into this Experience) as a ``[len(rows), seq_len]`` micro-batch; no rows =
+        one all-padding row (zero loss). ``seq_len`` must hold the longest of them."""
+        dev = self.tokens.device
+        rows_t = torch.tensor(list(rows), dtype=torch.long, device=dev)
+        ar = torch.arange(seq_len, device=dev)
+        if rows_t.numel():
+            lens = self.seq_lens[rows_t]
+            if int(lens.max()) > seq_len:
+                raise ValueError(
+                    f"a sequence of {int(lens.max())} tokens does not fit a micro-batch of {seq_len}"
+                )
+            index = self.offsets[rows_t][:, None] + ar
+            index = torch.where(ar < lens[:, None], index, torch.full_like(index, self.pad_slot))
+        else:
+            index = torch.full((1, seq_len), self.pad_slot, dtype=torch.long, device=dev)
+        b = index.shape[0]
+        fields = {k: getattr(self, k)[index] for k in _PER_TOKEN}
+        causal = torch.ones(1, 1, seq_len, seq_len, dtype=torch.bool, device=dev).triu(1)
+        return MicroBatch(index, ar.expand(b, seq_len).contiguous(), causal, **fields)
+
+    def scatter(self, name: str, mb: MicroBatch, values: torch.Tensor) -> None:
+        """Write ``values [b, s]`` of micro-batch ``mb`` into the flat field ``name`` (padding dropped)."""
+        real = mb.index != self.pad_slot
+        getattr(self, name)[mb.index[real]] = values[real].to(getattr(self, name).dtype)

@@ -1,0 +1,153 @@
+"""torchrun job (2 processes): one HAPO step on a fixed batch gives the same result whatever the batching.
+
+usage: torchrun --nproc-per-node 2 job_batching_equivalence.py MODEL_DIR
+
+At TP=2 (with sequence parallelism), PP=2 and DP=2, in turn, the step (old-policy pass, step-global entropy
+statistics, two optimizer updates) runs with fixed micro-batches, with token-budget micro-batches (a
+different grouping, DP ranks balanced by tokens), and with whole-step padding (the historical layout):
+old log-probs and entropies per response, losses, gradient norms and updated parameters agree (fp32,
+REL_TOL relative). A per-micro-batch normaliser (a deliberately wrong loss) under token budgets must not
+agree. Prints BATCHING_EQUIVALENCE_OK on success.
+"""
+
+import sys
+
+import torch
+import torch.distributed as dist
+
+import megatron_hapo.parallel as hp
+
+REL_TOL = 1e-5
+LAYOUTS = {"tp2": (2, 1), "pp2": (1, 2), "dp2": (1, 1)}
+
+
+def log(msg):
+    if dist.get_rank() == 0:
+        print(f"[job] {msg}", flush=True)
+
+
+def run_variant(model_dir, layout, variant):
+    """(metrics, per-response old log-probs and entropies {step index: [2, R]}, local params) of one step."""
+    from megatron.core import parallel_state as ps
+
+    import megatron_hapo.trainer.policy as policy_mod
+    from megatron_hapo.config import load_config
+    from megatron_hapo.trainer.loop import learn
+    from megatron_hapo.trainer.policy import Policy
+    from tests.trainer.batching_data import N_SAMPLES, varied_batch
+
+    tp, pp = LAYOUTS[layout]
+    overrides = [
+        f"model.hf_path={model_dir}", "model.load_weights=true", "data.train_batch_size=4",
+        "data.mini_batch_size=2", "data.micro_batch_size=2", f"sampling.train.n={N_SAMPLES}",
+        "optim.lr=1e-2", "optim.eps=1.0", "precision.dtype=fp32", f"parallel.tensor_model_parallel_size={tp}",
+        f"parallel.pipeline_model_parallel_size={pp}", f"parallel.sequence_parallel={str(tp > 1).lower()}",
+        "parallel.use_distributed_optimizer=false", "data.max_prompt_length=16", "rollout.max_new_tokens=40",
+    ]  # fmt: skip
+    if variant in ("budget", "wrong"):
+        overrides += ["data.max_tokens_per_micro_batch=96", "data.max_tokens_per_old_micro_batch=200"]
+    else:  # fixed micro_batch_size micro-batches (tiny_cpu.yaml sets budgets)
+        overrides += ["data.max_tokens_per_micro_batch=null", "data.max_tokens_per_old_micro_batch=null"]
+    cfg = load_config("examples/configs/tiny_cpu.yaml", overrides, check_env=False, world_size=2)
+    seen = {}
+
+    class Recording(Policy):
+        def old_policy_pass(self, exp, micro_batches):
+            super().old_policy_pass(exp, micro_batches)
+            seen["exp"] = exp
+
+    real_loss = policy_mod.fused_hapo_loss
+
+    def per_micro_batch_loss(*args, **kwargs):  # the bug the global normaliser prevents
+        kwargs["global_normalizer"] = None
+        return real_loss(*args, **kwargs)
+
+    if variant == "wrong":
+        policy_mod.fused_hapo_loss = per_micro_batch_loss
+    try:
+        torch.manual_seed(0)
+        policy = Recording(cfg, optimizer_steps=2)
+        _, metrics = learn(cfg, policy, varied_batch(), whole_step_padding=variant == "whole_step")
+    finally:
+        policy_mod.fused_hapo_loss = real_loss
+    exp = seen["exp"]
+    mine = {}
+    for i, g in enumerate(exp.step_index):
+        lo = int(exp.offsets[i]) + int(exp.prompt_lens[i]) - 1
+        span = slice(lo, lo + int(exp.response_lens[i]))
+        mine[g] = torch.stack([exp.old_log_prob[span], exp.entropy[span]]).cpu()
+    per_response = {}
+    if policy.dp_size > 1:
+        parts = [None] * policy.dp_size
+        dist.all_gather_object(parts, mine, group=ps.get_data_parallel_group())
+        for p in parts:
+            per_response.update(p)
+    else:
+        per_response = mine
+    params = {n: p.detach().clone() for n, p in policy.model.named_parameters()}
+    assert len(per_response) == len(varied_batch().samples)
+    del policy
+    return metrics, per_response, params
+
+
+def rel(a, b):
+    return float((a - b).abs().max()) / max(float(b.abs().max()), 1e-12)
+
+
+def compare(name, got, ref, tol=REL_TOL):
+    """Largest relative difference of metrics, old log-probs/entropies and parameters; raises above tol."""
+    m, resp, params = got
+    m0, resp0, params0 = ref
+    worst = {}
+    for k in ("actor/pg_loss", "optim/grad_norm", "entropy/mean", "actor/n_tokens"):
+        # relative, absolute below 1: the loss is a sum of terms that cancel (advantages sum to 0 per group)
+        worst[k] = abs(m[k] - m0[k]) / max(abs(m0[k]), 1.0)
+    worst["old_log_prob"] = max(rel(resp[g][0], resp0[g][0]) for g in resp0)
+    worst["entropy"] = max(rel(resp[g][1], resp0[g][1]) for g in resp0)
+    worst["params"] = max(rel(params[n], params0[n]) for n in params0)
+    bad = {k: v for k, v in worst.items() if not v <= tol}
+    return worst, bad
+
+
+def main():
+    model_dir = sys.argv[1]
+    hp.init_distributed()
+    failures = []
+    with hp.device_mode():
+        for layout, (tp, pp) in LAYOUTS.items():
+            hp.initialize_model_parallel(tp, pp, seed=1234)
+            runs = {v: run_variant(model_dir, layout, v) for v in ("fixed", "budget", "whole_step", "wrong")}
+            hp.destroy_model_parallel()
+            fixed_m = runs["fixed"][0]
+            # fixed: 2 updates x (8 responses / DP) / micro_batch_size 2 per rank
+            assert fixed_m["perf/micro_batches_per_rank/update"] == 8 // (2 if layout == "dp2" else 1), (
+                fixed_m
+            )
+            budget_m = runs["budget"][0]
+            log(
+                f"{layout}: padding ratio update fixed {fixed_m['perf/padding_ratio/update']:.3f} budget "
+                f"{budget_m['perf/padding_ratio/update']:.3f}; micro-batches/rank fixed "
+                f"{fixed_m['perf/micro_batches_per_rank/update']:.0f} budget "
+                f"{budget_m['perf/micro_batches_per_rank/update']:.0f}; dp max/mean budget "
+                f"{budget_m['perf/dp_tokens/max_over_mean']:.3f}"
+            )
+            for v in ("budget", "whole_step"):
+                worst, bad = compare(v, runs[v], runs["fixed"])
+                log(f"{layout}: {v} vs fixed: " + ", ".join(f"{k} {x:.1e}" for k, x in worst.items()))
+                if bad:
+                    failures.append(f"{layout} {v} differs from fixed micro-batches: {bad}")
+            worst, bad = compare("wrong", runs["wrong"], runs["fixed"])
+            log(f"{layout}: per-micro-batch normaliser vs fixed: pg_loss {worst['actor/pg_loss']:.1e}")
+            if worst["actor/pg_loss"] < 1e-2 or worst["params"] < 1e-3:
+                failures.append(f"{layout}: a per-micro-batch normaliser went unnoticed: {worst}")
+            if budget_m["perf/padding_ratio/update"] >= fixed_m["perf/padding_ratio/update"]:
+                failures.append(f"{layout}: token budgets did not reduce padding: {budget_m}")
+    if failures:
+        raise AssertionError("\n".join(failures))
+    log("BATCHING_EQUIVALENCE_OK")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
