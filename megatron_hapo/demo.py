@@ -19,6 +19,7 @@ from pathlib import Path
 
 CONFIG = "examples/configs/tiny_cpu.yaml"
 SFT_STEPS = 400
+DEFAULT_MODEL_DIR = "runs/tiny_cpu_model"  # examples/configs/*.yaml default model.hf_path here
 SFT_NOISE = 0.5  # share of SFT answers without the "Answer:" line: RL learns the format and sharpens answers
 
 
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from megatron_hapo.trainer.tiny_model import make_demo_model
 
     start = time.perf_counter()
-    model_dir = Path(os.environ.get("HAPO_TINY_MODEL", "runs/tiny_cpu_model"))
+    model_dir = Path(os.environ.get("HAPO_TINY_MODEL", DEFAULT_MODEL_DIR))
     os.environ["HAPO_TINY_MODEL"] = str(model_dir)
     print(f"[demo] 1/2 tiny model + {SFT_STEPS}-step SFT warm-up -> {model_dir}", flush=True)
     make_demo_model(

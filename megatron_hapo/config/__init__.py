@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from megatron_hapo.config.environment import EnvProbe
-from megatron_hapo.config.errors import ConfigError, ConfigIssue
+from megatron_hapo.config.errors import ConfigError, ConfigIssue, HapoError
 from megatron_hapo.config.loader import LoadedConfig, compose, to_yaml
 from megatron_hapo.config.record import RESOLVED_NAME, save_resolved
 from megatron_hapo.config.reference import help_config, render_markdown
@@ -52,6 +52,7 @@ __all__ = [
     "DataConfig",
     "EnvProbe",
     "EvalConfig",
+    "HapoError",
     "LoadedConfig",
     "LoggingConfig",
     "HapoLossConfig",

@@ -1,4 +1,5 @@
-"""The one error type config loading raises, carrying every problem found at once."""
+"""The project's user-facing error base class, and the one error type config loading raises (carrying
+every problem found at once)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,16 @@ class ConfigIssue:
         return f"{key}{self.message}{where}"
 
 
-class ConfigError(ValueError):
+class HapoError(Exception):
+    """Base of the errors a user can fix: bad config, bad data, a model or checkpoint that does not fit.
+
+    The message says what was wrong, where (key, file, row, rank) and what to do. The console scripts
+    print it as ``hapo-train: <message>`` (rank 0 only, no traceback unless ``--verbose``); any other
+    exception is a bug and keeps its traceback.
+    """
+
+
+class ConfigError(HapoError, ValueError):
     """Raised when a configuration cannot be loaded or fails validation.
 
     ``issues`` lists every problem found (validation reports all of them, not just the first); the

@@ -21,10 +21,16 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from megatron_hapo.config.errors import HapoError
+from megatron_hapo.config.model_info import padded_vocab_size
 from megatron_hapo.config.schema import RootConfig
-from megatron_hapo.config.validate import data_parallel_size
+from megatron_hapo.config.validate import ENV_CHECKS, data_parallel_size
 
 GiB = 1024**3
+
+
+class PlanError(HapoError, ValueError):
+    """The dry run cannot plan the run (unknown model) or the plan does not fit (the message holds the plan)."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +56,7 @@ def _arch(cfg: RootConfig):
     else:
         raw = known_config(cfg.model.hf_path)
         if raw is None:
-            raise ValueError(
+            raise PlanError(
                 f"model.hf_path={cfg.model.hf_path!r} is neither a local model directory nor a model the dry run "
                 "knows (megatron_hapo/models/known_configs.py); point it at a directory holding config.json"
             )
@@ -98,7 +104,7 @@ def memory_plan(cfg: RootConfig, arch, dp: int) -> MemoryPlan:
 
 
 def render_plan(cfg: RootConfig, world_size: int, gpu_gib: float = 80.0) -> str:
-    """The dry-run report; raises ValueError when the estimate exceeds ``gpu_gib``."""
+    """The dry-run report; raises PlanError when the estimate exceeds ``gpu_gib``."""
     arch = _arch(cfg)
     p, r, data, n = cfg.parallel, cfg.rollout, cfg.data, cfg.sampling.train.n
     dp = data_parallel_size(cfg, world_size)
@@ -109,7 +115,9 @@ def render_plan(cfg: RootConfig, world_size: int, gpu_gib: float = 80.0) -> str:
     seq = data.max_prompt_length + r.max_new_tokens
     lines = [
         f"model      {cfg.model.hf_path}: {arch.family}, {total_params / 1e9:.2f} B params, {arch.num_layers} layers, "
-        f"hidden {arch.hidden_size}, {arch.num_attention_heads} heads / {arch.num_kv_heads} KV, vocab {arch.vocab_size}",
+        f"hidden {arch.hidden_size}, {arch.num_attention_heads} heads / {arch.num_kv_heads} KV, vocab {arch.vocab_size} "
+        f"(padded to {padded_vocab_size(arch.vocab_size, p.tensor_model_parallel_size, cfg.model.make_vocab_size_divisible_by)}"
+        f" = a multiple of {cfg.model.make_vocab_size_divisible_by} x TP), context {arch.max_position_embeddings}",
         f"training   {world_size} GPUs = TP {p.tensor_model_parallel_size} x PP {p.pipeline_model_parallel_size} "
         f"x CP {p.context_parallel_size} x DP {dp}"
         + (" + sequence parallel" if p.sequence_parallel else "")
@@ -124,9 +132,14 @@ def render_plan(cfg: RootConfig, world_size: int, gpu_gib: float = 80.0) -> str:
     for name in ("weights", "grads", "optimizer", "activations", "logits"):
         lines.append(f"  {name:<12} {getattr(mem, name) / GiB:8.2f} GiB")
     lines.append(f"  {'total':<12} {mem.total / GiB:8.2f} GiB of {gpu_gib:.0f} GiB")
+    lines.append(
+        "checked    layout vs the cluster, batch sizes, heads / KV heads / MLP vs TP and rollout TP, layers vs PP x VPP, "
+        "prompt + response vs the context, vocabulary padding"
+    )
+    lines.append("skipped    (need the machine the run starts on): " + "; ".join(ENV_CHECKS))
     report = "\n".join(lines)
     if mem.total / GiB > gpu_gib:
-        raise ValueError(
+        raise PlanError(
             f"{report}\nthe estimate exceeds {gpu_gib:.0f} GiB per GPU: raise TP/PP, recompute or DP"
         )
     return report
@@ -134,7 +147,10 @@ def render_plan(cfg: RootConfig, world_size: int, gpu_gib: float = 80.0) -> str:
 
 def dry_run(path: str, overrides: list[str] = ()) -> str:
     """Validate ``path`` + ``overrides`` against ``cluster.nodes x cluster.gpus_per_node`` (no GPU, no
-    model files needed) and return the plan. Raises ``ConfigError``/``ValueError`` naming the problem."""
+    model files needed) and return the plan. Raises ``ConfigError``/``PlanError`` naming the problem.
+
+    The rules are the real run's (``config/validate.py``), model fit included (from the local config.json
+    or ``models/known_configs.py``); the machine-dependent ones (``ENV_CHECKS``) are listed as skipped."""
     from megatron_hapo.config import load_config
 
     cfg = load_config(path, list(overrides), check_env=False)

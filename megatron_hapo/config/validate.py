@@ -1,10 +1,11 @@
 """Cross-field rules of a loaded config; every violation is reported at once.
 
-Pure rules (layout, batch sizes, value ranges) always run. With ``check_env=True`` the rules that look
-at the machine and the file system run too: FP8 needs Transformer Engine and an FP8-capable GPU, the
-TE layer spec needs TE, data/benchmark/model/checkpoint paths must exist, and the model's config.json
-must fit the layout (heads and KV heads divisible by TP, layers by PP x VPP, prompt + response within
-the context). Each issue names its key(s) and the file or override that set them.
+Pure rules (layout, batch sizes, value ranges) always run, and so do the model-fit rules (heads, KV
+heads and MLP size divisible by TP, layers by PP x VPP, prompt + response within the context) whenever
+the model's config.json is local or the model is in ``models/known_configs.py``. With
+``check_env=True`` the rules that look at the machine and the file system run too (``ENV_CHECKS``):
+FP8 needs Transformer Engine and an FP8-capable GPU, the TE layer spec needs TE, data/benchmark/model/
+checkpoint paths must exist. Each issue names its key(s) and the file or override that set them.
 """
 
 from __future__ import annotations
@@ -20,7 +21,16 @@ from pathlib import Path
 from megatron_hapo.config.environment import EnvProbe
 from megatron_hapo.config.errors import ConfigError, ConfigIssue
 from megatron_hapo.config.loader import source_of
-from megatron_hapo.config.model_info import ModelShape, find_config_json, looks_like_hub_id, read_model_shape
+from megatron_hapo.config.model_info import (
+    ModelShape,
+    find_config_json,
+    known_model_shape,
+    looks_like_hub_id,
+    pp_problems,
+    read_model_shape,
+    rollout_tp_problems,
+    tp_problems,
+)
 from megatron_hapo.config.schema import RootConfig
 
 logger = logging.getLogger(__name__)
@@ -80,6 +90,7 @@ def _positive(cfg: RootConfig, out: _Issues) -> None:
         "data.mini_batch_size": cfg.data.mini_batch_size,
         "data.micro_batch_size": cfg.data.micro_batch_size,
         "data.max_prompt_length": cfg.data.max_prompt_length,
+        "model.make_vocab_size_divisible_by": cfg.model.make_vocab_size_divisible_by,
         "sampling.train.n": cfg.sampling.train.n,
         "sampling.val.n": cfg.sampling.val.n,
         "reward.num_workers": cfg.reward.num_workers,
@@ -427,9 +438,17 @@ def _logging_env(cfg: RootConfig, out: _Issues) -> None:
 
 def _paths(cfg: RootConfig, out: _Issues) -> None:
     lists = {"data.train_files": cfg.data.train_files, "eval.benchmarks": cfg.eval.benchmarks}
+    from megatron_hapo.data.rows import DATA_SUFFIXES  # the formats the loader reads (no torch import)
+
     for key, files in lists.items():
         for i, f in enumerate(files):
-            if not Path(f).expanduser().is_file():
+            if Path(f).suffix.lower() not in DATA_SUFFIXES:
+                out.add(
+                    f"{key}[{i}]",
+                    f"{f}: unknown data format {Path(f).suffix or '(no extension)'!r}; the loader reads "
+                    f"{', '.join(DATA_SUFFIXES)} (convert the file, e.g. pandas.read_csv(...).to_parquet(...))",
+                )
+            elif not Path(f).expanduser().is_file():
                 out.add(f"{key}[{i}]", f"file not found: {f} (relative paths are relative to {Path.cwd()})")
     if not cfg.data.train_files:
         out.add("data.train_files", "needs at least one training file")
@@ -442,56 +461,68 @@ def _paths(cfg: RootConfig, out: _Issues) -> None:
         if looks_like_hub_id(path):
             continue  # a hub id; resolved (and checked) when the model loads
         out.add(key, f"directory not found: {path} (relative paths are relative to {Path.cwd()})")
+    run_dir = Path(cfg.trainer.run_dir).expanduser()
+    existing = next((p for p in (run_dir, *run_dir.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        what = f"{run_dir} is an existing file" if existing == run_dir else f"{existing} is a file"
+        out.add(
+            "trainer.run_dir",
+            f"{what}, not a directory; the run writes its config, metrics, logs and checkpoints under "
+            "trainer.run_dir: choose another path or remove the file",
+        )
     resume = cfg.checkpoint.resume
     if resume not in ("auto", "none") and not Path(resume).expanduser().exists():
         out.add("checkpoint.resume", f"checkpoint not found: {resume} (use auto, none or an existing path)")
 
 
-def _model_shape(cfg: RootConfig, out: _Issues) -> ModelShape | None:
+def _model_shape(cfg: RootConfig, out: _Issues, *, check_env: bool) -> ModelShape | None:
+    """The model's shape from its local config.json, else (only for a dry run, ``check_env=False``) from
+    the table of known configs; None when neither has it."""
     config_json = find_config_json(cfg.model.hf_path)
-    if config_json is None:
-        if looks_like_hub_id(cfg.model.hf_path):
-            # Not in the local cache: the model loader downloads it and re-checks the layout then.
-            logger.warning(
-                "model.hf_path=%s is not a local directory, so it is taken as a hub id; it is not in the local "
-                "HF cache, so head/layer divisibility is checked when the model loads, not now",
-                cfg.model.hf_path,
-            )
-        return None
-    try:
-        return read_model_shape(config_json, cfg.model.override_config)
-    except ValueError as e:
-        out.add("model.hf_path", str(e))
-        return None
+    if config_json is not None and (check_env or config_json.is_file()):
+        try:
+            return read_model_shape(config_json, cfg.model.override_config)
+        except ValueError as e:
+            out.add("model.hf_path", str(e))
+            return None
+    if not check_env:
+        # a dry run plans for a cluster: the model may live only there (the table is pure data, but its
+        # package imports torch, so the real run's validation does not consult it)
+        return known_model_shape(cfg.model.hf_path, cfg.model.override_config)
+    if looks_like_hub_id(cfg.model.hf_path):
+        # Not in the local cache: the model loader downloads it and re-checks the layout then.
+        logger.warning(
+            "model.hf_path=%s is not a local directory, so it is taken as a hub id; it is not in the local "
+            "HF cache, so head/layer divisibility is checked when the model loads, not now",
+            cfg.model.hf_path,
+        )
+    return None
 
 
 def _model_fits(cfg: RootConfig, shape: ModelShape, out: _Issues) -> None:
-    tp = cfg.parallel.tensor_model_parallel_size
-    pp = cfg.parallel.pipeline_model_parallel_size
-    vpp = cfg.parallel.virtual_pipeline_model_parallel_size or 1
+    """The layout rules of ``model_info`` (the ones the model builder applies) with their config keys."""
+    p = cfg.parallel
+    tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
+    vpp = p.virtual_pipeline_model_parallel_size or 1
     src = f"(from {shape.source})"
-    if tp >= 1 and shape.num_attention_heads % tp:
-        out.add(
-            "parallel.tensor_model_parallel_size",
-            f"TP={tp} must divide the model's num_attention_heads={shape.num_attention_heads} {src}",
-        )
-    if tp >= 1 and shape.num_key_value_heads % tp:
-        out.add(
-            "parallel.tensor_model_parallel_size",
-            f"TP={tp} must divide the model's KV heads (num_key_value_heads={shape.num_key_value_heads}) {src}: "
-            "each TP rank owns whole query groups; choose a TP that divides it",
-        )
-    if pp >= 1 and shape.num_hidden_layers % (pp * vpp):
-        out.add(
-            ["parallel.pipeline_model_parallel_size", "parallel.virtual_pipeline_model_parallel_size"],
-            f"PP x VPP = {pp * vpp} must divide num_hidden_layers={shape.num_hidden_layers} {src}",
-        )
+    if tp >= 1:
+        for problem in tp_problems(shape, tp):
+            out.add("parallel.tensor_model_parallel_size", f"{problem} {src}")
+    if pp >= 1 and vpp >= 1:
+        for problem in pp_problems(shape, pp, vpp):
+            keys = ["parallel.pipeline_model_parallel_size"]
+            if p.virtual_pipeline_model_parallel_size is not None:
+                keys.append("parallel.virtual_pipeline_model_parallel_size")
+            out.add(keys, f"{problem} {src}")
+    for problem in rollout_tp_problems(shape, cfg.rollout.tensor_parallel_size):
+        out.add("rollout.tensor_parallel_size", f"{problem} {src}")
     total = cfg.data.max_prompt_length + cfg.rollout.max_new_tokens
     if shape.max_position_embeddings is not None and total > shape.max_position_embeddings:
         out.add(
             ["data.max_prompt_length", "rollout.max_new_tokens"],
-            f"prompt + response = {total} tokens exceeds max_position_embeddings={shape.max_position_embeddings} "
-            f"{src}; shorten them or set model.override_config.max_position_embeddings",
+            f"prompt + response = {cfg.data.max_prompt_length} + {cfg.rollout.max_new_tokens} = {total} tokens "
+            f"exceeds max_position_embeddings={shape.max_position_embeddings} {src}; shorten them or set "
+            "model.override_config.max_position_embeddings",
         )
 
 
@@ -526,10 +557,22 @@ def collect_issues(
         _paths(cfg, out)
         _logging_env(cfg, out)
         _fp8_rollout_model(cfg, out)
-        shape = _model_shape(cfg, out)
-        if shape is not None:
-            _model_fits(cfg, shape, out)
+    # The model-fit rules need only the model's config.json (or the known-config table), not the machine,
+    # so they run in a dry run too.
+    shape = _model_shape(cfg, out, check_env=check_env)
+    if shape is not None:
+        _model_fits(cfg, shape, out)
     return out.items
+
+
+# What ``check_env=False`` (the dry run) leaves out, by name: these need the machine the run starts on.
+ENV_CHECKS = (
+    "Transformer Engine imports (precision.fp8, model.layer_spec=te)",
+    "GPU compute capability and CUDA version for FP8",
+    "data, benchmark, model and checkpoint paths exist",
+    "logging.wandb package installed",
+    "FP8 rollout architecture (reads the local config.json)",
+)
 
 
 def validate(cfg: RootConfig, **kwargs) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from megatron_hapo.data.rows import DataError, PromptRow, RowError, RowKeys, iter_records, parse_record
+from megatron_hapo.rewards.registry import ground_truth_problem
 
 if TYPE_CHECKING:
     from megatron_hapo.config.schema import DataConfig
@@ -81,6 +82,9 @@ class PromptDataset:
     ``apply_chat_template``). max_prompt_length: token limit; truncation: ``drop`` | ``left`` | ``error``.
     dedup: keep only the first row of each distinct prompt (by its messages). bad_rows: ``error`` raises
     DataError naming the file and row; ``skip`` skips and counts. keys: column names (RowKeys).
+    scorer: the reward scorer rows are routed with (``reward.scorer``; ``auto`` routes by data_source):
+    a ground truth that scorer could never match (empty, normalises to nothing, does not parse) is a bad
+    row. None skips that check (prompts without rewards).
     """
 
     def __init__(
@@ -94,6 +98,7 @@ class PromptDataset:
         bad_rows: Literal["error", "skip"] = "error",
         apply_chat_template: bool = True,
         keys: RowKeys | None = None,
+        scorer: str | None = "auto",
     ):
         if not files:
             raise DataError("no data files given (data.train_files / eval.benchmarks)")
@@ -114,6 +119,7 @@ class PromptDataset:
         self.keys = keys or RowKeys()
         self.max_prompt_length = max_prompt_length
         self.truncation = truncation
+        self.scorer = scorer
         self.stats = DatasetStats()
         rows = self._read(bad_rows, dedup)
         self._samples = self._tokenize(rows, tokenizer, apply_chat_template)
@@ -126,9 +132,15 @@ class PromptDataset:
 
     @classmethod
     def from_config(
-        cls, cfg: DataConfig, tokenizer: Any, files: Sequence[str] | None = None
+        cls,
+        cfg: DataConfig,
+        tokenizer: Any,
+        files: Sequence[str] | None = None,
+        *,
+        scorer: str | None = "auto",
     ) -> PromptDataset:
-        """The dataset a ``data`` config section describes; ``files`` defaults to ``cfg.train_files``."""
+        """The dataset a ``data`` config section describes; ``files`` defaults to ``cfg.train_files``;
+        ``scorer``: ``reward.scorer`` (see the class)."""
         keys = RowKeys(
             prompt=cfg.prompt_key,
             data_source=cfg.data_source_key,
@@ -145,6 +157,7 @@ class PromptDataset:
             bad_rows=cfg.bad_rows,
             apply_chat_template=cfg.apply_chat_template,
             keys=keys,
+            scorer=scorer,
         )
 
     # ------------------------------------------------------------------------------------------ loading
@@ -159,6 +172,10 @@ class PromptDataset:
                     if problem is not None:
                         raise RowError(problem)
                     row = parse_record(record, self.keys)
+                    if self.scorer is not None:
+                        reason = ground_truth_problem(row.data_source, row.ground_truth, self.scorer)
+                        if reason is not None:
+                            raise RowError(reason)
                 except RowError as e:
                     if bad_rows == "error":
                         raise DataError(

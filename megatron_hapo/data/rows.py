@@ -15,15 +15,19 @@ for JSONL also the line number), or is skipped and counted when the caller asks 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from megatron_hapo.config.errors import HapoError
+
 _PARQUET_BATCH_ROWS = 4096
+DATA_SUFFIXES = (".parquet", ".jsonl", ".json")  # what iter_records reads (config validation checks it too)
 
 
-class DataError(ValueError):
+class DataError(HapoError, ValueError):
     """A dataset file or row is unusable; the message names the file, the row and what to do."""
 
 
@@ -116,6 +120,13 @@ def parse_record(record: Any, keys: RowKeys) -> PromptRow:
         raise RowError(
             f"ground truth '{keys.ground_truth}' (data.ground_truth_key) must be a string or number, got {got}"
         )
+    if isinstance(gt, float) and not math.isfinite(gt):
+        raise RowError(f"ground truth '{keys.ground_truth}' is {gt}, not an answer")
+    if isinstance(gt, str) and not gt.strip():
+        # an empty reference scores nothing, or worse: "" == "" once normalised gave +1 to "Answer: dollars"
+        raise RowError(
+            f"ground truth '{keys.ground_truth}' is empty ({gt!r}): nothing can be scored against it"
+        )
     extra = record.get(keys.extra_info)
     if extra is None:
         extra = {}
@@ -128,7 +139,8 @@ def iter_records(path: str | Path, columns: list[str] | None = None) -> Iterator
     """Yield ``(row_index, record, problem)`` for every record of a .parquet or .jsonl/.json file.
 
     columns: parquet columns to read (those present; None = all); JSONL records are read whole.
-    ``problem`` is None, or why the record could not even be decoded (JSONL syntax); then record is None.
+    ``problem`` is None, or why the record could not even be decoded (JSONL: a line that is not UTF-8 or
+    not JSON; it names the line); then record is None.
     Raises DataError for a missing file, an unknown extension or an unreadable parquet file.
     """
     path = Path(path)
@@ -137,7 +149,7 @@ def iter_records(path: str | Path, columns: list[str] | None = None) -> Iterator
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         yield from _iter_parquet(path, columns)
-    elif suffix in (".jsonl", ".json"):
+    elif suffix in DATA_SUFFIXES:
         yield from _iter_jsonl(path)
     else:
         raise DataError(f"{path}: unknown format '{suffix}'; use .parquet or .jsonl")
@@ -161,9 +173,21 @@ def _iter_parquet(path: Path, columns: list[str] | None) -> Iterator[tuple[int, 
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any, str | None]]:
+    # Decoded line by line (not as one text stream) so that a bad byte costs one row, named by its line,
+    # instead of the whole file with an anonymous UnicodeDecodeError.
     row = 0
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield (
+                    row,
+                    None,
+                    f"line {line_no}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})",
+                )
+                row += 1
+                continue
             if not line.strip():
                 continue  # blank lines hold no row
             try:

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from megatron_hapo.data.rows import DataError
+
 
 class ResumableSampler:
     """Yields batches of indices in ``[0, num_items)``, epoch after epoch.
@@ -29,7 +31,7 @@ class ResumableSampler:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if drop_last and batch_size > num_items:
-            raise ValueError(
+            raise DataError(
                 f"batch size {batch_size} is larger than the dataset ({num_items} prompts) with drop_last: "
                 "no batch could ever be produced; lower data.train_batch_size or add data"
             )
@@ -101,7 +103,7 @@ class ResumableSampler:
         would differ silently); batch_size and drop_last may change (position counts indices)."""
         for key in ("num_items", "seed", "shuffle"):
             if state.get(key) != getattr(self, key):
-                raise ValueError(
+                raise DataError(
                     f"sampler state from the checkpoint has {key}={state.get(key)!r} but this run has "
                     f"{getattr(self, key)!r}: the data or data.seed/data.shuffle changed since the checkpoint; "
                     "restore them, or start fresh (checkpoint.resume=none)"

@@ -101,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as e:
         print(f"hapo-eval: {e}", file=sys.stderr)
         return 2
+    from megatron_hapo.eval.preflight import budget_problem, model_problem
+
+    if (problem := model_problem(args.model)) is not None:  # before the tokenizer tries to read it
+        print(f"hapo-eval: {problem}", file=sys.stderr)
+        return 2
     from transformers import AutoTokenizer
 
     from megatron_hapo.data import RowKeys
@@ -123,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     except DataError as e:
         print(f"hapo-eval: {e}", file=sys.stderr)
+        return 2
+    if (problem := budget_problem(args.model, loaded, args.max_new_tokens)) is not None:
+        print(f"hapo-eval: {problem}", file=sys.stderr)
         return 2
     scorer = None
     if args.scorer_workers > 0:

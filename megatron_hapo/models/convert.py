@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from megatron_hapo.config.model_info import allowed_pp_sizes, allowed_tp_sizes
 from megatron_hapo.models.errors import ConversionError, ParallelLayoutError
 from megatron_hapo.models.hf_config import DEFAULT_VOCAB_DIVISOR, load_arch
 from megatron_hapo.models.hf_io import parse_size
@@ -258,10 +259,26 @@ def hf_to_mcore(args) -> int:
         )
         load_hf_weights(model, reader, progress=True)
         save_checkpoint(model, args.out)
-    _log(
-        f"wrote {args.out} in {time.perf_counter() - start:.1f}s (loads at any TP dividing {padded} and any PP dividing {arch.num_layers})"
-    )
+    _log(f"wrote {args.out} in {time.perf_counter() - start:.1f}s; {loadable_layouts(arch, padded)}")
     return 0
+
+
+def loadable_layouts(arch, padded_vocab: int) -> str:
+    """Which layouts a checkpoint of ``arch`` with ``padded_vocab`` embedding rows loads at: TP must divide
+    the heads, KV heads, MLP size (``config/model_info.py``, the rules the builder applies) and the
+    padded vocabulary; PP the layers."""
+    shape = arch.shape()
+    tps = [t for t in allowed_tp_sizes(shape) if padded_vocab % t == 0]
+    pps = allowed_pp_sizes(shape)
+    return (
+        f"it loads at TP {_or_list(tps)} (what divides the {shape.num_attention_heads} attention heads, "
+        f"{shape.num_key_value_heads} KV heads, MLP size {shape.intermediate_size} and padded vocab "
+        f"{padded_vocab}) and PP {_or_list(pps)} (what divides the {shape.num_hidden_layers} layers)"
+    )
+
+
+def _or_list(values: list[int]) -> str:
+    return str(values[0]) if len(values) == 1 else ", ".join(map(str, values[:-1])) + f" or {values[-1]}"
 
 
 def mcore_to_hf(args) -> int:

@@ -6,8 +6,10 @@ exits with status 2.
 
 from __future__ import annotations
 
+from megatron_hapo.config.errors import HapoError
 
-class ConversionError(ValueError):
+
+class ConversionError(HapoError, ValueError):
     """Base class: a model or checkpoint cannot be built, converted or loaded as asked."""
 
 

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from megatron_hapo.config.model_info import ModelShape, padded_vocab_size, pp_problems, tp_problems
 from megatron_hapo.models.errors import ParallelLayoutError, UnsupportedArchitectureError
 
 # model_type -> (family, the HF class the weights come from); the family names the mapping table.
@@ -70,32 +71,24 @@ class ModelArch:
 
     def padded_vocab_size(self, tp: int = 1, divisible_by: int = DEFAULT_VOCAB_DIVISOR) -> int:
         """``vocab_size`` rounded up to a multiple of ``divisible_by x tp`` (Megatron-LM's rule)."""
-        multiple = divisible_by * tp
-        return -(-self.vocab_size // multiple) * multiple
+        return padded_vocab_size(self.vocab_size, tp, divisible_by)
+
+    def shape(self) -> ModelShape:
+        """The facts the layout rules of ``config/model_info.py`` (shared with config validation) need."""
+        return ModelShape(
+            num_attention_heads=self.num_attention_heads,
+            num_key_value_heads=self.num_kv_heads,
+            num_hidden_layers=self.num_layers,
+            max_position_embeddings=self.max_position_embeddings,
+            source=f"{self.family} config",
+            intermediate_size=self.ffn_hidden_size,
+            vocab_size=self.vocab_size,
+        )
 
     def check_layout(self, tp: int, pp: int) -> None:
-        """Raise :class:`ParallelLayoutError` if TP/PP cannot split this model."""
-        problems = []
-        if tp < 1 or pp < 1:
-            problems.append(f"TP and PP must be >= 1 (got TP={tp}, PP={pp})")
-        else:
-            if self.num_kv_heads % tp:
-                # each TP rank must own whole query groups (the QKV shard is a slice of whole groups)
-                problems.append(
-                    f"TP={tp} does not divide the number of KV heads ({self.num_kv_heads}); "
-                    f"use a TP size that divides {self.num_kv_heads}"
-                )
-            if self.num_attention_heads % tp:
-                problems.append(
-                    f"TP={tp} does not divide the number of attention heads ({self.num_attention_heads})"
-                )
-            if self.ffn_hidden_size % tp:
-                problems.append(f"TP={tp} does not divide the MLP size ({self.ffn_hidden_size})")
-            if self.num_layers % pp:
-                problems.append(
-                    f"PP={pp} does not divide the number of layers ({self.num_layers}); "
-                    f"use a PP size that divides {self.num_layers}"
-                )
+        """Raise :class:`ParallelLayoutError` if TP/PP cannot split this model (the rules config validation
+        and the dry run apply too)."""
+        problems = tp_problems(self.shape(), tp) + pp_problems(self.shape(), pp)
         if problems:
             raise ParallelLayoutError(
                 f"{self.family} model cannot be split at TP={tp} PP={pp}: " + "; ".join(problems)
@@ -191,7 +184,9 @@ def _from_hf_config(cfg: Any, where: str) -> ModelArch:
     kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     theta, scaling, linear = _rope(cfg, where)
-    dtype = getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None)
+    # transformers 4.x stores torch_dtype as an attribute; 5.x makes it a property that warns "deprecated"
+    # on every read (it mirrors dtype), so read it only where it is plain data
+    dtype = getattr(cfg, "dtype", None) or vars(cfg).get("torch_dtype")
     if dtype is not None and not isinstance(dtype, str):
         dtype = str(dtype).removeprefix("torch.")
     if heads % kv_heads:

@@ -9,6 +9,7 @@ routed every ``data_source`` containing ``"math_dapo"``.
    (HAPO's addition: "0.5" vs "\\frac{1}{2}"); +1 if so, else -1.
 
 Returns score +1/-1, acc = score > 0, pred = the normalised answer (``[INVALID]`` when there is no line).
+An answer that normalises to the empty string is wrong (-1), whatever the ground truth.
 """
 
 from __future__ import annotations
@@ -28,16 +29,33 @@ def _is_dapo_source(data_source: str) -> bool:
     return "math_dapo" in data_source
 
 
-@register_scorer("dapo", match=_is_dapo_source, fail_score=WRONG)
+def dapo_ground_truth_problem(ground_truth: str) -> str | None:
+    """Why ``ground_truth`` cannot be scored by :func:`dapo_score` (None = it can): the scorer compares
+    normalised strings, so a ground truth that normalises to nothing (empty, "dollars", "$ $") matches
+    no answer a policy could be trained towards."""
+    if not normalize_final_answer(str(ground_truth)):
+        return (
+            f"ground truth {str(ground_truth)[:80]!r} is empty after the DAPO scorer's normalisation "
+            "(units and filler words are removed), so no answer could match it"
+        )
+    return None
+
+
+@register_scorer(
+    "dapo", match=_is_dapo_source, fail_score=WRONG, check_ground_truth=dapo_ground_truth_problem
+)
 def dapo_score(response: str, ground_truth: str, *, deadline: Deadline, extra: dict[str, Any]) -> Score:
     """Score ``response`` against ``ground_truth`` as described in the module docstring."""
     line = extract_answer_line(response[-TAIL_CHARS:])
     pred = normalize_final_answer(line) if line is not None else INVALID
     gold = normalize_final_answer(str(ground_truth))
-    if pred == gold and pred != INVALID:
-        return make_score(CORRECT, True, pred)
+    # An answer that normalises to nothing ("Answer: dollars") earns nothing, even against a ground truth
+    # that normalises to nothing too ("" == "" would otherwise be +1); datasets refuse such ground truths
+    # (dapo_ground_truth_problem), this guards the scorer called directly.
     if pred == INVALID or not pred:
         return make_score(WRONG, False, pred)
+    if pred == gold:
+        return make_score(CORRECT, True, pred)
     # HAPO compares against the raw ground truth here, not the normalised string.
     verdict = verify_answer(
         f"\\boxed{{{ground_truth}}}", f"\\boxed{{{pred}}}", deadline, answer_targets="latex"

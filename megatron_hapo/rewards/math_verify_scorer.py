@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from megatron_hapo.rewards.mathverify import verify_answer
+from megatron_hapo.rewards.mathverify import gold_problem, verify_answer
 from megatron_hapo.rewards.registry import DEFAULT_SCORER, register_scorer
 from megatron_hapo.rewards.types import Deadline, Score, make_score
 
 
-@register_scorer(DEFAULT_SCORER, fail_score=0.0)
+@register_scorer(DEFAULT_SCORER, fail_score=0.0, check_ground_truth=gold_problem)
 def math_verify_score(
     response: str, ground_truth: str, *, deadline: Deadline, extra: dict[str, Any]
 ) -> Score:

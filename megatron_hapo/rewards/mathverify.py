@@ -9,6 +9,7 @@ requests never pays for sympy.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -74,6 +75,34 @@ def _parse_gold(gold_latex: str, deadline: Deadline) -> list[Any]:
     if len(_gold_cache) > _GOLD_CACHE_SIZE:
         _gold_cache.popitem(last=False)
     return parsed
+
+
+GOLD_CHECK_TIMEOUT_S = 5
+_PLAIN_NUMBER = re.compile(r"^\s*-?\d+(\.\d+)?\s*$")  # parses for sure: no need to pay sympy (~5 ms a row)
+
+
+def gold_problem(ground_truth: str) -> str | None:
+    """Why Math-Verify cannot use ``ground_truth`` as a reference (None = it parses): checked when a
+    dataset is loaded, so a gold that would score every answer 0 is a bad row, not a silent zero reward.
+    Main thread only (SIGALRM); imports math-verify (sympy) on first use. Plain numbers (most golds) skip
+    the parse; each other distinct gold costs one parse (cached)."""
+    if _PLAIN_NUMBER.match(ground_truth):
+        return None
+    from math_verify.errors import TimeoutException
+
+    _check_main_thread()
+    quiet_math_verify()
+    try:
+        parsed = _parse_gold(
+            f"\\boxed{{{ground_truth}}}", Deadline(GOLD_CHECK_TIMEOUT_S, GOLD_CHECK_TIMEOUT_S)
+        )
+    except TimeoutException:
+        return f"Math-Verify could not parse the ground truth {ground_truth[:80]!r} within {GOLD_CHECK_TIMEOUT_S} s"
+    except Exception as e:
+        return f"Math-Verify cannot parse the ground truth {ground_truth[:80]!r} ({type(e).__name__})"
+    if not parsed:
+        return f"Math-Verify cannot parse the ground truth {ground_truth[:80]!r} as a math answer"
+    return None
 
 
 def verify_answer(

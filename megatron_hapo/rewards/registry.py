@@ -31,28 +31,38 @@ class ScorerFn(Protocol):
 
 @dataclass(frozen=True)
 class ScorerEntry:
-    """A registered scorer. fail_score: the reward it gives a wrong answer (used for timeouts/errors too)."""
+    """A registered scorer. fail_score: the reward it gives a wrong answer (used for timeouts/errors too).
+    check_ground_truth: ``fn(ground_truth) -> reason | None``, why a reference answer can never be matched
+    (datasets treat such a row as bad); None = the scorer accepts any non-empty ground truth."""
 
     name: str
     fn: ScorerFn
     match: Callable[[str], bool] | None
     fail_score: float
+    check_ground_truth: Callable[[str], str | None] | None = None
 
 
 _REGISTRY: dict[str, ScorerEntry] = {}
 
 
 def register_scorer(
-    name: str, *, match: Callable[[str], bool] | None = None, fail_score: float = 0.0
+    name: str,
+    *,
+    match: Callable[[str], bool] | None = None,
+    fail_score: float = 0.0,
+    check_ground_truth: Callable[[str], str | None] | None = None,
 ) -> Callable[[ScorerFn], ScorerFn]:
-    """Decorator registering ``fn`` as scorer ``name``; ``match`` claims data sources for ``auto`` routing.
+    """Decorator registering ``fn`` as scorer ``name``; ``match`` claims data sources for ``auto`` routing;
+    ``check_ground_truth`` (optional) says why a ground truth cannot be scored (see ``ScorerEntry``).
 
     Re-registering a name replaces it (and moves it to the front of the routing order).
     """
 
     def deco(fn: ScorerFn) -> ScorerFn:
         _REGISTRY.pop(name, None)
-        _REGISTRY[name] = ScorerEntry(name=name, fn=fn, match=match, fail_score=float(fail_score))
+        _REGISTRY[name] = ScorerEntry(
+            name=name, fn=fn, match=match, fail_score=float(fail_score), check_ground_truth=check_ground_truth
+        )
         return fn
 
     return deco
@@ -77,6 +87,24 @@ def resolve_scorer(data_source: str, scorer: str = AUTO) -> ScorerEntry:
         if entry.match is not None and entry.match(data_source):
             return entry
     return get_scorer(DEFAULT_SCORER)
+
+
+def ground_truth_problem(data_source: str, ground_truth: str, scorer: str = AUTO) -> str | None:
+    """Why the scorer a row routes to could never match ``ground_truth`` (None = it could).
+
+    Empty or whitespace-only ground truths are refused for every scorer; the routed scorer's own
+    ``check_ground_truth`` (DAPO: normalises to nothing; Math-Verify: does not parse) runs after that.
+    """
+    if not str(ground_truth).strip():
+        return f"ground truth is empty ({str(ground_truth)!r}): nothing can be scored against it"
+    if scorer != AUTO and scorer not in _REGISTRY:
+        # a custom scorer registered only in the pool's workers (reward.extra_modules): the pool names an
+        # unknown scorer loudly when it starts; its own ground-truth rule cannot run in this process
+        return None
+    entry = resolve_scorer(data_source, scorer)
+    if entry.check_ground_truth is None:
+        return None
+    return entry.check_ground_truth(str(ground_truth))
 
 
 def registered() -> list[str]:

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from megatron_hapo.console import EngineCrashReport, fds_to, keep_root_handlers
 from megatron_hapo.rollout.parse import to_samples
 from megatron_hapo.rollout.types import EngineError, GenerationParams, RolloutSample
 
@@ -70,6 +71,7 @@ class InProcessSGLangEngine:
         seed: int = 0,
         hapo_sampler: bool = False,
         log_level: str = "warning",
+        log_file: str | os.PathLike | None = None,
         **server_args,
     ):
         import sglang as sgl
@@ -89,10 +91,24 @@ class InProcessSGLangEngine:
             tp_size,
             hapo_sampler,
         )
-        with _without_launcher_env():
-            self._engine = sgl.Engine(
-                model_path=str(model_path), tp_size=tp_size, random_seed=seed, log_level=log_level, **args
-            )
+        if log_file is not None:
+            logger.info("SGLang engine output (its settings, scheduler and detokenizer) -> %s", log_file)
+        # log_file: the engine's processes inherit fds 1/2 pointing at it (console.fds_to); the Engine
+        # re-configures this process's root logger (basicConfig(force=True)): the trainer's is restored
+        self._console_fd = None
+        if log_file is not None:
+            # a scheduler that dies SIGQUITs this process, which SGLang then kills: show its last words
+            self._console_fd = os.dup(2)
+            args.setdefault("custom_sigquit_handler", EngineCrashReport(str(log_file), self._console_fd))
+        try:
+            with _without_launcher_env(), keep_root_handlers(), fds_to(log_file):
+                self._engine = sgl.Engine(
+                    model_path=str(model_path), tp_size=tp_size, random_seed=seed, log_level=log_level, **args
+                )
+        except BaseException:
+            if log_file is not None:  # the scheduler's own traceback (the cause) is only there
+                logger.error("the SGLang engine failed to start; its processes' output is in %s", log_file)
+            raise
         self._tm = self._engine.tokenizer_manager
         self.num_engine_ranks = tp_size  # ranks that join a distributed weight-update group
         self.weight_version = "default"  # SGLang's initial version string
@@ -190,6 +206,9 @@ class InProcessSGLangEngine:
 
     def shutdown(self) -> None:
         self._engine.shutdown()
+        if self._console_fd is not None:
+            os.close(self._console_fd)
+            self._console_fd = None
 
 
 def _log_throughput(samples: list[RolloutSample], seconds: float) -> None:

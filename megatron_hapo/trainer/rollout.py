@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 from megatron_hapo.algorithms import EntropyStats, dynamic_sampling_filter
 from megatron_hapo.config import RootConfig
+from megatron_hapo.console import engine_log_file
 from megatron_hapo.data import PromptDataset, ResumableSampler
 from megatron_hapo.rewards import ScoreRequest, ScorerPool, apply_overlong
 from megatron_hapo.rollout import GenerationParams, InProcessSGLangEngine
@@ -62,6 +63,7 @@ def _inprocess_engine(cfg: RootConfig, run_dir) -> InProcessSGLangEngine:
         hapo_sampler=uses_hapo_sampler(cfg),  # responses must then carry hapo_* per token
         tp_size=cfg.rollout.tensor_parallel_size,
         seed=cfg.trainer.seed,
+        log_file=engine_log_file(run_dir),  # run_dir/logs/sglang.log unless --verbose
         **engine_server_args(cfg),
     )
 

@@ -53,7 +53,7 @@ def build_run(cfg: RootConfig) -> Run:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_resolved(cfg, run_dir, rank=0, echo=False)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer_path or cfg.model.hf_path)
-    dataset = PromptDataset.from_config(cfg.data, tokenizer)
+    dataset = PromptDataset.from_config(cfg.data, tokenizer, scorer=cfg.reward.scorer)
     sampler = ResumableSampler(
         len(dataset), cfg.data.train_batch_size, seed=cfg.data.seed, shuffle=cfg.data.shuffle,
         drop_last=cfg.data.drop_last,

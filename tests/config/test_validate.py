@@ -185,11 +185,11 @@ def test_model_shape_rules_read_config_json(model_dir, data_file):
     found = collect_issues(
         compose(None, [*base, "parallel.tensor_model_parallel_size=4"]).cfg, world_size=8, probe=probe()
     )
-    assert any("KV heads (num_key_value_heads=2)" in i.message and str(d) in i.message for i in found)
+    assert any("number of KV heads (2)" in i.message and str(d) in i.message for i in found)
     found = collect_issues(
         compose(None, [*base, "parallel.pipeline_model_parallel_size=4"]).cfg, world_size=8, probe=probe()
     )
-    assert any("must divide num_hidden_layers=6" in i.message for i in found)
+    assert any("does not divide the number of layers (6)" in i.message for i in found)
     found = collect_issues(
         compose(None, [*base, "rollout.max_new_tokens=4000"]).cfg, world_size=8, probe=probe()
     )

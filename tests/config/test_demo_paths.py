@@ -1,0 +1,24 @@
+"""The CPU demo configs and docs point at the model directory ``make demo`` really writes (issue 17, bug 9)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from megatron_hapo.config.loader import compose
+from megatron_hapo.demo import DEFAULT_MODEL_DIR
+
+from .conftest import CONFIGS, REPO
+
+
+@pytest.mark.parametrize("config", ["cpu_demo.yaml", "tiny_cpu.yaml"])
+def test_demo_configs_default_to_the_directory_the_demo_writes(config, monkeypatch):
+    monkeypatch.delenv("HAPO_TINY_MODEL", raising=False)
+    cfg = compose(CONFIGS / config).cfg
+    assert Path(cfg.model.hf_path) == Path(DEFAULT_MODEL_DIR)
+
+
+def test_docs_name_the_same_directory():
+    doc = (REPO / "docs" / "config.md").read_text()
+    assert "runs/tiny_model" not in doc and f"./{DEFAULT_MODEL_DIR}" in doc

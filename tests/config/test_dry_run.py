@@ -1,0 +1,104 @@
+"""``hapo-train --dry-run`` checks what the real run checks about the model (issue 17, bug 4): heads and KV
+heads vs TP, layers vs PP x VPP, prompt + response vs the context, vocabulary padding; the checks that
+need the machine are named as skipped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from megatron_hapo.config import ConfigError
+from megatron_hapo.config.model_info import allowed_tp_sizes, padded_vocab_size, pp_problems, tp_problems
+from megatron_hapo.config.plan import dry_run
+
+RECIPE = str(Path(__file__).resolve().parents[2] / "examples/configs/recipes/qwen2.5_math_7b_hapo.yaml")
+
+
+def _problems(*overrides: str, recipe: str = RECIPE) -> list:
+    with pytest.raises(ConfigError) as e:
+        dry_run(recipe, list(overrides))
+    return e.value.issues
+
+
+def test_tp_8_for_4_kv_heads_is_refused():
+    issues = _problems("parallel.tensor_model_parallel_size=8")  # Qwen2.5-Math-7B: 28 heads, 4 KV heads
+    kv = [i for i in issues if "number of KV heads (4)" in i.message]
+    assert len(kv) == 1 and kv[0].key == "parallel.tensor_model_parallel_size"
+    assert "Qwen2.5-Math-7B" in kv[0].message and "parallel.tensor_model_parallel_size=8" in kv[0].source
+
+
+def test_pp_3_for_28_layers_is_refused_and_so_is_a_virtual_pipeline_that_does_not_divide():
+    issues = _problems("parallel.pipeline_model_parallel_size=3", "cluster.nodes=3")  # 24 GPUs: layout ok
+    assert [i.key for i in issues] == ["parallel.pipeline_model_parallel_size"]
+    assert "number of layers (28)" in issues[0].message
+    issues = _problems(
+        "parallel.pipeline_model_parallel_size=2", "parallel.virtual_pipeline_model_parallel_size=4"
+    )
+    assert (
+        len(issues) == 1
+        and "PP x VPP = 2 x 4 = 8 does not divide the number of layers (28)" in issues[0].message
+    )
+    assert (
+        issues[0].key
+        == "parallel.pipeline_model_parallel_size, parallel.virtual_pipeline_model_parallel_size"
+    )
+    assert "training" in dry_run(RECIPE, ["parallel.pipeline_model_parallel_size=2",
+                                          "parallel.virtual_pipeline_model_parallel_size=2"])  # fmt: skip
+
+
+def test_a_rollout_tp_sglang_cannot_shard_is_refused():
+    issues = _problems("rollout.tensor_parallel_size=8", "rollout.gpus_per_server=8")  # 28 heads, 4 KV heads
+    assert [i.key for i in issues] == ["rollout.tensor_parallel_size"]
+    assert "rollout TP=8 does not divide the number of attention heads (28)" in issues[0].message
+    assert "training" in dry_run(RECIPE, ["rollout.tensor_parallel_size=2", "rollout.gpus_per_server=2"])
+
+
+def test_a_response_longer_than_the_context_is_refused():
+    issues = _problems("rollout.max_new_tokens=60000")  # a 32k context
+    context = [i for i in issues if "max_position_embeddings" in i.message]  # (the micro-batch budgets too)
+    assert len(context) == 1 and "1024 + 60000 = 61024 tokens exceeds max_position_embeddings=32768" in (
+        context[0].message
+    )
+    assert context[0].key == "data.max_prompt_length, rollout.max_new_tokens"
+
+
+def test_vocabulary_padding_is_checked_and_printed():
+    issues = _problems("model.make_vocab_size_divisible_by=0")
+    assert [i.key for i in issues] == ["model.make_vocab_size_divisible_by"]
+    plan = dry_run(RECIPE, [])
+    assert "vocab 152064 (padded to 152064 = a multiple of 128 x TP)" in plan
+    assert padded_vocab_size(151936, 4, 128) == 152064 and padded_vocab_size(320, 3, 128) == 384
+
+
+def test_the_plan_names_the_skipped_hardware_checks():
+    plan = dry_run(RECIPE, [])
+    skipped = next(line for line in plan.splitlines() if line.startswith("skipped"))
+    assert (
+        "Transformer Engine" in skipped and "GPU compute capability" in skipped and "paths exist" in skipped
+    )
+
+
+def test_a_local_model_directory_is_checked_without_the_environment(model_dir):
+    d = model_dir(heads=8, kv=2, layers=4, max_pos=512)  # the CPU demo's config with this model, 4 "GPUs"
+    demo = str(Path(RECIPE).parents[1] / "cpu_demo.yaml")
+    base = [f"model.hf_path={d}", "cluster.gpus_per_node=4"]
+    issues = _problems(*base, "parallel.tensor_model_parallel_size=4", recipe=demo)
+    assert [i.key for i in issues] == ["parallel.tensor_model_parallel_size"]
+    assert "number of KV heads (2)" in issues[0].message and str(d) in issues[0].message
+    issues = _problems(*base, "rollout.max_new_tokens=500", "reward.overlong.buffer_len=8", recipe=demo)
+    context = [i for i in issues if "max_position_embeddings" in i.message]  # (the micro-batch budgets too)
+    assert len(context) == 1 and "max_position_embeddings=512" in context[0].message
+
+
+def test_the_rules_are_the_model_builders():
+    """``ModelArch.check_layout`` (what the real run applies when it builds the model) uses the same rules."""
+    from megatron_hapo.models import load_arch
+    from megatron_hapo.models.errors import ParallelLayoutError
+    from megatron_hapo.models.known_configs import known_config
+
+    arch = load_arch(known_config("Qwen2.5-Math-7B"))
+    with pytest.raises(ParallelLayoutError) as e:
+        arch.check_layout(8, 3)
+    assert str(e.value).endswith("; ".join(tp_problems(arch.shape(), 8) + pp_problems(arch.shape(), 3)))
+    assert allowed_tp_sizes(arch.shape()) == [1, 2, 4]

@@ -1,0 +1,64 @@
+"""hapo-eval checks before any engine starts (issue 17, bug 9): the token budget against the model's
+context, and a Megatron checkpoint passed as --model (was a sentencepiece error from the tokenizer)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from megatron_hapo.eval import cli as eval_cli
+from megatron_hapo.models.tiny import make_tiny_hf_model
+
+VAL = Path(__file__).resolve().parents[2] / "examples" / "data" / "tiny_math_val.parquet"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_tiny_hf_model(tmp_path_factory.mktemp("tiny"), family="qwen2")
+
+
+@pytest.fixture
+def no_engine(monkeypatch):
+    monkeypatch.setattr(eval_cli, "build_engine", lambda args: pytest.fail("engine started"))
+
+
+def _context(model_dir: Path) -> int:
+    return json.loads((model_dir / "config.json").read_text())["max_position_embeddings"]
+
+
+def test_a_budget_over_the_context_fails_before_the_engine(model_dir, no_engine, capsys):
+    ctx = _context(model_dir)
+    argv = ["--model", str(model_dir), "--benchmarks", str(VAL), "--max-new-tokens", str(ctx)]
+    assert eval_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hapo-eval: the longest prompt (") and f"max_position_embeddings={ctx}" in err
+    assert "benchmark 'tiny_math_val'" in err and "tiny_math_val.parquet row " in err
+    longest = int(err.split("the longest prompt (")[1].split()[0])
+    assert f"lower --max-new-tokens to at most {ctx - longest}" in err
+
+
+@pytest.mark.parametrize("layout", ["mcore", "trainer_with_hf", "empty"])
+def test_a_megatron_checkpoint_is_named_not_a_tokenizer_error(tmp_path, model_dir, no_engine, capsys, layout):
+    ckpt = tmp_path / "step_4"
+    ckpt.mkdir()
+    if layout in ("mcore", "trainer_with_hf"):
+        (ckpt / "metadata.json").write_text("{}")
+        (ckpt / ".metadata").write_bytes(b"")
+        (ckpt / "trainer_state.json").write_text("{}")
+    if layout == "trainer_with_hf":
+        (ckpt / "hf").mkdir()
+        (ckpt / "hf" / "config.json").write_text((model_dir / "config.json").read_text())
+    assert eval_cli.main(["--model", str(ckpt), "--benchmarks", str(VAL)]) == 2
+    err = capsys.readouterr().err
+    expected = {
+        "mcore": "is a Megatron checkpoint, which SGLang cannot serve; convert it first: hapo-convert mcore-to-hf",
+        "trainer_with_hf": f"the trainer exported it as an HF checkpoint too: pass --model {ckpt / 'hf'}",
+        "empty": "has no config.json; pass an HF checkpoint directory",
+    }[layout]
+    assert (
+        err.startswith(f"hapo-eval: --model {ckpt}")
+        and expected in err
+        and "sentencepiece" not in err.lower()
+    )
