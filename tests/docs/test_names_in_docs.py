@@ -22,6 +22,7 @@ import ast
 import functools
 import importlib.util
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,19 @@ def code_name_exists(dotted: str) -> bool:
     return False
 
 
+def stdlib_name_exists(dotted: str) -> bool:
+    """``logging.basicConfig``: a section name that is also a standard-library module."""
+    first, *rest = dotted.split(".")
+    if first not in sys.stdlib_module_names:
+        return False
+    obj = importlib.import_module(first)
+    for part in rest:
+        if not hasattr(obj, part):
+            return False
+        obj = getattr(obj, part)
+    return True
+
+
 def problem(span: str) -> str | None:
     """Why ``span`` names nothing that exists (None when it does, or when it is not a name)."""
     token = re.sub(r"(\(.*\)|\[.*\]|=.*)$", "", span.strip()).rstrip("/")
@@ -143,7 +157,7 @@ def problem(span: str) -> str | None:
             return None
         if any(token.startswith(k + ".") for k in dict_keys()):
             return None
-        if code_name_exists(f"megatron_hapo.{token}"):
+        if code_name_exists(f"megatron_hapo.{token}") or stdlib_name_exists(token):
             return None
         return f"{token} is neither a config key nor a name in megatron_hapo/{first}/"
     return None
@@ -177,7 +191,7 @@ def test_a_name_that_does_not_exist_is_reported(span):
     ["rollout.max_new_tokens=4096", "megatron_hapo.trainer.loop.learn", "trainer.loop.learn",
      "megatron_hapo/trainer/loop.py::learn", "megatron_hapo.parallel.device_mode()", "<run_dir>/x",
      "trainer/loop.py::learn", "megatron/core/fp8_utils.py::get_fp8_recipe", "model.override_config.rope_theta=1",
-     "slime/backends/x.py::y"],
+     "slime/backends/x.py::y", "logging.basicConfig(force=True)"],
 )  # fmt: skip
 def test_names_that_exist_pass(span):
     assert problem(span) is None
