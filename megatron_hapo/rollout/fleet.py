@@ -143,6 +143,7 @@ class SGLangFleet:
                 self.servers = [self._launch_server(i) for i in range(config.num_servers)]
             for server in self.servers:
                 self._wait_healthy(server)
+                self._check_key(server)
             if config.router and self._router is None:
                 self._router = self._launch_router()
                 self._wait_healthy(self._router, path="/health")
@@ -219,6 +220,18 @@ class SGLangFleet:
         ]  # fmt: skip
         return self._spawn("router", cmd, f"http://{cfg.host}:{port}")
 
+    def _key_refused(self, server: _Server, code: int) -> EngineError:
+        return EngineError(
+            f"{server.describe()} refused this run's API key (HTTP {code}): give the servers' key (their "
+            "--api-key) in the environment variable that rollout.api_key_env names (docs/security.md)"
+        )
+
+    def _check_key(self, server: _Server) -> None:
+        """``/health`` answers without a key: ask a guarded route, so a wrong key fails at start-up."""
+        code = self._session.get(server.url + "/model_info", timeout=30).status_code
+        if code in (401, 403):
+            raise self._key_refused(server, code)
+
     def _wait_healthy(self, server: _Server, path: str = "/health") -> None:
         deadline = time.monotonic() + self.config.startup_timeout_s
         while time.monotonic() < deadline:
@@ -263,9 +276,12 @@ class SGLangFleet:
                 dead.append(s)
                 continue
             try:
-                ok = self._session.get(s.url + "/model_info", timeout=10).status_code == 200
+                code = self._session.get(s.url + "/model_info", timeout=10).status_code
             except requests.RequestException:
-                ok = False
+                code = None
+            if code in (401, 403):
+                raise self._key_refused(s, code)
+            ok = code == 200
             if not ok:
                 dead.append(s)
         return dead

@@ -14,10 +14,14 @@ Each case must finish within a bound far below the ~6 minutes the wedged sync us
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +29,7 @@ from megatron_hapo.rollout import EngineError, GenerationParams
 from megatron_hapo.rollout.fleet import FleetConfig, SGLangFleet
 from megatron_hapo.sync import DiskTransport, push_weights
 from tests.rollout._common import PROMPTS, perturbed_state
+from tests.torchrun_utils import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -168,3 +173,81 @@ def test_kill_during_a_broadcast_resends_to_the_survivor(fleet, state, fault_fig
     finally:
         fault_figures("servers", int(ok), 1, WHAT)
     assert ok, (time.monotonic() - t0, caplog.text[-2000:])
+
+
+@pytest.fixture(scope="module")
+def small_policy(tmp_path_factory):
+    """The tiny policy of the trainer tests (tests/trainer/conftest.py), briefly SFT-warmed so that its
+    groups are not all equal (dynamic sampling would refill forever)."""
+    from megatron_hapo.trainer.tiny_model import make_demo_model
+
+    return make_demo_model(
+        tmp_path_factory.mktemp("small_policy"),
+        sft_steps=40,
+        sft_files=["examples/data/tiny_math_train.parquet"],
+    )
+
+
+def _server_pid(run_dir: Path, index: int) -> int | None:
+    """The pid of launched server ``index`` of the run (found by its key file, which only it is given)."""
+    marker = f"server{index}.secret.yaml"
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if "sglang.launch_server" in cmd and str(run_dir) in cmd and marker in cmd:
+            return int(proc.name)
+    return None
+
+
+def test_trainer_with_on_server_failure_fail_stops_with_an_error_and_a_checkpoint(
+    small_policy, tmp_path, fault_figures
+):
+    """The whole trainer (hapo-train) on a launched 2-server fleet: a server killed after step 1 stops the
+    run with a non-zero exit and an error naming the server and the setting, and the checkpoint of the last
+    completed step is there (checkpoint.save_every=1)."""
+    run_dir = tmp_path / "run"
+    cmd = [
+        sys.executable, "-m", "megatron_hapo.trainer", "--config", "examples/configs/tiny_cpu.yaml",
+        f"model.hf_path={small_policy}", f"trainer.run_dir={run_dir}", "trainer.total_steps=8",
+        "rollout.engine=fleet", "rollout.launch_servers=true", "rollout.num_servers=2",
+        "rollout.on_server_failure=fail", "rollout.sync_timeout_s=60", "checkpoint.save_every=1",
+        "checkpoint.keep_last=null", "rollout.startup_timeout_s=600", "rollout.request_timeout_s=300",
+        "data.train_batch_size=4", "data.mini_batch_size=2", "data.micro_batch_size=2", "sampling.train.n=4",
+    ]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", TORCHDYNAMO_DISABLE="1", PYTHONPATH=str(REPO_ROOT))
+    proc = subprocess.Popen(
+        cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 900
+    while (
+        time.monotonic() < deadline and proc.poll() is None and not (metrics.exists() and metrics.read_text())
+    ):
+        time.sleep(0.5)
+    pid = _server_pid(run_dir, 1)
+    killed_at = time.monotonic()
+    if pid is not None:
+        os.killpg(pid, signal.SIGKILL)
+    try:
+        out, _ = proc.communicate(timeout=max(deadline - time.monotonic(), 60))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    stopped_in = time.monotonic() - killed_at
+    steps = sorted(int(p.name.removeprefix("step_")) for p in (run_dir / "checkpoints").glob("step_*"))
+    last_logged = max((json.loads(line)["step"] for line in metrics.read_text().splitlines()), default=0)
+    ok = (
+        pid is not None
+        and proc.returncode not in (0, None)
+        and "server1.log" in out
+        and "on_server_failure=fail" in out
+        and steps
+        and steps[-1] == last_logged  # the last completed step is saved
+        and stopped_in < BOUND_S + 60
+    )
+    fault_figures("servers", int(bool(ok)), 1, WHAT)
+    assert ok, (pid, proc.returncode, steps, last_logged, f"{stopped_in:.0f} s", out[-5000:])
