@@ -220,8 +220,8 @@ class DistributedTransport:
 
     # -- sending ---------------------------------------------------------------------------------------
     def send(self, bucket):
-        self._ensure_group()
         try:
+            self._ensure_group()
             self._broadcast(bucket)
         except Exception as exc:
             self._drop_group(tell_engine=False)
