@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import gc
 import json
 import logging
 import shutil
@@ -224,7 +225,14 @@ class DistributedTransport:
             self._ensure_group()
             self._broadcast(bucket)
         except Exception as exc:
+            # The survivors blocked in the failed collective are released only when our side of the group
+            # is gone, i.e. when the C++ group object is freed (gloo closes its connections then; destroy
+            # alone does not). The exception's traceback holds torch's frames, which hold the group: drop
+            # it (the message stays) and collect the frames' cycles, or a log record that keeps the
+            # exception would keep the survivors wedged.
+            exc.__traceback__ = None
             self._drop_group(tell_engine=False)
+            gc.collect()
             recover = getattr(self.engine, "recover_from_sync_failure", None)
             if recover is None or not recover(exc):
                 raise

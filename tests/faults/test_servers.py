@@ -176,16 +176,12 @@ def test_kill_during_a_broadcast_resends_to_the_survivor(fleet, state, fault_fig
 
 
 @pytest.fixture(scope="module")
-def small_policy(tmp_path_factory):
-    """The tiny policy of the trainer tests (tests/trainer/conftest.py), briefly SFT-warmed so that its
-    groups are not all equal (dynamic sampling would refill forever)."""
+def random_policy(tmp_path_factory):
+    """A tiny random policy with its tokenizer (no SFT: dynamic sampling is off in tiny_cpu.yaml, so
+    all-equal groups are fine, and what is tested here is the fleet, not learning)."""
     from megatron_hapo.trainer.tiny_model import make_demo_model
 
-    return make_demo_model(
-        tmp_path_factory.mktemp("small_policy"),
-        sft_steps=40,
-        sft_files=["examples/data/tiny_math_train.parquet"],
-    )
+    return make_demo_model(tmp_path_factory.mktemp("random_policy"))
 
 
 def _server_pid(run_dir: Path, index: int) -> int | None:
@@ -204,7 +200,7 @@ def _server_pid(run_dir: Path, index: int) -> int | None:
 
 
 def test_trainer_with_on_server_failure_fail_stops_with_an_error_and_a_checkpoint(
-    small_policy, tmp_path, fault_figures
+    random_policy, tmp_path, fault_figures
 ):
     """The whole trainer (hapo-train) on a launched 2-server fleet: a server killed after step 1 stops the
     run with a non-zero exit and an error naming the server and the setting, and the checkpoint of the last
@@ -212,7 +208,7 @@ def test_trainer_with_on_server_failure_fail_stops_with_an_error_and_a_checkpoin
     run_dir = tmp_path / "run"
     cmd = [
         sys.executable, "-m", "megatron_hapo.trainer", "--config", "examples/configs/tiny_cpu.yaml",
-        f"model.hf_path={small_policy}", f"trainer.run_dir={run_dir}", "trainer.total_steps=8",
+        f"model.hf_path={random_policy}", f"trainer.run_dir={run_dir}", "trainer.total_steps=8",
         "rollout.engine=fleet", "rollout.launch_servers=true", "rollout.num_servers=2",
         "rollout.on_server_failure=fail", "rollout.sync_timeout_s=60", "checkpoint.save_every=1",
         "checkpoint.keep_last=null", "rollout.startup_timeout_s=600", "rollout.request_timeout_s=300",
