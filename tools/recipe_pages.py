@@ -132,7 +132,9 @@ def render(hapo: Path) -> str:
         "## Run it",
         "",
         "```bash",
-        "# 1. rollout fleet (nodes of their own; servers run the HAPO sampler)",
+        "# 1. rollout fleet (nodes of their own; servers run the HAPO sampler). They listen on the node's",
+        "#    address and need the key on every call; the trainer reads it from the same variable (docs/security.md)",
+        "export HAPO_BIND_HOST=<this node's address> HAPO_ROLLOUT_API_KEY=<secret, e.g. openssl rand -hex 32>",
         f"bash examples/launch/rollout_fleet.sh servers {cfg.model.hf_path} {cfg.rollout.num_servers} "
         f"{cfg.rollout.tensor_parallel_size}",
         "bash examples/launch/rollout_fleet.sh router 30000 http://<server>:30001 ...",

@@ -171,7 +171,28 @@ class RolloutConfig:
         "distributed", "fleet: weight sync by broadcast to every server rank, or an HF checkpoint reloaded"
     )
     on_server_failure: Literal["continue", "fail"] = opt(
-        "continue", "fleet: a dead server is dropped (continue on the others) or fails the step"
+        "continue",
+        "fleet: a dead server is dropped (continue on the others; the distributed sync group is rebuilt "
+        "without it) or stops the run with an error (fail); docs/rollout.md",
+    )
+    sync_timeout_s: float = opt(
+        300.0,
+        "fleet, distributed sync: bound on one broadcast and on each server's reply (finds a dead server)",
+    )
+    sync_address: str = opt(
+        "127.0.0.1",
+        "fleet, distributed sync: the trainer's address as the servers see it (its rendezvous store listens "
+        "there); another node's servers need this node's address",
+    )
+    bind_host: str = opt(
+        "127.0.0.1",
+        "fleet, launched servers and router (and its metrics exporter) listen here; a non-loopback address "
+        "opens them to other machines (docs/security.md)",
+    )
+    api_key_env: str = opt(
+        "HAPO_ROLLOUT_API_KEY",
+        "environment variable holding the API key of attached servers (never stored in the config); "
+        "launched servers get a fresh per-run key",
     )
     mem_fraction: float = opt(0.8, "SGLang mem_fraction_static (share of GPU memory for weights + KV cache)")
     quantization: Literal["fp8"] | None = opt(

@@ -11,12 +11,14 @@ checkpoint paths must exist. Each issue names its key(s) and the file or overrid
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import json
 import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from urllib.parse import urlparse
 
 from megatron_hapo.config.environment import EnvProbe
 from megatron_hapo.config.errors import ConfigError, ConfigIssue
@@ -280,8 +282,25 @@ def _rollout(cfg: RootConfig, world_size: int, world_phrase: str, out: _Issues) 
                 ["rollout.server_addresses", "rollout.num_servers"],
                 f"{len(r.server_addresses)} server addresses given but num_servers={r.num_servers}",
             )
+        remote = [u for u in r.server_addresses if not _is_loopback(urlparse(u).hostname or "")]
+        if r.weight_sync == "distributed" and remote and _is_loopback(r.sync_address):
+            out.add(
+                ["rollout.sync_address", "rollout.server_addresses", "rollout.weight_sync"],
+                f"the server {remote[0]} cannot join the weight-sync broadcast at {r.sync_address} (loopback: "
+                "this machine only); set rollout.sync_address to this node's address as the servers see it, "
+                "or rollout.weight_sync=disk on a file system the servers share",
+            )
     if not 0.0 < r.mem_fraction < 1.0:
         out.add("rollout.mem_fraction", f"must be in (0, 1), got {r.mem_fraction}")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: assume it names another machine
+        return False
 
 
 def _sampling(cfg: RootConfig, out: _Issues) -> None:

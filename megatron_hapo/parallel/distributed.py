@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import os
 import random
-import socket
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,18 +38,12 @@ def compute_device() -> torch.device:
     return torch.device("cpu")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def init_distributed(backend: str | None = None, timeout_minutes: float = 10.0) -> DistEnv:
     """Initialise the default process group from torchrun's environment (idempotent).
 
-    Without torchrun's variables (plain ``python`` or ``pytest``) this makes a world of one on a free
-    loopback port. ``backend`` defaults to nccl with CUDA and gloo without. A finite timeout turns a
-    rank stuck in a collective into an error instead of a silent hang.
+    Without torchrun's variables (plain ``python`` or ``pytest``) this makes a world of one with an
+    in-process store (nothing listens). ``backend`` defaults to nccl with CUDA and gloo without. A finite
+    timeout turns a rank stuck in a collective into an error instead of a silent hang.
     """
     if not dist.is_initialized():
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
@@ -59,9 +52,10 @@ def init_distributed(backend: str | None = None, timeout_minutes: float = 10.0) 
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         if "RANK" in os.environ:  # launched by torchrun (or a cluster launcher setting its variables)
             dist.init_process_group(backend, timeout=timeout)
-        else:  # plain python / pytest: a world of one on a fresh port, leaving the environment untouched
-            init = f"tcp://127.0.0.1:{_free_port()}"
-            dist.init_process_group(backend, init_method=init, world_size=1, rank=0, timeout=timeout)
+        else:  # plain python / pytest: a world of one, leaving the environment untouched
+            # an in-process store: no socket at all (a tcp:// store would listen on every interface,
+            # whatever host it names: torch's TCPStore; docs/security.md)
+            dist.init_process_group(backend, store=dist.HashStore(), world_size=1, rank=0, timeout=timeout)
     return DistEnv(
         rank=dist.get_rank(),
         world_size=dist.get_world_size(),

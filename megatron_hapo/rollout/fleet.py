@@ -4,7 +4,13 @@ Generation goes through the router (load balancing, retries), except requests wi
 (HAPO's sampler statistics), which the router drops: those go to a server directly. Weight updates and
 control calls go to every server directly, since each holds its own copy of the weights. A server that dies is reported by
 URL, pid, exit code and log file; by config the fleet then keeps serving on the others (it is removed
-from the router) or fails.
+from the router, and the weight-sync group is rebuilt without it: ``sync/transports.py``) or fails.
+
+Security (docs/security.md): launched servers and the router bind to ``host`` (loopback by default), the
+router's Prometheus exporter too; launched servers require a per-run API key (SGLang's ``--api-key``, handed
+over in a 0600 config file, not on the command line where ``ps`` shows it), which every call of this class
+sends. Attached servers take their key from ``api_key``. The servers' and the router's output goes to log
+files under ``log_dir``, never to the trainer's console.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -55,6 +62,14 @@ class FleetConfig:
     server_args: dict[str, Any] = field(default_factory=dict)
     weight_sync: Literal["distributed", "disk"] = "distributed"  # transport of weight_transport()
     sync_master_address: str = "127.0.0.1"  # distributed sync: the trainer's address as the servers see it
+    # distributed sync: bound on one collective and on each server's reply (a dead peer is found within it)
+    sync_timeout_s: float = 300.0
+    # bearer key of the servers; None = launched servers get a fresh per-run key, attached ones need none
+    api_key: str | None = None
+
+    def __repr__(self) -> str:  # the key never reaches a log line
+        fields = {k: ("***" if k == "api_key" and v else v) for k, v in self.__dict__.items()}
+        return "FleetConfig(" + ", ".join(f"{k}={v!r}" for k, v in fields.items()) + ")"
 
 
 @dataclass
@@ -106,8 +121,13 @@ class SGLangFleet:
         self.weight_version = "default"
         self._session = requests.Session()
         self._log_dir = Path(config.log_dir or os.environ.get("TMPDIR", "/tmp")) / f"hapo-fleet-{os.getpid()}"
-        self._log_dir.mkdir(parents=True, exist_ok=True)
+        self._log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # holds the servers' key file
+        launching = not config.attach_urls and not config.router_url
+        self._api_key = config.api_key or (secrets.token_urlsafe(32) if launching else None)
+        if self._api_key:
+            self._session.headers["Authorization"] = f"Bearer {self._api_key}"
         self.servers: list[_Server] = []
+        self.lost_servers: list[str] = []  # URLs of servers dropped under on_server_failure=continue
         self._router: _Server | None = None
         self._transport = None
         atexit.register(self.shutdown)  # never leave servers behind when the trainer dies
@@ -123,6 +143,7 @@ class SGLangFleet:
                 self.servers = [self._launch_server(i) for i in range(config.num_servers)]
             for server in self.servers:
                 self._wait_healthy(server)
+                self._check_key(server)
             if config.router and self._router is None:
                 self._router = self._launch_router()
                 self._wait_healthy(self._router, path="/health")
@@ -130,6 +151,11 @@ class SGLangFleet:
             self.shutdown()
             raise
         logger.info("fleet ready: %s", ", ".join(s.url for s in self.servers))
+
+    @property
+    def api_key(self) -> str | None:
+        """The servers' key (a launched fleet's per-run key): for a process that attaches to them."""
+        return self._api_key
 
     # -- processes ---------------------------------------------------------------------------------
     def _spawn(self, name: str, cmd: list[str], url: str) -> _Server:
@@ -164,7 +190,19 @@ class SGLangFleet:
         if cfg.hapo_sampler:
             args["sampling_backend"] = "hapo"
         cmd = [sys.executable, "-m", "sglang.launch_server", *_cli_flags(args)]
+        if self._api_key:  # in a file only this user can read: a command line is visible to every local user
+            cmd += [
+                "--config",
+                str(self._secret_file(f"server{index}.secret.yaml", {"api-key": self._api_key})),
+            ]
         return self._spawn(f"server{index}", cmd, f"http://{cfg.host}:{port}")
+
+    def _secret_file(self, name: str, values: dict[str, str]) -> Path:
+        path = self._log_dir / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.writelines(f"{k}: {v}\n" for k, v in values.items())
+        return path
 
     def _launch_router(self) -> _Server:
         cfg = self.config
@@ -177,9 +215,22 @@ class SGLangFleet:
             "--retry-max-retries", str(cfg.max_retries),
             "--health-check-interval-secs", "5", "--health-failure-threshold", "1",
             "--prometheus-port", str(_free_port(cfg.host)),  # the default 29000 collides between routers
+            "--prometheus-host", cfg.host,  # the router's default is 0.0.0.0
             "--log-level", "warn",
         ]  # fmt: skip
         return self._spawn("router", cmd, f"http://{cfg.host}:{port}")
+
+    def _key_refused(self, server: _Server, code: int) -> EngineError:
+        return EngineError(
+            f"{server.describe()} refused this run's API key (HTTP {code}): give the servers' key (their "
+            "--api-key) in the environment variable that rollout.api_key_env names (docs/security.md)"
+        )
+
+    def _check_key(self, server: _Server) -> None:
+        """``/health`` answers without a key: ask a guarded route, so a wrong key fails at start-up."""
+        code = self._session.get(server.url + "/model_info", timeout=30).status_code
+        if code in (401, 403):
+            raise self._key_refused(server, code)
 
     def _wait_healthy(self, server: _Server, path: str = "/health") -> None:
         deadline = time.monotonic() + self.config.startup_timeout_s
@@ -210,38 +261,60 @@ class SGLangFleet:
             else:
                 self._transport = DistributedTransport(
                     self, master_address=self.config.sync_master_address, group_name="hapo_fleet_sync",
-                    timeout_s=self.config.startup_timeout_s,
+                    timeout_s=self.config.sync_timeout_s,
                 )  # fmt: skip
         return self._transport
 
     # -- health --------------------------------------------------------------------------------------
     def _dead_servers(self) -> list[_Server]:
+        """Servers whose process exited or whose HTTP front end does not answer. The probe is
+        ``/model_info`` (answered without the scheduler), not SGLang's ``/health``, which generates a
+        token and so fails on a live server that is paused for a weight sync."""
         dead = []
         for s in self.servers:
             if s.process is not None and s.process.poll() is not None:
                 dead.append(s)
                 continue
             try:
-                ok = self._session.get(s.url + "/health", timeout=10).status_code == 200
+                code = self._session.get(s.url + "/model_info", timeout=10).status_code
             except requests.RequestException:
-                ok = False
+                code = None
+            if code in (401, 403):
+                raise self._key_refused(s, code)
+            ok = code == 200
             if not ok:
                 dead.append(s)
         return dead
 
-    def check_servers(self) -> None:
-        """Find dead servers; drop them (``continue``) or raise (``fail``). Raises if none is left."""
+    def check_servers(self) -> list[_Server]:
+        """Find dead servers; drop them (``continue``) or raise (``fail``); return the ones dropped.
+        Raises if none is left. Dropping a server changes ``num_engine_ranks``, which makes the distributed
+        weight-sync transport rebuild its group without it before the next broadcast."""
         dead = self._dead_servers()
         for s in dead:
             code = s.process.poll() if s.process is not None else None
             msg = f"{s.describe()} is down" + (f" (exit code {code})" if code is not None else "")
             if self.config.on_server_failure == "fail":
-                raise EngineError(msg + "; rollout.on_server_failure=fail")
-            logger.error("%s; continuing on the remaining servers", msg)
+                raise EngineError(
+                    msg + "; the run stops (rollout.on_server_failure=fail; set it to continue to keep going "
+                    "on the other servers)"
+                )
+            logger.error(
+                "%s; continuing on the remaining %d server(s) (rollout.on_server_failure=continue)",
+                msg, len(self.servers) - 1,
+            )  # fmt: skip
             self.servers.remove(s)
+            self.lost_servers.append(s.url)
             self._remove_from_router(s)
         if not self.servers:
             raise EngineError("every rollout server is down; see the server logs in " + str(self._log_dir))
+        return dead
+
+    def recover_from_sync_failure(self, exc: BaseException) -> bool:
+        """Called by the distributed transport after a failed broadcast (its side of the group is gone):
+        True when dead servers were dropped and the sync can go on with the others (``continue``)."""
+        logger.warning("weight sync failed (%s); checking the servers", exc)
+        return bool(self.check_servers())
 
     def _remove_from_router(self, server: _Server) -> None:
         if self._router is None:
@@ -318,18 +391,24 @@ class SGLangFleet:
         return to_samples(outputs, prompts, params.n, require_hapo=self.config.hapo_sampler)
 
     # -- control: every server -------------------------------------------------------------------------
-    def _all(self, path: str, payload: dict | None = None) -> None:
-        errors = []
+    def _all(self, path: str, payload: dict | None = None, timeout: float | None = None) -> None:
+        """``path`` on every server. A server that fails it is checked: if it is down, ``continue`` drops it
+        (the call stands on the others) and ``fail`` raises; a live server's failure always raises."""
+        errors = {}
         for s in self.servers:
             try:
-                reply = self._post(s.url, path, payload or {})
+                reply = self._post(s.url, path, payload or {}, timeout=timeout)
             except (requests.RequestException, EngineError) as exc:
-                errors.append(f"{s.describe()}: {exc}")
+                errors[s.url] = f"{s.describe()}: {exc}"
                 continue
             if isinstance(reply, dict) and reply.get("success") is False:
-                errors.append(f"{s.describe()}: {reply.get('message')}")
+                errors[s.url] = f"{s.describe()}: {reply.get('message')}"
         if errors:
-            raise EngineError(f"{path} failed on " + "; ".join(errors))
+            self.check_servers()
+            alive = {s.url for s in self.servers}
+            errors = {url: e for url, e in errors.items() if url in alive}
+        if errors:
+            raise EngineError(f"{path} failed on " + "; ".join(errors.values()))
 
     def pause(self) -> None:
         self._all("/pause_generation", {"mode": "retract"})
@@ -368,7 +447,9 @@ class SGLangFleet:
                 master_address=master_address, master_port=master_port, world_size=world_size,
                 rank_offset=rank_offset + k * self.config.tp_size, group_name=group_name, backend=backend,
             )  # fmt: skip
-            reply = self._post(server.url, "/init_weights_update_group", payload)
+            reply = self._post(
+                server.url, "/init_weights_update_group", payload, timeout=self.config.sync_timeout_s
+            )
             if isinstance(reply, dict) and reply.get("success") is False:
                 raise EngineError(
                     f"{server.describe()}: init_weights_update_group failed: {reply.get('message')}"
@@ -388,12 +469,17 @@ class SGLangFleet:
         with ThreadPoolExecutor(max_workers=len(self.servers)) as pool:
             list(
                 pool.map(
-                    lambda s: self._post(s.url, "/update_weights_from_distributed", payload), self.servers
+                    lambda s: self._post(
+                        s.url, "/update_weights_from_distributed", payload, timeout=self.config.sync_timeout_s
+                    ),
+                    self.servers,
                 )
             )
 
     def destroy_weights_update_group(self, group_name) -> None:
-        self._all("/destroy_weights_update_group", {"group_name": group_name})
+        self._all(
+            "/destroy_weights_update_group", {"group_name": group_name}, timeout=self.config.sync_timeout_s
+        )
 
     def set_weight_version(self, version: str) -> None:
         self._all("/update_weight_version", {"new_version": str(version), "abort_all_requests": False})

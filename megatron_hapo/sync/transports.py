@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import datetime
+import gc
 import json
+import logging
 import shutil
 import socket
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Protocol
 
@@ -15,6 +18,8 @@ import torch
 import torch.distributed as dist
 
 from megatron_hapo.rollout.types import RolloutEngine
+
+logger = logging.getLogger(__name__)
 
 
 class Transport(Protocol):
@@ -102,6 +107,22 @@ class DistributedTransport:
     engine ranks). SGLang builds its side with a ``PrefixStore(group_name, ...)`` rendezvous and
     c10d's group helper, so a plain ``init_process_group`` would hang: we join through SGLang's own
     ``init_custom_process_group``. NCCL on GPU, gloo on CPU. Only the pushing rank uses this object.
+
+    The group's rendezvous store listens on ``master_address`` only (torch's ``TCPStore`` binds every
+    interface unless handed a socket: docs/security.md).
+
+    Lost engine ranks (a fleet server died). A broadcast into a group with a dead member wedges the
+    survivors: their scheduler sits in the receive until SGLang's 30-minute default timeout and answers
+    nothing, not even ``/health`` (measured, CPU/gloo). So the group is never used with a dead member:
+
+    * before each sync the engine's rank count is compared with the group's; when it changed (the fleet
+      dropped a server it found dead), the group is destroyed and re-formed, under a new name, with the
+      ranks that are left, and that is logged;
+    * a failure during a broadcast is bounded by ``timeout_s`` (per collective and per engine reply); the
+      trainer's side of the group is destroyed at once (which releases survivors blocked on it), then the
+      engine's ``recover_from_sync_failure(exc)`` decides: ``True`` (it dropped dead servers and some are
+      left) re-forms the group and sends the bucket again (earlier buckets reached every survivor: each
+      bucket ends only when every engine rank acknowledged it); otherwise the error propagates.
     """
 
     name = "distributed"
@@ -119,58 +140,134 @@ class DistributedTransport:
         self.master_address = master_address
         self.master_port = master_port
         self.backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-        self.group_name = group_name
+        self.group_name = group_name  # the live group's name: group_name, then group_name.2, .3, ...
+        self._base_name = group_name
         self.timeout_s = timeout_s
         self._group = None
+        self._world = 0
+        self._generation = 0
 
+    # -- the group -------------------------------------------------------------------------------------
     def _ensure_group(self) -> None:
+        world = 1 + self.engine.num_engine_ranks
+        if self._group is not None and world != self._world:
+            logger.warning(
+                "weight sync: the engine has %d ranks now (the group %s was formed with %d); rebuilding the "
+                "group without the lost ranks",
+                world - 1, self.group_name, self._world - 1,
+            )  # fmt: skip
+            self._drop_group(tell_engine=True)
         if self._group is not None:
             return
         from sglang.srt.utils.common import init_custom_process_group
 
-        port = self.master_port or _free_port(self.master_address)
-        world = 1 + self.engine.num_engine_ranks
-        with ThreadPoolExecutor(max_workers=1) as pool:  # the engine side blocks until we join
-            joined = pool.submit(
-                self.engine.init_weights_update_group,
-                self.master_address,
-                port,
-                1,
-                world,
-                self.group_name,
-                self.backend,
-            )
+        self._generation += 1
+        self.group_name = (
+            self._base_name if self._generation == 1 else f"{self._base_name}.{self._generation}"
+        )
+        store, port = self._rendezvous_store()
+        timeout = datetime.timedelta(seconds=self.timeout_s)
+        pool = ThreadPoolExecutor(max_workers=1)  # the engine side blocks until we join
+        joined = pool.submit(
+            self.engine.init_weights_update_group,
+            self.master_address, port, 1, world, self.group_name, self.backend,
+        )  # fmt: skip
+        try:
             self._group = init_custom_process_group(
                 backend=self.backend,
-                init_method=f"tcp://{self.master_address}:{port}",
+                store=dist.PrefixStore(self.group_name, store),  # what SGLang's side wraps its store in
                 world_size=world,
                 rank=0,
                 group_name=self.group_name,
-                timeout=datetime.timedelta(seconds=self.timeout_s),
+                timeout=timeout,
             )
             joined.result(timeout=self.timeout_s)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            self._drop_group(tell_engine=False)
+            raise
+        pool.shutdown(wait=False)
+        self._world = world
 
+    def _rendezvous_store(self) -> tuple[dist.TCPStore, int]:
+        """The group's TCPStore, listening on ``master_address`` (a pre-bound socket; ``master_port`` or
+        a free one)."""
+        with socket.socket(socket.AF_INET6 if ":" in self.master_address else socket.AF_INET) as sock:
+            sock.bind((self.master_address, self.master_port or 0))
+            sock.listen(128)
+            port = sock.getsockname()[1]
+            store = dist.TCPStore(
+                self.master_address, port, None, True,
+                timeout=datetime.timedelta(seconds=self.timeout_s), wait_for_workers=False,
+                master_listen_fd=sock.fileno(), use_libuv=True,
+            )  # fmt: skip
+            sock.detach()  # the store owns the descriptor now and closes it: never close it twice
+        return store, port
+
+    def _drop_group(self, tell_engine: bool) -> None:
+        """Destroy our side of the group (this frees engine ranks blocked in one of its collectives), then,
+        with ``tell_engine``, the engine's side on the ranks that are left."""
+        group, self._group, self._world = self._group, None, 0
+        if group is not None:
+            try:
+                dist.destroy_process_group(group)
+            except Exception as exc:  # a group with a dead member may not tear down cleanly; ours is gone
+                logger.warning("weight sync: destroying our side of %s: %s", self.group_name, exc)
+        if group is not None and tell_engine:
+            try:
+                self.engine.destroy_weights_update_group(self.group_name)
+            except Exception as exc:  # the new group has a new name: a stale old one does not block it
+                logger.warning("weight sync: the engine could not destroy %s: %s", self.group_name, exc)
+
+    # -- sending ---------------------------------------------------------------------------------------
     def send(self, bucket):
-        self._ensure_group()
+        try:
+            self._ensure_group()
+            self._broadcast(bucket)
+        except Exception as exc:
+            # The survivors blocked in the failed collective are released only when our side of the group
+            # is gone, i.e. when the C++ group object is freed (gloo closes its connections then; destroy
+            # alone does not). The exception's traceback holds torch's frames, which hold the group: drop
+            # it (the message stays) and collect the frames' cycles, or a log record that keeps the
+            # exception would keep the survivors wedged.
+            exc.__traceback__ = None
+            self._drop_group(tell_engine=False)
+            gc.collect()
+            recover = getattr(self.engine, "recover_from_sync_failure", None)
+            if recover is None or not recover(exc):
+                raise
+            logger.warning("weight sync: resending the bucket to the remaining engine ranks (%s)", exc)
+            self._ensure_group()
+            self._broadcast(bucket)
+
+    def _broadcast(self, bucket) -> None:
         names = [n for n, _ in bucket]
         dtypes = [str(t.dtype).removeprefix("torch.") for _, t in bucket]
         shapes = [list(t.shape) for _, t in bucket]
-        with ThreadPoolExecutor(max_workers=1) as pool:  # the engine receives while we broadcast, in order
+        # the engine receives while we broadcast, in order; its reply is awaited at most timeout_s, and
+        # never after a failure (a wedged engine call must not hold the trainer)
+        pool = ThreadPoolExecutor(max_workers=1)
+        try:
             received = pool.submit(
                 self.engine.update_weights_from_distributed, names, dtypes, shapes, self.group_name
             )
             for _, tensor in bucket:
                 dist.broadcast(tensor.detach().contiguous(), src=0, group=self._group)
-            received.result(timeout=self.timeout_s)
+            try:
+                received.result(timeout=self.timeout_s)
+            except FutureTimeout:
+                raise TimeoutError(
+                    f"weight sync: the engine did not acknowledge a bucket within {self.timeout_s:.0f} s "
+                    "(rollout.sync_timeout_s)"
+                ) from None
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def finish(self):
         pass
 
     def close(self) -> None:
-        if self._group is not None:
-            self.engine.destroy_weights_update_group(self.group_name)
-            dist.destroy_process_group(self._group)
-            self._group = None
+        self._drop_group(tell_engine=True)
 
 
 def transport_for(engine: RolloutEngine) -> Transport:

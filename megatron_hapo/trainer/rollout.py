@@ -8,6 +8,7 @@ the batch by ``broadcast_object_list``.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from pathlib import Path
@@ -93,6 +94,10 @@ def _fleet_engine(cfg: RootConfig, run_dir) -> SGLangFleet:
         seed=cfg.trainer.seed,
         server_args=args,
         weight_sync=r.weight_sync,
+        host=r.bind_host,
+        sync_master_address=r.sync_address,
+        sync_timeout_s=r.sync_timeout_s,
+        api_key=os.environ.get(r.api_key_env) or None,  # the key itself never enters the config
     )
     return SGLangFleet(fleet_cfg)
 

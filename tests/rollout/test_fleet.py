@@ -5,10 +5,13 @@ test that kills a server runs last.
 """
 
 import logging
+import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
+import requests
 import torch
 
 from megatron_hapo.rollout import EngineError, GenerationParams
@@ -51,7 +54,7 @@ def test_disk_and_distributed_sync_reach_every_server(fleet, hf_model, model_dir
     push_weights(fleet, transport, perturbed_state(hf_model, 1.5), "fleet-1", verify_name=PROBE)
     # every server answers with the new weights and version (direct calls, bypassing the router)
     for server in fleet.servers:
-        single = SGLangFleet(FleetConfig(attach_urls=(server.url,), router=False))
+        single = SGLangFleet(FleetConfig(attach_urls=(server.url,), router=False, api_key=fleet.api_key))
         out = single.generate(PROMPTS, GREEDY)
         assert [s.response_ids for s in out] != before and {s.weight_version for s in out} == {"fleet-1"}
     # back to the original weights by broadcast: one trainer rank + one rank per server, gloo on CPU
@@ -79,9 +82,70 @@ def test_pause_with_requests_in_flight_loses_none(fleet):
     )
 
 
+def _flag(cmd: list[str], name: str) -> str:
+    return cmd[cmd.index(name) + 1]
+
+
+def test_launched_processes_listen_on_loopback_and_servers_need_the_run_key(fleet):
+    key = fleet.api_key
+    assert key and len(key) >= 32
+    # the arguments they were launched with (the processes rename themselves, so /proc's cmdline changes)
+    router = list(fleet._router.process.args)
+    assert _flag(router, "--host") == "127.0.0.1" and _flag(router, "--prometheus-host") == "127.0.0.1"
+    # and what the router actually listens on: its HTTP port and its metrics exporter, loopback only
+    router_listens = _listening(fleet._router.process.pid)
+    assert len(router_listens) >= 2 and all(ip == "127.0.0.1" for ip, _ in router_listens), router_listens
+    for server in fleet.servers:
+        cmd = list(server.process.args)
+        assert _flag(cmd, "--host") == "127.0.0.1"
+        assert ("127.0.0.1", int(_flag(cmd, "--port"))) in _listening(server.process.pid)
+        assert key not in " ".join(cmd)  # a command line is readable by every local user
+        key_file = Path(_flag(cmd, "--config"))
+        assert key_file.stat().st_mode & 0o077 == 0 and key in key_file.read_text()
+        # a weight-update call without the key is refused by the real server; with it, it is served
+        payload = {"names": [], "dtypes": [], "shapes": [], "group_name": "nope"}
+        anonymous = requests.post(server.url + "/update_weights_from_distributed", json=payload, timeout=60)
+        assert anonymous.status_code == 401
+        wrong = requests.post(
+            server.url + "/update_weight_version", json={"new_version": "x"}, timeout=60,
+            headers={"Authorization": "Bearer not-the-key"},
+        )  # fmt: skip
+        assert wrong.status_code == 401
+        assert requests.get(server.url + "/model_info", timeout=60, headers=fleet._session.headers).ok
+    # attaching without the key (or with a wrong one) fails at start-up, naming what to set
+    for wrong_key in (None, "not-the-key"):
+        with pytest.raises(EngineError, match="refused this run's API key.*rollout.api_key_env"):
+            SGLangFleet(FleetConfig(attach_urls=(fleet.servers[0].url,), router=False, api_key=wrong_key))
+
+
+def test_weight_sync_store_listens_on_loopback_only(fleet, hf_model):
+    """The trainer's rendezvous store for distributed sync (torch's TCPStore would bind every interface)."""
+    transport = DistributedTransport(fleet, group_name="loopback-test")
+    before = _listening(os.getpid())
+    push_weights(fleet, transport, perturbed_state(hf_model, 1.0), "loopback", bucket_bytes=64 << 10)
+    opened = _listening(os.getpid()) - before
+    transport.close()
+    assert opened and all(ip in ("127.0.0.1", "::1") for ip, _ in opened), opened
+
+
+def _listening(pid: int) -> set[tuple[str, int]]:
+    import psutil
+
+    return {
+        (c.laddr.ip, c.laddr.port)
+        for c in psutil.Process(pid).net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN
+    }
+
+
 def test_killed_server_is_reported_and_fleet_keeps_serving(fleet, caplog):
     strict = SGLangFleet(
-        FleetConfig(attach_urls=tuple(s.url for s in fleet.servers), router=False, on_server_failure="fail")
+        FleetConfig(
+            attach_urls=tuple(s.url for s in fleet.servers),
+            router=False,
+            on_server_failure="fail",
+            api_key=fleet.api_key,
+        )  # fmt: skip
     )
     victim = fleet.servers[1]
     victim.process.kill()
