@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from megatron_hapo.rollout.inprocess import cpu_server_args
 from megatron_hapo.rollout.parse import to_samples
+from megatron_hapo.rollout.processes import spawn_server
 from megatron_hapo.rollout.types import EngineError, GenerationParams, RolloutSample
 
 logger = logging.getLogger(__name__)
@@ -88,16 +89,6 @@ def _free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-def _server_env() -> dict[str, str]:
-    """This process's environment without torchrun's variables: a server that inherits RANK/MASTER_PORT
-    tries to join the trainer's world in its own torch.distributed init and hangs."""
-    from megatron_hapo.rollout.inprocess import _LAUNCHER_ENV
-
-    return {
-        k: v for k, v in os.environ.items() if k not in _LAUNCHER_ENV and not k.startswith("TORCHELASTIC_")
-    }
 
 
 def _cli_flags(args: dict[str, Any]) -> list[str]:
@@ -160,11 +151,7 @@ class SGLangFleet:
     # -- processes ---------------------------------------------------------------------------------
     def _spawn(self, name: str, cmd: list[str], url: str) -> _Server:
         log_path = self._log_dir / f"{name}.log"
-        log = open(log_path, "w")  # noqa: SIM115 (kept open for the child's lifetime)
-        proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=_server_env(), start_new_session=True
-        )
-        return _Server(url, proc, log_path)
+        return _Server(url, spawn_server(cmd, log_path), log_path)
 
     def _router_workers(self) -> list[str]:
         """The worker URLs an attached router balances over (weight updates must reach each of them)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -12,6 +11,7 @@ import torch
 
 from megatron_hapo.console import EngineCrashReport, fds_to, keep_root_handlers
 from megatron_hapo.rollout.parse import to_samples
+from megatron_hapo.rollout.processes import without_launcher_env
 from megatron_hapo.rollout.types import EngineError, GenerationParams, RolloutSample
 
 logger = logging.getLogger(__name__)
@@ -35,22 +35,6 @@ def cpu_server_args() -> dict[str, Any]:
         "max_total_tokens": 8192,
         "skip_server_warmup": True,
     }
-
-
-# Variables torchrun sets for the trainer's world. SGLang's scheduler processes inherit the environment,
-# and its own torch.distributed init then tries to join the trainer's world and hangs.
-_LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
-                 "ROLE_RANK", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")  # fmt: skip
-
-
-@contextlib.contextmanager
-def _without_launcher_env():
-    names = [k for k in os.environ if k in _LAUNCHER_ENV or k.startswith("TORCHELASTIC_")]
-    saved = {k: os.environ.pop(k) for k in names}
-    try:
-        yield
-    finally:
-        os.environ.update(saved)
 
 
 class InProcessSGLangEngine:
@@ -101,7 +85,7 @@ class InProcessSGLangEngine:
             self._console_fd = os.dup(2)
             args.setdefault("custom_sigquit_handler", EngineCrashReport(str(log_file), self._console_fd))
         try:
-            with _without_launcher_env(), keep_root_handlers(), fds_to(log_file):
+            with without_launcher_env(), keep_root_handlers(), fds_to(log_file):
                 self._engine = sgl.Engine(
                     model_path=str(model_path), tp_size=tp_size, random_seed=seed, log_level=log_level, **args
                 )

@@ -1,0 +1,64 @@
+"""How the trainer starts SGLang processes: without torchrun's variables, and never outliving the trainer.
+
+* An SGLang process that inherits torchrun's ``RANK``/``WORLD_SIZE``/``MASTER_*``/``TORCHELASTIC_*`` tries to
+  join the trainer's world in its own ``torch.distributed`` init and hangs (docs/facts.md).
+* A launched server must not outlive a trainer that was killed (SIGKILL, OOM): ``atexit`` does not run then,
+  and orphaned servers keep their GPUs (or CPU cores) busy. On Linux the child asks the kernel for SIGTERM
+  when its parent dies (``PR_SET_PDEATHSIG``); SGLang's own processes follow their server down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+# Variables torchrun sets for the trainer's world.
+LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                "ROLE_RANK", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")  # fmt: skip
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def is_launcher_variable(name: str) -> bool:
+    return name in LAUNCHER_ENV or name.startswith("TORCHELASTIC_")
+
+
+def launcher_free_environ(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """``environ`` without torchrun's variables: the environment of a server process."""
+    return {k: v for k, v in environ.items() if not is_launcher_variable(k)}
+
+
+@contextlib.contextmanager
+def without_launcher_env() -> Iterator[None]:
+    """Remove torchrun's variables from this process's environment while an in-process engine starts."""
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if is_launcher_variable(k)}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def spawn_server(cmd: list[str], log_path: Path) -> subprocess.Popen:
+    """Start ``cmd`` in its own session (so its process group can be stopped as a whole), output to
+    ``log_path``, torchrun's variables removed; on Linux it receives SIGTERM if this process dies.
+
+    The death signal is tied to the thread that forks (a kernel rule): call this from a thread that lives as
+    long as the server should, as the trainer's main thread does."""
+    with open(log_path, "w") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=launcher_free_environ(),
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509 (no threads fork here)
+        )
