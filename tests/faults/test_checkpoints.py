@@ -31,23 +31,40 @@ MID_SAVE_KILLS = 3
 
 
 # -- the saver (runs in its own process) ---------------------------------------------------------------
-def main(directory: str, model: str, max_steps: int = 10**6) -> None:
+def _policy(model: str):
     import megatron_hapo.parallel as hp
     from megatron_hapo.config import load_config
-    from megatron_hapo.trainer import checkpoint
     from megatron_hapo.trainer.policy import Policy
 
     cfg = load_config(CONFIG, [f"model.hf_path={model}"], world_size=1)
     hp.init_distributed()
     hp.initialize_model_parallel(1, 1, 1)
+    return Policy(cfg, optimizer_steps=100)
+
+
+def _resume(policy, directory: str) -> int:
+    """Load the newest good checkpoint of ``directory`` (bad ones are named on stderr); print its step and
+    the stamp it holds."""
+    from megatron_hapo.trainer import checkpoint
+
+    path = checkpoint.select("auto", directory)
+    step = checkpoint.load(policy, path)["step"] if path is not None else 0
+    stamp = float(next(policy.model.module.parameters()).data.flatten()[0])
+    print(f"loaded {step} stamp {stamp:.1f}", flush=True)
+    return step
+
+
+def save_until_killed(directory: str, model: str, max_steps: int = 10**6) -> None:
+    """Resume from ``directory``, then save step after step (each stamped into the first parameter)."""
+    import megatron_hapo.parallel as hp
+    from megatron_hapo.trainer import checkpoint
+
     with hp.device_mode():
-        policy = Policy(cfg, optimizer_steps=100)
+        policy = _policy(model)
+        if not checkpoint.list_checkpoints(directory):  # zero gradients: Adam gets the state a trainer's has
+            policy.optimizer.step()
+        step = _resume(policy, directory)
         first = next(policy.model.module.parameters())
-        path = checkpoint.select("auto", directory)  # names and skips bad ones (warnings on stderr)
-        step = 0
-        if path is not None:
-            step = checkpoint.load(policy, path)["step"]
-        print(f"loaded {step} stamp {float(first.data.flatten()[0]):.1f}", flush=True)
         while step < max_steps:
             step += 1
             first.data.flatten()[0] = float(step)  # the step this checkpoint holds, readable after a load
@@ -57,10 +74,24 @@ def main(directory: str, model: str, max_steps: int = 10**6) -> None:
             print(f"saved {step} in {time.perf_counter() - t0:.3f} s", flush=True)
 
 
+def probe(model: str, *directories: str) -> None:
+    """Resume from each directory in turn (one process, one Megatron start for all)."""
+    import megatron_hapo.parallel as hp
+
+    with hp.device_mode():
+        policy = _policy(model)
+        for d in directories:
+            _resume(policy, d)
+
+
 def _saver(directory: Path, model: Path, *extra: str) -> subprocess.Popen:
+    return _start("save", str(directory), str(model), *extra)
+
+
+def _start(*args: str) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", TORCHDYNAMO_DISABLE="1", PYTHONPATH=str(REPO_ROOT))
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.faults.test_checkpoints", str(directory), str(model), *extra],
+        [sys.executable, "-m", "tests.faults.test_checkpoints", *args],
         cwd=REPO_ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
 
@@ -76,7 +107,8 @@ def _loaded(line: str) -> tuple[int, float]:
 def model(tmp_path_factory):
     from megatron_hapo.trainer.tiny_model import make_demo_model
 
-    return make_demo_model(tmp_path_factory.mktemp("policy"))
+    # ~7M parameters (85 MB with Adam's state): a save takes long enough for a kill to land inside it
+    return make_demo_model(tmp_path_factory.mktemp("policy"), hidden_size=384, num_layers=4)
 
 
 @pytest.fixture(scope="module")
@@ -94,40 +126,46 @@ def test_sigkill_mid_save_keeps_the_previous_checkpoint_loadable_and_used(model,
     from megatron_hapo.trainer.checkpoint import list_checkpoints, verify
 
     rng = random.Random(5)
-    directory, durations, mid_save, ok, tries = tmp_path / "ckpts", [0.2], 0, 0, 0
+    directory, durations, mid_save, tries = tmp_path / "ckpts", [], 0, 0
     while mid_save < MID_SAVE_KILLS:
         tries += 1
-        assert tries <= 12, f"only {mid_save} of {tries - 1} kills landed mid-save"
+        assert tries <= 8, f"only {mid_save} of {tries - 1} kills landed mid-save"
         proc = _saver(directory, model)
         try:
-            step, stamp = _loaded(proc.stdout.readline())
+            first_line = proc.stdout.readline()
+            if not first_line:
+                pytest.fail(f"the saver died: {proc.communicate()[1][-4000:]}")
+            step, stamp = _loaded(first_line)
             newest = list_checkpoints(directory)
             # the previous kill left the newest good checkpoint, and the saver resumed from it
             assert step == (verify(newest[-1]) if newest else 0) and stamp == (step or stamp), (step, stamp)
-            for line in proc.stdout:  # let a save or two finish, then kill at a random point of the next
+            # the first saver completes one save (its duration sizes the kills); then a kill at a seeded
+            # fraction of a save, during the first save of every saver
+            target = step + (1 if durations else 2)
+            for line in proc.stdout:
                 if m := re.match(r"saved (\d+) in ([\d.]+) s", line):
                     durations.append(float(m.group(2)))
-                elif (m := re.match(r"saving (\d+)", line)) and int(m.group(1)) >= step + 2:
-                    target = int(m.group(1))
-                    time.sleep(rng.uniform(0.0, 1.2) * sum(durations[-4:]) / len(durations[-4:]))
+                elif line.strip() == f"saving {target}":
+                    time.sleep(rng.uniform(0.1, 0.9) * sum(durations) / len(durations))
                     proc.send_signal(signal.SIGKILL)
                     break
             rest = proc.communicate(timeout=60)[0]
         finally:
             if proc.poll() is None:
                 proc.kill()
-        landed = f"saved {target}" not in rest
-        mid_save += landed
+        mid_save += f"saved {target}" not in rest
         # whatever the moment, every step_<N> left is whole (a killed save is only ever .tmp_step_<N>)
         for p in list_checkpoints(directory):
             verify(p)
-        ok += landed
+    print(f"{mid_save} of {tries} SIGKILLs landed mid-save (save: {sum(durations) / len(durations):.2f} s)")
     # the last kill's survivor is loaded and used by a final saver run
     proc = _saver(directory, model, "0")
     out, err = proc.communicate(timeout=300)
     step, stamp = _loaded(out.splitlines()[0])
     assert proc.returncode == 0 and step == stamp, err[-3000:]
-    fault_figures("crashes", ok, mid_save, "SIGKILLs mid-save left the previous checkpoint loadable and used")
+    fault_figures(
+        "crashes", mid_save, mid_save, "SIGKILLs mid-save left the previous checkpoint loadable and used"
+    )
 
 
 # -- corruption ---------------------------------------------------------------------------------------
@@ -158,29 +196,35 @@ def _no_manifest(ckpt: Path) -> str:
     return "manifest.json"
 
 
-@pytest.mark.parametrize("damage", [_truncate, _flip, _bad_state, _no_manifest], ids=lambda f: f.__name__[1:])
+DAMAGES = (_truncate, _flip, _bad_state, _no_manifest)
+
+
 def test_a_bad_newest_checkpoint_is_named_and_the_one_before_is_used(
-    damage, two_checkpoints, model, tmp_path, fault_figures, caplog
+    two_checkpoints, model, tmp_path, fault_figures
 ):
+    """Each damage to step_2 in its own copy: resume names step_2 and what is wrong with it, says it
+    resumes from step_1, and really loads step_1 (one probe process loads all copies)."""
     import shutil
 
-    from megatron_hapo.trainer.checkpoint import select
-
-    directory = tmp_path / "ckpts"
-    shutil.copytree(two_checkpoints, directory)
-    what = damage(directory / "step_2")
-    with caplog.at_level("WARNING"):
-        chosen = select("auto", directory)
-    assert chosen == directory / "step_1"
-    warned = caplog.text
-    assert "step_2" in warned and what in warned and "resuming from" in warned and "step_1" in warned, warned
-    # and the fallback really loads: the saver resumes from step 1 (stamp 1), names step_2 as bad
-    proc = _saver(directory, model, "0")
+    directories, whats = [], []
+    for damage in DAMAGES:
+        directory = tmp_path / damage.__name__[1:]
+        shutil.copytree(two_checkpoints, directory)
+        whats.append(damage(directory / "step_2"))
+        directories.append(directory)
+    proc = _start("probe", str(model), *map(str, directories))
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
-    assert _loaded(out.splitlines()[0]) == (1, 1.0)
-    assert "step_2 is unusable" in err and what in err
-    fault_figures("corruption", 1, 1, "damaged newest checkpoints named, the one before resumed")
+    loaded = [_loaded(line) for line in out.splitlines() if line.startswith("loaded")]
+    warnings = [line for line in err.splitlines() if "is unusable" in line or "resuming from" in line]
+    ok = 0
+    for directory, what, got in zip(directories, whats, loaded, strict=True):
+        named = any(str(directory / "step_2") in w and what in w for w in warnings)
+        fell_back = any(f"resuming from {directory / 'step_1'}" in w for w in warnings)
+        ok += got == (1, 1.0) and named and fell_back
+    fault_figures("corruption", ok, len(DAMAGES), "damaged newest checkpoints named, the one before resumed")
+    assert loaded == [(1, 1.0)] * len(DAMAGES), (loaded, err[-3000:])
+    assert ok == len(DAMAGES), warnings
 
 
 def _train(*overrides: str) -> subprocess.CompletedProcess:
@@ -203,19 +247,39 @@ def test_no_good_checkpoint_is_refused_before_the_engine_starts(two_checkpoints,
 
 
 def test_resume_none_over_an_existing_run_is_refused_with_the_ways_forward(two_checkpoints, model, tmp_path):
+    """Checked by ``plan_resume``, which ``train`` calls before ``build_run`` (so before any engine)."""
     import shutil
 
+    import megatron_hapo.parallel as hp
+    from megatron_hapo.config import load_config
+    from megatron_hapo.trainer.setup import RunDirectoryInUse, plan_resume
+
+    hp.init_distributed()
     run_dir = tmp_path / "run"
-    shutil.copytree(two_checkpoints, run_dir / "checkpoints")
+    run_dir.mkdir()
+    fresh = load_config(
+        CONFIG, [f"model.hf_path={model}", f"trainer.run_dir={run_dir}", "checkpoint.resume=none"]
+    )
+    assert plan_resume(fresh).checkpoint is None  # an empty run directory is fine
     (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 1}) + "\n")
-    proc = _train(f"model.hf_path={model}", f"trainer.run_dir={run_dir}", "checkpoint.resume=none")
-    assert proc.returncode != 0
-    msg = proc.stderr
-    assert "checkpoint.resume=none" in msg and str(run_dir) in msg, msg[-3000:]
+    with pytest.raises(RunDirectoryInUse) as refused:
+        plan_resume(fresh)
+    msg = str(refused.value)
+    assert "checkpoint.resume=none" in msg and str(run_dir) in msg and "metrics.jsonl" in msg, msg
     assert "checkpoint.resume=auto" in msg and "trainer.run_dir=" in msg  # the two ways forward
-    assert "sglang" not in msg.lower()
-    assert (run_dir / "checkpoints" / "step_2").is_dir()  # nothing was touched
+    shutil.copytree(two_checkpoints, run_dir / "checkpoints")
+    (run_dir / "metrics.jsonl").unlink()
+    with pytest.raises(RunDirectoryInUse, match="step_2"):  # checkpoints alone hold a run too
+        plan_resume(fresh)
+    cont = load_config(
+        CONFIG, [f"model.hf_path={model}", f"trainer.run_dir={run_dir}", "checkpoint.resume=auto"]
+    )
+    plan = plan_resume(cont)
+    assert plan.checkpoint == run_dir / "checkpoints" / "step_2" and plan.step == 2
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], *(int(a) for a in sys.argv[3:]))
+    if sys.argv[1] == "save":
+        save_until_killed(sys.argv[2], sys.argv[3], *(int(a) for a in sys.argv[4:]))
+    else:
+        probe(*sys.argv[2:])
