@@ -60,3 +60,9 @@ def test_without_a_resume_step_rows_are_kept(tmp_path):
     _attempt(tmp_path, cfg, None, [1, 2])
     _attempt(tmp_path, cfg, None, [3])
     assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3]
+
+
+def test_the_cpu_examples_continue_a_stopped_run_when_rerun():
+    """Bug 5: the stop message says checkpoint.resume=auto continues; the shipped CPU configs use it."""
+    for config in ("examples/configs/tiny_cpu.yaml", "examples/configs/cpu_demo.yaml"):
+        assert load_config(config, world_size=1, check_env=False).checkpoint.resume == "auto", config
