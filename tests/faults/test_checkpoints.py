@@ -122,11 +122,27 @@ def two_checkpoints(model, tmp_path_factory) -> Path:
 
 
 # -- crashes ------------------------------------------------------------------------------------------
+# points of a save, in order: its directory exists, a shard is written, the trainer state is written (the
+# manifest's read and fsync of every file come next), all before the rename that makes it a checkpoint
+MILESTONES = {
+    "started": lambda tmp: tmp.is_dir(),
+    "shard written": lambda tmp: any(tmp.rglob("*.distcp")),
+    "state written": lambda tmp: (tmp / "trainer_state.json").is_file(),
+}
+
+
+def _kill_at(proc: subprocess.Popen, tmp: Path, milestone: str) -> None:
+    reached, deadline = MILESTONES[milestone], time.monotonic() + 60
+    while not reached(tmp) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    proc.send_signal(signal.SIGKILL)
+
+
 def test_sigkill_mid_save_keeps_the_previous_checkpoint_loadable_and_used(model, tmp_path, fault_figures):
     from megatron_hapo.trainer.checkpoint import list_checkpoints, verify
 
     rng = random.Random(5)
-    directory, durations, mid_save, tries = tmp_path / "ckpts", [], 0, 0
+    directory, mid_save, tries = tmp_path / "ckpts", 0, 0
     while mid_save < MID_SAVE_KILLS:
         tries += 1
         assert tries <= 8, f"only {mid_save} of {tries - 1} kills landed mid-save"
@@ -139,15 +155,13 @@ def test_sigkill_mid_save_keeps_the_previous_checkpoint_loadable_and_used(model,
             newest = list_checkpoints(directory)
             # the previous kill left the newest good checkpoint, and the saver resumed from it
             assert step == (verify(newest[-1]) if newest else 0) and stamp == (step or stamp), (step, stamp)
-            # the first saver completes one save (its duration sizes the kills); then a kill at a seeded
-            # fraction of a save, during the first save of every saver
-            target = step + (1 if durations else 2)
+            # a first save completes (there is a previous checkpoint to keep); then the saver is killed in
+            # its next save at a seeded milestone of the save's progress, watched on disk (the kill follows
+            # within a millisecond: no guess of how long a save takes on a loaded machine)
+            target = step + (1 if step else 2)
             for line in proc.stdout:
-                if m := re.match(r"saved (\d+) in ([\d.]+) s", line):
-                    durations.append(float(m.group(2)))
-                elif line.strip() == f"saving {target}":
-                    time.sleep(rng.uniform(0.1, 0.9) * sum(durations) / len(durations))
-                    proc.send_signal(signal.SIGKILL)
+                if line.strip() == f"saving {target}":
+                    _kill_at(proc, directory / f".tmp_step_{target}", rng.choice(sorted(MILESTONES)))
                     break
             rest = proc.communicate(timeout=60)[0]
         finally:
@@ -157,7 +171,7 @@ def test_sigkill_mid_save_keeps_the_previous_checkpoint_loadable_and_used(model,
         # whatever the moment, every step_<N> left is whole (a killed save is only ever .tmp_step_<N>)
         for p in list_checkpoints(directory):
             verify(p)
-    print(f"{mid_save} of {tries} SIGKILLs landed mid-save (save: {sum(durations) / len(durations):.2f} s)")
+    print(f"{mid_save} of {tries} SIGKILLs landed mid-save")
     # the last kill's survivor is loaded and used by a final saver run
     proc = _saver(directory, model, "0")
     out, err = proc.communicate(timeout=300)
