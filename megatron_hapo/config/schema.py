@@ -405,7 +405,11 @@ class CheckpointConfig:
     dir: str = opt("${trainer.run_dir}/checkpoints", "checkpoint directory")
     save_every: int = opt(50, "save every N steps; 0 = only at the end")
     keep_last: int | None = opt(3, "keep the newest N checkpoints; null = keep all")
-    resume: str = opt("auto", "auto = latest in dir if any; none = start fresh; or a checkpoint path")
+    resume: str = opt(
+        "auto",
+        "auto = the newest checkpoint in dir whose manifest verifies (bad ones are named and skipped); "
+        "none = start fresh (refused on a run_dir that already holds a run); or a checkpoint path",
+    )
     hf_export: bool = opt(
         False,
         "also write the policy as a Hugging Face folder (step_<N>/hf: safetensors + config + tokenizer)",

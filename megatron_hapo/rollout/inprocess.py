@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -94,8 +97,43 @@ class InProcessSGLangEngine:
                 logger.error("the SGLang engine failed to start; its processes' output is in %s", log_file)
             raise
         self._tm = self._engine.tokenizer_manager
+        self._leave_sigterm_to_the_process()
         self.num_engine_ranks = tp_size  # ranks that join a distributed weight-update group
         self.weight_version = "default"  # SGLang's initial version string
+
+    def _leave_sigterm_to_the_process(self) -> None:
+        """Keep SGLang's "drain and exit 0" SIGTERM path out of the trainer's process.
+
+        At its first request SGLang's tokenizer manager registers a SIGTERM handler on the engine's event
+        loop (``loop.add_signal_handler``; the loop is a uvloop) that sets ``gracefully_exit``, and starts a
+        watchdog task that, within 5 s of loop time, drains the requests and calls ``sys.exit(0)``. In the
+        trainer that ``SystemExit(0)`` escaped the loop: a preempted run exited 0 with no checkpoint
+        (issue 17, bug 1). Taking the signal back later does not work: uvloop's ``remove_signal_handler``
+        silently does nothing while the loop is not running, which is whenever the trainer is.
+
+        So, at construction: (1) SGLang's handler class is replaced by one that leaves ``gracefully_exit``
+        alone (a guard, should a handler ever be registered again), (2) the handle loop is created now,
+        inside the running loop, where the registration can be removed for real, and (3) the process's
+        SIGTERM handler is put back to what it was. The trainer's own handler (``trainer/shutdown.py``)
+        then sees every SIGTERM. SIGQUIT (a scheduler child died) keeps SGLang's handler.
+        """
+        from sglang.srt.managers.tokenizer_manager import SignalHandler
+
+        class _ProcessOwnsSigterm(SignalHandler):
+            def sigterm_handler(self, signum=None, frame=None):
+                logger.info("SIGTERM reached the SGLang engine's loop; the trainer's handler decides")
+
+        self._tm.signal_handler_class = _ProcessOwnsSigterm
+        if threading.current_thread() is not threading.main_thread():
+            return  # SGLang registers signal handlers only from the main thread
+        before = signal.getsignal(signal.SIGTERM)
+
+        async def create_handle_loop_then_release_sigterm():
+            self._tm.auto_create_handle_loop()
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
+
+        self._run(create_handle_loop_then_release_sigterm())
+        signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
 
     # -- generation ---------------------------------------------------------------------------------
     def generate(self, prompts: list[list[int]], params: GenerationParams) -> list[RolloutSample]:

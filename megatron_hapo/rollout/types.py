@@ -6,6 +6,8 @@ import hashlib
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
+from megatron_hapo.config.errors import HapoError
+
 
 @dataclass(frozen=True)
 class GenerationParams:
@@ -129,5 +131,5 @@ class RolloutEngine(Protocol):
     def shutdown(self) -> None: ...
 
 
-class EngineError(RuntimeError):
+class EngineError(HapoError, RuntimeError):
     """A rollout engine call failed; the message names the engine/server and the call."""

@@ -1,14 +1,19 @@
 """Checkpoints of a run: Megatron distributed checkpoint (model + optimizer, any TP/PP on load) plus
-``trainer_state.json`` (step, data sampler position, entropy statistics, LR scheduler).
+``trainer_state.json`` (step, data sampler position, entropy statistics, LR scheduler) and, written last,
+``manifest.json`` (every file's size and CRC-32, see :mod:`~megatron_hapo.trainer.manifest`).
 
-Layout: ``<checkpoint.dir>/step_<N>/``. A checkpoint is written into ``.tmp_step_<N>`` and renamed once
-complete, so a directory named ``step_<N>`` is always whole; ``checkpoint.keep_last`` prunes older ones.
-``checkpoint.resume``: ``auto`` = the newest complete one if any, ``none`` = fresh, or a path.
+Layout: ``<checkpoint.dir>/step_<N>/``. A checkpoint is written into ``.tmp_step_<N>``, every file and
+the directory are fsynced, the manifest is written and fsynced, and only then is the directory renamed to
+``step_<N>`` (and the parent fsynced): a process killed at any moment leaves the previous checkpoints as
+they were. ``checkpoint.keep_last`` prunes older ones by renaming them out of the way first.
+``checkpoint.resume``: ``auto`` = the newest checkpoint that passes its manifest (a bad one is named and
+skipped), ``none`` = fresh, or a path (which must pass).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -19,6 +24,10 @@ import torch
 import torch.distributed as dist
 
 from megatron_hapo.parallel.checkpointing import load_sharded, save_sharded
+from megatron_hapo.trainer import manifest
+from megatron_hapo.trainer.manifest import CheckpointInvalid
+
+logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -38,31 +47,66 @@ def _state(policy, is_loading: bool = False) -> dict:
 
 
 def list_checkpoints(directory: str | Path) -> list[Path]:
-    """Complete checkpoints under ``directory``, oldest first."""
+    """The ``step_<N>`` directories under ``directory``, oldest first (not verified: see :func:`select`)."""
     d = Path(directory)
     if not d.is_dir():
         return []
-    found = [
-        (int(m.group(1)), p)
-        for p in d.iterdir()
-        if (m := _STEP_DIR.match(p.name)) and (p / STATE_FILE).is_file()
-    ]
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
     return [p for _, p in sorted(found)]
 
 
-def resolve_resume(setting: str, directory: str | Path) -> Path | None:
-    """The checkpoint to resume from per ``checkpoint.resume``, or None to start fresh."""
+def verify(path: str | Path) -> int:
+    """The step of the checkpoint at ``path`` after checking it against its manifest (and that its trainer
+    state names the same step); raises :class:`CheckpointInvalid` naming the checkpoint and the problem."""
+    path = Path(path)
+    step = manifest.check(path)
+    try:
+        state_step = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))["step"]
+    except (OSError, ValueError, KeyError) as e:
+        raise CheckpointInvalid(f"{path / STATE_FILE}: unreadable ({type(e).__name__}: {e})") from None
+    if state_step != step:
+        raise CheckpointInvalid(f"{path}: {STATE_FILE} says step {state_step}, the manifest step {step}")
+    return step
+
+
+def select(setting: str, directory: str | Path) -> Path | None:
+    """The checkpoint to resume from per ``checkpoint.resume``, verified; None to start fresh.
+
+    ``auto``: the newest checkpoint under ``directory`` that passes :func:`verify`; every newer one that
+    fails is named in a warning, with the one used instead. Raises :class:`CheckpointInvalid` when
+    checkpoints exist and none passes (starting over silently would lose the run), or when an explicit
+    path fails."""
     if setting == "none":
         return None
-    if setting == "auto":
-        found = list_checkpoints(directory)
-        return found[-1] if found else None
-    path = Path(setting)
-    if not (path / STATE_FILE).is_file():
-        raise FileNotFoundError(
-            f"checkpoint.resume={setting}: no {STATE_FILE} there; pass a step_<N> directory the trainer wrote"
+    if setting != "auto":
+        path = Path(setting)
+        try:
+            verify(path)
+        except CheckpointInvalid as e:
+            raise CheckpointInvalid(
+                f"checkpoint.resume={setting} cannot be used: {e}. Point it at another step_<N> directory, "
+                f"or use checkpoint.resume=auto to take the newest good one in checkpoint.dir"
+            ) from None
+        return path
+    found, bad = list_checkpoints(directory), []
+    for path in reversed(found):
+        try:
+            verify(path)
+        except CheckpointInvalid as e:
+            bad.append(str(e))
+            logger.warning("checkpoint %s is unusable: %s; trying the one before it", path.name, e)
+            continue
+        if bad:
+            logger.warning(
+                "resuming from %s, the newest good checkpoint (skipped %d bad one(s))", path, len(bad)
+            )
+        return path
+    if bad:
+        raise CheckpointInvalid(
+            f"no usable checkpoint in {directory}: " + "; ".join(bad) + ". Move the bad ones away to start "
+            "this run over, or give checkpoint.resume=<path> of a good copy"
         )
-    return path
+    return None
 
 
 def save(
@@ -83,7 +127,9 @@ def save(
     tmp = directory / f".tmp_step_{step}"
     lead = dist.get_rank() == 0
     if lead:
-        shutil.rmtree(tmp, ignore_errors=True)
+        directory.mkdir(parents=True, exist_ok=True)
+        for leftover in directory.glob(".tmp_*"):  # a killed save or prune: never a checkpoint
+            shutil.rmtree(leftover, ignore_errors=True)
     dist.barrier()
     save_sharded(_state(policy), tmp)
     if hf_reference is not None:
@@ -92,13 +138,32 @@ def save(
     dist.barrier()
     if lead:
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
-        shutil.rmtree(final, ignore_errors=True)
+        manifest.write(tmp, step)  # fsyncs every file, the manifest and the directory
+        if final.exists():  # a checkpoint of this step from an earlier attempt: out of the way first
+            _discard(final)
         os.replace(tmp, final)
+        manifest.fsync_dir(directory)
+        found = list_checkpoints(directory)
+        for other in found:  # newer ones belong to the timeline this run resumed before (or skipped as bad)
+            if _step_of(other) > step:
+                _discard(other)
         if keep_last:
-            for old in list_checkpoints(directory)[:-keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
+            for old in [p for p in found if _step_of(p) <= step][:-keep_last]:
+                _discard(old)
     dist.barrier()
     return final
+
+
+def _step_of(path: Path) -> int:
+    return int(_STEP_DIR.match(path.name).group(1))
+
+
+def _discard(path: Path) -> None:
+    """Remove a checkpoint directory: renamed away first, so no ``step_<N>`` is ever half deleted."""
+    trash = path.with_name(f".tmp_discard_{path.name}")
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _export_hf(policy, out: Path, hf_reference: str | Path) -> None:

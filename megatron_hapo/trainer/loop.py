@@ -23,7 +23,7 @@ from megatron_hapo.trainer.batch import StepBatch, response_temperatures
 from megatron_hapo.trainer.batching import MicroBatchPlan, plan_step
 from megatron_hapo.trainer.experience import Experience
 from megatron_hapo.trainer.metrics import batch_metrics, perf_metrics
-from megatron_hapo.trainer.setup import Run, build_run, close_run
+from megatron_hapo.trainer.setup import ResumePlan, Run, build_run, close_run, plan_resume
 from megatron_hapo.trainer.shutdown import StopRequest
 
 logger = logging.getLogger(__name__)
@@ -128,57 +128,68 @@ def response_advantages(cfg: RootConfig, batch: StepBatch) -> list[float]:
 def train(cfg: RootConfig) -> Run:
     """Run ``cfg`` to ``trainer.total_steps``; resumes per ``checkpoint.resume``. Returns the (closed) run.
 
+    A SIGTERM/SIGINT at any moment (``trainer/shutdown.py``) ends the run with a checkpoint of the last
+    completed step and raises :class:`~megatron_hapo.trainer.shutdown.TrainingStopped` (exit 128 + signal).
     Initialises torch.distributed if needed and tears the model-parallel groups down at the end; the
     default process group stays up (the caller destroys it).
     """
-    hp.init_distributed()
-    p = cfg.parallel
-    hp.initialize_model_parallel(
-        p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.context_parallel_size,
-        virtual_pipeline_parallel=p.virtual_pipeline_model_parallel_size, seed=cfg.trainer.seed,
-    )  # fmt: skip
-    with hp.device_mode():
-        run = build_run(cfg)
-        stop = StopRequest().install()  # SIGTERM/SIGINT: finish the step, checkpoint, exit 128 + signal
-        try:
-            stats, start = resume(run)
-            if start == 1 and (m := eval_metrics(run, 0)):  # eval.before_train
-                run.logger.log(0, m)
-            stop.install()  # again: the engine's first request (the sync) registered SGLang's own handler
-            for step in range(start, run.total_steps + 1):
-                stats, metrics = rl_step(run, step, stats)
-                metrics.update(eval_metrics(run, step))  # after this step's weight sync
-                run.logger.log(step, metrics)
-                stopping = stop.agreed(step)
-                every = cfg.checkpoint.save_every
-                if (every and step % every == 0) or step == run.total_steps or stopping:
-                    save(run, step, stats)
-                if stopping:
-                    break
-            report_best_eval(run)
-        finally:
-            stop.uninstall()
-            close_run(run)
-    torch.distributed.barrier()  # no rank leaves while another still needs it in a collective
-    hp.destroy_model_parallel()
+    stop = StopRequest().install()  # from here on SIGTERM/SIGINT is a request to stop, whatever is running
+    try:
+        hp.init_distributed()
+        p = cfg.parallel
+        hp.initialize_model_parallel(
+            p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.context_parallel_size,
+            virtual_pipeline_parallel=p.virtual_pipeline_model_parallel_size, seed=cfg.trainer.seed,
+        )  # fmt: skip
+        with hp.device_mode():
+            plan = plan_resume(cfg)  # run directory and checkpoint checked before any engine starts
+            run = build_run(cfg, plan)
+            try:
+                step = _run_steps(run, plan, stop)
+            finally:
+                close_run(run)
+        torch.distributed.barrier()  # no rank leaves while another still needs it in a collective
+        if stop.stopped is None:
+            stop.agreed(step)  # a signal after the last save still ends in 128 + signal (that step is saved)
+    finally:
+        stop.uninstall()
+        hp.destroy_model_parallel()  # also after a second signal: an in-process caller can train again
     stop.raise_if_stopped()
     return run
 
 
-def resume(run: Run) -> tuple[EntropyStats | None, int]:
-    """Restore the checkpoint ``checkpoint.resume`` names (if any) and make the engine serve the trainer's
-    weights; return the entropy statistics for the next rollout and the first step to run."""
-    cfg, stats, start = run.cfg, None, 1
-    path = checkpoint.resolve_resume(cfg.checkpoint.resume, cfg.checkpoint.dir)
-    if path is not None:
-        state = checkpoint.load(run.policy, path)
+def _run_steps(run: Run, plan: ResumePlan, stop: StopRequest) -> int:
+    """Steps from the plan's checkpoint to the end or to an agreed stop; returns the last completed step."""
+    stats, step = resume(run, plan)
+    if step == 0 and (m := eval_metrics(run, 0)):  # eval.before_train
+        run.logger.log(0, m)
+    stopping = stop.agreed(step)  # a signal during start-up: the last completed step is saved already
+    while not stopping and step < run.total_steps:
+        step += 1
+        stats, metrics = rl_step(run, step, stats)
+        metrics.update(eval_metrics(run, step))  # after this step's weight sync
+        run.logger.log(step, metrics)
+        stopping = stop.agreed(step)
+        every = run.cfg.checkpoint.save_every
+        if (every and step % every == 0) or step == run.total_steps or stopping:
+            save(run, step, stats)
+            stopping = stopping or stop.agreed(step)  # a signal during the save: saved, stop now
+    report_best_eval(run)
+    return step
+
+
+def resume(run: Run, plan: ResumePlan) -> tuple[EntropyStats | None, int]:
+    """Restore ``plan``'s checkpoint (if any) and make the engine serve the trainer's weights; return the
+    entropy statistics for the next rollout and the last completed step (0 on a fresh start)."""
+    stats = None
+    if plan.checkpoint is not None:
+        state = checkpoint.load(run.policy, plan.checkpoint)
         run.rollout.sampler.load_state_dict(state["sampler"])
         run.rollout._next_group = state["next_group"]
         stats = EntropyStats.from_dict(state["entropy_stats"]) if state["entropy_stats"] else None
-        start = state["step"] + 1
-    if start == 1 or path is not None:  # the engine serves exactly the trainer's weights
-        run.policy.sync_weights(run.rollout.engine, version=f"step-{start - 1}")
-    return stats, start
+    # the engine serves exactly the trainer's weights
+    run.policy.sync_weights(run.rollout.engine, version=f"step-{plan.step}")
+    return stats, plan.step
 
 
 def save(run: Run, step: int, stats: EntropyStats | None) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -114,8 +115,13 @@ def perf_metrics(plan: StepPlan, old_s: float, update_s: float) -> dict:
 class RunLogger:
     """Writes metrics on the lead rank; a no-op elsewhere."""
 
-    def __init__(self, run_dir: str | Path, cfg, *, lead: bool):
-        """``cfg``: the run's RootConfig (its ``logging`` section decides the sinks; wandb records all of it)."""
+    def __init__(self, run_dir: str | Path, cfg, *, lead: bool, resume_step: int | None = None):
+        """``cfg``: the run's RootConfig (its ``logging`` section decides the sinks; wandb records all of it).
+
+        ``resume_step``: the step of the checkpoint the run continues from (0 = a fresh start). Rows of
+        later steps, written by the attempt that was interrupted after that checkpoint, are dropped from
+        ``metrics.jsonl`` and hidden in TensorBoard (``purge_step``): every step appears once. None: keep
+        whatever is there."""
         log = cfg.logging
         self.run_dir, self.lead, self.stdout_every, self.plots = (
             Path(run_dir),
@@ -129,11 +135,15 @@ class RunLogger:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if log.jsonl:
+            if resume_step is not None:
+                truncate_metrics(self.run_dir / "metrics.jsonl", resume_step)
             self._jsonl = (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8")
         if log.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+            # events at or after purge_step, from the interrupted attempt, are hidden from TensorBoard
+            purge = None if resume_step is None else (resume_step + 1 if resume_step else 0)
+            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge)
         if log.wandb:  # config validation has checked the package is there
             import dataclasses
 
@@ -205,6 +215,34 @@ def format_row(row: dict) -> str:
         v = row.get(key)
         cells.append(fmt.format(v) if isinstance(v, (int, float)) else "-".rjust(len(fmt.format(0))))
     return " ".join(cells)
+
+
+def truncate_metrics(path: Path, resume_step: int) -> int:
+    """Drop the rows of ``path`` (metrics.jsonl) that a run resuming after ``resume_step`` will write again:
+    steps after it, or every row on a fresh start (``resume_step`` 0, where step 0 is the evaluation before
+    training, written again too). A torn last line (a killed write) goes as well. Rewritten atomically;
+    returns the number of rows dropped."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            dropped += bool(line.strip())
+            continue
+        if resume_step and step <= resume_step:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, path)
+        logger.warning(
+            "%s: dropped %d row(s) after step %d (the interrupted attempt's)", path, dropped, resume_step
+        )
+    return dropped
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:

@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from megatron_hapo.algorithms import EntropyStats, dynamic_sampling_filter
 from megatron_hapo.config import RootConfig
+from megatron_hapo.config.errors import HapoError
 from megatron_hapo.console import engine_log_file
 from megatron_hapo.data import PromptDataset, ResumableSampler
 from megatron_hapo.rewards import ScoreRequest, ScorerPool, apply_overlong
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class DynamicSamplingError(RuntimeError):
+class DynamicSamplingError(HapoError, RuntimeError):
     """Dynamic sampling could not fill a step within algorithm.dynamic_sampling.max_num_gen_batches."""
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch.distributed as dist
 
 from megatron_hapo.config import RootConfig, save_resolved
+from megatron_hapo.config.errors import HapoError
 from megatron_hapo.trainer.metrics import RunLogger
 
 logger = logging.getLogger(__name__)
@@ -34,8 +35,69 @@ def resolve_run_dir(cfg: RootConfig) -> Path:
     return Path(cfg.trainer.run_dir)
 
 
-def build_run(cfg: RootConfig) -> Run:
-    """Model, optimizer, engine, scorer, data, logger. Call inside ``hp.device_mode()`` after model-parallel init."""
+@dataclass(frozen=True)
+class ResumePlan:
+    """What :func:`plan_resume` decided before anything heavy starts: the verified checkpoint (or None for
+    a fresh start) and its step (0 when fresh)."""
+
+    checkpoint: Path | None
+    step: int
+
+
+class RunDirectoryInUse(HapoError, ValueError):
+    """``checkpoint.resume=none`` on a run directory that already holds a run."""
+
+
+def plan_resume(cfg: RootConfig) -> ResumePlan:
+    """Check the run directory and the checkpoint to resume from; collective (rank 0 checks, all ranks get
+    its answer or its error). Call before :func:`build_run`: a bad checkpoint or a refused run directory
+    costs seconds, not an engine start.
+
+    ``checkpoint.resume=none`` where the run directory already has metrics rows or checkpoints is refused
+    (it would mix two runs' rows and prune the old run's checkpoints)."""
+    from megatron_hapo.trainer import checkpoint
+
+    answer: list = [None]
+    if dist.get_rank() == 0:
+        try:
+            _refuse_fresh_start_over_a_run(cfg)
+            path = checkpoint.select(cfg.checkpoint.resume, cfg.checkpoint.dir)
+            step = checkpoint.verify(path) if path is not None else 0
+            answer[0] = ResumePlan(path, step)
+        except ValueError as e:  # CheckpointInvalid, RunDirectoryInUse: the same error on every rank
+            answer[0] = e
+    if dist.get_world_size() > 1:
+        dist.broadcast_object_list(answer, src=0)
+    if isinstance(answer[0], Exception):
+        raise answer[0]
+    if answer[0].checkpoint is not None:
+        logger.info(
+            "resuming from %s (step %d), verified against its manifest", answer[0].checkpoint, answer[0].step
+        )
+    return answer[0]
+
+
+def _refuse_fresh_start_over_a_run(cfg: RootConfig) -> None:
+    from megatron_hapo.trainer.checkpoint import list_checkpoints
+
+    if cfg.checkpoint.resume != "none":
+        return
+    run_dir = resolve_run_dir(cfg)
+    metrics = run_dir / "metrics.jsonl"
+    held = [str(p) for p in list_checkpoints(cfg.checkpoint.dir)]
+    if metrics.is_file() and metrics.stat().st_size > 0:
+        held.append(str(metrics))
+    if held:
+        raise RunDirectoryInUse(
+            f"checkpoint.resume=none, but trainer.run_dir={run_dir} already holds a run ({', '.join(held[:3])}"
+            f"{', ...' if len(held) > 3 else ''}). Either continue it with checkpoint.resume=auto, or start "
+            f"a new run in another directory (trainer.run_dir=...), or delete {run_dir} first"
+        )
+
+
+def build_run(cfg: RootConfig, plan: ResumePlan | None = None) -> Run:
+    """Model, optimizer, engine, scorer, data, logger. Call inside ``hp.device_mode()`` after model-parallel
+    init, after :func:`plan_resume` (``plan``: the metrics rows after its step are dropped)."""
     from transformers import AutoTokenizer
 
     from megatron_hapo.data import PromptDataset, ResumableSampler
@@ -68,7 +130,7 @@ def build_run(cfg: RootConfig) -> Run:
         evaluator = Evaluator.from_config(cfg, tokenizer, scorer=scorer)  # benchmark files fail fast
         engine = make_engine(cfg, run_dir)
         logger.info("engine and scorer ready in %.1f s", time.perf_counter() - t0)
-    run_logger = RunLogger(run_dir, cfg, lead=lead)
+    run_logger = RunLogger(run_dir, cfg, lead=lead, resume_step=plan.step if plan is not None else None)
     return Run(
         cfg=cfg,
         lead=lead,

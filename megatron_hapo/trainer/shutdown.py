@@ -1,14 +1,20 @@
 """Graceful shutdown of a training run on SIGTERM / SIGINT (a scheduler's preemption, Ctrl-C).
 
-The first signal only sets a flag: the loop finishes the step it is in, and at the end of every step
-all ranks agree on the flag (a max all-reduce over the default group, so a signal that reached one
-rank stops every rank after the same step). The loop then saves a checkpoint, shuts the engine (or
-fleet) and the scorer down, and :func:`~megatron_hapo.trainer.loop.train` raises
-:class:`TrainingStopped`: exit code 128 + signal number (143 for SIGTERM, 130 for SIGINT), so a job
-scheduler sees an interrupted run, never a finished one. ``checkpoint.resume=auto`` continues from it.
+The first signal, whenever it comes (start-up, rollout, scoring, update, weight sync, checkpoint save, on
+any rank), only sets a flag: the loop finishes the step it is in, and at the end of every step (and after
+every save, and once more at the end of the run) all ranks agree on the flag (a max all-reduce over the
+default group, so a signal that reached one rank stops every rank after the same step). The loop then
+saves a checkpoint of that step (unless it is saved already), shuts the engine (or fleet) and the scorer
+down, and :func:`~megatron_hapo.trainer.loop.train` raises :class:`TrainingStopped`: exit code 128 +
+signal number (143 for SIGTERM, 130 for SIGINT), so a job scheduler sees an interrupted run, never a
+finished one. ``checkpoint.resume=auto`` (the default, and the CPU examples') continues from it.
 
 A second signal aborts at once: the handler raises :class:`TrainingStopped` wherever the main thread
-is (``finally`` blocks still shut the engine down; no checkpoint is written).
+is (``finally`` blocks still shut the engine down). A save it interrupts is left as ``.tmp_step_<N>``,
+never as a checkpoint: the last good one stays as it was (``trainer/checkpoint.py``).
+
+An in-process SGLang engine would run its own SIGTERM path (drain, then ``sys.exit(0)``); the engine
+wrapper removes it when the engine starts (``rollout/inprocess.py``).
 """
 
 from __future__ import annotations
@@ -37,7 +43,10 @@ class TrainingStopped(SystemExit):
         self.signum, self.step = signum, step
 
     def __str__(self) -> str:
-        where = f"after step {self.step}" if self.step is not None else "immediately"
+        if self.step is None:
+            where = "immediately (second signal)"
+        else:
+            where = f"after step {self.step}" if self.step else "before its first step (nothing to save)"
         return f"training stopped {where} on {signal.Signals(self.signum).name} (exit code {self.code})"
 
 
@@ -56,9 +65,9 @@ class StopRequest:
     def install(self) -> StopRequest:
         """Take SIGTERM/SIGINT over (idempotent; :meth:`agreed` re-asserts it every step).
 
-        An in-process SGLang engine registers its own SIGTERM handler on the main thread's asyncio loop
-        at its first request ("drain and exit 0"): that registration is removed first, or it would both
-        run and hide the interruption from the scheduler."""
+        A handler registered on the main thread's asyncio loop (``loop.add_signal_handler``) is removed
+        first where the loop allows it (a plain asyncio loop does; a uvloop only while it runs, which is
+        why the SGLang engine wrapper releases its own registration itself)."""
         if threading.current_thread() is not threading.main_thread():
             return self
         loop = _main_event_loop()

@@ -13,9 +13,9 @@ from megatron_hapo.config.presets import preset_names, preset_overrides
 from megatron_hapo.data import PromptSample, ResumableSampler
 from megatron_hapo.rewards import Score
 from megatron_hapo.rollout import RolloutSample
-from megatron_hapo.trainer import compute_advantages, loss_config
+from megatron_hapo.trainer import compute_advantages, loss_config, manifest
 from megatron_hapo.trainer.batch import StepBatch, response_temperatures
-from megatron_hapo.trainer.checkpoint import STATE_FILE, list_checkpoints, resolve_resume
+from megatron_hapo.trainer.checkpoint import STATE_FILE, CheckpointInvalid, list_checkpoints, select
 from megatron_hapo.trainer.experience import Experience
 from megatron_hapo.trainer.metrics import format_header, format_row
 from megatron_hapo.trainer.rollout import DynamicSamplingError, RolloutStage
@@ -167,17 +167,21 @@ def test_stepbatch_first_groups():
 
 
 def test_checkpoint_discovery(tmp_path):
-    assert resolve_resume("auto", tmp_path / "none") is None
+    """auto = the newest step_<N> whose manifest checks out; a killed save (.tmp_*) is never one."""
+    assert select("auto", tmp_path / "none") is None
     for step in (2, 10, 4):
-        (tmp_path / f"step_{step}").mkdir()
-        (tmp_path / f"step_{step}" / STATE_FILE).write_text(json.dumps({"step": step}))
+        d = tmp_path / f"step_{step}"
+        d.mkdir()
+        (d / STATE_FILE).write_text(json.dumps({"step": step}))
+        manifest.write(d, step)
     (tmp_path / ".tmp_step_12").mkdir()  # an interrupted save is never picked
-    (tmp_path / "step_11").mkdir()  # no state file: incomplete
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_2", "step_4", "step_10"]
-    assert resolve_resume("auto", tmp_path).name == "step_10"
-    assert resolve_resume("none", tmp_path) is None
-    with pytest.raises(FileNotFoundError, match="checkpoint.resume"):
-        resolve_resume(str(tmp_path / "step_11"), tmp_path)
+    assert select("auto", tmp_path).name == "step_10"
+    assert select("none", tmp_path) is None
+    (tmp_path / "step_11").mkdir()  # no manifest: an unfinished save (or not ours)
+    assert select("auto", tmp_path).name == "step_10"
+    with pytest.raises(CheckpointInvalid, match=r"checkpoint.resume=.*step_11.*no manifest.json"):
+        select(str(tmp_path / "step_11"), tmp_path)
 
 
 def test_console_table():
