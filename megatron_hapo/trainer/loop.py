@@ -184,8 +184,7 @@ def resume(run: Run, plan: ResumePlan) -> tuple[EntropyStats | None, int]:
     stats = None
     if plan.checkpoint is not None:
         state = checkpoint.load(run.policy, plan.checkpoint)
-        run.rollout.sampler.load_state_dict(state["sampler"])
-        run.rollout._next_group = state["next_group"]
+        run.rollout.load_state_dict(state)
         stats = EntropyStats.from_dict(state["entropy_stats"]) if state["entropy_stats"] else None
     # the engine serves exactly the trainer's weights
     run.policy.sync_weights(run.rollout.engine, version=f"step-{plan.step}")
@@ -196,8 +195,7 @@ def save(run: Run, step: int, stats: EntropyStats | None) -> None:
     """Checkpoint after ``step``: model, optimizer, scheduler (``checkpoint.save``) and the loop's own state."""
     cfg = run.cfg
     trainer_state = {
-        "sampler": run.rollout.sampler.state_dict(),
-        "next_group": run.rollout._next_group,
+        **run.rollout.state_dict(),
         "entropy_stats": stats.to_dict() if stats is not None else None,
     }
     hf_reference = cfg.model.hf_path if cfg.checkpoint.hf_export else None

@@ -110,7 +110,15 @@ class RolloutStage:
         self.cfg, self.dataset, self.sampler, self.tokenizer = cfg, dataset, sampler, tokenizer
         self.engine: RolloutEngine | None = engine
         self.scorer: ScorerPool | None = scorer
-        self._next_group = 0
+        self._next_group = 0  # group id of the next prompt generated (it seeds that prompt's samples)
+
+    def state_dict(self) -> dict:
+        """Where the run is in its data (the prompt order's position) and in its group ids."""
+        return {"sampler": self.sampler.state_dict(), "next_group": self._next_group}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+        self._next_group = state["next_group"]
 
     def params(self, stats: EntropyStats | None, group_ids: range | None = None) -> GenerationParams:
         """Sampling parameters of the prompts with these group ids (their seeds under rollout.seeded_sampling)."""
