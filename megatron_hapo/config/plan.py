@@ -46,7 +46,7 @@ class MemoryPlan:
         return self.weights + self.grads + self.optimizer + self.activations + self.logits
 
 
-def _arch(cfg: RootConfig):
+def model_arch(cfg: RootConfig):
     from megatron_hapo.models.hf_config import load_arch
     from megatron_hapo.models.known_configs import known_config
 
@@ -64,7 +64,7 @@ def _arch(cfg: RootConfig):
     return load_arch(raw)
 
 
-def _params(arch) -> tuple[int, int, int]:
+def param_counts(arch) -> tuple[int, int, int]:
     """(params of one transformer layer, input embedding, output layer incl. final norm)."""
     h, d = arch.hidden_size, arch.head_dim
     q, kv = arch.num_attention_heads * d, arch.num_kv_heads * d
@@ -79,7 +79,7 @@ def _params(arch) -> tuple[int, int, int]:
 def memory_plan(cfg: RootConfig, arch, dp: int) -> MemoryPlan:
     p, data = cfg.parallel, cfg.data
     tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
-    layer, embed, head = _params(arch)
+    layer, embed, head = param_counts(arch)
     per_stage_layers = -(-arch.num_layers // pp)
     # the most loaded stage: first (embedding) or last (output layer; a tied model keeps a copy there too)
     first = per_stage_layers * layer + embed
@@ -105,10 +105,10 @@ def memory_plan(cfg: RootConfig, arch, dp: int) -> MemoryPlan:
 
 def render_plan(cfg: RootConfig, world_size: int, gpu_gib: float = 80.0) -> str:
     """The dry-run report; raises PlanError when the estimate exceeds ``gpu_gib``."""
-    arch = _arch(cfg)
+    arch = model_arch(cfg)
     p, r, data, n = cfg.parallel, cfg.rollout, cfg.data, cfg.sampling.train.n
     dp = data_parallel_size(cfg, world_size)
-    layer, embed, head = _params(arch)
+    layer, embed, head = param_counts(arch)
     total_params = arch.num_layers * layer + embed + head
     mem = memory_plan(cfg, arch, dp)
     gpus_per_server = r.gpus_per_server or r.tensor_parallel_size

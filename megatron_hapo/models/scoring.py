@@ -21,7 +21,7 @@ class ScoredSequence:
     entropy: torch.Tensor  # [response_len] fp32
 
 
-def _mask_padded_vocab(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
+def mask_padded_vocab(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """Exclude Megatron's padding rows (ids >= the HF vocab) from the softmax: set them to -inf.
 
     ``logits``: ``[..., V_padded / tp]``, this TP rank's shard of the vocab.
@@ -127,7 +127,7 @@ def forward_log_prob_entropy(
         logits = model_chunk(batch.tokens, batch.position_ids, batch.attention_mask)
 
         def collect(output, non_loss_data=False):
-            local = _mask_padded_vocab(output.float(), vocab_size)  # [b, s, V/tp]
+            local = mask_padded_vocab(output.float(), vocab_size)  # [b, s, V/tp]
             lp, ent = vocab_parallel_logprob_entropy(
                 local.reshape(-1, local.shape[-1]),
                 batch.targets.reshape(-1),

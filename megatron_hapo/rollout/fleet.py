@@ -74,7 +74,9 @@ class FleetConfig:
 
 
 @dataclass
-class _Server:
+class FleetProcess:
+    """A server or router of the fleet: its URL, and the process and log when this fleet launched it."""
+
     url: str
     process: subprocess.Popen | None = None
     log_path: Path | None = None
@@ -117,19 +119,19 @@ class SGLangFleet:
         self._api_key = config.api_key or (secrets.token_urlsafe(32) if launching else None)
         if self._api_key:
             self._session.headers["Authorization"] = f"Bearer {self._api_key}"
-        self.servers: list[_Server] = []
+        self.servers: list[FleetProcess] = []
         self.lost_servers: list[str] = []  # URLs of servers dropped under on_server_failure=continue
-        self._router: _Server | None = None
+        self._router: FleetProcess | None = None
         self._transport = None
         atexit.register(self.shutdown)  # never leave servers behind when the trainer dies
         try:
             if config.router_url:
-                self._router = _Server(config.router_url.rstrip("/"))
+                self._router = FleetProcess(config.router_url.rstrip("/"))
                 self._wait_healthy(self._router)
             if config.attach_urls:
-                self.servers = [_Server(u.rstrip("/")) for u in config.attach_urls]
+                self.servers = [FleetProcess(u.rstrip("/")) for u in config.attach_urls]
             elif self._router is not None:
-                self.servers = [_Server(u) for u in self._router_workers()]
+                self.servers = [FleetProcess(u) for u in self._router_workers()]
             else:
                 self.servers = [self._launch_server(i) for i in range(config.num_servers)]
             for server in self.servers:
@@ -144,14 +146,19 @@ class SGLangFleet:
         logger.info("fleet ready: %s", ", ".join(s.url for s in self.servers))
 
     @property
+    def router(self) -> FleetProcess | None:
+        """The router this fleet launched or attached to (None without one)."""
+        return self._router
+
+    @property
     def api_key(self) -> str | None:
         """The servers' key (a launched fleet's per-run key): for a process that attaches to them."""
         return self._api_key
 
     # -- processes ---------------------------------------------------------------------------------
-    def _spawn(self, name: str, cmd: list[str], url: str) -> _Server:
+    def _spawn(self, name: str, cmd: list[str], url: str) -> FleetProcess:
         log_path = self._log_dir / f"{name}.log"
-        return _Server(url, spawn_server(cmd, log_path), log_path)
+        return FleetProcess(url, spawn_server(cmd, log_path), log_path)
 
     def _router_workers(self) -> list[str]:
         """The worker URLs an attached router balances over (weight updates must reach each of them)."""
@@ -161,7 +168,7 @@ class SGLangFleet:
             raise EngineError(f"router {self._router.url} lists no workers; set rollout.server_addresses")
         return urls
 
-    def _launch_server(self, index: int) -> _Server:
+    def _launch_server(self, index: int) -> FleetProcess:
         cfg = self.config
         port = _free_port(cfg.host)
         args = {} if torch.cuda.is_available() else cpu_server_args()
@@ -191,7 +198,7 @@ class SGLangFleet:
             f.writelines(f"{k}: {v}\n" for k, v in values.items())
         return path
 
-    def _launch_router(self) -> _Server:
+    def _launch_router(self) -> FleetProcess:
         cfg = self.config
         port = _free_port(cfg.host)
         cmd = [
@@ -207,19 +214,19 @@ class SGLangFleet:
         ]  # fmt: skip
         return self._spawn("router", cmd, f"http://{cfg.host}:{port}")
 
-    def _key_refused(self, server: _Server, code: int) -> EngineError:
+    def _key_refused(self, server: FleetProcess, code: int) -> EngineError:
         return EngineError(
             f"{server.describe()} refused this run's API key (HTTP {code}): give the servers' key (their "
             "--api-key) in the environment variable that rollout.api_key_env names (docs/security.md)"
         )
 
-    def _check_key(self, server: _Server) -> None:
+    def _check_key(self, server: FleetProcess) -> None:
         """``/health`` answers without a key: ask a guarded route, so a wrong key fails at start-up."""
         code = self._session.get(server.url + "/model_info", timeout=30).status_code
         if code in (401, 403):
             raise self._key_refused(server, code)
 
-    def _wait_healthy(self, server: _Server, path: str = "/health") -> None:
+    def _wait_healthy(self, server: FleetProcess, path: str = "/health") -> None:
         deadline = time.monotonic() + self.config.startup_timeout_s
         while time.monotonic() < deadline:
             if server.process is not None and server.process.poll() is not None:
@@ -253,7 +260,7 @@ class SGLangFleet:
         return self._transport
 
     # -- health --------------------------------------------------------------------------------------
-    def _dead_servers(self) -> list[_Server]:
+    def _dead_servers(self) -> list[FleetProcess]:
         """Servers whose process exited or whose HTTP front end does not answer. The probe is
         ``/model_info`` (answered without the scheduler), not SGLang's ``/health``, which generates a
         token and so fails on a live server that is paused for a weight sync."""
@@ -273,7 +280,7 @@ class SGLangFleet:
                 dead.append(s)
         return dead
 
-    def check_servers(self) -> list[_Server]:
+    def check_servers(self) -> list[FleetProcess]:
         """Find dead servers; drop them (``continue``) or raise (``fail``); return the ones dropped.
         Raises if none is left. Dropping a server changes ``num_engine_ranks``, which makes the distributed
         weight-sync transport rebuild its group without it before the next broadcast."""
@@ -303,7 +310,7 @@ class SGLangFleet:
         logger.warning("weight sync failed (%s); checking the servers", exc)
         return bool(self.check_servers())
 
-    def _remove_from_router(self, server: _Server) -> None:
+    def _remove_from_router(self, server: FleetProcess) -> None:
         if self._router is None:
             return
         try:

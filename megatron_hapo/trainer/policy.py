@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from megatron_hapo.algorithms import EntropyStats, normalize_entropy
 from megatron_hapo.config import RootConfig
-from megatron_hapo.models.scoring import _mask_padded_vocab
+from megatron_hapo.models.scoring import mask_padded_vocab
 from megatron_hapo.ops import fused_hapo_loss
 from megatron_hapo.parallel import compute_device
 from megatron_hapo.trainer.algorithm import loss_config
@@ -224,7 +224,7 @@ class Policy:
 
                 def loss_func(logits):
                     loss, metrics = fused_hapo_loss(
-                        _mask_padded_vocab(logits, self.vocab_size),
+                        mask_padded_vocab(logits, self.vocab_size),
                         part.targets,
                         part.old_log_prob,
                         part.advantages,

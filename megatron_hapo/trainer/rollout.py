@@ -174,14 +174,14 @@ class RolloutStage:
         """The step's batch on every rank (collective over the default group when it has several ranks)."""
         box: list = [None]
         if dist.get_rank() == 0:
-            box[0] = (self._collect_lead(stats), self.sampler.state_dict())
+            box[0] = (self.collect_on_lead(stats), self.sampler.state_dict())
         if dist.get_world_size() > 1:
             dist.broadcast_object_list(box, src=0)
         batch, sampler_state = box[0]
         self.sampler.load_state_dict(sampler_state)  # every rank's sampler in step (checkpoints)
         return batch
 
-    def _collect_lead(self, stats: EntropyStats | None) -> StepBatch:
+    def collect_on_lead(self, stats: EntropyStats | None) -> StepBatch:
         t0 = time.perf_counter()
         cfg_ds = self.cfg.algorithm.dynamic_sampling
         want = self.cfg.data.train_batch_size

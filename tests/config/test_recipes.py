@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from megatron_hapo.config import load_config
-from megatron_hapo.config.plan import _arch, _params, render_plan
+from megatron_hapo.config.plan import model_arch, param_counts, render_plan
 
 RECIPES = Path(__file__).resolve().parents[2] / "examples" / "configs" / "recipes"
 MODELS = {  # published parameter counts, billions
@@ -27,7 +27,7 @@ def test_hapo_recipe_fits_its_cluster_and_counts_the_right_model(model):
     world = cfg.cluster.nodes * cfg.cluster.gpus_per_node
     report = render_plan(cfg, world)  # raises when the estimate exceeds 80 GiB
     assert f"training   {world} GPUs" in report and "total" in report
-    layer, embed, head = _params(arch := _arch(cfg))
+    layer, embed, head = param_counts(arch := model_arch(cfg))
     billions = (arch.num_layers * layer + embed + head) / 1e9
     assert abs(billions - MODELS[model]) / MODELS[model] < 0.01, billions
     # the paper's hyperparameters (HAPO_SPEC section 9)

@@ -28,7 +28,7 @@ import pytest
 from megatron_hapo.rollout import EngineError, GenerationParams
 from megatron_hapo.rollout.fleet import FleetConfig, SGLangFleet
 from megatron_hapo.sync import DiskTransport, push_weights
-from tests.rollout._common import PROMPTS, perturbed_state
+from tests.rollout.common import PROMPTS, perturbed_state
 from tests.torchrun_utils import REPO_ROOT
 
 pytestmark = pytest.mark.slow

@@ -17,7 +17,7 @@ import torch
 from megatron_hapo.rollout import EngineError, GenerationParams
 from megatron_hapo.rollout.fleet import FleetConfig, SGLangFleet
 from megatron_hapo.sync import DiskTransport, DistributedTransport, push_weights
-from tests.rollout._common import LOGPROB_TOL, PROBE, PROMPTS, hf_logprobs, perturbed_state
+from tests.rollout.common import LOGPROB_TOL, PROBE, PROMPTS, hf_logprobs, perturbed_state
 
 pytestmark = pytest.mark.slow
 
@@ -90,10 +90,10 @@ def test_launched_processes_listen_on_loopback_and_servers_need_the_run_key(flee
     key = fleet.api_key
     assert key and len(key) >= 32
     # the arguments they were launched with (the processes rename themselves, so /proc's cmdline changes)
-    router = list(fleet._router.process.args)
+    router = list(fleet.router.process.args)
     assert _flag(router, "--host") == "127.0.0.1" and _flag(router, "--prometheus-host") == "127.0.0.1"
     # and what the router actually listens on: its HTTP port and its metrics exporter, loopback only
-    router_listens = _listening(fleet._router.process.pid)
+    router_listens = _listening(fleet.router.process.pid)
     assert len(router_listens) >= 2 and all(ip == "127.0.0.1" for ip, _ in router_listens), router_listens
     for server in fleet.servers:
         cmd = list(server.process.args)
@@ -111,7 +111,9 @@ def test_launched_processes_listen_on_loopback_and_servers_need_the_run_key(flee
             headers={"Authorization": "Bearer not-the-key"},
         )  # fmt: skip
         assert wrong.status_code == 401
-        assert requests.get(server.url + "/model_info", timeout=60, headers=fleet._session.headers).ok
+        assert requests.get(
+            server.url + "/model_info", timeout=60, headers={"Authorization": f"Bearer {key}"}
+        ).ok
     # attaching without the key (or with a wrong one) fails at start-up, naming what to set
     for wrong_key in (None, "not-the-key"):
         with pytest.raises(EngineError, match="refused this run's API key.*rollout.api_key_env"):

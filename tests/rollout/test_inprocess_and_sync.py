@@ -15,7 +15,7 @@ from megatron_hapo.sync import (
     WeightSyncError,
     push_weights,
 )
-from tests.rollout._common import LOGPROB_TOL, PROBE, PROMPTS, hf_logprobs, perturbed_state
+from tests.rollout.common import LOGPROB_TOL, PROBE, PROMPTS, hf_logprobs, perturbed_state
 
 pytestmark = pytest.mark.slow
 

@@ -142,7 +142,7 @@ def test_dynamic_sampling_refills_and_trims():
                "reward.overlong.enable=false")  # fmt: skip
     # call 1: only even prompts have mixed accuracy (4 of 8 groups); call 2: all mixed
     stage = _stage(cfg, lambda call, i, j: (j == 0) and (call > 1 or i % 2 == 0))
-    batch = stage._collect_lead(None)
+    batch = stage.collect_on_lead(None)
     n = cfg.sampling.train.n
     assert len(batch) == cfg.data.train_batch_size * n
     assert len(set(batch.group_ids)) == cfg.data.train_batch_size
@@ -157,7 +157,7 @@ def test_dynamic_sampling_fails_clearly_when_it_cannot_fill():
                "algorithm.adaptive_temperature.enable=false")  # fmt: skip
     stage = _stage(cfg, lambda call, i, j: False)  # every group all-wrong
     with pytest.raises(DynamicSamplingError, match="max_num_gen_batches=3"):
-        stage._collect_lead(None)
+        stage.collect_on_lead(None)
     assert stage.engine.calls == 3
 
 
