@@ -7,6 +7,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch.distributed as dist
@@ -14,6 +15,11 @@ import torch.distributed as dist
 from megatron_hapo.config import RootConfig, save_resolved
 from megatron_hapo.config.errors import HapoError
 from megatron_hapo.trainer.metrics import RunLogger
+
+if TYPE_CHECKING:  # built in build_run (Megatron, SGLang: heavy imports)
+    from megatron_hapo.eval import Evaluator
+    from megatron_hapo.trainer.policy import Policy
+    from megatron_hapo.trainer.rollout import RolloutStage
 
 logger = logging.getLogger(__name__)
 
@@ -23,11 +29,11 @@ class Run:
     cfg: RootConfig
     lead: bool
     run_dir: Path
-    policy: object  # trainer.policy.Policy
-    rollout: object  # trainer.rollout.RolloutStage
+    policy: Policy
+    rollout: RolloutStage
     logger: RunLogger
     total_steps: int
-    evaluator: object | None = None  # eval.Evaluator on the lead when eval.benchmarks is set, else None
+    evaluator: Evaluator | None = None  # on the lead when eval.benchmarks is set
 
 
 def resolve_run_dir(cfg: RootConfig) -> Path:
