@@ -1,5 +1,5 @@
 """Checkpoints of a run: Megatron distributed checkpoint (model + optimizer, any TP/PP on load) plus
-``trainer_state.json`` (step, data sampler position, entropy statistics, LR scheduler) and, written last,
+``trainer_state.json`` (step, data order position, entropy statistics, LR scheduler) and, written last,
 ``manifest.json`` (every file's size and CRC-32, see :mod:`~megatron_hapo.trainer.manifest`).
 
 Layout: ``<checkpoint.dir>/step_<N>/``. A checkpoint is written into ``.tmp_step_<N>``, every file and

@@ -21,7 +21,7 @@ from megatron_hapo.algorithms import EntropyStats, dynamic_sampling_filter
 from megatron_hapo.config import RootConfig
 from megatron_hapo.config.errors import HapoError
 from megatron_hapo.console import engine_log_file
-from megatron_hapo.data import PromptDataset, ResumableSampler
+from megatron_hapo.data import PromptDataset, PromptOrder
 from megatron_hapo.rewards import ScoreRequest, ScorerPool, apply_overlong
 from megatron_hapo.rollout import GenerationParams, InProcessSGLangEngine
 from megatron_hapo.rollout.serving import engine_server_args, rollout_model_path
@@ -106,18 +106,18 @@ def _fleet_engine(cfg: RootConfig, run_dir) -> SGLangFleet:
 class RolloutStage:
     """generate -> score -> (dynamic sampling, refill) for one step. ``engine``/``scorer`` only on the lead."""
 
-    def __init__(self, cfg, dataset: PromptDataset, sampler: ResumableSampler, tokenizer, engine, scorer):
-        self.cfg, self.dataset, self.sampler, self.tokenizer = cfg, dataset, sampler, tokenizer
+    def __init__(self, cfg, dataset: PromptDataset, order: PromptOrder, tokenizer, engine, scorer):
+        self.cfg, self.dataset, self.order, self.tokenizer = cfg, dataset, order, tokenizer
         self.engine: RolloutEngine | None = engine
         self.scorer: ScorerPool | None = scorer
         self._next_group = 0  # group id of the next prompt generated (it seeds that prompt's samples)
 
     def state_dict(self) -> dict:
         """Where the run is in its data (the prompt order's position) and in its group ids."""
-        return {"sampler": self.sampler.state_dict(), "next_group": self._next_group}
+        return {"data_order": self.order.state_dict(), "next_group": self._next_group}
 
     def load_state_dict(self, state: dict) -> None:
-        self.sampler.load_state_dict(state["sampler"])
+        self.order.load_state_dict(state["data_order"])
         self._next_group = state["next_group"]
 
     def params(self, stats: EntropyStats | None, group_ids: range | None = None) -> GenerationParams:
@@ -144,7 +144,7 @@ class RolloutStage:
         )
 
     def _generate_and_score(self, stats: EntropyStats | None) -> StepBatch:
-        prompts = self.dataset.batch(self.sampler.next_batch())
+        prompts = self.dataset.batch(self.order.next_batch())
         n = self.cfg.sampling.train.n
         params = self.params(stats, range(self._next_group, self._next_group + len(prompts)))
         samples = self.engine.generate([p.prompt_ids for p in prompts], params)
@@ -174,11 +174,11 @@ class RolloutStage:
         """The step's batch on every rank (collective over the default group when it has several ranks)."""
         box: list = [None]
         if dist.get_rank() == 0:
-            box[0] = (self.collect_on_lead(stats), self.sampler.state_dict())
+            box[0] = (self.collect_on_lead(stats), self.order.state_dict())
         if dist.get_world_size() > 1:
             dist.broadcast_object_list(box, src=0)
-        batch, sampler_state = box[0]
-        self.sampler.load_state_dict(sampler_state)  # every rank's sampler in step (checkpoints)
+        batch, order_state = box[0]
+        self.order.load_state_dict(order_state)  # every rank's data order in step (checkpoints)
         return batch
 
     def collect_on_lead(self, stats: EntropyStats | None) -> StepBatch:

@@ -106,7 +106,7 @@ def build_run(cfg: RootConfig, plan: ResumePlan | None = None) -> Run:
     init, after :func:`plan_resume` (``plan``: the metrics rows after its step are dropped)."""
     from transformers import AutoTokenizer
 
-    from megatron_hapo.data import PromptDataset, ResumableSampler
+    from megatron_hapo.data import PromptDataset, PromptOrder
     from megatron_hapo.eval import Evaluator
     from megatron_hapo.rewards import ScorerPool
     from megatron_hapo.trainer.policy import Policy
@@ -122,11 +122,11 @@ def build_run(cfg: RootConfig, plan: ResumePlan | None = None) -> Run:
         save_resolved(cfg, run_dir, rank=0, echo=False)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer_path or cfg.model.hf_path)
     dataset = PromptDataset.from_config(cfg.data, tokenizer, scorer=cfg.reward.scorer)
-    sampler = ResumableSampler(
+    order = PromptOrder(
         len(dataset), cfg.data.train_batch_size, seed=cfg.data.seed, shuffle=cfg.data.shuffle,
         drop_last=cfg.data.drop_last,
     )  # fmt: skip
-    total = cfg.trainer.total_steps or cfg.trainer.total_epochs * sampler.batches_per_epoch
+    total = cfg.trainer.total_steps or cfg.trainer.total_epochs * order.batches_per_epoch
     updates = cfg.data.train_batch_size // cfg.data.mini_batch_size
     t0 = time.perf_counter()
     policy = Policy(cfg, optimizer_steps=total * updates)
@@ -142,7 +142,7 @@ def build_run(cfg: RootConfig, plan: ResumePlan | None = None) -> Run:
         lead=lead,
         run_dir=run_dir,
         policy=policy,
-        rollout=RolloutStage(cfg, dataset, sampler, tokenizer, engine, scorer),
+        rollout=RolloutStage(cfg, dataset, order, tokenizer, engine, scorer),
         logger=run_logger,
         total_steps=total,
         evaluator=evaluator,

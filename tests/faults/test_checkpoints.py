@@ -201,7 +201,7 @@ def _flip(ckpt: Path) -> str:
 
 
 def _bad_state(ckpt: Path) -> str:
-    (ckpt / "trainer_state.json").write_text('{"step": 2, "sampler"')
+    (ckpt / "trainer_state.json").write_text('{"step": 2, "data_order"')
     return "trainer_state.json"
 
 

@@ -10,7 +10,7 @@ import torch
 
 from megatron_hapo.config import load_config
 from megatron_hapo.config.presets import preset_names, preset_overrides
-from megatron_hapo.data import PromptSample, ResumableSampler
+from megatron_hapo.data import PromptOrder, PromptSample
 from megatron_hapo.rewards import Score
 from megatron_hapo.rollout import RolloutSample
 from megatron_hapo.trainer import compute_advantages, loss_config, manifest
@@ -133,8 +133,8 @@ class _FakeDataset:
 
 
 def _stage(cfg, acc_fn):
-    sampler = ResumableSampler(100, cfg.data.train_batch_size, seed=0)
-    return RolloutStage(cfg, _FakeDataset(), sampler, _FakeTokenizer(), _FakeEngine(acc_fn), _FakeScorer())
+    order = PromptOrder(100, cfg.data.train_batch_size, seed=0)
+    return RolloutStage(cfg, _FakeDataset(), order, _FakeTokenizer(), _FakeEngine(acc_fn), _FakeScorer())
 
 
 def test_dynamic_sampling_refills_and_trims():

@@ -133,8 +133,8 @@ def test_resume_continues_from_the_checkpoint(first_run, demo_model):
     assert [r["step"] for r in rows] == list(range(1, STEPS + 3))  # appended, not restarted
     new = json.loads((run_dir / "checkpoints" / f"step_{STEPS + 2}" / "trainer_state.json").read_text())
     assert (
-        new["sampler"]["position"] != state["sampler"]["position"]
-        or new["sampler"]["epoch"] > state["sampler"]["epoch"]
+        new["data_order"]["position"] != state["data_order"]["position"]
+        or new["data_order"]["epoch"] > state["data_order"]["epoch"]
     )
     assert rows[STEPS]["temperature/min"] < 0.999  # the restored statistics drive the first resumed rollout
 

@@ -1,7 +1,7 @@
 """Deterministic, resumable batching of dataset indices.
 
 The order of epoch ``e`` is a pure function of ``(seed, e)`` (numpy's PCG64 permutation), so the
-sampler's whole state is three numbers: epoch, position within the epoch, seed. Saved in a checkpoint
+order's whole state is three numbers: epoch, position within the epoch, seed. Saved in a checkpoint
 and loaded back, it yields exactly the batches an uninterrupted run would have yielded.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 from megatron_hapo.data.rows import DataError
 
 
-class ResumableSampler:
+class PromptOrder:
     """Yields batches of indices in ``[0, num_items)``, epoch after epoch.
 
     batch_size: indices per batch (prompts per generation batch). shuffle: a new permutation per epoch,
@@ -104,13 +104,13 @@ class ResumableSampler:
         for key in ("num_items", "seed", "shuffle"):
             if state.get(key) != getattr(self, key):
                 raise DataError(
-                    f"sampler state from the checkpoint has {key}={state.get(key)!r} but this run has "
+                    f"data order state from the checkpoint has {key}={state.get(key)!r} but this run has "
                     f"{getattr(self, key)!r}: the data or data.seed/data.shuffle changed since the checkpoint; "
                     "restore them, or start fresh (checkpoint.resume=none)"
                 )
         epoch, position = int(state["epoch"]), int(state["position"])
         if epoch < 0 or not 0 <= position <= self.num_items:
             raise ValueError(
-                f"corrupt sampler state: epoch={epoch}, position={position}, num_items={self.num_items}"
+                f"corrupt data order state: epoch={epoch}, position={position}, num_items={self.num_items}"
             )
         self.epoch, self.position = epoch, position
