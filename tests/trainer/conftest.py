@@ -7,7 +7,7 @@ import pytest
 def small_policy(tmp_path_factory):
     """A tiny policy briefly SFT-warmed on the bundled task (40 steps: it answers, not yet well); built
     once per test session for the short end-to-end runs."""
-    from megatron_hapo.trainer.tiny_model import make_demo_model
+    from megatron_hapo.demo.policy import make_demo_model
 
     return make_demo_model(
         tmp_path_factory.mktemp("small_policy"),
