@@ -1,11 +1,12 @@
 """The reproduction study in one command (docs/reproduction.md): GRPO, DAPO, HAPO (signed and released) and
-the four one-component-off ablations of HAPO, several seeds each, on the CPU demo's tiny task.
+the four one-component-off ablations of HAPO, several seeds each, on the CPU demo's reasoning task
+(multi-step sums with a scratchpad, ``megatron_hapo/demo/``).
 
-    python tools/run_study.py --quick --jobs 2   # 8 methods x 3 seeds x 30 steps (28 min on a busy 2-core box)
+    python tools/run_study.py --quick --jobs 2   # 8 methods x 3 seeds x 30 steps (wall time: docs/reproduction.md)
     python tools/run_study.py --jobs 2           # the same at 60 steps
     python tools/run_study.py --methods hapo,dapo --seeds 5 --steps 100 --jobs 2 --out runs/my_study
 
-1. Builds the SFT-warmed tiny model once (``OUT/model``, as ``make demo`` does) and shares it.
+1. Builds the SFT-warmed demo policy once (``OUT/model``, as ``make demo`` does) and shares it.
 2. Runs ``hapo-train --config examples/experiments/METHOD.yaml trainer.seed=S data.seed=S
    trainer.run_dir=OUT/METHOD/seedS`` for every method and seed, one process per run (``--jobs`` at a
    time, never two of one seed together), log in ``OUT/METHOD/seedS.log``. A run whose metrics.jsonl
@@ -60,20 +61,12 @@ def completed_steps(run_dir: Path) -> int:
 
 
 def build_model(model_dir: Path) -> None:
-    if (model_dir / "model.safetensors").is_file():
-        print(f"[study] reusing the SFT-warmed model in {model_dir}", flush=True)
-        return
-    from megatron_hapo.demo import SFT_NOISE, SFT_STEPS
-    from megatron_hapo.trainer.tiny_model import make_demo_model
+    """The SFT-warmed demo policy (``megatron_hapo.demo``'s recipe), built once and shared by every run."""
+    from megatron_hapo.demo.__main__ import build_policy
 
     t0 = time.perf_counter()
-    make_demo_model(
-        model_dir,
-        sft_steps=SFT_STEPS,
-        sft_noise=SFT_NOISE,
-        sft_files=[str(ROOT / "examples/data/tiny_math_train.parquet")],
-    )
-    print(f"[study] SFT-warmed model -> {model_dir} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    build_policy(model_dir, ROOT)  # reused when the directory holds the same recipe
+    print(f"[study] SFT-warmed demo policy -> {model_dir} ({time.perf_counter() - t0:.0f} s)", flush=True)
 
 
 def run_one(method: str, seed: int, steps: int, out: Path, model_dir: Path, extra: list[str]) -> tuple:
@@ -88,7 +81,7 @@ def run_one(method: str, seed: int, steps: int, out: Path, model_dir: Path, extr
         f"trainer.seed={seed}", f"data.seed={seed}", f"trainer.total_steps={steps}",
         f"trainer.run_dir={run_dir}", f"model.hf_path={model_dir}", "checkpoint.resume=none", *extra,
     ]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS="1", TORCHDYNAMO_DISABLE="1", HAPO_TINY_MODEL=str(model_dir))
+    env = dict(os.environ, OMP_NUM_THREADS="1", TORCHDYNAMO_DISABLE="1", HAPO_DEMO_MODEL=str(model_dir))
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with open(out / method / f"seed{seed}.log", "w") as log:

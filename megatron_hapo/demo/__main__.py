@@ -1,10 +1,13 @@
 """`make demo`: the main job on a CPU machine.
 
-1. Build the tiny policy (a 2-layer Qwen2-style model with a local tokenizer) and warm it up with a short
-   SFT on the bundled arithmetic prompts, so it starts above chance (``trainer/tiny_model.py``).
-2. Train it with HAPO (``examples/configs/tiny_cpu.yaml``): SGLang in-process with the adaptive-temperature
-   sampler, rewards from the DAPO scorer, Megatron-Core policy updates, weight sync every step.
-3. Print reward / accuracy / entropy / temperature per step and where the run directory is.
+1. Build the demo policy (a 4-layer Qwen2-style model with a local tokenizer) and warm it up by SFT on
+   imperfect scratchpads of the bundled reasoning task (``megatron_hapo/demo/``): skipped steps,
+   arithmetic errors, missing answer lines. Cached: a second run with the same recipe reuses it.
+2. Train it with HAPO (``examples/configs/demo_reasoning.yaml``): SGLang in-process with the
+   adaptive-temperature sampler, rewards from the DAPO scorer (final answer only), Megatron-Core policy
+   updates, weight sync every step, held-out avg@k before training and every 10 steps.
+3. Print the per-step table (the trainer's), then a closing summary: held-out accuracy before and after,
+   the change in response length, the entropy trajectory; the run directory has plots/metrics.png.
 
 ``python -m megatron_hapo.demo [key=value ...]`` passes overrides to the config (e.g. trainer.total_steps=5).
 """
@@ -17,9 +20,31 @@ import sys
 import time
 from pathlib import Path
 
-CONFIG = "examples/configs/tiny_cpu.yaml"
-SFT_STEPS = 400
-SFT_NOISE = 0.5  # share of SFT answers without the "Answer:" line: RL learns the format and sharpens answers
+CONFIG = "examples/configs/demo_reasoning.yaml"
+TRAIN_FILE = "examples/data/reasoning_train.parquet"
+
+
+def policy_recipe() -> dict:
+    """The arguments of ``make_demo_model`` for the demo's policy (the study uses the same)."""
+    from megatron_hapo.demo.traces import TraceNoise
+
+    return dict(
+        task="reasoning",
+        hidden_size=128,
+        num_layers=4,
+        sft_steps=600,
+        sft_lr=3e-3,
+        sft_batch=64,
+        sft_cosine=True,
+        trace_noise=TraceNoise(skip=0.3, error=0.1, no_answer=0.2),
+    )
+
+
+def build_policy(model_dir: Path, root: Path = Path(".")) -> Path:
+    """The SFT-warmed demo policy in ``model_dir`` (reused when its recipe is unchanged)."""
+    from megatron_hapo.demo.policy import make_demo_model
+
+    return make_demo_model(model_dir, sft_files=[str(root / TRAIN_FILE)], **policy_recipe())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,45 +54,37 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     import megatron_hapo.parallel  # noqa: F401  (CPU patches before megatron)
     from megatron_hapo.config import load_config
+    from megatron_hapo.demo.summary import format_summary, summarize
     from megatron_hapo.trainer import train
     from megatron_hapo.trainer.metrics import read_metrics
-    from megatron_hapo.trainer.tiny_model import make_demo_model
 
     start = time.perf_counter()
-    model_dir = Path(os.environ.get("HAPO_TINY_MODEL", "runs/tiny_cpu_model"))
-    os.environ["HAPO_TINY_MODEL"] = str(model_dir)
-    print(f"[demo] 1/2 tiny model + {SFT_STEPS}-step SFT warm-up -> {model_dir}", flush=True)
-    make_demo_model(
-        model_dir,
-        sft_steps=SFT_STEPS,
-        sft_noise=SFT_NOISE,
-        sft_files=["examples/data/tiny_math_train.parquet"],
+    model_dir = Path(os.environ.get("HAPO_DEMO_MODEL", "runs/demo_reasoning_model"))
+    os.environ["HAPO_DEMO_MODEL"] = str(model_dir)
+    recipe = policy_recipe()
+    print(
+        f"[demo] 1/2 policy ({recipe['num_layers']} layers, hidden {recipe['hidden_size']}) + "
+        f"{recipe['sft_steps']}-step SFT on imperfect scratchpads -> {model_dir} (cached)",
+        flush=True,
     )
-    run_dir = f"runs/tiny_cpu-{time.strftime('%Y%m%d-%H%M%S')}"
+    build_policy(model_dir)
+    t_sft = time.perf_counter() - start
+    run_dir = f"runs/demo_reasoning-{time.strftime('%Y%m%d-%H%M%S')}"
     cfg = load_config(CONFIG, [f"trainer.run_dir={run_dir}", *overrides], world_size=1)
-    print(f"[demo] 2/2 HAPO, {cfg.trainer.total_steps} steps, SGLang in-process on CPU", flush=True)
+    print(
+        f"[demo] 2/2 HAPO, {cfg.trainer.total_steps} steps x {cfg.data.train_batch_size} prompts x "
+        f"{cfg.sampling.train.n} samples, SGLang in-process on CPU",
+        flush=True,
+    )
     train(cfg)
     import torch.distributed as dist
 
-    dist.destroy_process_group()
-    rows = read_metrics(cfg.trainer.run_dir)
-    k = max(1, len(rows) // 4)
-
-    def mean(key: str, part: list[dict]) -> float:
-        return sum(r[key] for r in part) / len(part)
-
-    # the SFT-warmed policy learns the answer format within a few steps, then improves slowly and noisily
-    # (32 prompts a step): step 1 against the mean of the last k steps shows the change
-    print(
-        f"[demo] reward: step 1 {rows[0]['reward/mean']:+.3f} -> mean of the last {k} steps "
-        f"{mean('reward/mean', rows[-k:]):+.3f}; accuracy {rows[0]['acc/mean']:.2f} -> "
-        f"{mean('acc/mean', rows[-k:]):.2f}"
-    )
-    print(
-        f"[demo] run directory: {cfg.trainer.run_dir} (resolved_config.yaml, metrics.jsonl, checkpoints/, "
-        "plots/metrics.png)"
-    )
-    print(f"[demo] wall time {time.perf_counter() - start:.0f} s")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    for line in format_summary(summarize(read_metrics(cfg.trainer.run_dir))):
+        print(f"[demo] {line}")
+    print(f"[demo] run directory: {cfg.trainer.run_dir} (metrics.jsonl, plots/metrics.png, checkpoints/)")
+    print(f"[demo] wall time {time.perf_counter() - start:.0f} s (policy + SFT {t_sft:.0f} s)")
     return 0
 
 
