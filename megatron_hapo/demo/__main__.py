@@ -5,7 +5,7 @@
    arithmetic errors, missing answer lines. Cached: a second run with the same recipe reuses it.
 2. Train it with HAPO (``examples/configs/demo_reasoning.yaml``): SGLang in-process with the
    adaptive-temperature sampler, rewards from the DAPO scorer (final answer only), Megatron-Core policy
-   updates, weight sync every step, held-out avg@k before training and every 10 steps.
+   updates, weight sync every step, held-out avg@4 before training and every 20 steps.
 3. Print the per-step table (the trainer's), then a closing summary: held-out accuracy before and after,
    the change in response length, the entropy trajectory; the run directory has plots/metrics.png.
 

@@ -202,7 +202,9 @@ def _sft(model, tokenizer, files, steps, lr, batch, seed, make_completion, cosin
         out.loss.backward()
         opt.step()
         loss = float(out.loss.detach())
-        if (step + 1) % 200 == 0:
-            logger.info("SFT step %d/%d: loss %.3f", step + 1, steps, loss)
+        if (step + 1) % 50 == 0:
+            logger.info(
+                "SFT step %d/%d: loss %.3f, %.0f s", step + 1, steps, loss, time.perf_counter() - start
+            )
     model.eval()
     logger.info("SFT warm-up: %d steps, final loss %.3f, %.1f s", steps, loss, time.perf_counter() - start)
