@@ -101,3 +101,10 @@ def test_noisy_traces_skip_err_and_drop_answers_at_the_given_rates():
 def test_bad_noise_is_refused_with_the_field_name():
     with pytest.raises(ValueError, match="TraceNoise.skip"):
         TraceNoise(skip=1.5)
+
+
+def test_probe_counts_a_line_with_three_numbers_as_a_skip():
+    from megatron_hapo.demo.probe import skipped
+
+    assert skipped("12+34=46\n46+57+21=124\nAnswer: 124")
+    assert not skipped(task.reference_solution([12, 34, 57, 21]))
