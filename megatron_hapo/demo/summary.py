@@ -1,7 +1,8 @@
 """The closing summary of a demo run, from its metrics rows (``metrics.jsonl``).
 
 - held-out accuracy before and after RL: ``eval/<benchmark>/avg@k`` at its first logged step (step 0 with
-  ``eval.before_train``) and its last;
+  ``eval.before_train``) and its last (per benchmark; the evaluator's cross-benchmark ``eval/avg@k`` is
+  left out);
 - response length: mean of ``response_length/mean`` over the first and the last fifth of the steps;
 - entropy trajectory: ``entropy/mean`` averaged over five equal parts of the run.
 """
@@ -42,7 +43,9 @@ def summarize(rows: list[dict]) -> DemoSummary:
     if not train:
         raise ValueError("no training step in the metrics rows")
     out = DemoSummary(steps=max(r["step"] for r in train))
-    keys = sorted({k for r in rows for k in r if k.startswith(EVAL_PREFIX) and "/avg@" in k})
+    keys = sorted(
+        {k for r in rows for k in r if k.startswith(EVAL_PREFIX) and k.count("/") == 2 and "/avg@" in k}
+    )
     for key in keys:
         pts = sorted((r["step"], r[key]) for r in rows if r.get(key) is not None)
         out.heldout[key] = (pts[0][0], pts[0][1], pts[-1][0], pts[-1][1])

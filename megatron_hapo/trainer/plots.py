@@ -69,8 +69,11 @@ def series(rows: list[dict], key: str, transform=None) -> tuple[list[int], list[
 
 
 def eval_keys(rows: list[dict]) -> list[str]:
-    """The held-out accuracy keys of the run (``eval/<benchmark>/avg@k``), sorted."""
-    return sorted({k for r in rows for k in r if k.startswith(EVAL_PREFIX) and "/avg@" in k})
+    """The held-out accuracy keys of the run (``eval/<benchmark>/avg@k``, not the evaluator's mean over
+    benchmarks ``eval/avg@k``), sorted."""
+    return sorted(
+        {k for r in rows for k in r if k.startswith(EVAL_PREFIX) and k.count("/") == 2 and "/avg@" in k}
+    )
 
 
 def default_window(n_steps: int) -> int:
@@ -169,6 +172,8 @@ def plot_overview(rows: list[dict], out: str | Path, *, window: int | None = Non
     ax[7].set_title("time per step by stage")
     ax[7].set_ylabel("seconds")
 
+    for a in (ax[0], ax[2]):  # accuracies on their whole range: a gain reads at its true size
+        a.set_ylim(-0.02, 1.02)
     for a in ax:
         a.grid(alpha=0.3)
     for a in axes[-1]:
