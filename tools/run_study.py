@@ -1,8 +1,7 @@
 """The reproduction study in one command (docs/reproduction.md): GRPO, DAPO, HAPO (signed and released) and
-the four one-component-off ablations of HAPO, several seeds each, on the CPU demo's reasoning task
-(multi-step sums with a scratchpad, ``megatron_hapo/demo/``).
+the four one-component-off ablations of HAPO, several seeds each, on the CPU demo's tiny task.
 
-    python tools/run_study.py --quick --jobs 2   # 8 methods x 3 seeds x 30 steps (wall time: docs/reproduction.md)
+    python tools/run_study.py --quick --jobs 2   # 8 methods x 3 seeds x 30 steps (28 min on a busy 2-core box)
     python tools/run_study.py --jobs 2           # the same at 60 steps
     python tools/run_study.py --methods hapo,dapo --seeds 5 --steps 100 --jobs 2 --out runs/my_study
 
@@ -41,6 +40,7 @@ METHODS = [
     "hapo_no_aac",
 ]
 QUICK_STEPS, FULL_STEPS = 30, 60
+TASK = "tiny_math"  # the demo task the study's configs (examples/experiments/_study.yaml) train on
 FIGURES = {  # extra plots of tools/compare_runs.py
     "main": ["grpo", "dapo", "hapo", "hapo_released"],
     "ablations": ["hapo", "hapo_no_temp", "hapo_no_tlga", "hapo_no_dar", "hapo_no_aac"],
@@ -61,11 +61,11 @@ def completed_steps(run_dir: Path) -> int:
 
 
 def build_model(model_dir: Path) -> None:
-    """The SFT-warmed demo policy (``megatron_hapo.demo``'s recipe), built once and shared by every run."""
+    """The SFT-warmed demo policy (``make demo``'s recipe for TASK), built once and shared by every run."""
     from megatron_hapo.demo.__main__ import build_policy
 
     t0 = time.perf_counter()
-    build_policy(model_dir, ROOT)  # reused when the directory holds the same recipe
+    build_policy(model_dir, ROOT, task=TASK)  # reused when the directory holds the same recipe
     print(f"[study] SFT-warmed demo policy -> {model_dir} ({time.perf_counter() - t0:.0f} s)", flush=True)
 
 
@@ -81,7 +81,7 @@ def run_one(method: str, seed: int, steps: int, out: Path, model_dir: Path, extr
         f"trainer.seed={seed}", f"data.seed={seed}", f"trainer.total_steps={steps}",
         f"trainer.run_dir={run_dir}", f"model.hf_path={model_dir}", "checkpoint.resume=none", *extra,
     ]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS="1", TORCHDYNAMO_DISABLE="1", HAPO_DEMO_MODEL=str(model_dir))
+    env = dict(os.environ, OMP_NUM_THREADS="1", TORCHDYNAMO_DISABLE="1", HAPO_TINY_MODEL=str(model_dir))
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with open(out / method / f"seed{seed}.log", "w") as log:
