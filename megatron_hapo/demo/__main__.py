@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ[env_var] = str(model_dir)
     recipe = policy_recipe(task)
     print(
-        f"[demo] 1/2 {task} policy + {recipe['sft_steps']}-step SFT warm-up -> {model_dir} (cached)",
+        f"[demo] 1/2 {task} policy + {recipe['sft_steps']}-step SFT warm-up -> {model_dir} (reused when built with the same recipe)",
         flush=True,
     )
     build_policy(model_dir, task=task)
