@@ -106,7 +106,7 @@ def plot_overview(rows: list[dict], out: str | Path, *, window: int | None = Non
     ax = axes.ravel()
 
     def no_data(a, what: str) -> None:
-        a.text(0.5, 0.5, f"no {what} in metrics.jsonl", ha="center", va="center", transform=a.transAxes)
+        a.text(0.5, 0.5, f"not in metrics.jsonl: {what}", ha="center", va="center", transform=a.transAxes)
 
     # held-out accuracy: few points, drawn as they are
     keys = eval_keys(rows)
@@ -116,7 +116,7 @@ def plot_overview(rows: list[dict], out: str | Path, *, window: int | None = Non
     if keys:
         ax[0].legend(fontsize=7)
     else:
-        no_data(ax[0], "eval/*/avg@k (set eval.benchmarks)")
+        no_data(ax[0], "eval/*/avg@k\n(held-out evaluation: set eval.benchmarks)")
     ax[0].set_title("held-out accuracy (avg@k, step 0 = before RL)")
     ax[0].set_ylabel("accuracy")
 
