@@ -62,7 +62,7 @@ def completed_steps(run_dir: Path) -> int:
 
 def build_model(model_dir: Path) -> None:
     """The SFT-warmed demo policy (``make demo``'s recipe for TASK), built once and shared by every run."""
-    from megatron_hapo.demo.__main__ import build_policy
+    from megatron_hapo.demo.recipes import build_policy
 
     t0 = time.perf_counter()
     build_policy(model_dir, ROOT, task=TASK)  # reused when the directory holds the same recipe
