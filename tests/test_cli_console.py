@@ -18,7 +18,7 @@ BUDGET = 3 * 1024  # bytes, stdout + stderr (the issue's target for a 3-step run
 
 @pytest.mark.slow
 def test_a_short_run_prints_one_line_per_step_and_logs_the_rest(tmp_path):
-    from megatron_hapo.trainer.tiny_model import make_demo_model
+    from megatron_hapo.demo.policy import make_demo_model
 
     model = make_demo_model(tmp_path / "model")  # random weights: the console is what is tested
     run_dir = tmp_path / "run"

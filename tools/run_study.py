@@ -5,7 +5,7 @@ the four one-component-off ablations of HAPO, several seeds each, on the CPU dem
     python tools/run_study.py --jobs 2           # the same at 60 steps
     python tools/run_study.py --methods hapo,dapo --seeds 5 --steps 100 --jobs 2 --out runs/my_study
 
-1. Builds the SFT-warmed tiny model once (``OUT/model``, as ``make demo`` does) and shares it.
+1. Builds the SFT-warmed demo policy once (``OUT/model``, as ``make demo`` does) and shares it.
 2. Runs ``hapo-train --config examples/experiments/METHOD.yaml trainer.seed=S data.seed=S
    trainer.run_dir=OUT/METHOD/seedS`` for every method and seed, one process per run (``--jobs`` at a
    time, never two of one seed together), log in ``OUT/METHOD/seedS.log``. A run whose metrics.jsonl
@@ -40,6 +40,7 @@ METHODS = [
     "hapo_no_aac",
 ]
 QUICK_STEPS, FULL_STEPS = 30, 60
+TASK = "tiny_math"  # the demo task the study's configs (examples/experiments/_study.yaml) train on
 FIGURES = {  # extra plots of tools/compare_runs.py
     "main": ["grpo", "dapo", "hapo", "hapo_released"],
     "ablations": ["hapo", "hapo_no_temp", "hapo_no_tlga", "hapo_no_dar", "hapo_no_aac"],
@@ -60,20 +61,12 @@ def completed_steps(run_dir: Path) -> int:
 
 
 def build_model(model_dir: Path) -> None:
-    if (model_dir / "model.safetensors").is_file():
-        print(f"[study] reusing the SFT-warmed model in {model_dir}", flush=True)
-        return
-    from megatron_hapo.demo import SFT_NOISE, SFT_STEPS
-    from megatron_hapo.trainer.tiny_model import make_demo_model
+    """The SFT-warmed demo policy (``make demo``'s recipe for TASK), built once and shared by every run."""
+    from megatron_hapo.demo.recipes import build_policy
 
     t0 = time.perf_counter()
-    make_demo_model(
-        model_dir,
-        sft_steps=SFT_STEPS,
-        sft_noise=SFT_NOISE,
-        sft_files=[str(ROOT / "examples/data/tiny_math_train.parquet")],
-    )
-    print(f"[study] SFT-warmed model -> {model_dir} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    build_policy(model_dir, ROOT, task=TASK)  # reused when the directory holds the same recipe
+    print(f"[study] SFT-warmed demo policy -> {model_dir} ({time.perf_counter() - t0:.0f} s)", flush=True)
 
 
 def run_one(method: str, seed: int, steps: int, out: Path, model_dir: Path, extra: list[str]) -> tuple:

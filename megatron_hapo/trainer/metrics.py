@@ -185,12 +185,10 @@ class RunLogger:
             self._wandb.finish()
 
     def _plot(self) -> None:
-        from megatron_hapo.trainer.plots import DEFAULT_KEYS, load_rows, plot_metrics
+        from megatron_hapo.trainer.plots import load_rows, plot_overview
 
         try:
-            out = plot_metrics(
-                load_rows(self.run_dir), list(DEFAULT_KEYS), self.run_dir / "plots" / "metrics.png"
-            )
+            out = plot_overview(load_rows(self.run_dir), self.run_dir / "plots" / "metrics.png")
         except ImportError as e:  # curves are a convenience: the metrics are in metrics.jsonl either way
             logger.warning("no plots/metrics.png: %s (pip install matplotlib, or logging.plots=false)", e)
         except ValueError as e:  # nothing logged yet (a run stopped before its first step)

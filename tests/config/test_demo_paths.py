@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 
 from megatron_hapo.config.loader import compose
-from megatron_hapo.demo import DEFAULT_MODEL_DIR
+from megatron_hapo.demo.recipes import TASKS
 
 from .conftest import CONFIGS, REPO
+
+DEFAULT_MODEL_DIR = TASKS["tiny_math"][2]  # what `make demo` writes
 
 
 @pytest.mark.parametrize("config", ["cpu_demo.yaml", "tiny_cpu.yaml"])

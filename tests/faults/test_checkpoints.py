@@ -105,7 +105,7 @@ def _loaded(line: str) -> tuple[int, float]:
 # -- fixtures -----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    from megatron_hapo.trainer.tiny_model import make_demo_model
+    from megatron_hapo.demo.policy import make_demo_model
 
     # ~7M parameters (85 MB with Adam's state): a save takes long enough for a kill to land inside it
     return make_demo_model(tmp_path_factory.mktemp("policy"), hidden_size=384, num_layers=4)

@@ -179,7 +179,7 @@ def test_kill_during_a_broadcast_resends_to_the_survivor(fleet, state, fault_fig
 def random_policy(tmp_path_factory):
     """A tiny random policy with its tokenizer (no SFT: dynamic sampling is off in tiny_cpu.yaml, so
     all-equal groups are fine, and what is tested here is the fleet, not learning)."""
-    from megatron_hapo.trainer.tiny_model import make_demo_model
+    from megatron_hapo.demo.policy import make_demo_model
 
     return make_demo_model(tmp_path_factory.mktemp("random_policy"))
 

@@ -197,12 +197,8 @@ def main(plan_path: str) -> None:
 
 # -- the test -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    from megatron_hapo.trainer.tiny_model import make_demo_model
-
-    return make_demo_model(
-        tmp_path_factory.mktemp("policy"), sft_steps=40, sft_files=["examples/data/tiny_math_train.parquet"]
-    )
+def model(small_policy):
+    return small_policy  # the session's SFT-warmed tiny policy (tests/conftest.py), built once
 
 
 def _rows(run_dir: Path) -> dict[int, dict]:

@@ -24,3 +24,16 @@ def test_plots_the_default_curves_and_names_a_missing_run(tmp_path):
     assert missing.returncode != 0 and "metrics.jsonl not found" in missing.stderr
     unknown = _run(tmp_path, "--keys", "reward/mean,bogus/metric")
     assert unknown.returncode != 0 and "bogus/metric" in unknown.stderr
+
+
+def test_overview_smooths_and_reports_a_run_without_training_steps(tmp_path):
+    from megatron_hapo.trainer.plots import plot_overview, smooth
+
+    assert smooth([0.0, 3.0, 0.0, 3.0, float("nan")], 3) == [1.5, 1.0, 2.0, 1.5, 3.0]
+    rows = [{"step": 0, "eval/x/avg@4": 0.2}]
+    try:
+        plot_overview(rows, tmp_path / "m.png")
+    except ValueError as e:
+        assert "no training step" in str(e)
+    else:
+        raise AssertionError("an evaluation-only metrics.jsonl must be refused")

@@ -35,7 +35,7 @@ def _rows(run_dir: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def demo_model(tmp_path_factory):
-    from megatron_hapo.trainer.tiny_model import make_demo_model
+    from megatron_hapo.demo.policy import make_demo_model
 
     return make_demo_model(
         tmp_path_factory.mktemp("tiny_demo"),
