@@ -85,7 +85,7 @@ def test_policy_update_state_and_batch_on_the_current_device(tmp_path, current_d
     configs), then one micro-batch of the update's forward and backward through DDP."""
     from megatron_hapo.config import load_config
     from megatron_hapo.parallel import compute_device
-    from megatron_hapo.trainer.batch import pad_responses
+    from megatron_hapo.trainer.experience import Experience
     from megatron_hapo.trainer.policy import Policy
 
     path = make_tiny_hf_model(tmp_path / "m", "qwen2", vocab_size=VOCAB, dtype="float32")
@@ -107,15 +107,20 @@ def test_policy_update_state_and_batch_on_the_current_device(tmp_path, current_d
     batch = fixed_batch(VOCAB)
     samples = batch.samples[:4]
     seq_len = max(len(s.prompt_ids) + len(s.response_ids) for s in samples)
-    data = pad_responses(samples, [s.temperatures for s in samples], seq_len).to(compute_device())
-    assert _misplaced(vars(data).items(), device) == []
-    position_ids = torch.arange(seq_len, device=device).expand(4, seq_len)
-    causal = torch.ones(1, 1, seq_len, seq_len, dtype=torch.bool, device=device).triu(1)
+    args = ([s.temperatures for s in samples], [1.0] * 4, [0] * 4, list(range(4)))
+    # the step's data goes to the compute device once, as learn() builds it
+    exp = Experience.build(samples, *args, device=compute_device())
+    assert _misplaced([(k, v) for k, v in vars(exp).items() if isinstance(v, torch.Tensor)], device) == []
+    # a micro-batch (gathered here on the host: `meta` tensors hold no lengths to gather by) through DDP
+    mb = Experience.build(samples, *args).micro_batch(range(4), seq_len)
+    tokens, position_ids, causal, mask = (
+        t.to(device) for t in (mb.tokens, mb.position_ids, mb.attention_mask, mb.mask)
+    )
     policy.model.train()
     policy.model.zero_grad_buffer()
-    logits = policy.model(data.tokens, position_ids, causal)
+    logits = policy.model(tokens, position_ids, causal)
     assert logits.device == device
-    (logits.float().logsumexp(-1) * data.mask).sum().backward()
+    (logits.float().logsumexp(-1) * mask).sum().backward()
     grads = [(n, p.main_grad) for n, p in policy.model.named_parameters()]
     assert _misplaced(grads, device, torch.float32) == []
 
