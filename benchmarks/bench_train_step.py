@@ -124,7 +124,8 @@ def main() -> None:
 
     import megatron_hapo.parallel as hp
     from megatron_hapo.config import load_config
-    from megatron_hapo.trainer.batch import pad_responses
+    from megatron_hapo.trainer.batching import MicroBatchPlan
+    from megatron_hapo.trainer.experience import Experience
     from megatron_hapo.trainer.policy import Policy
 
     started = time.time()
@@ -147,22 +148,24 @@ def main() -> None:
         arch = policy.arch
         n_mm = matmul_params(gpt, arch)
         samples = make_samples(batch, seq, arch.vocab_size, prompt_len)
-        temps = [s.temperatures for s in samples]
-        data = pad_responses(samples, temps, seq)
+        # the trainer's layout: one Experience on the device, micro-batches of --mbs full-length sequences
+        exp = Experience.build(
+            samples, [s.temperatures for s in samples], [1.0 if i % 2 == 0 else -1.0 for i in range(batch)],
+            [i // 2 for i in range(batch)], list(range(batch)), device=hp.compute_device(),
+        )  # fmt: skip
+        micro = [MicroBatchPlan(tuple(range(i, i + args.mbs)), seq) for i in range(0, batch, args.mbs)]
 
         def old_pass():
-            return policy.old_policy_pass(samples, temps, seq)
+            policy.old_policy_pass(exp, micro)
 
         old_s = timed(old_pass, device, args.iters)
-        old_lp, entropy = old_pass()
-        stats = policy.entropy_stats(entropy, data.mask)
-        adv = torch.where(torch.arange(batch) % 2 == 0, 1.0, -1.0)[:, None] * data.mask
+        stats = policy.entropy_stats(exp.entropy, exp.mask)
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         metrics = {}
 
         def update():
-            metrics.update(policy.update(data, old_lp, adv, stats, num_mini_batches=1))
+            metrics.update(policy.update(exp, [micro], stats, norm_len=seq))
 
         upd_s = timed(update, device, args.iters)
         sync(device)
