@@ -17,7 +17,7 @@ import torch
 
 from megatron_hapo.models.tiny import make_tiny_hf_model
 from tests.parallel_utils import world_of_one
-from tests.trainer.test_learn_step import N_SAMPLES, fixed_batch
+from tests.trainer.batching_data import N_SAMPLES, fixed_batch
 
 VOCAB = 300
 

@@ -10,33 +10,10 @@ import pytest
 import torch
 
 from megatron_hapo.models.tiny import make_tiny_hf_model
-from megatron_hapo.rollout.types import RolloutSample
-from megatron_hapo.trainer.batch import StepBatch
 from tests.parallel_utils import world_of_one
+from tests.trainer.batching_data import N_SAMPLES, fixed_batch
 
-N_PROMPTS, N_SAMPLES = 4, 4
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
-
-
-def fixed_batch(vocab: int, seed: int = 0) -> StepBatch:
-    """4 prompts x 4 responses of random tokens with HAPO per-token temperatures and mixed rewards."""
-    g = torch.Generator().manual_seed(seed)
-    samples, scores = [], []
-    for p in range(N_PROMPTS):
-        prompt = torch.randint(3, vocab, (6 + p,), generator=g).tolist()
-        for j in range(N_SAMPLES):
-            n = 5 + (p + j) % 4
-            samples.append(
-                RolloutSample(
-                    prompt_index=p, sample_index=j, prompt_ids=prompt,
-                    response_ids=torch.randint(3, vocab, (n,), generator=g).tolist(),
-                    logprobs=(-torch.rand(n, generator=g) * 4).tolist(), finish_reason="stop",
-                    weight_version="fixed", temperatures=(0.95 + 0.1 * torch.rand(n, generator=g)).tolist(),
-                )
-            )  # fmt: skip
-            scores.append(1.0 if (p + j) % 3 == 0 else -1.0)
-    groups = [s.prompt_index for s in samples]
-    return StepBatch(samples, [None] * len(samples), groups, scores, [s > 0 for s in scores])
 
 
 @pytest.fixture(scope="module")
