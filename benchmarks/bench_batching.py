@@ -75,7 +75,7 @@ def main() -> None:
 
     import megatron_hapo.parallel as hp
     from megatron_hapo.config import load_config
-    from megatron_hapo.models.tiny import make_tiny_hf_model
+    from megatron_hapo.demo.tiny_models import make_tiny_hf_model
     from megatron_hapo.trainer.loop import learn
     from megatron_hapo.trainer.policy import Policy
 

@@ -63,7 +63,8 @@ def main() -> None:
     device = pick_device(args.device)
 
     import megatron_hapo.parallel as hp
-    from megatron_hapo.models import build_gpt_model, export_hf_weights
+    from megatron_hapo.checkpoint_io import export_hf_weights
+    from megatron_hapo.models import build_gpt_model
     from megatron_hapo.sync import push_weights
     from megatron_hapo.sync.fp8 import fp8_rollout_stream
 

@@ -29,7 +29,7 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM
 
-    from megatron_hapo.models.tiny import make_tiny_hf_model
+    from megatron_hapo.demo.tiny_models import make_tiny_hf_model
     from megatron_hapo.rollout import InProcessSGLangEngine
     from megatron_hapo.sync import DiskTransport, DistributedTransport, TensorTransport, push_weights
 

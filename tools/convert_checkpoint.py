@@ -5,7 +5,7 @@
     python tools/convert_checkpoint.py mcore-to-hf --mcore DIR --hf-config DIR --out DIR
     python tools/convert_checkpoint.py verify --hf DIR --mcore DIR [--tp N --pp M]
 
-See docs/conversion.md; the implementation is megatron_hapo/models/convert.py.
+See docs/conversion.md; the implementation is megatron_hapo/cli/convert.py.
 """
 
 import sys
@@ -13,6 +13,6 @@ from pathlib import Path
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-    from megatron_hapo.models.convert import main
+    from megatron_hapo.cli.convert import main
 
     sys.exit(main())

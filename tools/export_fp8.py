@@ -6,7 +6,7 @@
 
 Writes an FP8 per-tensor HF folder (float8_e4m3fn weights + weight_scale/input_scale, hf_quant_config.json)
 that SGLang serves with ``--quantization modelopt`` (auto-detected). See docs/fp8.md; the implementation is
-megatron_hapo/models/export_fp8.py.
+megatron_hapo/fp8_export/modelopt.py.
 """
 
 import sys
@@ -14,6 +14,6 @@ from pathlib import Path
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-    from megatron_hapo.models.convert import main
+    from megatron_hapo.cli.convert import main
 
     sys.exit(main(["export-fp8", *sys.argv[1:]]))

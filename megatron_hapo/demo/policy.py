@@ -1,4 +1,4 @@
-"""The CPU demo's policy: a small Qwen2-family HF model (``megatron_hapo.models.tiny``) with a tokenizer
+"""The CPU demo's policy: a small Qwen2-family HF model (``megatron_hapo.demo.tiny_models``) with a tokenizer
 trained on the task's text, warmed up by supervised fine-tuning (SFT) so that it starts above chance.
 
 Two tasks:
@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 
 from megatron_hapo.demo import task as reasoning
+from megatron_hapo.demo.tiny_models import EOS, PAD, make_tiny_hf_model
 from megatron_hapo.demo.traces import TraceNoise, noisy_solution
-from megatron_hapo.models.tiny import EOS, PAD, make_tiny_hf_model
 
 logger = logging.getLogger(__name__)
 

@@ -1,12 +1,15 @@
-"""HF <-> Megatron-Core models for Qwen2/2.5, Qwen3 and Llama 3: build, load, export, convert, verify.
+"""Building the policy model: HF config -> Megatron-Core ``GPTModel`` for Qwen2/2.5, Qwen3 and Llama 3, and
+running it forward.
 
-* :func:`load_arch` - HF config -> :class:`ModelArch` (``hf_config``)
-* :func:`build_gpt_model` - ``ModelArch`` -> this rank's Megatron ``GPTModel`` (``builder``)
-* :func:`load_hf_weights` - HF safetensors -> the model's parameters at any TP/PP (``loading``)
-* :func:`export_hf_weights` - streaming ``(hf_name, tensor)`` export for conversion and weight sync (``export``)
-* :func:`save_checkpoint` / :func:`load_checkpoint` - torch_dist checkpoints, resharding on load (``mcore_io``)
-* ``mappings`` - the declarative per-family parameter tables; ``convert`` - the ``hapo-convert`` CLI
+* :func:`load_arch` - HF config -> :class:`ModelArch` (``hf_config``); ``known_configs`` - the paper's
+  models' config.json facts for dry runs
+* :func:`build_gpt_model` - ``ModelArch`` -> this rank's Megatron ``GPTModel`` (``builder``), with the FP8
+  training settings of ``precision``
+* ``params`` - a model chunk's parameters under global names; ``scoring`` - per-token log-probs and
+  entropies of given sequences (forward only)
 
+Moving weights in and out of the model (HF safetensors, torch_dist checkpoints, the mapping tables,
+conversion) is :mod:`megatron_hapo.checkpoint_io`; FP8 serving export is :mod:`megatron_hapo.fp8_export`.
 Megatron itself is imported lazily, inside the functions that need it.
 """
 
@@ -18,10 +21,7 @@ from megatron_hapo.models.errors import (
     ParallelLayoutError,
     UnsupportedArchitectureError,
 )
-from megatron_hapo.models.export import export_hf_weights
 from megatron_hapo.models.hf_config import Llama3RopeScaling, ModelArch, load_arch
-from megatron_hapo.models.loading import load_hf_weights
-from megatron_hapo.models.mcore_io import checkpoint_padded_vocab, load_checkpoint, save_checkpoint
 
 __all__ = [
     "ConfigMismatchError",
@@ -32,12 +32,7 @@ __all__ = [
     "ParallelLayoutError",
     "UnsupportedArchitectureError",
     "build_gpt_model",
-    "checkpoint_padded_vocab",
-    "export_hf_weights",
     "load_arch",
-    "load_checkpoint",
-    "load_hf_weights",
-    "save_checkpoint",
     "transformer_config",
     "transformer_engine_status",
 ]

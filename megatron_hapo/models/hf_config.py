@@ -165,7 +165,7 @@ def _check_supported(model_type: Any, architectures: Any, where: str) -> None:
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise UnsupportedArchitectureError(
             f"{where}: model_type {model_type!r} (architectures {architectures}) is not supported; "
-            f"supported: {supported}. Adding a family means adding a mapping table in megatron_hapo/models/mappings.py."
+            f"supported: {supported}. Adding a family means adding a mapping table in megatron_hapo/checkpoint_io/mappings.py."
         )
     expected = SUPPORTED_MODEL_TYPES[model_type][1]
     if architectures and expected not in architectures:

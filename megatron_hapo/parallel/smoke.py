@@ -1,16 +1,12 @@
-"""A tiny GPT trained on CPU (or GPU) through Megatron-Core's real machinery.
+"""A tiny GPT trained on CPU (or GPU) through Megatron-Core's real machinery: the builders.
 
-``python -m megatron_hapo.parallel.smoke`` (or under ``torchrun``) builds a small ``GPTModel`` with the
-local layer spec, wraps it in Megatron's DDP with the distributed optimizer, and trains it on a fixed
-synthetic batch through ``get_forward_backward_func`` at the requested TP/PP layout, printing the loss
-per step. It is the CPU smoke run of ``make demo`` until the HAPO trainer lands, and its builders are
-reused by the parallel-layout tests.
+A small ``GPTModel`` with the local layer spec, wrapped in Megatron's DDP with the distributed optimizer,
+trained on a fixed synthetic batch through ``get_forward_backward_func`` at any TP/PP layout. Reused by the
+parallel-layout tests; the command that runs it is ``python -m megatron_hapo.cli.smoke``.
 """
 
 from __future__ import annotations
 
-import argparse
-import time
 from dataclasses import dataclass
 
 import torch
@@ -166,42 +162,3 @@ def train_step(model, optimizer, batches, cfg) -> float:
     if not ok:
         raise RuntimeError("optimizer step skipped (non-finite gradients)")
     return loss
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tp", type=int, default=1)
-    parser.add_argument("--pp", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=30)
-    args = parser.parse_args(argv)
-
-    env = hp.init_distributed()
-    hp.initialize_model_parallel(tensor_parallel=args.tp, pipeline_parallel=args.pp)
-    cfg = TinyGPTConfig()
-    from megatron.core import parallel_state as ps
-
-    dp_rank = ps.get_data_parallel_rank()
-    with hp.device_mode():
-        model, optimizer = build_trainable(cfg)
-        batches = [synthetic_batch(cfg, seed=100 * dp_rank + i) for i in range(cfg.num_microbatches)]
-        start = time.perf_counter()
-        losses = [train_step(model, optimizer, batches, cfg) for _ in range(args.steps)]
-        elapsed = time.perf_counter() - start
-    if env.rank == 0:
-        layout = f"TP={args.tp} PP={args.pp} DP={ps.get_data_parallel_world_size()}"
-        print(
-            f"[smoke] Megatron-Core GPTModel on {env.device.type}, {layout}, {env.backend}, distributed optimizer"
-        )
-        for i in range(0, args.steps, max(1, args.steps // 6)):
-            print(f"[smoke] step {i:3d}  loss {losses[i]:.4f}")
-        print(
-            f"[smoke] step {args.steps - 1:3d}  loss {losses[-1]:.4f}  ({elapsed / args.steps * 1e3:.0f} ms/step)"
-        )
-    if not losses[-1] < 0.5 * losses[0]:
-        raise SystemExit(f"[smoke] FAILED: loss did not halve ({losses[0]:.4f} -> {losses[-1]:.4f})")
-    hp.destroy_model_parallel()
-    torch.distributed.destroy_process_group()
-
-
-if __name__ == "__main__":
-    main()

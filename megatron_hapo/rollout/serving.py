@@ -87,7 +87,7 @@ def rollout_model_path(cfg: Any, run_dir: str | Path) -> str:
     copy of it written once to ``<run_dir>/rollout_fp8_blockwise`` (SGLang's blockwise format). Lead rank only."""
     if cfg.rollout.quantization != "fp8" or cfg.rollout.fp8_format != "blockwise":
         return str(cfg.model.hf_path)
-    from megatron_hapo.models.fp8_blockwise_export import export_fp8_blockwise
+    from megatron_hapo.fp8_export.blockwise import export_fp8_blockwise
 
     out = Path(run_dir) / "rollout_fp8_blockwise"
     if not out.is_dir():  # written under a temporary name, so a complete folder is the only kind found

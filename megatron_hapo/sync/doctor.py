@@ -40,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from megatron_hapo.models import build_gpt_model, export_hf_weights, load_checkpoint, load_hf_weights
+    from megatron_hapo.checkpoint_io import export_hf_weights, load_checkpoint, load_hf_weights
+    from megatron_hapo.models import build_gpt_model
     from megatron_hapo.models.scoring import score_sequences
     from megatron_hapo.rollout import GenerationParams, InProcessSGLangEngine
     from megatron_hapo.sync import DistributedTransport, TensorTransport, push_weights

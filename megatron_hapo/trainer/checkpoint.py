@@ -171,8 +171,8 @@ def _export_hf(policy, out: Path, hf_reference: str | Path) -> None:
     rank 0 walks the collective export, global rank 0 writes."""
     from megatron.core import parallel_state as ps
 
-    from megatron_hapo.models import export_hf_weights
-    from megatron_hapo.models.hf_io import HFCheckpointWriter, copy_reference_files
+    from megatron_hapo.checkpoint_io import export_hf_weights
+    from megatron_hapo.checkpoint_io.hf_io import HFCheckpointWriter, copy_reference_files
 
     if ps.get_data_parallel_rank() != 0:
         return

@@ -48,7 +48,8 @@ class Policy:
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
         from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-        from megatron_hapo.models import build_gpt_model, load_hf_weights
+        from megatron_hapo.checkpoint_io import load_hf_weights
+        from megatron_hapo.models import build_gpt_model
         from megatron_hapo.models.precision import (
             fp8_config_overrides,
             fp8_ddp_overrides,
@@ -280,7 +281,7 @@ class Policy:
         iterate the collective export in lockstep; other data-parallel replicas have nothing to do."""
         from megatron.core import parallel_state as ps
 
-        from megatron_hapo.models import export_hf_weights
+        from megatron_hapo.checkpoint_io import export_hf_weights
         from megatron_hapo.sync import push_weights, transport_for
 
         t0 = time.perf_counter()

@@ -59,7 +59,7 @@ def test_the_routed_scorer_checks_only_the_final_answer():
 
 
 def test_reference_responses_are_20_to_120_tokens_and_grow_with_the_level(rows, tmp_path):
-    from megatron_hapo.models.tiny import make_tiny_hf_model
+    from megatron_hapo.demo.tiny_models import make_tiny_hf_model
 
     tok_dir = make_tiny_hf_model(tmp_path, family="qwen2", vocab_size=320, corpus=["Answer: 12+34=46"] * 10)
     from transformers import AutoTokenizer

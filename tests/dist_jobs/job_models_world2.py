@@ -2,7 +2,7 @@
 
 usage: torchrun --nproc-per-node 2 job_models_world2.py SHARED_DIR FAMILY...
 
-SHARED_DIR/FAMILY holds a tiny HF model of each family (tests/models/tiny.py). For every family:
+SHARED_DIR/FAMILY holds a tiny HF model of each family (tests/demo/tiny_models.py). For every family:
 ``hf-to-mcore --tp 2`` run by both ranks (each converts its TP shard); that checkpoint loaded at TP=2
 and at PP=2 (resharding) matches the HF logits (< 1e-4) and exports bit-exactly the HF tensors on
 every rank; so does a model loaded straight from HF (``load_hf_weights``) at TP=2 and PP=2; a freshly initialised model does not match (the check can fail); reloaded at TP=1
@@ -20,15 +20,15 @@ import torch
 import torch.distributed as dist
 
 import megatron_hapo.parallel as hp
-from megatron_hapo.models import (
-    build_gpt_model,
+from megatron_hapo.checkpoint_io import (
     checkpoint_padded_vocab,
     export_hf_weights,
     load_checkpoint,
     load_hf_weights,
 )
-from megatron_hapo.models.convert import main as convert_main
-from megatron_hapo.models.verify import compare_with_hf, megatron_logits, random_tokens
+from megatron_hapo.checkpoint_io.verify import compare_with_hf, megatron_logits, random_tokens
+from megatron_hapo.cli.convert import main as convert_main
+from megatron_hapo.models import build_gpt_model
 
 ATOL = 1e-4
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from megatron_hapo.demo.tiny_models import make_tiny_hf_model
 from megatron_hapo.eval import Evaluator, evaluate, pass_at_k
-from megatron_hapo.models.tiny import make_tiny_hf_model
 from megatron_hapo.rewards import compute_score
 from megatron_hapo.rollout import InProcessSGLangEngine
 from tests.eval import helper_scorers
@@ -160,7 +160,7 @@ class _Borrowed:
 
 def test_cli_writes_table_and_json(engine, model_dir, bench_files, tmp_path, monkeypatch, capsys):
     from megatron_hapo import cli
-    from megatron_hapo.eval import cli as eval_cli
+    from megatron_hapo.cli import eval as eval_cli
 
     started = []
     monkeypatch.setattr(eval_cli, "build_engine", lambda args: started.append(args) or _Borrowed(engine))
@@ -188,7 +188,7 @@ def test_cli_writes_table_and_json(engine, model_dir, bench_files, tmp_path, mon
 
 
 def test_cli_bad_file_fails_fast_naming_the_row(model_dir, tmp_path, monkeypatch, capsys):
-    from megatron_hapo.eval import cli as eval_cli
+    from megatron_hapo.cli import eval as eval_cli
 
     monkeypatch.setattr(eval_cli, "build_engine", lambda args: pytest.fail("engine started for a bad file"))
     bad = tmp_path / "aime25.jsonl"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from megatron_hapo.eval import cli as eval_cli
-from megatron_hapo.models.tiny import make_tiny_hf_model
+from megatron_hapo.cli import eval as eval_cli
+from megatron_hapo.demo.tiny_models import make_tiny_hf_model
 
 VAL = Path(__file__).resolve().parents[2] / "examples" / "data" / "tiny_math_val.parquet"
 

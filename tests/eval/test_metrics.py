@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from megatron_hapo.data import DataError
+from megatron_hapo.demo.tiny_models import make_tiny_hf_model
 from megatron_hapo.eval import (
     BenchmarkMetrics,
     EvalHistory,
@@ -23,7 +24,6 @@ from megatron_hapo.eval import (
     load_benchmarks,
     pass_at_k,
 )
-from megatron_hapo.models.tiny import make_tiny_hf_model
 
 
 def brute_force_pass_at_k(accs: list[bool], k: int) -> float:
@@ -221,7 +221,7 @@ def test_long_prompts_fail_by_default_and_max_prompts_keeps_the_first(tmp_path, 
     ],
 )
 def test_cli_rejects_bad_arguments_before_loading_anything(extra, message, capsys):
-    from megatron_hapo.eval.cli import main
+    from megatron_hapo.cli.eval import main
 
     assert main(["--model", "/nonexistent", "--benchmarks", "/nonexistent/a.parquet", *extra]) == 2
     assert message in capsys.readouterr().err

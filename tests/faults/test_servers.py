@@ -40,7 +40,7 @@ SYNC_TIMEOUT_S = 30.0
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from megatron_hapo.models.tiny import make_tiny_hf_model
+    from megatron_hapo.demo.tiny_models import make_tiny_hf_model
 
     return make_tiny_hf_model(
         tmp_path_factory.mktemp("tiny"), family="llama", dtype="float32", initializer_range=0.3

@@ -11,10 +11,11 @@ import shutil
 import pytest
 import torch
 
-from megatron_hapo.models import Llama3RopeScaling, build_gpt_model, load_arch, load_hf_weights
-from megatron_hapo.models.convert import main
-from megatron_hapo.models.mcore_io import checkpoint_padded_vocab
-from megatron_hapo.models.verify import compare_with_hf
+from megatron_hapo.checkpoint_io import load_hf_weights
+from megatron_hapo.checkpoint_io.mcore_io import checkpoint_padded_vocab
+from megatron_hapo.checkpoint_io.verify import compare_with_hf
+from megatron_hapo.cli.convert import main
+from megatron_hapo.models import Llama3RopeScaling, build_gpt_model, load_arch
 from tests.models.tiny import make_family_model
 from tests.parallel_utils import world_of_one
 
@@ -230,8 +231,8 @@ def test_missing_shards_are_reported(models, tmp_path, capsys):
 
 def test_bf16_checkpoint_keeps_its_dtype_and_round_trips_exactly(tmp_path, capsys):
     """Real checkpoints are bf16: `--dtype auto` keeps bf16 end to end, and verify (fp32 compute) passes."""
-    from megatron_hapo.models.mcore_io import checkpoint_dtype
-    from megatron_hapo.models.tiny import make_tiny_hf_model
+    from megatron_hapo.checkpoint_io.mcore_io import checkpoint_dtype
+    from megatron_hapo.demo.tiny_models import make_tiny_hf_model
 
     hf = make_tiny_hf_model(
         tmp_path / "bf16", family="qwen2", vocab_size=300, initializer_range=0.3, dtype="bfloat16"

@@ -3,8 +3,8 @@ heads allow, not "any TP dividing 384" (the padded vocabulary)."""
 
 from __future__ import annotations
 
+from megatron_hapo.cli.convert import loadable_layouts
 from megatron_hapo.models import load_arch
-from megatron_hapo.models.convert import loadable_layouts
 from megatron_hapo.models.known_configs import known_config
 
 TINY = {

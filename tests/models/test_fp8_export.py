@@ -14,8 +14,8 @@ import json
 import pytest
 import torch
 
-from megatron_hapo.models.convert import main
-from megatron_hapo.models.tiny import make_tiny_hf_model
+from megatron_hapo.cli.convert import main
+from megatron_hapo.demo.tiny_models import make_tiny_hf_model
 
 pytest.importorskip(
     "modelopt.torch.quantization", reason="nvidia-modelopt is installed by tools/bootstrap_env.sh"
@@ -53,7 +53,7 @@ def _reload_w8a8(src, out):
     """The exported folder as SGLang's FP8 GEMM computes it, in fp32 torch."""
     from transformers import AutoModelForCausalLM
 
-    from megatron_hapo.models.export_fp8 import dequantized_state_dict, input_scales
+    from megatron_hapo.fp8_export.modelopt import dequantized_state_dict, input_scales
 
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
     missing, unexpected = model.load_state_dict(dequantized_state_dict(out), strict=False)
@@ -119,7 +119,7 @@ def test_reloaded_folder_equals_modelopt_simulation(exported):
     """The saved FP8 weights, weight scales and input scales reproduce ModelOpt's fake-quant forward."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from megatron_hapo.models.export_fp8 import calibration_texts, quantize_fp8
+    from megatron_hapo.fp8_export.modelopt import calibration_texts, quantize_fp8
 
     src, out, calib = exported
     tok = AutoTokenizer.from_pretrained(src)

@@ -33,7 +33,7 @@ def _hf_logprobs(model, prompt, response):
 
 @pytest.fixture(scope="module")
 def fp8_engine(tmp_path_factory):
-    from megatron_hapo.models.tiny import make_tiny_hf_model
+    from megatron_hapo.demo.tiny_models import make_tiny_hf_model
     from megatron_hapo.rollout import InProcessSGLangEngine
 
     path = make_tiny_hf_model(

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from megatron_hapo.config.schema import PrecisionConfig
+from megatron_hapo.demo.tiny_models import make_tiny_hf_model
 from megatron_hapo.models.precision import (
     FP8_TRANSFORMER_FIELDS,
     Fp8ConfigError,
@@ -15,7 +16,6 @@ from megatron_hapo.models.precision import (
     fp8_optimizer_overrides,
     implementation_summary,
 )
-from megatron_hapo.models.tiny import make_tiny_hf_model
 from tests.parallel_utils import world_of_one
 
 

@@ -5,8 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from megatron_hapo.models import load_arch
-from megatron_hapo.models.mappings import (
+from megatron_hapo.checkpoint_io.mappings import (
     FAMILIES,
     QKV,
     Direct,
@@ -17,6 +16,7 @@ from megatron_hapo.models.mappings import (
     pad_vocab,
     split_qkv,
 )
+from megatron_hapo.models import load_arch
 from tests.models.test_hf_config import QWEN25_MATH_7B
 
 # 4 heads in 2 KV groups of head_dim 2, hidden 3

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from megatron_hapo.models.tiny import make_tiny_hf_model
+from megatron_hapo.demo.tiny_models import make_tiny_hf_model
 from tests.parallel_utils import world_of_one
 
 THETA = 1234.0
@@ -63,7 +63,7 @@ def test_rollout_engine_model_config_has_the_override(cfg, tiny_model):
 
 
 def test_hf_export_config_has_the_override(tmp_path, tiny_model):
-    from megatron_hapo.models.hf_io import copy_reference_files
+    from megatron_hapo.checkpoint_io.hf_io import copy_reference_files
 
     rope = {"rope_type": "default", "rope_theta": THETA}
     copy_reference_files(tiny_model, tmp_path, torch.bfloat16, {"rope_parameters": rope})

@@ -1,11 +1,11 @@
-"""The shared tiny-model helper (megatron_hapo/models/tiny.py): loadable, exact vocab, deterministic. Fast."""
+"""The shared tiny-model helper (megatron_hapo/demo/tiny_models.py): loadable, exact vocab, deterministic. Fast."""
 
 import hashlib
 
 import pytest
 import torch
 
-from megatron_hapo.models.tiny import make_tiny_hf_model
+from megatron_hapo.demo.tiny_models import make_tiny_hf_model
 
 
 def _digest(path):

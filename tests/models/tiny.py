@@ -1,6 +1,6 @@
 """Tiny random HF checkpoints of each supported family, shaped to exercise every mapping rule.
 
-Built on ``megatron_hapo.models.tiny.make_tiny_hf_model`` (config + locally trained tokenizer), then
+Built on ``megatron_hapo.demo.tiny_models.make_tiny_hf_model`` (config + locally trained tokenizer), then
 re-initialised from a modified config:
 
 * vocab 300: not a multiple of 128, so Megatron pads it (384 at TP=1, 512 at TP=2);
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from megatron_hapo.models.tiny import make_tiny_hf_model
+from megatron_hapo.demo.tiny_models import make_tiny_hf_model
 
 VOCAB = 300
 LLAMA3_ROPE = {

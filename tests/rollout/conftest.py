@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from megatron_hapo.models.tiny import make_tiny_hf_model
+from megatron_hapo.demo.tiny_models import make_tiny_hf_model
 
 
 @pytest.fixture(scope="module")

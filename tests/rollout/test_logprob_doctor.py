@@ -2,7 +2,7 @@
 
 import pytest
 
-from megatron_hapo.models.tiny import make_tiny_hf_model
+from megatron_hapo.demo.tiny_models import make_tiny_hf_model
 from tests.torchrun_utils import REPO_ROOT, run_torchrun
 
 pytestmark = [pytest.mark.slow, pytest.mark.dist]

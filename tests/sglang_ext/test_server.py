@@ -23,7 +23,7 @@ import requests
 import torch
 
 from megatron_hapo.algorithms import EntropyStats
-from megatron_hapo.models.tiny import make_tiny_hf_model
+from megatron_hapo.demo.tiny_models import make_tiny_hf_model
 from sglang_ext import hapo_sampling_params, require_hapo_outputs
 from tests.sglang_ext.reference import (
     CPU_ENGINE_ARGS,

@@ -46,7 +46,7 @@ def _check(fp8_dir: str, hf_dir: str) -> dict:
     from sglang.srt.layers.quantization.fp8_utils import block_quant_dequant
     from transformers import AutoConfig
 
-    from megatron_hapo.models.hf_io import HFCheckpointReader
+    from megatron_hapo.checkpoint_io.hf_io import HFCheckpointReader
     from megatron_hapo.sync.fp8 import fp8_rollout_stream
 
     cfg_json = json.loads(Path(fp8_dir, "config.json").read_text())

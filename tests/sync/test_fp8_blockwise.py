@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from megatron_hapo.demo.tiny_models import make_tiny_hf_model
+from megatron_hapo.fp8_export.blockwise import blockwise_fp8_state_dict, export_fp8_blockwise
 from megatron_hapo.models.errors import ConversionError
-from megatron_hapo.models.fp8_blockwise_export import blockwise_fp8_state_dict, export_fp8_blockwise
-from megatron_hapo.models.tiny import make_tiny_hf_model
 from megatron_hapo.sync.fp8 import (
     AMAX_FLOOR,
     BLOCKWISE_FP8_QUANT_CONFIG,
@@ -211,7 +211,7 @@ def test_layout_rules_mirror_sglang():
 
 def _write_fp8_folder_unchecked(src: Path, out: Path) -> Path:
     """The exporter's output without its architecture check (to show what SGLang's Llama does with it)."""
-    from megatron_hapo.models.hf_io import HFCheckpointReader, HFCheckpointWriter, copy_reference_files
+    from megatron_hapo.checkpoint_io.hf_io import HFCheckpointReader, HFCheckpointWriter, copy_reference_files
 
     reader = HFCheckpointReader(src)
     writer = HFCheckpointWriter(out)
@@ -265,7 +265,7 @@ def test_exported_folder_matches_sglang_format(tiny_models):
     assert cfg["architectures"] == ["Qwen2ForCausalLM"]
     for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         assert (out / f).is_file()
-    from megatron_hapo.models.hf_io import HFCheckpointReader
+    from megatron_hapo.checkpoint_io.hf_io import HFCheckpointReader
 
     orig, fp8 = HFCheckpointReader(src), HFCheckpointReader(out)
     assert sum(is_quantizable(n) for n in orig.names()) == 2 * 7
@@ -298,7 +298,7 @@ def test_export_refuses_bad_inputs(tiny_models, tmp_path):
 
 
 def test_cli_export_fp8_blockwise(tiny_models, tmp_path, capsys):
-    from megatron_hapo.models.convert import main
+    from megatron_hapo.cli.convert import main
 
     src, _ = tiny_models["qwen3"]
     assert main(["export-fp8-blockwise", "--hf", str(src), "--out", str(tmp_path / "o")]) == 0

@@ -105,7 +105,7 @@ def test_good_budget_is_accepted():
 @pytest.fixture(scope="module")
 def peaked_model(tmp_path_factory):
     """A tiny qwen2 with varied, peaked next-token distributions (entropy statistics well conditioned)."""
-    from megatron_hapo.models.tiny import make_tiny_hf_model
+    from megatron_hapo.demo.tiny_models import make_tiny_hf_model
 
     return make_tiny_hf_model(
         tmp_path_factory.mktemp("batching") / "m",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from megatron_hapo.models.tiny import make_tiny_hf_model
+from megatron_hapo.demo.tiny_models import make_tiny_hf_model
 from tests.parallel_utils import world_of_one
 from tests.trainer.batching_data import N_SAMPLES, fixed_batch
 

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from megatron_hapo.models.tiny import make_tiny_hf_model
+from megatron_hapo.demo.tiny_models import make_tiny_hf_model
 from tests.parallel_utils import world_of_one
 from tests.trainer.batching_data import N_SAMPLES, fixed_batch
 
@@ -59,7 +59,8 @@ def test_megatron_on_cuda_bf16_matches_hf_on_cpu(tiny_model):
     """Megatron GPTModel (local spec, bf16, CUDA, NCCL) vs transformers (fp32, CPU) on the same weights."""
     from transformers import AutoModelForCausalLM
 
-    from megatron_hapo.models import build_gpt_model, load_hf_weights
+    from megatron_hapo.checkpoint_io import load_hf_weights
+    from megatron_hapo.models import build_gpt_model
 
     tokens = torch.randint(3, 300, (2, 48), generator=torch.Generator().manual_seed(1))
     hf = AutoModelForCausalLM.from_pretrained(tiny_model, torch_dtype=torch.float32)

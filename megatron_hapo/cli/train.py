@@ -1,36 +1,14 @@
-"""Console scripts: hapo-train, hapo-eval, hapo-convert."""
+"""``hapo-train --config FILE [--preset hapo|dapo|grpo] [--dry-run] [--verbose] [key=value ...]``."""
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
-import traceback
-from collections.abc import Callable
 
-from megatron_hapo.config.errors import HapoError
+from megatron_hapo.cli import report_errors
 
 
-def report_errors(prog: str, fn: Callable[[], int | None]) -> int:
-    """Run ``fn`` and turn a :class:`~megatron_hapo.config.errors.HapoError` into ``prog: <message>`` on
-    stderr and exit status 1. Only rank 0 prints it (every rank usually meets the same problem; the
-    others exit 1 quietly, their log file keeps it); the traceback only with ``--verbose`` /
-    ``HAPO_VERBOSE=1``. Other exceptions are bugs: they propagate with their traceback, printed once."""
-    from megatron_hapo import console
-
-    try:
-        return fn() or 0
-    except HapoError as e:
-        if console.verbose():
-            traceback.print_exc()
-        if logging.getLogger().handlers:  # once set up, this rank's log file keeps it too
-            logging.getLogger(prog).error("%s", e, extra=console.FILE_ONLY)
-        if console.rank() == 0:
-            print(f"{prog}: {e}", file=sys.stderr, flush=True)
-        return 1
-
-
-def train_main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """``hapo-train --config FILE [--preset hapo|dapo|grpo] [--dry-run] [--verbose] [key=value ...]``
     (python or torchrun)."""
     import argparse
@@ -105,15 +83,3 @@ def _train(args) -> None:
     import torch.distributed as dist
 
     dist.destroy_process_group()
-
-
-def eval_main(argv: list[str] | None = None) -> None:
-    from megatron_hapo.eval.cli import main
-
-    sys.exit(main(argv))
-
-
-def convert_main(argv: list[str] | None = None) -> None:
-    from megatron_hapo.models.convert import main
-
-    sys.exit(main(argv))

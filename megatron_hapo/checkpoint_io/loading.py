@@ -11,11 +11,11 @@ import os
 import torch
 import torch.distributed as dist
 
-from megatron_hapo.models.collective import raise_if_any
+from megatron_hapo.checkpoint_io.collective import raise_if_any
+from megatron_hapo.checkpoint_io.hf_io import HFCheckpointReader
+from megatron_hapo.checkpoint_io.mappings import family_mapping
 from megatron_hapo.models.errors import ConfigMismatchError, ConversionError, MissingWeightsError
 from megatron_hapo.models.hf_config import ModelArch
-from megatron_hapo.models.hf_io import HFCheckpointReader
-from megatron_hapo.models.mappings import family_mapping
 from megatron_hapo.models.params import arch_of, as_chunks, named_global_parameters
 
 # HF tensors that may be present and are deliberately not loaded (old checkpoints saved RoPE buffers).

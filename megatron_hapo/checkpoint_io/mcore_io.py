@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from megatron_hapo.models.collective import raise_if_any
+from megatron_hapo.checkpoint_io.collective import raise_if_any
 from megatron_hapo.models.errors import ConfigMismatchError, MissingWeightsError
 from megatron_hapo.models.params import as_chunks
 from megatron_hapo.parallel.checkpointing import load_sharded, save_sharded

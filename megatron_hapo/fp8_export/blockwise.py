@@ -20,13 +20,13 @@ from pathlib import Path
 
 import torch
 
-from megatron_hapo.models.errors import ConversionError
-from megatron_hapo.models.hf_io import (
+from megatron_hapo.checkpoint_io.hf_io import (
     HFCheckpointReader,
     HFCheckpointWriter,
     check_output_dir,
     copy_reference_files,
 )
+from megatron_hapo.models.errors import ConversionError
 from megatron_hapo.sync.fp8 import (
     BLOCK,
     BLOCKWISE_FP8_QUANT_CONFIG,

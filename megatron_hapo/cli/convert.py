@@ -27,10 +27,10 @@ from pathlib import Path
 
 import torch
 
+from megatron_hapo.checkpoint_io.hf_io import parse_size
 from megatron_hapo.config.model_info import allowed_pp_sizes, allowed_tp_sizes
 from megatron_hapo.models.errors import ConversionError, ParallelLayoutError
 from megatron_hapo.models.hf_config import DEFAULT_VOCAB_DIVISOR, load_arch
-from megatron_hapo.models.hf_io import parse_size
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -136,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def export_fp8(args) -> int:
-    """``export-fp8``: ModelOpt FP8 quantisation + HF export (megatron_hapo.models.export_fp8)."""
-    from megatron_hapo.models.export_fp8 import export_fp8 as run_export
+    """``export-fp8``: ModelOpt FP8 quantisation + HF export (megatron_hapo.fp8_export.modelopt)."""
+    from megatron_hapo.fp8_export.modelopt import export_fp8 as run_export
 
     report = run_export(
         args.hf,
@@ -158,8 +158,8 @@ def export_fp8(args) -> int:
 
 
 def export_fp8_blockwise(args) -> int:
-    """``export-fp8-blockwise``: 128x128 blockwise FP8 folder (megatron_hapo.models.fp8_blockwise_export)."""
-    from megatron_hapo.models.fp8_blockwise_export import export_fp8_blockwise as run_export
+    """``export-fp8-blockwise``: 128x128 blockwise FP8 folder (megatron_hapo.fp8_export.blockwise)."""
+    from megatron_hapo.fp8_export.blockwise import export_fp8_blockwise as run_export
 
     report = run_export(args.hf, args.out, tp_size=args.tp, max_shard_bytes=args.max_shard_size)
     print(
@@ -197,7 +197,7 @@ def _model_parallel(tp: int, pp: int, *, single_process_ok: bool):
             if not single_process_ok:
                 raise ParallelLayoutError(
                     f"TP={tp} x PP={pp} needs {tp * pp} processes: run under "
-                    f"`torchrun --nproc-per-node {tp * pp} -m megatron_hapo.models.convert ...`"
+                    f"`torchrun --nproc-per-node {tp * pp} -m megatron_hapo.cli.convert ...`"
                 )
             tp = pp = 1
         elif env.world_size % (tp * pp):
@@ -231,10 +231,10 @@ def _resolve_dtype(name: str, fallback: str | torch.dtype | None) -> torch.dtype
 
 
 def hf_to_mcore(args) -> int:
+    from megatron_hapo.checkpoint_io.hf_io import HFCheckpointReader
+    from megatron_hapo.checkpoint_io.loading import load_hf_weights
+    from megatron_hapo.checkpoint_io.mcore_io import save_checkpoint
     from megatron_hapo.models.builder import build_gpt_model
-    from megatron_hapo.models.hf_io import HFCheckpointReader
-    from megatron_hapo.models.loading import load_hf_weights
-    from megatron_hapo.models.mcore_io import save_checkpoint
 
     arch = load_arch(args.hf)
     arch.check_layout(args.tp, args.pp)
@@ -284,14 +284,18 @@ def _or_list(values: list[int]) -> str:
 def mcore_to_hf(args) -> int:
     import torch.distributed as dist
 
-    from megatron_hapo.models.builder import build_gpt_model
-    from megatron_hapo.models.export import export_hf_weights
-    from megatron_hapo.models.hf_io import (
+    from megatron_hapo.checkpoint_io.export import export_hf_weights
+    from megatron_hapo.checkpoint_io.hf_io import (
         HFCheckpointWriter,
         check_output_dir,
         copy_reference_files,
     )
-    from megatron_hapo.models.mcore_io import checkpoint_dtype, checkpoint_padded_vocab, load_checkpoint
+    from megatron_hapo.checkpoint_io.mcore_io import (
+        checkpoint_dtype,
+        checkpoint_padded_vocab,
+        load_checkpoint,
+    )
+    from megatron_hapo.models.builder import build_gpt_model
 
     arch = load_arch(args.hf_config)
     arch.check_layout(args.tp, args.pp)
@@ -321,9 +325,9 @@ def mcore_to_hf(args) -> int:
 
 
 def verify(args) -> int:
+    from megatron_hapo.checkpoint_io.mcore_io import checkpoint_padded_vocab, load_checkpoint
+    from megatron_hapo.checkpoint_io.verify import DEFAULT_ATOL, compare_with_hf
     from megatron_hapo.models.builder import build_gpt_model
-    from megatron_hapo.models.mcore_io import checkpoint_padded_vocab, load_checkpoint
-    from megatron_hapo.models.verify import DEFAULT_ATOL, compare_with_hf
 
     arch = load_arch(args.hf)
     arch.check_layout(args.tp, args.pp)

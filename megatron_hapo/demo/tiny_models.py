@@ -7,7 +7,7 @@ with ``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained`
 
 Usage in a test module (one model per module, it takes well under a second)::
 
-    from megatron_hapo.models.tiny import make_tiny_hf_model
+    from megatron_hapo.demo.tiny_models import make_tiny_hf_model
 
     @pytest.fixture(scope="module")
     def tiny_model(tmp_path_factory):

@@ -23,10 +23,10 @@ from collections.abc import Iterator
 import torch
 import torch.distributed as dist
 
-from megatron_hapo.models.collective import raise_if_any
+from megatron_hapo.checkpoint_io.collective import raise_if_any
+from megatron_hapo.checkpoint_io.mappings import BoundRow, family_mapping
 from megatron_hapo.models.errors import ConversionError
 from megatron_hapo.models.hf_config import ModelArch
-from megatron_hapo.models.mappings import BoundRow, family_mapping
 from megatron_hapo.models.params import arch_of, as_chunks, named_global_parameters
 from megatron_hapo.parallel import compute_device
 

@@ -266,7 +266,7 @@ class FamilyMapping:
                 return BoundRow(row, mcore_name, layer, arch)
         raise ConversionError(
             f"Megatron parameter {mcore_name!r} has no row in the {self.family} mapping table "
-            f"(megatron_hapo/models/mappings.py); the model was built with a feature the table does not map"
+            f"(megatron_hapo/checkpoint_io/mappings.py); the model was built with a feature the table does not map"
         )
 
     def hf_names(self, arch: ModelArch) -> set[str]:
