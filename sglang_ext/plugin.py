@@ -74,7 +74,7 @@ def _server_args():
         return None
 
 
-def _check_supported(server_args) -> None:
+def check_supported(server_args) -> None:
     """Configurations in which the HAPO sampler cannot do its job: refuse them instead of degrading."""
     from sglang.srt.layers import sampler as sglang_sampler
 
@@ -98,7 +98,7 @@ def _check_supported(server_args) -> None:
         )
 
 
-def _hook_targets() -> list[str]:
+def hook_targets() -> list[str]:
     from sglang_ext.batch_state import BATCH_HOOKS
     from sglang_ext.seeded import HOOK_TARGET as SEEDED_HASH
 
@@ -110,7 +110,7 @@ def _check_hooks_applied() -> None:
     upgrade; without the batch hooks the requests' HAPO parameters would silently never reach the sampler."""
     from sglang.srt.plugins.hook_registry import HookRegistry
 
-    missing = [t for t in _hook_targets() if t not in HookRegistry._patched]
+    missing = [t for t in hook_targets() if t not in HookRegistry._patched]
     if missing:
         raise HapoSamplerNotInstalledError(
             f"HAPO sampler requested, but SGLang did not apply the plugin's hooks on {missing} (see the "
@@ -131,7 +131,7 @@ def make_hapo_sampler(configured_backend: str | None = None):
     from sglang_ext.sampler import HapoSampler
 
     server_args = _server_args()
-    _check_supported(server_args)
+    check_supported(server_args)
     _check_hooks_applied()
     inner = _inner_backend(configured_backend)
     logger.warning(

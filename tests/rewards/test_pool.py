@@ -3,6 +3,8 @@ killed/crashed workers replaced, timeouts and errors counted apart from wrong an
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
@@ -141,11 +143,25 @@ def test_from_config():
         assert out["score"] == 1.0  # forced DAPO scorer even though the source does not say math_dapo
 
 
+def wait_until_dead(pid: int, timeout_s: float = 10.0) -> None:
+    """Until ``pid`` has exited (a zombie counts: the pool, its parent, reaps it on its next look)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return
+        except FileNotFoundError:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"worker {pid} still alive {timeout_s} s after SIGKILL")
+
+
 def test_a_worker_that_died_while_idle_is_replaced_and_its_answer_requeued():
     with ScorerPool(1, start_method="fork") as pool:
         pool.wait_ready()
-        victim = pool._workers[0].proc
-        victim.kill()
-        victim.join()
+        (victim,) = pool.worker_pids
+        os.kill(victim, signal.SIGKILL)
+        wait_until_dead(victim)
         batch = pool.score([ScoreRequest("math_dapo", "Answer: 5", "5")])
         assert batch.results[0]["acc"] and batch.num_workers_replaced == 1 and batch.num_errors == 0

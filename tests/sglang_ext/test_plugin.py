@@ -78,14 +78,14 @@ def test_refuses_when_another_sampler_took_the_backend(registered, monkeypatch):
 )
 def test_unsupported_configurations_are_refused(args, message):
     with pytest.raises(HapoSamplerNotInstalledError, match=message):
-        plugin._check_supported(SimpleNamespace(**args))
+        plugin.check_supported(SimpleNamespace(**args))
 
 
 def test_refuses_when_a_hook_was_not_applied(registered, monkeypatch):
     """An SGLang upgrade that renames a hooked method: HookRegistry only logs; the factory refuses."""
     from sglang.srt.plugins.hook_registry import HookRegistry
 
-    monkeypatch.setattr(HookRegistry, "_patched", HookRegistry._patched - {plugin._hook_targets()[0]})
+    monkeypatch.setattr(HookRegistry, "_patched", HookRegistry._patched - {plugin.hook_targets()[0]})
     with pytest.raises(HapoSamplerNotInstalledError, match="adjusted_from_schedule_batch"):
         plugin.make_hapo_sampler()
 
@@ -95,7 +95,7 @@ def test_original_logprob_mode_is_refused(monkeypatch):
 
     monkeypatch.setattr(sampler_module, "SGLANG_RETURN_ORIGINAL_LOGPROB", True)
     with pytest.raises(HapoSamplerNotInstalledError, match="SGLANG_RETURN_ORIGINAL_LOGPROB"):
-        plugin._check_supported(SimpleNamespace())
+        plugin.check_supported(SimpleNamespace())
 
 
 def test_request_validation(registered, monkeypatch):
