@@ -259,5 +259,5 @@ class PromptDataset:
         return self._samples[index]
 
     def batch(self, indices: Sequence[int]) -> list[PromptSample]:
-        """The samples at ``indices`` (e.g. a sampler batch), in that order."""
+        """The samples at ``indices`` (e.g. one batch of the data order), in that order."""
         return [self._samples[i] for i in indices]

@@ -7,8 +7,8 @@ import pytest
 from megatron_hapo.data import PromptOrder
 
 
-def take(sampler, n):
-    return [sampler.next_batch() for _ in range(n)]
+def take(order, n):
+    return [order.next_batch() for _ in range(n)]
 
 
 def test_same_seed_same_order_and_each_epoch_a_permutation():
