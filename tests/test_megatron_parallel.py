@@ -17,8 +17,8 @@ def test_layouts_match_tp1_and_checkpoints_reshard(world, tmp_path):
 
 
 def test_smoke_training_halves_loss_in_process(capsys):
-    """The `make demo` smoke run, at world size one, inside pytest."""
-    from megatron_hapo.parallel import smoke
+    """The Megatron smoke run (python -m megatron_hapo.cli.smoke), at world size one, inside pytest."""
+    from megatron_hapo.cli import smoke
 
     smoke.main(["--steps", "30"])
     out = capsys.readouterr().out
