@@ -21,13 +21,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from megatron_hapo.rollout import EngineError, GenerationParams
 from megatron_hapo.rollout.fleet import FleetConfig, SGLangFleet
 from megatron_hapo.sync import DiskTransport, push_weights
+from tests.fleet_utils import server_pid
 from tests.rollout.common import PROMPTS, perturbed_state
 from tests.torchrun_utils import REPO_ROOT
 
@@ -184,21 +184,6 @@ def random_policy(tmp_path_factory):
     return make_demo_model(tmp_path_factory.mktemp("random_policy"))
 
 
-def _server_pid(run_dir: Path, index: int) -> int | None:
-    """The pid of launched server ``index`` of the run (found by its key file, which only it is given)."""
-    marker = f"server{index}.secret.yaml"
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if "sglang.launch_server" in cmd and str(run_dir) in cmd and marker in cmd:
-            return int(proc.name)
-    return None
-
-
 def test_trainer_with_on_server_failure_fail_stops_with_an_error_and_a_checkpoint(
     random_policy, tmp_path, fault_figures
 ):
@@ -224,7 +209,7 @@ def test_trainer_with_on_server_failure_fail_stops_with_an_error_and_a_checkpoin
         time.monotonic() < deadline and proc.poll() is None and not (metrics.exists() and metrics.read_text())
     ):
         time.sleep(0.5)
-    pid = _server_pid(run_dir, 1)
+    pid = server_pid(run_dir, 1)
     killed_at = time.monotonic()
     if pid is not None:
         os.killpg(pid, signal.SIGKILL)
