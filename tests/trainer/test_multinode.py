@@ -82,7 +82,7 @@ def test_two_agents_match_one_agent_and_survive_a_server_kill(small_policy, tmp_
                 "--nproc-per-node=1",
                 "--master-addr=127.0.0.1",
                 f"--master-port={port}",
-                *_train_args(small_policy, two, steps=4),
+                *_train_args(small_policy, two, steps=3),
             ],
             cwd=REPO_ROOT,
             env=_env(),
