@@ -48,7 +48,9 @@ class MetricReductions:
                 f"MetricReductions: the weight metric {self.weight!r} has no rule; declare it (usually SUM)"
             )
         exact = {k: v for k, v in self.rules.items() if not k.endswith("/*")}
-        prefixes = sorted(((k[:-1], v) for k, v in self.rules.items() if k.endswith("/*")), key=lambda p: -len(p[0]))
+        prefixes = sorted(
+            ((k[:-1], v) for k, v in self.rules.items() if k.endswith("/*")), key=lambda p: -len(p[0])
+        )
         object.__setattr__(self, "rules", MappingProxyType(dict(self.rules)))
         object.__setattr__(self, "_exact", MappingProxyType(exact))
         object.__setattr__(self, "_prefixes", tuple(prefixes))
@@ -66,7 +68,9 @@ class MetricReductions:
         )
 
 
-def reduce_metrics(updates: Sequence[Sequence[Mapping[str, float]]], reductions: MetricReductions) -> dict[str, float]:
+def reduce_metrics(
+    updates: Sequence[Sequence[Mapping[str, float]]], reductions: MetricReductions
+) -> dict[str, float]:
     """One value per metric from ``updates[u]`` = the micro-batch metrics of update u over all DP ranks
     (equations in the module docstring). A metric missing from some micro-batches counts as 0 there (SUM,
     UPDATE_SUM, TOKEN_MEAN) or is skipped (MIN, MAX)."""
@@ -89,5 +93,7 @@ def reduce_metrics(updates: Sequence[Sequence[Mapping[str, float]]], reductions:
             elif how == MAX:
                 out[k] = max(out.get(k, float("-inf")), max(c[k] for c in micro if k in c))
             else:  # TOKEN_MEAN
-                out[k] = out.get(k, 0.0) + sum(c.get(k, 0.0) * c.get(w, 0.0) for c in micro) / tokens / num_updates
+                out[k] = (
+                    out.get(k, 0.0) + sum(c.get(k, 0.0) * c.get(w, 0.0) for c in micro) / tokens / num_updates
+                )
     return out

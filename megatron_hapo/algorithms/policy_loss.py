@@ -79,9 +79,21 @@ HAPO_LOSS_METRICS = MetricReductions(
         "ratio/min": MIN,
         "ratio/max": MAX,
         **dict.fromkeys(
-            ("clip_frac", "clip_frac_low", "clip_frac_high", "clip_frac_dual", "dar/scaled_up_frac",
-             "dar/scaled_down_frac", "h_hat/mean", "clip/eps_low_mean", "clip/eps_high_mean", "ratio/mean",
-             "approx_kl", "entropy/*", "tis/*"),
+            (
+                "clip_frac",
+                "clip_frac_low",
+                "clip_frac_high",
+                "clip_frac_dual",
+                "dar/scaled_up_frac",
+                "dar/scaled_down_frac",
+                "h_hat/mean",
+                "clip/eps_low_mean",
+                "clip/eps_high_mean",
+                "ratio/mean",
+                "approx_kl",
+                "entropy/*",
+                "tis/*",
+            ),
             TOKEN_MEAN,
         ),  # fmt: skip
     }

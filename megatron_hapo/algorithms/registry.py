@@ -42,6 +42,7 @@ class Registry:
     ) -> Callable[[F], F]:
         """``options``: config section -> the function's keyword arguments; ``meta``: what the registry's
         users need to know about the function besides calling it (a policy loss's metric reductions)."""
+
         def decorator(fn: F) -> F:
             for key in (name, *aliases):
                 existing = self._fns.get(key)

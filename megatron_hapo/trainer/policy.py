@@ -277,4 +277,3 @@ class Policy:
         for _ in named:
             pass
         return {"time/sync_s": time.perf_counter() - t0}
-

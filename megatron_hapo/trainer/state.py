@@ -33,7 +33,9 @@ class TrainerState:
         """Restore from :meth:`state_dict`'s output; raises ``ValueError`` naming a missing key."""
         missing = [k for k in ("step", "entropy_stats") if k not in state]
         if missing:
-            raise ValueError(f"TrainerState.load_state_dict: the state lacks {missing}; it has {sorted(state)}")
+            raise ValueError(
+                f"TrainerState.load_state_dict: the state lacks {missing}; it has {sorted(state)}"
+            )
         self.step = int(state["step"])
         stats = state["entropy_stats"]
         self.entropy_stats = EntropyStats.from_dict(stats) if stats else None

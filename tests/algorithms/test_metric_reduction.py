@@ -25,9 +25,30 @@ from megatron_hapo.config.schema import AlgorithmConfig
 # update 1: two micro-batches (one from each of two DP ranks) and an all-padding one; update 2: one
 UPDATES = [
     [
-        {"pg_loss": 0.25, "n_tokens": 3.0, "clip_frac": 0.5, "ratio/min": 0.9, "ratio/max": 1.1, "tis/kl_k1": 0.1},
-        {"pg_loss": -0.5, "n_tokens": 1.0, "clip_frac": 1.0, "ratio/min": 0.7, "ratio/max": 1.3, "tis/kl_k1": 0.3},
-        {"pg_loss": 9.0, "n_tokens": 0.0, "clip_frac": 9.0, "ratio/min": -9.0, "ratio/max": 9.0, "tis/kl_k1": 9.0},
+        {
+            "pg_loss": 0.25,
+            "n_tokens": 3.0,
+            "clip_frac": 0.5,
+            "ratio/min": 0.9,
+            "ratio/max": 1.1,
+            "tis/kl_k1": 0.1,
+        },
+        {
+            "pg_loss": -0.5,
+            "n_tokens": 1.0,
+            "clip_frac": 1.0,
+            "ratio/min": 0.7,
+            "ratio/max": 1.3,
+            "tis/kl_k1": 0.3,
+        },
+        {
+            "pg_loss": 9.0,
+            "n_tokens": 0.0,
+            "clip_frac": 9.0,
+            "ratio/min": -9.0,
+            "ratio/max": 9.0,
+            "tis/kl_k1": 9.0,
+        },
     ],
     [{"pg_loss": 1.0, "n_tokens": 4.0, "clip_frac": 0.25, "ratio/min": 0.8, "ratio/max": 1.5}],
 ]
@@ -68,7 +89,10 @@ def test_every_reduction_and_rule_precedence():
 def test_the_hapo_loss_declares_every_metric_it_returns():
     g = torch.Generator().manual_seed(0)
     lp, old, rollout = (-torch.rand(2, 5, generator=g, dtype=torch.float64) for _ in range(3))
-    adv, ent = torch.randn(2, 5, generator=g, dtype=torch.float64), torch.rand(2, 5, generator=g, dtype=torch.float64)
+    adv, ent = (
+        torch.randn(2, 5, generator=g, dtype=torch.float64),
+        torch.rand(2, 5, generator=g, dtype=torch.float64),
+    )
     mask = torch.ones(2, 5, dtype=torch.bool)
     stats = EntropyStats(-1.0, 1.0, 1.0, 1.0)
     _, metrics = hapo_policy_loss(lp, old, adv, ent, mask, HapoLossConfig(tis_cap=2.0), stats, rollout)

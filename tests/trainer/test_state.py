@@ -36,7 +36,13 @@ def test_trainer_state_round_trips_through_json():
 
 def test_format_1_state_is_upgraded_and_format_2_kept():
     order = {"epoch": 1, "position": 8, "seed": 3}
-    legacy = {"data_order": order, "next_group": 40, "entropy_stats": STATS.to_dict(), "step": 5, "scheduler": {}}
+    legacy = {
+        "data_order": order,
+        "next_group": 40,
+        "entropy_stats": STATS.to_dict(),
+        "step": 5,
+        "scheduler": {},
+    }
     got = upgrade_state(legacy, "ckpt")
     assert got == {
         "format": STATE_FORMAT, "step": 5, "entropy_stats": STATS.to_dict(), "scheduler": {},
@@ -56,5 +62,7 @@ def test_a_newer_state_format_is_refused_not_skipped(tmp_path):
         manifest.write(d, step)
     assert verify(tmp_path / "step_2") == 2
     # auto must not fall back to step_2: the save after it would discard the newer step_4
-    with pytest.raises(CheckpointFormatUnknown, match=r"step_4: trainer_state.json has format 3.*version that wrote it"):
+    with pytest.raises(
+        CheckpointFormatUnknown, match=r"step_4: trainer_state.json has format 3.*version that wrote it"
+    ):
         select("auto", tmp_path)
