@@ -5,7 +5,7 @@ The data cursors (the prompt order's position and the next group id) belong to t
 saves and restores them itself (:meth:`~megatron_hapo.trainer.rollout.RolloutStage.state_dict`); the
 optimizer and LR schedule belong to the policy (``trainer/checkpoint.py``). A checkpoint's
 ``trainer_state.json`` is this object's :meth:`TrainerState.state_dict` with each component's state
-under its own key (``checkpoint.CHECKPOINT_SECTIONS``).
+under its own key (``rollout``, ``scheduler``), in the layout ``trainer/checkpoint.py::STATE_FORMAT`` names.
 """
 
 from __future__ import annotations
