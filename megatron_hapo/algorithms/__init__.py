@@ -16,7 +16,8 @@ See ``docs/algorithm.md`` and ``docs/hapo_spec.md``. Module map:
 - :mod:`.tis`: truncated importance sampling and rollout mismatch metrics
 - :mod:`.sampling_filters`: DAPO dynamic-sampling group filter (on accuracy)
 - :mod:`.reward_shaping`: DAPO overlong penalty
-- :mod:`.registry`: register_advantage / register_policy_loss
+- :mod:`.metric_reduction`: MetricReductions (how a loss's metrics combine), reduce_metrics
+- :mod:`.registry`: register_advantage / register_policy_loss, policy_loss_metrics
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ _EXPORTS: dict[str, str] = {
     "EntropyStats": "entropy",
     "GroupFilterResult": "sampling_filters",
     "GroupTokenMoments": "advantages",
+    "HAPO_LOSS_METRICS": "policy_loss",
     "HapoLossConfig": "loss_config",
     "HapoTokenTerms": "token_terms",
+    "MetricReductions": "metric_reduction",
     "POLICY_LOSSES": "registry",
     "SAMPLER_ENTROPY_EPS": "entropy",
     "SAMPLER_SIGMA_EPS": "entropy",
@@ -60,7 +63,9 @@ _EXPORTS: dict[str, str] = {
     "nearest_rank_quantile": "quantile",
     "normalize_entropy": "entropy",
     "overlong_penalty": "reward_shaping",
+    "policy_loss_metrics": "registry",
     "redistribute_advantage": "token_terms",
+    "reduce_metrics": "metric_reduction",
     "register_advantage": "registry",
     "register_policy_loss": "registry",
     "rollout_mismatch": "tis",

@@ -19,6 +19,7 @@ from megatron_hapo.algorithms._masked import check_same_shape, masked_max, maske
 from megatron_hapo.algorithms.aggregation import aggregate_loss, check_agg_mode
 from megatron_hapo.algorithms.entropy import EntropyStats, hhat_from_stats, normalize_entropy
 from megatron_hapo.algorithms.loss_config import HapoLossConfig
+from megatron_hapo.algorithms.metric_reduction import MAX, MIN, SUM, TOKEN_MEAN, UPDATE_SUM, MetricReductions
 from megatron_hapo.algorithms.registry import register_policy_loss
 from megatron_hapo.algorithms.tis import rollout_mismatch
 from megatron_hapo.algorithms.token_terms import hapo_token_terms
@@ -66,7 +67,40 @@ def compute_h_hat(
     return torch.where(mask.bool(), h_hat, torch.zeros_like(h_hat)), stats
 
 
-@register_policy_loss("hapo")
+# how hapo_policy_loss's metrics combine over micro-batches, DP ranks and updates (metric_reduction.py)
+HAPO_LOSS_METRICS = MetricReductions(
+    {
+        "pg_loss": UPDATE_SUM,  # micro-batch shares of the update's loss (global normaliser)
+        "n_tokens": SUM,
+        "dar/scaled_up_count": SUM,
+        "dar/scaled_down_count": SUM,
+        "h_hat/min": MIN,
+        "h_hat/max": MAX,
+        "ratio/min": MIN,
+        "ratio/max": MAX,
+        **dict.fromkeys(
+            (
+                "clip_frac",
+                "clip_frac_low",
+                "clip_frac_high",
+                "clip_frac_dual",
+                "dar/scaled_up_frac",
+                "dar/scaled_down_frac",
+                "h_hat/mean",
+                "clip/eps_low_mean",
+                "clip/eps_high_mean",
+                "ratio/mean",
+                "approx_kl",
+                "entropy/*",
+                "tis/*",
+            ),
+            TOKEN_MEAN,
+        ),  # fmt: skip
+    }
+)
+
+
+@register_policy_loss("hapo", metrics=HAPO_LOSS_METRICS)
 def hapo_policy_loss(
     log_prob: torch.Tensor,
     old_log_prob: torch.Tensor,

@@ -3,10 +3,12 @@
     @register_advantage("my_estimator", options=lambda algo: {"norm_by_std": algo.norm_adv_by_std})
     def my_estimator(rewards, mask, group_ids, norm_by_std=True): ...      # -> advantages [batch, seq]
 
-    @register_policy_loss("my_loss")
+    @register_policy_loss("my_loss", metrics=MetricReductions({"pg_loss": UPDATE_SUM, "n_tokens": SUM, ...}))
     def my_loss(log_prob, old_log_prob, advantages, entropy, mask, config, **kwargs): ...  # -> (loss, metrics)
 
-Config files select them by name (``get_advantage(name)``, ``get_policy_loss(name)``). ``options`` maps the
+A policy loss declares how each of its metrics combines over micro-batches, DP ranks and updates
+(:mod:`.metric_reduction`); the trainer reduces them with ``policy_loss_metrics(name)``. Config files select
+them by name (``algorithm.adv_estimator`` -> ``bind_advantage``, ``algorithm.policy_loss`` -> ``get_policy_loss``). ``options`` maps the
 ``algorithm`` config section (read by attribute: this module never imports the config) to the function's
 keyword arguments, so the trainer calls every estimator the same way: ``bind_advantage(name, algo)(...)``.
 """
@@ -16,6 +18,8 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+from megatron_hapo.algorithms.metric_reduction import MetricReductions
 
 F = TypeVar("F", bound=Callable)
 
@@ -27,10 +31,18 @@ class Registry:
         self.kind = kind
         self._fns: dict[str, Callable] = {}
         self._options: dict[str, Callable[[Any], dict[str, Any]]] = {}
+        self._meta: dict[str, Any] = {}
 
     def register(
-        self, name: str, *aliases: str, options: Callable[[Any], dict[str, Any]] | None = None
+        self,
+        name: str,
+        *aliases: str,
+        options: Callable[[Any], dict[str, Any]] | None = None,
+        meta: Any = None,
     ) -> Callable[[F], F]:
+        """``options``: config section -> the function's keyword arguments; ``meta``: what the registry's
+        users need to know about the function besides calling it (a policy loss's metric reductions)."""
+
         def decorator(fn: F) -> F:
             for key in (name, *aliases):
                 existing = self._fns.get(key)
@@ -41,6 +53,7 @@ class Registry:
                     )
                 self._fns[key] = fn
                 self._options[key] = options or (lambda section: {})
+                self._meta[key] = meta
             return fn
 
         return decorator
@@ -55,6 +68,11 @@ class Registry:
         """``name``'s function with its keyword arguments taken from the config ``section``."""
         fn = self.get(name)
         return functools.partial(fn, **self._options[name](section))
+
+    def meta(self, name: str) -> Any:
+        """What ``name`` was registered with as ``meta``."""
+        self.get(name)  # the unknown-name error
+        return self._meta[name]
 
     def names(self) -> list[str]:
         return sorted(self._fns)
@@ -75,9 +93,15 @@ def register_advantage(
     return ADVANTAGE_ESTIMATORS.register(name, *aliases, options=options)
 
 
-def register_policy_loss(name: str, *aliases: str) -> Callable[[F], F]:
-    """Decorator: register ``fn(log_prob, old_log_prob, advantages, entropy, mask, config, **kw) -> (loss, metrics)``."""
-    return POLICY_LOSSES.register(name, *aliases)
+def register_policy_loss(name: str, *aliases: str, metrics: MetricReductions) -> Callable[[F], F]:
+    """Decorator: register ``fn(log_prob, old_log_prob, advantages, entropy, mask, config, **kw) -> (loss,
+    metrics)`` with ``metrics``, how each metric it returns combines into a step's value."""
+    if not isinstance(metrics, MetricReductions):
+        raise TypeError(
+            f"register_policy_loss({name!r}): metrics must be a MetricReductions (how each metric combines over "
+            f"micro-batches and updates), got {type(metrics).__name__}"
+        )
+    return POLICY_LOSSES.register(name, *aliases, meta=metrics)
 
 
 def get_advantage(name: str) -> Callable:
@@ -91,3 +115,8 @@ def bind_advantage(name: str, algorithm_config: Any) -> Callable:
 
 def get_policy_loss(name: str) -> Callable:
     return POLICY_LOSSES.get(name)
+
+
+def policy_loss_metrics(name: str) -> MetricReductions:
+    """How the metrics of the policy loss ``name`` combine (declared when it registered)."""
+    return POLICY_LOSSES.meta(name)

@@ -288,6 +288,9 @@ class AlgorithmConfig:
         AdaptiveTemperatureConfig, "adaptive temperature"
     )
     dynamic_sampling: DynamicSamplingConfig = section(DynamicSamplingConfig, "dynamic sampling")
+    policy_loss: Literal["hapo"] = opt(
+        "hapo", "policy loss, by its name in the policy-loss registry (algorithms/registry.py)"
+    )
     loss: HapoLossConfig = section(HapoLossConfig, "policy loss (megatron_hapo/algorithms/loss_config.py)")
 
 

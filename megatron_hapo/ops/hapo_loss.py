@@ -12,6 +12,8 @@ so the entropy term of the op's backward is off.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.distributed as dist
 
@@ -35,6 +37,7 @@ def fused_hapo_loss(
     chunk_size: int | None = None,
     impl: str = "auto",
     inplace_backward: bool = False,
+    policy_loss: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]] = hapo_policy_loss,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """HAPO loss of one micro-batch straight from this rank's logits shard.
 
@@ -49,10 +52,12 @@ def fused_hapo_loss(
         temperature: None, a scalar, or per-token (mask's shape): the log-probs and entropies of the
             current policy are computed at logits / T.
         tp_group, chunk_size, impl, inplace_backward: as for :func:`vocab_parallel_logprob_entropy`.
+        policy_loss: the loss on the per-token log-probs and entropies, with ``hapo_policy_loss``'s
+            signature (a registered policy loss: ``algorithms.get_policy_loss(name)``).
 
     Returns:
-        ``(loss, metrics)`` from ``hapo_policy_loss``; ``metrics`` also holds ``entropy/mean`` of this
-        call's valid tokens.
+        ``(loss, metrics)`` from ``policy_loss``; for ``hapo_policy_loss`` ``metrics`` also holds
+        ``entropy/mean`` of this call's valid tokens.
     """
     config.check()
     n_tokens = mask.numel()
@@ -91,7 +96,7 @@ def fused_hapo_loss(
         impl=impl,
         inplace_backward=inplace_backward,
     )
-    return hapo_policy_loss(
+    return policy_loss(
         log_prob.view(mask.shape),
         old_log_prob,
         advantages,

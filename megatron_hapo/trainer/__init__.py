@@ -4,9 +4,9 @@ CPU demo's tiny model. Entry points: ``hapo-train`` (``megatron_hapo.cli.train_m
 Megatron is imported lazily (inside the functions that need it); import ``megatron_hapo.parallel`` first.
 """
 
-from megatron_hapo.trainer.algorithm import compute_advantages, loss_config
+from megatron_hapo.trainer.algorithm import compute_advantages
 
-__all__ = ["compute_advantages", "loss_config", "train"]
+__all__ = ["compute_advantages", "train"]
 
 
 def train(cfg):

@@ -1,4 +1,4 @@
-"""Config -> algorithm pieces: the loss settings and the advantage estimator.
+"""Config -> the advantage estimator (the policy loss is the policy's: ``trainer/policy.py``).
 
 ``algorithm.name`` is a label; the switches below it decide what runs. The presets that turn the base (HAPO)
 recipe into DAPO or GRPO are YAML files (``megatron_hapo/config/presets/``, ``hapo-train --preset dapo``).
@@ -8,13 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from megatron_hapo.algorithms import HapoLossConfig, bind_advantage
+from megatron_hapo.algorithms import bind_advantage
 from megatron_hapo.config import RootConfig
-
-
-def loss_config(cfg: RootConfig) -> HapoLossConfig:
-    """The loss's settings: ``algorithm.loss`` is the loss's own dataclass (checked when the config loads)."""
-    return cfg.algorithm.loss
 
 
 def compute_advantages(

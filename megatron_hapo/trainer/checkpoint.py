@@ -1,6 +1,7 @@
 """Checkpoints of a run: Megatron distributed checkpoint (model + optimizer, any TP/PP on load) plus
-``trainer_state.json`` (step, data order position, entropy statistics, LR scheduler) and, written last,
-``manifest.json`` (every file's size and CRC-32, see :mod:`~megatron_hapo.trainer.manifest`).
+``trainer_state.json`` (the loop's :class:`~megatron_hapo.trainer.state.TrainerState`, the rollout stage's
+data position under ``rollout``, the LR scheduler under ``scheduler``: format :data:`STATE_FORMAT`) and,
+written last, ``manifest.json`` (every file's size and CRC-32, see :mod:`~megatron_hapo.trainer.manifest`).
 
 Layout: ``<checkpoint.dir>/step_<N>/``. A checkpoint is written into ``.tmp_step_<N>``, every file and
 the directory are fsynced, the manifest is written and fsynced, and only then is the directory renamed to
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from megatron_hapo.config.errors import HapoError
 from megatron_hapo.parallel.checkpointing import load_sharded, save_sharded
 from megatron_hapo.trainer import manifest
 from megatron_hapo.trainer.manifest import CheckpointInvalid
@@ -30,6 +32,9 @@ from megatron_hapo.trainer.manifest import CheckpointInvalid
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
+# trainer_state.json layouts: 1 (no "format" key, before issue 18): the rollout stage's "data_order" and
+# "next_group" at the top level; 2: under "rollout". Version 1 is read by upgrading it (:func:`upgrade_state`).
+STATE_FORMAT = 2
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -46,6 +51,29 @@ def _state(policy, is_loading: bool = False) -> dict:
     return {"model": model_sd, "optimizer": optimizer_sd}
 
 
+class CheckpointFormatUnknown(HapoError, ValueError):
+    """A checkpoint whose ``trainer_state.json`` has a newer layout than this code reads (not skipped by
+    ``checkpoint.resume=auto``: falling back to an older checkpoint would throw the newer run away)."""
+
+
+def upgrade_state(state: dict[str, Any], where: str | Path) -> dict[str, Any]:
+    """``trainer_state.json``'s content in the layout of :data:`STATE_FORMAT`: version 1 (no ``format``)
+    gets its ``data_order`` / ``next_group`` moved under ``rollout``; a newer version is refused."""
+    version = state.get("format", 1)
+    if version == STATE_FORMAT:
+        return state
+    if version == 1:
+        out = {k: v for k, v in state.items() if k not in ("data_order", "next_group")}
+        if "data_order" in state:
+            out["rollout"] = {"data_order": state["data_order"], "next_group": state["next_group"]}
+        return dict(out, format=STATE_FORMAT)
+    raise CheckpointFormatUnknown(
+        f"{where}: trainer_state.json has format {version!r}, this megatron-hapo reads formats 1 to "
+        f"{STATE_FORMAT}; resume it with the version that wrote it, or start elsewhere (checkpoint.resume=none "
+        "with another trainer.run_dir)"
+    )
+
+
 def list_checkpoints(directory: str | Path) -> list[Path]:
     """The ``step_<N>`` directories under ``directory``, oldest first (not verified: see :func:`select`)."""
     d = Path(directory)
@@ -57,13 +85,16 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
 
 def verify(path: str | Path) -> int:
     """The step of the checkpoint at ``path`` after checking it against its manifest (and that its trainer
-    state names the same step); raises :class:`CheckpointInvalid` naming the checkpoint and the problem."""
+    state names the same step); raises :class:`CheckpointInvalid` naming the checkpoint and the problem, or
+    :class:`CheckpointFormatUnknown` when its ``trainer_state.json`` layout is newer than this code's."""
     path = Path(path)
     step = manifest.check(path)
     try:
-        state_step = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))["step"]
-    except (OSError, ValueError, KeyError) as e:
+        state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+        state_step = state["step"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise CheckpointInvalid(f"{path / STATE_FILE}: unreadable ({type(e).__name__}: {e})") from None
+    upgrade_state(state, path)  # a layout this code cannot read is refused here, before any engine starts
     if state_step != step:
         raise CheckpointInvalid(f"{path}: {STATE_FILE} says step {state_step}, the manifest step {step}")
     return step
@@ -134,7 +165,7 @@ def save(
     save_sharded(_state(policy), tmp)
     if hf_reference is not None:
         _export_hf(policy, tmp / "hf", hf_reference)
-    state = dict(trainer_state, step=step, scheduler=policy.scheduler.state_dict())
+    state = dict(trainer_state, format=STATE_FORMAT, step=step, scheduler=policy.scheduler.state_dict())
     dist.barrier()
     if lead:
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
@@ -224,13 +255,14 @@ def _unshare_adam_steps(optimizer) -> None:
 
 
 def load(policy, path: str | Path) -> dict[str, Any]:
-    """Restore model, optimizer and scheduler from ``path``; return the trainer state (step, sampler, stats)."""
+    """Restore model, optimizer and scheduler from ``path``; return ``trainer_state.json`` in the current
+    layout (:func:`upgrade_state`): the loop's state, and each other component's under its key."""
     path = Path(path)
     _ensure_optimizer_state(policy.optimizer)
     loaded = load_sharded(_state(policy, is_loading=True), path)
     policy.model.module.load_state_dict(loaded["model"])
     policy.optimizer.load_state_dict(loaded["optimizer"])
     _unshare_adam_steps(policy.optimizer)
-    state = json.loads((path / STATE_FILE).read_text())
+    state = upgrade_state(json.loads((path / STATE_FILE).read_text()), path)
     policy.scheduler.load_state_dict(state["scheduler"])
     return state

@@ -25,6 +25,7 @@ from megatron_hapo.trainer.experience import Experience
 from megatron_hapo.trainer.metrics import batch_metrics, perf_metrics
 from megatron_hapo.trainer.setup import ResumePlan, Run, build_run, close_run, plan_resume
 from megatron_hapo.trainer.shutdown import StopRequest
+from megatron_hapo.trainer.state import TrainerState
 
 logger = logging.getLogger(__name__)
 
@@ -160,48 +161,45 @@ def train(cfg: RootConfig) -> Run:
 
 def _run_steps(run: Run, plan: ResumePlan, stop: StopRequest) -> int:
     """Steps from the plan's checkpoint to the end or to an agreed stop; returns the last completed step."""
-    stats, step = resume(run, plan)
-    if step == 0 and (m := eval_metrics(run, 0)):  # eval.before_train
+    state = resume(run, plan)
+    if state.step == 0 and (m := eval_metrics(run, 0)):  # eval.before_train
         run.logger.log(0, m)
-    stopping = stop.agreed(step)  # a signal during start-up: the last completed step is saved already
-    while not stopping and step < run.total_steps:
-        step += 1
-        stats, metrics = rl_step(run, step, stats)
+    stopping = stop.agreed(state.step)  # a signal during start-up: the last completed step is saved already
+    while not stopping and state.step < run.total_steps:
+        step = state.step + 1
+        state.entropy_stats, metrics = rl_step(run, step, state.entropy_stats)
+        state.step = step
         metrics.update(eval_metrics(run, step))  # after this step's weight sync
         run.logger.log(step, metrics)
         stopping = stop.agreed(step)
         every = run.cfg.checkpoint.save_every
         if (every and step % every == 0) or step == run.total_steps or stopping:
-            save(run, step, stats)
+            save(run, state)
             stopping = stopping or stop.agreed(step)  # a signal during the save: saved, stop now
     report_best_eval(run)
-    return step
+    return state.step
 
 
-def resume(run: Run, plan: ResumePlan) -> tuple[EntropyStats | None, int]:
-    """Restore ``plan``'s checkpoint (if any) and make the engine serve the trainer's weights; return the
-    entropy statistics for the next rollout and the last completed step (0 on a fresh start)."""
-    stats = None
+def resume(run: Run, plan: ResumePlan) -> TrainerState:
+    """Restore ``plan``'s checkpoint (if any): the policy (``checkpoint.load``), the rollout stage's data
+    position and the loop's :class:`TrainerState`; then make the engine serve the trainer's weights."""
+    state = TrainerState()
     if plan.checkpoint is not None:
-        state = checkpoint.load(run.policy, plan.checkpoint)
-        run.rollout.load_state_dict(state)
-        stats = EntropyStats.from_dict(state["entropy_stats"]) if state["entropy_stats"] else None
+        saved = checkpoint.load(run.policy, plan.checkpoint)
+        run.rollout.load_state_dict(saved["rollout"])
+        state.load_state_dict(saved)
     # the engine serves exactly the trainer's weights
     run.policy.sync_weights(run.rollout.engine, version=f"step-{plan.step}")
-    return stats, plan.step
+    return state
 
 
-def save(run: Run, step: int, stats: EntropyStats | None) -> None:
-    """Checkpoint after ``step``: model, optimizer, scheduler (``checkpoint.save``) and the loop's own state."""
+def save(run: Run, state: TrainerState) -> None:
+    """Checkpoint after ``state.step``: model, optimizer, scheduler (``checkpoint.save``), the loop's state
+    and the rollout stage's (under ``rollout``)."""
     cfg = run.cfg
-    trainer_state = {
-        **run.rollout.state_dict(),
-        "entropy_stats": stats.to_dict() if stats is not None else None,
-    }
+    saved = {**state.state_dict(), "rollout": run.rollout.state_dict()}
     hf_reference = cfg.model.hf_path if cfg.checkpoint.hf_export else None
-    checkpoint.save(
-        run.policy, cfg.checkpoint.dir, step, trainer_state, cfg.checkpoint.keep_last, hf_reference
-    )
+    checkpoint.save(run.policy, cfg.checkpoint.dir, state.step, saved, cfg.checkpoint.keep_last, hf_reference)
 
 
 def eval_metrics(run: Run, step: int) -> dict[str, float]:

@@ -1,5 +1,8 @@
-"""The policy on Megatron: build (GPTModel + DDP + optimizer + LR schedule), the old-policy pass, the policy
-update through Megatron's pipeline schedule with the fused HAPO loss, and weight export for the sync.
+"""The policy on Megatron: the model (GPTModel + DDP, with the optimizer and LR schedule of
+``trainer/optim.py``), the old-policy pass, the policy update through Megatron's pipeline schedule with the
+configured policy loss (``algorithm.policy_loss``, from the registry, fed by the fused log-prob/entropy op),
+and weight export for the sync. The update's loss metrics combine as that loss declares
+(``algorithms/metric_reduction.py``).
 
 Loss scaling across data-parallel ranks: the loss of every micro-batch is divided by the step's *global*
 normaliser (tokens or sequences over all micro-batches and DP ranks of the mini-batch), so the sum of the
@@ -14,29 +17,31 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections import defaultdict
 
 import torch
 import torch.distributed as dist
 
-from megatron_hapo.algorithms import EntropyStats, normalize_entropy
+from megatron_hapo.algorithms import (
+    EntropyStats,
+    get_policy_loss,
+    normalize_entropy,
+    policy_loss_metrics,
+    reduce_metrics,
+)
 from megatron_hapo.config import RootConfig
 from megatron_hapo.models.scoring import mask_padded_vocab
 from megatron_hapo.ops import fused_hapo_loss
 from megatron_hapo.parallel import compute_device
-from megatron_hapo.trainer.algorithm import loss_config
 from megatron_hapo.trainer.batching import MicroBatchPlan
 from megatron_hapo.trainer.experience import Experience
+from megatron_hapo.trainer.optim import DTYPES, build_optimizer, build_scheduler
 
 logger = logging.getLogger(__name__)
 
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-# metrics summed over micro-batches (the others are averaged, weighted by tokens)
-_SUMMED = ("pg_loss", "n_tokens", "dar/scaled_up_count", "dar/scaled_down_count")
-
 
 class Policy:
-    """This rank's policy model with its DDP wrapper, Megatron optimizer and LR scheduler."""
+    """This rank's policy model with its DDP wrapper, Megatron optimizer and LR scheduler, and the policy
+    loss ``algorithm.policy_loss`` names in the registry with its metric reductions."""
 
     def __init__(self, cfg: RootConfig, optimizer_steps: int):
         from megatron.core import parallel_state as ps
@@ -45,20 +50,17 @@ class Policy:
             DistributedDataParallelConfig,
             finalize_model_grads,
         )
-        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-        from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
         from megatron_hapo.checkpoint_io import load_hf_weights
         from megatron_hapo.models import build_gpt_model
         from megatron_hapo.models.precision import (
             fp8_config_overrides,
             fp8_ddp_overrides,
-            fp8_optimizer_overrides,
             log_implementations,
         )
 
         self.cfg = cfg
-        dtype = _DTYPES[cfg.precision.dtype]
+        dtype = DTYPES[cfg.precision.dtype]
         recompute = {}
         if cfg.model.recompute_granularity != "none":
             recompute = {"recompute_granularity": cfg.model.recompute_granularity}
@@ -94,40 +96,11 @@ class Policy:
         gpt.config.no_sync_func = self.model.no_sync
         # micro-batches are padded to their own length: under PP the schedule exchanges each one's shape
         gpt.config.variable_seq_lengths = ps.get_pipeline_model_parallel_world_size() > 1
-        o = cfg.optim
-        self.optimizer = get_megatron_optimizer(
-            OptimizerConfig(
-                optimizer="adam",
-                lr=o.lr,
-                min_lr=o.min_lr,
-                weight_decay=o.weight_decay,
-                adam_beta1=o.betas[0],
-                adam_beta2=o.betas[1],
-                adam_eps=o.eps,
-                clip_grad=o.clip_grad,
-                bf16=dtype == torch.bfloat16,
-                fp16=dtype == torch.float16,
-                params_dtype=dtype,
-                use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
-                **fp8_optimizer_overrides(cfg.precision),
-            ),
-            [self.model],
-        )
-        decay = max(o.decay_steps or optimizer_steps, o.warmup_steps + 1)
-        self.scheduler = OptimizerParamScheduler(
-            self.optimizer,
-            init_lr=0.0 if o.warmup_steps else o.lr,
-            max_lr=o.lr,
-            min_lr=o.min_lr,
-            lr_warmup_steps=o.warmup_steps,
-            lr_decay_steps=decay,
-            lr_decay_style=o.schedule,
-            start_wd=o.weight_decay,
-            end_wd=o.weight_decay,
-            wd_incr_steps=decay,
-            wd_incr_style="constant",
-        )
-        self.loss_cfg = loss_config(cfg)
+        self.optimizer = build_optimizer(cfg, self.model)
+        self.scheduler = build_scheduler(cfg, self.optimizer, optimizer_steps)
+        self.loss_cfg = cfg.algorithm.loss
+        self.policy_loss = get_policy_loss(cfg.algorithm.policy_loss)  # the registry: no loss special-cased
+        self.loss_metrics = policy_loss_metrics(cfg.algorithm.policy_loss)
         self.dp_size = ps.get_data_parallel_world_size()
         self.dp_group = ps.get_data_parallel_group() if self.dp_size > 1 else None
         self.tp_group = (
@@ -199,8 +172,9 @@ class Policy:
         ``algorithm.loss.token_sum_norm_len`` is null (the step's longest sequence, what whole-step padding
         used), so the loss does not depend on each micro-batch's padded length.
 
-        The loss metrics (actor/*) are over every DP rank's micro-batches: sums (pg_loss, n_tokens, counts)
-        and token-weighted means of the whole mini-batch, averaged over the mini-batches."""
+        The loss metrics (actor/*) are over every DP rank's micro-batches, combined as the configured policy
+        loss declares (``self.loss_metrics``, algorithms/metric_reduction.py); optim/grad_norm is the mean
+        over the mini-batches, optim/lr the LR after the last."""
         from megatron.core import parallel_state as ps
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -209,7 +183,8 @@ class Policy:
             loss_cfg = dataclasses.replace(loss_cfg, token_sum_norm_len=norm_len)
         step_stats = stats if loss_cfg.stats_scope == "step" else None
         num_mini = len(mini_batches)
-        agg = defaultdict(float)
+        per_update: list[list[dict[str, float]]] = []  # every DP rank's micro-batch metrics, per update
+        grad_norm_mean = 0.0
         self.model.train()
         for plans in mini_batches:
             normalizer = self.loss_normalizer(exp, [r for p in plans for r in p.rows])
@@ -236,9 +211,9 @@ class Policy:
                         stats=step_stats,
                         rollout_log_prob=part.rollout_log_prob,
                         global_normalizer=_norm.to(torch.float32),
+                        policy_loss=self.policy_loss,
                     )
-                    if float(metrics.get("n_tokens", 1.0)) > 0:  # an all-padding micro-batch reports nothing
-                        _out.append({k: float(v) for k, v in metrics.items()})
+                    _out.append({k: float(v) for k, v in metrics.items()})
                     return loss * _scale, {"pg_loss": loss.detach().clone()}
 
                 return output, loss_func
@@ -258,22 +233,26 @@ class Policy:
             if not ok:
                 raise RuntimeError("optimizer step skipped: non-finite gradients (check the loss inputs)")
             self.scheduler.step(increment=1)
-            agg["grad_norm"] += float(grad_norm or 0.0) / num_mini
+            grad_norm_mean += float(grad_norm or 0.0) / num_mini
             if self.dp_group is not None:  # every rank's micro-batches: the ranks hold different responses
                 parts: list = [None] * self.dp_size
                 dist.all_gather_object(parts, collected, group=self.dp_group)
                 collected = [c for part in parts for c in part]
-            _merge(agg, collected, num_mini)
+            per_update.append(collected)
+        loss_metrics = reduce_metrics(per_update, self.loss_metrics)
         if ps.get_pipeline_model_parallel_world_size() > 1:  # loss metrics exist on the last stage only
-            box = [{k: v for k, v in agg.items() if k != "grad_norm"}]
+            box = [loss_metrics]
             dist.broadcast_object_list(
                 box,
                 src=ps.get_pipeline_model_parallel_last_rank(),
                 group=ps.get_pipeline_model_parallel_group(),
             )
-            agg.update(box[0])
-        agg["lr"] = self.optimizer.param_groups[0]["lr"]
-        return {f"actor/{k}" if k not in ("grad_norm", "lr") else f"optim/{k}": v for k, v in agg.items()}
+            loss_metrics = box[0]
+        return {
+            "optim/grad_norm": grad_norm_mean,
+            **{f"actor/{k}": v for k, v in loss_metrics.items()},
+            "optim/lr": self.optimizer.param_groups[0]["lr"],
+        }
 
     # ------------------------------------------------------------------------------------- sync
     def sync_weights(self, engine, version: str) -> dict[str, float]:
@@ -299,22 +278,3 @@ class Policy:
         for _ in named:
             pass
         return {"time/sync_s": time.perf_counter() - t0}
-
-
-def _merge(agg: dict, collected: list[dict], num_mini_batches: int) -> None:
-    """Micro-batch metrics -> one value per step: sums for counts and the loss, token-weighted means else."""
-    if not collected:
-        return
-    tokens = sum(c.get("n_tokens", 0.0) for c in collected) or 1.0
-    keys = set().union(*collected)
-    for k in keys:
-        if k in _SUMMED:
-            agg[k] += sum(c.get(k, 0.0) for c in collected) / (num_mini_batches if k == "pg_loss" else 1)
-        elif k.endswith("/min"):
-            agg[k] = min(agg.get(k, float("inf")), min(c[k] for c in collected if k in c))
-        elif k.endswith("/max"):
-            agg[k] = max(agg.get(k, float("-inf")), max(c[k] for c in collected if k in c))
-        else:
-            agg[k] += (
-                sum(c.get(k, 0.0) * c.get("n_tokens", 0.0) for c in collected) / tokens / num_mini_batches
-            )

@@ -13,7 +13,7 @@ from megatron_hapo.config.presets import preset_names, preset_overrides
 from megatron_hapo.data import PromptOrder, PromptSample
 from megatron_hapo.rewards import Score
 from megatron_hapo.rollout import RolloutSample
-from megatron_hapo.trainer import compute_advantages, loss_config, manifest
+from megatron_hapo.trainer import compute_advantages, manifest
 from megatron_hapo.trainer.batch import StepBatch, response_temperatures
 from megatron_hapo.trainer.checkpoint import STATE_FILE, CheckpointInvalid, list_checkpoints, select
 from megatron_hapo.trainer.experience import Experience
@@ -85,12 +85,12 @@ def test_presets_load_and_map_to_the_loss():
     assert preset_names() == ["dapo", "grpo", "hapo"]
     for name in preset_names():
         cfg = _cfg(*preset_overrides(name))
-        lc = loss_config(cfg)
+        lc = cfg.algorithm.loss
         assert cfg.algorithm.name == name
         if name != "hapo":
             assert not lc.adaptive_clip and not lc.adaptive_advantage
             assert not cfg.algorithm.adaptive_temperature.enable
-    assert loss_config(_cfg(*preset_overrides("dapo"))).clip_high == pytest.approx(0.28)
+    assert _cfg(*preset_overrides("dapo")).algorithm.loss.clip_high == pytest.approx(0.28)
     with pytest.raises(ValueError, match="unknown preset 'ppo'; presets: dapo, grpo, hapo"):
         preset_overrides("ppo")
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from megatron_hapo.trainer import manifest
 from tests.torchrun_utils import REPO_ROOT, run_torchrun
 
 CONFIG = "examples/configs/tiny_cpu.yaml"
@@ -109,10 +110,19 @@ def test_checkpoint_holds_the_trained_policy_as_hf(first_run, demo_model):
 
 def test_resume_repeats_the_uninterrupted_run_exactly(first_run, demo_model, tmp_path):
     """Resume from step 20 of the 24-step run in a fresh run directory: steps 21-24 give the same metrics,
-    bit for bit (seeded rollouts, restored optimizer/scheduler/sampler/statistics); only timings differ."""
+    bit for bit (seeded rollouts, restored optimizer/scheduler/sampler/statistics); only timings differ.
+    The copy's trainer_state.json is rewritten in the layout written before issue 18 (format 1: the data
+    position at the top level), which must still resume exactly."""
     run_dir, _ = first_run
     resumed = tmp_path / "resumed"
-    shutil.copytree(run_dir / "checkpoints" / "step_20", resumed / "checkpoints" / "step_20")
+    copy = resumed / "checkpoints" / "step_20"
+    shutil.copytree(run_dir / "checkpoints" / "step_20", copy)
+    state = json.loads((copy / "trainer_state.json").read_text())
+    assert state.pop("format") == 2
+    state.update(state.pop("rollout"))  # format 1: data_order and next_group beside step
+    (copy / "trainer_state.json").write_text(json.dumps(state))
+    (copy / "manifest.json").unlink()
+    manifest.write(copy, 20)
     proc = _train(f"model.hf_path={demo_model}", f"trainer.run_dir={resumed}", f"trainer.total_steps={STEPS}",
                   "checkpoint.resume=auto", "checkpoint.save_every=0", *DIST_OPT)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-6000:]
@@ -133,8 +143,8 @@ def test_resume_continues_from_the_checkpoint(first_run, demo_model):
     assert [r["step"] for r in rows] == list(range(1, STEPS + 3))  # appended, not restarted
     new = json.loads((run_dir / "checkpoints" / f"step_{STEPS + 2}" / "trainer_state.json").read_text())
     assert (
-        new["data_order"]["position"] != state["data_order"]["position"]
-        or new["data_order"]["epoch"] > state["data_order"]["epoch"]
+        new["rollout"]["data_order"]["position"] != state["rollout"]["data_order"]["position"]
+        or new["rollout"]["data_order"]["epoch"] > state["rollout"]["data_order"]["epoch"]
     )
     assert rows[STEPS]["temperature/min"] < 0.999  # the restored statistics drive the first resumed rollout
 

@@ -1,0 +1,65 @@
+"""The policy's Megatron optimizer (Adam, optionally distributed over DP ranks) and its LR schedule, from
+the ``optim``, ``precision`` and ``parallel`` config sections.
+
+    lr(k) = linear warm-up 0 -> optim.lr over optim.warmup_steps updates, then optim.schedule
+            (constant / linear / cosine) down to optim.min_lr at decay_steps
+    decay_steps = max(optim.decay_steps or the run's optimizer steps, warmup_steps + 1)
+
+One LR step per optimizer step (``train_batch_size / mini_batch_size`` per RL step).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from megatron_hapo.config import RootConfig
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def build_optimizer(cfg: RootConfig, model):
+    """``megatron.core.optimizer.get_megatron_optimizer`` over the DDP-wrapped ``model``."""
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+    from megatron_hapo.models.precision import fp8_optimizer_overrides
+
+    o, dtype = cfg.optim, DTYPES[cfg.precision.dtype]
+    return get_megatron_optimizer(
+        OptimizerConfig(
+            optimizer="adam",
+            lr=o.lr,
+            min_lr=o.min_lr,
+            weight_decay=o.weight_decay,
+            adam_beta1=o.betas[0],
+            adam_beta2=o.betas[1],
+            adam_eps=o.eps,
+            clip_grad=o.clip_grad,
+            bf16=dtype == torch.bfloat16,
+            fp16=dtype == torch.float16,
+            params_dtype=dtype,
+            use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
+            **fp8_optimizer_overrides(cfg.precision),
+        ),
+        [model],
+    )
+
+
+def build_scheduler(cfg: RootConfig, optimizer, optimizer_steps: int):
+    """Megatron's ``OptimizerParamScheduler`` for ``optimizer`` over a run of ``optimizer_steps`` updates."""
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    o = cfg.optim
+    decay = max(o.decay_steps or optimizer_steps, o.warmup_steps + 1)
+    return OptimizerParamScheduler(
+        optimizer,
+        init_lr=0.0 if o.warmup_steps else o.lr,
+        max_lr=o.lr,
+        min_lr=o.min_lr,
+        lr_warmup_steps=o.warmup_steps,
+        lr_decay_steps=decay,
+        lr_decay_style=o.schedule,
+        start_wd=o.weight_decay,
+        end_wd=o.weight_decay,
+        wd_incr_steps=decay,
+        wd_incr_style="constant",
+    )
