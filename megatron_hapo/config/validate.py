@@ -215,8 +215,12 @@ def _batches(cfg: RootConfig, dp: int | None, out: _Issues) -> None:
             "parameters and its rotary embedding runs across a row); set data.sequence_packing=false and use "
             "data.max_tokens_per_micro_batch (token-budget micro-batches)",
         )
-    if cfg.algorithm.adv_estimator in ("tlga", "grpo") and n < 2:
-        out.add("sampling.train.n", f"group advantages need at least 2 samples per prompt, got {n}")
+    if n < 2:  # every registered advantage estimator compares a response with its group's others
+        out.add(
+            "sampling.train.n",
+            f"the advantage estimators ({cfg.algorithm.adv_estimator}) are group-relative and need at least 2 "
+            f"samples per prompt, got {n}",
+        )
 
 
 def _precision(cfg: RootConfig, out: _Issues) -> None:
