@@ -62,9 +62,9 @@ def temperature_from_entropy(
 
     ``stats=None`` returns T_base broadcast to [N]. ĥ comes from :func:`hhat_from_stats`; ``stats``
     is an :class:`EntropyStats` or a 4-tuple of per-row tensors [N] (one request's stats per row).
+    τ must lie in [0, 1) so that T > 0; it is checked where it enters the system, by
+    ``megatron_hapo.rollout.types.AdaptiveTemperature`` (config, client and sampler plugin), not per call.
     """
-    if not isinstance(tau, torch.Tensor) and not 0.0 <= tau < 1.0:
-        raise ValueError(f"temperature tau must be in [0, 1) so that T_base·(1 − τ) > 0, got {tau}")
     if stats is None:
         return _base_like(base_temperature, entropy.shape, entropy.device)
     # Python floats stay Python scalars (no host->device copy per decode step); tensors broadcast per row

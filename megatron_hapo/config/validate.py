@@ -34,6 +34,7 @@ from megatron_hapo.config.model_info import (
     tp_problems,
 )
 from megatron_hapo.config.schema import RootConfig
+from megatron_hapo.rollout.types import AdaptiveTemperature
 
 logger = logging.getLogger(__name__)
 
@@ -326,11 +327,10 @@ def _algorithm(cfg: RootConfig, out: _Issues) -> None:
         out.add([f"algorithm.loss.{f}" for f in fields], message)
     if a.tlga_fallback_threshold is not None and a.tlga_fallback_threshold <= 0:
         out.add("algorithm.tlga_fallback_threshold", f"must be > 0 or null, got {a.tlga_fallback_threshold}")
-    tau = a.adaptive_temperature.tau
-    if not 0.0 <= tau < 1.0:
-        out.add(
-            "algorithm.adaptive_temperature.tau", f"must be in [0, 1) so that T stays positive, got {tau}"
-        )
+    try:
+        AdaptiveTemperature(tau=a.adaptive_temperature.tau)  # the one check of tau's range
+    except ValueError as exc:
+        out.add("algorithm.adaptive_temperature.tau", str(exc))
 
 
 def _reward(cfg: RootConfig, out: _Issues) -> None:

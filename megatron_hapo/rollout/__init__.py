@@ -1,13 +1,29 @@
-"""Rollout engines: SGLang in-process (colocated) behind one small protocol."""
+"""Rollout engines: SGLang in-process (colocated) behind one small protocol.
 
-from megatron_hapo.rollout.inprocess import InProcessSGLangEngine, cpu_server_args
-from megatron_hapo.rollout.types import EngineError, GenerationParams, RolloutEngine, RolloutSample
+Names are exported lazily (PEP 562): the SGLang plugin and the config validation import
+``megatron_hapo.rollout.sampler_wire`` / ``.types`` without loading the engines (and torch).
+"""
 
-__all__ = [
-    "EngineError",
-    "GenerationParams",
-    "InProcessSGLangEngine",
-    "RolloutEngine",
-    "RolloutSample",
-    "cpu_server_args",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# exported name -> the submodule that defines it
+_EXPORTS: dict[str, str] = {
+    "AdaptiveTemperature": "types",
+    "EngineError": "types",
+    "GenerationParams": "types",
+    "InProcessSGLangEngine": "inprocess",
+    "RolloutEngine": "types",
+    "RolloutSample": "types",
+    "cpu_server_args": "inprocess",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

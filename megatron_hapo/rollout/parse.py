@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from megatron_hapo.rollout.sampler_wire import decode_outputs
 from megatron_hapo.rollout.types import RolloutSample
-from sglang_ext.params import require_hapo_outputs
 
 
 def to_samples(
@@ -30,7 +30,7 @@ def to_samples(
             raise ValueError(f"output {k}: {len(logprobs)} log-probs for {len(response)} tokens")
         temperatures = entropies = None
         if require_hapo:
-            temperatures, entropies = (list(map(float, v)) for v in require_hapo_outputs(meta))
+            temperatures, entropies = decode_outputs(meta)
         samples.append(
             RolloutSample(
                 prompt_index=k // n,

@@ -3,10 +3,59 @@
 from __future__ import annotations
 
 import hashlib
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 from megatron_hapo.config.errors import HapoError
+
+DEFAULT_TAU = 0.05
+STATS_FIELDS = ("pivot", "sigma", "pos_scale", "neg_scale")  # AdaptiveTemperature.stats order (EntropyStats')
+
+
+def _finite(name: str, value: Any) -> float:
+    try:
+        number = float(value)  # a 0-d tensor or a numpy scalar is fine
+    except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of several values
+        number = math.nan
+    if isinstance(value, bool | str) or not math.isfinite(number):
+        raise ValueError(f"AdaptiveTemperature.{name} must be a finite number, got {value!r}")
+    return number
+
+
+@dataclass(frozen=True)
+class AdaptiveTemperature:
+    """HAPO's entropy-adaptive sampling temperature for one generate call (served by the HAPO sampler).
+
+    Per generated token t: T_t = T_base · (1 + τ · ĥ(H_t)), with ĥ from the step's entropy ``stats``
+    (``megatron_hapo.algorithms.temperature_from_entropy``). ``stats`` is (pivot, sigma, pos_scale,
+    neg_scale), for example an ``EntropyStats``, or None: no statistics yet (step 1, evaluation), so every
+    token samples at T_base. How it travels to the server: ``megatron_hapo.rollout.sampler_wire``.
+
+    This is the one place τ's range is checked (the config, the client and the plugin all build one).
+    """
+
+    stats: tuple[float, float, float, float] | None = None
+    tau: float = DEFAULT_TAU
+
+    def __post_init__(self):
+        tau = _finite("tau", self.tau)
+        if not 0.0 <= tau < 1.0:
+            # T = T_base (1 + tau h) with h in [-1, 1]: tau >= 1 could make T <= 0
+            raise ValueError(f"AdaptiveTemperature.tau must be in [0, 1) so that T stays positive, got {tau!r}")
+        object.__setattr__(self, "tau", tau)
+        if self.stats is None:
+            return
+        if not isinstance(self.stats, Iterable):
+            raise ValueError(f"AdaptiveTemperature.stats must be 4 numbers or None, got {self.stats!r}")
+        values = tuple(self.stats)  # EntropyStats iterates as (pivot, sigma, pos_scale, neg_scale)
+        if len(values) != len(STATS_FIELDS):
+            raise ValueError(f"AdaptiveTemperature.stats needs the 4 values {STATS_FIELDS}, got {values!r}")
+        stats = tuple(_finite(f"stats.{name}", v) for name, v in zip(STATS_FIELDS, values, strict=True))
+        if stats[1] <= 0.0:
+            raise ValueError(f"AdaptiveTemperature.stats.sigma must be > 0, got {stats[1]!r}")
+        object.__setattr__(self, "stats", stats)
 
 
 @dataclass(frozen=True)
@@ -22,8 +71,8 @@ class GenerationParams:
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
-    # `custom_params` for the HAPO sampler plugin (sglang_ext.hapo_sampling_params(...)); None = stock sampling
-    sampler_params: dict[str, Any] | None = None
+    # HAPO's per-token temperature (needs the HAPO sampler on the engine); None = the base temperature
+    adaptive_temperature: AdaptiveTemperature | None = None
     # one seed per prompt of the call: sample j of prompt i is drawn with sampling_seed
     # sample_seed(seeds[i], j), so it depends on the seed and the logits only (needs the HAPO sampler)
     seeds: tuple[int, ...] | None = None
@@ -52,8 +101,10 @@ class GenerationParams:
             params["stop"] = list(self.stop)
         if self.stop_token_ids:
             params["stop_token_ids"] = list(self.stop_token_ids)
-        if self.sampler_params is not None:
-            params["custom_params"] = self.sampler_params
+        if self.adaptive_temperature is not None:
+            from megatron_hapo.rollout.sampler_wire import encode_request  # sampler_wire imports this module
+
+            params["custom_params"] = encode_request(self.adaptive_temperature)
         return params
 
     def sglang_requests(self, prompts: list[list[int]]) -> tuple[list[list[int]], dict | list[dict]]:

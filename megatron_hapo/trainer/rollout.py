@@ -25,7 +25,7 @@ from megatron_hapo.data import PromptDataset, PromptOrder
 from megatron_hapo.rewards import ScoreRequest, ScorerPool, apply_overlong
 from megatron_hapo.rollout import GenerationParams, InProcessSGLangEngine
 from megatron_hapo.rollout.serving import engine_server_args, rollout_model_path
-from megatron_hapo.rollout.types import RolloutEngine, sample_seed
+from megatron_hapo.rollout.types import AdaptiveTemperature, RolloutEngine, sample_seed
 from megatron_hapo.trainer.batch import StepBatch
 
 if TYPE_CHECKING:
@@ -123,11 +123,9 @@ class RolloutStage:
     def params(self, stats: EntropyStats | None, group_ids: range | None = None) -> GenerationParams:
         """Sampling parameters of the prompts with these group ids (their seeds under rollout.seeded_sampling)."""
         s, algo = self.cfg.sampling.train, self.cfg.algorithm
-        sampler_params = None
+        adaptive = None
         if algo.adaptive_temperature.enable:
-            from sglang_ext import hapo_sampling_params
-
-            sampler_params = hapo_sampling_params(stats, tau=algo.adaptive_temperature.tau)
+            adaptive = AdaptiveTemperature(stats, tau=algo.adaptive_temperature.tau)
         return GenerationParams(
             n=s.n,
             max_new_tokens=self.cfg.rollout.max_new_tokens,
@@ -135,7 +133,7 @@ class RolloutStage:
             top_p=s.top_p,
             top_k=s.top_k,
             stop=tuple(self.cfg.rollout.stop),
-            sampler_params=sampler_params,
+            adaptive_temperature=adaptive,
             seeds=(
                 tuple(sample_seed(self.cfg.trainer.seed, g) for g in group_ids)
                 if self.cfg.rollout.seeded_sampling and group_ids is not None

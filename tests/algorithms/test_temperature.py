@@ -76,8 +76,6 @@ def test_no_stats_gives_base_temperature_and_per_row_tensors():
     )
     torch.testing.assert_close(t, expected)
     assert t[0] == 0.5  # τ = 0: no adaptation
-    with pytest.raises(ValueError, match="tau"):
-        temperature_from_entropy(torch.rand(4), 1.0, stats, tau=1.5)
 
 
 def test_trainer_epsilons_make_sampler_hhat_equal_the_trainers():

@@ -3,7 +3,7 @@
 import pytest
 
 from megatron_hapo.rollout.parse import to_samples
-from sglang_ext.params import HapoSamplerMissingError
+from megatron_hapo.rollout.sampler_wire import HapoSamplerMissingError
 
 
 def output(tokens, hapo=True):

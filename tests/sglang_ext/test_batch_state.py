@@ -6,7 +6,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sglang_ext import hapo_sampling_params
+from megatron_hapo.rollout.sampler_wire import encode_request
+from megatron_hapo.rollout.types import AdaptiveTemperature
 from sglang_ext.batch_state import ATTR
 
 STATS = {i: (0.5 + i, 0.1 * (i + 1), 1.0, -1.0) for i in range(8)}
@@ -20,7 +21,7 @@ class _Batch:  # what from_schedule_batch reads from a ScheduleBatch (weak-refer
 def _req(i, hapo: bool):
     from sglang.srt.sampling.sampling_params import SamplingParams
 
-    custom = hapo_sampling_params(STATS[i], tau=0.01 * (i + 1)) if hapo else None
+    custom = encode_request(AdaptiveTemperature(STATS[i], tau=0.01 * (i + 1))) if hapo else None
     params = SamplingParams(temperature=0.5 + 0.1 * i, max_new_tokens=4, custom_params=custom)
     params.normalize(None)
     return SimpleNamespace(

@@ -13,7 +13,8 @@ import torch
 
 from megatron_hapo.algorithms import EntropyStats
 from megatron_hapo.demo.tiny_models import make_tiny_hf_model
-from sglang_ext import hapo_sampling_params
+from megatron_hapo.rollout.sampler_wire import PARAMS_KEY, encode_request
+from megatron_hapo.rollout.types import AdaptiveTemperature
 from tests.sglang_ext.reference import (
     CPU_ENGINE_ARGS,
     ENTROPY_TOL,
@@ -103,7 +104,7 @@ def test_returned_temperature_entropy_logprob_match_hf_under_batching(engine, hf
             "temperature": BASE_T,
             "max_new_tokens": 8 + 6 * i,
             "ignore_eos": True,
-            "custom_params": hapo_sampling_params(_hapo_stats(i), tau=TAU),
+            "custom_params": encode_request(AdaptiveTemperature(_hapo_stats(i), tau=TAU)),
         }
         jobs.append(([1, 20 + i, 40 + 3 * i, 7], params))
         kinds.append("adaptive")
@@ -114,7 +115,7 @@ def test_returned_temperature_entropy_logprob_match_hf_under_batching(engine, hf
                 "temperature": BASE_T,
                 "max_new_tokens": 12,
                 "ignore_eos": True,
-                "custom_params": hapo_sampling_params(None, tau=TAU),
+                "custom_params": encode_request(AdaptiveTemperature(None, tau=TAU)),
             },
         )
     )
@@ -126,7 +127,7 @@ def test_returned_temperature_entropy_logprob_match_hf_under_batching(engine, hf
                 "temperature": 1.1,
                 "max_new_tokens": 10,
                 "ignore_eos": True,
-                "custom_params": hapo_sampling_params(_hapo_stats(0), enabled=False),
+                "custom_params": {PARAMS_KEY: dict(encode_request(AdaptiveTemperature(_hapo_stats(0)))[PARAMS_KEY], enabled=False)},
             },
         )
     )
@@ -140,7 +141,7 @@ def test_returned_temperature_entropy_logprob_match_hf_under_batching(engine, hf
                 "temperature": 0.0,
                 "max_new_tokens": 9,
                 "ignore_eos": True,
-                "custom_params": hapo_sampling_params(_hapo_stats(1), tau=TAU),
+                "custom_params": encode_request(AdaptiveTemperature(_hapo_stats(1), tau=TAU)),
             },
         )
     )
@@ -200,7 +201,7 @@ def test_sampling_follows_the_adaptive_distribution(engine, hf):
         "top_k": top_k,
         "top_p": top_p,
         "max_new_tokens": 1,
-        "custom_params": hapo_sampling_params(stats, tau=tau),
+        "custom_params": encode_request(AdaptiveTemperature(stats, tau=tau)),
     }
     draws, temps = [], set()
     for _ in range(4):  # 4 x 500 requests: one batch each on this engine's token budget
@@ -234,7 +235,7 @@ def test_sampling_seed_fixes_the_sample_whatever_the_batch(engine):
     def job(seed, hapo=True, p=prompt):
         params = {"temperature": BASE_T, "top_p": 0.95, "max_new_tokens": 16, "ignore_eos": True}
         if hapo:
-            params["custom_params"] = hapo_sampling_params(_hapo_stats(1), tau=TAU)
+            params["custom_params"] = encode_request(AdaptiveTemperature(_hapo_stats(1), tau=TAU))
         if seed is not None:
             params["sampling_seed"] = seed
         return (p, params)

@@ -101,7 +101,9 @@ def test_original_logprob_mode_is_refused(monkeypatch):
 def test_request_validation(registered, monkeypatch):
     from sglang.srt.sampling.sampling_params import SamplingParams
 
-    from sglang_ext import HapoParamsError, hapo_sampling_params
+    from megatron_hapo.rollout.sampler_wire import encode_request
+    from megatron_hapo.rollout.types import AdaptiveTemperature
+    from sglang_ext import HapoParamsError
 
     def verify(custom_params):
         params = SamplingParams(custom_params=custom_params, max_new_tokens=1)
@@ -110,11 +112,11 @@ def test_request_validation(registered, monkeypatch):
 
     monkeypatch.delenv("HAPO_SGLANG_SAMPLER", raising=False)
     verify(None)
-    verify(hapo_sampling_params(None, enabled=False))
+    verify({"hapo": {"enabled": False}})
     with pytest.raises(ValueError, match="does not run the HAPO sampler"):
-        verify(hapo_sampling_params(None))
+        verify(encode_request(AdaptiveTemperature()))
     monkeypatch.setenv("HAPO_SGLANG_SAMPLER", "1")
-    verify(hapo_sampling_params(None))
+    verify(encode_request(AdaptiveTemperature()))
     with pytest.raises(HapoParamsError, match="tau"):
         verify({"hapo": {"enabled": True, "tau": 3.0}})
 

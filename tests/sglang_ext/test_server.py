@@ -24,7 +24,8 @@ import torch
 
 from megatron_hapo.algorithms import EntropyStats
 from megatron_hapo.demo.tiny_models import make_tiny_hf_model
-from sglang_ext import hapo_sampling_params, require_hapo_outputs
+from megatron_hapo.rollout.sampler_wire import decode_outputs, encode_request
+from megatron_hapo.rollout.types import AdaptiveTemperature
 from tests.sglang_ext.reference import (
     CPU_ENGINE_ARGS,
     ENTROPY_TOL,
@@ -178,7 +179,7 @@ def test_non_hapo_requests_are_stock_bit_for_bit(servers):
         assert h["output_ids"] == s["output_ids"]
         assert h["meta_info"]["output_token_logprobs"] == s["meta_info"]["output_token_logprobs"]
         assert "hapo_temperature" not in s["meta_info"]
-        temps, _ = require_hapo_outputs(h["meta_info"])  # the HAPO server reports T for every token
+        temps, _ = decode_outputs(h["meta_info"])  # the HAPO server reports T for every token
     base = [p["temperature"] or 1.0 for p in STOCK_PROBE["sampling_params"]]  # greedy rows run at T = 1
     got = [h["meta_info"]["hapo_temperature"][0] for h in first["hapo"]]
     assert got == [torch.tensor(t, dtype=torch.float32).item() for t in base]
@@ -197,7 +198,7 @@ def test_http_outputs_are_json_floats_aligned_and_match_hf(servers, hf):
                     "temperature": base,
                     "max_new_tokens": 16,
                     "ignore_eos": True,
-                    "custom_params": hapo_sampling_params(s, tau=tau),
+                    "custom_params": encode_request(AdaptiveTemperature(s, tau=tau)),
                 }
                 for s in stats
             ],
@@ -208,7 +209,7 @@ def test_http_outputs_are_json_floats_aligned_and_match_hf(servers, hf):
     worst = {"T": 0.0, "H": 0.0, "lp": 0.0, "lp_at_Tbase": float("inf")}
     for prompt, s, out in zip(prompts, stats, reply.json()):
         meta = out["meta_info"]
-        temps_list, ents_list = require_hapo_outputs(meta)
+        temps_list, ents_list = decode_outputs(meta)
         assert all(isinstance(v, float) for v in temps_list + ents_list)
         temps, ents, lps = returned(meta)
         t_ref, h_ref, lp_ref, z = hf.expected(prompt, out["output_ids"], base, s, tau)
@@ -238,7 +239,7 @@ def test_http_rejects_bad_or_unservable_hapo_requests(servers):
     unserved = stock.generate(
         {
             "input_ids": [1, 5],
-            "sampling_params": {"max_new_tokens": 2, "custom_params": hapo_sampling_params(None)},
+            "sampling_params": {"max_new_tokens": 2, "custom_params": encode_request(AdaptiveTemperature())},
         }
     )
     assert unserved.status_code == 400 and "does not run the HAPO sampler" in unserved.text
