@@ -126,7 +126,9 @@ def main() -> None:
                 for b in args.batch:
                     gen = torch.Generator(device=args.device).manual_seed(0)
                     logits = torch.randn(b, v, device=args.device, generator=gen) * 3
-                    infos = [_batch_info(b, v, args.device, truncation, hapo_rows) for hapo_rows in (False, True)]
+                    infos = [
+                        _batch_info(b, v, args.device, truncation, hapo_rows) for hapo_rows in (False, True)
+                    ]
                     t_stock, t_hapo = _time_pair((stock, hapo), logits, infos, iters, args.warmup)
                     mode = "top-k 50, top-p 0.95" if truncation else "full vocabulary"
                     print(

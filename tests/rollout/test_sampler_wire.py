@@ -28,7 +28,14 @@ def test_encoder_builds_flat_namespaced_params_that_decode_back():
     adaptive = AdaptiveTemperature(STATS, tau=0.1)
     params = encode_request(adaptive)
     assert params == {
-        "hapo": {"enabled": True, "tau": 0.1, "pivot": 1.2, "sigma": 0.4, "pos_scale": 0.5, "neg_scale": -0.25}
+        "hapo": {
+            "enabled": True,
+            "tau": 0.1,
+            "pivot": 1.2,
+            "sigma": 0.4,
+            "pos_scale": 0.5,
+            "neg_scale": -0.25,
+        }
     }
     assert json.loads(json.dumps(params)) == params  # JSON-safe: HTTP clients send it as is
     assert decode_request(params) == adaptive

@@ -127,7 +127,11 @@ def test_returned_temperature_entropy_logprob_match_hf_under_batching(engine, hf
                 "temperature": 1.1,
                 "max_new_tokens": 10,
                 "ignore_eos": True,
-                "custom_params": {PARAMS_KEY: dict(encode_request(AdaptiveTemperature(_hapo_stats(0)))[PARAMS_KEY], enabled=False)},
+                "custom_params": {
+                    PARAMS_KEY: dict(
+                        encode_request(AdaptiveTemperature(_hapo_stats(0)))[PARAMS_KEY], enabled=False
+                    )
+                },
             },
         )
     )
