@@ -29,7 +29,7 @@ _COLLECT = (
 
 
 def _copy_to_host(tensor: torch.Tensor) -> torch.Tensor:
-    if tensor.device.type == "cpu":
+    if tensor.device.type != "cuda":  # CPU: nothing to copy; other devices: converted (synced) later
         return tensor
     host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
     host.copy_(tensor, non_blocking=True)

@@ -5,8 +5,10 @@ test_server.py (requests built with ``encode_request``, outputs read with ``deco
 """
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -135,3 +137,14 @@ def test_wire_module_is_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_only_the_wire_module_speaks_to_the_plugin():
+    """The trainer and the rollout engines never import sglang_ext: the wire format is theirs to encode."""
+    package = Path(__file__).resolve().parents[2] / "megatron_hapo"
+    importers = [
+        str(path.relative_to(package.parent))
+        for path in package.rglob("*.py")
+        if re.search(r"^\s*(from|import)\s+sglang_ext\b", path.read_text(), re.MULTILINE)
+    ]
+    assert importers == []
