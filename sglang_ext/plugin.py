@@ -100,9 +100,10 @@ def check_supported(server_args) -> None:
 
 def hook_targets() -> list[str]:
     from sglang_ext.batch_state import BATCH_HOOKS
+    from sglang_ext.outputs import OUTPUT_HOOKS
     from sglang_ext.seeded import HOOK_TARGET as SEEDED_HASH
 
-    return [*BATCH_HOOKS, _CREATE_SAMPLER, _VERIFY_PARAMS, SEEDED_HASH]
+    return [*BATCH_HOOKS, *OUTPUT_HOOKS, _CREATE_SAMPLER, _VERIFY_PARAMS, SEEDED_HASH]
 
 
 def _check_hooks_applied() -> None:
@@ -210,6 +211,7 @@ def _register() -> None:
     import sglang_ext.sampler  # noqa: F401  (fail here, at start-up, if the schedule cannot be imported)
     from sglang_ext import seeded
     from sglang_ext.batch_state import BATCH_HOOKS
+    from sglang_ext.outputs import OUTPUT_HOOKS
 
     register_sampler_backend(BACKEND_NAME, make_hapo_sampler)
     for name in _OVERRIDDEN_BUILTINS:
@@ -217,6 +219,8 @@ def _register() -> None:
 
     for target, hook in BATCH_HOOKS.items():
         HookRegistry.register(target, hook, HookType.AFTER)
+    for target, hook in OUTPUT_HOOKS.items():
+        HookRegistry.register(target, hook, HookType.BEFORE)
     HookRegistry.register(_CREATE_SAMPLER, verify_created_sampler, HookType.AFTER)
     HookRegistry.register(_VERIFY_PARAMS, validate_sampling_params, HookType.BEFORE)
     HookRegistry.register(seeded.HOOK_TARGET, seeded.murmur_hash32_hook, HookType.AROUND)

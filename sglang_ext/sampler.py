@@ -23,9 +23,10 @@ division, minus one read-write pass over [B, V] and one rounding. The schedule i
 ``megatron_hapo.algorithms`` (the function the trainer uses), never a copy.
 
 Per token, ``logits_output.customized_info`` gets ``hapo_temperature`` (T^eff_b) and ``hapo_entropy``
-(H_b), for every row (also rows without HAPO: T_b and their entropy), as Python floats so HTTP
-responses serialise. SGLang appends row b to request b's ``meta_info`` lists, aligned one to one with
-``output_token_logprobs``.
+(H_b), for every row (also rows without HAPO: T_b and their entropy), as device tensors [B]: the sampler
+never syncs. The scheduler's result processing copies them to the host and makes them Python floats
+where SGLang does the same for its log-probs (``sglang_ext.outputs``), then appends row b to request b's
+``meta_info`` lists, aligned one to one with ``output_token_logprobs``.
 
 Requests with a ``sampling_seed`` are sampled by SGLang's seeded kernels (Gumbel-max on a hash of the seed,
 the token position and the vocabulary index) without its deterministic-inference mode: their tokens depend
@@ -62,7 +63,7 @@ class HapoSampler(Sampler):
         super().__init__()
         self.inner_backend = inner_backend
         self._armed = False  # True between forward() entry and the first _preprocess_logits call
-        self._step_info: dict[str, list] | None = None
+        self._step_info: dict[str, torch.Tensor] | None = None
         self._rebound = None  # (sampling_info, its own temperatures) while forward() runs with T_eff
 
     def forward(
@@ -120,11 +121,12 @@ class HapoSampler(Sampler):
             self._step_info = self._apply_adaptive_temperature(logits, sampling_info)
         return logits
 
-    def _apply_adaptive_temperature(self, logits: torch.Tensor, sampling_info) -> dict[str, list]:
-        """Hand T_eff to SGLang for this call; return the per-row outputs for ``customized_info``."""
+    def _apply_adaptive_temperature(self, logits: torch.Tensor, sampling_info) -> dict[str, torch.Tensor]:
+        """Hand T_eff to SGLang for this call; return the per-row outputs for ``customized_info``: device
+        tensors [B], turned into lists by the scheduler's result processing (``sglang_ext.outputs``)."""
         base = sampling_info.temperatures.view(-1)  # [B] fp32; greedy rows carry 1.0
         entropy = token_entropy(logits)  # [B] fp32, at T = 1; reported for every row
-        temperature = base
+        temperature = base.clone()  # read after this step, when the batch may have moved on
         rows = rows_of(sampling_info)
         if rows is not None and rows.any_adaptive and not sampling_info.is_all_greedy:
             # Per-row statistics: the schedule unpacks ``stats`` as (pivot, sigma, pos_scale, neg_scale) and
@@ -136,7 +138,7 @@ class HapoSampler(Sampler):
             # SGLang divides the logits by sampling_info.temperatures right after pre-processing.
             self._rebound = (sampling_info, sampling_info.temperatures)
             sampling_info.temperatures = temperature.view(-1, 1)
-        return {TEMPERATURE_KEY: temperature.tolist(), ENTROPY_KEY: entropy.tolist()}
+        return {TEMPERATURE_KEY: temperature, ENTROPY_KEY: entropy}  # no .tolist(): no device sync here
 
     def _sample_from_probs(self, *args, **kwargs):
         # The base method dispatches on the configured backend *name*; under "hapo" it would reject it.

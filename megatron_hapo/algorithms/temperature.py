@@ -30,22 +30,26 @@ from megatron_hapo.algorithms.entropy import (
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Entropy [N] of softmax(logits) over the last dimension, in fp32 whatever the input dtype.
 
-        H = log Σ_v e^{z_v − z_max} − Σ_v p_v (z_v − z_max),   p = softmax(z)
+    From one max and one exponential per entry, with s = z − z_max, e = exp(s), S = Σ_v e_v:
 
-    Entries equal to −inf (masked tokens) contribute 0 (p_v = 0; 0·(−inf) is defined as 0, not NaN).
-    A row that is −inf everywhere has no outcome left and gets H = 0. Rounding can make H −1e-7: it
-    is clamped at 0. NaN logits are not screened (that would cost a device sync per decode step).
+        H = log S − (Σ_v e_v s_v) / S
+
+    i.e. the row's max, sum-exp and Σ p·z (no log-softmax, no probabilities tensor). Entries equal to −inf
+    (masked tokens) contribute 0 (e_v = 0; 0·(−inf) is defined as 0, not NaN). A row that is −inf
+    everywhere has no outcome left and gets H = 0. Rounding can make H −1e-7: it is clamped at 0. NaN
+    logits are not screened (that would cost a device sync per decode step).
     """
     if logits.dim() < 1:
         raise ValueError("token_entropy expects logits [..., vocab]")
     z = logits.float()
     z_max = z.amax(dim=-1, keepdim=True)
     row_ok = torch.isfinite(z_max)
-    shifted = z - torch.where(row_ok, z_max, torch.zeros_like(z_max))
-    log_norm = torch.logsumexp(shifted, dim=-1, keepdim=True)
-    p = torch.exp(shifted - log_norm)
-    pz = torch.where(p > 0, p * shifted, torch.zeros_like(p))
-    h = (log_norm - pz.sum(dim=-1, keepdim=True)).squeeze(-1)
+    shifted = z - torch.where(row_ok, z_max, torch.zeros_like(z_max))  # <= 0 on a finite row
+    exp = torch.exp(shifted)
+    total = exp.sum(dim=-1, keepdim=True)  # >= 1 on a finite row (its max contributes e^0)
+    # Σ e·s; at a masked entry 0·(−inf) is NaN, which nansum drops (in place: no third [N, V] buffer)
+    weighted = torch.nansum(shifted.mul_(exp), dim=-1, keepdim=True)
+    h = (total.log() - weighted / total).squeeze(-1)
     return torch.where(row_ok.squeeze(-1), h.clamp_min(0.0), torch.zeros_like(h))
 
 

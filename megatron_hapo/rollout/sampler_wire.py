@@ -27,7 +27,9 @@ from megatron_hapo.config.errors import HapoError
 from megatron_hapo.rollout.types import STATS_FIELDS, AdaptiveTemperature
 
 PARAMS_KEY = "hapo"  # the key of custom_params
-TEMPERATURE_KEY = "hapo_temperature"  # meta_info: T_t per generated token (aligned with output_token_logprobs)
+TEMPERATURE_KEY = (
+    "hapo_temperature"  # meta_info: T_t per generated token (aligned with output_token_logprobs)
+)
 ENTROPY_KEY = "hapo_entropy"  # meta_info: H_t = entropy of softmax(z_t) at T = 1, per generated token
 _KNOWN_KEYS = frozenset({"enabled", "tau", *STATS_FIELDS})
 
@@ -94,5 +96,7 @@ def decode_outputs(meta_info: Mapping[str, Any]) -> tuple[list[float], list[floa
     temps, ents = meta_info[TEMPERATURE_KEY], meta_info[ENTROPY_KEY]
     n = len(meta_info.get("output_token_logprobs") or temps)
     if len(temps) != n or len(ents) != n:
-        raise ValueError(f"HAPO outputs misaligned: {len(temps)} temperatures, {len(ents)} entropies, {n} tokens")
+        raise ValueError(
+            f"HAPO outputs misaligned: {len(temps)} temperatures, {len(ents)} entropies, {n} tokens"
+        )
     return [float(t) for t in temps], [float(h) for h in ents]

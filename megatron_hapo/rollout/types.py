@@ -43,7 +43,9 @@ class AdaptiveTemperature:
         tau = _finite("tau", self.tau)
         if not 0.0 <= tau < 1.0:
             # T = T_base (1 + tau h) with h in [-1, 1]: tau >= 1 could make T <= 0
-            raise ValueError(f"AdaptiveTemperature.tau must be in [0, 1) so that T stays positive, got {tau!r}")
+            raise ValueError(
+                f"AdaptiveTemperature.tau must be in [0, 1) so that T stays positive, got {tau!r}"
+            )
         object.__setattr__(self, "tau", tau)
         if self.stats is None:
             return

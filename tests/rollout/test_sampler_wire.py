@@ -5,8 +5,10 @@ test_server.py (requests built with ``encode_request``, outputs read with ``deco
 """
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,7 +30,14 @@ def test_encoder_builds_flat_namespaced_params_that_decode_back():
     adaptive = AdaptiveTemperature(STATS, tau=0.1)
     params = encode_request(adaptive)
     assert params == {
-        "hapo": {"enabled": True, "tau": 0.1, "pivot": 1.2, "sigma": 0.4, "pos_scale": 0.5, "neg_scale": -0.25}
+        "hapo": {
+            "enabled": True,
+            "tau": 0.1,
+            "pivot": 1.2,
+            "sigma": 0.4,
+            "pos_scale": 0.5,
+            "neg_scale": -0.25,
+        }
     }
     assert json.loads(json.dumps(params)) == params  # JSON-safe: HTTP clients send it as is
     assert decode_request(params) == adaptive
@@ -128,3 +137,14 @@ def test_wire_module_is_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_only_the_wire_module_speaks_to_the_plugin():
+    """The trainer and the rollout engines never import sglang_ext: the wire format is theirs to encode."""
+    package = Path(__file__).resolve().parents[2] / "megatron_hapo"
+    importers = [
+        str(path.relative_to(package.parent))
+        for path in package.rglob("*.py")
+        if re.search(r"^\s*(from|import)\s+sglang_ext\b", path.read_text(), re.MULTILINE)
+    ]
+    assert importers == []

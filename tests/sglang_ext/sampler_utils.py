@@ -35,11 +35,16 @@ def make_batch_info(temperatures, *, top_ks=None, top_ps=None, min_ps=None, rows
 
 
 def run_sampler(sampler, logits, info, seed=0):
-    """One sampler call as ModelRunner.sample makes it; returns (token ids, log-probs, logits output)."""
+    """One sampler call as ModelRunner.sample makes it, then the scheduler's result processing of its
+    per-token outputs (``sglang_ext.outputs.to_host_lists``, which the plugin hooks into SGLang's);
+    returns (token ids, log-probs, logits output)."""
     from sglang.srt.layers.logits_processor import LogitsProcessorOutput
+
+    from sglang_ext.outputs import to_host_lists
 
     b = logits.shape[0]
     out = LogitsProcessorOutput(next_token_logits=logits.clone())
     torch.manual_seed(seed)
     ids = sampler(out, info, True, [0] * b, [None] * b, torch.arange(b))
+    to_host_lists(out)
     return ids, out.next_token_logprobs, out

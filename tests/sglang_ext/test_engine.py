@@ -127,7 +127,11 @@ def test_returned_temperature_entropy_logprob_match_hf_under_batching(engine, hf
                 "temperature": 1.1,
                 "max_new_tokens": 10,
                 "ignore_eos": True,
-                "custom_params": {PARAMS_KEY: dict(encode_request(AdaptiveTemperature(_hapo_stats(0)))[PARAMS_KEY], enabled=False)},
+                "custom_params": {
+                    PARAMS_KEY: dict(
+                        encode_request(AdaptiveTemperature(_hapo_stats(0)))[PARAMS_KEY], enabled=False
+                    )
+                },
             },
         )
     )
@@ -249,3 +253,26 @@ def test_sampling_seed_fixes_the_sample_whatever_the_batch(engine):
     assert ids[0][2] == ids[1][3]  # seed 7, plain row in a batch the HAPO sampler serves
     assert ids[0][0] != ids[0][1]  # another seed, another sample
     assert ids[0][3] != ids[0][4]  # unseeded requests stay random
+
+
+@pytest.fixture(scope="module")
+def overlap_engine(model_dir):
+    """The same engine with SGLang's overlap scheduler on (the GPU default): the sampler hands T and H
+    over as tensors and the scheduler turns them into lists after the batch's copy (sglang_ext.outputs)."""
+    require_entry_point()
+    import sglang as sgl
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HAPO_SGLANG_SAMPLER", "1")
+        args = dict(CPU_ENGINE_ARGS, disable_overlap_schedule=False)
+        eng = sgl.Engine(model_path=str(model_dir), sampling_backend="pytorch", **args)
+        try:
+            assert eng.get_server_info()["disable_overlap_schedule"] is False
+            yield eng
+        finally:
+            eng.shutdown()
+
+
+def test_overlap_scheduler_returns_the_same_per_token_outputs(overlap_engine, hf):
+    """The mixed-batch check above, against HF, with the overlap scheduler on."""
+    test_returned_temperature_entropy_logprob_match_hf_under_batching(overlap_engine, hf)

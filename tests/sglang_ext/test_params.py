@@ -38,6 +38,8 @@ def test_malformed_params_are_rejected_with_the_key_named(hapo, message):
 
 def test_package_import_is_light():
     """SGLang loads the entry point in every process; importing the package must not import SGLang (or torch)."""
-    code = "import sys, sglang_ext; print(sorted({m.split('.')[0] for m in sys.modules} & {'sglang', 'torch'}))"
+    code = (
+        "import sys, sglang_ext; print(sorted({m.split('.')[0] for m in sys.modules} & {'sglang', 'torch'}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
