@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from megatron_hapo.models.packing import forward_micro_batch
 from megatron_hapo.ops import vocab_parallel_logprob_entropy
 
 
@@ -124,7 +125,7 @@ def forward_log_prob_entropy(
 
     def forward_step(data_iterator, model_chunk):
         batch = next(data_iterator)
-        logits = model_chunk(batch.tokens, batch.position_ids, batch.attention_mask)
+        logits = forward_micro_batch(model_chunk, batch)  # packed rows too (models/packing.py)
 
         def collect(output, non_loss_data=False):
             local = mask_padded_vocab(output.float(), vocab_size)  # [b, s, V/tp]
