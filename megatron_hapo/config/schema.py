@@ -371,13 +371,13 @@ class DataConfig:
         "token budget of an old-policy-pass micro-batch (forward only, no activations kept: can be larger "
         "than max_tokens_per_micro_batch); null = max_tokens_per_micro_batch",
     )
-    sequence_packing: Literal["auto", "off", "mask", "thd"] = opt(
+    sequence_packing: Literal["auto", "none", "mask", "thd"] = opt(
         "auto",
         "several responses per row (one row per micro-batch, up to max_tokens_per_micro_batch tokens), each "
         "with its own positions, attention never crossing sequences: mask = block-diagonal causal mask + "
         "per-sequence rotary positions (Megatron's local attention), thd = PackedSeqParams with Transformer "
-        "Engine's attention, off = token-budget micro-batches; auto = mask with the local layer spec, off "
-        "with TE (thd not yet proven on a GPU) and off without a token budget (docs/training.md, "
+        "Engine's attention, none = token-budget micro-batches; auto = mask with the local layer spec, none "
+        "with TE (thd not yet proven on a GPU) and none without a token budget (docs/training.md, "
         "'Sequence packing')",
     )
 

@@ -214,13 +214,13 @@ def _batches(cfg: RootConfig, dp: int | None, out: _Issues) -> None:
             out.add(
                 packing_keys + ["data.max_tokens_per_micro_batch"],
                 f"data.sequence_packing={d.sequence_packing} packs responses into rows of at most "
-                "data.max_tokens_per_micro_batch tokens: set that budget (or sequence_packing=auto/off)",
+                "data.max_tokens_per_micro_batch tokens: set that budget (or sequence_packing=auto/none)",
             )
         if cfg.parallel.context_parallel_size > 1:
             out.add(
                 packing_keys + ["parallel.context_parallel_size"],
                 "sequence packing with context parallelism is not implemented (per-sequence CP padding); "
-                "set data.sequence_packing=off",
+                "set data.sequence_packing=none",
             )
         if d.sequence_packing == "mask" and cfg.model.layer_spec == "te":
             out.add(

@@ -28,25 +28,25 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-PACKING_MODES = ("auto", "off", "mask", "thd")
+PACKING_MODES = ("auto", "none", "mask", "thd")
 
 
 def resolve_packing(mode: str, te_spec: bool, token_budget: bool) -> tuple[str, str]:
-    """``(route, why)``: the packing route ("off", "mask" or "thd") for ``data.sequence_packing=mode``
+    """``(route, why)``: the packing route ("none", "mask" or "thd") for ``data.sequence_packing=mode``
     with the TE layer spec or the local one. "auto": "mask" on the local spec (proven by the CPU
-    equivalence tests), "off" on the TE spec (THD is implemented but not yet exercised on a GPU here: opt
-    in with "thd"), and "off" without a token budget (a packed row needs one). Explicit modes the
+    equivalence tests), "none" on the TE spec (THD is implemented but not yet exercised on a GPU here: opt
+    in with "thd"), and "none" without a token budget (a packed row needs one). Explicit modes the
     attention cannot do raise ``ValueError`` (config validation refuses them earlier)."""
     if mode not in PACKING_MODES:
         raise ValueError(f"data.sequence_packing must be one of {PACKING_MODES}, got {mode!r}")
     spec = "transformer_engine" if te_spec else "local"
-    if mode == "off":
-        return "off", "data.sequence_packing=off"
+    if mode == "none":
+        return "none", "data.sequence_packing=none"
     if mode == "auto":
         if not token_budget:
-            return "off", "no token budget (data.max_tokens_per_micro_batch null): fixed micro-batches"
+            return "none", "no token budget (data.max_tokens_per_micro_batch null): fixed micro-batches"
         if te_spec:
-            return "off", (
+            return "none", (
                 "layer spec transformer_engine: THD packing is not yet proven on a GPU here, token-budget "
                 "micro-batches (set data.sequence_packing=thd to opt in)"
             )

@@ -72,7 +72,7 @@ def learn(
         micro_batch_size=d.micro_batch_size,
         pad_multiple=pad_multiple(cfg),
         pad_to_step=whole_step_padding,
-        packed=policy.packing != "off" and not whole_step_padding,
+        packed=policy.packing != "none" and not whole_step_padding,
     )
     # 4. advantages over the whole step's groups (identical on every rank); this rank's responses
     advantages = response_advantages(cfg, batch)

@@ -312,7 +312,7 @@ class Policy:
 
 
 def _packing_route(cfg: RootConfig) -> str:
-    """The packing route for this run's layer spec ("off", "mask", "thd"; models/packing.py), logged."""
+    """The packing route for this run's layer spec ("none", "mask", "thd"; models/packing.py), logged."""
     from megatron_hapo.models.builder import uses_te_spec
 
     route, why = resolve_packing(

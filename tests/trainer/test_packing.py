@@ -162,10 +162,10 @@ def test_route_per_layer_spec_and_refusals(caplog):
     from megatron_hapo.models.packing import resolve_packing
 
     assert resolve_packing("auto", te_spec=False, token_budget=True)[0] == "mask"
-    assert resolve_packing("auto", te_spec=True, token_budget=True)[0] == "off"
-    assert resolve_packing("auto", te_spec=False, token_budget=False)[0] == "off"
+    assert resolve_packing("auto", te_spec=True, token_budget=True)[0] == "none"
+    assert resolve_packing("auto", te_spec=False, token_budget=False)[0] == "none"
     assert resolve_packing("thd", te_spec=True, token_budget=True)[0] == "thd"
-    assert resolve_packing("off", te_spec=False, token_budget=True)[0] == "off"
+    assert resolve_packing("none", te_spec=False, token_budget=True)[0] == "none"
     with pytest.raises(ValueError, match="ignores an explicit mask"):
         resolve_packing("mask", te_spec=True, token_budget=True)
     with pytest.raises(ValueError, match="refuses PackedSeqParams"):
