@@ -1,4 +1,5 @@
-"""Whole-step padding vs token-budget micro-batches on one synthetic RL step (old-policy pass + update).
+"""Whole-step padding vs token-budget micro-batches vs sequence packing on one synthetic RL step (old-policy
+pass + update).
 
     python benchmarks/bench_batching.py [--responses 32] [--max-new 384] [--repeats 3]
 
@@ -12,8 +13,12 @@ Rows (interleaved, ``--repeats`` times each; the table shows the median):
 - whole-step padding: micro-batches of ``micro_batch_size`` responses, every one padded to the step's
   longest sequence (the layout before token budgets);
 - token budget: ``data.max_tokens_per_micro_batch`` = budget, old pass 2 x budget, each micro-batch padded
-  to its own longest sequence, first-fit decreasing.
-Sequence packing (several responses per row) is not implemented yet: no row.
+  to its own longest sequence, first-fit decreasing (``data.sequence_packing=none``);
+- packing: the same budgets, each micro-batch ONE row of several responses back to back (first-fit
+  decreasing), block-diagonal causal attention and per-sequence rotary positions
+  (``data.sequence_packing=mask``, what ``auto`` picks on the local spec).
+All rows share one Policy (one model, so the same weights and optimizer start every row's step);
+its ``packing`` route is set per row.
 
 Padding ratio = computed token slots / real (prompt + response) tokens. Wall times are medians; on a shared
 machine they are noisy, so the table also gives the process CPU time of ``learn()`` (old pass + update +
@@ -106,27 +111,26 @@ def main() -> None:
                 load_config("examples/configs/tiny_cpu.yaml", base, check_env=False),
                 True,
             ),
-            "token budget": (
-                load_config(
-                    "examples/configs/tiny_cpu.yaml",
-                    [
-                        *base,
-                        f"data.max_tokens_per_micro_batch={budget}",
-                        f"data.max_tokens_per_old_micro_batch={2 * budget}",
-                    ],  # fmt: skip
-                    check_env=False,
-                ),
-                False,
-            ),
         }
+        budgets = [
+            f"data.max_tokens_per_micro_batch={budget}",
+            f"data.max_tokens_per_old_micro_batch={2 * budget}",
+        ]
+        for name, packing in (("token budget", "none"), ("packing", "mask")):
+            over = [*base, *budgets, f"data.sequence_packing={packing}"]
+            rows[name] = (load_config("examples/configs/tiny_cpu.yaml", over, check_env=False), False)
+        route = {"whole-step padding": "none", "token budget": "none", "packing": "mask"}
         results: dict[str, list[dict]] = {k: [] for k in rows}
         hp.init_distributed()
         hp.initialize_model_parallel(1, 1)
         with hp.device_mode():
-            policy = Policy(rows["token budget"][0], optimizer_steps=100)
-            learn(rows["token budget"][0], policy, batch)  # warm-up (first calls allocate)
+            policy = Policy(rows["packing"][0], optimizer_steps=100)
+            for name in ("token budget", "packing"):  # warm-up (first calls allocate)
+                policy.packing = route[name]
+                learn(rows[name][0], policy, batch)
             for rep in range(args.repeats):
                 for name, (cfg, whole) in rows.items():
+                    policy.packing = route[name]
                     t0, c0 = time.perf_counter(), time.process_time()
                     _, m = learn(cfg, policy, batch, whole_step_padding=whole)
                     m["wall"], m["cpu"] = time.perf_counter() - t0, time.process_time() - c0
