@@ -115,7 +115,7 @@ def forward_log_prob_entropy(
     pass never holds them all) and the list is empty.
 
     Each micro-batch has ``tokens``, ``targets``, ``temperature``, ``position_ids`` ``[b, s]`` and a causal
-    ``attention_mask``; their shapes may differ (under PP set ``config.variable_seq_lengths``, which the
+    ``attention_mask`` (or is a packed row: :class:`~megatron_hapo.trainer.experience.MicroBatch`); their shapes may differ (under PP set ``config.variable_seq_lengths``, which the
     trainer's Policy does). Every rank of the model-parallel group calls this with the same batches.
     """
     from megatron.core import parallel_state as ps

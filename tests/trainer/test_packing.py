@@ -6,6 +6,7 @@ tests/dist_jobs/job_batching_equivalence.py (tests/trainer/test_batching.py runs
 
 from __future__ import annotations
 
+import logging
 import random
 from types import SimpleNamespace
 
@@ -159,7 +160,13 @@ def test_packed_loss_equals_the_loss_of_separate_rows(agg):
 
 # ---------------------------------------------------------------------------------- the route per spec
 def test_route_per_layer_spec_and_refusals(caplog):
+    from megatron_hapo.config import load_config
     from megatron_hapo.models.packing import resolve_packing
+    from megatron_hapo.trainer.policy import _packing_route
+
+    with caplog.at_level(logging.INFO, logger="megatron_hapo.trainer.policy"):
+        assert _packing_route(load_config("examples/configs/tiny_cpu.yaml", check_env=False)) == "mask"
+    assert "sequence packing: mask (layer spec local" in caplog.text  # the choice is logged
 
     assert resolve_packing("auto", te_spec=False, token_budget=True)[0] == "mask"
     assert resolve_packing("auto", te_spec=True, token_budget=True)[0] == "none"
