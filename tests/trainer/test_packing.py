@@ -268,6 +268,12 @@ def test_packed_forward_equals_each_sequence_alone(peaked_model, caplog):
         row_table = rope(s)  # outside the context: positions 0 .. s-1 across the row
         per_seq = torch.cat([rope(n) for n in lens + [2]])
         assert torch.equal(table, per_seq) and not torch.equal(row_table, per_seq)
+        seen = []  # what the model's own forward of the packed row used
+        hook = rope.register_forward_hook(lambda mod, args, out: seen.append(out))
+        with torch.no_grad():
+            forward_micro_batch(model, packed)
+        hook.remove()
+        assert len(seen) == 1 and torch.equal(seen[0], per_seq)
 
         thd = exp.packed_micro_batch(rows, sum(lens) + 2, "thd")
         with pytest.raises(AssertionError, match="Packed sequence is not supported by DotProductAttention"):
