@@ -1,6 +1,7 @@
-"""Whole-step padding vs token-budget micro-batches on one synthetic RL step (old-policy pass + update).
+"""Whole-step padding vs token-budget micro-batches vs sequence packing on one synthetic RL step (old-policy
+pass + update).
 
-    python benchmarks/bench_batching.py [--responses 32] [--max-new 384] [--repeats 3]
+    python benchmarks/bench_batching.py [--responses 32] [--max-new 384] [--repeats 3] [--pack-budget N]
 
 The step: ``responses / 4`` prompts x 4 samples. Prompt lengths are uniform in [24, 64]; response lengths
 follow reasoning RL's heavy tail, scaled down for a CPU: ``L = min(max_new, round(exp(N(ln(max_new / 5),
@@ -12,8 +13,14 @@ Rows (interleaved, ``--repeats`` times each; the table shows the median):
 - whole-step padding: micro-batches of ``micro_batch_size`` responses, every one padded to the step's
   longest sequence (the layout before token budgets);
 - token budget: ``data.max_tokens_per_micro_batch`` = budget, old pass 2 x budget, each micro-batch padded
-  to its own longest sequence, first-fit decreasing.
-Sequence packing (several responses per row) is not implemented yet: no row.
+  to its own longest sequence, first-fit decreasing (``data.sequence_packing=none``);
+- packing: each micro-batch ONE row of several responses back to back (first-fit decreasing) under
+  ``--pack-budget`` (default: the longest possible sequence, docs/training.md's advice: on this route
+  attention and its mask grow with the row length squared), old pass 2 x that; block-diagonal causal
+  attention and per-sequence rotary positions (``data.sequence_packing=mask``, what ``auto`` picks on the
+  local spec).
+All rows share one Policy (one model, so the same weights and optimizer start every row's step);
+its ``packing`` route is set per row.
 
 Padding ratio = computed token slots / real (prompt + response) tokens. Wall times are medians; on a shared
 machine they are noisy, so the table also gives the process CPU time of ``learn()`` (old pass + update +
@@ -69,6 +76,12 @@ def main() -> None:
     ap.add_argument("--prompt-max", type=int, default=64)
     ap.add_argument("--micro-batch-size", type=int, default=4, help="rows of the whole-step padding row")
     ap.add_argument("--budget", type=int, default=None, help="update token budget; default 2 x longest")
+    ap.add_argument(
+        "--pack-budget",
+        type=int,
+        default=None,
+        help="packed-row budget; default the longest possible sequence",
+    )
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
@@ -82,12 +95,14 @@ def main() -> None:
     vocab = 512
     longest = args.prompt_max + args.max_new
     budget = args.budget or 2 * longest
+    pack_budget = args.pack_budget or longest
     batch = synthetic_step(args.responses, args.max_new, vocab)
     lens = sorted(len(s.response_ids) for s in batch.samples)
     print(
         f"step: {len(batch)} responses, response length median {lens[len(lens) // 2]}, max {lens[-1]}, "
         f"clipped {sum(x == args.max_new for x in lens)}; real tokens "
-        f"{sum(len(s.prompt_ids) + len(s.response_ids) for s in batch.samples)}; budget {budget}",
+        f"{sum(len(s.prompt_ids) + len(s.response_ids) for s in batch.samples)}; budget {budget}, packed rows "
+        f"{pack_budget}",
         flush=True,
     )
     with tempfile.TemporaryDirectory() as tmp:
@@ -106,27 +121,23 @@ def main() -> None:
                 load_config("examples/configs/tiny_cpu.yaml", base, check_env=False),
                 True,
             ),
-            "token budget": (
-                load_config(
-                    "examples/configs/tiny_cpu.yaml",
-                    [
-                        *base,
-                        f"data.max_tokens_per_micro_batch={budget}",
-                        f"data.max_tokens_per_old_micro_batch={2 * budget}",
-                    ],  # fmt: skip
-                    check_env=False,
-                ),
-                False,
-            ),
         }
+        for name, packing, b in (("token budget", "none", budget), ("packing", "mask", pack_budget)):
+            budgets = [f"data.max_tokens_per_micro_batch={b}", f"data.max_tokens_per_old_micro_batch={2 * b}"]
+            over = [*base, *budgets, f"data.sequence_packing={packing}"]
+            rows[name] = (load_config("examples/configs/tiny_cpu.yaml", over, check_env=False), False)
+        route = {"whole-step padding": "none", "token budget": "none", "packing": "mask"}
         results: dict[str, list[dict]] = {k: [] for k in rows}
         hp.init_distributed()
         hp.initialize_model_parallel(1, 1)
         with hp.device_mode():
-            policy = Policy(rows["token budget"][0], optimizer_steps=100)
-            learn(rows["token budget"][0], policy, batch)  # warm-up (first calls allocate)
+            policy = Policy(rows["packing"][0], optimizer_steps=100)
+            for name in ("token budget", "packing"):  # warm-up (first calls allocate)
+                policy.packing = route[name]
+                learn(rows[name][0], policy, batch)
             for rep in range(args.repeats):
                 for name, (cfg, whole) in rows.items():
+                    policy.packing = route[name]
                     t0, c0 = time.perf_counter(), time.process_time()
                     _, m = learn(cfg, policy, batch, whole_step_padding=whole)
                     m["wall"], m["cpu"] = time.perf_counter() - t0, time.process_time() - c0

@@ -374,10 +374,14 @@ class DataConfig:
         "token budget of an old-policy-pass micro-batch (forward only, no activations kept: can be larger "
         "than max_tokens_per_micro_batch); null = max_tokens_per_micro_batch",
     )
-    sequence_packing: bool = opt(
-        False,
-        "several responses per row with per-sequence positions (THD): not implemented yet, must stay false "
-        "(token-budget micro-batches are the supported layout)",
+    sequence_packing: Literal["auto", "none", "mask", "thd"] = opt(
+        "auto",
+        "several responses per row (one row per micro-batch, up to max_tokens_per_micro_batch tokens), each "
+        "with its own positions, attention never crossing sequences: mask = block-diagonal causal mask + "
+        "per-sequence rotary positions (Megatron's local attention), thd = PackedSeqParams with Transformer "
+        "Engine's attention, none = token-budget micro-batches; auto = mask with the local layer spec, none "
+        "with TE (thd not yet proven on a GPU) and none without a token budget (docs/training.md, "
+        "'Sequence packing')",
     )
 
 

@@ -209,13 +209,33 @@ def _batches(cfg: RootConfig, dp: int | None, out: _Issues) -> None:
                 + (f" (padded to a multiple of {multiple}: {need})" if need != longest else "")
                 + f"; set it to at least {need} (docs/training.md, 'Micro-batches')",
             )
-    if d.sequence_packing:
-        out.add(
-            "data.sequence_packing",
-            "sequence packing is not implemented yet (Megatron's local attention refuses packed-sequence "
-            "parameters and its rotary embedding runs across a row); set data.sequence_packing=false and use "
-            "data.max_tokens_per_micro_batch (token-budget micro-batches)",
-        )
+    if d.sequence_packing in ("mask", "thd"):
+        packing_keys = ["data.sequence_packing"]
+        if d.max_tokens_per_micro_batch is None:
+            out.add(
+                packing_keys + ["data.max_tokens_per_micro_batch"],
+                f"data.sequence_packing={d.sequence_packing} packs responses into rows of at most "
+                "data.max_tokens_per_micro_batch tokens: set that budget (or sequence_packing=auto/none)",
+            )
+        if cfg.parallel.context_parallel_size > 1:
+            out.add(
+                packing_keys + ["parallel.context_parallel_size"],
+                "sequence packing with context parallelism is not implemented (per-sequence CP padding); "
+                "set data.sequence_packing=none",
+            )
+        if d.sequence_packing == "mask" and cfg.model.layer_spec == "te":
+            out.add(
+                packing_keys + ["model.layer_spec"],
+                "data.sequence_packing=mask needs Megatron's local attention: Transformer Engine's attention "
+                "ignores an explicit mask under a causal mask type, so attention would cross sequences; use "
+                "sequence_packing=thd (or auto) with layer_spec=te",
+            )
+        if d.sequence_packing == "thd" and cfg.model.layer_spec == "local":
+            out.add(
+                packing_keys + ["model.layer_spec"],
+                "data.sequence_packing=thd needs Transformer Engine's attention (layer_spec=te or auto on a "
+                "machine with TE): Megatron's local attention refuses PackedSeqParams; use sequence_packing=mask",
+            )
     if n < 2:  # every registered advantage estimator compares a response with its group's others
         out.add(
             "sampling.train.n",
@@ -383,6 +403,22 @@ def _fp8_env(cfg: RootConfig, probe: EnvProbe, out: _Issues) -> None:
             "on a CUDA machine, or turn FP8 off (precision.fp8=null) / use model.layer_spec=local; "
             "FP8 never silently falls back to bf16",
         )
+    packing = cfg.data.sequence_packing
+    if cfg.model.layer_spec == "auto" and packing in ("mask", "thd"):
+        te = probe.te_error() is None  # layer_spec=auto resolves to TE's spec exactly when TE imports
+        if packing == "mask" and te:
+            out.add(
+                ["data.sequence_packing", "model.layer_spec"],
+                "data.sequence_packing=mask needs Megatron's local attention, but layer_spec=auto picks "
+                "Transformer Engine's here (whose attention ignores the packed rows' mask); set "
+                "layer_spec=local, or sequence_packing=thd/auto",
+            )
+        elif packing == "thd" and not te:
+            out.add(
+                ["data.sequence_packing", "model.layer_spec"],
+                "data.sequence_packing=thd needs Transformer Engine's attention, which does not import here "
+                "(layer_spec=auto picks the local spec); use sequence_packing=mask or auto",
+            )
     if (
         cfg.rollout.quantization == "fp8"
         and cfg.rollout.engine == "inprocess"
@@ -590,7 +626,7 @@ def collect_issues(
 
 # What ``check_env=False`` (the dry run) leaves out, by name: these need the machine the run starts on.
 ENV_CHECKS = (
-    "Transformer Engine imports (precision.fp8, model.layer_spec=te)",
+    "Transformer Engine imports (precision.fp8, model.layer_spec=te, data.sequence_packing with layer_spec=auto)",
     "GPU compute capability and CUDA version for FP8",
     "data, benchmark, model and checkpoint paths exist",
     "logging.wandb package installed",

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from megatron_hapo.models.packing import forward_micro_batch
 from megatron_hapo.ops import vocab_parallel_logprob_entropy
 
 
@@ -114,7 +115,7 @@ def forward_log_prob_entropy(
     pass never holds them all) and the list is empty.
 
     Each micro-batch has ``tokens``, ``targets``, ``temperature``, ``position_ids`` ``[b, s]`` and a causal
-    ``attention_mask``; their shapes may differ (under PP set ``config.variable_seq_lengths``, which the
+    ``attention_mask`` (or is a packed row: :class:`~megatron_hapo.trainer.experience.MicroBatch`); their shapes may differ (under PP set ``config.variable_seq_lengths``, which the
     trainer's Policy does). Every rank of the model-parallel group calls this with the same batches.
     """
     from megatron.core import parallel_state as ps
@@ -124,7 +125,7 @@ def forward_log_prob_entropy(
 
     def forward_step(data_iterator, model_chunk):
         batch = next(data_iterator)
-        logits = model_chunk(batch.tokens, batch.position_ids, batch.attention_mask)
+        logits = forward_micro_batch(model_chunk, batch)  # packed rows too (models/packing.py)
 
         def collect(output, non_loss_data=False):
             local = mask_padded_vocab(output.float(), vocab_size)  # [b, s, V/tp]

@@ -34,6 +34,7 @@ def fused_hapo_loss(
     rollout_log_prob: torch.Tensor | None = None,
     global_normalizer: float | torch.Tensor | None = None,
     *,
+    segments: torch.Tensor | None = None,
     chunk_size: int | None = None,
     impl: str = "auto",
     inplace_backward: bool = False,
@@ -51,6 +52,9 @@ def fused_hapo_loss(
         config, stats, global_normalizer: as for ``hapo_policy_loss``.
         temperature: None, a scalar, or per-token (mask's shape): the log-probs and entropies of the
             current policy are computed at logits / T.
+        segments: for packed rows (several sequences back to back in a row): ``[n_seq, L]`` flat positions
+            (into ``mask.reshape(-1)``) of each sequence's tokens, -1 past its end. The per-token terms are
+            then laid out ``[n_seq, L]`` before the loss, so seq-mean aggregations see sequences, not rows.
         tp_group, chunk_size, impl, inplace_backward: as for :func:`vocab_parallel_logprob_entropy`.
         policy_loss: the loss on the per-token log-probs and entropies, with ``hapo_policy_loss``'s
             signature (a registered policy loss: ``algorithms.get_policy_loss(name)``).
@@ -96,11 +100,26 @@ def fused_hapo_loss(
         impl=impl,
         inplace_backward=inplace_backward,
     )
+    log_prob, entropy = log_prob.view(mask.shape), entropy.view(mask.shape)
+    if segments is not None:
+        valid = segments >= 0
+        idx = segments.clamp_min(0)
+
+        def seq(t):
+            return (
+                None
+                if t is None
+                else torch.where(valid, t.reshape(-1)[idx], torch.zeros((), dtype=t.dtype, device=t.device))
+            )
+
+        log_prob, entropy, old_log_prob, advantages = map(seq, (log_prob, entropy, old_log_prob, advantages))
+        rollout_log_prob = seq(rollout_log_prob)
+        mask = seq(mask)
     return policy_loss(
-        log_prob.view(mask.shape),
+        log_prob,
         old_log_prob,
         advantages,
-        entropy.view(mask.shape),
+        entropy,
         mask,
         config,
         stats=stats,

@@ -15,7 +15,12 @@ every rank's m-th slice. The batching mode only decides how a mini-batch's respo
   micro-batches whose *padded* size ``rows x padded_len`` stays within the budget.
 
 Every micro-batch is padded only to its own longest sequence, rounded up to ``pad_multiple`` (sequence
-parallelism splits the sequence over TP ranks). Every rank runs the same number of micro-batches per
+parallelism splits the sequence over TP ranks).
+
+With packing (``packed=True``, a token budget is then required), a micro-batch is ONE row holding several
+responses back to back (each with its own positions and attention that never crosses into its
+neighbours: trainer/experience.py, models/packing.py); each rank groups its share first-fit-decreasing
+into rows whose *real* tokens, rounded up to ``pad_multiple`` once per row, stay within the budget. Every rank runs the same number of micro-batches per
 update (Megatron's schedule and its one gradient reduction per update expect it): ranks with fewer get
 *empty* micro-batches (one row of ``pad_multiple`` padding tokens, all masked: zero loss, zero gradient).
 The loss stays exact whatever the grouping because its normaliser is global (policy.py).
@@ -32,15 +37,24 @@ def round_up(n: int, multiple: int) -> int:
 
 @dataclass(frozen=True)
 class MicroBatchPlan:
-    """Rows (step indices of responses; empty = an all-padding micro-batch) and their padded length."""
+    """Rows (step indices of responses; empty = an all-padding micro-batch) and their padded length.
+
+    ``packed``: all of ``rows`` share one row of ``seq_len`` tokens (their lengths summed, rounded up);
+    otherwise each response is a row of its own, right-padded to ``seq_len``."""
 
     rows: tuple[int, ...]
     seq_len: int
+    packed: bool = False
+
+    @property
+    def batch_rows(self) -> int:
+        """Rows of the micro-batch's ``[b, s]`` tensors (an empty micro-batch computes one row)."""
+        return 1 if self.packed else max(len(self.rows), 1)
 
     @property
     def slots(self) -> int:
-        """Computed token slots: rows x padded length (an empty micro-batch computes one row)."""
-        return max(len(self.rows), 1) * self.seq_len
+        """Computed token slots: rows x padded length."""
+        return self.batch_rows * self.seq_len
 
 
 @dataclass
@@ -129,7 +143,35 @@ def pack_budget(rows: list[int], seq_lens: list[int], budget: int, pad_multiple:
     return bins
 
 
-def _micro(rows: list[int], seq_lens: list[int], pad_multiple: int, pad_to: int | None) -> MicroBatchPlan:
+def pack_rows(rows: list[int], seq_lens: list[int], budget: int, pad_multiple: int) -> list[list[int]]:
+    """First-fit decreasing of whole sequences into packed rows with ``round_up(sum of lengths,
+    pad_multiple) <= budget`` (a sequence is never split across rows)."""
+    bins: list[list[int]] = []
+    used: list[int] = []
+    for i in sorted(rows, key=lambda i: (-seq_lens[i], i)):
+        n = seq_lens[i]
+        if round_up(n, pad_multiple) > budget:
+            raise ValueError(
+                f"a sequence of {n} tokens (padded to {round_up(n, pad_multiple)}) exceeds the packed-row "
+                f"token budget {budget}: raise data.max_tokens_per_micro_batch (or its old-pass budget) to "
+                "at least data.max_prompt_length + rollout.max_new_tokens"
+            )
+        for b in range(len(bins)):
+            if round_up(used[b] + n, pad_multiple) <= budget:
+                bins[b].append(i)
+                used[b] += n
+                break
+        else:
+            bins.append([i])
+            used.append(n)
+    return [sorted(b) for b in bins]
+
+
+def _micro(
+    rows: list[int], seq_lens: list[int], pad_multiple: int, pad_to: int | None, packed: bool = False
+) -> MicroBatchPlan:
+    if packed and rows:
+        return MicroBatchPlan(tuple(rows), round_up(sum(seq_lens[i] for i in rows), pad_multiple), True)
     longest = max((seq_lens[i] for i in rows), default=1)
     return MicroBatchPlan(tuple(rows), round_up(pad_to or longest, pad_multiple))
 
@@ -150,14 +192,19 @@ def plan_step(
     micro_batch_size: int = 1,
     pad_multiple: int = 1,
     pad_to_step: bool = False,
+    packed: bool = False,
 ) -> StepPlan:
     """The step's layout on every rank (module docstring).
 
     ``seq_lens[i]``: prompt + response tokens of response i. ``max_tokens``: the update's token budget per
     micro-batch (None: fixed ``micro_batch_size`` rows); ``max_tokens_old``: the old-policy pass's
     (None: ``max_tokens``). ``pad_to_step``: pad every micro-batch to the step's longest sequence (the
-    historical whole-step padding; for benchmarks and equivalence tests).
+    historical whole-step padding; for benchmarks and equivalence tests). ``packed``: micro-batches are
+    packed rows (:func:`pack_rows`) under the same budgets, which are then required.
     """
+    if packed and (max_tokens is None or pad_to_step):
+        raise ValueError("sequence packing needs a token budget (max_tokens) and no whole-step padding")
+    group = pack_rows if packed else pack_budget
     members = mini_batch_members(len(seq_lens), dp, num_mini)
     pad_to = max(seq_lens) if pad_to_step else None
     update: list[list[list[MicroBatchPlan]]] = [[] for _ in range(dp)]
@@ -170,8 +217,8 @@ def plan_step(
             ]
         else:
             shares = balance_ranks([i for s in mini for i in s], seq_lens, dp)
-            groups = [pack_budget(s, seq_lens, max_tokens, pad_multiple) for s in shares]
-        micro = [[_micro(g, seq_lens, pad_multiple, pad_to) for g in rank] for rank in groups]
+            groups = [group(s, seq_lens, max_tokens, pad_multiple) for s in shares]
+        micro = [[_micro(g, seq_lens, pad_multiple, pad_to, packed) for g in rank] for rank in groups]
         for r, mbs in enumerate(_equalise(micro, pad_multiple)):
             update[r].append(mbs)
             responses[r].extend(shares[r])
@@ -181,6 +228,6 @@ def plan_step(
         if old_budget is None:
             groups = [rows[j : j + micro_batch_size] for j in range(0, len(rows), micro_batch_size)]
         else:
-            groups = pack_budget(rows, seq_lens, old_budget, pad_multiple)
-        old.append([_micro(g, seq_lens, pad_multiple, pad_to) for g in groups])
+            groups = group(rows, seq_lens, old_budget, pad_multiple)
+        old.append([_micro(g, seq_lens, pad_multiple, pad_to, packed) for g in groups])
     return StepPlan(update, old, responses, list(seq_lens))

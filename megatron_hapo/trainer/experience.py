@@ -8,6 +8,7 @@ index (:meth:`Experience.micro_batch`), so nothing is padded, un-padded and re-p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -26,6 +27,13 @@ class MicroBatch:
     response-token targets. ``index [b, s]`` maps every slot to its flat position (padding: the
     Experience's pad slot), ``attention_mask [1, 1, s, s]`` is causal (True = masked, Megatron's
     convention). The per-token fields are those of :class:`Experience`.
+
+    Packed (``b == 1``, several sequences back to back; trainer/batching.py): ``position_ids`` restart at 0
+    at each sequence, ``segments [n, L]`` holds each sequence's slots (flat positions in the row, -1 past
+    its end; the loss aggregates per sequence through it), and either ``attention_mask`` is block-diagonal
+    causal (packing "mask": attention never crosses a sequence boundary) or it is None and
+    ``packed_seq_params`` (Megatron's ``PackedSeqParams``, THD with ``cu_seqlens``) tells Transformer
+    Engine's attention the boundaries (packing "thd"). Trailing padding is a sequence of its own.
     """
 
     index: torch.Tensor
@@ -39,6 +47,15 @@ class MicroBatch:
     advantages: torch.Tensor
     old_log_prob: torch.Tensor
     entropy: torch.Tensor
+    segments: torch.Tensor | None = None
+    packed_seq_params: Any = None
+
+    @property
+    def packing(self) -> str | None:
+        """None (one sequence per row), "mask" or "thd" (see the class docstring)."""
+        if self.segments is None:
+            return None
+        return "thd" if self.packed_seq_params is not None else "mask"
 
 
 @dataclass
@@ -161,6 +178,50 @@ class Experience:
         fields = {k: getattr(self, k)[index] for k in _PER_TOKEN}
         causal = torch.ones(1, 1, seq_len, seq_len, dtype=torch.bool, device=dev).triu(1)
         return MicroBatch(index, ar.expand(b, seq_len).contiguous(), causal, **fields)
+
+    def packed_micro_batch(self, rows: list[int] | tuple[int, ...], seq_len: int, packing: str) -> MicroBatch:
+        """Rows ``rows`` back to back in ONE row of ``seq_len`` tokens (see :class:`MicroBatch`), for
+        ``packing`` "mask" (block-diagonal causal mask) or "thd" (``PackedSeqParams``)."""
+        if packing not in ("mask", "thd"):
+            raise ValueError(f"packing must be 'mask' or 'thd', got {packing!r}")
+        if not rows:
+            return self.micro_batch(rows, seq_len)
+        dev = self.tokens.device
+        rows_t = torch.tensor(list(rows), dtype=torch.long, device=dev)
+        lens = self.seq_lens[rows_t]
+        total = int(lens.sum())
+        if total > seq_len:
+            raise ValueError(f"{total} packed tokens do not fit a row of {seq_len}")
+        # segment lengths of the row: the sequences, then the trailing padding as a sequence of its own
+        seg_lens = torch.cat([lens, lens.new_full((1,), seq_len - total)]) if total < seq_len else lens
+        seg_id = torch.repeat_interleave(torch.arange(seg_lens.numel(), device=dev), seg_lens)  # [s]
+        starts = torch.cumsum(seg_lens, 0) - seg_lens  # [segments]
+        pos = torch.arange(seq_len, device=dev) - starts[seg_id]  # position within its own sequence
+        index = torch.where(
+            seg_id < len(rows),
+            self.offsets[rows_t][seg_id.clamp_max(len(rows) - 1)] + pos,
+            torch.full_like(pos, self.pad_slot),
+        )[None]  # [1, s]
+        fields = {k: getattr(self, k)[index] for k in _PER_TOKEN}
+        width = int(lens.max())
+        ar = torch.arange(width, device=dev)
+        segments = torch.where(ar < lens[:, None], starts[: len(rows), None] + ar, torch.full_like(ar, -1))
+        if packing == "mask":
+            q = torch.arange(seq_len, device=dev)
+            # True = masked (Megatron's convention): keys of other sequences, and the future
+            mask = ((seg_id[:, None] != seg_id[None, :]) | (q[None, :] > q[:, None]))[None, None]
+            return MicroBatch(index, pos[None].contiguous(), mask, **fields, segments=segments)
+        from megatron.core.packed_seq_params import PackedSeqParams
+
+        cu = torch.zeros(seg_lens.numel() + 1, dtype=torch.int32, device=dev)
+        cu[1:] = torch.cumsum(seg_lens, 0).to(torch.int32)
+        longest = int(seg_lens.max())
+        params = PackedSeqParams(
+            qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=longest, max_seqlen_kv=longest
+        )
+        return MicroBatch(
+            index, pos[None].contiguous(), None, **fields, segments=segments, packed_seq_params=params
+        )
 
     def scatter(self, name: str, mb: MicroBatch, values: torch.Tensor) -> None:
         """Write ``values [b, s]`` of micro-batch ``mb`` into the flat field ``name`` (padding dropped)."""

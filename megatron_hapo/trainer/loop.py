@@ -7,6 +7,7 @@ All ranks run this function; rank 0 owns the SGLang engine and the scorer and br
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -72,6 +73,7 @@ def learn(
         micro_batch_size=d.micro_batch_size,
         pad_multiple=pad_multiple(cfg),
         pad_to_step=whole_step_padding,
+        packed=policy.packing != "none" and not whole_step_padding,
     )
     # 4. advantages over the whole step's groups (identical on every rank); this rank's responses
     advantages = response_advantages(cfg, batch)
@@ -84,7 +86,7 @@ def learn(
     local = {g: i for i, g in enumerate(rows)}
 
     def on_rank(mb: MicroBatchPlan) -> MicroBatchPlan:  # step indices -> rows of exp
-        return MicroBatchPlan(tuple(local[g] for g in mb.rows), mb.seq_len)
+        return dataclasses.replace(mb, rows=tuple(local[g] for g in mb.rows))
 
     # 5. old-policy pass on this rank's responses; step-global entropy statistics over all DP ranks
     t_old = time.perf_counter()

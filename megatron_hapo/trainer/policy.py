@@ -29,6 +29,7 @@ from megatron_hapo.algorithms import (
     reduce_metrics,
 )
 from megatron_hapo.config import RootConfig
+from megatron_hapo.models.packing import forward_micro_batch, resolve_packing
 from megatron_hapo.models.scoring import mask_padded_vocab
 from megatron_hapo.ops import fused_hapo_loss
 from megatron_hapo.parallel import compute_device
@@ -61,6 +62,7 @@ class Policy:
 
         self.cfg = cfg
         dtype = DTYPES[cfg.precision.dtype]
+        self.packing = packing_route(cfg)
         recompute = {}
         if cfg.model.recompute_granularity != "none":
             recompute = {"recompute_granularity": cfg.model.recompute_granularity}
@@ -77,6 +79,8 @@ class Policy:
             hf_overrides=dict(cfg.model.override_config),
             config_overrides={
                 "sequence_parallel": cfg.parallel.sequence_parallel,
+                # the fused (CUDA) causal softmax ignores the block-diagonal mask of packed rows
+                **({"masked_softmax_fusion": False} if self.packing == "mask" else {}),
                 **recompute,
                 **fp8_config_overrides(cfg.precision),
             },
@@ -124,7 +128,7 @@ class Policy:
 
         forward_log_prob_entropy(
             self.model,
-            (exp.micro_batch(p.rows, p.seq_len) for p in micro_batches),  # built one at a time
+            (self.micro_batch(exp, p) for p in micro_batches),  # built one at a time
             self.vocab_size,
             num_microbatches=len(micro_batches),
             on_output=fill,
@@ -138,6 +142,12 @@ class Policy:
             )
             exp.old_log_prob.copy_(both[0])
             exp.entropy.copy_(both[1])
+
+    def micro_batch(self, exp: Experience, plan: MicroBatchPlan):
+        """The tensors of one planned micro-batch: a packed row on this policy's packing route, else rows."""
+        if plan.packed:
+            return exp.packed_micro_batch(plan.rows, plan.seq_len, self.packing)
+        return exp.micro_batch(plan.rows, plan.seq_len)
 
     def entropy_stats(self, entropy: torch.Tensor, mask: torch.Tensor) -> EntropyStats:
         """Step-global entropy statistics over every DP rank's response tokens (exact pivot)."""
@@ -192,11 +202,11 @@ class Policy:
                 dist.all_reduce(normalizer, group=self.dp_group)
             scale = len(plans) * self.dp_size
             collected: list[dict] = []
-            micro = (exp.micro_batch(p.rows, p.seq_len) for p in plans)  # built one at a time
+            micro = (self.micro_batch(exp, p) for p in plans)  # built one at a time
 
             def forward_step(data_iterator, model, _norm=normalizer, _scale=scale, _out=collected):
                 part = next(data_iterator)
-                output = model(part.tokens, part.position_ids, part.attention_mask)  # [b, s, V/tp]
+                output = forward_micro_batch(model, part)  # [b, s, V/tp]
 
                 def loss_func(logits):
                     loss, metrics = fused_hapo_loss(
@@ -212,6 +222,7 @@ class Policy:
                         rollout_log_prob=part.rollout_log_prob,
                         global_normalizer=_norm.to(torch.float32),
                         policy_loss=self.policy_loss,
+                        segments=part.segments,
                     )
                     _out.append({k: float(v) for k, v in metrics.items()})
                     return loss * _scale, {"pg_loss": loss.detach().clone()}
@@ -226,7 +237,7 @@ class Policy:
                 model=[self.model],
                 num_microbatches=len(plans),
                 seq_length=plans[0].seq_len,  # ignored under PP (variable_seq_lengths), unused without
-                micro_batch_size=max(len(plans[0].rows), 1),
+                micro_batch_size=plans[0].batch_rows,
                 forward_only=False,
             )
             ok, grad_norm, _ = self.optimizer.step()
@@ -278,3 +289,16 @@ class Policy:
         for _ in named:
             pass
         return {"time/sync_s": time.perf_counter() - t0}
+
+
+def packing_route(cfg: RootConfig) -> str:
+    """The packing route for this run's layer spec ("none", "mask", "thd"; models/packing.py), logged."""
+    from megatron_hapo.models.builder import uses_te_spec
+
+    route, why = resolve_packing(
+        cfg.data.sequence_packing,
+        uses_te_spec(cfg.model.layer_spec),
+        cfg.data.max_tokens_per_micro_batch is not None,
+    )
+    logger.info("sequence packing: %s (%s)", route, why)
+    return route

@@ -19,7 +19,6 @@ CONFIG_ONLY = {
     "parallel.data_parallel_size": "an assertion: validation checks it against world size / (TP x PP x CP)",
     "cluster.nodes": "describes the cluster to validation and --dry-run",
     "cluster.gpus_per_node": "describes the cluster to validation and --dry-run",
-    "data.sequence_packing": "refused when true until packing can be proven correct (docs/training.md)",
 }
 # Read by validation and the plan only, until the open issue named implements them.
 NOT_YET_IMPLEMENTED = {

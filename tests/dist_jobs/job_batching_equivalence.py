@@ -4,10 +4,12 @@ usage: torchrun --nproc-per-node 2 job_batching_equivalence.py MODEL_DIR
 
 At TP=2 (with sequence parallelism), PP=2 and DP=2, in turn, the step (old-policy pass, step-global entropy
 statistics, two optimizer updates) runs with fixed micro-batches, with token-budget micro-batches (a
-different grouping, DP ranks balanced by tokens), and with whole-step padding (the historical layout):
-old log-probs and entropies per response, losses, gradient norms and updated parameters agree (fp32,
-REL_TOL relative). A per-micro-batch normaliser (a deliberately wrong loss) under token budgets must not
-agree. Prints BATCHING_EQUIVALENCE_OK on success.
+different grouping, DP ranks balanced by tokens), with packed rows (several responses per row, block-diagonal
+attention and per-sequence rotary positions: data.sequence_packing=mask), and with whole-step padding (the
+historical layout): old log-probs and entropies per response, losses, gradient norms and updated
+parameters agree (fp32, REL_TOL relative). Two deliberately wrong variants must not agree: a
+per-micro-batch normaliser under token budgets, and packed rows whose attention leaks across sequences
+(a plain causal mask over the row). Prints BATCHING_EQUIVALENCE_OK on success.
 """
 
 import sys
@@ -32,6 +34,7 @@ def run_variant(model_dir, layout, variant):
 
     import megatron_hapo.trainer.policy as policy_mod
     from megatron_hapo.config import load_config
+    from megatron_hapo.trainer.experience import Experience
     from megatron_hapo.trainer.loop import learn
     from megatron_hapo.trainer.policy import Policy
     from tests.trainer.batching_data import N_SAMPLES, varied_batch
@@ -44,8 +47,10 @@ def run_variant(model_dir, layout, variant):
         f"parallel.pipeline_model_parallel_size={pp}", f"parallel.sequence_parallel={str(tp > 1).lower()}",
         "parallel.use_distributed_optimizer=false", "data.max_prompt_length=16", "rollout.max_new_tokens=40",
     ]  # fmt: skip
-    if variant in ("budget", "wrong"):
+    if variant in ("budget", "wrong", "packed", "leak"):
         overrides += ["data.max_tokens_per_micro_batch=96", "data.max_tokens_per_old_micro_batch=200"]
+        packing = "mask" if variant in ("packed", "leak") else "none"
+        overrides += [f"data.sequence_packing={packing}"]
     else:  # fixed micro_batch_size micro-batches (tiny_cpu.yaml sets budgets)
         overrides += ["data.max_tokens_per_micro_batch=null", "data.max_tokens_per_old_micro_batch=null"]
     cfg = load_config("examples/configs/tiny_cpu.yaml", overrides, check_env=False, world_size=2)
@@ -62,14 +67,24 @@ def run_variant(model_dir, layout, variant):
         kwargs["global_normalizer"] = None
         return real_loss(*args, **kwargs)
 
+    real_packed = Experience.packed_micro_batch
+
+    def leaking_packed_micro_batch(self, rows, seq_len, packing):  # the bug block-diagonal masks prevent
+        mb = real_packed(self, rows, seq_len, packing)
+        mb.attention_mask = torch.ones_like(mb.attention_mask).triu(1)  # causal across the whole row
+        return mb
+
     if variant == "wrong":
         policy_mod.fused_hapo_loss = per_micro_batch_loss
+    if variant == "leak":
+        Experience.packed_micro_batch = leaking_packed_micro_batch
     try:
         torch.manual_seed(0)
         policy = Recording(cfg, optimizer_steps=2)
         _, metrics = learn(cfg, policy, varied_batch(), whole_step_padding=variant == "whole_step")
     finally:
         policy_mod.fused_hapo_loss = real_loss
+        Experience.packed_micro_batch = real_packed
     exp = seen["exp"]
     mine = {}
     for i, g in enumerate(exp.step_index):
@@ -86,6 +101,7 @@ def run_variant(model_dir, layout, variant):
         per_response = mine
     params = {n: p.detach().clone() for n, p in policy.model.named_parameters()}
     assert len(per_response) == len(varied_batch().samples)
+    assert policy.packing == ("mask" if variant in ("packed", "leak") else "none"), policy.packing
     del policy
     return metrics, per_response, params
 
@@ -116,22 +132,25 @@ def main():
     with hp.device_mode():
         for layout, (tp, pp) in LAYOUTS.items():
             hp.initialize_model_parallel(tp, pp, seed=1234)
-            runs = {v: run_variant(model_dir, layout, v) for v in ("fixed", "budget", "whole_step", "wrong")}
+            variants = ("fixed", "budget", "packed", "whole_step", "wrong", "leak")
+            runs = {v: run_variant(model_dir, layout, v) for v in variants}
             hp.destroy_model_parallel()
             fixed_m = runs["fixed"][0]
             # fixed: 2 updates x (8 responses / DP) / micro_batch_size 2 per rank
             assert fixed_m["perf/micro_batches_per_rank/update"] == 8 // (2 if layout == "dp2" else 1), (
                 fixed_m
             )
-            budget_m = runs["budget"][0]
+            budget_m, packed_m = runs["budget"][0], runs["packed"][0]
             log(
                 f"{layout}: padding ratio update fixed {fixed_m['perf/padding_ratio/update']:.3f} budget "
-                f"{budget_m['perf/padding_ratio/update']:.3f}; micro-batches/rank fixed "
+                f"{budget_m['perf/padding_ratio/update']:.3f} packed {packed_m['perf/padding_ratio/update']:.3f}"
+                f" (old pass {packed_m['perf/padding_ratio/old']:.3f}); micro-batches/rank fixed "
                 f"{fixed_m['perf/micro_batches_per_rank/update']:.0f} budget "
-                f"{budget_m['perf/micro_batches_per_rank/update']:.0f}; dp max/mean budget "
+                f"{budget_m['perf/micro_batches_per_rank/update']:.0f} packed "
+                f"{packed_m['perf/micro_batches_per_rank/update']:.0f}; dp max/mean budget "
                 f"{budget_m['perf/dp_tokens/max_over_mean']:.3f}"
             )
-            for v in ("budget", "whole_step"):
+            for v in ("budget", "packed", "whole_step"):
                 worst, bad = compare(v, runs[v], runs["fixed"])
                 log(f"{layout}: {v} vs fixed: " + ", ".join(f"{k} {x:.1e}" for k, x in worst.items()))
                 if bad:
@@ -140,8 +159,19 @@ def main():
             log(f"{layout}: per-micro-batch normaliser vs fixed: pg_loss {worst['actor/pg_loss']:.1e}")
             if worst["actor/pg_loss"] < 1e-2 or worst["params"] < 1e-3:
                 failures.append(f"{layout}: a per-micro-batch normaliser went unnoticed: {worst}")
+            worst, _ = compare("leak", runs["leak"], runs["fixed"])
+            log(
+                f"{layout}: packed rows with attention across sequences vs fixed: old_log_prob "
+                f"{worst['old_log_prob']:.1e}, params {worst['params']:.1e}"
+            )
+            if worst["old_log_prob"] < 1e-2 or worst["params"] < 1e-3:
+                failures.append(
+                    f"{layout}: attention leaking across packed sequences went unnoticed: {worst}"
+                )
             if budget_m["perf/padding_ratio/update"] >= fixed_m["perf/padding_ratio/update"]:
                 failures.append(f"{layout}: token budgets did not reduce padding: {budget_m}")
+            if packed_m["perf/padding_ratio/update"] >= budget_m["perf/padding_ratio/update"]:
+                failures.append(f"{layout}: packing did not reduce padding below token budgets: {packed_m}")
     if failures:
         raise AssertionError("\n".join(failures))
     log("BATCHING_EQUIVALENCE_OK")

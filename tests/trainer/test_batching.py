@@ -73,7 +73,7 @@ def test_a_sequence_over_the_budget_is_refused():
             ["data.max_tokens_per_micro_batch=4096", "data.max_tokens_per_old_micro_batch=159"],
             "data.max_tokens_per_old_micro_batch",
         ),  # fmt: skip
-        (["data.sequence_packing=true"], "data.sequence_packing"),
+        (["data.sequence_packing=thd"], "local attention refuses PackedSeqParams"),  # cpu_demo: local spec
         # SP at TP=4: 128 + 32 = 160 is a multiple of 4, 161 is not
         (
             [
@@ -117,7 +117,9 @@ def peaked_model(tmp_path_factory):
 
 
 def test_same_step_same_result_at_tp2_pp2_dp2(peaked_model):
-    """tests/dist_jobs/job_batching_equivalence.py: fixed micro-batches, token budgets and whole-step
-    padding agree (1e-5) at each layout; a per-micro-batch normaliser does not."""
+    """tests/dist_jobs/job_batching_equivalence.py: fixed micro-batches, token budgets, packed rows and
+    whole-step padding agree (1e-5) at each layout; a per-micro-batch normaliser, and packed rows whose
+    attention leaks across sequences, do not."""
     out = run_torchrun("job_batching_equivalence.py", 2, str(peaked_model), timeout=600)
+    print("\n".join(line for line in out.splitlines() if line.startswith("[job]")))  # shown with -s
     assert "BATCHING_EQUIVALENCE_OK" in out, out[-3000:]
