@@ -37,7 +37,7 @@ def rl_step(run: Run, step: int, stats: EntropyStats | None) -> tuple[EntropySta
     # 4-6. advantages, old-policy pass, step-global entropy statistics, policy update
     new_stats, metrics = learn(run.cfg, run.policy, batch)
     # 7. weight sync into the engine, version = step
-    metrics.update(run.policy.sync_weights(run.rollout.engine, version=f"step-{step}"))
+    metrics.update(run.policy.sync_weights(run.synchronizer, version=f"step-{step}"))
     metrics["time/step_s"] = time.perf_counter() - t0
     return new_stats, metrics
 
@@ -187,7 +187,7 @@ def resume(run: Run, plan: ResumePlan) -> tuple[EntropyStats | None, int]:
         run.rollout.load_state_dict(state)
         stats = EntropyStats.from_dict(state["entropy_stats"]) if state["entropy_stats"] else None
     # the engine serves exactly the trainer's weights
-    run.policy.sync_weights(run.rollout.engine, version=f"step-{plan.step}")
+    run.policy.sync_weights(run.synchronizer, version=f"step-{plan.step}")
     return stats, plan.step
 
 
