@@ -296,7 +296,9 @@ def _rollout(cfg: RootConfig, world_size: int, world_phrase: str, out: _Issues) 
             )
     if r.mem_fraction is not None and not 0.0 < r.mem_fraction < 1.0:
         out.add("rollout.mem_fraction", f"must be in (0, 1), got {r.mem_fraction}")
-    elif r.engine == "inprocess" and r.mem_fraction is not None and r.mem_fraction > INPROCESS_MAX_MEM_FRACTION:
+    elif (
+        r.engine == "inprocess" and r.mem_fraction is not None and r.mem_fraction > INPROCESS_MAX_MEM_FRACTION
+    ):
         out.add(
             ["rollout.mem_fraction", "rollout.engine"],
             f"the in-process engine shares each of its GPUs with a training rank: mem_fraction {r.mem_fraction} "

@@ -203,7 +203,9 @@ class SGLangFleet:
     def _launch_server(self, index: int) -> FleetProcess:
         port = _free_port(self.config.host)
         secret = (
-            self._secret_file(f"server{index}.secret.yaml", {"api-key": self._api_key}) if self._api_key else None
+            self._secret_file(f"server{index}.secret.yaml", {"api-key": self._api_key})
+            if self._api_key
+            else None
         )
         cmd, env = server_launch(self.config, index, port, secret, on_gpu=torch.cuda.is_available())
         return self._spawn(f"server{index}", cmd, f"http://{self.config.host}:{port}", env)
@@ -529,4 +531,6 @@ class SGLangFleet:
 
 
 def _aborted(outputs: list[dict]) -> bool:
-    return any(((o.get("meta_info") or {}).get("finish_reason") or {}).get("type") == "abort" for o in outputs)
+    return any(
+        ((o.get("meta_info") or {}).get("finish_reason") or {}).get("type") == "abort" for o in outputs
+    )

@@ -15,7 +15,9 @@ from collections.abc import Mapping
 from megatron_hapo.rollout.types import EngineError
 
 
-def server_gpus(num_servers: int, gpus_per_server: int, node_gpus: int, training_gpus: int) -> list[list[int]]:
+def server_gpus(
+    num_servers: int, gpus_per_server: int, node_gpus: int, training_gpus: int
+) -> list[list[int]]:
     """Local GPU indices of each server: ``[[t, .., t+g-1], [t+g, ..], ...]`` with t = ``training_gpus``."""
     need = num_servers * gpus_per_server
     if training_gpus + need > node_gpus:
@@ -26,7 +28,10 @@ def server_gpus(num_servers: int, gpus_per_server: int, node_gpus: int, training
             "run the fleet on nodes of its own (examples/launch/rollout_fleet.sh, rollout.server_addresses)"
         )
     first = training_gpus
-    return [list(range(first + k * gpus_per_server, first + (k + 1) * gpus_per_server)) for k in range(num_servers)]
+    return [
+        list(range(first + k * gpus_per_server, first + (k + 1) * gpus_per_server))
+        for k in range(num_servers)
+    ]
 
 
 def visible_devices(local: list[int], environ: Mapping[str, str]) -> str:

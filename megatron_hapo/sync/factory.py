@@ -10,7 +10,9 @@ from megatron_hapo.sync.synchronizer import WeightSynchronizer
 from megatron_hapo.sync.transports import DiskTransport, DistributedTransport, TensorTransport, Transport
 
 
-def make_synchronizer(cfg, engine: RolloutEngine, model_path: str, run_dir: str | Path | None = None) -> WeightSynchronizer:
+def make_synchronizer(
+    cfg, engine: RolloutEngine, model_path: str, run_dir: str | Path | None = None
+) -> WeightSynchronizer:
     """The synchronizer of ``engine`` under ``cfg`` (a ``RootConfig``), on the lead rank:
 
     * transport: the in-process engine is colocated, so tensors go by ``update_weights_from_tensor``

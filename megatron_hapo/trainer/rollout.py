@@ -61,7 +61,7 @@ def uses_hapo_sampler(cfg: RootConfig) -> bool:
 
 def _inprocess_engine(cfg: RootConfig, run_dir) -> InProcessSGLangEngine:
     args = engine_server_args(cfg)
-    if torch.cuda.is_available():  # its share of GPUs it shares with training; on CPU, cpu_server_args() sizes it
+    if torch.cuda.is_available():  # its share of training's GPUs; on CPU, cpu_server_args() sizes it
         args["mem_fraction_static"] = cfg.rollout.mem_fraction
     return InProcessSGLangEngine(
         rollout_model_path(cfg, run_dir),
@@ -85,13 +85,10 @@ def _fleet_engine(cfg: RootConfig, run_dir) -> SGLangFleet:
     if torch.cuda.is_available():  # on CPU, cpu_server_args() sizes the KV cache
         args["mem_fraction_static"] = r.mem_fraction
         if r.launch_servers:  # each server on GPUs of its own, after the training ranks of this node
-            server_gpus = tuple(
-                tuple(g)
-                for g in server_gpus_for(
-                    r.num_servers, r.gpus_per_server or r.tensor_parallel_size, node_gpus=torch.cuda.device_count(),
-                    training_gpus=int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size())),
-                )  # fmt: skip
-            )
+            training_gpus = int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
+            per_server = r.gpus_per_server or r.tensor_parallel_size
+            placed = server_gpus_for(r.num_servers, per_server, torch.cuda.device_count(), training_gpus)
+            server_gpus = tuple(tuple(g) for g in placed)
     fleet_cfg = FleetConfig(
         model_path=rollout_model_path(cfg, run_dir),
         num_servers=r.num_servers,

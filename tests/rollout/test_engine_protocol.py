@@ -28,7 +28,13 @@ def used_on_engines() -> dict[str, str]:
                 if not isinstance(node, ast.Attribute):
                     continue
                 base = node.value
-                name = base.id if isinstance(base, ast.Name) else base.attr if isinstance(base, ast.Attribute) else None
+                name = (
+                    base.id
+                    if isinstance(base, ast.Name)
+                    else base.attr
+                    if isinstance(base, ast.Attribute)
+                    else None
+                )
                 if name == "engine":
                     used.setdefault(node.attr, f"{path.relative_to(PKG)}:{node.lineno}")
     return used

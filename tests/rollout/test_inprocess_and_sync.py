@@ -142,7 +142,9 @@ def test_run_synchronizer_waits_for_a_generate_call_in_another_thread(engine, hf
     worker.join()
     samples = result["samples"]
     assert len(samples) == 16 and all(len(s.response_ids) == 64 for s in samples)
-    assert {s.weight_version for s in samples} == {old} and sync.version == engine.weight_version == "inprocess-wait"
+    assert {s.weight_version for s in samples} == {
+        old
+    } and sync.version == engine.weight_version == "inprocess-wait"
 
 
 def test_pause_from_another_thread_is_refused_by_the_inprocess_engine(engine, hf_model):

@@ -4,7 +4,6 @@ config time. On CPU: the arguments and environment each server is started with (
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 
@@ -30,7 +29,9 @@ def test_servers_get_disjoint_gpus_after_the_training_ranks():
 
 
 def test_a_node_without_room_is_refused_with_the_way_out():
-    with pytest.raises(EngineError, match=r"8 GPU\(s\) and its training ranks use 4.*need 6 more.*nodes of its own"):
+    with pytest.raises(
+        EngineError, match=r"8 GPU\(s\) and its training ranks use 4.*need 6 more.*nodes of its own"
+    ):
         server_gpus(3, 2, node_gpus=8, training_gpus=4)
 
 
