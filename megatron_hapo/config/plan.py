@@ -131,16 +131,25 @@ def render_plan(cfg: RootConfig, world_size: int, gpu_gib: float = 80.0) -> str:
     ]
     for name in ("weights", "grads", "optimizer", "activations", "logits"):
         lines.append(f"  {name:<12} {getattr(mem, name) / GiB:8.2f} GiB")
-    lines.append(f"  {'total':<12} {mem.total / GiB:8.2f} GiB of {gpu_gib:.0f} GiB")
+    engine = r.mem_fraction * gpu_gib * GiB if r.engine == "inprocess" else 0.0
+    if engine:  # the in-process engine's share of the GPUs it shares with training ranks
+        lines.append(f"  {'rollout':<12} {engine / GiB:8.2f} GiB (in-process engine, rollout.mem_fraction)")
+    lines.append(f"  {'total':<12} {(mem.total + engine) / GiB:8.2f} GiB of {gpu_gib:.0f} GiB")
     lines.append(
         "checked    layout vs the cluster, batch sizes, heads / KV heads / MLP vs TP and rollout TP, layers vs PP x VPP, "
         "prompt + response vs the context, vocabulary padding"
     )
     lines.append("skipped    (need the machine the run starts on): " + "; ".join(ENV_CHECKS))
     report = "\n".join(lines)
-    if mem.total / GiB > gpu_gib:
+    if (mem.total + engine) / GiB > gpu_gib:
+        fix = (
+            "; or give the rollout GPUs of its own: rollout.engine=fleet (docs/rollout.md), the in-process "
+            "engine is for development and small models"
+            if engine
+            else ""
+        )
         raise PlanError(
-            f"{report}\nthe estimate exceeds {gpu_gib:.0f} GiB per GPU: raise TP/PP, recompute or DP"
+            f"{report}\nthe estimate exceeds {gpu_gib:.0f} GiB per GPU: raise TP/PP, recompute or DP{fix}"
         )
     return report
 

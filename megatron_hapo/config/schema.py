@@ -56,6 +56,10 @@ def section(cls: type, help: str) -> Any:  # noqa: A002
     return field(default_factory=cls, metadata={"help": help})
 
 
+# SGLang mem_fraction_static when rollout.mem_fraction is null: fleet servers / the in-process engine
+FLEET_MEM_FRACTION = 0.85
+INPROCESS_MEM_FRACTION = 0.3
+
 # Truncated-importance-sampling cap turned on by rollout.quantization=fp8 when algorithm.loss.tis_cap is null
 # (C = 2 as in verl's TIS / rollout-correction defaults; docs/fp8.md).
 FP8_ROLLOUT_DEFAULT_TIS_CAP = 2.0
@@ -194,7 +198,18 @@ class RolloutConfig:
         "environment variable holding the API key of attached servers (never stored in the config); "
         "launched servers get a fresh per-run key",
     )
-    mem_fraction: float = opt(0.8, "SGLang mem_fraction_static (share of GPU memory for weights + KV cache)")
+    mem_fraction: float | None = opt(
+        None,
+        "SGLang mem_fraction_static, the share of each of its GPUs an engine takes for weights + KV cache; "
+        "null = 0.85 for fleet servers (GPUs of their own), 0.3 for the in-process engine, which shares its "
+        "GPUs with training ranks (at most 0.5; for development and small models; docs/rollout.md)",
+    )
+    sync_policy: Literal["wait", "pause", "abort"] = opt(
+        "wait",
+        "requests in flight during a weight sync: wait = they finish first (each sample has one weight "
+        "version), pause = retracted and continued on the new weights, abort = aborted and resubmitted after "
+        "the sync; none is lost; pause and abort need rollout.engine=fleet (docs/rollout.md)",
+    )
     quantization: Literal["fp8"] | None = opt(
         None,
         "SGLang serving precision: fp8 = online FP8 (weights re-quantised on every sync; TIS on, "
@@ -496,3 +511,9 @@ class RootConfig:
         # set explicitly is kept; tis_cap cannot be null together with rollout.quantization=fp8.
         if self.rollout.quantization == "fp8" and self.algorithm.loss.tis_cap is None:
             self.algorithm.loss.tis_cap = FP8_ROLLOUT_DEFAULT_TIS_CAP
+        # a fleet server has its GPUs to itself; the in-process engine shares each of its GPUs with a
+        # training rank (weights, gradients, optimizer state, activations), so it takes a small share
+        if self.rollout.mem_fraction is None:
+            self.rollout.mem_fraction = (
+                INPROCESS_MEM_FRACTION if self.rollout.engine == "inprocess" else FLEET_MEM_FRACTION
+            )

@@ -265,6 +265,10 @@ def _precision(cfg: RootConfig, out: _Issues) -> None:
         out.add("precision.num_layers_at_start_in_bf16", "bf16 layer counts must be >= 0")
 
 
+# the in-process engine shares its GPUs with training ranks: a larger share leaves training no room
+INPROCESS_MAX_MEM_FRACTION = 0.5
+
+
 def _rollout(cfg: RootConfig, world_size: int, world_phrase: str, out: _Issues) -> None:
     r = cfg.rollout
     if r.tensor_parallel_size < 1:
@@ -315,8 +319,32 @@ def _rollout(cfg: RootConfig, world_size: int, world_phrase: str, out: _Issues) 
                 "this machine only); set rollout.sync_address to this node's address as the servers see it, "
                 "or rollout.weight_sync=disk on a file system the servers share",
             )
-    if not 0.0 < r.mem_fraction < 1.0:
+    if r.mem_fraction is not None and not 0.0 < r.mem_fraction < 1.0:
         out.add("rollout.mem_fraction", f"must be in (0, 1), got {r.mem_fraction}")
+    elif (
+        r.engine == "inprocess" and r.mem_fraction is not None and r.mem_fraction > INPROCESS_MAX_MEM_FRACTION
+    ):
+        out.add(
+            ["rollout.mem_fraction", "rollout.engine"],
+            f"the in-process engine shares each of its GPUs with a training rank: mem_fraction {r.mem_fraction} "
+            f"leaves training {1 - r.mem_fraction:.0%} of the GPU, no room for its weights, gradients, optimizer "
+            f"state and activations. The in-process engine is for development and small models: keep "
+            f"rollout.mem_fraction <= {INPROCESS_MAX_MEM_FRACTION} (null = 0.3), or give the rollout GPUs of its "
+            "own with rollout.engine=fleet (launch_servers=true, docs/rollout.md)",
+        )
+    if r.engine == "inprocess" and r.sync_policy != "wait":
+        out.add(
+            ["rollout.sync_policy", "rollout.engine"],
+            f"sync_policy={r.sync_policy} needs rollout.engine=fleet: the in-process engine runs one call at a "
+            "time, so a sync can only wait for a running generate call (sync_policy=wait)",
+        )
+    if r.launch_servers and r.gpus_per_server is not None and r.gpus_per_server != r.tensor_parallel_size:
+        out.add(
+            ["rollout.gpus_per_server", "rollout.tensor_parallel_size", "rollout.launch_servers"],
+            f"a launched server runs TP {r.tensor_parallel_size} on its {r.gpus_per_server} GPUs; GPUs beyond "
+            "its TP size would stay idle: set gpus_per_server to tensor_parallel_size (or null) and raise "
+            "rollout.num_servers instead",
+        )
 
 
 def _is_loopback(host: str) -> bool:

@@ -5,6 +5,9 @@ Generation goes through the router (load balancing, retries), except requests wi
 control calls go to every server directly, since each holds its own copy of the weights. A server that dies is reported by
 URL, pid, exit code and log file; by config the fleet then keeps serving on the others (it is removed
 from the router, and the weight-sync group is rebuilt without it: ``sync/transports.py``) or fails.
+Every generate request passes the fleet's request gate (``rollout/inflight.py``), which a weight sync holds
+(``sync/synchronizer.py``); a request that a sync aborted is resubmitted after it. Launched servers each get
+their own GPUs (``server_gpus``: ``rollout/placement.py``).
 
 Security (docs/security.md): launched servers and the router bind to ``host`` (loopback by default), the
 router's Prometheus exporter too; launched servers require a per-run API key (SGLang's ``--api-key``, handed
@@ -32,8 +35,10 @@ import requests
 import torch
 from tqdm import tqdm
 
+from megatron_hapo.rollout.inflight import RequestGate
 from megatron_hapo.rollout.inprocess import cpu_server_args
 from megatron_hapo.rollout.parse import to_samples
+from megatron_hapo.rollout.placement import visible_devices
 from megatron_hapo.rollout.processes import spawn_server
 from megatron_hapo.rollout.types import EngineError, GenerationParams, RolloutSample
 
@@ -61,10 +66,10 @@ class FleetConfig:
     log_dir: str | None = None
     seed: int = 0
     server_args: dict[str, Any] = field(default_factory=dict)
-    weight_sync: Literal["distributed", "disk"] = "distributed"  # transport of weight_transport()
-    sync_master_address: str = "127.0.0.1"  # distributed sync: the trainer's address as the servers see it
-    # distributed sync: bound on one collective and on each server's reply (a dead peer is found within it)
+    # bound on each server's reply to a weight-sync call (a dead peer is found within it)
     sync_timeout_s: float = 300.0
+    # launched servers: server k's local GPU indices (rollout/placement.py); None = no GPU assignment (CPU)
+    server_gpus: tuple[tuple[int, ...], ...] | None = None
     # bearer key of the servers; None = launched servers get a fresh per-run key, attached ones need none
     api_key: str | None = None
 
@@ -104,6 +109,33 @@ def _cli_flags(args: dict[str, Any]) -> list[str]:
     return flags
 
 
+def server_launch(
+    cfg: FleetConfig, index: int, port: int, secret_file: Path | None, on_gpu: bool
+) -> tuple[list[str], dict[str, str]]:
+    """Command line and extra environment of launched server ``index``: its SGLang arguments, its key file
+    (``--config``; never the key itself on a command line, which every local user can read) and, with
+    ``cfg.server_gpus``, its own GPUs as ``CUDA_VISIBLE_DEVICES`` (SGLang then numbers them from 0)."""
+    args = cpu_server_args() if not on_gpu else {}
+    args.update(cfg.server_args)
+    args.update(
+        model_path=cfg.model_path, host=cfg.host, port=port, tp_size=cfg.tp_size, random_seed=cfg.seed + index
+    )
+    args.setdefault("log_level", "warning")
+    if cfg.hapo_sampler:
+        args["sampling_backend"] = "hapo"
+    cmd = [sys.executable, "-m", "sglang.launch_server", *_cli_flags(args)]
+    if secret_file is not None:
+        cmd += ["--config", str(secret_file)]
+    env = {}
+    if cfg.server_gpus is not None:
+        gpus = list(cfg.server_gpus[index])
+        if len(gpus) != cfg.tp_size:
+            raise EngineError(f"server {index} is given GPUs {gpus} but its TP size is {cfg.tp_size}")
+        env["CUDA_VISIBLE_DEVICES"] = visible_devices(gpus, os.environ)
+        cmd += ["--base-gpu-id", "0"]
+    return cmd, env
+
+
 class SGLangFleet:
     """:class:`~megatron_hapo.rollout.types.RolloutEngine` over N SGLang servers and a router."""
 
@@ -122,7 +154,7 @@ class SGLangFleet:
         self.servers: list[FleetProcess] = []
         self.lost_servers: list[str] = []  # URLs of servers dropped under on_server_failure=continue
         self._router: FleetProcess | None = None
-        self._transport = None
+        self._gate = RequestGate()
         atexit.register(self.shutdown)  # never leave servers behind when the trainer dies
         try:
             if config.router_url:
@@ -156,9 +188,9 @@ class SGLangFleet:
         return self._api_key
 
     # -- processes ---------------------------------------------------------------------------------
-    def _spawn(self, name: str, cmd: list[str], url: str) -> FleetProcess:
+    def _spawn(self, name: str, cmd: list[str], url: str, env: dict[str, str] | None = None) -> FleetProcess:
         log_path = self._log_dir / f"{name}.log"
-        return FleetProcess(url, spawn_server(cmd, log_path), log_path)
+        return FleetProcess(url, spawn_server(cmd, log_path, env=env), log_path)
 
     def _router_workers(self) -> list[str]:
         """The worker URLs an attached router balances over (weight updates must reach each of them)."""
@@ -169,27 +201,14 @@ class SGLangFleet:
         return urls
 
     def _launch_server(self, index: int) -> FleetProcess:
-        cfg = self.config
-        port = _free_port(cfg.host)
-        args = {} if torch.cuda.is_available() else cpu_server_args()
-        args.update(cfg.server_args)
-        args.update(
-            model_path=cfg.model_path,
-            host=cfg.host,
-            port=port,
-            tp_size=cfg.tp_size,
-            random_seed=cfg.seed + index,
+        port = _free_port(self.config.host)
+        secret = (
+            self._secret_file(f"server{index}.secret.yaml", {"api-key": self._api_key})
+            if self._api_key
+            else None
         )
-        args.setdefault("log_level", "warning")
-        if cfg.hapo_sampler:
-            args["sampling_backend"] = "hapo"
-        cmd = [sys.executable, "-m", "sglang.launch_server", *_cli_flags(args)]
-        if self._api_key:  # in a file only this user can read: a command line is visible to every local user
-            cmd += [
-                "--config",
-                str(self._secret_file(f"server{index}.secret.yaml", {"api-key": self._api_key})),
-            ]
-        return self._spawn(f"server{index}", cmd, f"http://{cfg.host}:{port}")
+        cmd, env = server_launch(self.config, index, port, secret, on_gpu=torch.cuda.is_available())
+        return self._spawn(f"server{index}", cmd, f"http://{self.config.host}:{port}", env)
 
     def _secret_file(self, name: str, values: dict[str, str]) -> Path:
         path = self._log_dir / name
@@ -241,24 +260,6 @@ class SGLangFleet:
             time.sleep(1.0)
         raise EngineError(f"{server.describe()} not healthy after {self.config.startup_timeout_s:.0f} s")
 
-    # -- weight sync ---------------------------------------------------------------------------------
-    def weight_transport(self):
-        """The sync transport that reaches every server (``config.weight_sync``), created once: the
-        distributed transport keeps its process group with the servers across syncs."""
-        if self._transport is None:
-            from megatron_hapo.sync import DiskTransport, DistributedTransport
-
-            if self.config.weight_sync == "disk":
-                self._transport = DiskTransport(
-                    self, self.config.model_path, self._log_dir / "synced_weights"
-                )
-            else:
-                self._transport = DistributedTransport(
-                    self, master_address=self.config.sync_master_address, group_name="hapo_fleet_sync",
-                    timeout_s=self.config.sync_timeout_s,
-                )  # fmt: skip
-        return self._transport
-
     # -- health --------------------------------------------------------------------------------------
     def _dead_servers(self) -> list[FleetProcess]:
         """Servers whose process exited or whose HTTP front end does not answer. The probe is
@@ -305,7 +306,7 @@ class SGLangFleet:
         return dead
 
     def recover_from_sync_failure(self, exc: BaseException) -> bool:
-        """Called by the distributed transport after a failed broadcast (its side of the group is gone):
+        """Called by the weight synchronizer after a failed broadcast (its side of the group is gone):
         True when dead servers were dropped and the sync can go on with the others (``continue``)."""
         logger.warning("weight sync failed (%s); checking the servers", exc)
         return bool(self.check_servers())
@@ -344,7 +345,23 @@ class SGLangFleet:
         return self.servers[hash(tuple(prompt)) % len(self.servers)].url
 
     def _generate_one(self, prompt: list[int], params: GenerationParams) -> list[dict]:
-        """The ``n`` samples of one prompt (``params.seeds``: this prompt's seed, then one request each)."""
+        """The ``n`` samples of one prompt (``params.seeds``: this prompt's seed, then one request each).
+
+        It passes the request gate; when a weight sync aborted it (it comes back aborted, or failed, and a
+        sync held the gate since it started), it is resubmitted once the sync released the gate."""
+        while True:
+            with self._gate.request() as epoch:
+                try:
+                    outputs = self._post_generate(prompt, params, epoch)
+                except EngineError:
+                    if not self._gate.synced_since(epoch):
+                        raise
+                    outputs = None
+            if outputs is not None and not (_aborted(outputs) and self._gate.synced_since(epoch)):
+                return outputs
+            logger.info("a weight sync aborted a request of %d prompt tokens; resubmitting it", len(prompt))
+
+    def _post_generate(self, prompt: list[int], params: GenerationParams, epoch: int) -> list[dict]:
         inputs, sampling = params.sglang_requests([prompt])
         payload = {
             "input_ids": inputs[0] if isinstance(sampling, dict) else inputs,
@@ -358,6 +375,8 @@ class SGLangFleet:
                 out = self._post(target, "/generate", payload)
                 return out if isinstance(out, list) else [out]
             except (requests.RequestException, EngineError) as exc:
+                if self._gate.synced_since(epoch):  # a sync aborted it: resubmitted after the sync
+                    raise EngineError(f"generate aborted by a weight sync: {exc}") from exc
                 last_error = exc
                 logger.warning(
                     "generate attempt %d/%d failed: %s", attempt + 1, self.config.max_retries + 1, exc
@@ -403,6 +422,20 @@ class SGLangFleet:
             errors = {url: e for url, e in errors.items() if url in alive}
         if errors:
             raise EngineError(f"{path} failed on " + "; ".join(errors.values()))
+
+    # -- requests in flight (a weight sync: sync/synchronizer.py) -------------------------------------
+    def hold_requests(self) -> None:
+        self._gate.hold()
+
+    def release_requests(self) -> None:
+        self._gate.release()
+
+    def wait_idle(self, timeout_s: float) -> None:
+        self._gate.wait_idle(timeout_s)
+
+    def abort_requests(self) -> None:
+        """SGLang's abort of every request on every server; the gate resubmits them after the sync."""
+        self._all("/abort_request", {"abort_all": True})
 
     def pause(self) -> None:
         self._all("/pause_generation", {"mode": "retract"})
@@ -486,13 +519,7 @@ class SGLangFleet:
         return torch.as_tensor(reply)
 
     def shutdown(self) -> None:
-        """Close the weight-sync group, then stop the servers and the router this fleet launched."""
-        transport, self._transport = self._transport, None
-        if transport is not None and hasattr(transport, "close"):
-            try:
-                transport.close()
-            except Exception as exc:  # the servers may already be gone; never block the shutdown
-                logger.warning("closing the weight-sync transport failed: %s", exc)
+        """Stop the servers and the router this fleet launched (close the weight synchronizer first)."""
         for s in ([self._router] if self._router else []) + self.servers:
             if s.process is not None and s.process.poll() is None:
                 try:
@@ -501,3 +528,9 @@ class SGLangFleet:
                 except (ProcessLookupError, subprocess.TimeoutExpired):
                     os.killpg(s.process.pid, 9)
         self._router = None
+
+
+def _aborted(outputs: list[dict]) -> bool:
+    return any(
+        ((o.get("meta_info") or {}).get("finish_reason") or {}).get("type") == "abort" for o in outputs
+    )

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from megatron_hapo.console import EngineCrashReport, fds_to, keep_root_handlers
+from megatron_hapo.rollout.inflight import RequestGate
 from megatron_hapo.rollout.parse import to_samples
 from megatron_hapo.rollout.processes import without_launcher_env
 from megatron_hapo.rollout.types import EngineError, GenerationParams, RolloutSample
@@ -99,6 +100,7 @@ class InProcessSGLangEngine:
         self._tm = self._engine.tokenizer_manager
         self._leave_sigterm_to_the_process()
         self.num_engine_ranks = tp_size  # ranks that join a distributed weight-update group
+        self._gate = RequestGate()
         self.weight_version = "default"  # SGLang's initial version string
 
     def _leave_sigterm_to_the_process(self) -> None:
@@ -147,7 +149,8 @@ class InProcessSGLangEngine:
             params.max_new_tokens,
         )
         start = time.perf_counter()
-        outputs = self._engine.generate(input_ids=inputs, sampling_params=sampling, return_logprob=True)
+        with self._gate.request():
+            outputs = self._engine.generate(input_ids=inputs, sampling_params=sampling, return_logprob=True)
         samples = to_samples(outputs, prompts, params.n, require_hapo=self.hapo_sampler)
         _log_throughput(samples, time.perf_counter() - start)
         return samples
@@ -156,8 +159,39 @@ class InProcessSGLangEngine:
     def _run(self, coro):
         return self._engine.loop.run_until_complete(coro)
 
+    # -- requests in flight ---------------------------------------------------------------------------
+    # The engine's event loop is driven by the calling thread (run_until_complete): one call at a time. A
+    # sync from another thread can wait for a running generate call (sync_policy=wait), not pause or
+    # abort it (validation refuses those policies with this engine; rollout.engine=fleet supports them).
+    def hold_requests(self) -> None:
+        self._gate.hold()
+
+    def release_requests(self) -> None:
+        self._gate.release()
+
+    def wait_idle(self, timeout_s: float) -> None:
+        self._gate.wait_idle(timeout_s)
+
+    def abort_requests(self) -> None:
+        raise EngineError(
+            "the in-process engine cannot abort a running generate call (one call at a time on its event "
+            "loop): use rollout.sync_policy=wait, or rollout.engine=fleet for sync_policy=abort"
+        )
+
+    def _refuse_concurrent(self, call: str) -> None:
+        if self._gate.in_flight:
+            raise EngineError(
+                f"in-process engine: {call} while a generate call runs in another thread; this engine runs one "
+                "call at a time: use rollout.sync_policy=wait, or rollout.engine=fleet for pause/abort"
+            )
+
+    def recover_from_sync_failure(self, exc: BaseException) -> bool:
+        return False  # one engine in this process: nothing to drop and go on without
+
     def pause(self) -> None:
         from sglang.srt.managers.io_struct import PauseGenerationReqInput
+
+        self._refuse_concurrent("pause")
 
         self._run(self._tm.pause_generation(PauseGenerationReqInput(mode="retract")))
 

@@ -47,9 +47,10 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
-def spawn_server(cmd: list[str], log_path: Path) -> subprocess.Popen:
+def spawn_server(cmd: list[str], log_path: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen:
     """Start ``cmd`` in its own session (so its process group can be stopped as a whole), output to
-    ``log_path``, torchrun's variables removed; on Linux it receives SIGTERM if this process dies.
+    ``log_path``, torchrun's variables removed and ``env`` added (its GPUs); on Linux it receives SIGTERM if
+    this process dies.
 
     The death signal is tied to the thread that forks (a kernel rule): call this from a thread that lives as
     long as the server should, as the trainer's main thread does."""
@@ -58,7 +59,7 @@ def spawn_server(cmd: list[str], log_path: Path) -> subprocess.Popen:
             cmd,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=launcher_free_environ(),
+            env={**launcher_free_environ(), **(env or {})},
             start_new_session=True,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509 (no threads fork here)
         )

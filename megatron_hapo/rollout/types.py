@@ -157,10 +157,28 @@ class RolloutSample:
 
 @runtime_checkable
 class RolloutEngine(Protocol):
-    """What the trainer needs from a rollout backend (in-process SGLang or a fleet)."""
+    """What the trainer, the evaluator and the weight synchronizer (``sync/``) need from a rollout backend
+    (in-process SGLang or a fleet). Every method a caller uses on an engine is declared here."""
+
+    name: str
+    weight_version: str  # the version the engine serves (set_weight_version)
 
     def generate(self, prompts: list[list[int]], params: GenerationParams) -> list[RolloutSample]:
-        """``len(prompts) * params.n`` samples, grouped by prompt (prompt 0's n samples first)."""
+        """``len(prompts) * params.n`` samples, grouped by prompt (prompt 0's n samples first). Safe to call
+        from another thread than the one that syncs (the in-process engine runs one call at a time)."""
+
+    # -- requests in flight (rollout/inflight.py): a sync holds new ones and pauses, waits for or aborts
+    #    the running ones by its policy (sync/synchronizer.py)
+    def hold_requests(self) -> None:
+        """Requests not yet started wait until :meth:`release_requests`."""
+
+    def release_requests(self) -> None: ...
+
+    def wait_idle(self, timeout_s: float) -> None:
+        """Block until no generate request is in flight (TimeoutError after ``timeout_s``)."""
+
+    def abort_requests(self) -> None:
+        """Abort the running requests (SGLang's abort); the engine resubmits them after the release."""
 
     def pause(self) -> None:
         """Stop scheduling; running requests are retracted to the queue (none is lost)."""
@@ -169,6 +187,7 @@ class RolloutEngine(Protocol):
 
     def flush_cache(self) -> None: ...
 
+    # -- weight update (called by the transports of sync/transports.py)
     def begin_weight_update(self) -> None: ...
 
     def end_weight_update(self) -> None: ...
@@ -177,7 +196,28 @@ class RolloutEngine(Protocol):
 
     def update_weights_from_disk(self, hf_dir: str) -> None: ...
 
+    @property
+    def num_engine_ranks(self) -> int:
+        """Ranks that join a distributed weight-update group (TP x servers)."""
+
+    def init_weights_update_group(
+        self, master_address: str, master_port: int, rank_offset: int, world_size: int, group_name: str,
+        backend: str,
+    ) -> None: ...  # fmt: skip
+
+    def update_weights_from_distributed(
+        self, names: list[str], dtypes: list[str], shapes: list[list[int]], group_name: str
+    ) -> None: ...
+
+    def destroy_weights_update_group(self, group_name: str) -> None: ...
+
+    def recover_from_sync_failure(self, exc: BaseException) -> bool:
+        """After a failed broadcast: True when dead servers were dropped and the sync can go on."""
+
     def set_weight_version(self, version: str) -> None: ...
+
+    def get_weight(self, hf_name: str, truncate_size: int = 10**9) -> Any:
+        """A parameter read back from the engine (read-back verification, the log-prob doctor)."""
 
     def health(self) -> bool: ...
 

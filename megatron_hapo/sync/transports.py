@@ -30,6 +30,9 @@ class Transport(Protocol):
     def finish(self) -> None:
         """Called once after the last bucket (a transport that batches work does it here)."""
 
+    def close(self) -> None:
+        """Release what the transport holds across syncs (a process group)."""
+
 
 class TensorTransport:
     """``update_weights_from_tensor``: colocated engines (shared memory on CPU, CUDA IPC on GPU)."""
@@ -44,6 +47,9 @@ class TensorTransport:
         self.engine.update_weights_from_tensor([(n, t.detach().contiguous()) for n, t in bucket])
 
     def finish(self):
+        pass
+
+    def close(self):
         pass
 
 
@@ -99,6 +105,9 @@ class DiskTransport:
             staging.rename(self.out_dir)
         self.engine.update_weights_from_disk(str(self.out_dir))
 
+    def close(self):
+        pass
+
 
 class DistributedTransport:
     """``update_weights_from_distributed``: broadcast from the trainer to every engine rank.
@@ -119,10 +128,11 @@ class DistributedTransport:
       dropped a server it found dead), the group is destroyed and re-formed, under a new name, with the
       ranks that are left, and that is logged;
     * a failure during a broadcast is bounded by ``timeout_s`` (per collective and per engine reply); the
-      trainer's side of the group is destroyed at once (which releases survivors blocked on it), then the
-      engine's ``recover_from_sync_failure(exc)`` decides: ``True`` (it dropped dead servers and some are
-      left) re-forms the group and sends the bucket again (earlier buckets reached every survivor: each
-      bucket ends only when every engine rank acknowledged it); otherwise the error propagates.
+      trainer's side of the group is destroyed at once (which releases survivors blocked on it) and the error
+      propagates. The weight synchronizer then asks the engine (``recover_from_sync_failure``) whether it
+      dropped dead servers and can go on; if so it sends the bucket again, and this transport re-forms the
+      group with the ranks left (earlier buckets reached every survivor: each bucket ends only when every
+      engine rank acknowledged it).
     """
 
     name = "distributed"
@@ -233,12 +243,7 @@ class DistributedTransport:
             exc.__traceback__ = None
             self._drop_group(tell_engine=False)
             gc.collect()
-            recover = getattr(self.engine, "recover_from_sync_failure", None)
-            if recover is None or not recover(exc):
-                raise
-            logger.warning("weight sync: resending the bucket to the remaining engine ranks (%s)", exc)
-            self._ensure_group()
-            self._broadcast(bucket)
+            raise
 
     def _broadcast(self, bucket) -> None:
         names = [n for n, _ in bucket]
@@ -268,17 +273,3 @@ class DistributedTransport:
 
     def close(self) -> None:
         self._drop_group(tell_engine=True)
-
-
-def transport_for(engine: RolloutEngine) -> Transport:
-    """The transport that reaches ``engine``: the engine's own ``weight_transport()`` when it has one
-    (a fleet of servers picks distributed or disk sync), else :class:`TensorTransport` (a colocated
-    engine, whose ``update_weights_from_tensor`` is the fast path)."""
-    own = getattr(engine, "weight_transport", None)
-    return own() if own is not None else TensorTransport(engine)
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]

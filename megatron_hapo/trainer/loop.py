@@ -39,7 +39,7 @@ def rl_step(run: Run, step: int, stats: EntropyStats | None) -> tuple[EntropySta
     # 4-6. advantages, old-policy pass, step-global entropy statistics, policy update
     new_stats, metrics = learn(run.cfg, run.policy, batch)
     # 7. weight sync into the engine, version = step
-    metrics.update(run.policy.sync_weights(run.rollout.engine, version=f"step-{step}"))
+    metrics.update(run.policy.sync_weights(run.synchronizer, version=f"step-{step}"))
     metrics["time/step_s"] = time.perf_counter() - t0
     return new_stats, metrics
 
@@ -191,7 +191,7 @@ def resume(run: Run, plan: ResumePlan) -> TrainerState:
         run.rollout.load_state_dict(saved["rollout"])
         state.load_state_dict(saved)
     # the engine serves exactly the trainer's weights
-    run.policy.sync_weights(run.rollout.engine, version=f"step-{plan.step}")
+    run.policy.sync_weights(run.synchronizer, version=f"step-{plan.step}")
     return state
 
 

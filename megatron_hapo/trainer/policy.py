@@ -266,26 +266,20 @@ class Policy:
         }
 
     # ------------------------------------------------------------------------------------- sync
-    def sync_weights(self, engine, version: str) -> dict[str, float]:
-        """Push the weights into ``engine`` (held by global rank 0); the model-parallel peers of rank 0
-        iterate the collective export in lockstep; other data-parallel replicas have nothing to do."""
+    def sync_weights(self, synchronizer, version: str) -> dict[str, float]:
+        """Hand the stream of HF-named weights to ``synchronizer`` (``sync.WeightSynchronizer``, held by
+        global rank 0); the model-parallel peers of rank 0 iterate the collective export in lockstep; other
+        data-parallel replicas have nothing to do."""
         from megatron.core import parallel_state as ps
 
         from megatron_hapo.checkpoint_io import export_hf_weights
-        from megatron_hapo.sync import push_weights, transport_for
 
         t0 = time.perf_counter()
         if ps.get_data_parallel_rank() != 0:
             return {}
         named = export_hf_weights(self.model)
-        if engine is not None:
-            r = self.cfg.rollout
-            if r.quantization == "fp8" and r.fp8_format == "blockwise":  # quantised on the way (docs/fp8.md)
-                from megatron_hapo.sync.fp8 import fp8_rollout_stream
-
-                named = fp8_rollout_stream(named)
-            report = push_weights(engine, transport_for(engine), named, version=version)
-            return {"time/sync_s": time.perf_counter() - t0, "sync/mb": report.bytes / 1e6}
+        if synchronizer is not None:
+            return synchronizer.sync(named, version).metrics()
         for _ in named:
             pass
         return {"time/sync_s": time.perf_counter() - t0}

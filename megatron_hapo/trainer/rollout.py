@@ -60,13 +60,16 @@ def uses_hapo_sampler(cfg: RootConfig) -> bool:
 
 
 def _inprocess_engine(cfg: RootConfig, run_dir) -> InProcessSGLangEngine:
+    args = engine_server_args(cfg)
+    if torch.cuda.is_available():  # its share of training's GPUs; on CPU, cpu_server_args() sizes it
+        args["mem_fraction_static"] = cfg.rollout.mem_fraction
     return InProcessSGLangEngine(
         rollout_model_path(cfg, run_dir),
         hapo_sampler=uses_hapo_sampler(cfg),  # responses must then carry hapo_* per token
         tp_size=cfg.rollout.tensor_parallel_size,
         seed=cfg.trainer.seed,
         log_file=engine_log_file(run_dir),  # run_dir/logs/sglang.log unless --verbose
-        **engine_server_args(cfg),
+        **args,
     )
 
 
@@ -74,11 +77,18 @@ def _fleet_engine(cfg: RootConfig, run_dir) -> SGLangFleet:
     """Launch ``rollout.num_servers`` servers + a router (``launch_servers``), or attach to
     ``server_addresses`` / ``router_address``."""
     from megatron_hapo.rollout.fleet import FleetConfig, SGLangFleet
+    from megatron_hapo.rollout.placement import server_gpus as server_gpus_for
 
     r = cfg.rollout
     args = engine_server_args(cfg)
+    server_gpus = None
     if torch.cuda.is_available():  # on CPU, cpu_server_args() sizes the KV cache
         args["mem_fraction_static"] = r.mem_fraction
+        if r.launch_servers:  # each server on GPUs of its own, after the training ranks of this node
+            training_gpus = int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
+            per_server = r.gpus_per_server or r.tensor_parallel_size
+            placed = server_gpus_for(r.num_servers, per_server, torch.cuda.device_count(), training_gpus)
+            server_gpus = tuple(tuple(g) for g in placed)
     fleet_cfg = FleetConfig(
         model_path=rollout_model_path(cfg, run_dir),
         num_servers=r.num_servers,
@@ -94,10 +104,9 @@ def _fleet_engine(cfg: RootConfig, run_dir) -> SGLangFleet:
         log_dir=str(Path(run_dir) / "fleet_logs") if run_dir is not None else None,
         seed=cfg.trainer.seed,
         server_args=args,
-        weight_sync=r.weight_sync,
         host=r.bind_host,
-        sync_master_address=r.sync_address,
         sync_timeout_s=r.sync_timeout_s,
+        server_gpus=server_gpus,
         api_key=os.environ.get(r.api_key_env) or None,  # the key itself never enters the config
     )
     return SGLangFleet(fleet_cfg)

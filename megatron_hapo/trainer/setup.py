@@ -18,6 +18,7 @@ from megatron_hapo.trainer.metrics import RunLogger
 
 if TYPE_CHECKING:  # built in build_run (Megatron, SGLang: heavy imports)
     from megatron_hapo.eval import Evaluator
+    from megatron_hapo.sync import WeightSynchronizer
     from megatron_hapo.trainer.policy import Policy
     from megatron_hapo.trainer.rollout import RolloutStage
 
@@ -34,6 +35,7 @@ class Run:
     logger: RunLogger
     total_steps: int
     evaluator: Evaluator | None = None  # on the lead when eval.benchmarks is set
+    synchronizer: WeightSynchronizer | None = None  # on the lead: the weight sync into the rollout engine
 
 
 def resolve_run_dir(cfg: RootConfig) -> Path:
@@ -109,6 +111,8 @@ def build_run(cfg: RootConfig, plan: ResumePlan | None = None) -> Run:
     from megatron_hapo.data import PromptDataset, PromptOrder
     from megatron_hapo.eval import Evaluator
     from megatron_hapo.rewards import ScorerPool
+    from megatron_hapo.rollout.serving import rollout_model_path
+    from megatron_hapo.sync import make_synchronizer
     from megatron_hapo.trainer.policy import Policy
     from megatron_hapo.trainer.rollout import RolloutStage, make_engine
 
@@ -130,11 +134,12 @@ def build_run(cfg: RootConfig, plan: ResumePlan | None = None) -> Run:
     updates = cfg.data.train_batch_size // cfg.data.mini_batch_size
     t0 = time.perf_counter()
     policy = Policy(cfg, optimizer_steps=total * updates)
-    engine = scorer = evaluator = None
+    engine = scorer = evaluator = synchronizer = None
     if lead:
         scorer = ScorerPool.from_config(cfg.reward)
         evaluator = Evaluator.from_config(cfg, tokenizer, scorer=scorer)  # benchmark files fail fast
         engine = make_engine(cfg, run_dir)
+        synchronizer = make_synchronizer(cfg, engine, rollout_model_path(cfg, run_dir), run_dir)
         logger.info("engine and scorer ready in %.1f s", time.perf_counter() - t0)
     run_logger = RunLogger(run_dir, cfg, lead=lead, resume_step=plan.step if plan is not None else None)
     return Run(
@@ -146,12 +151,18 @@ def build_run(cfg: RootConfig, plan: ResumePlan | None = None) -> Run:
         logger=run_logger,
         total_steps=total,
         evaluator=evaluator,
+        synchronizer=synchronizer,
     )
 
 
 def close_run(run: Run) -> None:
     """Close the metrics files, shut the rollout engine (or fleet) down and stop the scorer pool."""
     run.logger.close()
+    if run.synchronizer is not None:  # its distributed group with the engine goes first
+        try:
+            run.synchronizer.close()
+        except Exception as exc:  # the servers may already be gone; never block the shutdown
+            logger.warning("closing the weight synchronizer failed: %s", exc)
     if run.rollout.engine is not None:
         run.rollout.engine.shutdown()
     if run.rollout.scorer is not None:

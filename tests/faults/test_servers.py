@@ -14,6 +14,7 @@ Each case must finish within a bound far below the ~6 minutes the wedged sync us
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ import pytest
 
 from megatron_hapo.rollout import EngineError, GenerationParams
 from megatron_hapo.rollout.fleet import FleetConfig, SGLangFleet
-from megatron_hapo.sync import DiskTransport, push_weights
+from megatron_hapo.sync import DiskTransport, DistributedTransport, push_weights
 from tests.fleet_utils import server_pid
 from tests.rollout.common import PROMPTS, perturbed_state
 from tests.torchrun_utils import REPO_ROOT
@@ -36,6 +37,16 @@ pytestmark = pytest.mark.slow
 GREEDY = GenerationParams(n=1, max_new_tokens=4, temperature=0.0, ignore_eos=True)
 BOUND_S = 90.0  # a case (kill -> the sync has recovered or failed cleanly) on a loaded 2-core machine
 SYNC_TIMEOUT_S = 30.0
+_TRANSPORTS: dict[int, DistributedTransport] = {}  # one per fleet object: its group lives across syncs
+
+
+def distributed(fleet: SGLangFleet) -> DistributedTransport:
+    """The fleet's broadcast transport, as a run's synchronizer holds it (sync/factory.py)."""
+    if id(fleet) not in _TRANSPORTS:
+        _TRANSPORTS[id(fleet)] = DistributedTransport(
+            fleet, group_name="hapo_fleet_sync", timeout_s=fleet.config.sync_timeout_s
+        )
+    return _TRANSPORTS[id(fleet)]
 
 
 @pytest.fixture(scope="module")
@@ -70,18 +81,21 @@ def fleet(model_dir, tmp_path_factory):
         )
     )
     yield f
+    for transport in _TRANSPORTS.values():
+        with contextlib.suppress(Exception):  # a strict view's group may hold a dead server
+            transport.close()
     f.shutdown()
 
 
 WHAT = "server kills survived or stopped cleanly"
 
 
-def strict_view(fleet: SGLangFleet, weight_sync: str) -> SGLangFleet:
+def strict_view(fleet: SGLangFleet) -> SGLangFleet:
     """The same servers under on_server_failure=fail (attached: it launches nothing)."""
     return SGLangFleet(
         FleetConfig(
             attach_urls=tuple(s.url for s in fleet.servers), router=False, on_server_failure="fail",
-            weight_sync=weight_sync, api_key=fleet.api_key, sync_timeout_s=SYNC_TIMEOUT_S,
+            api_key=fleet.api_key, sync_timeout_s=SYNC_TIMEOUT_S,
             model_path=fleet.config.model_path, progress=False,
         )
     )  # fmt: skip
@@ -106,15 +120,15 @@ def served_versions(fleet: SGLangFleet) -> set[str]:
 def test_kill_between_syncs_under_each_transport_and_mode(
     fleet, state, model_dir, tmp_path, fault_figures, caplog
 ):
-    push_weights(fleet, fleet.weight_transport(), perturbed_state(state, 1.0), "v1")  # the group of 3 exists
-    strict_dist, strict_disk = strict_view(fleet, "distributed"), strict_view(fleet, "disk")
+    push_weights(fleet, distributed(fleet), perturbed_state(state, 1.0), "v1")  # the group of 3 exists
+    strict_dist, strict_disk = strict_view(fleet), strict_view(fleet)
     victim = fleet.servers[2]
     kill(victim)
     results = {}
 
     # fail, distributed and disk: a clear error naming the dead server, quickly
     for name, strict, transport in [
-        ("fail/distributed", strict_dist, strict_dist.weight_transport()),
+        ("fail/distributed", strict_dist, distributed(strict_dist)),
         ("fail/disk", strict_disk, DiskTransport(strict_disk, model_dir, tmp_path / "strict")),
     ]:
         t0 = time.monotonic()
@@ -127,7 +141,7 @@ def test_kill_between_syncs_under_each_transport_and_mode(
     # continue, distributed: the group is rebuilt without the dead server (and that is logged)
     t0 = time.monotonic()
     with caplog.at_level(logging.WARNING):
-        push_weights(fleet, fleet.weight_transport(), perturbed_state(state, 1.2), "v2")
+        push_weights(fleet, distributed(fleet), perturbed_state(state, 1.2), "v2")
     elapsed = time.monotonic() - t0
     results["continue/distributed"] = (
         [s.url for s in fleet.servers] == [s.url for s in (strict_dist.servers[:2])]
@@ -159,9 +173,7 @@ def test_kill_during_a_broadcast_resends_to_the_survivor(fleet, state, fault_fig
     ok = False
     try:
         with caplog.at_level(logging.WARNING):
-            push_weights(
-                fleet, fleet.weight_transport(), perturbed_state(state, 0.9), "v4", bucket_bytes=64 << 10
-            )
+            push_weights(fleet, distributed(fleet), perturbed_state(state, 0.9), "v4", bucket_bytes=64 << 10)
         elapsed = time.monotonic() - t0
         ok = (
             len(fleet.servers) == 1

@@ -4,6 +4,9 @@ One engine for the module (start-up is ~20-40 s on 2 cores). The model is fp32 s
 be compared with Hugging Face's to a tight tolerance.
 """
 
+import threading
+import time
+
 import pytest
 import torch
 
@@ -13,6 +16,8 @@ from megatron_hapo.sync import (
     DistributedTransport,
     TensorTransport,
     WeightSyncError,
+    WeightSynchronizer,
+    make_synchronizer,
     push_weights,
 )
 from tests.rollout.common import LOGPROB_TOL, PROBE, PROMPTS, hf_logprobs, perturbed_state
@@ -112,3 +117,42 @@ def test_engine_error_names_the_call(engine):
     with pytest.raises(EngineError, match="update_weights_from_disk"):
         engine.update_weights_from_disk("/nonexistent/checkpoint")
     assert engine.health()
+
+
+LONG = GenerationParams(n=2, max_new_tokens=64, temperature=1.0, ignore_eos=True)
+
+
+def _generate_in_thread(engine, result):
+    worker = threading.Thread(target=lambda: result.update(samples=engine.generate(PROMPTS * 4, LONG)))
+    worker.start()
+    time.sleep(0.5)  # the call is running
+    return worker
+
+
+def test_run_synchronizer_waits_for_a_generate_call_in_another_thread(engine, hf_model, model_dir):
+    from megatron_hapo.config import RootConfig
+
+    sync = make_synchronizer(RootConfig(), engine, str(model_dir))  # the defaults: in-process, wait
+    assert isinstance(sync.transport, TensorTransport) and sync.policy == "wait" and sync.transforms == ()
+    old, result = engine.weight_version, {}
+    worker = _generate_in_thread(engine, result)
+    assert worker.is_alive(), "the generate call finished before the sync could catch it in flight"
+    sync.sync(perturbed_state(hf_model, 1.0), "inprocess-wait")
+    assert not worker.is_alive()  # the sync waited for the running call
+    worker.join()
+    samples = result["samples"]
+    assert len(samples) == 16 and all(len(s.response_ids) == 64 for s in samples)
+    assert {s.weight_version for s in samples} == {
+        old
+    } and sync.version == engine.weight_version == "inprocess-wait"
+
+
+def test_pause_from_another_thread_is_refused_by_the_inprocess_engine(engine, hf_model):
+    pausing, result = WeightSynchronizer(engine, TensorTransport(engine), policy="pause"), {}
+    worker = _generate_in_thread(engine, result)
+    assert worker.is_alive(), "the generate call finished before the sync could catch it in flight"
+    with pytest.raises(EngineError, match="one call at a time.*rollout.engine=fleet"):
+        pausing.sync(perturbed_state(hf_model, 1.0), "refused")
+    worker.join(timeout=300)
+    assert len(result["samples"]) == 16  # the running call was not disturbed
+    assert engine.weight_version != "refused" and engine.health()

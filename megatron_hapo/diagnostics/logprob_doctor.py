@@ -41,11 +41,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from megatron_hapo.checkpoint_io import export_hf_weights, load_checkpoint, load_hf_weights
+    from megatron_hapo.diagnostics.logprob_check import compare_logprobs, sample_temperatures
     from megatron_hapo.models import build_gpt_model
     from megatron_hapo.models.scoring import score_sequences
     from megatron_hapo.rollout import GenerationParams, InProcessSGLangEngine
     from megatron_hapo.sync import DistributedTransport, TensorTransport, push_weights
-    from megatron_hapo.sync.logprob_check import compare_logprobs, sample_temperatures
 
     env = hp.init_distributed()
     hp.initialize_model_parallel(args.tp, args.pp, seed=args.seed)

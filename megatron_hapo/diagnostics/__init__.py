@@ -1,0 +1,1 @@
+"""Diagnostics that use the trainer and the rollout engine together (the log-prob doctor)."""

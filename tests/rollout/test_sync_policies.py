@@ -1,0 +1,95 @@
+"""Issue 20: a weight sync while generate requests are in flight, for each ``rollout.sync_policy``, on a
+real 1-server SGLang fleet on CPU. The requests are submitted from another thread (as the overlapped
+loop will); none is lost, each sample is whole, and the engine serves the new version afterwards.
+
+* wait: the in-flight requests finish on the old weights before the sync;
+* pause: they are retracted, and finish after it (SGLang reports the version spans of each sample);
+* abort: they are aborted and resubmitted after it, whole, on the new weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import pytest
+
+from megatron_hapo.rollout import GenerationParams
+from megatron_hapo.rollout.fleet import FleetConfig, SGLangFleet
+from megatron_hapo.sync import DiskTransport, WeightSynchronizer
+from tests.rollout.common import PROMPTS, perturbed_state
+
+pytestmark = pytest.mark.slow
+
+LONG = GenerationParams(n=2, max_new_tokens=96, temperature=1.0, ignore_eos=True)
+GREEDY = GenerationParams(n=1, max_new_tokens=8, temperature=0.0, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def fleet(model_dir, tmp_path_factory):
+    f = SGLangFleet(
+        FleetConfig(
+            model_path=str(model_dir), num_servers=1, router=False, progress=False,
+            log_dir=str(tmp_path_factory.mktemp("fleet-logs")), server_args={"dtype": "float32"},
+            request_timeout_s=300,
+        )
+    )  # fmt: skip
+    yield f
+    f.shutdown()
+
+
+def _sync_during_generation(fleet, model_dir, tmp_path, hf_model, policy, scale, version):
+    before = [s.response_ids for s in fleet.generate(PROMPTS, GREEDY)]
+    old = fleet.weight_version
+    synchronizer = WeightSynchronizer(
+        fleet, DiskTransport(fleet, model_dir, tmp_path / "weights"), policy=policy, timeout_s=300
+    )
+    result: dict = {}
+
+    def generate():
+        try:
+            result["samples"] = fleet.generate(PROMPTS * 4, LONG)
+        except BaseException as exc:  # surfaced by the assertion below
+            result["error"] = exc
+
+    worker = threading.Thread(target=generate)
+    worker.start()
+    time.sleep(1.0)  # the requests are decoding
+    in_flight_at_sync = worker.is_alive()
+    synchronizer.sync(perturbed_state(hf_model, scale), version)
+    finished_by_sync = not worker.is_alive()
+    worker.join(timeout=300)
+    assert "error" not in result, result.get("error")
+    samples = result["samples"]
+    # none lost, every one whole (nothing aborted reached the caller)
+    assert in_flight_at_sync, "the requests finished before the sync could catch them in flight"
+    assert len(samples) == len(PROMPTS) * 4 * LONG.n
+    assert all(len(s.response_ids) == LONG.max_new_tokens and s.finish_reason == "length" for s in samples)
+    # and afterwards the engine serves the new weights under the new version
+    after = fleet.generate(PROMPTS, GREEDY)
+    assert {s.weight_version for s in after} == {version} and [s.response_ids for s in after] != before
+    return samples, old, finished_by_sync
+
+
+def test_wait_lets_requests_in_flight_finish_on_the_old_weights(fleet, model_dir, tmp_path, hf_model):
+    samples, old, finished_by_sync = _sync_during_generation(
+        fleet, model_dir, tmp_path, hf_model, "wait", 1.3, "wait-1"
+    )
+    assert finished_by_sync  # the sync waited for them
+    assert {s.weight_version for s in samples} == {old}
+
+
+def test_pause_retracts_requests_and_finishes_them_on_the_new_weights(fleet, model_dir, tmp_path, hf_model):
+    samples, _, finished_by_sync = _sync_during_generation(
+        fleet, model_dir, tmp_path, hf_model, "pause", 1.6, "pause-1"
+    )
+    assert not finished_by_sync  # the sync did not wait for them
+    assert {s.weight_version for s in samples} == {"pause-1"}  # they finished after it
+
+
+def test_abort_resubmits_requests_after_the_sync(fleet, model_dir, tmp_path, hf_model, caplog):
+    with caplog.at_level(logging.INFO, logger="megatron_hapo.rollout.fleet"):
+        samples, _, _ = _sync_during_generation(fleet, model_dir, tmp_path, hf_model, "abort", 1.0, "abort-1")
+    assert "a weight sync aborted a request" in caplog.text  # SGLang's abort reached them
+    assert {s.weight_version for s in samples} == {"abort-1"}  # whole again, generated on the new weights
