@@ -22,8 +22,10 @@ import secrets
 import socket
 import subprocess
 import sys
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -102,6 +104,26 @@ def _cli_flags(args: dict[str, Any]) -> list[str]:
         elif value not in (False, None):
             flags += [flag, str(value)]
     return flags
+
+
+@dataclass
+class GroupStreamReport:
+    """What :meth:`SGLangFleet.generate_groups` generated: groups handed to ``accept`` (``completed``),
+    groups aborted mid-generation, finished too late to be used (``discarded``) or never sent, and every
+    response token the servers generated for the call (aborted partial responses included)."""
+
+    completed: int = 0
+    aborted: int = 0
+    discarded: int = 0
+    never_sent: int = 0
+    generated_tokens: int = 0
+
+
+def _completion_tokens(outputs: list[dict] | None) -> int:
+    """Response tokens of one request's outputs (partial ones of an aborted request included)."""
+    if not outputs:
+        return 0
+    return sum(int(o["meta_info"].get("completion_tokens", len(o.get("output_ids") or []))) for o in outputs)
 
 
 class SGLangFleet:
@@ -343,8 +365,13 @@ class SGLangFleet:
             return self._router.url
         return self.servers[hash(tuple(prompt)) % len(self.servers)].url
 
-    def _generate_one(self, prompt: list[int], params: GenerationParams) -> list[dict]:
-        """The ``n`` samples of one prompt (``params.seeds``: this prompt's seed, then one request each)."""
+    def _generate_one(
+        self, prompt: list[int], params: GenerationParams, cancel: threading.Event | None = None
+    ) -> list[dict] | None:
+        """The ``n`` samples of one prompt (``params.seeds``: this prompt's seed, then one request each).
+        With ``cancel`` set (an over-sampling stream has what it needs) it is not sent, nor retried: None."""
+        if cancel is not None and cancel.is_set():
+            return None
         inputs, sampling = params.sglang_requests([prompt])
         payload = {
             "input_ids": inputs[0] if isinstance(sampling, dict) else inputs,
@@ -358,6 +385,8 @@ class SGLangFleet:
                 out = self._post(target, "/generate", payload)
                 return out if isinstance(out, list) else [out]
             except (requests.RequestException, EngineError) as exc:
+                if cancel is not None and cancel.is_set():
+                    return None  # aborted by generate_groups (SGLang may answer an aborted request with an error)
                 last_error = exc
                 logger.warning(
                     "generate attempt %d/%d failed: %s", attempt + 1, self.config.max_retries + 1, exc
@@ -383,6 +412,60 @@ class SGLangFleet:
                 outputs.extend(group)
                 bar.update(1)
         return to_samples(outputs, prompts, params.n, require_hapo=self.config.hapo_sampler)
+
+    def generate_groups(
+        self, prompts: list[list[int]], params: GenerationParams, accept: Callable[[int, list[RolloutSample]], bool]
+    ) -> GroupStreamReport:
+        """Over-sampling (``algorithm.dynamic_sampling.over_sample``): every prompt's group is submitted at
+        once; ``accept(i, samples)`` sees each group as it completes (in this thread, in completion order)
+        and returns True when it has all it needs. Then no further request is sent and the ones in flight
+        are aborted through SGLang's ``/abort_request`` (``abort_all`` on every server: while a rollout
+        runs it is the servers' only client). Aborted groups are never handed to ``accept``; their partial
+        responses are only counted (``GroupStreamReport``)."""
+        report = GroupStreamReport()
+        if not prompts:
+            return report
+        self.check_servers()
+        cancel = threading.Event()
+        per_prompt = params.per_prompt(len(prompts))
+        with ThreadPoolExecutor(max_workers=min(self.config.max_concurrent_requests, len(prompts))) as pool:
+            futures = {
+                pool.submit(self._generate_one, list(p), q, cancel): i
+                for i, (p, q) in enumerate(zip(prompts, per_prompt, strict=True))
+            }
+            pending = set(futures)
+            while pending and not cancel.is_set():
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in sorted(done, key=futures.__getitem__):  # ties in prompt order
+                    outputs = fut.result()
+                    report.generated_tokens += _completion_tokens(outputs)
+                    if cancel.is_set():  # finished after the batch was full: generated, not used
+                        report.discarded += 1
+                        continue
+                    i = futures[fut]
+                    samples = to_samples(outputs, [prompts[i]], params.n, require_hapo=self.config.hapo_sampler)
+                    for s in samples:
+                        s.prompt_index = i
+                    report.completed += 1
+                    if accept(i, samples):
+                        cancel.set()
+            if pending:
+                for fut in pending:
+                    fut.cancel()  # not started yet: never sent
+                self._all("/abort_request", {"abort_all": True})
+                for fut in pending:
+                    if fut.cancelled():
+                        report.never_sent += 1
+                        continue
+                    outputs = fut.result()
+                    if outputs is None:
+                        report.aborted += 1
+                        continue
+                    report.generated_tokens += _completion_tokens(outputs)
+                    finished = all((o["meta_info"].get("finish_reason") or {}).get("type") != "abort" for o in outputs)
+                    report.discarded += finished
+                    report.aborted += not finished
+        return report
 
     # -- control: every server -------------------------------------------------------------------------
     def _all(self, path: str, payload: dict | None = None, timeout: float | None = None) -> None:
