@@ -434,21 +434,30 @@ class SGLangFleet:
                 for i, (p, q) in enumerate(zip(prompts, per_prompt, strict=True))
             }
             pending = set(futures)
-            while pending and not cancel.is_set():
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in sorted(done, key=futures.__getitem__):  # ties in prompt order
-                    outputs = fut.result()
-                    report.generated_tokens += _completion_tokens(outputs)
-                    if cancel.is_set():  # finished after the batch was full: generated, not used
-                        report.discarded += 1
-                        continue
-                    i = futures[fut]
-                    samples = to_samples(outputs, [prompts[i]], params.n, require_hapo=self.config.hapo_sampler)
-                    for s in samples:
-                        s.prompt_index = i
-                    report.completed += 1
-                    if accept(i, samples):
-                        cancel.set()
+            try:
+                while pending and not cancel.is_set():
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in sorted(done, key=futures.__getitem__):  # ties in prompt order
+                        outputs = fut.result()
+                        report.generated_tokens += _completion_tokens(outputs)
+                        if cancel.is_set():  # finished after the batch was full: generated, not used
+                            report.discarded += 1
+                            continue
+                        i = futures[fut]
+                        samples = to_samples(
+                            outputs, [prompts[i]], params.n, require_hapo=self.config.hapo_sampler
+                        )
+                        for s in samples:
+                            s.prompt_index = i
+                        report.completed += 1
+                        if accept(i, samples):
+                            cancel.set()
+            except BaseException:  # a failed request or scorer: stop the others before raising
+                cancel.set()
+                for fut in pending:
+                    fut.cancel()
+                self._all("/abort_request", {"abort_all": True})
+                raise
             if pending:
                 for fut in pending:
                     fut.cancel()  # not started yet: never sent

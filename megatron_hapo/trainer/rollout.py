@@ -239,7 +239,7 @@ class RolloutStage:
         bound = cfg_ds.max_num_gen_batches * want  # prompts; 0 = unlimited
         kept: list[StepBatch] = []
         raw: list[StepBatch] = []
-        submitted = rounds = aborted = tokens = 0
+        submitted = rounds = aborted = discarded = tokens = 0
         while len(kept) < want:
             count = math.ceil((want - len(kept)) * cfg_ds.over_sample)
             if bound:
@@ -268,6 +268,7 @@ class RolloutStage:
             submitted += count
             rounds += 1
             aborted += report.aborted
+            discarded += report.discarded
             tokens += report.generated_tokens
         batch = kept[0]
         for g in kept[1:]:
@@ -284,7 +285,7 @@ class RolloutStage:
             "dynamic_sampling/gen_batches": float(rounds),
             "dynamic_sampling/aborted_groups": float(aborted),
             # responses the servers worked on (aborted ones included) per kept response
-            "dynamic_sampling/generated_per_kept": (raw_n + aborted * n) / len(batch),
+            "dynamic_sampling/generated_per_kept": (raw_n + (aborted + discarded) * n) / len(batch),
             "dynamic_sampling/generated_tokens_per_kept_group": tokens / want,
         })  # fmt: skip
         return batch, metrics
