@@ -138,7 +138,8 @@ class SGLangFleet:
         self._log_dir = Path(config.log_dir or os.environ.get("TMPDIR", "/tmp")) / f"hapo-fleet-{os.getpid()}"
         self._log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # holds the servers' key file
         launching = not config.attach_urls and not config.router_url
-        self._api_key = config.api_key or (secrets.token_urlsafe(32) if launching else None)
+        # "k" first: a key starting with "-" reads as an option to the server's argument parser (exit 2)
+        self._api_key = config.api_key or ("k" + secrets.token_urlsafe(32) if launching else None)
         if self._api_key:
             self._session.headers["Authorization"] = f"Bearer {self._api_key}"
         self.servers: list[FleetProcess] = []
