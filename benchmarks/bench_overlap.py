@@ -86,6 +86,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--model", default=None, help="the SFT-warmed tiny policy (default: built here)")
     ap.add_argument("--over-sample", type=float, default=1.5)
+    ap.add_argument(
+        "--train-args", default="",
+        help="extra overrides of every run, e.g. 'data.mini_batch_size=1 data.micro_batch_size=1' (more "
+        "optimizer updates per step: a training side as long as the generation side, as on a real fleet)",
+    )
     ap.add_argument("--skip-overlap", action="store_true")
     ap.add_argument("--skip-dynamic", action="store_true")
     args = ap.parse_args()
@@ -117,7 +122,8 @@ def main() -> None:
                      (f"dynamic sampling, over_sample={args.over_sample}",
                       (*ds, f"algorithm.dynamic_sampling.over_sample={args.over_sample}"))]  # fmt: skip
         for name, overrides in runs:
-            rows = train(model, url, key, work / name.replace(" ", "_").replace(",", ""), args.steps, *overrides)
+            run_dir = work / name.replace(" ", "_").replace(",", "")
+            rows = train(model, url, key, run_dir, args.steps, *args.train_args.split(), *overrides)
             results[name] = summary(rows)
             print(name, json.dumps(results[name]), flush=True)
     finally:
