@@ -87,7 +87,8 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="the SFT-warmed tiny policy (default: built here)")
     ap.add_argument("--over-sample", type=float, default=1.5)
     ap.add_argument(
-        "--train-args", default="",
+        "--train-args",
+        default="",
         help="extra overrides of every run, e.g. 'data.mini_batch_size=1 data.micro_batch_size=1' (more "
         "optimizer updates per step: a training side as long as the generation side, as on a real fleet)",
     )
@@ -102,14 +103,18 @@ def main() -> None:
     if model is None:
         from megatron_hapo.demo.policy import make_demo_model
 
-        model = str(make_demo_model(work / "model", sft_steps=40, sft_files=["examples/data/tiny_math_train.parquet"]))
+        model = str(
+            make_demo_model(work / "model", sft_steps=40, sft_files=["examples/data/tiny_math_train.parquet"])
+        )
     fleet = SGLangFleet(FleetConfig(
         model_path=model, num_servers=1, router=False, progress=False, hapo_sampler=True,
         log_dir=str(work / "fleet_logs"), request_timeout_s=600,
     ))  # fmt: skip
     try:
         n = pin_tree(fleet.servers[0].process.pid, 0)
-        print(f"server {fleet.servers[0].url}: {n} processes pinned to core 0; trainers on core 1", flush=True)
+        print(
+            f"server {fleet.servers[0].url}: {n} processes pinned to core 0; trainers on core 1", flush=True
+        )
         url, key = fleet.servers[0].url, fleet.api_key
         results = {}
         runs = []
@@ -139,10 +144,14 @@ def main() -> None:
         print(f"\noverlap speed-up: {speedup:.2f}x steps/s (target >= 1.3x)")
     dyn = {k: v for k, v in results.items() if "tokens_vs_ideal" in v}
     if dyn:
-        print("\n| dynamic sampling | generated tokens / ideal filter | generated / kept responses | rounds per step |")
+        print(
+            "\n| dynamic sampling | generated tokens / ideal filter | generated / kept responses | rounds per step |"
+        )
         print("|---|---:|---:|---:|")
         for name, r in dyn.items():
-            print(f"| {name} | {r['tokens_vs_ideal']:.2f}x | {r['generated_per_kept']:.2f} | {r['gen_rounds']:.2f} |")
+            print(
+                f"| {name} | {r['tokens_vs_ideal']:.2f}x | {r['generated_per_kept']:.2f} | {r['gen_rounds']:.2f} |"
+            )
         print("(target: over-sampling <= 1.3x an ideal filter)")
 
 

@@ -293,7 +293,10 @@ def _rollout(cfg: RootConfig, world_size: int, world_phrase: str, out: _Issues) 
     if not 0.0 < r.mem_fraction < 1.0:
         out.add("rollout.mem_fraction", f"must be in (0, 1), got {r.mem_fraction}")
     if r.max_staleness not in (0, 1):
-        out.add("rollout.max_staleness", f"must be 0 (on-policy) or 1 (one step overlapped), got {r.max_staleness}")
+        out.add(
+            "rollout.max_staleness",
+            f"must be 0 (on-policy) or 1 (one step overlapped), got {r.max_staleness}",
+        )
     elif r.max_staleness == 1:
         if r.engine != "fleet":
             out.add(
@@ -339,7 +342,10 @@ def _algorithm(cfg: RootConfig, out: _Issues) -> None:
         out.add("algorithm.tlga_fallback_threshold", f"must be > 0 or null, got {a.tlga_fallback_threshold}")
     ds = a.dynamic_sampling
     if ds.over_sample < 1:
-        out.add("algorithm.dynamic_sampling.over_sample", f"must be >= 1 (1 = refill by batches), got {ds.over_sample}")
+        out.add(
+            "algorithm.dynamic_sampling.over_sample",
+            f"must be >= 1 (1 = refill by batches), got {ds.over_sample}",
+        )
     elif ds.over_sample > 1 and not ds.enable:
         out.add(
             ["algorithm.dynamic_sampling.over_sample", "algorithm.dynamic_sampling.enable"],

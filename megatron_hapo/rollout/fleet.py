@@ -415,7 +415,10 @@ class SGLangFleet:
         return to_samples(outputs, prompts, params.n, require_hapo=self.config.hapo_sampler)
 
     def generate_groups(
-        self, prompts: list[list[int]], params: GenerationParams, accept: Callable[[int, list[RolloutSample]], bool]
+        self,
+        prompts: list[list[int]],
+        params: GenerationParams,
+        accept: Callable[[int, list[RolloutSample]], bool],
     ) -> GroupStreamReport:
         """Over-sampling (``algorithm.dynamic_sampling.over_sample``): every prompt's group is submitted at
         once; ``accept(i, samples)`` sees each group as it completes (in this thread, in completion order)
@@ -472,7 +475,9 @@ class SGLangFleet:
                         report.aborted += 1
                         continue
                     report.generated_tokens += _completion_tokens(outputs)
-                    finished = all((o["meta_info"].get("finish_reason") or {}).get("type") != "abort" for o in outputs)
+                    finished = all(
+                        (o["meta_info"].get("finish_reason") or {}).get("type") != "abort" for o in outputs
+                    )
                     report.discarded += finished
                     report.aborted += not finished
         return report

@@ -122,7 +122,9 @@ class RolloutStage:
     def state_dict(self) -> dict:
         """Where the run is in its data (the prompt order's position) and in its group ids."""
         if self._ahead is not None:
-            raise RuntimeError("RolloutStage.state_dict while a batch is generating ahead: wait_ahead() first")
+            raise RuntimeError(
+                "RolloutStage.state_dict while a batch is generating ahead: wait_ahead() first"
+            )
         ready = self._ahead_result
         return {
             "data_order": self.order.state_dict(),

@@ -264,5 +264,8 @@ def test_over_sampling_needs_dynamic_sampling_and_a_fleet():
     ds = ["algorithm.dynamic_sampling.enable=true", "algorithm.dynamic_sampling.over_sample=1.5"]
     assert issues([*FLEET, *ds]) == []
     assert "needs rollout.engine=fleet" in issues(ds)[0].message
-    assert "only applies to dynamic sampling" in issues([*FLEET, "algorithm.dynamic_sampling.over_sample=2"])[0].message
+    assert (
+        "only applies to dynamic sampling"
+        in issues([*FLEET, "algorithm.dynamic_sampling.over_sample=2"])[0].message
+    )
     assert "must be >= 1" in issues([*FLEET, "algorithm.dynamic_sampling.over_sample=0.5"])[0].message

@@ -70,7 +70,10 @@ def test_over_sampling_fills_the_step_with_mixed_groups_and_no_aborted_response(
         assert all(s.finish_reason in ("stop", "length") for s in batch.samples)
         m = batch.extra_metrics
         assert m["dynamic_sampling/generated_per_kept"] >= 1.0
-        assert m["dynamic_sampling/generated_tokens_per_kept_group"] >= m["dynamic_sampling/kept_tokens_per_group"]
+        assert (
+            m["dynamic_sampling/generated_tokens_per_kept_group"]
+            >= m["dynamic_sampling/kept_tokens_per_group"]
+        )
         assert m["dynamic_sampling/gen_batches"] >= 1
         # one round submits ceil(2 x 4) = 8 prompts; never a whole refill batch per missing group
         assert stage._next_group <= 2 * WANT * m["dynamic_sampling/gen_batches"] * 2
@@ -85,7 +88,9 @@ def test_over_sampling_fails_clearly_when_the_bound_is_reached(parts):
     cfg = dataclasses.replace(
         cfg,
         rollout=dataclasses.replace(cfg.rollout, max_new_tokens=1),
-        reward=dataclasses.replace(cfg.reward, overlong=dataclasses.replace(cfg.reward.overlong, enable=False)),
+        reward=dataclasses.replace(
+            cfg.reward, overlong=dataclasses.replace(cfg.reward.overlong, enable=False)
+        ),
         algorithm=dataclasses.replace(
             cfg.algorithm,
             dynamic_sampling=dataclasses.replace(cfg.algorithm.dynamic_sampling, max_num_gen_batches=2),
