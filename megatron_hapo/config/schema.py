@@ -227,6 +227,11 @@ class RolloutConfig:
         "on the weights, so a resumed run repeats the uninterrupted one on CPU; uses SGLang's torch "
         "sampling kernels (slower than flashinfer on GPU)",
     )
+    max_staleness: int = opt(
+        0,
+        "0 = on-policy: every step generates, then trains; 1 = the next step's responses generate (one "
+        "weight version behind) while this step trains; fleet only (docs/rollout.md, Overlap)",
+    )
     max_new_tokens: int = opt(10240, "maximum response length in tokens (HAPO: 10240 Qwen2.5, 12288 Qwen3)")
     stop: list[str] = opt([], "extra stop strings (EOS always stops)")
     request_timeout_s: float = opt(3600.0, "timeout of one generate request, seconds")
@@ -278,7 +283,14 @@ class DynamicSamplingConfig:
         "code, HAPO_SPEC B10)",
     )
     max_num_gen_batches: int = opt(
-        16, "generation batches tried per step before the step fails; 0 = unlimited"
+        16,
+        "generation batches tried per step before the step fails (over-sampling: prompts submitted, in "
+        "units of train_batch_size); 0 = unlimited",
+    )
+    over_sample: float = opt(
+        1.0,
+        "1 = refill with whole extra batches; f > 1 = submit f x the missing groups at once, keep the mixed "
+        "ones as they complete, abort the rest (fleet only; docs/rollout.md, Over-sampling)",
     )
 
 

@@ -345,6 +345,24 @@ def _rollout(cfg: RootConfig, world_size: int, world_phrase: str, out: _Issues) 
             "its TP size would stay idle: set gpus_per_server to tensor_parallel_size (or null) and raise "
             "rollout.num_servers instead",
         )
+    if r.max_staleness not in (0, 1):
+        out.add(
+            "rollout.max_staleness",
+            f"must be 0 (on-policy) or 1 (one step overlapped), got {r.max_staleness}",
+        )
+    elif r.max_staleness == 1:
+        if r.engine != "fleet":
+            out.add(
+                ["rollout.max_staleness", "rollout.engine"],
+                "rollout.max_staleness=1 overlaps generation with training, which needs the engine in other "
+                "processes (rollout.engine=fleet); the in-process engine shares the trainer's devices",
+            )
+        if cfg.algorithm.loss.tis_cap is None:
+            out.add(
+                ["rollout.max_staleness", "algorithm.loss.tis_cap"],
+                "rollout.max_staleness=1 trains on responses sampled one weight version back: set "
+                "algorithm.loss.tis_cap (e.g. 2.0) so truncated importance sampling corrects for it",
+            )
 
 
 def _is_loopback(host: str) -> bool:
@@ -375,6 +393,23 @@ def _algorithm(cfg: RootConfig, out: _Issues) -> None:
         out.add([f"algorithm.loss.{f}" for f in fields], message)
     if a.tlga_fallback_threshold is not None and a.tlga_fallback_threshold <= 0:
         out.add("algorithm.tlga_fallback_threshold", f"must be > 0 or null, got {a.tlga_fallback_threshold}")
+    ds = a.dynamic_sampling
+    if ds.over_sample < 1:
+        out.add(
+            "algorithm.dynamic_sampling.over_sample",
+            f"must be >= 1 (1 = refill by batches), got {ds.over_sample}",
+        )
+    elif ds.over_sample > 1 and not ds.enable:
+        out.add(
+            ["algorithm.dynamic_sampling.over_sample", "algorithm.dynamic_sampling.enable"],
+            "over_sample > 1 only applies to dynamic sampling: enable it or set over_sample=1",
+        )
+    elif ds.over_sample > 1 and cfg.rollout.engine != "fleet":
+        out.add(
+            ["algorithm.dynamic_sampling.over_sample", "rollout.engine"],
+            "over_sample > 1 streams groups and aborts the rest through the servers' abort API: it needs "
+            "rollout.engine=fleet (with the in-process engine keep over_sample=1, the batch refill)",
+        )
     try:
         AdaptiveTemperature(tau=a.adaptive_temperature.tau)  # the one check of tau's range
     except ValueError as exc:

@@ -25,8 +25,10 @@ import secrets
 import socket
 import subprocess
 import sys
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -40,7 +42,7 @@ from megatron_hapo.rollout.inprocess import cpu_server_args
 from megatron_hapo.rollout.parse import to_samples
 from megatron_hapo.rollout.placement import visible_devices
 from megatron_hapo.rollout.processes import spawn_server
-from megatron_hapo.rollout.types import EngineError, GenerationParams, RolloutSample
+from megatron_hapo.rollout.types import EngineError, GenerationParams, GroupStreamReport, RolloutSample
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +138,13 @@ def server_launch(
     return cmd, env
 
 
+def _completion_tokens(outputs: list[dict] | None) -> int:
+    """Response tokens of one request's outputs (partial ones of an aborted request included)."""
+    if not outputs:
+        return 0
+    return sum(int(o["meta_info"].get("completion_tokens", len(o.get("output_ids") or []))) for o in outputs)
+
+
 class SGLangFleet:
     """:class:`~megatron_hapo.rollout.types.RolloutEngine` over N SGLang servers and a router."""
 
@@ -148,7 +157,8 @@ class SGLangFleet:
         self._log_dir = Path(config.log_dir or os.environ.get("TMPDIR", "/tmp")) / f"hapo-fleet-{os.getpid()}"
         self._log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # holds the servers' key file
         launching = not config.attach_urls and not config.router_url
-        self._api_key = config.api_key or (secrets.token_urlsafe(32) if launching else None)
+        # "k" first: a key starting with "-" reads as an option to the server's argument parser (exit 2)
+        self._api_key = config.api_key or ("k" + secrets.token_urlsafe(32) if launching else None)
         if self._api_key:
             self._session.headers["Authorization"] = f"Bearer {self._api_key}"
         self.servers: list[FleetProcess] = []
@@ -344,24 +354,33 @@ class SGLangFleet:
             return self._router.url
         return self.servers[hash(tuple(prompt)) % len(self.servers)].url
 
-    def _generate_one(self, prompt: list[int], params: GenerationParams) -> list[dict]:
+    def _generate_one(
+        self, prompt: list[int], params: GenerationParams, cancel: threading.Event | None = None
+    ) -> list[dict] | None:
         """The ``n`` samples of one prompt (``params.seeds``: this prompt's seed, then one request each).
 
         It passes the request gate; when a weight sync aborted it (it comes back aborted, or failed, and a
-        sync held the gate since it started), it is resubmitted once the sync released the gate."""
+        sync held the gate since it started), it is resubmitted once the sync released the gate. With
+        ``cancel`` set (an over-sampling stream has what it needs) it is not sent, nor retried: None."""
         while True:
+            if cancel is not None and cancel.is_set():
+                return None
             with self._gate.request() as epoch:
                 try:
-                    outputs = self._post_generate(prompt, params, epoch)
+                    outputs = self._post_generate(prompt, params, epoch, cancel)
                 except EngineError:
                     if not self._gate.synced_since(epoch):
                         raise
                     outputs = None
+            if outputs is None and cancel is not None and cancel.is_set():
+                return None
             if outputs is not None and not (_aborted(outputs) and self._gate.synced_since(epoch)):
                 return outputs
             logger.info("a weight sync aborted a request of %d prompt tokens; resubmitting it", len(prompt))
 
-    def _post_generate(self, prompt: list[int], params: GenerationParams, epoch: int) -> list[dict]:
+    def _post_generate(
+        self, prompt: list[int], params: GenerationParams, epoch: int, cancel: threading.Event | None
+    ) -> list[dict] | None:
         inputs, sampling = params.sglang_requests([prompt])
         payload = {
             "input_ids": inputs[0] if isinstance(sampling, dict) else inputs,
@@ -375,6 +394,8 @@ class SGLangFleet:
                 out = self._post(target, "/generate", payload)
                 return out if isinstance(out, list) else [out]
             except (requests.RequestException, EngineError) as exc:
+                if cancel is not None and cancel.is_set():
+                    return None  # aborted by generate_groups (SGLang may answer an aborted request with an error)
                 if self._gate.synced_since(epoch):  # a sync aborted it: resubmitted after the sync
                     raise EngineError(f"generate aborted by a weight sync: {exc}") from exc
                 last_error = exc
@@ -402,6 +423,74 @@ class SGLangFleet:
                 outputs.extend(group)
                 bar.update(1)
         return to_samples(outputs, prompts, params.n, require_hapo=self.config.hapo_sampler)
+
+    def generate_groups(
+        self,
+        prompts: list[list[int]],
+        params: GenerationParams,
+        accept: Callable[[int, list[RolloutSample]], bool],
+    ) -> GroupStreamReport:
+        """Over-sampling (``algorithm.dynamic_sampling.over_sample``): every prompt's group is submitted at
+        once; ``accept(i, samples)`` sees each group as it completes (in this thread, in completion order)
+        and returns True when it has all it needs. Then no further request is sent and the ones in flight
+        are aborted through SGLang's ``/abort_request`` (``abort_all`` on every server: while a rollout
+        runs it is the servers' only client). Aborted groups are never handed to ``accept``; their partial
+        responses are only counted (``GroupStreamReport``)."""
+        report = GroupStreamReport()
+        if not prompts:
+            return report
+        self.check_servers()
+        cancel = threading.Event()
+        per_prompt = params.per_prompt(len(prompts))
+        with ThreadPoolExecutor(max_workers=min(self.config.max_concurrent_requests, len(prompts))) as pool:
+            futures = {
+                pool.submit(self._generate_one, list(p), q, cancel): i
+                for i, (p, q) in enumerate(zip(prompts, per_prompt, strict=True))
+            }
+            pending = set(futures)
+            try:
+                while pending and not cancel.is_set():
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in sorted(done, key=futures.__getitem__):  # ties in prompt order
+                        outputs = fut.result()
+                        report.generated_tokens += _completion_tokens(outputs)
+                        if cancel.is_set():  # finished after the batch was full: generated, not used
+                            report.discarded += 1
+                            continue
+                        i = futures[fut]
+                        samples = to_samples(
+                            outputs, [prompts[i]], params.n, require_hapo=self.config.hapo_sampler
+                        )
+                        for s in samples:
+                            s.prompt_index = i
+                        report.completed += 1
+                        if accept(i, samples):
+                            cancel.set()
+            except BaseException:  # a failed request or scorer: stop the others before raising
+                cancel.set()
+                for fut in pending:
+                    fut.cancel()
+                self._all("/abort_request", {"abort_all": True})
+                raise
+            if pending:
+                for fut in pending:
+                    fut.cancel()  # not started yet: never sent
+                self._all("/abort_request", {"abort_all": True})
+                for fut in pending:
+                    if fut.cancelled():
+                        report.never_sent += 1
+                        continue
+                    outputs = fut.result()
+                    if outputs is None:
+                        report.aborted += 1
+                        continue
+                    report.generated_tokens += _completion_tokens(outputs)
+                    finished = all(
+                        (o["meta_info"].get("finish_reason") or {}).get("type") != "abort" for o in outputs
+                    )
+                    report.discarded += finished
+                    report.aborted += not finished
+        return report
 
     # -- control: every server -------------------------------------------------------------------------
     def _all(self, path: str, payload: dict | None = None, timeout: float | None = None) -> None:

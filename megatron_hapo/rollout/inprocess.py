@@ -16,7 +16,7 @@ from megatron_hapo.console import EngineCrashReport, fds_to, keep_root_handlers
 from megatron_hapo.rollout.inflight import RequestGate
 from megatron_hapo.rollout.parse import to_samples
 from megatron_hapo.rollout.processes import without_launcher_env
-from megatron_hapo.rollout.types import EngineError, GenerationParams, RolloutSample
+from megatron_hapo.rollout.types import EngineError, GenerationParams, GroupStreamReport, RolloutSample
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +138,14 @@ class InProcessSGLangEngine:
         signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
 
     # -- generation ---------------------------------------------------------------------------------
+    def generate_groups(self, prompts, params, accept) -> GroupStreamReport:
+        """Refused: one in-process call generates every group at once, so streaming and aborting the rest
+        would save nothing (config validation refuses ``over_sample > 1`` with this engine already)."""
+        raise EngineError(
+            "the in-process engine cannot stream groups and abort the rest: over-sampled dynamic sampling "
+            "(algorithm.dynamic_sampling.over_sample > 1) needs rollout.engine=fleet; or set over_sample=1"
+        )
+
     def generate(self, prompts: list[list[int]], params: GenerationParams) -> list[RolloutSample]:
         if not prompts:
             return []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
@@ -155,6 +155,19 @@ class RolloutSample:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class GroupStreamReport:
+    """What :meth:`SGLangFleet.generate_groups` generated: groups handed to ``accept`` (``completed``),
+    groups aborted mid-generation, finished too late to be used (``discarded``) or never sent, and every
+    response token the servers generated for the call (aborted partial responses included)."""
+
+    completed: int = 0
+    aborted: int = 0
+    discarded: int = 0
+    never_sent: int = 0
+    generated_tokens: int = 0
+
+
 @runtime_checkable
 class RolloutEngine(Protocol):
     """What the trainer, the evaluator and the weight synchronizer (``sync/``) need from a rollout backend
@@ -166,6 +179,16 @@ class RolloutEngine(Protocol):
     def generate(self, prompts: list[list[int]], params: GenerationParams) -> list[RolloutSample]:
         """``len(prompts) * params.n`` samples, grouped by prompt (prompt 0's n samples first). Safe to call
         from another thread than the one that syncs (the in-process engine runs one call at a time)."""
+
+    def generate_groups(
+        self,
+        prompts: list[list[int]],
+        params: GenerationParams,
+        accept: Callable[[int, list[RolloutSample]], bool],
+    ) -> GroupStreamReport:
+        """Stream groups: ``accept(i, prompt i's n samples)`` as each group completes, until it returns True;
+        then the requests still queued or running are dropped or aborted (over-sampled dynamic sampling,
+        ``algorithm.dynamic_sampling.over_sample``). The fleet streams; the in-process engine refuses."""
 
     # -- requests in flight (rollout/inflight.py): a sync holds new ones and pauses, waits for or aborts
     #    the running ones by its policy (sync/synchronizer.py)

@@ -24,6 +24,7 @@ from megatron_hapo.trainer.batch import StepBatch, response_temperatures
 from megatron_hapo.trainer.batching import MicroBatchPlan, plan_step
 from megatron_hapo.trainer.experience import Experience
 from megatron_hapo.trainer.metrics import batch_metrics, perf_metrics
+from megatron_hapo.trainer.rollout import version_lag
 from megatron_hapo.trainer.setup import ResumePlan, Run, build_run, close_run, plan_resume
 from megatron_hapo.trainer.shutdown import StopRequest
 from megatron_hapo.trainer.state import TrainerState
@@ -32,12 +33,23 @@ logger = logging.getLogger(__name__)
 
 
 def rl_step(run: Run, step: int, stats: EntropyStats | None) -> tuple[EntropyStats | None, dict]:
-    """One RL step; returns this step's entropy statistics (for the next rollout) and its metrics."""
+    """One RL step; returns this step's entropy statistics (for the next rollout) and its metrics.
+    ``rollout.max_staleness=1``: the next step's batch generates (weights and statistics of step - 1)
+    while this one trains, and the sync waits for it (docs/rollout.md "Overlap")."""
     t0 = time.perf_counter()
     # 1-3. rollout with last step's stats (None at step 1), rewards, dynamic sampling: same batch on every rank
-    batch = run.rollout.collect(stats)
+    batch = run.rollout.collect(stats)  # at max_staleness=1: generated ahead during the last step
+    waited = time.perf_counter() - t0
+    if step < run.total_steps:
+        run.rollout.launch_ahead(stats)  # a no-op at max_staleness=0
     # 4-6. advantages, old-policy pass, step-global entropy statistics, policy update
+    t_train = time.perf_counter()
     new_stats, metrics = learn(run.cfg, run.policy, batch)
+    t_wait = time.perf_counter()
+    metrics["time/train_s"] = t_wait - t_train
+    run.rollout.wait_ahead()  # no request in flight while the weights change
+    metrics["time/rollout_wait_s"] = waited + time.perf_counter() - t_wait
+    metrics["rollout/staleness"] = version_lag(batch, step)
     # 7. weight sync into the engine, version = step
     metrics.update(run.policy.sync_weights(run.synchronizer, version=f"step-{step}"))
     metrics["time/step_s"] = time.perf_counter() - t0

@@ -8,9 +8,12 @@ the batch by ``broadcast_object_list``.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
+import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,7 +28,7 @@ from megatron_hapo.data import PromptDataset, PromptOrder
 from megatron_hapo.rewards import ScoreRequest, ScorerPool, apply_overlong
 from megatron_hapo.rollout import GenerationParams, InProcessSGLangEngine
 from megatron_hapo.rollout.serving import engine_server_args, rollout_model_path
-from megatron_hapo.rollout.types import AdaptiveTemperature, RolloutEngine, sample_seed
+from megatron_hapo.rollout.types import AdaptiveTemperature, RolloutEngine, RolloutSample, sample_seed
 from megatron_hapo.trainer.batch import StepBatch
 
 if TYPE_CHECKING:
@@ -120,14 +123,63 @@ class RolloutStage:
         self.engine: RolloutEngine | None = engine
         self.scorer: ScorerPool | None = scorer
         self._next_group = 0  # group id of the next prompt generated (it seeds that prompt's samples)
+        self._spare_prompts: list[int] = []  # over-sampling: prompts drawn from the order, not yet submitted
+        # rollout.max_staleness=1 (lead only): the next step's batch, generating in a thread or completed
+        self._ahead: threading.Thread | None = None
+        self._ahead_result: StepBatch | BaseException | None = None
 
     def state_dict(self) -> dict:
         """Where the run is in its data (the prompt order's position) and in its group ids."""
-        return {"data_order": self.order.state_dict(), "next_group": self._next_group}
+        if self._ahead is not None:
+            raise RuntimeError(
+                "RolloutStage.state_dict while a batch is generating ahead: wait_ahead() first"
+            )
+        ready = self._ahead_result
+        return {
+            "data_order": self.order.state_dict(),
+            "next_group": self._next_group,
+            "spare_prompts": list(self._spare_prompts),
+            # max_staleness=1: the next step's batch, generated with the previous weights, saved whole so
+            # that a resumed run trains on exactly it (those weights are not in the checkpoint)
+            "ready_batch": _batch_to_dict(ready) if isinstance(ready, StepBatch) else None,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.order.load_state_dict(state["data_order"])
         self._next_group = state["next_group"]
+        self._spare_prompts = list(state.get("spare_prompts", []))  # absent before over-sampling existed
+        ready = state.get("ready_batch")
+        self._ahead_result = _batch_from_dict(ready, self.dataset) if ready is not None else None
+
+    # -- rollout.max_staleness=1: generate the next step's batch while this one trains ------------------
+    def launch_ahead(self, stats: EntropyStats | None) -> None:
+        """Start generating the next step's batch in a thread on the lead (other ranks: nothing), with the
+        weights the engine serves now and ``stats``, the latest finished step's entropy statistics. A no-op
+        at ``rollout.max_staleness=0``."""
+        if self.cfg.rollout.max_staleness == 0 or dist.get_rank() != 0:
+            return
+        if self._ahead is not None or self._ahead_result is not None:
+            raise RuntimeError("launch_ahead: the previous batch generated ahead was not taken yet")
+
+        def work():
+            try:
+                self._ahead_result = self.collect_on_lead(stats)
+            except BaseException as exc:  # handed to the trainer's thread by wait_ahead
+                self._ahead_result = exc
+
+        self._ahead = threading.Thread(target=work, name="hapo-rollout-ahead", daemon=True)
+        self._ahead.start()
+
+    def wait_ahead(self) -> None:
+        """Block until the batch generating ahead is complete (the weight sync waits for it: sync policy
+        "wait", so no request is in flight when the weights change); re-raise its error, if any."""
+        if self._ahead is None:
+            return
+        self._ahead.join()
+        self._ahead = None
+        if isinstance(self._ahead_result, BaseException):
+            exc, self._ahead_result = self._ahead_result, None
+            raise exc
 
     def params(self, stats: EntropyStats | None, group_ids: range | None = None) -> GenerationParams:
         """Sampling parameters of the prompts with these group ids (their seeds under rollout.seeded_sampling)."""
@@ -152,12 +204,15 @@ class RolloutStage:
 
     def _generate_and_score(self, stats: EntropyStats | None) -> StepBatch:
         prompts = self.dataset.batch(self.order.next_batch())
-        n = self.cfg.sampling.train.n
         params = self.params(stats, range(self._next_group, self._next_group + len(prompts)))
         samples = self.engine.generate([p.prompt_ids for p in prompts], params)
-        per_response = [prompts[s.prompt_index] for s in samples]
         group_ids = [self._next_group + s.prompt_index for s in samples]
         self._next_group += len(prompts)
+        assert len(samples) == len(prompts) * self.cfg.sampling.train.n
+        return self._score(samples, [prompts[s.prompt_index] for s in samples], group_ids)
+
+    def _score(self, samples, per_response, group_ids: list[int]) -> StepBatch:
+        """Rewards (and overlong shaping) of ``samples``; ``per_response``: the prompt of each."""
         texts = self.tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
         requests = [
             ScoreRequest(p.data_source, text, p.ground_truth, dict(p.extra_info))
@@ -171,17 +226,87 @@ class RolloutStage:
             results = apply_overlong(
                 results, lengths, self.cfg.rollout.max_new_tokens, ov.buffer_len, ov.penalty_factor
             )
-        assert len(samples) == len(prompts) * n
         return StepBatch(
             samples, per_response, group_ids, [float(r["score"]) for r in results], [bool(r["acc"]) for r in results],
             extra_metrics=scored.metrics("reward/"),
         )  # fmt: skip
 
+    def _take_prompts(self, count: int) -> list[int]:
+        """``count`` prompt indices in data order (whole order batches; the rest waits for the next call)."""
+        while len(self._spare_prompts) < count:
+            self._spare_prompts += self.order.next_batch()
+        taken, self._spare_prompts = self._spare_prompts[:count], self._spare_prompts[count:]
+        return taken
+
+    def _collect_over_sampled(self, stats: EntropyStats | None) -> tuple[StepBatch, dict[str, float]]:
+        """Dynamic sampling by over-sampling (``algorithm.dynamic_sampling.over_sample`` = f > 1): submit
+        ceil(f x groups still missing) prompts at once, score every group as it completes, keep the mixed
+        ones until the step has ``train_batch_size``, abort the rest (SGLang's abort). Rounds repeat only
+        while groups are missing, bounded by ``max_num_gen_batches`` x ``train_batch_size`` prompts."""
+        cfg_ds = self.cfg.algorithm.dynamic_sampling
+        want = self.cfg.data.train_batch_size
+        bound = cfg_ds.max_num_gen_batches * want  # prompts; 0 = unlimited
+        kept: list[StepBatch] = []
+        raw: list[StepBatch] = []
+        submitted = rounds = aborted = discarded = tokens = 0
+        while len(kept) < want:
+            count = math.ceil((want - len(kept)) * cfg_ds.over_sample)
+            if bound:
+                count = min(count, bound - submitted)
+            if count <= 0:
+                raise DynamicSamplingError(
+                    f"dynamic sampling kept {len(kept)} of the {want} groups a step needs after submitting "
+                    f"{submitted} prompts in {rounds} over-sampled rounds (bound: algorithm.dynamic_sampling."
+                    f"max_num_gen_batches={cfg_ds.max_num_gen_batches} x data.train_batch_size={want} prompts): "
+                    "almost every group is all-correct or all-wrong. Raise max_num_gen_batches, set it to 0 "
+                    "(unlimited), or disable algorithm.dynamic_sampling"
+                )
+            prompts = self.dataset.batch(self._take_prompts(count))
+            first = self._next_group
+            self._next_group += count
+            params = self.params(stats, range(first, first + count))
+
+            def accept(i: int, samples: list, prompts=prompts, first=first) -> bool:
+                group = self._score(samples, [prompts[i]] * len(samples), [first + i] * len(samples))
+                raw.append(group)
+                if dynamic_sampling_filter(_bool_tensor(group.accs), group.group_ids).kept_groups:
+                    kept.append(group)
+                return len(kept) >= want
+
+            report = self.engine.generate_groups([p.prompt_ids for p in prompts], params, accept)
+            submitted += count
+            rounds += 1
+            aborted += report.aborted
+            discarded += report.discarded
+            tokens += report.generated_tokens
+        batch = kept[0]
+        for g in kept[1:]:
+            batch = batch.concat(g)
+        n = self.cfg.sampling.train.n
+        raw_n = sum(len(g) for g in raw)
+        metrics = {
+            k: sum(g.extra_metrics[k] for g in raw) / len(raw) if k.endswith("_mean") else sum(g.extra_metrics[k] for g in raw)
+            for k in raw[0].extra_metrics
+        }  # fmt: skip
+        metrics.update({
+            "dynamic_sampling/raw_acc_mean": sum(sum(g.accs) for g in raw) / max(raw_n, 1),
+            "dynamic_sampling/raw_reward_mean": sum(sum(g.scores) for g in raw) / max(raw_n, 1),
+            "dynamic_sampling/gen_batches": float(rounds),
+            "dynamic_sampling/aborted_groups": float(aborted),
+            # responses the servers worked on (aborted ones included) per kept response
+            "dynamic_sampling/generated_per_kept": (raw_n + (aborted + discarded) * n) / len(batch),
+            "dynamic_sampling/generated_tokens_per_kept_group": tokens / want,
+        })  # fmt: skip
+        return batch, metrics
+
     def collect(self, stats: EntropyStats | None) -> StepBatch:
-        """The step's batch on every rank (collective over the default group when it has several ranks)."""
+        """The step's batch on every rank (collective over the default group when it has several ranks):
+        the one generated ahead during the last step if there is one, else generated now with ``stats``."""
         box: list = [None]
         if dist.get_rank() == 0:
-            box[0] = (self.collect_on_lead(stats), self.order.state_dict())
+            self.wait_ahead()
+            ready, self._ahead_result = self._ahead_result, None  # generated ahead during the last step
+            box[0] = (ready if ready is not None else self.collect_on_lead(stats), self.order.state_dict())
         if dist.get_world_size() > 1:
             dist.broadcast_object_list(box, src=0)
         batch, order_state = box[0]
@@ -192,9 +317,14 @@ class RolloutStage:
         t0 = time.perf_counter()
         cfg_ds = self.cfg.algorithm.dynamic_sampling
         want = self.cfg.data.train_batch_size
+        if cfg_ds.enable and cfg_ds.over_sample > 1:
+            batch, metrics = self._collect_over_sampled(stats)
+            batch.extra_metrics = _with_kept_tokens(metrics, batch, want)
+            batch.extra_metrics["time/rollout_s"] = time.perf_counter() - t0
+            return batch
         batch = self._generate_and_score(stats)
         metrics = dict(batch.extra_metrics)
-        gen_batches = 1
+        gen_batches, raw_n, tokens = 1, len(batch), _tokens(batch)
         if cfg_ds.enable:
             kept_batch: StepBatch | None = None
             raw_acc, raw_reward, raw_n, kept_groups = 0.0, 0.0, 0, 0
@@ -217,15 +347,63 @@ class RolloutStage:
                         "set it to 0 (unlimited), or disable algorithm.dynamic_sampling"
                     )
                 batch = self._generate_and_score(stats)
+                tokens += _tokens(batch)
                 gen_batches += 1
             batch = kept_batch.first_groups(want)
             # over everything generated (reward/* and acc/* describe the kept groups only)
             metrics["dynamic_sampling/raw_acc_mean"] = raw_acc / max(raw_n, 1)
             metrics["dynamic_sampling/raw_reward_mean"] = raw_reward / max(raw_n, 1)
         metrics["dynamic_sampling/gen_batches"] = float(gen_batches)
+        metrics["dynamic_sampling/generated_per_kept"] = raw_n / len(batch)
+        metrics["dynamic_sampling/generated_tokens_per_kept_group"] = tokens / want
+        metrics = _with_kept_tokens(metrics, batch, want)
         metrics["time/rollout_s"] = time.perf_counter() - t0
         batch.extra_metrics = metrics
         return batch
+
+
+def version_lag(batch: StepBatch, step: int) -> float:
+    """``rollout/staleness``: mean over the batch's responses of (weights step ``step`` trains from, i.e.
+    ``step - 1``) minus (the step whose weights generated the response, from its ``weight_version``)."""
+    lags = []
+    for s in batch.samples:
+        version = s.weight_version
+        if not version.startswith("step-") or not version[5:].isdigit():
+            raise ValueError(
+                f"response weight_version {version!r} is not 'step-<N>': the engine serves weights this "
+                "trainer did not push (every sync sets the version to step-<step>)"
+            )
+        lags.append(step - 1 - int(version[5:]))
+    return sum(lags) / max(len(lags), 1)
+
+
+def _batch_to_dict(batch: StepBatch) -> dict:
+    """JSON-ready: prompts by dataset index (the dataset rebuilds them), everything else as is."""
+    return {
+        "samples": [asdict(s) for s in batch.samples],
+        "prompt_index": [p.index for p in batch.prompts],
+        "group_ids": batch.group_ids,
+        "scores": batch.scores,
+        "accs": batch.accs,
+        "extra_metrics": batch.extra_metrics,
+    }
+
+
+def _batch_from_dict(d: dict, dataset: PromptDataset) -> StepBatch:
+    return StepBatch(
+        [RolloutSample(**s) for s in d["samples"]], dataset.batch(d["prompt_index"]), list(d["group_ids"]),
+        list(d["scores"]), list(d["accs"]), dict(d["extra_metrics"]),
+    )  # fmt: skip
+
+
+def _tokens(batch: StepBatch) -> int:
+    return sum(len(s.response_ids) for s in batch.samples)
+
+
+def _with_kept_tokens(metrics: dict[str, float], batch: StepBatch, want: int) -> dict[str, float]:
+    """``dynamic_sampling/kept_tokens_per_group``: what an ideal filter (one that generated only the kept
+    groups) would have generated per group; divide ``generated_tokens_per_kept_group`` by it for the cost."""
+    return dict(metrics, **{"dynamic_sampling/kept_tokens_per_group": _tokens(batch) / want})
 
 
 def _bool_tensor(values: list[bool]):

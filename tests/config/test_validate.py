@@ -246,3 +246,26 @@ def test_cpu_demo_hf_path_honours_the_environment(monkeypatch):
 @pytest.mark.parametrize("key", ["eval.max_prompts", "eval.max_new_tokens", "trainer.total_steps"])
 def test_optional_counts_must_be_positive_when_set(key):
     assert key in keys(issues([f"{key}=0"]))
+
+
+FLEET = ["rollout.engine=fleet", "rollout.launch_servers=true"]
+
+
+def test_overlap_needs_a_fleet_and_tis():
+    assert issues([*FLEET, "rollout.max_staleness=1", "algorithm.loss.tis_cap=2.0"]) == []
+    found = sorted(i.message for i in issues(["rollout.max_staleness=1"]))
+    assert len(found) == 2
+    assert "needs the engine in other processes (rollout.engine=fleet)" in found[0]
+    assert "set algorithm.loss.tis_cap" in found[1]
+    assert "must be 0 (on-policy) or 1" in issues([*FLEET, "rollout.max_staleness=2"])[0].message
+
+
+def test_over_sampling_needs_dynamic_sampling_and_a_fleet():
+    ds = ["algorithm.dynamic_sampling.enable=true", "algorithm.dynamic_sampling.over_sample=1.5"]
+    assert issues([*FLEET, *ds]) == []
+    assert "needs rollout.engine=fleet" in issues(ds)[0].message
+    assert (
+        "only applies to dynamic sampling"
+        in issues([*FLEET, "algorithm.dynamic_sampling.over_sample=2"])[0].message
+    )
+    assert "must be >= 1" in issues([*FLEET, "algorithm.dynamic_sampling.over_sample=0.5"])[0].message

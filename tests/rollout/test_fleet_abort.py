@@ -1,0 +1,72 @@
+"""Over-sampling's stream-and-abort on a real one-server SGLang fleet on CPU (``SGLangFleet.generate_groups``):
+groups reach the caller as they complete, and once it has what it needs the requests still running are
+aborted through SGLang's ``/abort_request``, never handed over, and the server serves on afterwards.
+
+One server (~30-60 s to start on 2 cores), once for the module."""
+
+import pytest
+
+from megatron_hapo.rollout import GenerationParams
+from megatron_hapo.rollout.fleet import FleetConfig, SGLangFleet
+from tests.rollout.common import PROMPTS
+
+pytestmark = pytest.mark.slow
+
+LONG = GenerationParams(n=2, max_new_tokens=1500, temperature=1.0, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def fleet(model_dir, tmp_path_factory):
+    f = SGLangFleet(
+        FleetConfig(
+            model_path=str(model_dir), num_servers=1, router=False, progress=False,
+            log_dir=str(tmp_path_factory.mktemp("fleet-logs")),
+            server_args={"dtype": "float32", "max_total_tokens": 32768}, request_timeout_s=300,
+        )
+    )  # fmt: skip
+    yield f
+    f.shutdown()
+
+
+def test_groups_stream_in_and_the_rest_is_aborted(fleet):
+    short = GenerationParams(n=2, max_new_tokens=4, temperature=1.0, ignore_eos=True)
+    # one short prompt's group finishes first: the caller takes it and stops; the long ones are aborted
+    seen = []
+
+    def accept(i, samples):
+        seen.append((i, samples))
+        return True
+
+    prompts = [PROMPTS[0]] + PROMPTS * 2
+    per_prompt_params = [short] + [LONG] * (len(prompts) - 1)
+
+    class Mixed:  # one GenerationParams per prompt, as per_prompt() returns them
+        def per_prompt(self, count):
+            return per_prompt_params
+
+        n = 2
+
+    report = fleet.generate_groups(prompts, Mixed(), accept)
+    assert [i for i, _ in seen] == [0]
+    assert all(s.finish_reason == "length" and len(s.response_ids) == 4 for s in seen[0][1])
+    assert report.completed == 1
+    assert report.aborted + report.never_sent == len(prompts) - 1, report
+    assert report.aborted >= 1, report  # at least one was running when the abort came
+    # SGLang answers an aborted request with its partial response: those tokens are counted too
+    assert report.generated_tokens > 4 * 2, report
+    # the aborted requests stopped early: far fewer tokens than finishing them would have taken
+    assert report.generated_tokens < 4 * 2 + (len(prompts) - 1) * 2 * LONG.max_new_tokens // 2, report
+    # the server serves on after the abort, every request to completion
+    after = fleet.generate(PROMPTS, GenerationParams(n=2, max_new_tokens=5, temperature=1.0, ignore_eos=True))
+    assert len(after) == 2 * len(PROMPTS) and all(len(s.response_ids) == 5 for s in after)
+
+
+def test_a_caller_that_never_stops_gets_every_group(fleet):
+    params = GenerationParams(n=2, max_new_tokens=5, temperature=1.0, ignore_eos=True)
+    got = {}
+    report = fleet.generate_groups(PROMPTS, params, lambda i, samples: got.setdefault(i, samples) is None)
+    assert sorted(got) == list(range(len(PROMPTS)))
+    assert report.completed == len(PROMPTS) and report.aborted == report.never_sent == 0
+    assert report.generated_tokens == 2 * 5 * len(PROMPTS)
+    for i, samples in got.items():
+        assert [s.prompt_index for s in samples] == [i, i] and samples[0].prompt_ids == list(PROMPTS[i])
