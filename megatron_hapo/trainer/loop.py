@@ -24,7 +24,7 @@ from megatron_hapo.trainer.batch import StepBatch, response_temperatures
 from megatron_hapo.trainer.batching import MicroBatchPlan, plan_step
 from megatron_hapo.trainer.experience import Experience
 from megatron_hapo.trainer.metrics import batch_metrics, perf_metrics
-from megatron_hapo.trainer.rollout import version_lag
+from megatron_hapo.trainer.rollout_stage import version_lag
 from megatron_hapo.trainer.setup import ResumePlan, Run, build_run, close_run, plan_resume
 from megatron_hapo.trainer.shutdown import StopRequest
 from megatron_hapo.trainer.state import TrainerState

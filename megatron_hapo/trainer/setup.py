@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # built in build_run (Megatron, SGLang: heavy imports)
     from megatron_hapo.eval import Evaluator
     from megatron_hapo.sync import WeightSynchronizer
     from megatron_hapo.trainer.policy import Policy
-    from megatron_hapo.trainer.rollout import RolloutStage
+    from megatron_hapo.trainer.rollout_stage import RolloutStage
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def build_run(cfg: RootConfig, plan: ResumePlan | None = None) -> Run:
     from megatron_hapo.rollout.serving import rollout_model_path
     from megatron_hapo.sync import make_synchronizer
     from megatron_hapo.trainer.policy import Policy
-    from megatron_hapo.trainer.rollout import RolloutStage, make_engine
+    from megatron_hapo.trainer.rollout_stage import RolloutStage, make_engine
 
     lead = dist.get_rank() == 0
     seed = cfg.trainer.seed

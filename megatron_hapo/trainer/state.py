@@ -2,7 +2,7 @@
 measured (the next rollout's sampler reads them, HAPO's adaptive temperature).
 
 The data cursors (the prompt order's position and the next group id) belong to the rollout stage, which
-saves and restores them itself (:meth:`~megatron_hapo.trainer.rollout.RolloutStage.state_dict`); the
+saves and restores them itself (:meth:`~megatron_hapo.trainer.rollout_stage.RolloutStage.state_dict`); the
 optimizer and LR schedule belong to the policy (``trainer/checkpoint.py``). A checkpoint's
 ``trainer_state.json`` is this object's :meth:`TrainerState.state_dict` with each component's state
 under its own key (``rollout``, ``scheduler``), in the layout ``trainer/checkpoint.py::STATE_FORMAT`` names.

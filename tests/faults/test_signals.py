@@ -122,7 +122,7 @@ class _Injector:
 def _install(injector: _Injector):
     """Wrap the phase functions; reuse one engine for every attempt."""
     import megatron_hapo.trainer.checkpoint as ckpt
-    import megatron_hapo.trainer.rollout as rollout_mod
+    import megatron_hapo.trainer.rollout_stage as rollout_mod
     from megatron_hapo.rewards.pool import ScorerPool
     from megatron_hapo.rollout.inprocess import InProcessSGLangEngine
     from megatron_hapo.trainer.policy import Policy

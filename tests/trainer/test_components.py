@@ -18,7 +18,7 @@ from megatron_hapo.trainer.batch import StepBatch, response_temperatures
 from megatron_hapo.trainer.checkpoint import STATE_FILE, CheckpointInvalid, list_checkpoints, select
 from megatron_hapo.trainer.experience import Experience
 from megatron_hapo.trainer.metrics import format_header, format_row
-from megatron_hapo.trainer.rollout import DynamicSamplingError, RolloutStage
+from megatron_hapo.trainer.rollout_stage import DynamicSamplingError, RolloutStage
 
 CONFIG = "examples/configs/tiny_cpu.yaml"
 

@@ -16,7 +16,7 @@ from transformers import AutoTokenizer
 from megatron_hapo.config import load_config
 from megatron_hapo.data import PromptDataset, PromptOrder
 from megatron_hapo.rewards import ScorerPool
-from megatron_hapo.trainer.rollout import DynamicSamplingError, RolloutStage, make_engine
+from megatron_hapo.trainer.rollout_stage import DynamicSamplingError, RolloutStage, make_engine
 from tests.torchrun_utils import REPO_ROOT
 
 pytestmark = pytest.mark.slow
