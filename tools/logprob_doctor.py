@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Compare SGLang's behaviour log-probs with the Megatron policy's after a weight sync.
 
-See megatron_hapo/diagnostics/logprob_doctor.py; e.g.
+See megatron_hapo/cli/logprob_doctor.py; e.g.
     python tools/logprob_doctor.py --hf /models/Qwen2.5-Math-1.5B
     torchrun --nproc-per-node 2 tools/logprob_doctor.py --hf DIR --mcore MCORE_DIR --tp 2
 """
@@ -9,6 +9,6 @@ See megatron_hapo/diagnostics/logprob_doctor.py; e.g.
 import sys
 
 if __name__ == "__main__":
-    from megatron_hapo.diagnostics.logprob_doctor import main
+    from megatron_hapo.cli.logprob_doctor import main
 
     sys.exit(main())

@@ -4,7 +4,8 @@
 * ``hapo-eval``: :mod:`megatron_hapo.cli.eval`
 * ``hapo-convert`` (``tools/convert_checkpoint.py``, ``tools/export_fp8.py``): :mod:`megatron_hapo.cli.convert`
 * ``python -m megatron_hapo.config``: :mod:`megatron_hapo.cli.config`
-* ``python -m megatron_hapo.cli.smoke``: :mod:`megatron_hapo.cli.smoke`
+* ``python -m megatron_hapo.cli.smoke``: :mod:`megatron_hapo.cli.smoke` (a Megatron smoke run)
+* ``tools/logprob_doctor.py``: :mod:`megatron_hapo.cli.logprob_doctor` (does SGLang sample from the policy?)
 
 The console scripts of setup.py name :func:`train_main`, :func:`eval_main` and :func:`convert_main` here.
 """
