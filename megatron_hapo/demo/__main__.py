@@ -16,7 +16,7 @@ Tasks:
 - ``reasoning`` (default): multi-step sums of 3-6 terms (2..19) with a scratchpad
   (``megatron_hapo/demo/task.py``); a 4-layer hidden-128 policy (0.67 M parameters) SFT-warmed for 1600
   steps on imperfect scratchpads (``demo/traces.py``: skipped steps, arithmetic errors, missing answer
-  lines), then 40 HAPO steps with held-out avg@4 before training and every 20 steps
+  lines), then 20 HAPO steps with held-out avg@4 before training and every 10 steps
   (``examples/configs/demo_reasoning.yaml``). Measured gains and seed spread: docs/reproduction.md
   ("The reasoning task").
 - ``tiny_math``: single-digit ``a op b``; a 2-layer hidden-64 policy, 400 SFT steps in which half the
