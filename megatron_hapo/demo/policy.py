@@ -76,6 +76,8 @@ def make_demo_model(
     sft_noise: float = 0.0,
     trace_noise: TraceNoise | None = None,
     sft_cosine: bool = False,
+    sft_warmup: int = 0,
+    sft_clip: float = 0.0,
 ) -> Path:
     """Write a small random Qwen2 model (fp32) + tokenizer to ``out_dir``; with ``sft_steps`` > 0, first
     fine-tune it on the prompts of ``sft_files`` (next-token cross-entropy on the completion only).
@@ -83,7 +85,8 @@ def make_demo_model(
     ``task="tiny_math"``: the completion is ``Answer: N``, or the bare number for a share ``sft_noise``
     (the DAPO scorer then finds no answer line). ``task="reasoning"``: the completion is the scratchpad of
     ``megatron_hapo.demo.traces.noisy_solution`` with ``trace_noise``. ``sft_cosine`` decays the learning
-    rate to 10 % over the steps (a cleaner end point for longer warm-ups).
+    rate to 10 % over the steps (a cleaner end point for longer warm-ups); ``sft_warmup`` ramps it up
+    linearly over that many first steps and ``sft_clip`` > 0 clips the gradient norm to it.
 
     When ``out_dir`` already holds a model written with the same arguments, it is returned as is."""
     if task not in TASKS:
@@ -99,6 +102,8 @@ def make_demo_model(
         "sft_lr": sft_lr, "sft_batch": sft_batch, "sft_noise": sft_noise, "sft_cosine": sft_cosine,
         "trace_noise": vars(trace_noise or TraceNoise()),
     }  # fmt: skip
+    if sft_warmup or sft_clip:  # only when used, so that older recipes keep their cached models
+        recipe.update(sft_warmup=sft_warmup, sft_clip=sft_clip)
     recipe_path = out / RECIPE_FILE
     cached = (out / "model.safetensors").is_file() and recipe_path.is_file()
     if cached and json.loads(recipe_path.read_text()) == recipe:
@@ -122,6 +127,8 @@ def make_demo_model(
             seed=seed,
             make_completion=make_completion,
             cosine=sft_cosine,
+            warmup=sft_warmup,
+            clip=sft_clip,
         )
     corpus = _reasoning_corpus(seed) if task == "reasoning" else _tiny_math_corpus(seed)
     make_tiny_hf_model(
@@ -171,7 +178,9 @@ def _sft_examples(tokenizer, files: list[str]) -> list[tuple[list[int], dict]]:
     return examples
 
 
-def _sft(model, tokenizer, files, steps, lr, batch, seed, make_completion, cosine) -> None:
+def _sft(
+    model, tokenizer, files, steps, lr, batch, seed, make_completion, cosine, warmup=0, clip=0.0
+) -> None:
     """Next-token cross-entropy on the completions only (prompt tokens masked)."""
     examples = _sft_examples(tokenizer, files)
     rng = random.Random(seed)
@@ -183,9 +192,12 @@ def _sft(model, tokenizer, files, steps, lr, batch, seed, make_completion, cosin
     model.train()
     start, loss = time.perf_counter(), float("nan")
     for step in range(steps):
-        if cosine:  # lr * (0.1 + 0.9 * (1 + cos(pi * step / steps)) / 2)
-            for group in opt.param_groups:
-                group["lr"] = lr * (0.1 + 0.45 * (1 + math.cos(math.pi * step / steps)))
+        # cosine: lr * (0.1 + 0.9 * (1 + cos(pi * step / steps)) / 2); warmup: times (step + 1) / warmup
+        scale = 0.1 + 0.45 * (1 + math.cos(math.pi * step / steps)) if cosine else 1.0
+        if warmup:
+            scale *= min(1.0, (step + 1) / warmup)
+        for group in opt.param_groups:
+            group["lr"] = lr * scale
         chosen = [
             (p, completion(r)) for p, r in (examples[rng.randrange(len(examples))] for _ in range(batch))
         ]
@@ -200,6 +212,8 @@ def _sft(model, tokenizer, files, steps, lr, batch, seed, make_completion, cosin
         out = model(input_ids=ids, attention_mask=attn, labels=labels)
         opt.zero_grad()
         out.loss.backward()
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
         loss = float(out.loss.detach())
         if (step + 1) % 50 == 0:

@@ -1,18 +1,20 @@
 """The demo's reasoning task: multi-step addition with a scratchpad, generated deterministically.
 
-A problem is a sum of ``n`` numbers (``n`` = its *level*, 3..6; each term 2..99). The reference solution
+A problem is a sum of ``n`` numbers (``n`` = its *level*, 3..6; each term 2..19). The reference solution
 keeps a running total, one step per line, then the answer line the DAPO scorer reads::
 
-    What is 12+34+57+21? Add one number per line, then give the result on the last line in the form Answer: $Answer
-    12+34=46
-    46+57=103
-    103+21=124
-    Answer: 124
+    What is 12+4+17+9? Add one number per line, then give the result on the last line in the form Answer: $Answer
+    12+4=16
+    16+17=33
+    33+9=42
+    Answer: 42
 
 Why this task: a few-million-parameter model can learn one 2-3 digit addition per line, but not a sum of
 three or more numbers in one line, so *skipping steps lowers accuracy*, and the number of steps (hence the
-response length, about 11 tokens a step with one digit per token) grows with the level: ``n - 1`` lines, so
-20-70 tokens. The scorer checks only the final ``Answer:`` line (data_source contains ``math_dapo``: the DAPO
+response length, about 9 tokens a step with one digit per token) grows with the level: ``n - 1`` lines, so
+19-53 tokens with the end-of-text token. Terms stop at 19 (they were 2..99 at first) so that the SFT-warmed
+policy learns to copy and add them within a CPU warm-up of minutes; the running total still reaches three
+digits at level 6. The scorer checks only the final ``Answer:`` line (data_source contains ``math_dapo``: the DAPO
 scorer), never the steps.
 
 Rows follow the verl/HAPO prompt schema that ``megatron_hapo.data`` reads::
@@ -20,8 +22,8 @@ Rows follow the verl/HAPO prompt schema that ``megatron_hapo.data`` reads::
     {"data_source": "math_dapo_reasoning_sums",
      "prompt": [{"role": "user", "content": "..."}],
      "ability": "math",
-     "reward_model": {"style": "rule", "ground_truth": "124"},
-     "extra_info": {"split": "train", "index": 0, "level": 4, "terms": [12, 34, 57, 21]}}
+     "reward_model": {"style": "rule", "ground_truth": "42"},
+     "extra_info": {"split": "train", "index": 0, "level": 4, "terms": [12, 4, 17, 9]}}
 
 ``train`` and ``heldout`` are disjoint as multisets of terms (a reordering of a held-out sum is not in
 train). Usage (from the repository root)::
@@ -41,7 +43,7 @@ from pathlib import Path
 DATA_SOURCE = "math_dapo_reasoning_sums"
 SEED = 20250921
 LEVELS = (3, 4, 5, 6)  # number of terms
-TERM_RANGE = (2, 99)
+TERM_RANGE = (2, 19)  # 2..99 was not learnable by the demo policy in a CPU warm-up (docs/reproduction.md)
 NUM_TRAIN_PER_LEVEL = 600
 NUM_HELDOUT_PER_LEVEL = 32
 PROMPT = (
@@ -53,7 +55,7 @@ FILES = {"train": "reasoning_train.parquet", "heldout": "reasoning_heldout.parqu
 
 
 def expression(terms: list[int]) -> str:
-    """``[12, 34, 57]`` -> ``"12+34+57"``."""
+    """``[12, 4, 17]`` -> ``"12+4+17"``."""
     return "+".join(str(t) for t in terms)
 
 
