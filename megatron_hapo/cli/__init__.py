@@ -5,6 +5,8 @@
 * ``hapo-convert`` (``tools/convert_checkpoint.py``, ``tools/export_fp8.py``): :mod:`megatron_hapo.cli.convert`
 * ``python -m megatron_hapo.config``: :mod:`megatron_hapo.cli.config`
 * ``python -m megatron_hapo.cli.smoke``: :mod:`megatron_hapo.cli.smoke` (a Megatron smoke run)
+* ``python -m megatron_hapo.demo`` (``make demo``): :mod:`megatron_hapo.cli.demo`; the demo's task data and
+  policy probe: :mod:`megatron_hapo.cli.demo_task`, :mod:`megatron_hapo.cli.demo_probe`
 * ``tools/logprob_doctor.py``: :mod:`megatron_hapo.cli.logprob_doctor` (does SGLang sample from the policy?)
 
 The console scripts of setup.py name :func:`train_main`, :func:`eval_main` and :func:`convert_main` here.

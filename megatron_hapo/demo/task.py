@@ -34,7 +34,6 @@ train). Usage (from the repository root)::
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 import tempfile
@@ -149,21 +148,7 @@ def differences(reference_dir: Path, seed: int = SEED) -> list[str]:
     return problems
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out-dir", type=Path, default=DATA_DIR)
-    parser.add_argument("--seed", type=int, default=SEED)
-    parser.add_argument("--check", action="store_true", help="compare instead of writing")
-    args = parser.parse_args(argv)
-    if args.check:
-        problems = differences(args.out_dir, args.seed)
-        for p in problems:
-            print(p, file=sys.stderr)
-        return 1 if problems else 0
-    for path in write(args.out_dir, args.seed):
-        print(f"wrote {path} ({path.stat().st_size} bytes)")
-    return 0
+if __name__ == "__main__":  # the command lives in megatron_hapo/cli/demo_task.py
+    from megatron_hapo.cli.demo_task import main
 
-
-if __name__ == "__main__":
     sys.exit(main())

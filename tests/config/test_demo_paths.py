@@ -28,7 +28,7 @@ def test_the_reasoning_config_defaults_to_the_directory_make_demo_writes(monkeyp
 
 
 def test_make_demo_runs_the_reasoning_task(monkeypatch):
-    import megatron_hapo.demo.__main__ as demo
+    import megatron_hapo.cli.demo as demo
 
     seen = {}
 

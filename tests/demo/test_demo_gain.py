@@ -20,7 +20,7 @@ MIN_GAIN = 0.15
 
 @pytest.mark.slow
 def test_demo_raises_heldout_accuracy(tmp_path, monkeypatch):
-    from megatron_hapo.demo.__main__ import main
+    from megatron_hapo.cli.demo import main
     from megatron_hapo.demo.summary import summarize
     from megatron_hapo.trainer.metrics import read_metrics
 
