@@ -16,7 +16,7 @@ study: setup  ## the reproduction study, quick variant (docs/reproduction.md; ~1
 	$(PY) tools/run_study.py --quick --jobs 2
 
 test: setup lint  ## the whole test suite (what CI runs)
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q --durations=15
 
 test-fast: setup  ## everything except tests marked slow
 	$(PY) -m pytest tests -q -m "not slow"
