@@ -34,7 +34,6 @@ from megatron_hapo.config.model_info import (
     tp_problems,
 )
 from megatron_hapo.config.schema import RootConfig
-from megatron_hapo.rollout.types import AdaptiveTemperature
 
 logger = logging.getLogger(__name__)
 
@@ -411,6 +410,10 @@ def _algorithm(cfg: RootConfig, out: _Issues) -> None:
             "rollout.engine=fleet (with the in-process engine keep over_sample=1, the batch refill)",
         )
     try:
+        from megatron_hapo.rollout.types import (
+            AdaptiveTemperature,  # here: rollout.types imports config.errors
+        )
+
         AdaptiveTemperature(tau=a.adaptive_temperature.tau)  # the one check of tau's range
     except ValueError as exc:
         out.add("algorithm.adaptive_temperature.tau", str(exc))

@@ -164,7 +164,7 @@ class SGLangFleet:
         self.servers: list[FleetProcess] = []
         self.lost_servers: list[str] = []  # URLs of servers dropped under on_server_failure=continue
         self._router: FleetProcess | None = None
-        self._gate = RequestGate()
+        self.request_gate = RequestGate()
         atexit.register(self.shutdown)  # never leave servers behind when the trainer dies
         try:
             if config.router_url:
@@ -365,16 +365,16 @@ class SGLangFleet:
         while True:
             if cancel is not None and cancel.is_set():
                 return None
-            with self._gate.request() as epoch:
+            with self.request_gate.request() as epoch:
                 try:
                     outputs = self._post_generate(prompt, params, epoch, cancel)
                 except EngineError:
-                    if not self._gate.synced_since(epoch):
+                    if not self.request_gate.synced_since(epoch):
                         raise
                     outputs = None
             if outputs is None and cancel is not None and cancel.is_set():
                 return None
-            if outputs is not None and not (_aborted(outputs) and self._gate.synced_since(epoch)):
+            if outputs is not None and not (_aborted(outputs) and self.request_gate.synced_since(epoch)):
                 return outputs
             logger.info("a weight sync aborted a request of %d prompt tokens; resubmitting it", len(prompt))
 
@@ -396,7 +396,7 @@ class SGLangFleet:
             except (requests.RequestException, EngineError) as exc:
                 if cancel is not None and cancel.is_set():
                     return None  # aborted by generate_groups (SGLang may answer an aborted request with an error)
-                if self._gate.synced_since(epoch):  # a sync aborted it: resubmitted after the sync
+                if self.request_gate.synced_since(epoch):  # a sync aborted it: resubmitted after the sync
                     raise EngineError(f"generate aborted by a weight sync: {exc}") from exc
                 last_error = exc
                 logger.warning(
@@ -514,13 +514,13 @@ class SGLangFleet:
 
     # -- requests in flight (a weight sync: sync/synchronizer.py) -------------------------------------
     def hold_requests(self) -> None:
-        self._gate.hold()
+        self.request_gate.hold()
 
     def release_requests(self) -> None:
-        self._gate.release()
+        self.request_gate.release()
 
     def wait_idle(self, timeout_s: float) -> None:
-        self._gate.wait_idle(timeout_s)
+        self.request_gate.wait_idle(timeout_s)
 
     def abort_requests(self) -> None:
         """SGLang's abort of every request on every server; the gate resubmits them after the sync."""

@@ -100,7 +100,7 @@ class InProcessSGLangEngine:
         self._tm = self._engine.tokenizer_manager
         self._leave_sigterm_to_the_process()
         self.num_engine_ranks = tp_size  # ranks that join a distributed weight-update group
-        self._gate = RequestGate()
+        self.request_gate = RequestGate()
         self.weight_version = "default"  # SGLang's initial version string
 
     def _leave_sigterm_to_the_process(self) -> None:
@@ -157,7 +157,7 @@ class InProcessSGLangEngine:
             params.max_new_tokens,
         )
         start = time.perf_counter()
-        with self._gate.request():
+        with self.request_gate.request():
             outputs = self._engine.generate(input_ids=inputs, sampling_params=sampling, return_logprob=True)
         samples = to_samples(outputs, prompts, params.n, require_hapo=self.hapo_sampler)
         _log_throughput(samples, time.perf_counter() - start)
@@ -172,13 +172,13 @@ class InProcessSGLangEngine:
     # sync from another thread can wait for a running generate call (sync_policy=wait), not pause or
     # abort it (validation refuses those policies with this engine; rollout.engine=fleet supports them).
     def hold_requests(self) -> None:
-        self._gate.hold()
+        self.request_gate.hold()
 
     def release_requests(self) -> None:
-        self._gate.release()
+        self.request_gate.release()
 
     def wait_idle(self, timeout_s: float) -> None:
-        self._gate.wait_idle(timeout_s)
+        self.request_gate.wait_idle(timeout_s)
 
     def abort_requests(self) -> None:
         raise EngineError(
@@ -187,7 +187,7 @@ class InProcessSGLangEngine:
         )
 
     def _refuse_concurrent(self, call: str) -> None:
-        if self._gate.in_flight:
+        if self.request_gate.in_flight:
             raise EngineError(
                 f"in-process engine: {call} while a generate call runs in another thread; this engine runs one "
                 "call at a time: use rollout.sync_policy=wait, or rollout.engine=fleet for pause/abort"

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 from megatron_hapo.config.errors import HapoError
+from megatron_hapo.rollout.inflight import RequestGate
 
 DEFAULT_TAU = 0.05
 STATS_FIELDS = ("pivot", "sigma", "pos_scale", "neg_scale")  # AdaptiveTemperature.stats order (EntropyStats')
@@ -175,6 +176,7 @@ class RolloutEngine(Protocol):
 
     name: str
     weight_version: str  # the version the engine serves (set_weight_version)
+    request_gate: RequestGate  # its requests in flight; a weight sync holds it (rollout/inflight.py)
 
     def generate(self, prompts: list[list[int]], params: GenerationParams) -> list[RolloutSample]:
         """``len(prompts) * params.n`` samples, grouped by prompt (prompt 0's n samples first). Safe to call

@@ -17,3 +17,15 @@ def hf_logprobs(hf_model, prompt, response, temperature):
 
 def perturbed_state(hf_model, scale):
     return [(n, t * scale) for n, t in hf_model.state_dict().items()]
+
+
+def wait_until_in_flight(engine, timeout_s: float = 120.0) -> None:
+    """Until ``engine`` has a generate request running (its request gate counts it), so that a sync started
+    right after finds it in flight; AssertionError after ``timeout_s``."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while engine.request_gate.in_flight == 0:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no request in flight after {timeout_s} s")
+        time.sleep(0.005)

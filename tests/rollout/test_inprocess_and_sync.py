@@ -5,7 +5,6 @@ be compared with Hugging Face's to a tight tolerance.
 """
 
 import threading
-import time
 
 import pytest
 import torch
@@ -20,7 +19,14 @@ from megatron_hapo.sync import (
     make_synchronizer,
     push_weights,
 )
-from tests.rollout.common import LOGPROB_TOL, PROBE, PROMPTS, hf_logprobs, perturbed_state
+from tests.rollout.common import (
+    LOGPROB_TOL,
+    PROBE,
+    PROMPTS,
+    hf_logprobs,
+    perturbed_state,
+    wait_until_in_flight,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -119,13 +125,15 @@ def test_engine_error_names_the_call(engine):
     assert engine.health()
 
 
-LONG = GenerationParams(n=2, max_new_tokens=64, temperature=1.0, ignore_eos=True)
+LONG = GenerationParams(n=2, max_new_tokens=128, temperature=1.0, ignore_eos=True)
+LONG_PROMPTS = PROMPTS * 16  # one call long enough to be caught running, even on an idle machine
+LONG_SAMPLES = len(LONG_PROMPTS) * LONG.n
 
 
 def _generate_in_thread(engine, result):
-    worker = threading.Thread(target=lambda: result.update(samples=engine.generate(PROMPTS * 4, LONG)))
+    worker = threading.Thread(target=lambda: result.update(samples=engine.generate(LONG_PROMPTS, LONG)))
     worker.start()
-    time.sleep(0.5)  # the call is running
+    wait_until_in_flight(engine)  # the call is running
     return worker
 
 
@@ -141,7 +149,7 @@ def test_run_synchronizer_waits_for_a_generate_call_in_another_thread(engine, hf
     assert not worker.is_alive()  # the sync waited for the running call
     worker.join()
     samples = result["samples"]
-    assert len(samples) == 16 and all(len(s.response_ids) == 64 for s in samples)
+    assert len(samples) == LONG_SAMPLES and all(len(s.response_ids) == LONG.max_new_tokens for s in samples)
     assert {s.weight_version for s in samples} == {
         old
     } and sync.version == engine.weight_version == "inprocess-wait"
@@ -154,5 +162,5 @@ def test_pause_from_another_thread_is_refused_by_the_inprocess_engine(engine, hf
     with pytest.raises(EngineError, match="one call at a time.*rollout.engine=fleet"):
         pausing.sync(perturbed_state(hf_model, 1.0), "refused")
     worker.join(timeout=300)
-    assert len(result["samples"]) == 16  # the running call was not disturbed
+    assert len(result["samples"]) == LONG_SAMPLES  # the running call was not disturbed
     assert engine.weight_version != "refused" and engine.health()

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 
 import pytest
 
 from megatron_hapo.rollout import GenerationParams
 from megatron_hapo.rollout.fleet import FleetConfig, SGLangFleet
 from megatron_hapo.sync import DiskTransport, WeightSynchronizer
-from tests.rollout.common import PROMPTS, perturbed_state
+from tests.rollout.common import PROMPTS, perturbed_state, wait_until_in_flight
 
 pytestmark = pytest.mark.slow
 
@@ -49,13 +48,13 @@ def _sync_during_generation(fleet, model_dir, tmp_path, hf_model, policy, scale,
 
     def generate():
         try:
-            result["samples"] = fleet.generate(PROMPTS * 4, LONG)
+            result["samples"] = fleet.generate(PROMPTS * 16, LONG)
         except BaseException as exc:  # surfaced by the assertion below
             result["error"] = exc
 
     worker = threading.Thread(target=generate)
     worker.start()
-    time.sleep(1.0)  # the requests are decoding
+    wait_until_in_flight(fleet)  # the requests are decoding
     in_flight_at_sync = worker.is_alive()
     synchronizer.sync(perturbed_state(hf_model, scale), version)
     finished_by_sync = not worker.is_alive()
@@ -64,7 +63,7 @@ def _sync_during_generation(fleet, model_dir, tmp_path, hf_model, policy, scale,
     samples = result["samples"]
     # none lost, every one whole (nothing aborted reached the caller)
     assert in_flight_at_sync, "the requests finished before the sync could catch them in flight"
-    assert len(samples) == len(PROMPTS) * 4 * LONG.n
+    assert len(samples) == len(PROMPTS) * 16 * LONG.n
     assert all(len(s.response_ids) == LONG.max_new_tokens and s.finish_reason == "length" for s in samples)
     # and afterwards the engine serves the new weights under the new version
     after = fleet.generate(PROMPTS, GREEDY)

@@ -83,11 +83,11 @@ def test_importance_weights_use_the_samplers_behaviour_log_probs(first_run):
 def test_the_batch_generated_ahead_is_checkpointed_and_resume_is_exact(first_run, small_policy, tmp_path):
     run_dir, rows = first_run
     state = json.loads((run_dir / "checkpoints" / "step_2" / "trainer_state.json").read_text())
-    ready = state["ready_batch"]  # step 3's batch, complete, sampled with step 1's weights
+    ready = state["rollout"]["ready_batch"]  # step 3's batch, complete, sampled with step 1's weights
     assert ready is not None and {s["weight_version"] for s in ready["samples"]} == {"step-1"}
     assert len(ready["samples"]) == 4 * 8
     final = json.loads((run_dir / "checkpoints" / f"step_{STEPS}" / "trainer_state.json").read_text())
-    assert final["ready_batch"] is None  # nothing is generated past the last step
+    assert final["rollout"]["ready_batch"] is None  # nothing is generated past the last step
 
     resumed = tmp_path / "resumed"
     shutil.copytree(run_dir / "checkpoints" / "step_2", resumed / "checkpoints" / "step_2")
