@@ -17,7 +17,6 @@ Usage (from the repository root)::
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import sys
@@ -89,19 +88,16 @@ def differences(reference_dir: Path, seed: int = SEED) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out-dir", type=Path, default=HERE)
-    parser.add_argument("--seed", type=int, default=SEED)
-    parser.add_argument("--check", action="store_true", help="compare instead of writing")
-    args = parser.parse_args(argv)
-    if args.check:
-        problems = differences(args.out_dir, args.seed)
-        for p in problems:
-            print(p, file=sys.stderr)
-        return 1 if problems else 0
-    for path in write(args.out_dir, args.seed):
-        print(f"wrote {path} ({path.stat().st_size} bytes)")
-    return 0
+    from megatron_hapo.cli.data_files import generator_main
+
+    return generator_main(
+        argv,
+        description=__doc__.splitlines()[0],
+        out_dir=HERE,
+        seed=SEED,
+        write=write,
+        differences=differences,
+    )
 
 
 if __name__ == "__main__":

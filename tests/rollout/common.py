@@ -19,13 +19,15 @@ def perturbed_state(hf_model, scale):
     return [(n, t * scale) for n, t in hf_model.state_dict().items()]
 
 
-def wait_until_in_flight(engine, timeout_s: float = 120.0) -> None:
-    """Until ``engine`` has a generate request running (its request gate counts it), so that a sync started
-    right after finds it in flight; AssertionError after ``timeout_s``."""
+def wait_until_in_flight(engine, count: int = 1, timeout_s: float = 120.0) -> None:
+    """Until ``engine`` has ``count`` generate requests running (its request gate counts them), so that a sync
+    started right after finds them all in flight; AssertionError after ``timeout_s``."""
     import time
 
     deadline = time.monotonic() + timeout_s
-    while engine.request_gate.in_flight == 0:
+    while engine.request_gate.in_flight < count:
         if time.monotonic() > deadline:
-            raise AssertionError(f"no request in flight after {timeout_s} s")
+            raise AssertionError(
+                f"{engine.request_gate.in_flight} of {count} requests in flight after {timeout_s} s"
+            )
         time.sleep(0.005)
