@@ -17,7 +17,14 @@ import torch
 from megatron_hapo.rollout import EngineError, GenerationParams
 from megatron_hapo.rollout.fleet import FleetConfig, SGLangFleet
 from megatron_hapo.sync import DiskTransport, DistributedTransport, push_weights
-from tests.rollout.common import LOGPROB_TOL, PROBE, PROMPTS, hf_logprobs, perturbed_state
+from tests.rollout.common import (
+    LOGPROB_TOL,
+    PROBE,
+    PROMPTS,
+    hf_logprobs,
+    perturbed_state,
+    wait_until_in_flight,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -66,11 +73,11 @@ def test_disk_and_distributed_sync_reach_every_server(fleet, hf_model, model_dir
 
 
 def test_pause_with_requests_in_flight_loses_none(fleet):
-    params = GenerationParams(n=2, max_new_tokens=48, temperature=1.0, ignore_eos=True)
+    params = GenerationParams(n=2, max_new_tokens=256, temperature=1.0, ignore_eos=True)
     result = {}
     worker = threading.Thread(target=lambda: result.update(samples=fleet.generate(PROMPTS * 4, params)))
     worker.start()
-    time.sleep(0.5)  # let the requests start decoding
+    wait_until_in_flight(fleet, count=len(PROMPTS) * 4)  # every request is decoding
     fleet.pause()
     time.sleep(1.0)
     assert worker.is_alive(), "requests finished before the pause could catch them in flight"
@@ -78,7 +85,7 @@ def test_pause_with_requests_in_flight_loses_none(fleet):
     worker.join(timeout=300)
     samples = result["samples"]
     assert len(samples) == 16 and all(
-        len(s.response_ids) == 48 and s.finish_reason == "length" for s in samples
+        len(s.response_ids) == 256 and s.finish_reason == "length" for s in samples
     )
 
 
