@@ -79,9 +79,11 @@ def test_pause_with_requests_in_flight_loses_none(fleet):
     worker.start()
     wait_until_in_flight(fleet, count=len(PROMPTS) * 4)  # every request is decoding
     fleet.pause()
-    time.sleep(1.0)
-    assert worker.is_alive(), "requests finished before the pause could catch them in flight"
-    fleet.resume()
+    try:
+        time.sleep(1.0)
+        assert worker.is_alive(), "requests finished before the pause could catch them in flight"
+    finally:
+        fleet.resume()  # a failure here must not leave the module's fleet paused for the next tests
     worker.join(timeout=300)
     samples = result["samples"]
     assert len(samples) == 16 and all(
