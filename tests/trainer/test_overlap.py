@@ -94,5 +94,11 @@ def test_the_batch_generated_ahead_is_checkpointed_and_resume_is_exact(first_run
     got = _train(small_policy, resumed, "checkpoint.resume=auto", "checkpoint.save_every=0")
     assert [r["step"] for r in got] == [3, 4]
     for want, row in zip(rows[2:], got, strict=True):
-        differing = {k: (v, row.get(k)) for k, v in want.items() if not _is_timing(k) and row.get(k) != v}
+        # the same tokens, rewards and updates; the fleet's log-probs may differ in the last float bits with how
+        # its requests were batched (seen: 2e-8 absolute), so numbers compare to float rounding
+        differing = {
+            k: (v, row.get(k))
+            for k, v in want.items()
+            if not _is_timing(k) and row.get(k) != pytest.approx(v, rel=1e-5, abs=1e-6)
+        }
         assert not differing, (row["step"], differing)
