@@ -129,16 +129,17 @@ def _inner_backend(configured: str | None) -> str:
 
 def make_hapo_sampler(configured_backend: str | None = None):
     """Factory behind ``--sampling-backend hapo``: always the HAPO sampler."""
-    from sglang_ext.sampler import HapoSampler
+    from sglang_ext.sampler import HapoSampler, entropy_kernel
 
     server_args = _server_args()
     check_supported(server_args)
     _check_hooks_applied()
     inner = _inner_backend(configured_backend)
     logger.warning(
-        "HAPO adaptive-temperature sampler active (%s; sampling kernels: %s)",
+        "HAPO adaptive-temperature sampler active (%s; sampling kernels: %s; entropy: %s)",
         hapo_requested(server_args) or f"--sampling-backend {BACKEND_NAME}",
         inner,
+        entropy_kernel(),
     )
     return HapoSampler(inner)
 

@@ -1,0 +1,71 @@
+"""The sampler's entropy as it runs on a server: compiled by torch.compile (``fused_token_entropy``).
+
+The rest of the suite runs with TORCHDYNAMO_DISABLE=1 (tests/conftest.py), where the compiled function
+runs eagerly and equals ``token_entropy`` bit for bit; this test enables dynamo in a subprocess and checks
+that the fused kernel computes the same entropies, to float rounding, on everything the sampler meets:
+masked (−inf) entries, a fully masked row, bf16 logits, several batch and vocabulary sizes (one dynamic
+compilation), and a HAPO sampler call whose reported H and T_eff follow from it."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests.torchrun_utils import REPO_ROOT
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, torch
+    from types import SimpleNamespace
+    from megatron_hapo.algorithms import EntropyStats, temperature_from_entropy, token_entropy
+    from sglang_ext.sampler import HapoSampler, entropy_kernel, fused_token_entropy
+    from sglang_ext.params import RowParams
+    from tests.sglang_ext.sampler_utils import make_batch_info, run_sampler
+
+    worst = 0.0
+    for b, v, dtype in [(4, 64, torch.float32), (33, 1000, torch.float32), (8, 5000, torch.bfloat16)]:
+        z = (torch.randn(b, v, generator=torch.Generator().manual_seed(b)) * 4).to(dtype)
+        z[:, : v // 3] = float("-inf")  # masked tokens (grammar, min-tokens EOS ban)
+        z[1] = float("-inf")  # nothing left: H = 0
+        fused, eager = fused_token_entropy(z), token_entropy(z)
+        assert fused[1].item() == 0.0 and fused.dtype == torch.float32
+        worst = max(worst, ((fused - eager).abs() / eager.clamp_min(1e-3)).max().item())
+
+    from sglang.srt.runtime_context import get_context, get_parallel
+    with get_context().override_server_args(device="cpu", sampling_backend="pytorch"):
+        with get_parallel().override(tp_group=SimpleNamespace(device_group=None)):
+            z = torch.randn(6, 300, generator=torch.Generator().manual_seed(0)) * 3
+            stats = (1.0, 0.5, 1.0, 1.0)
+            info = make_batch_info([0.9] * 6, rows=[RowParams(True, 0.3, stats)] * 6, vocab_size=300)
+            _, _, out = run_sampler(HapoSampler("pytorch"), z, info)
+            got_h = torch.tensor(out.customized_info["hapo_entropy"])
+            got_t = torch.tensor(out.customized_info["hapo_temperature"])
+            want_h = token_entropy(z)
+            want_t = temperature_from_entropy(want_h, torch.full((6,), 0.9), EntropyStats(*stats), 0.3)
+    print(json.dumps(dict(kernel=entropy_kernel(), worst=worst, h=(got_h - want_h).abs().max().item(),
+                          t=(got_t - want_t).abs().max().item())))
+    """
+)
+
+
+@pytest.mark.timeout(300)
+def test_compiled_entropy_matches_the_eager_definition():
+    env = dict(os.environ, TORCHDYNAMO_DISABLE="0", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=280
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["kernel"] == "torch.compile"
+    assert result["worst"] < 1e-5  # relative, per row
+    assert result["h"] < 1e-5 and result["t"] < 1e-6
+
+
+def test_the_suite_runs_the_entropy_eagerly():
+    """What the other sampler tests rely on for their bit-exact comparisons with token_entropy."""
+    from sglang_ext.sampler import entropy_kernel
+
+    assert entropy_kernel().startswith("eager")
