@@ -1,5 +1,6 @@
 """Overlapped rollout (``rollout.max_staleness`` 0 vs 1) and over-sampled dynamic sampling (refill vs
-``over_sample``) on the tiny CPU task, side by side in one run.
+``over_sample``) on the tiny CPU task (or ``--task reasoning``: the demo's task and policy, whose
+longer, uneven responses and higher keep rate are closer to a real run), side by side in one run.
 
 One SGLang server (HAPO sampler) is launched here and pinned to CPU core 0 (``taskset``, every thread of its
 process tree); each training run is ``hapo-train`` pinned to core 1, attached to that server
@@ -12,6 +13,7 @@ process tree); each training run is ``hapo-train`` pinned to core 1, attached to
   filter that generated only the kept groups).
 
     PYTHONPATH=$PWD python benchmarks/bench_overlap.py [--steps 6] [--model DIR]
+    PYTHONPATH=$PWD python benchmarks/bench_overlap.py --task reasoning --skip-overlap --model runs/demo_reasoning_model
 """
 
 from __future__ import annotations
@@ -40,10 +42,15 @@ def pin_tree(pid: int, core: int) -> int:
     return len(procs)
 
 
-def train(model: str, url: str, key: str | None, run_dir: Path, steps: int, *overrides: str) -> list[dict]:
+CONFIGS = {"tiny_math": "examples/configs/tiny_cpu.yaml", "reasoning": "examples/configs/demo_reasoning.yaml"}
+
+
+def train(
+    config: str, model: str, url: str, key: str | None, run_dir: Path, steps: int, *overrides: str
+) -> list[dict]:
     cmd = [
         "taskset", "-c", "1", sys.executable, "-m", "megatron_hapo.trainer",
-        "--config", "examples/configs/tiny_cpu.yaml", f"model.hf_path={model}", f"trainer.run_dir={run_dir}",
+        "--config", config, f"model.hf_path={model}", f"trainer.run_dir={run_dir}",
         f"trainer.total_steps={steps}", "rollout.engine=fleet", f"rollout.server_addresses=[{url}]",
         "rollout.num_servers=1", "algorithm.loss.tis_cap=2.0", "checkpoint.save_every=0",
         "checkpoint.keep_last=1", *overrides,
@@ -84,7 +91,12 @@ def summary(rows: list[dict]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--model", default=None, help="the SFT-warmed tiny policy (default: built here)")
+    ap.add_argument("--task", choices=sorted(CONFIGS), default="tiny_math")
+    ap.add_argument(
+        "--model",
+        default=None,
+        help="the SFT-warmed policy of the task (default: built here; the tiny one only)",
+    )
     ap.add_argument("--over-sample", type=float, default=1.5)
     ap.add_argument(
         "--train-args",
@@ -100,6 +112,8 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench_overlap_"))
     model = args.model
+    if model is None and args.task != "tiny_math":
+        raise SystemExit(f"--task {args.task} needs --model (python -m megatron_hapo.demo builds it)")
     if model is None:
         from megatron_hapo.demo.policy import make_demo_model
 
@@ -128,7 +142,9 @@ def main() -> None:
                       (*ds, f"algorithm.dynamic_sampling.over_sample={args.over_sample}"))]  # fmt: skip
         for name, overrides in runs:
             run_dir = work / name.replace(" ", "_").replace(",", "")
-            rows = train(model, url, key, run_dir, args.steps, *args.train_args.split(), *overrides)
+            rows = train(
+                CONFIGS[args.task], model, url, key, run_dir, args.steps, *args.train_args.split(), *overrides
+            )
             results[name] = summary(rows)
             print(name, json.dumps(results[name]), flush=True)
     finally:

@@ -111,7 +111,8 @@ def main() -> None:
     with server_args, tp:
         from sglang.srt.layers.sampler import Sampler
 
-        from sglang_ext.sampler import HapoSampler, entropy_kernel
+        from megatron_hapo.algorithms import entropy_kernel
+        from sglang_ext.sampler import HapoSampler
 
         stock, hapo = Sampler(), HapoSampler(backend)
         where = (

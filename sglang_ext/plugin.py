@@ -129,7 +129,8 @@ def _inner_backend(configured: str | None) -> str:
 
 def make_hapo_sampler(configured_backend: str | None = None):
     """Factory behind ``--sampling-backend hapo``: always the HAPO sampler."""
-    from sglang_ext.sampler import HapoSampler, entropy_kernel
+    from megatron_hapo.algorithms import entropy_kernel
+    from sglang_ext.sampler import HapoSampler
 
     server_args = _server_args()
     check_supported(server_args)

@@ -40,33 +40,16 @@ any adaptive row keeps its temperatures tensor.
 
 from __future__ import annotations
 
-import os
-
 import torch
 from sglang.srt.layers.sampler import Sampler
 from sglang.srt.runtime_context import get_exec
 
-from megatron_hapo.algorithms import temperature_from_entropy, token_entropy
+from megatron_hapo.algorithms import fused_token_entropy, temperature_from_entropy
 from sglang_ext.batch_state import rows_of
 from sglang_ext.params import ENTROPY_KEY, TEMPERATURE_KEY
 
 # Built-in sampling kernels the HAPO sampler delegates to (it only chooses the temperatures).
 INNER_BACKENDS = ("pytorch", "flashinfer")
-
-# The entropy of every decode step, fused by torch.compile into one kernel that reads each row of the
-# logits once (max, sum-exp and Σ e·s; inductor's C++ on CPU, Triton on GPU) instead of ~6 eager passes:
-# with top-k / top-p SGLang's own pipeline is only ~4 passes, so the eager entropy alone cost 1.5-2x.
-# dynamic=True: one compilation serves every batch size and vocabulary (the first call pays it, ~7 s on
-# CPU; inductor's on-disk cache serves later servers). Same function, same semantics as the trainer's
-# token_entropy; the results may differ from the eager run in the last float bits (reduction order).
-fused_token_entropy = torch.compile(token_entropy, dynamic=True)
-
-
-def entropy_kernel() -> str:
-    """How ``fused_token_entropy`` runs in this process, for the sampler's start-up log line."""
-    if os.environ.get("TORCHDYNAMO_DISABLE", "").strip() not in ("", "0"):
-        return "eager (TORCHDYNAMO_DISABLE is set: about 1.5-2x the fused cost with top-k/top-p)"
-    return "torch.compile"
 
 
 class HapoSampler(Sampler):

@@ -21,7 +21,8 @@ SCRIPT = textwrap.dedent(
     import json, torch
     from types import SimpleNamespace
     from megatron_hapo.algorithms import EntropyStats, temperature_from_entropy, token_entropy
-    from sglang_ext.sampler import HapoSampler, entropy_kernel, fused_token_entropy
+    from megatron_hapo.algorithms import entropy_kernel, fused_token_entropy
+    from sglang_ext.sampler import HapoSampler
     from sglang_ext.params import RowParams
     from tests.sglang_ext.sampler_utils import make_batch_info, run_sampler
 
@@ -66,6 +67,6 @@ def test_compiled_entropy_matches_the_eager_definition():
 
 def test_the_suite_runs_the_entropy_eagerly():
     """What the other sampler tests rely on for their bit-exact comparisons with token_entropy."""
-    from sglang_ext.sampler import entropy_kernel
+    from megatron_hapo.algorithms import entropy_kernel
 
     assert entropy_kernel().startswith("eager")
