@@ -1,7 +1,8 @@
 """Checkpoints of a run: Megatron distributed checkpoint (model + optimizer, any TP/PP on load) plus
 ``trainer_state.json`` (the loop's :class:`~megatron_hapo.trainer.state.TrainerState`, the rollout stage's
-data position under ``rollout``, the LR scheduler under ``scheduler``: format :data:`STATE_FORMAT`) and,
-written last, ``manifest.json`` (every file's size and CRC-32, see :mod:`~megatron_hapo.trainer.manifest`).
+data position under ``rollout``, the LR scheduler under ``scheduler``: format :data:`STATE_FORMAT`), the
+batch generated ahead under ``rollout.max_staleness=1`` in ``ready_batch.pt`` (binary: at real shapes it is
+millions of tokens, which JSON would turn into gigabytes), and, written last, ``manifest.json`` (every file's size and CRC-32, see :mod:`~megatron_hapo.trainer.manifest`).
 
 Layout: ``<checkpoint.dir>/step_<N>/``. A checkpoint is written into ``.tmp_step_<N>``, every file and
 the directory are fsynced, the manifest is written and fsynced, and only then is the directory renamed to
@@ -33,8 +34,11 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
 # trainer_state.json layouts: 1 (no "format" key, before issue 18): the rollout stage's "data_order" and
-# "next_group" at the top level; 2: under "rollout". Version 1 is read by upgrading it (:func:`upgrade_state`).
-STATE_FORMAT = 2
+# "next_group" at the top level; 2: under "rollout", with the batch generated ahead inline as
+# rollout.ready_batch; 3: that batch in READY_BATCH_FILE, rollout.ready_batch = {"file": READY_BATCH_FILE}.
+# Older versions are read by upgrading them (:func:`upgrade_state`).
+STATE_FORMAT = 3
+READY_BATCH_FILE = "ready_batch.pt"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -67,6 +71,8 @@ def upgrade_state(state: dict[str, Any], where: str | Path) -> dict[str, Any]:
         if "data_order" in state:
             out["rollout"] = {"data_order": state["data_order"], "next_group": state["next_group"]}
         return dict(out, format=STATE_FORMAT)
+    if version == 2:  # an inline ready batch reads as it is
+        return dict(state, format=STATE_FORMAT)
     raise CheckpointFormatUnknown(
         f"{where}: trainer_state.json has format {version!r}, this megatron-hapo reads formats 1 to "
         f"{STATE_FORMAT}; resume it with the version that wrote it, or start elsewhere (checkpoint.resume=none "
@@ -168,6 +174,10 @@ def save(
     state = dict(trainer_state, format=STATE_FORMAT, step=step, scheduler=policy.scheduler.state_dict())
     dist.barrier()
     if lead:
+        rollout = state.get("rollout") or {}
+        if rollout.get("ready_batch") is not None:
+            torch.save(pack_lists(rollout["ready_batch"]), tmp / READY_BATCH_FILE)
+            state["rollout"] = dict(rollout, ready_batch={"file": READY_BATCH_FILE})
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
         manifest.write(tmp, step)  # fsyncs every file, the manifest and the directory
         if final.exists():  # a checkpoint of this step from an earlier attempt: out of the way first
@@ -265,4 +275,30 @@ def load(policy, path: str | Path) -> dict[str, Any]:
     _unshare_adam_steps(policy.optimizer)
     state = upgrade_state(json.loads((path / STATE_FILE).read_text()), path)
     policy.scheduler.load_state_dict(state["scheduler"])
+    ready = (state.get("rollout") or {}).get("ready_batch")
+    if isinstance(ready, dict) and set(ready) == {"file"}:
+        state["rollout"]["ready_batch"] = unpack_lists(torch.load(path / ready["file"], weights_only=True))
     return state
+
+
+def pack_lists(value: Any) -> Any:
+    """``value`` with every non-empty list of ints (or of floats) as an int64 (float64) tensor: exact, and
+    compact where the per-token lists of a batch are millions long (``ready_batch.pt``). :func:`unpack_lists`
+    is its inverse."""
+    if isinstance(value, dict):
+        return {k: pack_lists(v) for k, v in value.items()}
+    if isinstance(value, list):
+        for kind, dtype in ((int, torch.int64), (float, torch.float64)):
+            if value and all(type(x) is kind for x in value):
+                return torch.tensor(value, dtype=dtype)
+        return [pack_lists(v) for v in value]
+    return value
+
+
+def unpack_lists(value: Any) -> Any:
+    """The JSON-ready value :func:`pack_lists` packed: every tensor back to a list of Python numbers."""
+    if isinstance(value, dict):
+        return {k: unpack_lists(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unpack_lists(v) for v in value]
+    return value.tolist() if isinstance(value, torch.Tensor) else value

@@ -20,7 +20,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from megatron_hapo.trainer.checkpoint import READY_BATCH_FILE, STATE_FORMAT, unpack_lists
 from tests.torchrun_utils import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -82,8 +84,11 @@ def test_importance_weights_use_the_samplers_behaviour_log_probs(first_run):
 
 def test_the_batch_generated_ahead_is_checkpointed_and_resume_is_exact(first_run, small_policy, tmp_path):
     run_dir, rows = first_run
-    state = json.loads((run_dir / "checkpoints" / "step_2" / "trainer_state.json").read_text())
-    ready = state["rollout"]["ready_batch"]  # step 3's batch, complete, sampled with step 1's weights
+    step_2 = run_dir / "checkpoints" / "step_2"
+    state = json.loads((step_2 / "trainer_state.json").read_text())
+    assert state["format"] == STATE_FORMAT and state["rollout"]["ready_batch"] == {"file": READY_BATCH_FILE}
+    # step 3's batch, complete, sampled with step 1's weights, in its binary file
+    ready = unpack_lists(torch.load(step_2 / READY_BATCH_FILE, weights_only=True))
     assert ready is not None and {s["weight_version"] for s in ready["samples"]} == {"step-1"}
     assert len(ready["samples"]) == 4 * 8
     final = json.loads((run_dir / "checkpoints" / f"step_{STEPS}" / "trainer_state.json").read_text())

@@ -13,7 +13,9 @@ from megatron_hapo.trainer.checkpoint import (
     STATE_FILE,
     STATE_FORMAT,
     CheckpointFormatUnknown,
+    pack_lists,
     select,
+    unpack_lists,
     upgrade_state,
     verify,
 )
@@ -63,6 +65,40 @@ def test_a_newer_state_format_is_refused_not_skipped(tmp_path):
     assert verify(tmp_path / "step_2") == 2
     # auto must not fall back to step_2: the save after it would discard the newer step_4
     with pytest.raises(
-        CheckpointFormatUnknown, match=r"step_4: trainer_state.json has format 3.*version that wrote it"
+        CheckpointFormatUnknown,
+        match=rf"step_4: trainer_state.json has format {STATE_FORMAT + 1}.*version that wrote it",
     ):
         select("auto", tmp_path)
+
+
+def test_format_2_inline_ready_batch_reads_as_it_is():
+    inline = {
+        "format": 2,
+        "step": 2,
+        "rollout": {"next_group": 8, "ready_batch": {"samples": [], "accs": []}},
+    }
+    assert upgrade_state(inline, "ckpt") == dict(inline, format=STATE_FORMAT)
+
+
+def test_ready_batch_packing_is_exact(tmp_path):
+    """What ``ready_batch.pt`` holds: per-token lists as tensors, everything else as is, back bit for bit."""
+    import torch
+
+    batch = {
+        "samples": [
+            {"response_ids": [5, 7, 2**40], "logprobs": [-0.1, -1e-300, -2.5e-8], "entropies": None,
+             "finish_reason": "stop", "extra": {}},
+            {"response_ids": [], "logprobs": [], "entropies": [0.3], "finish_reason": "length", "extra": {}},
+        ],
+        "accs": [True, False],
+        "scores": [1, -1.0],  # mixed: kept as a list
+        "extra_metrics": {"reward/mean": 0.25},
+    }  # fmt: skip
+    packed = pack_lists(batch)
+    assert packed["samples"][0]["response_ids"].dtype == torch.int64
+    assert packed["samples"][0]["logprobs"].dtype == torch.float64
+    torch.save(packed, tmp_path / "ready_batch.pt")
+    back = unpack_lists(torch.load(tmp_path / "ready_batch.pt", weights_only=True))
+    assert back == batch
+    assert [type(x) for x in back["samples"][0]["logprobs"]] == [float] * 3
+    assert [type(x) for x in back["scores"]] == [int, float]
