@@ -65,6 +65,7 @@ def train(
 
 
 def summary(rows: list[dict]) -> dict:
+    rows = [r for r in rows if "time/step_s" in r]  # training steps (not a step-0 evaluation row)
     steady = rows[1:] or rows
 
     def mean(key):
