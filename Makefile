@@ -12,7 +12,7 @@ setup:  ## create/reuse the virtual environment and install everything (idempote
 demo: setup  ## the main job on CPU (see README)
 	$(PY) -m megatron_hapo.demo
 
-study: setup  ## the reproduction study, quick variant (docs/reproduction.md; ~15-30 min on 2 cores)
+study: setup  ## the reproduction study, quick variant: 4 methods x 3 seeds (docs/reproduction.md; ~30 min on 2 cores)
 	$(PY) tools/run_study.py --quick --jobs 2
 
 test: setup lint  ## the whole test suite (what CI runs)

@@ -5,8 +5,10 @@ the same functions it calls (``megatron_hapo.algorithms.token_entropy`` and ``te
 no SGLang import), around a plain full-vocabulary sampling step like SGLang's torch backend:
 
     plain   z = logits / T;  p = softmax(z);  y ~ multinomial(p);  log p[y];  y, log p[y] to the host
-    hapo    H = token_entropy(logits) [B] fp32;  T' = temperature_from_entropy(H, T, per-row stats, tau);
+    hapo    H = fused_token_entropy(logits) [B] fp32 (what the sampler runs: torch.compile's fused kernel,
+            eager under TORCHDYNAMO_DISABLE);  T' = temperature_from_entropy(H, T, per-row stats, tau);
             T' = where(adaptive, T', T);  then plain with T';  also T' and H to the host (customized_info)
+    eager   the same with the eager token_entropy (~6 passes over [B, V])
 
 fp32 logits [B, V] (random, std 3), every row adaptive, per-row statistics as four [B] tensors (what the
 sampler passes). Time: median of ``--iters`` calls after ``--warmup``, synchronised.
@@ -29,7 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from bench_common import goal, header, pick_device, timed  # noqa: E402
 
-from megatron_hapo.algorithms import temperature_from_entropy, token_entropy  # noqa: E402
+from megatron_hapo.algorithms import (  # noqa: E402
+    entropy_kernel,
+    fused_token_entropy,
+    temperature_from_entropy,
+    token_entropy,
+)
 
 
 def plain_step(logits: torch.Tensor, temperature: torch.Tensor):
@@ -40,8 +47,8 @@ def plain_step(logits: torch.Tensor, temperature: torch.Tensor):
     return ids.tolist(), log_p.tolist()
 
 
-def hapo_step(logits, temperature, stats, tau, adaptive):
-    entropy = token_entropy(logits)
+def hapo_step(logits, temperature, stats, tau, adaptive, entropy_fn=fused_token_entropy):
+    entropy = entropy_fn(logits)
     scheduled = temperature_from_entropy(entropy, temperature, stats, tau)
     t_eff = torch.where(adaptive, scheduled, temperature)
     out = plain_step(logits, t_eff)
@@ -73,17 +80,22 @@ def main() -> None:
         hapo = functools.partial(hapo_step, logits, temperature, stats, tau, adaptive)
         t_plain = timed(plain, device, args.iters, args.warmup)
         t_hapo = timed(hapo, device, args.iters, args.warmup)
-        rows.append((b, t_plain, t_hapo))
+        eager = functools.partial(hapo_step, logits, temperature, stats, tau, adaptive, token_entropy)
+        t_eager = timed(eager, device, args.iters, args.warmup)
+        rows.append((b, t_plain, t_hapo, t_eager))
 
     header("bench_sampler_math (HAPO sampler math vs plain softmax + multinomial; no SGLang)", device)
     print(f"# fp32 logits [B, {v}], every row adaptive; median of {args.iters} after {args.warmup} warm-up")
+    print(f"# entropy kernel of 'hapo': {entropy_kernel()}")
     print()
-    print("| B | V | plain ms | hapo ms | hapo / plain |")
-    print("|---:|---:|---:|---:|---:|")
-    for b, tp, th in rows:
-        print(f"| {b} | {v} | {tp * 1e3:.3f} | {th * 1e3:.3f} | {th / tp:.2f} |")
+    print("| B | V | plain ms | hapo ms | hapo / plain | hapo, eager entropy ms | eager / plain |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for b, tp, th, te in rows:
+        print(
+            f"| {b} | {v} | {tp * 1e3:.3f} | {th * 1e3:.3f} | {th / tp:.2f} | {te * 1e3:.3f} | {te / tp:.2f} |"
+        )
     print()
-    b, tp, th = rows[-1]
+    b, tp, th, _ = rows[-1]
     print(goal(th / tp <= 1.3, f"sampler math <= 1.3x plain sampling at B={b}, V={v}: {th / tp:.2f}x"))
     print(f"# total {time.time() - started:.0f} s")
 
