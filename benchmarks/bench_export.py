@@ -28,13 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from bench_common import header, pick_device, qwen25_15b_config, sync, timed, write_config  # noqa: E402
 
+from megatron_hapo.rollout.inflight import RequestGate  # noqa: E402
+
 
 class NullEngine:
     """Accepts a weight update and does nothing: isolates the trainer's side of the sync."""
 
-    def hold_requests(self): ...
-    def release_requests(self): ...
-    def wait_idle(self, timeout_s): ...
+    request_gate = RequestGate()
+
     def recover_from_sync_failure(self, exc):
         return False
 

@@ -513,15 +513,6 @@ class SGLangFleet:
             raise EngineError(f"{path} failed on " + "; ".join(errors.values()))
 
     # -- requests in flight (a weight sync: sync/synchronizer.py) -------------------------------------
-    def hold_requests(self) -> None:
-        self.request_gate.hold()
-
-    def release_requests(self) -> None:
-        self.request_gate.release()
-
-    def wait_idle(self, timeout_s: float) -> None:
-        self.request_gate.wait_idle(timeout_s)
-
     def abort_requests(self) -> None:
         """SGLang's abort of every request on every server; the gate resubmits them after the sync."""
         self._all("/abort_request", {"abort_all": True})

@@ -171,15 +171,6 @@ class InProcessSGLangEngine:
     # The engine's event loop is driven by the calling thread (run_until_complete): one call at a time. A
     # sync from another thread can wait for a running generate call (sync_policy=wait), not pause or
     # abort it (validation refuses those policies with this engine; rollout.engine=fleet supports them).
-    def hold_requests(self) -> None:
-        self.request_gate.hold()
-
-    def release_requests(self) -> None:
-        self.request_gate.release()
-
-    def wait_idle(self, timeout_s: float) -> None:
-        self.request_gate.wait_idle(timeout_s)
-
     def abort_requests(self) -> None:
         raise EngineError(
             "the in-process engine cannot abort a running generate call (one call at a time on its event "

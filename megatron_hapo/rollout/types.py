@@ -192,16 +192,8 @@ class RolloutEngine(Protocol):
         then the requests still queued or running are dropped or aborted (over-sampled dynamic sampling,
         ``algorithm.dynamic_sampling.over_sample``). The fleet streams; the in-process engine refuses."""
 
-    # -- requests in flight (rollout/inflight.py): a sync holds new ones and pauses, waits for or aborts
-    #    the running ones by its policy (sync/synchronizer.py)
-    def hold_requests(self) -> None:
-        """Requests not yet started wait until :meth:`release_requests`."""
-
-    def release_requests(self) -> None: ...
-
-    def wait_idle(self, timeout_s: float) -> None:
-        """Block until no generate request is in flight (TimeoutError after ``timeout_s``)."""
-
+    # -- requests in flight: a sync holds new ones at ``request_gate`` and pauses, waits for
+    #    (``request_gate.wait_idle``) or aborts the running ones by its policy (sync/synchronizer.py)
     def abort_requests(self) -> None:
         """Abort the running requests (SGLang's abort); the engine resubmits them after the release."""
 

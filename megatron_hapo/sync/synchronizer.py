@@ -67,12 +67,13 @@ class WeightSynchronizer:
         in other threads). The engine is resumed and its requests released even when the update fails;
         the error names the failing step."""
         start = time.perf_counter()
-        self.engine.hold_requests()
+        gate = self.engine.request_gate
+        gate.hold()  # requests not yet started wait here until the release
         try:
             self._quiesce()
             report = self._push(named_tensors, str(version), start)
         finally:
-            self.engine.release_requests()
+            gate.release()
         if self.verify_name is not None:
             verify_read_back(self.engine, self.verify_name, report.probe)
         self.version = str(version)
@@ -90,10 +91,12 @@ class WeightSynchronizer:
     # -- steps -----------------------------------------------------------------------------------------
     def _quiesce(self) -> None:
         if self.policy == "wait":
-            self.engine.wait_idle(self.timeout_s)
+            self.engine.request_gate.wait_idle(self.timeout_s)
         elif self.policy == "abort":
             self.engine.abort_requests()
-            self.engine.wait_idle(self.timeout_s)  # aborted requests return, and wait at the gate
+            self.engine.request_gate.wait_idle(
+                self.timeout_s
+            )  # aborted requests return, and wait at the gate
         # pause: the running requests are retracted by the pause below
 
     def _stream(self, named_tensors: NamedTensors) -> Iterable[tuple[str, torch.Tensor]]:
