@@ -44,7 +44,7 @@ import torch
 from sglang.srt.layers.sampler import Sampler
 from sglang.srt.runtime_context import get_exec
 
-from megatron_hapo.algorithms import fused_token_entropy, temperature_from_entropy
+from megatron_hapo.algorithms import fused_sampler_temperatures, fused_token_entropy
 from sglang_ext.batch_state import rows_of
 from sglang_ext.params import ENTROPY_KEY, TEMPERATURE_KEY
 
@@ -125,19 +125,20 @@ class HapoSampler(Sampler):
         """Hand T_eff to SGLang for this call; return the per-row outputs for ``customized_info``: device
         tensors [B], turned into lists by the scheduler's result processing (``sglang_ext.outputs``)."""
         base = sampling_info.temperatures.view(-1)  # [B] fp32; greedy rows carry 1.0
-        entropy = fused_token_entropy(logits)  # [B] fp32, at T = 1; reported for every row
-        temperature = base.clone()  # read after this step, when the batch may have moved on
         rows = rows_of(sampling_info)
         if rows is not None and rows.any_adaptive and not sampling_info.is_all_greedy:
             # Per-row statistics: the schedule unpacks ``stats`` as (pivot, sigma, pos_scale, neg_scale) and
             # broadcasts, so four [B] tensors give each row its own request's statistics.
             stats = tuple(rows.stats.unbind(dim=1))
             adaptive = rows.adaptive & (sampling_info.top_ks > 1)  # greedy rows keep T_b (argmax anyway)
-            scheduled = temperature_from_entropy(entropy, base, stats, rows.tau)
-            temperature = torch.where(adaptive, scheduled.to(base.dtype), base)
+            # entropy at T = 1 (reported for every row) and the schedule, one compiled graph
+            temperature, entropy = fused_sampler_temperatures(logits, base, stats, rows.tau, adaptive)
             # SGLang divides the logits by sampling_info.temperatures right after pre-processing.
             self._rebound = (sampling_info, sampling_info.temperatures)
             sampling_info.temperatures = temperature.view(-1, 1)
+        else:
+            entropy = fused_token_entropy(logits)  # [B] fp32, at T = 1; reported for every row
+            temperature = base.clone()  # read after this step, when the batch may have moved on
         return {TEMPERATURE_KEY: temperature, ENTROPY_KEY: entropy}  # no .tolist(): no device sync here
 
     def _sample_from_probs(self, *args, **kwargs):

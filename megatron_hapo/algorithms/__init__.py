@@ -72,6 +72,8 @@ _EXPORTS: dict[str, str] = {
     "temperature_from_entropy": "temperature",
     "token_entropy": "temperature",
     "fused_token_entropy": "temperature",
+    "fused_sampler_temperatures": "temperature",
+    "sampler_temperatures": "temperature",
     "entropy_kernel": "temperature",
     "token_level_group_average": "advantages",
 }

@@ -67,19 +67,40 @@ def fused_token_entropy(logits: torch.Tensor) -> torch.Tensor:
     eager run in the last float bits (reduction order). One compilation (``dynamic=True``) serves every
     batch size and vocabulary; the first call pays it (~7 s on CPU; inductor's disk cache serves later
     processes). Under TORCHDYNAMO_DISABLE it is ``token_entropy`` itself (:func:`entropy_kernel`)."""
-    return _entropy_function()(logits)
+    return _fused(token_entropy)(logits)
+
+
+def sampler_temperatures(
+    logits: torch.Tensor,
+    base: torch.Tensor,
+    stats: tuple[torch.Tensor, ...],
+    tau: torch.Tensor,
+    adaptive: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decode step of the HAPO sampler: (T_eff [B], H [B]) for logits [B, V], with per-row base
+    temperatures, statistics (four [B] tensors), τ and adaptive mask [B]:
+
+        H = token_entropy(logits);  T_eff = where(adaptive, temperature_from_entropy(H, base, stats, τ), base)
+    """
+    entropy = token_entropy(logits)
+    scheduled = temperature_from_entropy(entropy, base, stats, tau)
+    return torch.where(adaptive, scheduled.to(base.dtype), base), entropy
+
+
+def fused_sampler_temperatures(logits, base, stats, tau, adaptive) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sampler_temperatures` compiled as one graph, as :func:`fused_token_entropy` is (the schedule's
+    dozen small ops on [B] ride along instead of each costing a launch)."""
+    return _fused(sampler_temperatures)(logits, base, stats, tau, adaptive)
 
 
 @functools.cache
-def _entropy_function():
+def _fused(fn):
     # torch.compile imports dynamo (seconds): only on the first call, and never when dynamo is disabled
-    return (
-        token_entropy if entropy_kernel().startswith("eager") else torch.compile(token_entropy, dynamic=True)
-    )
+    return fn if entropy_kernel().startswith("eager") else torch.compile(fn, dynamic=True)
 
 
 def entropy_kernel() -> str:
-    """How :func:`fused_token_entropy` runs in this process (the sampler logs it at start-up)."""
+    """How the ``fused_*`` functions run in this process (the sampler logs it at start-up)."""
     if os.environ.get("TORCHDYNAMO_DISABLE", "").strip() not in ("", "0"):
         return "eager (TORCHDYNAMO_DISABLE is set: about 1.5-2x the fused cost with top-k/top-p)"
     return "torch.compile"
