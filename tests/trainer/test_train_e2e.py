@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from megatron_hapo.trainer import manifest
+from megatron_hapo.trainer.checkpoint import STATE_FORMAT
 from tests.torchrun_utils import REPO_ROOT, run_torchrun
 
 CONFIG = "examples/configs/tiny_cpu.yaml"
@@ -138,7 +139,7 @@ def test_resume_repeats_the_uninterrupted_run_exactly(first_run, demo_model, tmp
     copy = resumed / "checkpoints" / "step_20"
     shutil.copytree(run_dir / "checkpoints" / "step_20", copy)
     state = json.loads((copy / "trainer_state.json").read_text())
-    assert state.pop("format") == 2
+    assert state.pop("format") == STATE_FORMAT
     state.update(state.pop("rollout"))  # format 1: data_order and next_group beside step
     (copy / "trainer_state.json").write_text(json.dumps(state))
     (copy / "manifest.json").unlink()
