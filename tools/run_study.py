@@ -46,7 +46,7 @@ STEPS = 30
 QUICK_METHODS = ["grpo", "dapo", "hapo", "hapo_released"]  # the paper's comparison, without the ablations
 TASK = "reasoning"  # the demo task the study's configs (examples/experiments/_study.yaml) train on
 FIGURES = {  # extra plots of tools/compare_runs.py
-    "main": ["grpo", "dapo", "hapo", "hapo_released"],
+    "main": QUICK_METHODS,
     "ablations": ["hapo", "hapo_no_temp", "hapo_no_tlga", "hapo_no_dar", "hapo_no_aac"],
 }
 

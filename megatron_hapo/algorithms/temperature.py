@@ -43,7 +43,7 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     logits are not screened (that would cost a device sync per decode step).
 
     Written out of pure elementwise ops and row reductions, with no in-place write, so that
-    ``torch.compile`` fuses it into one kernel that reads each row once (what the SGLang sampler runs:
+    ``torch.compile`` fuses it into one kernel (what the SGLang sampler runs:
     :func:`fused_token_entropy`); run eagerly it costs about six passes over [N, V].
     """
     if logits.dim() < 1:
@@ -59,8 +59,9 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 def fused_token_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """:func:`token_entropy` fused by ``torch.compile`` into one kernel that reads each row once
-    (inductor's C++ on CPU, Triton on GPU): what the SGLang sampler runs at every decode step.
+    """:func:`token_entropy` fused by ``torch.compile`` into one kernel (per row: a max loop, then one loop
+    for both sums, the row in cache; inductor's C++ on CPU, Triton on GPU): what the SGLang sampler runs at
+    every decode step.
 
     Eagerly the entropy is ~6 passes over [B, V]; SGLang's own top-k/top-p pipeline is only ~4, so the
     eager entropy alone cost 1.5-2x of it. Same function, same semantics: the values may differ from the

@@ -90,13 +90,12 @@ class WeightSynchronizer:
 
     # -- steps -----------------------------------------------------------------------------------------
     def _quiesce(self) -> None:
+        gate = self.engine.request_gate
         if self.policy == "wait":
-            self.engine.request_gate.wait_idle(self.timeout_s)
+            gate.wait_idle(self.timeout_s)
         elif self.policy == "abort":
             self.engine.abort_requests()
-            self.engine.request_gate.wait_idle(
-                self.timeout_s
-            )  # aborted requests return, and wait at the gate
+            gate.wait_idle(self.timeout_s)  # aborted requests return, and wait at the gate
         # pause: the running requests are retracted by the pause below
 
     def _stream(self, named_tensors: NamedTensors) -> Iterable[tuple[str, torch.Tensor]]:

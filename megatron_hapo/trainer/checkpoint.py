@@ -2,7 +2,8 @@
 ``trainer_state.json`` (the loop's :class:`~megatron_hapo.trainer.state.TrainerState`, the rollout stage's
 data position under ``rollout``, the LR scheduler under ``scheduler``: format :data:`STATE_FORMAT`), the
 batch generated ahead under ``rollout.max_staleness=1`` in ``ready_batch.pt`` (binary: at real shapes it is
-millions of tokens, which JSON would turn into gigabytes), and, written last, ``manifest.json`` (every file's size and CRC-32, see :mod:`~megatron_hapo.trainer.manifest`).
+millions of tokens, which JSON would turn into gigabytes), and, written last, ``manifest.json`` (every
+file's size and CRC-32, see :mod:`~megatron_hapo.trainer.manifest`).
 
 Layout: ``<checkpoint.dir>/step_<N>/``. A checkpoint is written into ``.tmp_step_<N>``, every file and
 the directory are fsynced, the manifest is written and fsynced, and only then is the directory renamed to
