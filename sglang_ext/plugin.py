@@ -9,7 +9,10 @@ SGLang silently rewrites ``--sampling-backend`` to ``pytorch`` on CPU and in det
 plugin also registers factories under the built-in names ``pytorch`` and ``flashinfer``. Those factories
 return SGLang's stock ``Sampler`` unless HAPO was requested (by the variable, or by ``hapo`` in the raw
 server arguments, which SGLang keeps next to the rewritten value), in which case they return the HAPO
-sampler running that built-in backend's kernels. Without a request, nothing changes.
+sampler running that built-in backend's kernels. Without a request, sampling does not change.
+
+Every server with the plugin installed also answers ``get_weights_by_name`` for model classes SGLang
+cannot read back (``sglang_ext/read_back.py``): the trainer verifies each weight sync that way.
 
 Fail-loud rules:
 
@@ -211,7 +214,7 @@ def _register() -> None:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType, _current_plugin_source
 
     import sglang_ext.sampler  # noqa: F401  (fail here, at start-up, if the schedule cannot be imported)
-    from sglang_ext import seeded
+    from sglang_ext import read_back, seeded
     from sglang_ext.batch_state import BATCH_HOOKS
     from sglang_ext.outputs import OUTPUT_HOOKS
 
@@ -226,6 +229,7 @@ def _register() -> None:
     HookRegistry.register(_CREATE_SAMPLER, verify_created_sampler, HookType.AFTER)
     HookRegistry.register(_VERIFY_PARAMS, validate_sampling_params, HookType.BEFORE)
     HookRegistry.register(seeded.HOOK_TARGET, seeded.murmur_hash32_hook, HookType.AROUND)
+    HookRegistry.register(read_back.HOOK_TARGET, read_back.get_weights_by_name_hook, HookType.AROUND)
     if _current_plugin_source.get() is None:
         # Called by hand rather than from SGLang's load_plugins() (which applies hooks after all plugins).
         HookRegistry.apply_hooks()

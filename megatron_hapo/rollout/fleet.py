@@ -593,10 +593,24 @@ class SGLangFleet:
         self.weight_version = str(version)
 
     def get_weight(self, hf_name: str, truncate_size: int = 10**9) -> torch.Tensor:
-        reply = self._post(
-            self.servers[0].url, "/get_weights_by_name", {"name": hf_name, "truncate_size": truncate_size}
-        )
-        return torch.as_tensor(reply)
+        """``hf_name`` read back from every server; they must hold the same values (a server that missed
+        a weight sync differs), and the first server's copy is returned."""
+        payload = {"name": hf_name, "truncate_size": truncate_size}
+        copies = []
+        for s in self.servers:
+            try:
+                copies.append(torch.as_tensor(self._post(s.url, "/get_weights_by_name", payload)))
+            except EngineError as exc:
+                raise EngineError(
+                    f"{s.describe()} could not read back {hf_name!r} ({exc}); its log names the cause"
+                ) from exc
+        for s, copy in zip(self.servers[1:], copies[1:]):
+            if copy.shape != copies[0].shape or not torch.equal(copy, copies[0]):
+                raise EngineError(
+                    f"{s.describe()} holds a different {hf_name!r} from {self.servers[0].describe()}: "
+                    "a weight sync did not reach every server"
+                )
+        return copies[0]
 
     def shutdown(self) -> None:
         """Stop the servers and the router this fleet launched (close the weight synchronizer first)."""

@@ -250,7 +250,10 @@ class InProcessSGLangEngine:
 
     def get_weight(self, hf_name: str, truncate_size: int = 10**9) -> torch.Tensor:
         """Read a parameter back from the engine (for sync tests and the log-prob doctor)."""
-        return torch.as_tensor(self._engine.get_weights_by_name(hf_name, truncate_size=truncate_size))
+        values = self._engine.get_weights_by_name(hf_name, truncate_size=truncate_size)
+        if values is None:  # SGLang answers None and logs the reason
+            raise EngineError(f"the in-process engine could not read back {hf_name!r} (the reason is logged)")
+        return torch.as_tensor(values)
 
     def health(self) -> bool:
         try:

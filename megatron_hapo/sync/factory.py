@@ -9,6 +9,10 @@ from megatron_hapo.rollout.types import RolloutEngine
 from megatron_hapo.sync.synchronizer import WeightSynchronizer
 from megatron_hapo.sync.transports import DiskTransport, DistributedTransport, TensorTransport, Transport
 
+# The parameter read back after every sync: in every decoder family we map, never fused, quantised or
+# sharded by SGLang, and trained at every step (a few KB per server).
+VERIFY_NAME = "model.norm.weight"
+
 
 def make_synchronizer(
     cfg, engine: RolloutEngine, model_path: str, run_dir: str | Path | None = None
@@ -20,7 +24,8 @@ def make_synchronizer(
       server rank (``distributed``) or an HF checkpoint it reloads (``disk``, written under ``run_dir``,
       with the config and tokenizer files of ``model_path``, the checkpoint the engine started from);
     * transforms: blockwise FP8 rollout quantises the stream on the way (``sync/fp8.py``, docs/fp8.md);
-    * policy: ``rollout.sync_policy`` for requests in flight.
+    * policy: ``rollout.sync_policy`` for requests in flight;
+    * verification: :data:`VERIFY_NAME` is read back after every sync and must equal what was sent.
     """
     r = cfg.rollout
     transforms = ()
@@ -34,6 +39,7 @@ def make_synchronizer(
         policy=r.sync_policy,
         transforms=transforms,
         timeout_s=r.request_timeout_s,
+        verify_name=VERIFY_NAME,
     )
 
 

@@ -30,21 +30,28 @@ class WeightSyncError(RuntimeError):
     pass
 
 
+ENGINE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what a read-back may have been stored in
+
+
 def verify_read_back(engine: RolloutEngine, name: str, sent: torch.Tensor | None) -> None:
-    """``name`` read back from the engine must equal what was sent (within the engine's dtype): a sync that
-    silently changed nothing fails loudly. (Read-back needs the SGLang model class to implement
-    ``get_weights_by_name``: Llama does, Qwen2 does not in 0.5.23.)"""
+    """``name`` read back from the engine (every server of a fleet) must equal what was sent, within the
+    engine's dtype: a sync that silently changed nothing fails loudly. SGLang reads back through the model
+    class's ``get_weights_by_name``, and the plugin (``sglang_ext/read_back.py``) through the parameter's
+    name for classes without one (Qwen2 in 0.5.23)."""
     if sent is None:
         raise WeightSyncError(f"verify_name {name!r} was not among the synced tensors")
     got = torch.as_tensor(engine.get_weight(name)).float()
     if got.shape != sent.shape:
         raise WeightSyncError(
-            f"after sync, engine {name} has shape {tuple(got.shape)}, sent {tuple(sent.shape)}"
+            f"after sync, engine {name} has shape {tuple(got.shape)}, sent {tuple(sent.shape)} (a tensor-"
+            "parallel shard or a truncated read: verify a parameter the engine keeps whole, a norm)"
         )
-    # the engine may store bf16: compare at that precision
-    err = (got - sent).abs().max().item()
-    tol = 1e-2 * sent.abs().max().item() + 1e-6
-    if err > tol:
+    # Exact, at the engine's precision: SGLang casts what it receives into its parameter (an fp32 value
+    # sent to a bf16 engine is rounded to nearest, as .to(bfloat16) rounds). A tolerance would hide a
+    # sync that did not arrive, since one RL step moves a weight by far less than any sensible tolerance.
+    if not any(torch.equal(got, sent.to(dtype).float()) for dtype in ENGINE_DTYPES):
+        err = (got - sent).abs().max().item()
         raise WeightSyncError(
-            f"after sync, engine {name} differs from what was sent by {err:.3g} (tolerance {tol:.3g})"
+            f"after sync, engine {name} differs from what was sent by up to {err:.3g} (not a rounding to "
+            f"any of {', '.join(str(d) for d in ENGINE_DTYPES)}): the weights did not arrive"
         )

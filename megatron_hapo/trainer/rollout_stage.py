@@ -282,6 +282,7 @@ class RolloutStage:
         batch = kept[0]
         for g in kept[1:]:
             batch = batch.concat(g)
+        dropped_tokens = sum(_tokens(g) for g in raw) - _tokens(batch)
         n = self.cfg.sampling.train.n
         raw_n = sum(len(g) for g in raw)
         metrics = {
@@ -296,6 +297,7 @@ class RolloutStage:
             # responses the servers worked on (aborted ones included) per kept response
             "dynamic_sampling/generated_per_kept": (raw_n + (aborted + discarded) * n) / len(batch),
             "dynamic_sampling/generated_tokens_per_kept_group": tokens / want,
+            "dynamic_sampling/dropped_tokens_per_kept_group": dropped_tokens / want,
         })  # fmt: skip
         return batch, metrics
 
@@ -324,7 +326,7 @@ class RolloutStage:
             return batch
         batch = self._generate_and_score(stats)
         metrics = dict(batch.extra_metrics)
-        gen_batches, raw_n, tokens = 1, len(batch), _tokens(batch)
+        gen_batches, raw_n, tokens, dropped_tokens = 1, len(batch), _tokens(batch), 0
         if cfg_ds.enable:
             kept_batch: StepBatch | None = None
             raw_acc, raw_reward, raw_n, kept_groups = 0.0, 0.0, 0, 0
@@ -334,6 +336,7 @@ class RolloutStage:
                 raw_n += len(batch)
                 res = dynamic_sampling_filter(_bool_tensor(batch.accs), batch.group_ids)
                 kept = batch.select(res.keep.tolist())
+                dropped_tokens += _tokens(batch) - _tokens(kept)
                 kept_batch = kept if kept_batch is None else kept_batch.concat(kept)
                 kept_groups += res.kept_groups
                 if kept_groups >= want:
@@ -356,6 +359,7 @@ class RolloutStage:
         metrics["dynamic_sampling/gen_batches"] = float(gen_batches)
         metrics["dynamic_sampling/generated_per_kept"] = raw_n / len(batch)
         metrics["dynamic_sampling/generated_tokens_per_kept_group"] = tokens / want
+        metrics["dynamic_sampling/dropped_tokens_per_kept_group"] = dropped_tokens / want
         metrics = _with_kept_tokens(metrics, batch, want)
         metrics["time/rollout_s"] = time.perf_counter() - t0
         batch.extra_metrics = metrics
@@ -402,7 +406,10 @@ def _tokens(batch: StepBatch) -> int:
 
 def _with_kept_tokens(metrics: dict[str, float], batch: StepBatch, want: int) -> dict[str, float]:
     """``dynamic_sampling/kept_tokens_per_group``: what an ideal filter (one that generated only the kept
-    groups) would have generated per group; divide ``generated_tokens_per_kept_group`` by it for the cost."""
+    groups) would have generated per group; divide ``generated_tokens_per_kept_group`` by it for the cost.
+    With ``dropped_tokens_per_kept_group`` (the all-equal groups scored and dropped), kept + dropped is what
+    any filter on finished groups pays for the groups it saw; the rest of ``generated`` is the method's own
+    overhead (refill: kept groups beyond the batch; over-sampling: aborted and late groups)."""
     return dict(metrics, **{"dynamic_sampling/kept_tokens_per_group": _tokens(batch) / want})
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import pytest
 
@@ -21,7 +22,9 @@ from tests.rollout.common import PROMPTS, perturbed_state, wait_until_in_flight
 
 pytestmark = pytest.mark.slow
 
-LONG = GenerationParams(n=2, max_new_tokens=256, temperature=1.0, ignore_eos=True)
+# ~1 s per 256 tokens on an idle CPU: long enough that the requests are still decoding when the sync's
+# abort or pause reaches the server, even after the settling pause below
+LONG = GenerationParams(n=2, max_new_tokens=1024, temperature=1.0, ignore_eos=True)
 IN_FLIGHT = PROMPTS * 8  # all running at once (fewer than the fleet's max_concurrent_requests)
 GREEDY = GenerationParams(n=1, max_new_tokens=8, temperature=0.0, ignore_eos=True)
 
@@ -55,7 +58,10 @@ def _sync_during_generation(fleet, model_dir, tmp_path, hf_model, policy, scale,
 
     worker = threading.Thread(target=generate)
     worker.start()
-    wait_until_in_flight(fleet, count=len(IN_FLIGHT))  # every request is decoding
+    wait_until_in_flight(fleet, count=len(IN_FLIGHT))  # every request is sent
+    # "sent" is counted before the HTTP post leaves: give the posts time to reach the scheduler, or a fast
+    # abort can overtake them (they then finish on the old weights: nothing lost, but nothing aborted)
+    time.sleep(0.5)
     in_flight_at_sync = worker.is_alive()
     synchronizer.sync(perturbed_state(hf_model, scale), version)
     finished_by_sync = not worker.is_alive()

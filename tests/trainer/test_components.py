@@ -146,7 +146,12 @@ def test_dynamic_sampling_refills_and_trims():
     n = cfg.sampling.train.n
     assert len(batch) == cfg.data.train_batch_size * n
     assert len(set(batch.group_ids)) == cfg.data.train_batch_size
-    assert batch.extra_metrics["dynamic_sampling/gen_batches"] == 2
+    m = batch.extra_metrics
+    assert m["dynamic_sampling/gen_batches"] == 2
+    # one-token responses: per kept group, n kept tokens; 4 dropped groups over 8 kept; 16 groups generated
+    assert m["dynamic_sampling/kept_tokens_per_group"] == n
+    assert m["dynamic_sampling/dropped_tokens_per_kept_group"] == pytest.approx(0.5 * n)
+    assert m["dynamic_sampling/generated_tokens_per_kept_group"] == pytest.approx(2 * n)
     for g in set(batch.group_ids):  # every kept group has mixed accuracy
         accs = {a for a, gid in zip(batch.accs, batch.group_ids) if gid == g}
         assert accs == {True, False}

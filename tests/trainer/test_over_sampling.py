@@ -70,9 +70,12 @@ def test_over_sampling_fills_the_step_with_mixed_groups_and_no_aborted_response(
         assert all(s.finish_reason in ("stop", "length") for s in batch.samples)
         m = batch.extra_metrics
         assert m["dynamic_sampling/generated_per_kept"] >= 1.0
+        # generated = kept + dropped (scored all-equal groups) + aborted and late work
+        assert m["dynamic_sampling/dropped_tokens_per_kept_group"] >= 0
         assert (
             m["dynamic_sampling/generated_tokens_per_kept_group"]
             >= m["dynamic_sampling/kept_tokens_per_group"]
+            + m["dynamic_sampling/dropped_tokens_per_kept_group"]
         )
         assert m["dynamic_sampling/gen_batches"] >= 1
         # one round submits ceil(2 x 4) = 8 prompts; never a whole refill batch per missing group
