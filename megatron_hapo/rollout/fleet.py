@@ -593,24 +593,29 @@ class SGLangFleet:
         self.weight_version = str(version)
 
     def get_weight(self, hf_name: str, truncate_size: int = 10**9) -> torch.Tensor:
-        """``hf_name`` read back from every server; they must hold the same values (a server that missed
-        a weight sync differs), and the first server's copy is returned."""
+        """``hf_name`` read back from every live server; they must hold the same values (a server that
+        missed a weight sync differs), and the first one's copy is returned. A server found dead is
+        handled by ``on_server_failure`` (dropped under ``continue``), as for any other call."""
         payload = {"name": hf_name, "truncate_size": truncate_size}
-        copies = []
+        copies, errors = {}, {}
         for s in self.servers:
             try:
-                copies.append(torch.as_tensor(self._post(s.url, "/get_weights_by_name", payload)))
-            except EngineError as exc:
+                copies[s.url] = torch.as_tensor(self._post(s.url, "/get_weights_by_name", payload))
+            except (requests.RequestException, EngineError) as exc:
+                errors[s.url] = f"{s.describe()}: {exc}"
+        if errors:
+            self.check_servers()
+            errors = [e for url, e in errors.items() if url in {s.url for s in self.servers}]
+        if errors:
+            raise EngineError(f"could not read back {hf_name!r} from " + "; ".join(errors))
+        first, *others = [s for s in self.servers if s.url in copies]
+        for s in others:
+            if not torch.equal(copies[s.url], copies[first.url]):  # False on different shapes too
                 raise EngineError(
-                    f"{s.describe()} could not read back {hf_name!r} ({exc}); its log names the cause"
-                ) from exc
-        for s, copy in zip(self.servers[1:], copies[1:]):
-            if copy.shape != copies[0].shape or not torch.equal(copy, copies[0]):
-                raise EngineError(
-                    f"{s.describe()} holds a different {hf_name!r} from {self.servers[0].describe()}: "
-                    "a weight sync did not reach every server"
+                    f"{s.describe()} holds a different {hf_name!r} from {first.describe()}: a weight sync "
+                    "did not reach every server"
                 )
-        return copies[0]
+        return copies[first.url]
 
     def shutdown(self) -> None:
         """Stop the servers and the router this fleet launched (close the weight synchronizer first)."""

@@ -72,6 +72,20 @@ def test_disk_and_distributed_sync_reach_every_server(fleet, hf_model, model_dir
     assert [s.response_ids for s in out] == before and {s.weight_version for s in out} == {"fleet-2"}
 
 
+def test_read_back_catches_a_server_that_missed_a_sync(fleet, hf_model, model_dir, tmp_path):
+    # a sync that reaches one server only (attached by itself): the fleet's read-back compares every server
+    second = SGLangFleet(
+        FleetConfig(attach_urls=(fleet.servers[1].url,), router=False, api_key=fleet.api_key)
+    )
+    one = DiskTransport(second, hf_config_dir=model_dir, out_dir=tmp_path / "one")
+    push_weights(second, one, perturbed_state(hf_model, 1.1), "one-server", verify_name=PROBE)
+    with pytest.raises(EngineError, match="did not reach every server"):
+        fleet.get_weight(PROBE)
+    every = DiskTransport(fleet, hf_config_dir=model_dir, out_dir=tmp_path / "every")
+    push_weights(fleet, every, perturbed_state(hf_model, 1.0), "fleet-3", verify_name=PROBE)
+    assert torch.equal(fleet.get_weight(PROBE), hf_model.state_dict()[PROBE])
+
+
 def test_pause_with_requests_in_flight_loses_none(fleet):
     params = GenerationParams(n=2, max_new_tokens=256, temperature=1.0, ignore_eos=True)
     result = {}
