@@ -493,10 +493,11 @@ class SGLangFleet:
         return report
 
     # -- control: every server -------------------------------------------------------------------------
-    def _all(self, path: str, payload: dict | None = None, timeout: float | None = None) -> None:
-        """``path`` on every server. A server that fails it is checked: if it is down, ``continue`` drops it
-        (the call stands on the others) and ``fail`` raises; a live server's failure always raises."""
-        errors = {}
+    def _all(self, path: str, payload: dict | None = None, timeout: float | None = None) -> dict[str, Any]:
+        """``path`` on every server; the replies by server URL. A server that fails it is checked: if it is
+        down, ``continue`` drops it (the call stands on the others) and ``fail`` raises; a live server's
+        failure always raises."""
+        errors, replies = {}, {}
         for s in self.servers:
             try:
                 reply = self._post(s.url, path, payload or {}, timeout=timeout)
@@ -505,12 +506,15 @@ class SGLangFleet:
                 continue
             if isinstance(reply, dict) and reply.get("success") is False:
                 errors[s.url] = f"{s.describe()}: {reply.get('message')}"
+            else:
+                replies[s.url] = reply
         if errors:
             self.check_servers()
             alive = {s.url for s in self.servers}
             errors = {url: e for url, e in errors.items() if url in alive}
         if errors:
             raise EngineError(f"{path} failed on " + "; ".join(errors.values()))
+        return replies
 
     # -- requests in flight (a weight sync: sync/synchronizer.py) -------------------------------------
     def abort_requests(self) -> None:
@@ -594,28 +598,17 @@ class SGLangFleet:
 
     def get_weight(self, hf_name: str, truncate_size: int = 10**9) -> torch.Tensor:
         """``hf_name`` read back from every live server; they must hold the same values (a server that
-        missed a weight sync differs), and the first one's copy is returned. A server found dead is
-        handled by ``on_server_failure`` (dropped under ``continue``), as for any other call."""
-        payload = {"name": hf_name, "truncate_size": truncate_size}
-        copies, errors = {}, {}
-        for s in self.servers:
-            try:
-                copies[s.url] = torch.as_tensor(self._post(s.url, "/get_weights_by_name", payload))
-            except (requests.RequestException, EngineError) as exc:
-                errors[s.url] = f"{s.describe()}: {exc}"
-        if errors:
-            self.check_servers()
-            errors = [e for url, e in errors.items() if url in {s.url for s in self.servers}]
-        if errors:
-            raise EngineError(f"could not read back {hf_name!r} from " + "; ".join(errors))
-        first, *others = [s for s in self.servers if s.url in copies]
-        for s in others:
-            if not torch.equal(copies[s.url], copies[first.url]):  # False on different shapes too
+        missed a weight sync differs), and the first one's copy is returned."""
+        replies = self._all("/get_weights_by_name", {"name": hf_name, "truncate_size": truncate_size})
+        copies = [(s, torch.as_tensor(replies[s.url])) for s in self.servers if s.url in replies]
+        (first, reference), *others = copies
+        for s, copy in others:
+            if not torch.equal(copy, reference):  # False on different shapes too
                 raise EngineError(
                     f"{s.describe()} holds a different {hf_name!r} from {first.describe()}: a weight sync "
                     "did not reach every server"
                 )
-        return copies[first.url]
+        return reference
 
     def shutdown(self) -> None:
         """Stop the servers and the router this fleet launched (close the weight synchronizer first)."""
