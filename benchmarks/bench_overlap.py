@@ -105,7 +105,13 @@ def main() -> None:
         default=None,
         help="the SFT-warmed policy of the task (default: built here; the tiny one only)",
     )
-    ap.add_argument("--over-sample", type=float, default=1.5)
+    ap.add_argument(
+        "--over-sample",
+        type=float,
+        nargs="+",
+        default=[1.5],
+        help="one or more over_sample factors, each run after refill (the knob trades tokens for latency)",
+    )
     ap.add_argument(
         "--train-args",
         default="",
@@ -145,9 +151,9 @@ def main() -> None:
                      ("max_staleness=1", ("rollout.max_staleness=1",))]  # fmt: skip
         if not args.skip_dynamic:
             ds = ("algorithm.dynamic_sampling.enable=true",)
-            runs += [("dynamic sampling, refill", ds),
-                     (f"dynamic sampling, over_sample={args.over_sample}",
-                      (*ds, f"algorithm.dynamic_sampling.over_sample={args.over_sample}"))]  # fmt: skip
+            runs += [("dynamic sampling, refill", ds)]
+            runs += [(f"dynamic sampling, over_sample={f}", (*ds, f"algorithm.dynamic_sampling.over_sample={f}"))
+                     for f in args.over_sample]  # fmt: skip
         for name, overrides in runs:
             run_dir = work / name.replace(" ", "_").replace(",", "")
             rows = train(
@@ -170,15 +176,15 @@ def main() -> None:
     if dyn:
         print(
             "\n| dynamic sampling | generated tokens / ideal filter | of which: kept + dropped groups scored "
-            "| generated / scored (own overhead) | generated / kept responses | rounds per step |"
+            "| generated / scored (own overhead) | generated / kept responses | rounds per step | step s |"
         )
-        print("|---|---:|---:|---:|---:|---:|")
+        print("|---|---:|---:|---:|---:|---:|---:|")
         for name, r in dyn.items():
             scored = f"{r['scored_vs_ideal']:.2f}x" if "scored_vs_ideal" in r else "-"
             own = f"{r['own_overhead']:.2f}x" if "own_overhead" in r else "-"
             print(
                 f"| {name} | {r['tokens_vs_ideal']:.2f}x | {scored} | {own} | {r['generated_per_kept']:.2f} "
-                f"| {r['gen_rounds']:.2f} |"
+                f"| {r['gen_rounds']:.2f} | {r['step_s']:.1f} |"
             )
         print(
             "(target: over-sampling <= 1.3x an ideal filter. Kept + dropped is what any filter that scores "
