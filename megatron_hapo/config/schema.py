@@ -290,7 +290,7 @@ class DynamicSamplingConfig:
     over_sample: float = opt(
         1.0,
         "1 = refill with whole extra batches; f > 1 = submit f x the missing groups at once, keep the mixed "
-        "ones as they complete, abort the rest (fleet only; docs/rollout.md, Over-sampling)",
+        "ones as they complete, abort the rest (fleet only; start at 1.1: docs/rollout.md, Over-sampling)",
     )
 
 
