@@ -15,7 +15,8 @@ process tree); each training run is ``hapo-train`` pinned to core 1, attached to
   overhead: refill's surplus kept groups, over-sampling's aborted and late groups).
 
     PYTHONPATH=$PWD python benchmarks/bench_overlap.py [--steps 6] [--model DIR]
-    PYTHONPATH=$PWD python benchmarks/bench_overlap.py --task reasoning --skip-overlap --model runs/demo_reasoning_model
+    PYTHONPATH=$PWD python benchmarks/bench_overlap.py --task reasoning --skip-overlap --model runs/demo_reasoning_model \
+        --over-sample 1.1 1.25
 """
 
 from __future__ import annotations
