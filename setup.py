@@ -19,7 +19,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["megatron_hapo", "megatron_hapo.*", "sglang_ext", "sglang_ext.*"]),
     include_package_data=True,
-    package_data={"megatron_hapo.config": ["presets/*.yaml"]},
+    package_data={"megatron_hapo.config": ["presets/*.yaml"], "megatron_hapo.ops": ["*.c"]},
     install_requires=[
         "torch>=2.6",  # a range, never a pin: the environment decides which build
         "megatron-core==0.19.2",

@@ -121,7 +121,7 @@ def main() -> None:
             else f"CPU, {torch.get_num_threads()} threads"
         )
         print(
-            f"# sampler time per decode step, {where}, kernels: {backend}, entropy: {entropy_kernel()}, "
+            f"# sampler time per decode step, {where}, kernels: {backend}, entropy: {entropy_kernel(args.device)}, "
             f"median of {iters}"
         )
         print("| batch | vocab | sampling | stock ms | HAPO ms | HAPO / stock |")

@@ -86,7 +86,7 @@ def main() -> None:
 
     header("bench_sampler_math (HAPO sampler math vs plain softmax + multinomial; no SGLang)", device)
     print(f"# fp32 logits [B, {v}], every row adaptive; median of {args.iters} after {args.warmup} warm-up")
-    print(f"# entropy kernel of 'hapo': {entropy_kernel()}")
+    print(f"# entropy kernel of 'hapo': {entropy_kernel(device)}")
     print()
     print("| B | V | plain ms | hapo ms | hapo / plain | hapo, eager entropy ms | eager / plain |")
     print("|---:|---:|---:|---:|---:|---:|---:|")

@@ -143,7 +143,7 @@ def make_hapo_sampler(configured_backend: str | None = None):
         "HAPO adaptive-temperature sampler active (%s; sampling kernels: %s; entropy: %s)",
         hapo_requested(server_args) or f"--sampling-backend {BACKEND_NAME}",
         inner,
-        entropy_kernel(),
+        entropy_kernel(getattr(server_args, "device", None) or "cpu"),
     )
     return HapoSampler(inner)
 

@@ -4,6 +4,9 @@ import os
 
 # megatron-core applies torch.compile (jit_fuser) at import; on CPU it only adds seconds.
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+# the sampler tests compare its entropies with token_entropy bit for bit: run the definition itself
+# (tests/sglang_ext/test_native_entropy.py and test_compiled_entropy.py cover the fast kernels)
+os.environ.setdefault("HAPO_ENTROPY_KERNEL", "eager")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download: models and data are built locally
 
 import pytest  # noqa: E402

@@ -7,7 +7,7 @@ See ``docs/algorithm.md`` and ``docs/hapo_spec.md``. Module map:
 
 - :mod:`.entropy`: EntropyStats, normalize_entropy (ĥ), hhat_from_stats
 - :mod:`.quantile`: exact nearest-rank quantile, single-process and over a process group
-- :mod:`.temperature`: token_entropy (fused_token_entropy: compiled), temperature_from_entropy, adaptive_temperature (shared with the sampler)
+- :mod:`.temperature`: token_entropy (fused_token_entropy: native on CPU, compiled on GPU), temperature_from_entropy, adaptive_temperature (shared with the sampler)
 - :mod:`.advantages`: token_level_group_average (TLGA), grpo_advantage
 - :mod:`.token_terms`: per-token adaptive clip, advantage redistribution, dual-clip loss
 - :mod:`.loss_config`: HapoLossConfig (torch-free: it is also the ``algorithm.loss`` config section)

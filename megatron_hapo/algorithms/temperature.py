@@ -59,16 +59,35 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 def fused_token_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """:func:`token_entropy` fused by ``torch.compile`` into one kernel (per row: a max loop, then one loop
-    for both sums, the row in cache; inductor's C++ on CPU, Triton on GPU): what the SGLang sampler runs at
-    every decode step.
+    """:func:`token_entropy` in the fewest passes the device allows: what the SGLang sampler runs at every
+    decode step (:func:`entropy_kernel` says which kernel, per device):
 
-    Eagerly the entropy is ~6 passes over [B, V]; SGLang's own top-k/top-p pipeline is only ~4, so the
-    eager entropy alone cost 1.5-2x of it. Same function, same semantics: the values may differ from the
-    eager run in the last float bits (reduction order). One compilation (``dynamic=True``) serves every
-    batch size and vocabulary; the first call pays it (~7 s on CPU; inductor's disk cache serves later
-    processes). Under TORCHDYNAMO_DISABLE it is ``token_entropy`` itself (:func:`entropy_kernel`)."""
-    return _fused(token_entropy)(logits)
+    * CPU: the native row kernel ``megatron_hapo/ops/cpu_entropy.c`` (a max loop, then one vectorised loop
+      for both sums; built with the host's C compiler at first use, a fraction of a second);
+    * GPU: ``torch.compile`` of :func:`token_entropy`, a Triton reduction that reads each row once. One
+      compilation (``dynamic=True``) serves every batch size and vocabulary; the first call pays it.
+
+    Eagerly the entropy is ~6 passes over [B, V], 1.5-2x SGLang's whole top-k/top-p pipeline. Same
+    semantics on every kernel; the values may differ from the eager function in the last float bits
+    (reduction order). ``HAPO_ENTROPY_KERNEL=eager`` runs the definition itself (the test suite does, for its
+    bit-exact comparisons); ``=compile`` forces ``torch.compile`` on CPU too."""
+    kind = _kernel(logits.device.type)[0]
+    if kind == "native":
+        return _native_entropy(logits)
+    return _fused(token_entropy)(logits) if kind == "compile" else token_entropy(logits)
+
+
+def schedule_temperatures(
+    entropy: torch.Tensor,
+    base: torch.Tensor,
+    stats: tuple[torch.Tensor, ...],
+    tau: torch.Tensor,
+    adaptive: torch.Tensor,
+) -> torch.Tensor:
+    """T_eff [B] = where(adaptive, temperature_from_entropy(H, base, stats, τ), base), for entropies H [B],
+    per-row base temperatures, statistics (four [B] tensors), τ and adaptive mask [B]."""
+    scheduled = temperature_from_entropy(entropy, base, stats, tau)
+    return torch.where(adaptive, scheduled.to(base.dtype), base)
 
 
 def sampler_temperatures(
@@ -78,33 +97,77 @@ def sampler_temperatures(
     tau: torch.Tensor,
     adaptive: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One decode step of the HAPO sampler: (T_eff [B], H [B]) for logits [B, V], with per-row base
-    temperatures, statistics (four [B] tensors), τ and adaptive mask [B]:
+    """One decode step of the HAPO sampler: (T_eff [B], H [B]) for logits [B, V]:
 
-        H = token_entropy(logits);  T_eff = where(adaptive, temperature_from_entropy(H, base, stats, τ), base)
+    H = token_entropy(logits);  T_eff = schedule_temperatures(H, base, stats, τ, adaptive)
     """
     entropy = token_entropy(logits)
-    scheduled = temperature_from_entropy(entropy, base, stats, tau)
-    return torch.where(adaptive, scheduled.to(base.dtype), base), entropy
+    return schedule_temperatures(entropy, base, stats, tau, adaptive), entropy
 
 
 def fused_sampler_temperatures(logits, base, stats, tau, adaptive) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`sampler_temperatures` compiled as one graph, as :func:`fused_token_entropy` is (the schedule's
-    dozen small ops on [B] ride along instead of each costing a launch)."""
-    return _fused(sampler_temperatures)(logits, base, stats, tau, adaptive)
+    """:func:`sampler_temperatures` on :func:`fused_token_entropy`'s kernel. Under ``torch.compile`` the
+    schedule rides in the same graph (its dozen small ops on [B] do not each cost a launch); after the
+    native CPU kernel it runs eagerly (a few microseconds on CPU)."""
+    kind = _kernel(logits.device.type)[0]
+    if kind == "native":
+        entropy = _native_entropy(logits)
+        return schedule_temperatures(entropy, base, stats, tau, adaptive), entropy
+    if kind == "compile":
+        return _fused(sampler_temperatures)(logits, base, stats, tau, adaptive)
+    return sampler_temperatures(logits, base, stats, tau, adaptive)
+
+
+ENTROPY_KERNEL_ENV = "HAPO_ENTROPY_KERNEL"
+ENTROPY_KERNEL_CHOICES = ("auto", "compile", "eager")
+
+
+def entropy_kernel(device: str | torch.device = "cpu") -> str:
+    """Which kernel :func:`fused_token_entropy` runs for tensors on ``device`` in this process, with the
+    reason when it is the eager definition (the sampler logs this line at start-up)."""
+    kind, why = _kernel(str(device).split(":")[0])
+    if kind == "native":
+        return "native CPU kernel (megatron_hapo/ops/cpu_entropy.c, -O3 -march=native)"
+    return (
+        "torch.compile"
+        if kind == "compile"
+        else f"eager ({why}: about 1.5-2x the fused cost with top-k/top-p)"
+    )
+
+
+def _kernel(device_type: str) -> tuple[str, str]:
+    """(native | compile | eager, why eager) for tensors on ``device_type``."""
+    requested = os.environ.get(ENTROPY_KERNEL_ENV, "").strip() or "auto"
+    if requested not in ENTROPY_KERNEL_CHOICES:
+        raise ValueError(
+            f"{ENTROPY_KERNEL_ENV}={requested!r}: expected one of {ENTROPY_KERNEL_CHOICES} (unset means auto)"
+        )
+    if requested == "eager":
+        return "eager", f"{ENTROPY_KERNEL_ENV}=eager"
+    if requested == "auto" and device_type == "cpu":
+        from megatron_hapo.ops.cpu_entropy import native_entropy_status
+
+        reason = native_entropy_status()
+        return ("native", "") if reason is None else ("eager", f"native CPU kernel unavailable: {reason}")
+    if _dynamo_disabled():
+        return "eager", "TORCHDYNAMO_DISABLE is set"
+    return "compile", ""
+
+
+def _native_entropy(logits: torch.Tensor) -> torch.Tensor:
+    from megatron_hapo.ops.cpu_entropy import cpu_row_entropy
+
+    return cpu_row_entropy(logits)
+
+
+def _dynamo_disabled() -> bool:
+    return os.environ.get("TORCHDYNAMO_DISABLE", "").strip() not in ("", "0")
 
 
 @functools.cache
 def _fused(fn):
     # torch.compile imports dynamo (seconds): only on the first call, and never when dynamo is disabled
-    return fn if entropy_kernel().startswith("eager") else torch.compile(fn, dynamic=True)
-
-
-def entropy_kernel() -> str:
-    """How the ``fused_*`` functions run in this process (the sampler logs it at start-up)."""
-    if os.environ.get("TORCHDYNAMO_DISABLE", "").strip() not in ("", "0"):
-        return "eager (TORCHDYNAMO_DISABLE is set: about 1.5-2x the fused cost with top-k/top-p)"
-    return "torch.compile"
+    return fn if _dynamo_disabled() else torch.compile(fn, dynamic=True)
 
 
 def temperature_from_entropy(

@@ -1,8 +1,10 @@
-"""The sampler's entropy as it runs on a server: compiled by torch.compile (``fused_token_entropy``).
+"""The sampler's entropy as it runs on a GPU server: compiled by torch.compile (``fused_token_entropy``).
 
-The rest of the suite runs with TORCHDYNAMO_DISABLE=1 (tests/conftest.py), where the compiled function
-runs eagerly and equals ``token_entropy`` bit for bit; this test enables dynamo in a subprocess and checks
-that the fused kernel computes the same entropies, to float rounding, on everything the sampler meets:
+The rest of the suite runs the eager definition (tests/conftest.py: ``HAPO_ENTROPY_KERNEL=eager``, and
+TORCHDYNAMO_DISABLE=1), which equals ``token_entropy`` bit for bit; CPU servers run the native kernel
+(test_native_entropy.py). This test enables dynamo and ``HAPO_ENTROPY_KERNEL=compile`` in a subprocess, so
+that inductor compiles the graph a GPU server compiles (C++ here, Triton there), and checks that the fused
+kernel computes the same entropies, to float rounding, on everything the sampler meets:
 masked (−inf) entries, a fully masked row, bf16 logits, several batch and vocabulary sizes (one dynamic
 compilation), and a HAPO sampler call whose reported H and T_eff follow from it."""
 
@@ -54,7 +56,13 @@ SCRIPT = textwrap.dedent(
 
 @pytest.mark.timeout(300)
 def test_compiled_entropy_matches_the_eager_definition():
-    env = dict(os.environ, TORCHDYNAMO_DISABLE="0", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
+    env = dict(
+        os.environ,
+        TORCHDYNAMO_DISABLE="0",
+        HAPO_ENTROPY_KERNEL="compile",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=str(REPO_ROOT),
+    )
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=280
     )
