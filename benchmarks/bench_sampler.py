@@ -2,11 +2,12 @@
 
 Calls the samplers directly, as ``ModelRunner.sample`` does once per decode step (no engine, no model):
 fp32 logits [B, V], every row of the HAPO batch adaptive (statistics present), ``return_logprob=True``.
-The HAPO sampler adds the entropy over [B, V] (``fused_token_entropy``: max, sum-exp and Σ e·s fused by
-torch.compile into one read of each row) and the schedule on [B]; it leaves T and H on the device (the
-scheduler turns them into lists later, like its log-probs, so neither sampler is timed with a host copy).
-Target: HAPO <= 1.3x stock, on CPU and GPU. Run it without TORCHDYNAMO_DISABLE (the header says which
-entropy kernel ran); the ``--warmup`` calls absorb the one compilation.
+The HAPO sampler adds the entropy over [B, V] (``fused_token_entropy``: max, sum-exp and Σ e·s in one
+read of each row after its max; the native C kernel on CPU, torch.compile's on GPU) and the schedule on
+[B]; it leaves T and H on the device (the scheduler turns them into lists later, like its log-probs, so
+neither sampler is timed with a host copy). Target: HAPO <= 1.3x stock, on CPU and GPU. The header says
+which entropy kernel ran (on GPU, run it without TORCHDYNAMO_DISABLE); the ``--warmup`` calls absorb the
+one compilation.
 
     .venv/bin/python benchmarks/bench_sampler.py                   # CPU here, CUDA when available
     .venv/bin/python benchmarks/bench_sampler.py --truncation      # also top-k 50 / top-p 0.95 rows

@@ -5,8 +5,8 @@ the same functions it calls (``megatron_hapo.algorithms.token_entropy`` and ``te
 no SGLang import), around a plain full-vocabulary sampling step like SGLang's torch backend:
 
     plain   z = logits / T;  p = softmax(z);  y ~ multinomial(p);  log p[y];  y, log p[y] to the host
-    hapo    H = fused_token_entropy(logits) [B] fp32 (what the sampler runs: torch.compile's fused kernel,
-            eager under TORCHDYNAMO_DISABLE);  T' = temperature_from_entropy(H, T, per-row stats, tau);
+    hapo    H = fused_token_entropy(logits) [B] fp32 (what the sampler runs: torch.compile's fused kernel
+            on GPU, eager under TORCHDYNAMO_DISABLE; the native kernel on CPU);  T' = temperature_from_entropy(H, T, per-row stats, tau);
             T' = where(adaptive, T', T);  then plain with T';  also T' and H to the host (customized_info)
     eager   the same with the eager token_entropy (~6 passes over [B, V])
 

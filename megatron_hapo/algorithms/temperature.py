@@ -43,8 +43,8 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     logits are not screened (that would cost a device sync per decode step).
 
     Written out of pure elementwise ops and row reductions, with no in-place write, so that
-    ``torch.compile`` fuses it into one kernel (what the SGLang sampler runs:
-    :func:`fused_token_entropy`); run eagerly it costs about six passes over [N, V].
+    ``torch.compile`` fuses it into one kernel (what a GPU sampler runs; a CPU one runs the native kernel,
+    see :func:`fused_token_entropy`); run eagerly it costs about six passes over [N, V].
     """
     if logits.dim() < 1:
         raise ValueError("token_entropy expects logits [..., vocab]")
