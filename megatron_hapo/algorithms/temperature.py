@@ -109,13 +109,10 @@ def fused_sampler_temperatures(logits, base, stats, tau, adaptive) -> tuple[torc
     """:func:`sampler_temperatures` on :func:`fused_token_entropy`'s kernel. Under ``torch.compile`` the
     schedule rides in the same graph (its dozen small ops on [B] do not each cost a launch); after the
     native CPU kernel it runs eagerly (a few microseconds on CPU)."""
-    kind = _kernel(logits.device.type)[0]
-    if kind == "native":
-        entropy = _native_entropy(logits)
-        return schedule_temperatures(entropy, base, stats, tau, adaptive), entropy
-    if kind == "compile":
+    if _kernel(logits.device.type)[0] == "compile":
         return _fused(sampler_temperatures)(logits, base, stats, tau, adaptive)
-    return sampler_temperatures(logits, base, stats, tau, adaptive)
+    entropy = fused_token_entropy(logits)  # the native kernel, or the definition itself
+    return schedule_temperatures(entropy, base, stats, tau, adaptive), entropy
 
 
 ENTROPY_KERNEL_ENV = "HAPO_ENTROPY_KERNEL"
