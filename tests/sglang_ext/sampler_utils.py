@@ -48,3 +48,32 @@ def run_sampler(sampler, logits, info, seed=0):
     ids = sampler(out, info, True, [0] * b, [None] * b, torch.arange(b))
     to_host_lists(out)
     return ids, out.next_token_logprobs, out
+
+
+def adaptive_call_against_definition() -> dict[str, float]:
+    """One HAPO sampler call on a CPU batch of 6 adaptive rows (T_b = 0.9, τ = 0.3, fixed statistics) with
+    whatever entropy kernel this process runs; its reported H and T_eff against the definition's:
+    ``{"h_rel": max relative |ΔH|, "t": max |ΔT|, "moved": max |T_eff − T_b|}``."""
+    from types import SimpleNamespace
+
+    from sglang.srt.runtime_context import get_context, get_parallel
+
+    from megatron_hapo.algorithms import EntropyStats, temperature_from_entropy, token_entropy
+    from sglang_ext.params import RowParams
+    from sglang_ext.sampler import HapoSampler
+
+    server = get_context().override_server_args(device="cpu", sampling_backend="pytorch")
+    with server, get_parallel().override(tp_group=SimpleNamespace(device_group=None)):
+        z = torch.randn(6, 300, generator=torch.Generator().manual_seed(0)) * 3
+        stats = (1.0, 0.5, 1.0, 1.0)
+        info = make_batch_info([0.9] * 6, rows=[RowParams(True, 0.3, stats)] * 6, vocab_size=300)
+        _, _, out = run_sampler(HapoSampler("pytorch"), z, info)
+    got_h = torch.tensor(out.customized_info["hapo_entropy"])
+    got_t = torch.tensor(out.customized_info["hapo_temperature"])
+    want_h = token_entropy(z)
+    want_t = temperature_from_entropy(want_h, torch.full((6,), 0.9), EntropyStats(*stats), 0.3)
+    return {
+        "h_rel": ((got_h - want_h).abs() / want_h.clamp_min(1e-3)).max().item(),
+        "t": (got_t - want_t).abs().max().item(),
+        "moved": (got_t - 0.9).abs().max().item(),
+    }

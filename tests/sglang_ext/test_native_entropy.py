@@ -10,21 +10,17 @@ follow from it. The kernel is CPU-only: other devices never select it."""
 import os
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from megatron_hapo.algorithms import (
-    EntropyStats,
     entropy_kernel,
     fused_token_entropy,
-    temperature_from_entropy,
     token_entropy,
 )
 from megatron_hapo.ops.cpu_entropy import cpu_row_entropy, native_entropy_status
-from sglang_ext.params import RowParams
-from tests.sglang_ext.sampler_utils import make_batch_info, run_sampler
+from tests.sglang_ext.sampler_utils import adaptive_call_against_definition
 from tests.torchrun_utils import REPO_ROOT
 
 
@@ -99,23 +95,9 @@ def test_rows_split_over_threads_give_the_single_thread_result(native):
 
 
 def test_hapo_sampler_on_the_native_kernel(native):
-    from sglang.srt.runtime_context import get_context, get_parallel
-
-    from sglang_ext.sampler import HapoSampler
-
-    server = get_context().override_server_args(device="cpu", sampling_backend="pytorch")
-    with server, get_parallel().override(tp_group=SimpleNamespace(device_group=None)):
-        z = torch.randn(6, 300, generator=torch.Generator().manual_seed(0)) * 3
-        stats = (1.0, 0.5, 1.0, 1.0)
-        info = make_batch_info([0.9] * 6, rows=[RowParams(True, 0.3, stats)] * 6, vocab_size=300)
-        _, _, out = run_sampler(HapoSampler("pytorch"), z, info)
-    got_h = torch.tensor(out.customized_info["hapo_entropy"])
-    got_t = torch.tensor(out.customized_info["hapo_temperature"])
-    want_h = token_entropy(z)
-    want_t = temperature_from_entropy(want_h, torch.full((6,), 0.9), EntropyStats(*stats), 0.3)
-    assert _relative(got_h, want_h) < 1e-5
-    assert (got_t - want_t).abs().max().item() < 1e-6
-    assert (got_t - 0.9).abs().max().item() > 0.01  # the schedule did move the temperatures
+    call = adaptive_call_against_definition()
+    assert call["h_rel"] < 1e-5 and call["t"] < 1e-6
+    assert call["moved"] > 0.01  # the schedule did move the temperatures
 
 
 def test_the_kernel_is_cpu_only():
