@@ -80,7 +80,10 @@ def _library() -> ctypes.CDLL | str:
             return f"{compiler} could not build {SOURCE.name}: {exc}"
         if build.returncode != 0:
             return f"{compiler} could not build {SOURCE.name}: {build.stderr.strip()[-400:]}"
-        library = ctypes.CDLL(str(binary))  # stays mapped after the directory is removed
+        try:
+            library = ctypes.CDLL(str(binary))  # stays mapped after the directory is removed
+        except OSError as exc:
+            return f"could not load the built kernel from {tmp} (a noexec mount? set TMPDIR elsewhere): {exc}"
     kernel = library.hapo_row_entropy
     kernel.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
     kernel.restype = None
