@@ -21,6 +21,7 @@ import ctypes
 import functools
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -66,12 +67,13 @@ def _library() -> ctypes.CDLL | str:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
         return "no C compiler found (install gcc, or set CC)"
+    command = shlex.split(compiler)  # CC may carry a launcher or flags ("ccache gcc")
     flags = FLAGS + (X86_FLAGS if platform.machine().lower() in ("x86_64", "amd64") else ())
     with tempfile.TemporaryDirectory(prefix="hapo_entropy_") as tmp:
         binary = Path(tmp) / "cpu_entropy.so"
         try:
             build = subprocess.run(
-                [compiler, *flags, "-o", str(binary), str(SOURCE)],
+                [*command, *flags, "-o", str(binary), str(SOURCE)],
                 capture_output=True,
                 text=True,
                 timeout=120,
