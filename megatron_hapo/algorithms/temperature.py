@@ -29,6 +29,10 @@ from megatron_hapo.algorithms.entropy import (
     hhat_from_stats,
 )
 
+# which kernel fused_token_entropy runs: auto (native on CPU, torch.compile elsewhere), compile or eager
+ENTROPY_KERNEL_ENV = "HAPO_ENTROPY_KERNEL"
+ENTROPY_KERNEL_CHOICES = ("auto", "compile", "eager")
+
 
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Entropy [N] of softmax(logits) over the last dimension, in fp32 whatever the input dtype.
@@ -113,10 +117,6 @@ def fused_sampler_temperatures(logits, base, stats, tau, adaptive) -> tuple[torc
         return _fused(sampler_temperatures)(logits, base, stats, tau, adaptive)
     entropy = fused_token_entropy(logits)  # the native kernel, or the definition itself
     return schedule_temperatures(entropy, base, stats, tau, adaptive), entropy
-
-
-ENTROPY_KERNEL_ENV = "HAPO_ENTROPY_KERNEL"
-ENTROPY_KERNEL_CHOICES = ("auto", "compile", "eager")
 
 
 def entropy_kernel(device: str | torch.device = "cpu") -> str:
