@@ -7,7 +7,8 @@ set -euo pipefail
 CONFIG=${1:?usage: NNODES=.. NODE_RANK=.. MASTER_ADDR=.. torchrun_multinode.sh CONFIG [key=value ...]}
 shift
 : "${NNODES:?set NNODES}" "${NODE_RANK:?set NODE_RANK}" "${MASTER_ADDR:?set MASTER_ADDR}"
-export TORCHDYNAMO_DISABLE=${TORCHDYNAMO_DISABLE:-1}
+# TORCHDYNAMO_DISABLE is left as it is: on a CPU-only host the trainer sets it itself (parallel/cpu_compat.py);
+# on GPUs Megatron's fused kernels (jit_fuser) and the SGLang servers the trainer starts compile, as upstream.
 exec python -m torch.distributed.run \
     --nnodes="$NNODES" --node-rank="$NODE_RANK" --nproc-per-node="${GPUS_PER_NODE:-8}" \
     --master-addr="$MASTER_ADDR" --master-port="${MASTER_PORT:-29500}" \

@@ -5,6 +5,7 @@ set -euo pipefail
 CONFIG=${1:?usage: train_torchrun.sh CONFIG NPROC [key=value ...]}
 NPROC=${2:?usage: train_torchrun.sh CONFIG NPROC [key=value ...]}
 shift 2
-export TORCHDYNAMO_DISABLE=${TORCHDYNAMO_DISABLE:-1}
+# TORCHDYNAMO_DISABLE is left as it is: on a CPU-only host the trainer sets it itself (parallel/cpu_compat.py);
+# on GPUs Megatron's fused kernels (jit_fuser) and the SGLang servers the trainer starts compile, as upstream.
 exec python -m torch.distributed.run --standalone --nproc-per-node="$NPROC" \
     -m megatron_hapo.trainer --config "$CONFIG" "$@"
