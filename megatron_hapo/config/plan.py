@@ -8,11 +8,22 @@ checked. Terms per training GPU (bf16 training, fp32 master weights, Adam):
 * weights: 2 B x params on the most loaded pipeline stage / TP
 * gradients: 4 B x the same params (Megatron's fp32 grad buffer, ``grad_reduce_in_fp32``)
 * optimizer: 12 B x the same params (fp32 master + exp_avg + exp_avg_sq), / DP with the distributed optimizer
-* activations of one micro-batch of S = prompt + response tokens (flash attention, so no S^2 term;
-  Korthikanti et al. 2022): full recompute keeps each layer's input (2 S h B, / TP under sequence
-  parallelism) plus one layer being recomputed (34 S h B / TP); no/selective recompute keeps 34 S h / TP per
-  layer. The first pipeline stage holds up to min(PP, micro-batches) micro-batches in flight.
-* logits and their gradient: 2 x 2 B x S x V / TP (the fused log-prob/entropy op adds O(S) only)
+* activations of the largest update micro-batch the layout allows, T tokens (Korthikanti et al. 2022):
+  full recompute keeps each layer's input (2 T h, / TP under sequence parallelism) plus one layer being
+  recomputed (34 T h / TP); no/selective recompute keeps 34 T h / TP per layer. T is micro_batch_size x S
+  (S = prompt + response, padded), or the token budget ``data.max_tokens_per_micro_batch`` when one is set.
+  Transformer Engine's fused attention keeps no score matrix; Megatron's local (unfused) attention keeps
+  5 a s^2 / TP bytes per row of length s and layer (scores and softmax in bf16, dropout mask): summed
+  over the micro-batch's rows that is T x S under a token budget and T^2 for a packed row. The first
+  pipeline stage holds up to min(PP, micro-batches) micro-batches in flight.
+* logits and their gradient: 2 x 2 B x T x V / TP (the fused log-prob/entropy op adds O(T) only)
+* the old-policy pass, forward only, on micro-batches of its own budget T_old
+  (``data.max_tokens_per_old_micro_batch``): one layer's working set at a time (the same per-layer terms
+  at T_old) plus its bf16 logits, 2 B x T_old x V / TP. It runs before the update, so the total counts
+  the larger of the two.
+
+The layer spec is the config's; ``layer_spec: auto`` is planned as Transformer Engine's (what a GPU
+cluster has), and the packing route follows from it as at run time (``models/packing.py``).
 """
 
 from __future__ import annotations
@@ -35,15 +46,19 @@ class PlanError(HapoError, ValueError):
 
 @dataclass(frozen=True)
 class MemoryPlan:
+    """Bytes per training GPU. The update (activations + logits) and the old-policy pass (``old_pass``)
+    run one after the other, so the peak holds the larger of the two on top of the resident state."""
+
     weights: float
     grads: float
     optimizer: float
     activations: float
     logits: float
+    old_pass: float
 
     @property
     def total(self) -> float:
-        return self.weights + self.grads + self.optimizer + self.activations + self.logits
+        return self.weights + self.grads + self.optimizer + max(self.activations + self.logits, self.old_pass)
 
 
 def model_arch(cfg: RootConfig):
@@ -76,6 +91,39 @@ def param_counts(arch) -> tuple[int, int, int]:
     return layer, embed, (0 if arch.tie_word_embeddings else embed) + h
 
 
+@dataclass(frozen=True)
+class MicroBatchShape:
+    """The largest update micro-batch the layout allows: ``tokens`` in all, ``score_pairs`` = the sum over
+    its rows of s^2 (what unfused attention holds per head and layer), and how it is laid out."""
+
+    tokens: int
+    score_pairs: int
+    te_attention: bool
+    describe: str
+
+
+def micro_batch_shape(cfg: RootConfig, old_pass: bool = False) -> MicroBatchShape:
+    from megatron_hapo.models.packing import resolve_packing  # torch: only for a plan, not for a config
+
+    d, m = cfg.data, cfg.parallel.sequence_multiple
+    seq = -(-(d.max_prompt_length + cfg.rollout.max_new_tokens) // m) * m
+    te = cfg.model.layer_spec != "local"
+    budget = d.max_tokens_per_micro_batch
+    route, _ = resolve_packing(d.sequence_packing, te, budget is not None)
+    if old_pass and budget is not None:
+        budget = d.max_tokens_per_old_micro_batch or budget
+    spec = "TE fused attention" if te else "local attention"
+    if budget is None:
+        rows = d.micro_batch_size
+        return MicroBatchShape(rows * seq, rows * seq * seq, te, f"micro-batch {rows} x {seq} tokens, {spec}")
+    if route != "none":
+        return MicroBatchShape(
+            budget, budget * budget, te, f"packed rows of {budget} tokens ({route}), {spec}"
+        )
+    # rows x padded length <= budget: the score pairs peak with rows of the longest sequence
+    return MicroBatchShape(budget, budget * seq, te, f"token budget {budget} (rows up to {seq}), {spec}")
+
+
 def memory_plan(cfg: RootConfig, arch, dp: int) -> MemoryPlan:
     p, data = cfg.parallel, cfg.data
     tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
@@ -85,21 +133,30 @@ def memory_plan(cfg: RootConfig, arch, dp: int) -> MemoryPlan:
     first = per_stage_layers * layer + embed
     last = per_stage_layers * layer + (head if not arch.tie_word_embeddings or pp == 1 else head + embed)
     stage = (max(first, last) if pp > 1 else arch.num_layers * layer + embed + head) / tp
-    seq = data.max_prompt_length + cfg.rollout.max_new_tokens
-    b, h = data.micro_batch_size, arch.hidden_size
-    sp = tp if p.sequence_parallel else 1
+    h, sp = arch.hidden_size, (tp if p.sequence_parallel else 1)
+
+    def layer_working_set(mb: MicroBatchShape) -> float:
+        scores = 0 if mb.te_attention else 5 * arch.num_attention_heads * mb.score_pairs / tp
+        return 34 * mb.tokens * h / tp + scores
+
+    update, old = micro_batch_shape(cfg), micro_batch_shape(cfg, old_pass=True)
     if cfg.model.recompute_granularity == "full":
-        per_mb = per_stage_layers * 2 * seq * h * b / sp + 34 * seq * h * b / tp
+        per_mb = per_stage_layers * 2 * update.tokens * h / sp + layer_working_set(update)
     else:
-        per_mb = per_stage_layers * 34 * seq * h * b / tp
+        per_mb = per_stage_layers * layer_working_set(update)
     responses_per_rank = data.mini_batch_size * cfg.sampling.train.n // dp
-    in_flight = min(pp, max(1, responses_per_rank // b)) if pp > 1 else 1
+    # a token budget may give every response a micro-batch of its own
+    micro_batches = (
+        responses_per_rank if data.max_tokens_per_micro_batch else responses_per_rank // data.micro_batch_size
+    )
+    in_flight = min(pp, max(1, micro_batches)) if pp > 1 else 1
     return MemoryPlan(
         weights=2 * stage,
         grads=4 * stage,
         optimizer=12 * stage / (dp if p.use_distributed_optimizer else 1),
         activations=per_mb * in_flight,
-        logits=2 * 2 * seq * b * arch.vocab_size / tp,
+        logits=2 * 2 * update.tokens * arch.vocab_size / tp,
+        old_pass=layer_working_set(old) + 2 * old.tokens * arch.vocab_size / tp,
     )
 
 
@@ -126,11 +183,15 @@ def render_plan(cfg: RootConfig, world_size: int, gpu_gib: float = 80.0) -> str:
         f"step       {data.train_batch_size} prompts x {n} = {data.train_batch_size * n} responses, "
         f"{data.train_batch_size // data.mini_batch_size} optimizer updates; up to "
         f"{data.train_batch_size * n * seq / 1e6:.1f} M tokens (prompt {data.max_prompt_length} + response {r.max_new_tokens})",
-        f"memory per training GPU (estimate, micro-batch {data.micro_batch_size} x {seq} tokens, "
+        f"memory per training GPU (estimate, {micro_batch_shape(cfg).describe}, "
         f"recompute {cfg.model.recompute_granularity}):",
     ]
     for name in ("weights", "grads", "optimizer", "activations", "logits"):
         lines.append(f"  {name:<12} {getattr(mem, name) / GiB:8.2f} GiB")
+    lines.append(
+        f"  {'old pass':<12} {mem.old_pass / GiB:8.2f} GiB (forward only, {micro_batch_shape(cfg, old_pass=True).describe}; "
+        "the total takes the larger of it and activations + logits)"
+    )
     engine = r.mem_fraction * gpu_gib * GiB if r.engine == "inprocess" else 0.0
     if engine:  # the in-process engine's share of the GPUs it shares with training ranks
         lines.append(f"  {'rollout':<12} {engine / GiB:8.2f} GiB (in-process engine, rollout.mem_fraction)")

@@ -12,6 +12,7 @@ This module imports nothing heavy on purpose (no torch, no megatron): it is impo
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field, is_dataclass
 from typing import Any, Literal
 
@@ -111,6 +112,15 @@ class ParallelConfig:
     )
     sequence_parallel: bool = opt(False, "Megatron sequence parallelism (needs TP > 1)")
     use_distributed_optimizer: bool = opt(True, "shard optimizer state across data-parallel ranks")
+
+    @property
+    def sequence_multiple(self) -> int:
+        """What every micro-batch's padded length must divide by: TP with sequence parallelism (the sequence
+        is split over TP ranks), lcm with 2 x CP under context parallelism (Megatron's load-balanced chunks)."""
+        m = self.tensor_model_parallel_size if self.sequence_parallel else 1
+        if self.context_parallel_size > 1:
+            m = math.lcm(m, 2 * self.context_parallel_size)
+        return m
 
 
 # ----------------------------------------------------------------------------------------------- precision

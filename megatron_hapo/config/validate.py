@@ -14,7 +14,6 @@ import importlib.util
 import ipaddress
 import json
 import logging
-import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -192,9 +191,7 @@ def _batches(cfg: RootConfig, dp: int | None, out: _Issues) -> None:
             f"responses per optimizer update ({d.mini_batch_size * n}) must be divisible by DP = {dp}",
         )
     longest = d.max_prompt_length + cfg.rollout.max_new_tokens
-    multiple = cfg.parallel.tensor_model_parallel_size if cfg.parallel.sequence_parallel else 1
-    if cfg.parallel.context_parallel_size > 1:
-        multiple = math.lcm(multiple, 2 * cfg.parallel.context_parallel_size)
+    multiple = cfg.parallel.sequence_multiple
     need = -(-longest // multiple) * multiple
     for key, budget in (
         ("data.max_tokens_per_micro_batch", d.max_tokens_per_micro_batch),

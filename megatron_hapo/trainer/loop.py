@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 
 import torch
@@ -83,7 +82,7 @@ def learn(
         max_tokens=d.max_tokens_per_micro_batch,
         max_tokens_old=d.max_tokens_per_old_micro_batch,
         micro_batch_size=d.micro_batch_size,
-        pad_multiple=pad_multiple(cfg),
+        pad_multiple=cfg.parallel.sequence_multiple,
         pad_to_step=whole_step_padding,
         packed=policy.packing != "none" and not whole_step_padding,
     )
@@ -116,16 +115,6 @@ def learn(
     metrics.update({"time/old_policy_s": t_old, "time/update_s": t_upd})
     metrics.update(perf_metrics(plan, t_old, t_upd))
     return new_stats, metrics
-
-
-def pad_multiple(cfg: RootConfig) -> int:
-    """What every micro-batch's padded length must divide by: TP with sequence parallelism (the sequence
-    is split over TP ranks), 2 x CP with context parallelism (Megatron's load-balanced CP chunks)."""
-    p = cfg.parallel
-    m = p.tensor_model_parallel_size if p.sequence_parallel else 1
-    if p.context_parallel_size > 1:
-        m = math.lcm(m, 2 * p.context_parallel_size)
-    return m
 
 
 def response_advantages(cfg: RootConfig, batch: StepBatch) -> list[float]:

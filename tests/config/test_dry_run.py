@@ -102,3 +102,37 @@ def test_the_rules_are_the_model_builders():
         arch.check_layout(8, 3)
     assert str(e.value).endswith("; ".join(tp_problems(arch.shape(), 8) + pp_problems(arch.shape(), 3)))
     assert allowed_tp_sizes(arch.shape()) == [1, 2, 4]
+
+
+SMALL = str(Path(RECIPE).with_name("qwen2.5_math_1.5b_hapo.yaml"))  # TP 1: the budgets show undivided
+
+
+def _plan(recipe: str, *overrides: str):
+    from megatron_hapo.config import load_config
+    from megatron_hapo.config.plan import memory_plan, model_arch
+
+    cfg = load_config(recipe, list(overrides), check_env=False)
+    return memory_plan(cfg, model_arch(cfg), dp=8)
+
+
+def test_the_memory_plan_follows_the_token_budget_not_micro_batch_size():
+    longest = 1024 + 10240  # the recipe's budget: one longest sequence
+    one, four = _plan(SMALL), _plan(SMALL, f"data.max_tokens_per_micro_batch={4 * longest}")
+    assert four.logits == 4 * one.logits and 3.9 < four.activations / one.activations <= 4
+    # fixed micro-batches: micro_batch_size rows of the longest sequence
+    fixed = _plan(SMALL, "data.max_tokens_per_micro_batch=null", "data.max_tokens_per_old_micro_batch=null",
+                  "data.sequence_packing=none", "data.micro_batch_size=2")  # fmt: skip
+    assert fixed.logits == 2 * one.logits
+
+
+def test_local_attention_on_packed_rows_counts_its_score_matrices_and_the_old_pass_its_own_budget():
+    te, local = _plan(SMALL, "model.layer_spec=te"), _plan(SMALL, "model.layer_spec=local")
+    assert local.activations > 4 * te.activations  # a packed row of 11264 tokens: 12 heads x s^2 scores
+    assert local.old_pass > 4 * te.old_pass > local.activations  # the old pass packs 2 x the budget
+    big_old = ("model.layer_spec=local", "data.max_tokens_per_old_micro_batch=45056")
+    assert "old pass" in dry_run(SMALL, ["model.layer_spec=te", big_old[1]])  # TE: no score matrices
+    with pytest.raises(ValueError, match="exceeds 80 GiB") as e:
+        dry_run(SMALL, list(big_old))
+    assert "old pass" in str(e.value) and "packed rows of 45056 tokens (mask), local attention" in str(
+        e.value
+    )
