@@ -93,8 +93,9 @@ def param_counts(arch) -> tuple[int, int, int]:
 
 @dataclass(frozen=True)
 class MicroBatchShape:
-    """The largest update micro-batch the layout allows: ``tokens`` in all, ``score_pairs`` = the sum over
-    its rows of s^2 (what unfused attention holds per head and layer), and how it is laid out."""
+    """The largest micro-batch of the update (or of the old-policy pass) the layout allows: ``tokens`` in
+    all, ``score_pairs`` = the sum over its rows of s^2 (what unfused attention holds per head and layer),
+    and how it is laid out."""
 
     tokens: int
     score_pairs: int
