@@ -204,15 +204,24 @@ def render_plan(cfg: RootConfig, world_size: int, gpu_gib: float = 80.0) -> str:
     lines.append("skipped    (need the machine the run starts on): " + "; ".join(ENV_CHECKS))
     report = "\n".join(lines)
     if (mem.total + engine) / GiB > gpu_gib:
-        fix = (
-            "; or give the rollout GPUs of its own: rollout.engine=fleet (docs/rollout.md), the in-process "
-            "engine is for development and small models"
-            if engine
-            else ""
-        )
-        raise PlanError(
-            f"{report}\nthe estimate exceeds {gpu_gib:.0f} GiB per GPU: raise TP/PP, recompute or DP{fix}"
-        )
+        fixes = ["raise TP/PP, recompute or DP"]
+        if data.max_tokens_per_micro_batch is not None:
+            budget = (
+                "data.max_tokens_per_old_micro_batch"
+                if mem.old_pass > mem.activations + mem.logits
+                else "data.max_tokens_per_micro_batch"
+            )
+            fixes.append(f"lower {budget}")
+        if cfg.model.layer_spec == "local":
+            fixes.append(
+                "use Transformer Engine's fused attention (model.layer_spec=te), which keeps no scores"
+            )
+        if engine:
+            fixes.append(
+                "give the rollout GPUs of its own: rollout.engine=fleet (docs/rollout.md), the in-process "
+                "engine is for development and small models"
+            )
+        raise PlanError(f"{report}\nthe estimate exceeds {gpu_gib:.0f} GiB per GPU: " + "; or ".join(fixes))
     return report
 
 
