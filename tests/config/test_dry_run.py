@@ -133,6 +133,6 @@ def test_local_attention_on_packed_rows_counts_its_score_matrices_and_the_old_pa
     assert "old pass" in dry_run(SMALL, ["model.layer_spec=te", big_old[1]])  # TE: no score matrices
     with pytest.raises(ValueError, match="exceeds 80 GiB") as e:
         dry_run(SMALL, list(big_old))
-    assert "old pass" in str(e.value) and "packed rows of 45056 tokens (mask), local attention" in str(
-        e.value
-    )
+    message = str(e.value)
+    assert "old pass" in message and "packed rows of 45056 tokens (mask), local attention" in message
+    assert "lower data.max_tokens_per_old_micro_batch" in message and "model.layer_spec=te" in message
