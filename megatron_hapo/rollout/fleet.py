@@ -111,17 +111,45 @@ def _cli_flags(args: dict[str, Any]) -> list[str]:
     return flags
 
 
+def nccl_ports(count: int) -> list[int]:
+    """``count`` distinct free ports for the servers' internal process groups (SGLang's ``--nccl-port``).
+    Left to itself, each server draws one at random below the ephemeral range when it starts, so servers
+    started together on one machine can draw the same one (EADDRINUSE, docs/facts.md)."""
+    from sglang.srt.utils.network import get_free_port_below_ephemeral  # SGLang's own rule for this port
+
+    ports: list[int] = []
+    for _ in range(64 * count):
+        if len(ports) == count:
+            break
+        port = get_free_port_below_ephemeral()
+        if port not in ports:
+            ports.append(port)
+    if len(ports) < count:
+        raise EngineError(
+            f"found {len(ports)} distinct free ports for {count} SGLang servers' process groups"
+        )
+    return ports
+
+
 def server_launch(
-    cfg: FleetConfig, index: int, port: int, secret_file: Path | None, on_gpu: bool
+    cfg: FleetConfig,
+    index: int,
+    port: int,
+    secret_file: Path | None,
+    on_gpu: bool,
+    nccl_port: int | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """Command line and extra environment of launched server ``index``: its SGLang arguments, its key file
     (``--config``; never the key itself on a command line, which every local user can read) and, with
-    ``cfg.server_gpus``, its own GPUs as ``CUDA_VISIBLE_DEVICES`` (SGLang then numbers them from 0)."""
+    ``cfg.server_gpus``, its own GPUs as ``CUDA_VISIBLE_DEVICES`` (SGLang then numbers them from 0).
+    ``nccl_port``: the port of its internal process group (:func:`nccl_ports`); None = SGLang draws one."""
     args = cpu_server_args() if not on_gpu else {}
     args.update(cfg.server_args)
     args.update(
         model_path=cfg.model_path, host=cfg.host, port=port, tp_size=cfg.tp_size, random_seed=cfg.seed + index
     )
+    if nccl_port is not None:
+        args["nccl_port"] = nccl_port
     args.setdefault("log_level", "warning")
     if cfg.hapo_sampler:
         args["sampling_backend"] = "hapo"
@@ -175,7 +203,8 @@ class SGLangFleet:
             elif self._router is not None:
                 self.servers = [FleetProcess(u) for u in self._router_workers()]
             else:
-                self.servers = [self._launch_server(i) for i in range(config.num_servers)]
+                group_ports = nccl_ports(config.num_servers)
+                self.servers = [self._launch_server(i, group_ports[i]) for i in range(config.num_servers)]
             for server in self.servers:
                 self._wait_healthy(server)
                 self._check_key(server)
@@ -210,14 +239,14 @@ class SGLangFleet:
             raise EngineError(f"router {self._router.url} lists no workers; set rollout.server_addresses")
         return urls
 
-    def _launch_server(self, index: int) -> FleetProcess:
+    def _launch_server(self, index: int, nccl_port: int) -> FleetProcess:
         port = _free_port(self.config.host)
         secret = (
             self._secret_file(f"server{index}.secret.yaml", {"api-key": self._api_key})
             if self._api_key
             else None
         )
-        cmd, env = server_launch(self.config, index, port, secret, on_gpu=torch.cuda.is_available())
+        cmd, env = server_launch(self.config, index, port, secret, torch.cuda.is_available(), nccl_port)
         return self._spawn(f"server{index}", cmd, f"http://{self.config.host}:{port}", env)
 
     def _secret_file(self, name: str, values: dict[str, str]) -> Path:

@@ -4,6 +4,7 @@ config time. On CPU: the arguments and environment each server is started with (
 
 from __future__ import annotations
 
+import socket
 import sys
 import time
 
@@ -11,7 +12,7 @@ import pytest
 
 from megatron_hapo.config import ConfigError, load_config
 from megatron_hapo.config.plan import PlanError, render_plan
-from megatron_hapo.rollout.fleet import FleetConfig, server_launch
+from megatron_hapo.rollout.fleet import FleetConfig, nccl_ports, server_launch
 from megatron_hapo.rollout.placement import server_gpus, visible_devices
 from megatron_hapo.rollout.processes import spawn_server
 from megatron_hapo.rollout.types import EngineError
@@ -94,3 +95,14 @@ def _fits_without_engine(cfg) -> float:
 
     total = memory_plan(cfg, model_arch(cfg), dp=8).total / GiB
     return total * 1.5
+
+
+def test_servers_started_together_get_distinct_free_process_group_ports():
+    ports = nccl_ports(16)
+    assert len(set(ports)) == 16
+    for port in ports:  # free now, and below the ephemeral range (where SGLang wants it)
+        with socket.socket() as s:
+            s.bind(("0.0.0.0", port))
+    cmd, _ = server_launch(FleetConfig(model_path="/m"), 0, 30000, None, on_gpu=False, nccl_port=ports[0])
+    assert _flag(cmd, "--nccl-port") == str(ports[0])
+    assert "--nccl-port" not in server_launch(FleetConfig(model_path="/m"), 0, 30000, None, on_gpu=False)[0]
