@@ -6,7 +6,9 @@
 # rollout.server_addresses=[...] so that weight updates reach every server.
 # Servers run the HAPO sampler (HAPO_SGLANG_SAMPLER=1; megatron-hapo must be installed on these nodes: the
 # sampler is an SGLang plugin) and start with the checkpoint's weights; the trainer pushes its own before
-# the first rollout. NUM_SERVERS x TP GPUs are used, server i on GPUs i*TP .. i*TP+TP-1.
+# the first rollout. NUM_SERVERS x TP GPUs are used, server i on GPUs i*TP .. i*TP+TP-1, HTTP port PORT+i,
+# and PORT+100+i for its internal process group (servers started together would otherwise draw their own
+# at random, and two can draw the same).
 # Security (docs/security.md): servers and router listen on HAPO_BIND_HOST (this node's address on the
 # cluster's private network; required, so that opening them is a decision) and need the API key in
 # HAPO_ROLLOUT_API_KEY on every call; export the same variable for the trainer (rollout.api_key_env). The
@@ -26,7 +28,7 @@ servers)
     for ((i = 0; i < NUM; i++)); do
         GPUS=$(seq -s, $((i * TP)) $((i * TP + TP - 1)))
         CUDA_VISIBLE_DEVICES=$GPUS nohup python -m sglang.launch_server --model-path "$MODEL" \
-            --host "$HOST" --port $((PORT + i)) --tp-size "$TP" --random-seed $((1000 + i)) --config "$KEY_FILE" \
+            --host "$HOST" --port $((PORT + i)) --nccl-port $((PORT + 100 + i)) --tp-size "$TP" --random-seed $((1000 + i)) --config "$KEY_FILE" \
             >"logs/sglang_server_$i.log" 2>&1 &
         echo "server $i: http://$HOST:$((PORT + i)) on GPUs $GPUS (log: logs/sglang_server_$i.log)"
     done
