@@ -23,7 +23,8 @@ checked. Terms per training GPU (bf16 training, fp32 master weights, Adam):
   the larger of the two.
 
 The layer spec is the config's; ``layer_spec: auto`` is planned as Transformer Engine's (what a GPU
-cluster has), and the packing route follows from it as at run time (``models/packing.py``).
+cluster has) unless ``data.sequence_packing: mask`` needs the local one, and the packing route follows
+from it as at run time (``models/packing.py``).
 """
 
 from __future__ import annotations
@@ -108,7 +109,8 @@ def micro_batch_shape(cfg: RootConfig, old_pass: bool = False) -> MicroBatchShap
 
     d, m = cfg.data, cfg.parallel.sequence_multiple
     seq = -(-(d.max_prompt_length + cfg.rollout.max_new_tokens) // m) * m
-    te = cfg.model.layer_spec != "local"
+    # layer_spec auto: TE's, as on a GPU cluster, unless the packing asked for is the local spec's (mask)
+    te = cfg.model.layer_spec == "te" or (cfg.model.layer_spec == "auto" and d.sequence_packing != "mask")
     budget = d.max_tokens_per_micro_batch
     route, _ = resolve_packing(d.sequence_packing, te, budget is not None)
     if old_pass and budget is not None:

@@ -131,6 +131,9 @@ def test_local_attention_on_packed_rows_counts_its_score_matrices_and_the_old_pa
     assert local.old_pass > 4 * te.old_pass > local.activations  # the old pass packs 2 x the budget
     big_old = ("model.layer_spec=local", "data.max_tokens_per_old_micro_batch=45056")
     assert "old pass" in dry_run(SMALL, ["model.layer_spec=te", big_old[1]])  # TE: no score matrices
+    # layer_spec auto is planned as TE's, except for the packing only the local spec does
+    assert _plan(SMALL, "model.layer_spec=auto") == te
+    assert _plan(SMALL, "model.layer_spec=auto", "data.sequence_packing=mask") == local
     with pytest.raises(ValueError, match="exceeds 80 GiB") as e:
         dry_run(SMALL, list(big_old))
     message = str(e.value)
