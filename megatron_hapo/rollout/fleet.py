@@ -126,7 +126,8 @@ def nccl_ports(count: int) -> list[int]:
             ports.append(port)
     if len(ports) < count:
         raise EngineError(
-            f"found {len(ports)} distinct free ports for {count} SGLang servers' process groups"
+            f"found only {len(ports)} distinct free ports below the ephemeral range for the process groups of "
+            f"{count} SGLang servers: free some ports in 22000-29999, or launch fewer servers on this machine"
         )
     return ports
 
