@@ -22,7 +22,6 @@ import atexit
 import logging
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import threading
@@ -94,12 +93,6 @@ class FleetProcess:
         return f"server {self.url} (pid {self.process.pid}, log {self.log_path})"
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def _cli_flags(args: dict[str, Any]) -> list[str]:
     flags = []
     for key, value in args.items():
@@ -111,11 +104,13 @@ def _cli_flags(args: dict[str, Any]) -> list[str]:
     return flags
 
 
-def nccl_ports(count: int) -> list[int]:
-    """``count`` distinct free ports for the servers' internal process groups (SGLang's ``--nccl-port``).
-    Left to itself, each server draws one at random below the ephemeral range when it starts, so servers
-    started together on one machine can draw the same one (EADDRINUSE, docs/facts.md)."""
-    from sglang.srt.utils.network import get_free_port_below_ephemeral  # SGLang's own rule for this port
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports below the ephemeral range, for ports that a launched process binds
+    only later: the servers' HTTP ports and internal process groups (SGLang's ``--nccl-port``), the router's.
+    A port from the ephemeral range (a bind to port 0) can meanwhile become the source port of an outgoing
+    connection; and left to itself, each server draws its process-group port at random when it starts, so
+    servers started together on one machine can draw the same one (EADDRINUSE, docs/facts.md)."""
+    from sglang.srt.utils.network import get_free_port_below_ephemeral  # SGLang's own rule for such ports
 
     ports: list[int] = []
     for _ in range(64 * count):
@@ -126,8 +121,8 @@ def nccl_ports(count: int) -> list[int]:
             ports.append(port)
     if len(ports) < count:
         raise EngineError(
-            f"found only {len(ports)} distinct free ports below the ephemeral range for the process groups of "
-            f"{count} SGLang servers: free some ports in 22000-29999, or launch fewer servers on this machine"
+            f"found only {len(ports)} of {count} distinct free ports below the ephemeral range for the SGLang "
+            "servers and router: free some ports in 22000-29999, or launch fewer servers on this machine"
         )
     return ports
 
@@ -143,7 +138,7 @@ def server_launch(
     """Command line and extra environment of launched server ``index``: its SGLang arguments, its key file
     (``--config``; never the key itself on a command line, which every local user can read) and, with
     ``cfg.server_gpus``, its own GPUs as ``CUDA_VISIBLE_DEVICES`` (SGLang then numbers them from 0).
-    ``nccl_port``: the port of its internal process group (:func:`nccl_ports`); None = SGLang draws one."""
+    ``nccl_port``: the port of its internal process group (:func:`free_ports`); None = SGLang draws one."""
     args = cpu_server_args() if not on_gpu else {}
     args.update(cfg.server_args)
     args.update(
@@ -204,8 +199,10 @@ class SGLangFleet:
             elif self._router is not None:
                 self.servers = [FleetProcess(u) for u in self._router_workers()]
             else:
-                group_ports = nccl_ports(config.num_servers)
-                self.servers = [self._launch_server(i, group_ports[i]) for i in range(config.num_servers)]
+                ports = free_ports(2 * config.num_servers)  # each server's HTTP port and process group
+                self.servers = [
+                    self._launch_server(i, ports[2 * i], ports[2 * i + 1]) for i in range(config.num_servers)
+                ]
             for server in self.servers:
                 self._wait_healthy(server)
                 self._check_key(server)
@@ -240,8 +237,7 @@ class SGLangFleet:
             raise EngineError(f"router {self._router.url} lists no workers; set rollout.server_addresses")
         return urls
 
-    def _launch_server(self, index: int, nccl_port: int) -> FleetProcess:
-        port = _free_port(self.config.host)
+    def _launch_server(self, index: int, port: int, nccl_port: int) -> FleetProcess:
         secret = (
             self._secret_file(f"server{index}.secret.yaml", {"api-key": self._api_key})
             if self._api_key
@@ -259,7 +255,7 @@ class SGLangFleet:
 
     def _launch_router(self) -> FleetProcess:
         cfg = self.config
-        port = _free_port(cfg.host)
+        port, metrics_port = free_ports(2)
         cmd = [
             sys.executable, "-m", "sglang_router.launch_router",
             "--host", cfg.host, "--port", str(port), "--policy", cfg.router_policy,
@@ -267,7 +263,7 @@ class SGLangFleet:
             "--request-timeout-secs", str(int(cfg.request_timeout_s)),
             "--retry-max-retries", str(cfg.max_retries),
             "--health-check-interval-secs", "5", "--health-failure-threshold", "1",
-            "--prometheus-port", str(_free_port(cfg.host)),  # the default 29000 collides between routers
+            "--prometheus-port", str(metrics_port),  # the default 29000 collides between routers
             "--prometheus-host", cfg.host,  # the router's default is 0.0.0.0
             "--log-level", "warn",
         ]  # fmt: skip

@@ -12,7 +12,7 @@ import pytest
 
 from megatron_hapo.config import ConfigError, load_config
 from megatron_hapo.config.plan import PlanError, render_plan
-from megatron_hapo.rollout.fleet import FleetConfig, nccl_ports, server_launch
+from megatron_hapo.rollout.fleet import FleetConfig, free_ports, server_launch
 from megatron_hapo.rollout.placement import server_gpus, visible_devices
 from megatron_hapo.rollout.processes import spawn_server
 from megatron_hapo.rollout.types import EngineError
@@ -97,8 +97,8 @@ def _fits_without_engine(cfg) -> float:
     return total * 1.5
 
 
-def test_servers_started_together_get_distinct_free_process_group_ports():
-    ports = nccl_ports(16)
+def test_servers_started_together_get_distinct_free_ports():
+    ports = free_ports(16)
     assert len(set(ports)) == 16
     for port in ports:  # free now, and below the ephemeral range (where SGLang wants it)
         with socket.socket() as s:
