@@ -121,7 +121,7 @@ def test_launched_processes_listen_on_loopback_and_servers_need_the_run_key(flee
     # and what the router actually listens on: its HTTP port and its metrics exporter, loopback only
     router_listens = _listening(fleet.router.process.pid)
     assert len(router_listens) >= 2 and all(ip == "127.0.0.1" for ip, _ in router_listens), router_listens
-    # each server's internal process group on a port of its own (drawn by SGLang, two could collide)
+    # each server's internal process group on a port the fleet gave it (left to SGLang, two could collide)
     group_ports = {_flag(list(s.process.args), "--nccl-port") for s in fleet.servers}
     assert len(group_ports) == len(fleet.servers) == 2
     for server in fleet.servers:

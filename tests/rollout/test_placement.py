@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -100,7 +101,9 @@ def _fits_without_engine(cfg) -> float:
 def test_servers_started_together_get_distinct_free_ports():
     ports = free_ports(16)
     assert len(set(ports)) == 16
-    for port in ports:  # free now, and below the ephemeral range (where SGLang wants it)
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    assert max(ports) < ephemeral_low  # not where outgoing connections take their source ports
+    for port in ports:  # and free now
         with socket.socket() as s:
             s.bind(("0.0.0.0", port))
     cmd, _ = server_launch(FleetConfig(model_path="/m"), 0, 30000, None, on_gpu=False, nccl_port=ports[0])
