@@ -150,6 +150,15 @@ def _layout(cfg: RootConfig, world_size: int, world_phrase: str, out: _Issues) -
             layout_keys,
             f"TP x PP x CP = {tp * pp * cp} must divide the {world_phrase} (DP = world / (TP x PP x CP))",
         )
+    if cp > 1:
+        # Megatron's CP expects each rank to feed its own (load-balanced) 2 x CP chunks of every sequence;
+        # the update, the old-policy pass and the loss normaliser do not split them yet, so CP > 1 would
+        # train on wrong attention instead of failing
+        out.add(
+            "parallel.context_parallel_size",
+            f"context parallelism is not implemented in the policy update (got {cp}): set it to 1 and "
+            "shard long sequences with TP + sequence_parallel instead (docs/training.md, 'Limitations')",
+        )
     if p.sequence_parallel and tp == 1:
         out.add(
             ["parallel.sequence_parallel", "parallel.tensor_model_parallel_size"],
@@ -212,12 +221,6 @@ def _batches(cfg: RootConfig, dp: int | None, out: _Issues) -> None:
                 packing_keys + ["data.max_tokens_per_micro_batch"],
                 f"data.sequence_packing={d.sequence_packing} packs responses into rows of at most "
                 "data.max_tokens_per_micro_batch tokens: set that budget (or sequence_packing=auto/none)",
-            )
-        if cfg.parallel.context_parallel_size > 1:
-            out.add(
-                packing_keys + ["parallel.context_parallel_size"],
-                "sequence packing with context parallelism is not implemented (per-sequence CP padding); "
-                "set data.sequence_packing=none",
             )
         if d.sequence_packing == "mask" and cfg.model.layer_spec == "te":
             out.add(

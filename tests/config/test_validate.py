@@ -43,6 +43,15 @@ def test_tp_pp_cp_dp_must_equal_world_size():
     )
 
 
+def test_context_parallelism_is_refused_not_silently_wrong():
+    """The update does not split sequences across CP ranks: CP > 1 is refused by name, CP = 1 is fine."""
+    found = issues(["parallel.context_parallel_size=2"], world_size=8)
+    assert keys(found) == {"parallel.context_parallel_size"}
+    assert "context parallelism is not implemented in the policy update (got 2)" in found[0].message
+    assert "set it to 1" in found[0].message
+    assert issues(["parallel.context_parallel_size=1"], world_size=8) == []
+
+
 def test_model_parallel_must_divide_world_size_and_dp_is_derived():
     found = issues(["parallel.tensor_model_parallel_size=3"], world_size=8)
     assert any("TP x PP x CP = 3 must divide the world size 8" in i.message for i in found)

@@ -187,10 +187,6 @@ def test_route_per_layer_spec_and_refusals(caplog):
         (["data.sequence_packing=mask", "model.layer_spec=te"], "ignores an explicit mask"),
         (["data.sequence_packing=thd", "model.layer_spec=local"], "refuses PackedSeqParams"),
         (["data.sequence_packing=mask", "data.max_tokens_per_micro_batch=null"], "set that budget"),
-        (
-            ["data.sequence_packing=thd", "model.layer_spec=te", "parallel.context_parallel_size=2"],
-            "context parallelism is not implemented",
-        ),
         (["data.sequence_packing=yes"], "data.sequence_packing"),
     ],  # fmt: skip
 )
