@@ -154,16 +154,15 @@ def rollout_tp_problems(shape: ModelShape, tp: int) -> list[str]:
     return problems
 
 
-def pp_problems(shape: ModelShape, pp: int, vpp: int = 1) -> list[str]:
-    """Why ``pp`` pipeline stages of ``vpp`` virtual chunks each cannot split the layers (empty = they can):
-    every one of the PP x VPP model chunks holds the same number of layers."""
-    if pp < 1 or vpp < 1:
-        return [f"PP and VPP must be >= 1, got PP={pp}, VPP={vpp}"]
+def pp_problems(shape: ModelShape, pp: int) -> list[str]:
+    """Why ``pp`` pipeline stages cannot split the layers (empty = they can): every stage holds the same
+    number of layers."""
+    if pp < 1:
+        return [f"PP must be >= 1, got PP={pp}"]
     layers = shape.num_hidden_layers
-    if layers % (pp * vpp) == 0:
+    if layers % pp == 0:
         return []
-    stages = f"PP={pp}" if vpp == 1 else f"PP x VPP = {pp} x {vpp} = {pp * vpp}"
-    return [f"{stages} does not divide the number of layers ({layers}); use a PP size that divides {layers}"]
+    return [f"PP={pp} does not divide the number of layers ({layers}); use a PP size that divides {layers}"]
 
 
 def allowed_tp_sizes(shape: ModelShape) -> list[int]:
@@ -173,7 +172,7 @@ def allowed_tp_sizes(shape: ModelShape) -> list[int]:
 
 
 def allowed_pp_sizes(shape: ModelShape) -> list[int]:
-    """Every PP size (without VPP) :func:`pp_problems` accepts: the divisors of the layer count."""
+    """Every PP size :func:`pp_problems` accepts: the divisors of the layer count."""
     n = shape.num_hidden_layers
     return [d for d in range(1, n + 1) if n % d == 0]
 

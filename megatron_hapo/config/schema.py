@@ -110,7 +110,7 @@ class ParallelConfig:
     )
     data_parallel_size: int | None = opt(None, "data-parallel size (DP); null = world_size / (TP x PP x CP)")
     virtual_pipeline_model_parallel_size: int | None = opt(
-        None, "interleaved pipeline: model chunks per pipeline rank; null = not interleaved"
+        None, "interleaved pipeline: model chunks per pipeline rank; only null for now (not implemented)"
     )
     sequence_parallel: bool = opt(False, "Megatron sequence parallelism (needs TP > 1)")
     use_distributed_optimizer: bool = opt(True, "shard optimizer state across data-parallel ranks")

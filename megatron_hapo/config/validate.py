@@ -1,7 +1,7 @@
 """Cross-field rules of a loaded config; every violation is reported at once.
 
 Pure rules (layout, batch sizes, value ranges) always run, and so do the model-fit rules (heads, KV
-heads and MLP size divisible by TP, layers by PP x VPP, prompt + response within the context) whenever
+heads and MLP size divisible by TP, layers by PP, prompt + response within the context) whenever
 the model's config.json is local or the model is in ``models/known_configs.py``. With
 ``check_env=True`` the rules that look at the machine and the file system run too (``ENV_CHECKS``):
 FP8 needs Transformer Engine and an FP8-capable GPU, the TE layer spec needs TE, data/benchmark/model/
@@ -164,10 +164,13 @@ def _layout(cfg: RootConfig, world_size: int, world_phrase: str, out: _Issues) -
             ["parallel.sequence_parallel", "parallel.tensor_model_parallel_size"],
             "sequence parallelism splits activations across TP ranks and needs TP > 1; set sequence_parallel=false",
         )
-    if p.virtual_pipeline_model_parallel_size is not None and pp == 1:
+    if p.virtual_pipeline_model_parallel_size is not None:
+        # the policy builds one model chunk per stage and drives Megatron's non-interleaved schedule; the
+        # interleaved one would stop at its first update with an assertion
         out.add(
-            ["parallel.virtual_pipeline_model_parallel_size", "parallel.pipeline_model_parallel_size"],
-            "an interleaved (virtual) pipeline needs PP > 1; set virtual_pipeline_model_parallel_size=null",
+            "parallel.virtual_pipeline_model_parallel_size",
+            "an interleaved (virtual) pipeline is not implemented (the policy builds one model chunk per "
+            "pipeline stage): set virtual_pipeline_model_parallel_size=null",
         )
 
 
@@ -628,17 +631,13 @@ def _model_fits(cfg: RootConfig, shape: ModelShape, out: _Issues) -> None:
     """The layout rules of ``model_info`` (the ones the model builder applies) with their config keys."""
     p = cfg.parallel
     tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
-    vpp = p.virtual_pipeline_model_parallel_size or 1
     src = f"(from {shape.source})"
     if tp >= 1:
         for problem in tp_problems(shape, tp):
             out.add("parallel.tensor_model_parallel_size", f"{problem} {src}")
-    if pp >= 1 and vpp >= 1:
-        for problem in pp_problems(shape, pp, vpp):
-            keys = ["parallel.pipeline_model_parallel_size"]
-            if p.virtual_pipeline_model_parallel_size is not None:
-                keys.append("parallel.virtual_pipeline_model_parallel_size")
-            out.add(keys, f"{problem} {src}")
+    if pp >= 1:
+        for problem in pp_problems(shape, pp):
+            out.add("parallel.pipeline_model_parallel_size", f"{problem} {src}")
     for problem in rollout_tp_problems(shape, cfg.rollout.tensor_parallel_size):
         out.add("rollout.tensor_parallel_size", f"{problem} {src}")
     total = cfg.data.max_prompt_length + cfg.rollout.max_new_tokens

@@ -28,23 +28,11 @@ def test_tp_8_for_4_kv_heads_is_refused():
     assert "Qwen2.5-Math-7B" in kv[0].message and "parallel.tensor_model_parallel_size=8" in kv[0].source
 
 
-def test_pp_3_for_28_layers_is_refused_and_so_is_a_virtual_pipeline_that_does_not_divide():
+def test_pp_3_for_28_layers_is_refused():
     issues = _problems("parallel.pipeline_model_parallel_size=3", "cluster.nodes=3")  # 24 GPUs: layout ok
     assert [i.key for i in issues] == ["parallel.pipeline_model_parallel_size"]
-    assert "number of layers (28)" in issues[0].message
-    issues = _problems(
-        "parallel.pipeline_model_parallel_size=2", "parallel.virtual_pipeline_model_parallel_size=4"
-    )
-    assert (
-        len(issues) == 1
-        and "PP x VPP = 2 x 4 = 8 does not divide the number of layers (28)" in issues[0].message
-    )
-    assert (
-        issues[0].key
-        == "parallel.pipeline_model_parallel_size, parallel.virtual_pipeline_model_parallel_size"
-    )
-    assert "training" in dry_run(RECIPE, ["parallel.pipeline_model_parallel_size=2",
-                                          "parallel.virtual_pipeline_model_parallel_size=2"])  # fmt: skip
+    assert "PP=3 does not divide the number of layers (28)" in issues[0].message
+    assert "training" in dry_run(RECIPE, ["parallel.pipeline_model_parallel_size=2"])
 
 
 def test_a_rollout_tp_sglang_cannot_shard_is_refused():

@@ -79,12 +79,17 @@ def test_global_batch_divisible_by_dp_times_micro_batch():
     assert "multiple of mini_batch_size" in found[0].message
 
 
-def test_sequence_parallel_and_virtual_pipeline_need_their_dimension():
+def test_sequence_parallel_needs_tp_and_an_interleaved_pipeline_is_refused():
+    found = issues(["parallel.sequence_parallel=true"], world_size=8)
+    assert keys(found) == {"parallel.sequence_parallel, parallel.tensor_model_parallel_size"}
+    assert "needs TP > 1" in found[0].message
     found = issues(
-        ["parallel.sequence_parallel=true", "parallel.virtual_pipeline_model_parallel_size=2"], world_size=8
+        ["parallel.pipeline_model_parallel_size=2", "parallel.virtual_pipeline_model_parallel_size=2"],
+        world_size=8,
     )
-    assert {"needs TP > 1" in i.message for i in found} == {True, False}
-    assert any("needs PP > 1" in i.message for i in found)
+    assert keys(found) == {"parallel.virtual_pipeline_model_parallel_size"}
+    assert "interleaved (virtual) pipeline is not implemented" in found[0].message
+    assert "set virtual_pipeline_model_parallel_size=null" in found[0].message
 
 
 def test_delayed_fp8_with_bf16_first_last_layers_is_rejected_even_without_env_checks():
