@@ -20,6 +20,7 @@ import torch.distributed as dist
 import megatron_hapo.parallel as hp
 
 REL_TOL = 1e-5
+LR = 1e-2  # optim.lr of every variant
 LAYOUTS = {"tp2": (2, 1), "pp2": (1, 2), "dp2": (1, 1)}
 
 
@@ -43,7 +44,7 @@ def run_variant(model_dir, layout, variant):
     overrides = [
         f"model.hf_path={model_dir}", "model.load_weights=true", "data.train_batch_size=4",
         "data.mini_batch_size=2", "data.micro_batch_size=2", f"sampling.train.n={N_SAMPLES}",
-        "optim.lr=1e-2", "optim.eps=1.0", "precision.dtype=fp32", f"parallel.tensor_model_parallel_size={tp}",
+        f"optim.lr={LR}", "optim.eps=1.0", "precision.dtype=fp32", f"parallel.tensor_model_parallel_size={tp}",
         f"parallel.pipeline_model_parallel_size={pp}", f"parallel.sequence_parallel={str(tp > 1).lower()}",
         "parallel.use_distributed_optimizer=false", "data.max_prompt_length=16", "rollout.max_new_tokens=40",
     ]  # fmt: skip
@@ -106,8 +107,8 @@ def run_variant(model_dir, layout, variant):
     return metrics, per_response, params
 
 
-def rel(a, b):
-    return float((a - b).abs().max()) / max(float(b.abs().max()), 1e-12)
+def rel(a, b, floor=1e-12):
+    return float((a - b).abs().max()) / max(float(b.abs().max()), floor)
 
 
 def compare(name, got, ref, tol=REL_TOL):
@@ -120,7 +121,10 @@ def compare(name, got, ref, tol=REL_TOL):
         worst[k] = abs(m[k] - m0[k]) / max(abs(m0[k]), 1.0)
     worst["old_log_prob"] = max(rel(resp[g][0], resp0[g][0]) for g in resp0)
     worst["entropy"] = max(rel(resp[g][1], resp0[g][1]) for g in resp0)
-    worst["params"] = max(rel(params[n], params0[n]) for n in params0)
+    # on the scale of one optimizer step at least: the QKV biases start at 0 and end near 2e-4, and their
+    # fp32 gradients are sums of cancelling per-token terms, so relative to their own size they differ by
+    # ~4e-5 between CPUs while every weight agrees to ~1e-7 (the wrong variants below move params by > 1)
+    worst["params"] = max(rel(params[n], params0[n], floor=LR) for n in params0)
     bad = {k: v for k, v in worst.items() if not v <= tol}
     return worst, bad
 
