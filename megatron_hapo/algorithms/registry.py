@@ -6,6 +6,9 @@
     @register_policy_loss("my_loss", metrics=MetricReductions({"pg_loss": UPDATE_SUM, "n_tokens": SUM, ...}))
     def my_loss(log_prob, old_log_prob, advantages, entropy, mask, config, **kwargs): ...  # -> (loss, metrics)
 
+``metrics`` maps names to 0-d tensors (left on the device: the trainer copies them to the host once per update)
+or plain numbers.
+
 A policy loss declares how each of its metrics combines over micro-batches, DP ranks and updates
 (:mod:`.metric_reduction`); the trainer reduces them with ``policy_loss_metrics(name)``. Config files select
 them by name (``algorithm.adv_estimator`` -> ``bind_advantage``, ``algorithm.policy_loss`` -> ``get_policy_loss``). ``options`` maps the

@@ -40,15 +40,13 @@ from megatron_hapo.trainer.optim import DTYPES, build_optimizer, build_scheduler
 logger = logging.getLogger(__name__)
 
 
-def metrics_to_host(rows: list[dict[str, torch.Tensor]]) -> list[dict[str, float]]:
-    """Per-micro-batch metric tensors (0-d, on the compute device) -> floats, with one device-to-host copy
-    for the whole update: a ``float()`` per metric inside the loss function would stop the CPU until the
-    GPU caught up, about 20 times per micro-batch, before the backward could be queued."""
-    if not rows:
-        return []
-    flat = torch.stack([v.reshape(()).to(torch.float64) for row in rows for v in row.values()]).tolist()
-    values = iter(flat)
-    return [{k: next(values) for k in row} for row in rows]
+def metrics_to_host(rows: list[dict[str, torch.Tensor | float]]) -> list[dict[str, float]]:
+    """Per-micro-batch metrics (0-d tensors on the compute device, or plain numbers) -> floats, with one
+    device-to-host copy for the whole update: a ``float()`` per metric inside the loss function would stop
+    the CPU until the GPU caught up, about 20 times per micro-batch, before the backward could be queued."""
+    tensors = [v.reshape(()).to(torch.float64) for r in rows for v in r.values() if torch.is_tensor(v)]
+    host = iter(torch.stack(tensors).tolist() if tensors else [])
+    return [{k: next(host) if torch.is_tensor(v) else float(v) for k, v in r.items()} for r in rows]
 
 
 class Policy:
@@ -235,7 +233,9 @@ class Policy:
                         policy_loss=self.policy_loss,
                         segments=part.segments,
                     )
-                    _out.append({k: v.detach() for k, v in metrics.items()})  # to host after the schedule
+                    # detached (a metric holding its graph would keep the activations alive), to the
+                    # host once after the schedule
+                    _out.append({k: v.detach() if torch.is_tensor(v) else v for k, v in metrics.items()})
                     return loss * _scale, {"pg_loss": loss.detach().clone()}
 
                 return output, loss_func
