@@ -204,5 +204,6 @@ def _loss_metrics(loss, terms, h_hat, entropy, mask, stats) -> dict[str, torch.T
             m["entropy/mean"] = masked_mean(entropy.detach().to(f), valid)
         if stats is not None:
             for key, value in stats.to_dict().items():
-                m[f"entropy/{key}"] = torch.tensor(value, dtype=f, device=valid.device)
+                # a fill kernel: torch.tensor(value, device=cuda) would be a blocking host-to-device copy
+                m[f"entropy/{key}"] = torch.full((), value, dtype=f, device=valid.device)
         return m
