@@ -7,6 +7,7 @@ index (:meth:`Experience.micro_batch`), so nothing is padded, un-padded and re-p
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,74 +157,91 @@ class Experience:
             k: getattr(self, k).to(device)
             for k in (*_PER_TOKEN, "offsets", "prompt_lens", "response_lens", "group_ids")
         }
-        return Experience(**moved, step_index=self.step_index, weight_versions=self.weight_versions)
+        exp = Experience(**moved, step_index=self.step_index, weight_versions=self.weight_versions)
+        exp.__dict__["host_offsets"] = self.host_offsets  # the cached property, carried: no device read
+        return exp
+
+    @functools.cached_property
+    def host_offsets(self) -> list[int]:
+        """``offsets`` on the host, read once: micro-batch indices are built from it without a device sync."""
+        return self.offsets.tolist()
 
     def micro_batch(self, rows: list[int] | tuple[int, ...], seq_len: int) -> MicroBatch:
         """Rows ``rows`` (indices into this Experience) as a ``[len(rows), seq_len]`` micro-batch; no rows =
-        one all-padding row (zero loss). ``seq_len`` must hold the longest of them."""
+        one all-padding row (zero loss). ``seq_len`` must hold the longest of them.
+
+        The index is built on the host and copied once, without blocking (like every shape and check here,
+        so that the host can queue the next micro-batch while the device still runs this one)."""
         dev = self.tokens.device
-        rows_t = torch.tensor(list(rows), dtype=torch.long, device=dev)
-        ar = torch.arange(seq_len, device=dev)
-        if rows_t.numel():
-            lens = self.seq_lens[rows_t]
-            if int(lens.max()) > seq_len:
-                raise ValueError(
-                    f"a sequence of {int(lens.max())} tokens does not fit a micro-batch of {seq_len}"
-                )
-            index = self.offsets[rows_t][:, None] + ar
-            index = torch.where(ar < lens[:, None], index, torch.full_like(index, self.pad_slot))
-        else:
-            index = torch.full((1, seq_len), self.pad_slot, dtype=torch.long, device=dev)
+        offs = self.host_offsets
+        lens = [offs[i + 1] - offs[i] for i in rows]
+        if lens and max(lens) > seq_len:
+            raise ValueError(f"a sequence of {max(lens)} tokens does not fit a micro-batch of {seq_len}")
+        index = torch.full((max(len(rows), 1), seq_len), self.pad_slot, dtype=torch.long)
+        for j, (i, n) in enumerate(zip(rows, lens)):
+            index[j, :n] = torch.arange(offs[i], offs[i] + n)
+        (index,) = _to_device(dev, index)
         b = index.shape[0]
         fields = {k: getattr(self, k)[index] for k in _PER_TOKEN}
+        ar = torch.arange(seq_len, device=dev)
         causal = torch.ones(1, 1, seq_len, seq_len, dtype=torch.bool, device=dev).triu(1)
         return MicroBatch(index, ar.expand(b, seq_len).contiguous(), causal, **fields)
 
     def packed_micro_batch(self, rows: list[int] | tuple[int, ...], seq_len: int, packing: str) -> MicroBatch:
         """Rows ``rows`` back to back in ONE row of ``seq_len`` tokens (see :class:`MicroBatch`), for
-        ``packing`` "mask" (block-diagonal causal mask) or "thd" (``PackedSeqParams``)."""
+        ``packing`` "mask" (block-diagonal causal mask) or "thd" (``PackedSeqParams``). Built on the host
+        like :meth:`micro_batch`; only the ``[s, s]`` mask is built on the device."""
         if packing not in ("mask", "thd"):
             raise ValueError(f"packing must be 'mask' or 'thd', got {packing!r}")
         if not rows:
             return self.micro_batch(rows, seq_len)
         dev = self.tokens.device
-        rows_t = torch.tensor(list(rows), dtype=torch.long, device=dev)
-        lens = self.seq_lens[rows_t]
-        total = int(lens.sum())
+        offs = self.host_offsets
+        lens = [offs[i + 1] - offs[i] for i in rows]
+        total = sum(lens)
         if total > seq_len:
             raise ValueError(f"{total} packed tokens do not fit a row of {seq_len}")
         # segment lengths of the row: the sequences, then the trailing padding as a sequence of its own
-        seg_lens = torch.cat([lens, lens.new_full((1,), seq_len - total)]) if total < seq_len else lens
-        seg_id = torch.repeat_interleave(torch.arange(seg_lens.numel(), device=dev), seg_lens)  # [s]
+        seg_lens = torch.tensor(lens + ([seq_len - total] if total < seq_len else []))
+        seg_id = torch.repeat_interleave(torch.arange(seg_lens.numel()), seg_lens)  # [s]
         starts = torch.cumsum(seg_lens, 0) - seg_lens  # [segments]
-        pos = torch.arange(seq_len, device=dev) - starts[seg_id]  # position within its own sequence
+        pos = torch.arange(seq_len) - starts[seg_id]  # position within its own sequence
+        row_starts = torch.tensor([offs[i] for i in rows])
         index = torch.where(
-            seg_id < len(rows),
-            self.offsets[rows_t][seg_id.clamp_max(len(rows) - 1)] + pos,
-            torch.full_like(pos, self.pad_slot),
+            seg_id < len(rows), row_starts[seg_id.clamp_max(len(rows) - 1)] + pos, self.pad_slot
         )[None]  # [1, s]
+        ar = torch.arange(max(lens))
+        segments = torch.where(ar < torch.tensor(lens)[:, None], starts[: len(rows), None] + ar, -1)
+        cu = torch.zeros(seg_lens.numel() + 1, dtype=torch.int32)
+        cu[1:] = torch.cumsum(seg_lens, 0).to(torch.int32)
+        index, pos, segments, seg_id, cu = _to_device(
+            dev, index, pos[None].contiguous(), segments, seg_id, cu
+        )
         fields = {k: getattr(self, k)[index] for k in _PER_TOKEN}
-        width = int(lens.max())
-        ar = torch.arange(width, device=dev)
-        segments = torch.where(ar < lens[:, None], starts[: len(rows), None] + ar, torch.full_like(ar, -1))
         if packing == "mask":
             q = torch.arange(seq_len, device=dev)
             # True = masked (Megatron's convention): keys of other sequences, and the future
             mask = ((seg_id[:, None] != seg_id[None, :]) | (q[None, :] > q[:, None]))[None, None]
-            return MicroBatch(index, pos[None].contiguous(), mask, **fields, segments=segments)
+            return MicroBatch(index, pos, mask, **fields, segments=segments)
         from megatron.core.packed_seq_params import PackedSeqParams
 
-        cu = torch.zeros(seg_lens.numel() + 1, dtype=torch.int32, device=dev)
-        cu[1:] = torch.cumsum(seg_lens, 0).to(torch.int32)
         longest = int(seg_lens.max())
         params = PackedSeqParams(
             qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=longest, max_seqlen_kv=longest
         )
-        return MicroBatch(
-            index, pos[None].contiguous(), None, **fields, segments=segments, packed_seq_params=params
-        )
+        return MicroBatch(index, pos, None, **fields, segments=segments, packed_seq_params=params)
 
     def scatter(self, name: str, mb: MicroBatch, values: torch.Tensor) -> None:
-        """Write ``values [b, s]`` of micro-batch ``mb`` into the flat field ``name`` (padding dropped)."""
-        real = mb.index != self.pad_slot
-        getattr(self, name)[mb.index[real]] = values[real].to(getattr(self, name).dtype)
+        """Write ``values [b, s]`` of micro-batch ``mb`` into the flat field ``name`` (padding dropped: the
+        pad slot is written its own value, so no boolean indexing, which would wait for the device)."""
+        field = getattr(self, name)
+        keep = field[self.pad_slot].clone()
+        field[mb.index] = torch.where(mb.index != self.pad_slot, values.to(field.dtype), keep)
+
+
+def _to_device(device: torch.device, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Host tensors -> ``device``; to a GPU from pinned memory without blocking the host (a copy from
+    pageable memory waits for the device's queue to drain first)."""
+    if device.type != "cuda":
+        return tuple(t.to(device) for t in tensors)
+    return tuple(t.pin_memory().to(device, non_blocking=True) for t in tensors)

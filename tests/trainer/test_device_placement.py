@@ -111,11 +111,11 @@ def test_policy_update_state_and_batch_on_the_current_device(tmp_path, current_d
     # the step's data goes to the compute device once, as learn() builds it
     exp = Experience.build(samples, *args, device=compute_device())
     assert _misplaced([(k, v) for k, v in vars(exp).items() if isinstance(v, torch.Tensor)], device) == []
-    # a micro-batch (gathered here on the host: `meta` tensors hold no lengths to gather by) through DDP
-    mb = Experience.build(samples, *args).micro_batch(range(4), seq_len)
-    tokens, position_ids, causal, mask = (
-        t.to(device) for t in (mb.tokens, mb.position_ids, mb.attention_mask, mb.mask)
-    )
+    # micro-batches index the device's Experience from host-side offsets (`meta` holds no values to read)
+    for mb in (exp.micro_batch(range(4), seq_len), exp.packed_micro_batch(range(4), 4 * seq_len, "mask")):
+        assert _misplaced([(k, v) for k, v in vars(mb).items() if isinstance(v, torch.Tensor)], device) == []
+    mb = exp.micro_batch(range(4), seq_len)
+    tokens, position_ids, causal, mask = mb.tokens, mb.position_ids, mb.attention_mask, mb.mask
     policy.model.train()
     policy.model.zero_grad_buffer()
     logits = policy.model(tokens, position_ids, causal)
