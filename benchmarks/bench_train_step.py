@@ -17,6 +17,10 @@ half). MFU = update FLOPs / time / 989 TFLOP/s (dense bf16 peak of an H100/H200 
 one layer's ``core_attention`` (QK^T, masked softmax, AV) timed alone on the step's shapes, forward +
 backward, times L x micro-batches, over the update time.
 
+On CUDA it also counts the host syncs of one update (``torch.cuda.set_sync_debug_mode("warn")``) and names
+their commonest call sites: building micro-batches and collecting the loss metrics make none, so what is
+left is the optimizer step's and Megatron's.
+
 Goal (issue 16): MFU >= 30% with the local spec.
 
     python benchmarks/bench_train_step.py --device cuda                     # 1.5B, s=4096, ~60-90 s on an H200
@@ -103,6 +107,24 @@ def attention_seconds(policy, seq: int, mbs: int, device: str, iters: int) -> fl
     return timed(run, device, iters)
 
 
+def host_syncs(fn) -> tuple[int, list[tuple[str, int]]]:
+    """Synchronising CUDA calls (the host waits for the device) made by one call of ``fn``, counted with
+    ``torch.cuda.set_sync_debug_mode("warn")``: their number and the five commonest call sites."""
+    import collections
+    import warnings
+
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fn()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    sites = collections.Counter(f"{Path(w.filename).name}:{w.lineno}" for w in syncs)
+    return len(syncs), sites.most_common(5)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=("cpu", "cuda"))
@@ -169,6 +191,7 @@ def main() -> None:
 
         upd_s = timed(update, device, args.iters)
         sync(device)
+        n_syncs, sync_sites = host_syncs(update) if device == "cuda" else (None, [])
         peak = peak_mib(device)
         att_s = attention_seconds(policy, seq, args.mbs, device, args.iters)
 
@@ -202,6 +225,12 @@ def main() -> None:
     print(
         f"| old-policy pass | {old_s * 1e3:.0f} | {tokens / old_s:,.0f} | {old_flops / old_s / 1e12:.1f} | {old_mfu} | - | forward only |"
     )
+    if n_syncs is not None:
+        sites = ", ".join(f"{site} x{n}" for site, n in sync_sites) or "none"
+        print(
+            f"\n# host syncs in one update ({batch // args.mbs} micro-batches; optimizer step included): "
+            f"{n_syncs}; commonest call sites: {sites}"
+        )
     print()
     print(goal(None if mfu is None else mfu >= 0.30, f"MFU >= 30% with the local spec: {mfu_txt}"))
     print(f"# total {time.time() - started:.0f} s")
