@@ -128,7 +128,9 @@ def forward_log_prob_entropy(
         logits = forward_micro_batch(model_chunk, batch)  # packed rows too (models/packing.py)
 
         def collect(output, non_loss_data=False):
-            local = mask_padded_vocab(output.float(), vocab_size)  # [b, s, V/tp]
+            # in the model's dtype, as the update feeds the loss: the op computes in fp32 inside, so an fp32
+            # copy of bf16 logits would only cost 2x their memory (what the dry-run plan does not count)
+            local = mask_padded_vocab(output, vocab_size)  # [b, s, V/tp]
             lp, ent = vocab_parallel_logprob_entropy(
                 local.reshape(-1, local.shape[-1]),
                 batch.targets.reshape(-1),
