@@ -90,8 +90,7 @@ def per_token_rotary(model, position_ids: torch.Tensor):
     if position_ids.dim() != 2 or position_ids.shape[0] != 1:
         raise ValueError(f"per-token rotary positions need one packed row, got {tuple(position_ids.shape)}")
     positions = position_ids[0]
-    n = positions.numel()
-    top = int(positions.max()) + 1
+    n = positions.numel()  # positions restart per sequence, so all are < n: a table of n rows covers them
     patched = []
     for rope in rotary_modules(model):
         original = rope.forward  # the class's (lru-cached) forward, bound
@@ -101,7 +100,7 @@ def per_token_rotary(model, position_ids: torch.Tensor):
                 raise RuntimeError(
                     f"packed row of {n} tokens, but the rotary embedding was asked for {max_seq_len} positions"
                 )
-            table = _orig(top, offset, packed_seq, cp_group)  # [top, 1, 1, d]
+            table = _orig(n, offset, packed_seq, cp_group)  # [n, 1, 1, d]; row p depends on p alone
             return table[positions.to(table.device)]
 
         rope.forward = forward  # an instance attribute: nn.Module.__call__ finds it first

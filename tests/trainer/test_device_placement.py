@@ -123,6 +123,11 @@ def test_policy_update_state_and_batch_on_the_current_device(tmp_path, current_d
     (logits.float().logsumexp(-1) * mask).sum().backward()
     grads = [(n, p.main_grad) for n, p in policy.model.named_parameters()]
     assert _misplaced(grads, device, torch.float32) == []
+    # a packed row through the policy's per-token rotary positions, still without reading a device value
+    from megatron_hapo.models.packing import forward_micro_batch
+
+    packed = forward_micro_batch(policy.model, exp.packed_micro_batch(range(4), 4 * seq_len, "mask"))
+    assert packed.device == device and packed.shape[:2] == (1, 4 * seq_len)
 
 
 def test_smoke_tiny_gpt_on_the_current_device(current_device_meta):
