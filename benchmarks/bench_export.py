@@ -129,6 +129,7 @@ def main() -> None:
     print("# goal: none stated (issue 16); reference numbers for the weight sync")
     print(f"# total {time.time() - started:.0f} s")
     hp.destroy_model_parallel()
+    torch.distributed.destroy_process_group()  # NCCL's own teardown at exit can hang
 
 
 if __name__ == "__main__":

@@ -410,7 +410,7 @@ def main() -> None:
             torch.set_num_threads(spec["threads"])
         result = worker_memory(spec) if spec["kind"] == "memory" else worker_timing(spec)
         print(json.dumps(result), flush=True)
-        return
+        os._exit(0)  # the result is out: no process-group or CUDA teardown may hold the driver's timeout
 
     device = args.device
     if device == "cuda" and not torch.cuda.is_available():
@@ -437,10 +437,12 @@ def main() -> None:
         memory = {}
         for impl in impls:  # a fresh process per implementation: its peak is its own
             memory[impl] = run_worker("memory", dict(base, impl=impl), args.timeout)
-            print(f"# memory {impl} {n}x{v} {dt} ({time.time() - started:.0f}s)", file=sys.stderr, flush=True)
+            # on stdout as it comes: a run cut short by its time limit keeps what it measured
+            print(f"# memory {impl} {n}x{v} {dt}: {json.dumps(memory[impl])} ({time.time() - started:.0f}s)",
+                  flush=True)  # fmt: skip
         ok = [i for i in impls if "error" not in memory[i]]
         timing = run_worker("timing", dict(base, impls=ok), args.timeout) if ok else {}
-        print(f"# timing {n}x{v} {dt} ({time.time() - started:.0f}s)", file=sys.stderr, flush=True)
+        print(f"# timing {n}x{v} {dt}: {json.dumps(timing)} ({time.time() - started:.0f}s)", flush=True)
         for impl in impls:
             err = memory[impl].get("error") or timing.get("error")
             row = dict(base, impl=impl)

@@ -235,6 +235,7 @@ def main() -> None:
     print(goal(None if mfu is None else mfu >= 0.30, f"MFU >= 30% with the local spec: {mfu_txt}"))
     print(f"# total {time.time() - started:.0f} s")
     hp.destroy_model_parallel()
+    torch.distributed.destroy_process_group()  # NCCL's own teardown at exit can hang
 
 
 if __name__ == "__main__":

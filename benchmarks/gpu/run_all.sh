@@ -14,8 +14,10 @@
 #
 # Time (H200, estimates before any run; each step is also cut by its own limit and by the budget left):
 #   install ~5 s | import ~15 s | pytest ~60 s (Triton JIT, NCCL init) | train_step ~60 s (1.5B build + 4+4
-#   passes of 4 x 4096 tokens) | triton_check ~30 s (two 5 GB gradients) | sampler_math ~30 s (torch.compile's Triton entropy kernel: dynamo on for this step only) | export ~25 s |
-#   logprob_entropy ~90 s (one process per implementation) => ~300 s; --quick ~150 s.
+#   passes of 4 x 4096 tokens; 3072 on a GPU under 100 GB) | logprob_entropy ~90 s (one process per
+#   implementation; before the rest, as the likeliest to meet the budget's end) | triton_check ~30 s (two 5 GB
+#   gradients) | sampler_math ~30 s (torch.compile's Triton entropy kernel: dynamo on for this step only) |
+#   export ~25 s => ~300 s; --quick ~150 s.
 # Not run here (not on the GPU image): SGLang (bench_sampler.py, FP8 rollout tests), Transformer Engine
 # (its FP8 test skips, saying so).
 #
@@ -42,6 +44,8 @@ STEPS="${STEPS:-install import pytest train_step triton_check sampler_math expor
 SITE=/tmp/hapo_gpu_site
 # TORCHDYNAMO_DISABLE: Megatron's jit_fuser (torch.compile) stays off, so no compile time eats the budget
 export PYTHONUNBUFFERED=1 NCCL_DEBUG=WARN TORCHDYNAMO_DISABLE=1
+# fewer out-of-memory failures from fragmentation at the large shapes (train_step, logprob_entropy)
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 # CPU dry run: what the GPU image lacks (SGLang, TE, ...) is made unimportable here too
 [ "$DEVICE" = cpu ] && export PYTHONPATH="$ROOT/benchmarks/gpu/image_sim:$PYTHONPATH"
@@ -52,7 +56,8 @@ TMP="$(mktemp -d)"
   echo "# GPU run $(date -u +%Y-%m-%dT%H:%MZ) ($([ "$QUICK" = 1 ] && echo quick || echo full), DEVICE=$DEVICE, budget ${BUDGET} s)"
   echo
   echo "command: \`bash benchmarks/gpu/run_all.sh $*\` at $(git rev-parse --short HEAD 2>/dev/null || echo '?');" \
-    "env: PYTHONUNBUFFERED=1 NCCL_DEBUG=WARN TORCHDYNAMO_DISABLE=1 (torch.compile off, except in sampler_math)"
+    "env: PYTHONUNBUFFERED=1 NCCL_DEBUG=WARN TORCHDYNAMO_DISABLE=1 (torch.compile off, except in sampler_math)" \
+    "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True"
   echo
   echo '```'
   timeout 10 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 || echo "nvidia-smi: not available"
@@ -137,6 +142,13 @@ GPU_TESTS=(tests/ops/test_gpu_kernels.py tests/trainer/test_learn_step.py tests/
 step pytest 150 "$PY" -m pytest -q -p no:cacheprovider -m gpu -rs --timeout=100 "${GPU_TESTS[@]}"
 
 # --- the five measurements
+# train_step keeps the local spec's fp32 attention scores for backward: 4 x 4096 tokens of the 1.5B model
+# peak near 75 GiB (28 layers x ~1.7 GiB + ~26 GiB of weights, gradients and optimizer state), too close
+# to an H100's 80 GiB; 3072 tokens (~55 GiB) there, 4096 on an H200
+GPU_MIB=$(timeout 10 nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1 | tr -dc 0-9)
+TRAIN_SEQ=4096
+if [ -n "$GPU_MIB" ] && [ "$GPU_MIB" -lt 100000 ]; then TRAIN_SEQ=3072; fi
+printf '\ntrain_step sequence length: %s (GPU memory %s MiB)\n' "$TRAIN_SEQ" "${GPU_MIB:-unknown}" >> "$RESULTS"
 if [ "$DEVICE" = cpu ]; then
   # dry run: tiny sizes, to prove the scripts and this file work end to end
   step train_step 120 "$PY" benchmarks/bench_train_step.py --device cpu --tiny --iters 1
@@ -147,18 +159,19 @@ if [ "$DEVICE" = cpu ]; then
     --repeats 1 --impls naive,megatron-ce,ours-torch,ours-lp-only,hapo-loss --timeout 60
 elif [ "$QUICK" = 1 ]; then
   step train_step 70 "$PY" benchmarks/bench_train_step.py --device cuda --seq 2048 --batch 2 --iters 2
+  step logprob_entropy 75 "$PY" benchmarks/bench_logprob_entropy.py --device cuda --shapes 16384x151936xbf16 \
+    --repeats 3 --impls naive,megatron-ce,ours-triton,ours-lp-only,hapo-loss --timeout 40
   step triton_check 45 "$PY" benchmarks/bench_triton_check.py --device cuda --iters 1
   step sampler_math 60 env TORCHDYNAMO_DISABLE=0 "$PY" benchmarks/bench_sampler_math.py --device cuda --batch 256 --iters 20
   step export 40 "$PY" benchmarks/bench_export.py --device cuda --iters 1
-  step logprob_entropy 75 "$PY" benchmarks/bench_logprob_entropy.py --device cuda --shapes 16384x151936xbf16 \
-    --repeats 3 --impls naive,megatron-ce,ours-triton,ours-lp-only,hapo-loss --timeout 40
 else
-  step train_step 120 "$PY" benchmarks/bench_train_step.py --device cuda --seq 4096 --batch 4 --iters 3
+  step train_step 120 "$PY" benchmarks/bench_train_step.py --device cuda --seq "$TRAIN_SEQ" --batch 4 --iters 3
+  # (b) before (c)-(e): its eight worker processes are the step most likely to meet the budget's end
+  step logprob_entropy 120 "$PY" benchmarks/bench_logprob_entropy.py --device cuda --shapes 16384x151936xbf16 \
+    --repeats 5 --timeout 50
   step triton_check 60 "$PY" benchmarks/bench_triton_check.py --device cuda --iters 3
   step sampler_math 75 env TORCHDYNAMO_DISABLE=0 "$PY" benchmarks/bench_sampler_math.py --device cuda --iters 50
   step export 60 "$PY" benchmarks/bench_export.py --device cuda --iters 3
-  step logprob_entropy 120 "$PY" benchmarks/bench_logprob_entropy.py --device cuda --shapes 16384x151936xbf16 \
-    --repeats 5 --timeout 50
 fi
 
 {
