@@ -177,15 +177,18 @@ class Experience:
         lens = [offs[i + 1] - offs[i] for i in rows]
         if lens and max(lens) > seq_len:
             raise ValueError(f"a sequence of {max(lens)} tokens does not fit a micro-batch of {seq_len}")
-        index = torch.full((max(len(rows), 1), seq_len), self.pad_slot, dtype=torch.long)
-        for j, (i, n) in enumerate(zip(rows, lens)):
-            index[j, :n] = torch.arange(offs[i], offs[i] + n)
+        ar = torch.arange(seq_len)
+        if rows:
+            starts = torch.tensor([offs[i] for i in rows])
+            index = torch.where(ar < torch.tensor(lens)[:, None], starts[:, None] + ar, self.pad_slot)
+        else:
+            index = torch.full((1, seq_len), self.pad_slot, dtype=torch.long)
         (index,) = _to_device(dev, index)
         b = index.shape[0]
         fields = {k: getattr(self, k)[index] for k in _PER_TOKEN}
-        ar = torch.arange(seq_len, device=dev)
+        positions = torch.arange(seq_len, device=dev).expand(b, seq_len).contiguous()
         causal = torch.ones(1, 1, seq_len, seq_len, dtype=torch.bool, device=dev).triu(1)
-        return MicroBatch(index, ar.expand(b, seq_len).contiguous(), causal, **fields)
+        return MicroBatch(index, positions, causal, **fields)
 
     def packed_micro_batch(self, rows: list[int] | tuple[int, ...], seq_len: int, packing: str) -> MicroBatch:
         """Rows ``rows`` back to back in ONE row of ``seq_len`` tokens (see :class:`MicroBatch`), for
