@@ -187,6 +187,8 @@ class SGLangFleet:
             self._session.headers["Authorization"] = f"Bearer {self._api_key}"
         self.servers: list[FleetProcess] = []
         self.lost_servers: list[str] = []  # URLs of servers dropped under on_server_failure=continue
+        # the request threads all call check_servers after a failed attempt: a dead server is dropped once
+        self._check_lock = threading.Lock()
         self._router: FleetProcess | None = None
         self.request_gate = RequestGate()
         atexit.register(self.shutdown)  # never leave servers behind when the trainer dies
@@ -320,7 +322,14 @@ class SGLangFleet:
     def check_servers(self) -> list[FleetProcess]:
         """Find dead servers; drop them (``continue``) or raise (``fail``); return the ones dropped.
         Raises if none is left. Dropping a server changes ``num_engine_ranks``, which makes the distributed
-        weight-sync transport rebuild its group without it before the next broadcast."""
+        weight-sync transport rebuild its group without it before the next broadcast.
+
+        Thread-safe: the threads of one ``generate`` that lost the same server find it once; the others,
+        waiting on the lock, then see the list without it (they raced to ``list.remove`` it before)."""
+        with self._check_lock:
+            return self._drop_dead_servers()
+
+    def _drop_dead_servers(self) -> list[FleetProcess]:
         dead = self._dead_servers()
         for s in dead:
             code = s.process.poll() if s.process is not None else None
@@ -334,7 +343,7 @@ class SGLangFleet:
                 "%s; continuing on the remaining %d server(s) (rollout.on_server_failure=continue)",
                 msg, len(self.servers) - 1,
             )  # fmt: skip
-            self.servers.remove(s)
+            self.servers = [x for x in self.servers if x is not s]  # a new list: readers keep a whole one
             self.lost_servers.append(s.url)
             self._remove_from_router(s)
         if not self.servers:
@@ -378,7 +387,8 @@ class SGLangFleet:
         first = sampling if isinstance(sampling, dict) else sampling[0]
         if self._router is not None and not {"custom_params", "sampling_seed"} & set(first):
             return self._router.url
-        return self.servers[hash(tuple(prompt)) % len(self.servers)].url
+        servers = self.servers  # one read: check_servers may replace the list meanwhile
+        return servers[hash(tuple(prompt)) % len(servers)].url
 
     def _generate_one(
         self, prompt: list[int], params: GenerationParams, cancel: threading.Event | None = None
