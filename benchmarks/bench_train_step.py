@@ -18,8 +18,8 @@ one layer's ``core_attention`` (QK^T, masked softmax, AV) timed alone on the ste
 backward, times L x micro-batches, over the update time.
 
 On CUDA it also counts the host syncs of one update (``torch.cuda.set_sync_debug_mode("warn")``) and names
-their commonest call sites: building micro-batches and collecting the loss metrics make none; the fused
-op's input check makes one per micro-batch, and the optimizer step and Megatron make the rest.
+their commonest call sites. By design building micro-batches and collecting the loss metrics make none
+and the fused op's input check one per micro-batch; the count checks that on the device (not yet run).
 
 Goal (issue 16): MFU >= 30% with the local spec.
 
