@@ -1,6 +1,7 @@
 """Benchmark (a): the policy update and the old-policy pass of a Qwen2.5-1.5B-shaped model on Megatron.
 
-Random initialisation, local layer spec (unfused attention, no Transformer Engine), one GPU, bf16 with
+Random initialisation, local layer spec (no Transformer Engine; its core attention ``--local-attention``,
+default auto = SDPA's fused kernels on CUDA, Megatron's unfused attention on CPU), one GPU, bf16 with
 Megatron's bf16 optimizer, sequences of ``--seq`` tokens (response = all but the first 256). Measures
 ``Policy.update`` (forward, fused HAPO loss, backward, optimizer step; one optimizer step over ``--batch``
 sequences in micro-batches of ``--mbs``) and ``Policy.old_policy_pass`` (forward-only scoring).
@@ -12,10 +13,11 @@ output layer's V_pad x d when it is tied to the embedding):
     update    = 6 N T + 12 L s h_att T      (forward 2 N + 4 L s h_att per token; backward twice that)
     old pass  = 2 N T +  4 L s h_att T
 
-The attention term counts the full s x s products the local spec computes (it does not skip the causal
-half). MFU = update FLOPs / time / 989 TFLOP/s (dense bf16 peak of an H100/H200 SXM). Attention's share:
-one layer's ``core_attention`` (QK^T, masked softmax, AV) timed alone on the step's shapes, forward +
-backward, times L x micro-batches, over the update time.
+The attention term counts the full s x s products unfused attention computes (the flash kernel skips the
+causal half; one formula for both). MFU = update FLOPs / time / 989 TFLOP/s (dense bf16 peak of an
+H100/H200 SXM). Attention's share: one layer's core attention (QK^T, masked softmax, AV) timed alone on the
+step's shapes, forward + backward, times L x micro-batches, over the update time. Both core attentions,
+SDPA and unfused, are timed so on the same inputs, side by side.
 
 On CUDA it also counts the host syncs of one update (``torch.cuda.set_sync_debug_mode("warn")``) and names
 their commonest call sites. By design building micro-batches and collecting the loss metrics make none
@@ -79,12 +81,15 @@ def make_samples(n: int, seq: int, vocab: int, prompt_len: int):
     return out
 
 
-def attention_seconds(policy, seq: int, mbs: int, device: str, iters: int) -> float:
-    """Forward + backward of one layer's core attention on [s, b, heads, head_dim] bf16 inputs."""
+def attention_seconds(policy, seq: int, mbs: int, device: str, iters: int) -> dict[str, float]:
+    """Forward + backward of one layer's core attention on [s, b, heads, head_dim] inputs of the policy's
+    dtype, for each local core attention ("sdpa", "unfused"), built from the policy's own config."""
+    from megatron.core.transformer.dot_product_attention import DotProductAttention
     from megatron.core.transformer.enums import AttnMaskType
 
+    from megatron_hapo.models.sdpa_attention import SDPAttention
+
     gpt = policy.model.module
-    core = gpt.decoder.layers[0].self_attention.core_attention
     arch = policy.arch
     dtype = next(gpt.parameters()).dtype
     q = torch.randn(seq, mbs, arch.num_attention_heads, arch.head_dim, device=device, dtype=dtype)
@@ -94,17 +99,19 @@ def attention_seconds(policy, seq: int, mbs: int, device: str, iters: int) -> fl
     q.requires_grad_(True)
     for t in kv:
         t.requires_grad_(True)
-    mask = torch.ones(1, 1, seq, seq, dtype=torch.bool, device=device).triu(1)
-    grad = None
-
-    def run():
-        nonlocal grad
-        out = core(q, kv[0], kv[1], mask, attn_mask_type=AttnMaskType.causal)
-        if grad is None:
-            grad = torch.randn_like(out)
-        out.backward(grad)
-
-    return timed(run, device, iters)
+    causal = torch.ones(1, 1, seq, seq, dtype=torch.bool, device=device).triu(1)
+    grad = torch.randn(seq, mbs, arch.num_attention_heads * arch.head_dim, device=device, dtype=dtype)
+    kw = dict(layer_number=1, attn_mask_type=AttnMaskType.causal, attention_type="self")
+    out = {}
+    # unfused is given the causal mask, SDPA none (causal), as the trainer's micro-batches do
+    for name, core, mask in (
+        ("sdpa", SDPAttention(gpt.config, **kw), None),
+        ("unfused", DotProductAttention(gpt.config, **kw), causal),
+    ):
+        out[name] = timed(
+            lambda core=core, mask=mask: core(q, kv[0], kv[1], mask).backward(grad), device, iters
+        )
+    return out
 
 
 def host_syncs(fn) -> tuple[int, list[tuple[str, int]]]:
@@ -133,6 +140,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, help="sequences per optimizer step (default 4; tiny: 4)")
     ap.add_argument("--mbs", type=int, default=1, help="sequences per micro-batch")
     ap.add_argument("--iters", type=int, default=3, help="timed updates (after one warm-up)")
+    ap.add_argument(
+        "--local-attention", choices=("auto", "sdpa", "unfused"), default="auto",
+        help="model.local_attention of the measured policy (auto: sdpa on CUDA, unfused on CPU)",
+    )  # fmt: skip
     args = ap.parse_args()
     device = pick_device(args.device)
     seq = args.seq or (128 if args.tiny else 4096)
@@ -158,6 +169,7 @@ def main() -> None:
     dtype = "bf16" if device == "cuda" else "fp32"
     overrides = [
         f"model.hf_path={model_dir}", "model.load_weights=false", "model.layer_spec=local",
+        f"model.local_attention={args.local_attention}",
         f"precision.dtype={dtype}", f"data.micro_batch_size={args.mbs}", f"data.mini_batch_size={batch // 2}",
         f"data.train_batch_size={batch // 2}", "sampling.train.n=2", "parallel.use_distributed_optimizer=false",
         "optim.lr=1e-6", f"trainer.run_dir={tmp / 'run'}",
@@ -168,6 +180,11 @@ def main() -> None:
         build_s = time.time() - started
         gpt = policy.model.module
         arch = policy.arch
+        attention = (
+            "sdpa"
+            if type(gpt.decoder.layers[0].self_attention.core_attention).__name__ == "SDPAttention"
+            else "unfused"
+        )
         n_mm = matmul_params(gpt, arch)
         samples = make_samples(batch, seq, arch.vocab_size, prompt_len)
         # the trainer's layout: one Experience on the device, micro-batches of --mbs full-length sequences
@@ -200,14 +217,14 @@ def main() -> None:
     att_flops = arch.num_layers * seq * h_att
     upd_flops = tokens * (6 * n_mm + 12 * att_flops)
     old_flops = tokens * (2 * n_mm + 4 * att_flops)
-    att_share = att_s * arch.num_layers * (batch // args.mbs) / upd_s
+    att_share = att_s[attention] * arch.num_layers * (batch // args.mbs) / upd_s
     mfu = upd_flops / upd_s / PEAK_BF16_FLOPS if device == "cuda" else None
 
     header("bench_train_step (Policy.update through the fused HAPO loss; old-policy pass)", device)
     print(
         f"# model: {'tiny ' if args.tiny else ''}Qwen2.5-1.5B shape, L={arch.num_layers} d={arch.hidden_size} "
         f"heads={arch.num_attention_heads}/{arch.num_kv_heads} V={arch.vocab_size}, N (matmul params) "
-        f"{n_mm / 1e9:.3f} B, {dtype}, local spec, random init; built in {build_s:.0f} s"
+        f"{n_mm / 1e9:.3f} B, {dtype}, local spec with {attention} attention, random init; built in {build_s:.0f} s"
     )
     print(
         f"# step: {batch} sequences x {seq} tokens (prompt {prompt_len}), micro-batch {args.mbs}; median of {args.iters} after 1 warm-up"
@@ -225,6 +242,12 @@ def main() -> None:
     print(
         f"| old-policy pass | {old_s * 1e3:.0f} | {tokens / old_s:,.0f} | {old_flops / old_s / 1e12:.1f} | {old_mfu} | - | forward only |"
     )
+    print()
+    print("| core attention alone (one layer, forward + backward, the step's shapes) | ms | x SDPA |")
+    print("|---|---:|---:|")
+    for name, secs in att_s.items():
+        used = " (the update's)" if name == attention else ""
+        print(f"| {name}{used} | {secs * 1e3:.2f} | {secs / att_s['sdpa']:.2f} |")
     if n_syncs is not None:
         sites = ", ".join(f"{site} x{n}" for site, n in sync_sites) or "none"
         print(
@@ -232,7 +255,12 @@ def main() -> None:
             f"{n_syncs}; commonest call sites: {sites}"
         )
     print()
-    print(goal(None if mfu is None else mfu >= 0.30, f"MFU >= 30% with the local spec: {mfu_txt}"))
+    print(
+        goal(
+            None if mfu is None else mfu >= 0.30,
+            f"MFU >= 30% with the local spec ({attention} attention): {mfu_txt}",
+        )
+    )
     print(f"# total {time.time() - started:.0f} s")
     hp.destroy_model_parallel()
     torch.distributed.destroy_process_group()  # NCCL's own teardown at exit can hang

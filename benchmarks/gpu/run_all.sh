@@ -7,6 +7,7 @@
 #   bash benchmarks/gpu/run_all.sh               # GPU machine: everything, <= 6 min (BUDGET=320 s of steps)
 #   bash benchmarks/gpu/run_all.sh --quick       # the rerun: smaller sizes, fewer repeats, <= 3 min
 #   DEVICE=cpu bash benchmarks/gpu/run_all.sh --quick   # dry run of this script on a CPU machine (tiny sizes)
+#   LOCAL_ATTENTION=unfused bash benchmarks/gpu/run_all.sh --quick   # train_step on Megatron's unfused attention
 #   STEPS="install import pytest" bash benchmarks/gpu/run_all.sh   # only the named steps (STEP NAMES below;
 #                                                # keep "install" on a fresh machine: nothing survives it)
 #
@@ -138,34 +139,38 @@ IMPORT_RC=$(grep -o '^## import: .*(rc=[0-9]*' "$RESULTS" | grep -o 'rc=[0-9]*' 
 printf '\nimport check: %s\n' "$IMPORT_RC" >> "$RESULTS"
 
 # --- the GPU tests (skipped with a reason on CPU); SGLang-based GPU tests are not collected (no SGLang here)
-GPU_TESTS=(tests/ops/test_gpu_kernels.py tests/trainer/test_learn_step.py tests/models/test_fp8_training.py tests/trainer/test_packing.py)
+GPU_TESTS=(tests/ops/test_gpu_kernels.py tests/trainer/test_learn_step.py tests/models/test_fp8_training.py tests/trainer/test_packing.py tests/models/test_sdpa_attention.py)
 step pytest 150 "$PY" -m pytest -q -p no:cacheprovider -m gpu -rs --timeout=100 "${GPU_TESTS[@]}"
 
 # --- the five measurements
-# train_step keeps the local spec's fp32 attention scores for backward: 4 x 4096 tokens of the 1.5B model
-# peak near 75 GiB (28 layers x ~1.7 GiB + ~26 GiB of weights, gradients and optimizer state), too close
-# to an H100's 80 GiB; 3072 tokens (~55 GiB) there, 4096 on an H200
+# train_step's policy uses the local spec's SDPA attention (LOCAL_ATTENTION=sdpa, the default on CUDA),
+# which keeps no scores; both core attentions are also timed alone, side by side. LOCAL_ATTENTION=unfused
+# (e.g. for a rerun, should SDPA fail) keeps the fp32 scores for backward: 4 x 4096 tokens of the 1.5B
+# model then peak near 75 GiB (28 layers x ~1.7 GiB + ~26 GiB of weights, gradients and optimizer state),
+# too close to an H100's 80 GiB; 3072 tokens (~55 GiB) there.
+LOCAL_ATTENTION="${LOCAL_ATTENTION:-sdpa}"
 GPU_MIB=$(timeout 10 nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1 | tr -dc 0-9)
 TRAIN_SEQ=4096
-if [ -n "$GPU_MIB" ] && [ "$GPU_MIB" -lt 100000 ]; then TRAIN_SEQ=3072; fi
-printf '\ntrain_step sequence length: %s (GPU memory %s MiB)\n' "$TRAIN_SEQ" "${GPU_MIB:-unknown}" >> "$RESULTS"
+if [ "$LOCAL_ATTENTION" = unfused ] && [ -n "$GPU_MIB" ] && [ "$GPU_MIB" -lt 100000 ]; then TRAIN_SEQ=3072; fi
+[ "$DEVICE" = cpu ] && LOCAL_ATTENTION=auto  # the CPU dry run: whatever auto gives there
+printf '\ntrain_step: sequence length %s, local attention %s (GPU memory %s MiB)\n' "$TRAIN_SEQ" "$LOCAL_ATTENTION" "${GPU_MIB:-unknown}" >> "$RESULTS"
 if [ "$DEVICE" = cpu ]; then
   # dry run: tiny sizes, to prove the scripts and this file work end to end
-  step train_step 120 "$PY" benchmarks/bench_train_step.py --device cpu --tiny --iters 1
+  step train_step 120 "$PY" benchmarks/bench_train_step.py --device cpu --tiny --iters 1 --local-attention "$LOCAL_ATTENTION"
   step triton_check 120 "$PY" benchmarks/bench_triton_check.py --device cpu --tiny --iters 1
   step sampler_math 90 env TORCHDYNAMO_DISABLE=0 "$PY" benchmarks/bench_sampler_math.py --device cpu --tiny --iters 5 --warmup 1
   step export 60 "$PY" benchmarks/bench_export.py --device cpu --tiny --iters 1
   step logprob_entropy 150 "$PY" benchmarks/bench_logprob_entropy.py --device cpu --shapes 256x2048xfp32 \
     --repeats 1 --impls naive,megatron-ce,ours-torch,ours-lp-only,hapo-loss --timeout 60
 elif [ "$QUICK" = 1 ]; then
-  step train_step 70 "$PY" benchmarks/bench_train_step.py --device cuda --seq 2048 --batch 2 --iters 2
+  step train_step 70 "$PY" benchmarks/bench_train_step.py --device cuda --seq 2048 --batch 2 --iters 2 --local-attention "$LOCAL_ATTENTION"
   step logprob_entropy 75 "$PY" benchmarks/bench_logprob_entropy.py --device cuda --shapes 16384x151936xbf16 \
     --repeats 3 --impls naive,megatron-ce,ours-triton,ours-lp-only,hapo-loss --timeout 40
   step triton_check 45 "$PY" benchmarks/bench_triton_check.py --device cuda --iters 1
   step sampler_math 60 env TORCHDYNAMO_DISABLE=0 "$PY" benchmarks/bench_sampler_math.py --device cuda --batch 256 --iters 20
   step export 40 "$PY" benchmarks/bench_export.py --device cuda --iters 1
 else
-  step train_step 120 "$PY" benchmarks/bench_train_step.py --device cuda --seq "$TRAIN_SEQ" --batch 4 --iters 3
+  step train_step 120 "$PY" benchmarks/bench_train_step.py --device cuda --seq "$TRAIN_SEQ" --batch 4 --iters 3 --local-attention "$LOCAL_ATTENTION"
   # (b) before (c)-(e): its eight worker processes are the step most likely to meet the budget's end
   step logprob_entropy 120 "$PY" benchmarks/bench_logprob_entropy.py --device cuda --shapes 16384x151936xbf16 \
     --repeats 5 --timeout 50

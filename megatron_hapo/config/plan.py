@@ -12,10 +12,11 @@ checked. Terms per training GPU (bf16 training, fp32 master weights, Adam):
   full recompute keeps each layer's input (2 T h, / TP under sequence parallelism) plus one layer being
   recomputed (34 T h / TP); no/selective recompute keeps 34 T h / TP per layer. T is micro_batch_size x S
   (S = prompt + response, padded), or the token budget ``data.max_tokens_per_micro_batch`` when one is set.
-  Transformer Engine's fused attention keeps no score matrix; Megatron's local (unfused) attention keeps
-  5 a s^2 / TP bytes per row of length s and layer (scores and softmax in bf16, dropout mask): summed
-  over the micro-batch's rows that is T x S under a token budget and T^2 for a packed row. The first
-  pipeline stage holds up to min(PP, micro-batches) micro-batches in flight.
+  Transformer Engine's fused attention and the local spec's SDPA attention (``model.local_attention``)
+  keep no score matrix; SDPA on a packed row keeps its mask as a bf16 bias, 2 s^2 bytes per layer.
+  Megatron's unfused attention keeps 5 a s^2 / TP bytes per row of length s and layer (scores and softmax
+  in bf16, dropout mask): summed over the micro-batch's rows that is T x S under a token budget and T^2
+  for a packed row. The first pipeline stage holds up to min(PP, micro-batches) micro-batches in flight.
 * logits and their gradient: 2 x 2 B x T x V / TP (the fused log-prob/entropy op adds O(T) only)
 * the old-policy pass, forward only, on micro-batches of its own budget T_old
   (``data.max_tokens_per_old_micro_batch``): one layer's working set at a time (the same per-layer terms
@@ -24,7 +25,8 @@ checked. Terms per training GPU (bf16 training, fp32 master weights, Adam):
 
 The layer spec is the config's; ``layer_spec: auto`` is planned as Transformer Engine's (what a GPU
 cluster has) unless ``data.sequence_packing: mask`` needs the local one, and the packing route follows
-from it as at run time (``models/packing.py``).
+from it as at run time (``models/packing.py``). ``local_attention: auto`` is planned as SDPA (what it
+resolves to on CUDA).
 """
 
 from __future__ import annotations
@@ -96,12 +98,22 @@ def param_counts(arch) -> tuple[int, int, int]:
 class MicroBatchShape:
     """The largest micro-batch of the update (or of the old-policy pass) the layout allows: ``tokens`` in
     all, ``score_pairs`` = the sum over its rows of s^2 (what unfused attention holds per head and layer),
-    and how it is laid out."""
+    the attention that computes it ("te", "sdpa" or "unfused"), whether it is a packed row, and how it is
+    laid out."""
 
     tokens: int
     score_pairs: int
-    te_attention: bool
+    attention: str
+    packed: bool
     describe: str
+
+    def attention_bytes_per_layer(self, heads: int, tp: int) -> float:
+        """What the layer's attention keeps for the backward besides its inputs (module docstring)."""
+        if self.attention == "unfused":
+            return 5 * heads * self.score_pairs / tp
+        if self.attention == "sdpa" and self.packed:
+            return 2 * self.score_pairs
+        return 0
 
 
 def micro_batch_shape(cfg: RootConfig, old_pass: bool = False) -> MicroBatchShape:
@@ -115,16 +127,25 @@ def micro_batch_shape(cfg: RootConfig, old_pass: bool = False) -> MicroBatchShap
     route, _ = resolve_packing(d.sequence_packing, te, budget is not None)
     if old_pass and budget is not None:
         budget = d.max_tokens_per_old_micro_batch or budget
-    spec = "TE fused attention" if te else "local attention"
+    attention = "te" if te else ("sdpa" if cfg.model.local_attention == "auto" else cfg.model.local_attention)
+    spec = {
+        "te": "TE fused attention",
+        "sdpa": "local spec, SDPA attention",
+        "unfused": "local spec, unfused attention",
+    }[attention]
     if budget is None:
         rows = d.micro_batch_size
-        return MicroBatchShape(rows * seq, rows * seq * seq, te, f"micro-batch {rows} x {seq} tokens, {spec}")
+        return MicroBatchShape(
+            rows * seq, rows * seq * seq, attention, False, f"micro-batch {rows} x {seq} tokens, {spec}"
+        )
     if route != "none":
         return MicroBatchShape(
-            budget, budget * budget, te, f"packed rows of {budget} tokens ({route}), {spec}"
+            budget, budget * budget, attention, True, f"packed rows of {budget} tokens ({route}), {spec}"
         )
     # rows x padded length <= budget: the score pairs peak with rows of the longest sequence
-    return MicroBatchShape(budget, budget * seq, te, f"token budget {budget} (rows up to {seq}), {spec}")
+    return MicroBatchShape(
+        budget, budget * seq, attention, False, f"token budget {budget} (rows up to {seq}), {spec}"
+    )
 
 
 def memory_plan(cfg: RootConfig, arch, dp: int) -> MemoryPlan:
@@ -139,8 +160,7 @@ def memory_plan(cfg: RootConfig, arch, dp: int) -> MemoryPlan:
     h, sp = arch.hidden_size, (tp if p.sequence_parallel else 1)
 
     def layer_working_set(mb: MicroBatchShape) -> float:
-        scores = 0 if mb.te_attention else 5 * arch.num_attention_heads * mb.score_pairs / tp
-        return 34 * mb.tokens * h / tp + scores
+        return 34 * mb.tokens * h / tp + mb.attention_bytes_per_layer(arch.num_attention_heads, tp)
 
     update, old = micro_batch_shape(cfg), micro_batch_shape(cfg, old_pass=True)
     if cfg.model.recompute_granularity == "full":
@@ -214,9 +234,9 @@ def render_plan(cfg: RootConfig, world_size: int, gpu_gib: float = 80.0) -> str:
                 else "data.max_tokens_per_micro_batch"
             )
             fixes.append(f"lower {budget}")
-        if cfg.model.layer_spec == "local":
+        if micro_batch_shape(cfg).attention == "unfused":
             fixes.append(
-                "use Transformer Engine's fused attention (model.layer_spec=te), which keeps no scores"
+                "use a fused attention, which keeps no scores: model.local_attention=sdpa (or auto), or TE's (model.layer_spec=te)"
             )
         if engine:
             fixes.append(

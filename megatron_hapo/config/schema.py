@@ -88,6 +88,12 @@ class ModelConfig:
     layer_spec: Literal["auto", "local", "te"] = opt(
         "auto", "Megatron layer spec: te (Transformer Engine), local (pure torch), auto = te if TE imports"
     )
+    local_attention: Literal["auto", "sdpa", "unfused"] = opt(
+        "auto",
+        "core attention of the local spec: sdpa (torch's fused flash / memory-efficient kernels, no s x s "
+        "scores kept), unfused (Megatron's DotProductAttention: scores kept, softmax in fp32); auto = sdpa "
+        "on CUDA, unfused on CPU. TE's spec has its own fused attention (leave auto)",
+    )
     recompute_granularity: Literal["none", "selective", "full"] = opt(
         "full", "activation recomputation (HAPO recipes use gradient checkpointing = full)"
     )

@@ -246,6 +246,16 @@ def _batches(cfg: RootConfig, dp: int | None, out: _Issues) -> None:
         )
 
 
+def _attention(cfg: RootConfig, out: _Issues) -> None:
+    if cfg.model.layer_spec == "te" and cfg.model.local_attention != "auto":
+        out.add(
+            ["model.local_attention", "model.layer_spec"],
+            f"model.local_attention={cfg.model.local_attention} chooses the local spec's core attention, but "
+            "layer_spec=te builds Transformer Engine's (fused attention of its own): leave local_attention=auto, "
+            "or set layer_spec=local",
+        )
+
+
 def _precision(cfg: RootConfig, out: _Issues) -> None:
     pr = cfg.precision
     if pr.fp8 is not None and pr.fp8_recipe == "delayed" and pr.first_last_layers_bf16:
@@ -472,6 +482,13 @@ def _fp8_env(cfg: RootConfig, probe: EnvProbe, out: _Issues) -> None:
             "on a CUDA machine, or turn FP8 off (precision.fp8=null) / use model.layer_spec=local; "
             "FP8 never silently falls back to bf16",
         )
+    if cfg.model.layer_spec == "auto" and cfg.model.local_attention != "auto" and probe.te_error() is None:
+        out.add(
+            ["model.local_attention", "model.layer_spec"],
+            f"model.local_attention={cfg.model.local_attention} chooses the local spec's core attention, but "
+            "layer_spec=auto picks Transformer Engine's spec here (TE imports): set layer_spec=local, or "
+            "leave local_attention=auto",
+        )
     packing = cfg.data.sequence_packing
     if cfg.model.layer_spec == "auto" and packing in ("mask", "thd"):
         te = probe.te_error() is None  # layer_spec=auto resolves to TE's spec exactly when TE imports
@@ -670,6 +687,7 @@ def collect_issues(
     _positive(cfg, out)
     _layout(cfg, ws, phrase, out)
     _batches(cfg, data_parallel_size(cfg, ws), out)
+    _attention(cfg, out)
     _precision(cfg, out)
     _rollout(cfg, ws, phrase, out)
     _sampling(cfg, out)

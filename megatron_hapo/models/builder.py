@@ -22,6 +22,8 @@ from megatron_hapo.parallel import cpu_compat
 logger = logging.getLogger(__name__)
 
 SpecChoice = Literal["auto", "local", "te"]
+LocalAttention = Literal["auto", "sdpa", "unfused"]
+LOCAL_ATTENTIONS = ("auto", "sdpa", "unfused")
 
 
 def transformer_engine_status() -> tuple[bool, str]:
@@ -50,20 +52,50 @@ def uses_te_spec(spec: SpecChoice) -> bool:
     return spec == "te" or (spec == "auto" and usable)
 
 
-def layer_spec(arch: ModelArch, spec: SpecChoice = "auto"):
-    """The GPT layer spec for ``arch``: TE's when ``spec`` is "te" (or "auto" and TE is usable), else local."""
+def resolve_local_attention(choice: LocalAttention, te_spec: bool) -> str | None:
+    """The core attention of the local spec, "sdpa" or "unfused" (None with TE's spec, which has its own).
+
+    "auto": "sdpa" on CUDA (PyTorch's flash / memory-efficient kernels: no s x s scores kept), "unfused"
+    on CPU, whose tests and goldens were written against Megatron's ``DotProductAttention``. An explicit
+    choice with TE's spec raises: nothing would read it."""
+    if choice not in LOCAL_ATTENTIONS:
+        raise ValueError(f"local_attention must be one of {LOCAL_ATTENTIONS}, got {choice!r}")
+    if te_spec:
+        if choice != "auto":
+            raise ConversionError(
+                f"model.local_attention={choice} applies to the local layer spec, but this model is built with "
+                "Transformer Engine's (fused attention of its own); set model.local_attention=auto, or "
+                "model.layer_spec=local"
+            )
+        return None
+    if choice == "auto":
+        return "sdpa" if cpu_compat.cuda_available() else "unfused"
+    return choice
+
+
+def layer_spec(arch: ModelArch, spec: SpecChoice = "auto", local_attention: LocalAttention = "auto"):
+    """The GPT layer spec for ``arch``: TE's when ``spec`` is "te" (or "auto" and TE is usable), else local,
+    whose core attention is :func:`resolve_local_attention`'s (``SDPAttention`` or Megatron's unfused)."""
     from megatron.core.models.gpt.gpt_layer_specs import (
         get_gpt_layer_local_spec,
         get_gpt_layer_with_transformer_engine_spec,
     )
 
     use_te = uses_te_spec(spec)
+    attention = resolve_local_attention(local_attention, use_te)
     logger.info(
-        "GPT layer spec: %s (%s)", "transformer_engine" if use_te else "local", transformer_engine_status()[1]
+        "GPT layer spec: %s (%s)",
+        "transformer_engine" if use_te else f"local, {attention} attention",
+        transformer_engine_status()[1],
     )
     if use_te:
         return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=arch.qk_norm)
-    return get_gpt_layer_local_spec(qk_layernorm=arch.qk_norm, normalization="RMSNorm")
+    local = get_gpt_layer_local_spec(qk_layernorm=arch.qk_norm, normalization="RMSNorm")
+    if attention == "sdpa":
+        from megatron_hapo.models.sdpa_attention import SDPAttention
+
+        local.submodules.self_attention.submodules.core_attention = SDPAttention
+    return local
 
 
 def transformer_config(arch: ModelArch, *, params_dtype: torch.dtype = torch.float32, **overrides: Any):
@@ -118,6 +150,7 @@ def build_gpt_model(
     *,
     params_dtype: torch.dtype = torch.float32,
     spec: SpecChoice = "auto",
+    local_attention: LocalAttention = "auto",
     padded_vocab_size: int | None = None,
     make_vocab_size_divisible_by: int = DEFAULT_VOCAB_DIVISOR,
     pre_process: bool | None = None,
@@ -132,7 +165,8 @@ def build_gpt_model(
     ``source``: a model directory, a config.json, a dict, a transformers config or a ``ModelArch``.
     ``padded_vocab_size``: the embedding/output row count; default ``arch.padded_vocab_size(tp,
     make_vocab_size_divisible_by)``. Pass the value a checkpoint was written with to load it at another
-    TP (``mcore_io.checkpoint_padded_vocab``). ``perform_initialization=False`` skips random init (for
+    TP (``mcore_io.checkpoint_padded_vocab``). ``local_attention``: the local spec's core attention
+    (:func:`resolve_local_attention`). ``perform_initialization=False`` skips random init (for
     weights about to be overwritten). ``hf_overrides``: HF config fields set on top of ``source``'s
     (``model.override_config``); ``config_overrides``: Megatron ``TransformerConfig`` fields. The returned
     model carries ``hapo_arch`` (the ``ModelArch``) for ``export_hf_weights``; its ``vocab_size`` attribute
@@ -163,7 +197,7 @@ def build_gpt_model(
         post_process = ps.is_pipeline_last_stage(ignore_virtual=vp_stage is None, vp_stage=vp_stage)
     model = GPTModel(
         config=config,
-        transformer_layer_spec=layer_spec(arch, spec),
+        transformer_layer_spec=layer_spec(arch, spec, local_attention),
         vocab_size=padded,
         max_sequence_length=arch.max_position_embeddings,
         pre_process=pre_process,

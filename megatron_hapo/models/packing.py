@@ -6,15 +6,16 @@ Two routes, chosen per layer spec (:func:`resolve_packing`):
 - ``"thd"`` (Transformer Engine's attention): the row goes in with Megatron's ``PackedSeqParams``
   (``qkv_format="thd"``, ``cu_seqlens``); TE's attention keeps sequences apart and Megatron's rotary
   embedding restarts at each ``cu_seqlens`` boundary. Megatron's local attention refuses these params.
-- ``"mask"`` (Megatron's local attention, CPU and GPU): the row (batch 1) goes in with a block-diagonal
+- ``"mask"`` (the local spec's attention, SDPA or unfused; CPU and GPU): the row (batch 1) goes in with a block-diagonal
   causal ``attention_mask [1, 1, s, s]``, and the model's rotary embedding is made to return its table
   gathered at each token's own position (:func:`per_token_rotary`): in sbhd format Megatron's rotary
   tensor is ``[s, 1, 1, d]`` and broadcasts over batch and heads, so with batch 1 each token can carry
   its own position. (RoPE only sees relative positions inside the block-diagonal mask, so this matters
   for bitwise agreement with the rollout engine, which starts every sequence at position 0, not for the
   attention pattern.) TE's attention with a causal mask type ignores ``attention_mask``, which is why
-  this route is refused with the TE spec; the local spec's fused (CUDA) softmax would do the same, so
-  the policy builds with ``masked_softmax_fusion=False`` on this route.
+  this route is refused with the TE spec; the unfused attention's fused (CUDA) softmax would do the same,
+  so the policy builds with ``masked_softmax_fusion=False`` on this route. ``SDPAttention`` gives the
+  mask to PyTorch's memory-efficient kernel.
 
 Unpacked micro-batches (one sequence per row) go through unchanged.
 """

@@ -76,14 +76,13 @@ def score_sequences(
         temps[i, len(p) - 1 : len(p) - 1 + len(r)] = torch.as_tensor(t, dtype=torch.float32)
     device = compute_device()
     position_ids = torch.arange(seq_len, device=device).expand(micro_batch_size, seq_len).contiguous()
-    causal = torch.ones(1, 1, seq_len, seq_len, dtype=torch.bool, device=device).triu(1)
     batches = [
         SimpleNamespace(
             tokens=tokens[s : s + micro_batch_size].to(device),
             targets=targets[s : s + micro_batch_size].to(device),
             temperature=temps[s : s + micro_batch_size].to(device),
             position_ids=position_ids,
-            attention_mask=causal,
+            attention_mask=None,  # causal (Megatron's convention under the causal mask type)
         )
         for s in range(0, n_padded, micro_batch_size)
     ]
@@ -114,8 +113,8 @@ def forward_log_prob_entropy(
     last stage calls ``on_output(batch, result)`` per micro-batch instead of keeping the results (so a long
     pass never holds them all) and the list is empty.
 
-    Each micro-batch has ``tokens``, ``targets``, ``temperature``, ``position_ids`` ``[b, s]`` and a causal
-    ``attention_mask`` (or is a packed row: :class:`~megatron_hapo.trainer.experience.MicroBatch`); their shapes may differ (under PP set ``config.variable_seq_lengths``, which the
+    Each micro-batch has ``tokens``, ``targets``, ``temperature``, ``position_ids`` ``[b, s]`` and
+    ``attention_mask`` None (causal) or a bool mask (True = masked) (or is a packed row: :class:`~megatron_hapo.trainer.experience.MicroBatch`); their shapes may differ (under PP set ``config.variable_seq_lengths``, which the
     trainer's Policy does). Every rank of the model-parallel group calls this with the same batches.
     """
     from megatron.core import parallel_state as ps

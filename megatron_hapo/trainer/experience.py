@@ -26,20 +26,22 @@ class MicroBatch:
 
     Position j of row i holds input token j and predicts token j+1 (``targets``); ``mask`` is 1 exactly at
     response-token targets. ``index [b, s]`` maps every slot to its flat position (padding: the
-    Experience's pad slot), ``attention_mask [1, 1, s, s]`` is causal (True = masked, Megatron's
-    convention). The per-token fields are those of :class:`Experience`.
+    Experience's pad slot), and ``attention_mask`` is None: causal, Megatron's convention under its causal mask
+    type (a fused attention then needs no mask tensor: ``SDPAttention``'s flash kernel, TE's). The per-token
+    fields are those of :class:`Experience`.
 
     Packed (``b == 1``, several sequences back to back; trainer/batching.py): ``position_ids`` restart at 0
     at each sequence, ``segments [n, L]`` holds each sequence's slots (flat positions in the row, -1 past
-    its end; the loss aggregates per sequence through it), and either ``attention_mask`` is block-diagonal
-    causal (packing "mask": attention never crosses a sequence boundary) or it is None and
+    its end; the loss aggregates per sequence through it), and either ``attention_mask [1, 1, s, s]`` is
+    block-diagonal causal (packing "mask", True = masked: attention never crosses a sequence boundary) or
+    it is None and
     ``packed_seq_params`` (Megatron's ``PackedSeqParams``, THD with ``cu_seqlens``) tells Transformer
     Engine's attention the boundaries (packing "thd"). Trailing padding is a sequence of its own.
     """
 
     index: torch.Tensor
     position_ids: torch.Tensor
-    attention_mask: torch.Tensor
+    attention_mask: torch.Tensor | None
     tokens: torch.Tensor
     targets: torch.Tensor
     mask: torch.Tensor
@@ -187,8 +189,7 @@ class Experience:
         b = index.shape[0]
         fields = {k: getattr(self, k)[index] for k in _PER_TOKEN}
         positions = torch.arange(seq_len, device=dev).expand(b, seq_len).contiguous()
-        causal = torch.ones(1, 1, seq_len, seq_len, dtype=torch.bool, device=dev).triu(1)
-        return MicroBatch(index, positions, causal, **fields)
+        return MicroBatch(index, positions, None, **fields)  # None: causal
 
     def packed_micro_batch(self, rows: list[int] | tuple[int, ...], seq_len: int, packing: str) -> MicroBatch:
         """Rows ``rows`` back to back in ONE row of ``seq_len`` tokens (see :class:`MicroBatch`), for

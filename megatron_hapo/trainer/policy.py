@@ -84,11 +84,12 @@ class Policy:
             cfg.model.hf_path,
             params_dtype=dtype,
             spec=cfg.model.layer_spec,
+            local_attention=cfg.model.local_attention,
             make_vocab_size_divisible_by=cfg.model.make_vocab_size_divisible_by,
             hf_overrides=dict(cfg.model.override_config),
             config_overrides={
                 "sequence_parallel": cfg.parallel.sequence_parallel,
-                # the fused (CUDA) causal softmax ignores the block-diagonal mask of packed rows
+                # the fused (CUDA) causal softmax of unfused attention ignores the block-diagonal mask of packed rows
                 **({"masked_softmax_fusion": False} if self.packing == "mask" else {}),
                 **recompute,
                 **fp8_config_overrides(cfg.precision),

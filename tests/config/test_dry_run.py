@@ -114,16 +114,25 @@ def test_the_memory_plan_follows_the_token_budget_not_micro_batch_size():
 
 
 def test_local_attention_on_packed_rows_counts_its_score_matrices_and_the_old_pass_its_own_budget():
-    te, local = _plan(SMALL, "model.layer_spec=te"), _plan(SMALL, "model.layer_spec=local")
-    assert local.activations > 4 * te.activations  # a packed row of 11264 tokens: 12 heads x s^2 scores
-    assert local.old_pass > 4 * te.old_pass > local.activations  # the old pass packs 2 x the budget
+    te = _plan(SMALL, "model.layer_spec=te")
+    unfused = _plan(SMALL, "model.layer_spec=local", "model.local_attention=unfused")
+    sdpa = _plan(SMALL, "model.layer_spec=local")  # local_attention auto: SDPA, as on a GPU
+    assert unfused.activations > 4 * te.activations  # a packed row of 11264 tokens: 12 heads x s^2 scores
+    assert unfused.old_pass > 4 * te.old_pass > unfused.activations  # the old pass packs 2 x the budget
+    # SDPA keeps no scores, only the packed row's mask as a bf16 bias: 2 s^2 bytes against 5 x 12 heads s^2
+    assert te.activations < sdpa.activations < unfused.activations / 4
+    assert sdpa.activations - te.activations == pytest.approx(2 * 11264**2)
     big_old = ("model.layer_spec=local", "data.max_tokens_per_old_micro_batch=45056")
     assert "old pass" in dry_run(SMALL, ["model.layer_spec=te", big_old[1]])  # TE: no score matrices
+    assert "old pass" in dry_run(SMALL, list(big_old))  # nor SDPA
     # layer_spec auto is planned as TE's, except for the packing only the local spec does
     assert _plan(SMALL, "model.layer_spec=auto") == te
-    assert _plan(SMALL, "model.layer_spec=auto", "data.sequence_packing=mask") == local
+    assert _plan(SMALL, "model.layer_spec=auto", "data.sequence_packing=mask") == sdpa
     with pytest.raises(ValueError, match="exceeds 80 GiB") as e:
-        dry_run(SMALL, list(big_old))
+        dry_run(SMALL, [*big_old, "model.local_attention=unfused"])
     message = str(e.value)
-    assert "old pass" in message and "packed rows of 45056 tokens (mask), local attention" in message
-    assert "lower data.max_tokens_per_old_micro_batch" in message and "model.layer_spec=te" in message
+    assert (
+        "old pass" in message
+        and "packed rows of 45056 tokens (mask), local spec, unfused attention" in message
+    )
+    assert "lower data.max_tokens_per_old_micro_batch" in message and "model.local_attention=sdpa" in message

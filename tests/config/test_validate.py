@@ -138,6 +138,22 @@ def test_te_layer_spec_needs_te():
     assert "model.layer_spec" in keys(found)
 
 
+def test_local_attention_is_refused_where_the_te_spec_would_ignore_it():
+    found = issues(["model.layer_spec=te", "model.local_attention=sdpa"])
+    assert keys(found) == {"model.local_attention, model.layer_spec"}
+    assert "layer_spec=te builds Transformer Engine's" in found[0].message
+
+    # layer_spec=auto: refused only where TE imports (auto then picks TE's spec)
+    def attention_issues(overrides, te):
+        found = issues(overrides, check_env=True, probe=probe(te=te))
+        return [i for i in found if "model.local_attention" in i.key]
+
+    found = attention_issues(["model.local_attention=unfused"], te=None)
+    assert len(found) == 1 and "picks Transformer Engine" in found[0].message
+    assert attention_issues(["model.local_attention=unfused"], te="ImportError: no module") == []
+    assert attention_issues(["model.layer_spec=local", "model.local_attention=sdpa"], te=None) == []
+
+
 def test_rollout_tp_vs_gpus_per_server_and_world():
     found = issues(["rollout.tensor_parallel_size=2", "rollout.gpus_per_server=3"], world_size=8)
     assert any("multiple of the server TP size" in i.message for i in found)

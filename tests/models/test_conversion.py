@@ -147,7 +147,7 @@ def test_local_spec_on_cpu_and_te_spec_refused(caplog, models):
     with world_of_one():
         with caplog.at_level(logging.INFO, logger="megatron_hapo.models.builder"):
             model = build_gpt_model(hf)
-        assert "GPT layer spec: local (no CUDA device)" in caplog.text
+        assert "GPT layer spec: local, unfused attention (no CUDA device)" in caplog.text
         assert type(model.decoder.layers[0].input_layernorm).__name__ == "RMSNorm"
         cfg = transformer_config(load_arch(hf))
         assert (cfg.kv_channels, cfg.num_query_groups, cfg.qk_layernorm, cfg.add_qkv_bias) == (

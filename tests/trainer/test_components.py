@@ -48,7 +48,7 @@ def test_experience_layout_and_micro_batch_views():
     assert mb.tokens.tolist() == [[5, 6, 4, 0, 0, 0], [5, 6, 7, 8, 9, 0]]
     assert mb.mask.tolist() == [[0, 1, 0, 0, 0, 0], [0, 0, 1, 1, 0, 0]]
     assert mb.rollout_log_prob[1, 2:4].tolist() == [-0.5, -0.5]
-    assert mb.attention_mask.shape == (1, 1, 6, 6) and mb.position_ids[0].tolist() == list(range(6))
+    assert mb.attention_mask is None and mb.position_ids[0].tolist() == list(range(6))  # None: causal
     exp.scatter("old_log_prob", mb, torch.arange(12.0).view(2, 6))
     assert exp.old_log_prob.tolist() == [6, 7, 8, 9, 10, 0, 1, 2, 0]  # padding never written
     empty = exp.micro_batch([], 2)

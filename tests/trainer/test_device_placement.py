@@ -55,15 +55,18 @@ def _misplaced(named, device, dtype=None) -> list[str]:
     ]
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "unfused"])  # the local spec's two core attentions
 @pytest.mark.parametrize(
     "family,dtype", [("qwen2", torch.bfloat16), ("qwen3", torch.float32)]
 )  # qwen3: q/k RMSNorm too
-def test_build_gpt_model_puts_everything_on_the_current_device(tmp_path, current_device_meta, family, dtype):
+def test_build_gpt_model_puts_everything_on_the_current_device(
+    tmp_path, current_device_meta, family, dtype, attention
+):
     from megatron_hapo.models import build_gpt_model
     from megatron_hapo.parallel import compute_device
 
     path = make_tiny_hf_model(tmp_path / "m", family, vocab_size=VOCAB)
-    model = build_gpt_model(path, params_dtype=dtype, spec="local")
+    model = build_gpt_model(path, params_dtype=dtype, spec="local", local_attention=attention)
     named = [*model.named_parameters(), *model.named_buffers()]
     assert len(named) > 10
     assert _misplaced(named, current_device_meta, dtype) == []
@@ -73,7 +76,11 @@ def test_build_gpt_model_puts_everything_on_the_current_device(tmp_path, current
     assert device == current_device_meta
     tokens = torch.zeros(2, 12, dtype=torch.long).to(device)
     position_ids = torch.arange(12, device=device).expand(2, 12)
-    causal = torch.ones(1, 1, 12, 12, dtype=torch.bool, device=device).triu(1)
+    # None = causal, as the trainer's micro-batches; Megatron's unfused attention then builds its default
+    # mask on device "cuda", which is this GPU on a GPU machine but the CPU here: give it the mask instead
+    causal = (
+        torch.ones(1, 1, 12, 12, dtype=torch.bool, device=device).triu(1) if attention == "unfused" else None
+    )
     logits = model(tokens, position_ids, causal)
     assert logits.device == device and logits.shape[-1] >= VOCAB
     logits.float().logsumexp(-1).sum().backward()
@@ -82,7 +89,8 @@ def test_build_gpt_model_puts_everything_on_the_current_device(tmp_path, current
 
 def test_policy_update_state_and_batch_on_the_current_device(tmp_path, current_device_meta):
     """Policy in bf16 with Megatron's fp16/bf16 optimizer (use_distributed_optimizer: false, as the tiny
-    configs), then one micro-batch of the update's forward and backward through DDP."""
+    configs), then one micro-batch of the update's forward and backward through DDP. CUDA is reported, so
+    ``local_attention: auto`` builds the SDPA attention, as on a GPU."""
     from megatron_hapo.config import load_config
     from megatron_hapo.parallel import compute_device
     from megatron_hapo.trainer.experience import Experience
@@ -116,6 +124,8 @@ def test_policy_update_state_and_batch_on_the_current_device(tmp_path, current_d
         assert _misplaced([(k, v) for k, v in vars(mb).items() if isinstance(v, torch.Tensor)], device) == []
     mb = exp.micro_batch(range(4), seq_len)
     tokens, position_ids, causal, mask = mb.tokens, mb.position_ids, mb.attention_mask, mb.mask
+    core = policy.model.module.decoder.layers[0].self_attention.core_attention
+    assert type(core).__name__ == "SDPAttention"
     policy.model.train()
     policy.model.zero_grad_buffer()
     logits = policy.model(tokens, position_ids, causal)

@@ -285,11 +285,12 @@ def test_packed_forward_equals_each_sequence_alone(peaked_model, caplog):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("route", ["mask", "thd"])
-def test_packed_forward_on_cuda_equals_each_sequence_alone(peaked_model, route):
+@pytest.mark.parametrize("route,attention", [("mask", "sdpa"), ("mask", "unfused"), ("thd", "auto")])
+def test_packed_forward_on_cuda_equals_each_sequence_alone(peaked_model, route, attention):
     """On a GPU (benchmarks/gpu/run_all.sh): the packed row's logits equal each sequence's own forward, for
-    the mask route (local spec, fused softmax off as the policy builds it) and the THD route (Transformer
-    Engine's spec and attention with PackedSeqParams; skipped, naming why, where TE does not import)."""
+    the mask route (local spec with either core attention, fused softmax off as the policy builds it) and
+    the THD route (Transformer Engine's spec and attention with PackedSeqParams; skipped, naming why, where
+    TE does not import)."""
     from megatron_hapo.checkpoint_io import load_hf_weights
     from megatron_hapo.models import build_gpt_model
     from megatron_hapo.models.builder import uses_te_spec
@@ -310,7 +311,7 @@ def test_packed_forward_on_cuda_equals_each_sequence_alone(peaked_model, route):
     lens = [int(exp.seq_lens[i]) for i in rows]
     with world_of_one(device_mode=False):
         model = build_gpt_model(peaked_model, params_dtype=torch.float32, spec="te" if route == "thd" else "local",
-                                config_overrides={"masked_softmax_fusion": False})  # fmt: skip
+                                local_attention=attention, config_overrides={"masked_softmax_fusion": False})  # fmt: skip
         load_hf_weights(model, peaked_model)
         model.cuda().eval()
         with torch.no_grad():
@@ -320,7 +321,7 @@ def test_packed_forward_on_cuda_equals_each_sequence_alone(peaked_model, route):
             packed = exp.packed_micro_batch(rows, sum(lens) + 2, route)
             got = forward_micro_batch(model, packed)[0, : sum(lens)]
     print(
-        f"{route}: max |packed - alone| / max |logit| = {float((got - want).abs().max() / want.abs().max()):.2e}"
+        f"{route} ({attention}): max |packed - alone| / max |logit| = {float((got - want).abs().max() / want.abs().max()):.2e}"
     )
     assert (
         float((got - want).abs().max()) / float(want.abs().max()) < 1e-4

@@ -1,0 +1,106 @@
+"""Core attention of the local layer spec through ``torch.nn.functional.scaled_dot_product_attention``.
+
+Megatron's local spec computes attention unfused (``DotProductAttention``): the scores ``[b, heads, s, s]``
+are written out, soft-maxed in fp32 and kept for the backward, which at s = 4096 is most of a layer's
+activation memory and a large share of its time. PyTorch's fused kernels do the same product without
+keeping any ``s x s`` tensor: on CUDA the flash kernel for causal rows, the memory-efficient kernel for an
+explicit mask (the block-diagonal mask of packed rows); on CPU, PyTorch's own fused kernels. This is what
+a GPU without Transformer Engine gets (``model.local_attention``, docs/training.md "Attention"). The idea is
+Megatron's own "kitchen" SDPA backend for the local spec, which needs NVIDIA's kitchen package; this one
+needs torch only.
+
+Shapes (Megatron's core-attention interface, sbhd): query ``[sq, b, np, hn]``, key and value
+``[sk, b, ng, hn]`` (np / ng heads and query groups of this TP rank), ``attention_mask`` None (causal: the
+convention of Megatron's causal mask type) or bool ``[1 or b, 1, sq, sk]`` with True = masked; the output
+is ``[sq, b, np * hn]``::
+
+    out = softmax(scale * Q K^T + M) V,   M = -inf where masked (or above the diagonal when the mask is None)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+# Megatron at import time (imported by the builder only when it builds this attention; this package's
+# __init__ has applied megatron_hapo.parallel's CPU patches before)
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.utils import divide
+
+
+class SDPAttention(MegatronModule):
+    """Drop-in ``core_attention`` for Megatron's local spec (same constructor and forward as
+    ``DotProductAttention``) computing ``softmax(scale * Q K^T + mask) V`` with PyTorch's fused kernels.
+    Features of ``DotProductAttention`` it does not implement are refused at build time by name."""
+
+    def __init__(
+        self,
+        config,
+        layer_number: int,
+        attn_mask_type: AttnMaskType,
+        attention_type: str,
+        attention_dropout: float | None = None,
+        softmax_scale: float | None = None,
+        cp_comm_type: str | None = None,
+        pg_collection=None,
+    ):
+        super().__init__(config=config)
+        unsupported = {
+            "context_parallel_size > 1": config.context_parallel_size != 1,
+            "attention_dropout > 0": (
+                config.attention_dropout if attention_dropout is None else attention_dropout
+            )
+            > 0,
+            "window_size (sliding-window attention)": config.window_size is not None,
+            f"softmax_type={config.softmax_type!r}": config.softmax_type != "vanilla",
+            "apply_query_key_layer_scaling": config.apply_query_key_layer_scaling,
+            f"attn_mask_type={attn_mask_type.name}": attn_mask_type != AttnMaskType.causal,
+        }
+        refused = [name for name, present in unsupported.items() if present]
+        if refused:
+            raise NotImplementedError(
+                f"model.local_attention=sdpa does not implement {', '.join(refused)}; "
+                "use model.local_attention=unfused (Megatron's DotProductAttention) for this model"
+            )
+        if pg_collection is not None:
+            tp = pg_collection.tp.size()
+        else:
+            from megatron.core import parallel_state as ps
+
+            tp = ps.get_tensor_model_parallel_world_size()
+        self.heads = divide(config.num_attention_heads, tp)
+        self.groups = divide(config.num_query_groups, tp)
+        self.scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(config.kv_channels)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        attn_mask_type: AttnMaskType | None = None,
+        attention_bias: torch.Tensor | None = None,
+        packed_seq_params=None,
+    ) -> torch.Tensor:
+        if packed_seq_params is not None or attention_bias is not None:
+            raise NotImplementedError(
+                "model.local_attention=sdpa takes packed rows as a mask (data.sequence_packing=mask), not "
+                "PackedSeqParams, and no attention bias"
+            )
+        sq, b = query.shape[:2]
+        rep = self.heads // self.groups
+        if rep > 1:
+            # grouped-query attention: each KV head serves `rep` query heads. Repeated here rather than with
+            # enable_gqa, which the memory-efficient (masked) kernel does not take: it would fall back to the
+            # math kernel and write the s x s scores after all.
+            key = key.repeat_interleave(rep, dim=2)
+            value = value.repeat_interleave(rep, dim=2)
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads, s, hn]
+        if attention_mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=~attention_mask, scale=self.scale)
+        return out.permute(2, 0, 1, 3).reshape(sq, b, self.heads * q.shape[-1])

@@ -1,0 +1,194 @@
+"""``model.local_attention=sdpa`` (models/sdpa_attention.py) computes what Megatron's unfused
+``DotProductAttention`` computes: the same outputs and gradients, for causal rows (mask None) and for the
+block-diagonal mask of packed rows, with grouped-query heads and at a TP rank's share of the heads; the
+features it lacks are refused by name, and the key is refused where nothing would read it."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from tests.models.tiny import make_family_model
+from tests.parallel_utils import world_of_one
+
+TOL = dict(atol=2e-5, rtol=1e-5)
+
+
+def _config(heads=4, groups=2, head_dim=8, **extra):
+    from megatron.core.transformer import TransformerConfig
+
+    fields = dict(
+        num_layers=1, hidden_size=heads * head_dim, num_attention_heads=heads, num_query_groups=groups,
+        kv_channels=head_dim, attention_dropout=0.0, hidden_dropout=0.0, use_cpu_initialization=True,
+    )  # fmt: skip
+    return TransformerConfig(**{**fields, **extra})
+
+
+def _pair(config, tp: int):
+    """(Megatron's DotProductAttention, SDPAttention) for one TP rank of ``tp`` (heads / tp each)."""
+    from megatron.core.transformer.dot_product_attention import DotProductAttention
+    from megatron.core.transformer.enums import AttnMaskType
+
+    from megatron_hapo.models.sdpa_attention import SDPAttention
+
+    group = SimpleNamespace(size=lambda: tp, rank=lambda: 0)
+    pgs = SimpleNamespace(tp=group)
+    kw = dict(layer_number=1, attn_mask_type=AttnMaskType.causal, attention_type="self", pg_collection=pgs)
+    return DotProductAttention(config, **kw), SDPAttention(config, **kw)
+
+
+def _block_causal(lengths: list[int]) -> torch.Tensor:
+    """Packed rows' mask [1, 1, s, s], True = masked: other sequences' keys and the future."""
+    seg = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+    q = torch.arange(seg.numel())
+    return ((seg[:, None] != seg[None, :]) | (q[None, :] > q[:, None]))[None, None]
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+@pytest.mark.parametrize("packed", [False, True], ids=["causal", "packed"])
+def test_same_output_and_gradients_as_megatrons_unfused_attention(tp, packed):
+    with world_of_one():
+        config = _config()
+        unfused, sdpa = _pair(config, tp)
+        s, b = (12, 1) if packed else (10, 3)
+        heads, groups = 4 // tp, 2 // tp
+        g = torch.Generator().manual_seed(tp)
+        q = torch.randn(s, b, heads, 8, generator=g)
+        k, v = (torch.randn(s, b, groups, 8, generator=g) for _ in range(2))
+        # Megatron's unfused attention is given the mask explicitly; SDPAttention None for causal rows
+        mask = _block_causal([5, 4, 3]) if packed else torch.ones(1, 1, s, s, dtype=torch.bool).triu(1)
+        grad = torch.randn(s, b, heads * 8, generator=g)
+        results = []
+        for module, m in ((unfused, mask), (sdpa, mask if packed else None)):
+            inputs = [t.clone().requires_grad_(True) for t in (q, k, v)]
+            out = module(*inputs, m)
+            out.backward(grad)
+            results.append((out, *(t.grad for t in inputs)))
+        assert results[1][0].shape == (s, b, heads * 8)
+        for name, a, c in zip(("output", "dq", "dk", "dv"), *results):
+            torch.testing.assert_close(c, a, **TOL, msg=lambda m, name=name: f"{name}: {m}")
+        # the check can fail: attention that crosses the packed sequences differs
+        if packed:
+            leaky = sdpa(q, k, v, None)
+            assert (leaky - results[0][0]).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen3"])  # qwen3: q/k norms, head_dim != hidden / heads
+def test_model_logits_and_gradients_match_between_the_two_attentions(tmp_path, family):
+    from megatron_hapo.checkpoint_io import load_hf_weights
+    from megatron_hapo.models import build_gpt_model
+
+    path = make_family_model(tmp_path / family, family)
+    with world_of_one():
+        models = {
+            a: build_gpt_model(path, spec="local", local_attention=a, perform_initialization=False)
+            for a in ("unfused", "sdpa")
+        }
+        for model in models.values():
+            load_hf_weights(model, path)
+        core = {
+            a: type(m.decoder.layers[0].self_attention.core_attention).__name__ for a, m in models.items()
+        }
+        assert core == {"unfused": "DotProductAttention", "sdpa": "SDPAttention"}
+        s = 16
+        g = torch.Generator().manual_seed(0)
+        tokens = torch.randint(3, 300, (2, s), generator=g)
+        positions = torch.arange(s).expand(2, s)
+        packed_tokens, packed_pos = tokens[:1], torch.cat([torch.arange(9), torch.arange(7)])[None]
+        causal = torch.ones(1, 1, s, s, dtype=torch.bool).triu(1)
+        block = _block_causal([9, 7])
+        out = {}
+        for a, model in models.items():
+            unpacked = model(tokens, positions, causal if a == "unfused" else None)
+            packed = model(packed_tokens, packed_pos, block)
+            (unpacked.logsumexp(-1).sum() + packed.logsumexp(-1).sum()).backward()
+            out[a] = (unpacked, packed, {n: p.grad for n, p in model.named_parameters()})
+        torch.testing.assert_close(out["sdpa"][0], out["unfused"][0], **TOL)
+        torch.testing.assert_close(out["sdpa"][1], out["unfused"][1], **TOL)
+        grads_u, grads_s = out["unfused"][2], out["sdpa"][2]
+        assert grads_u.keys() == grads_s.keys() and len(grads_u) > 5
+        for name in grads_u:
+            torch.testing.assert_close(grads_s[name], grads_u[name], atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_auto_is_sdpa_on_cuda_unfused_on_cpu_and_te_takes_no_choice(monkeypatch):
+    from megatron_hapo.models.builder import resolve_local_attention
+    from megatron_hapo.models.errors import ConversionError
+    from megatron_hapo.parallel import cpu_compat
+
+    assert resolve_local_attention("auto", te_spec=False) == "unfused"  # no CUDA on the test machine
+    monkeypatch.setattr(cpu_compat, "cuda_available", lambda: True)
+    assert resolve_local_attention("auto", te_spec=False) == "sdpa"
+    assert resolve_local_attention("unfused", te_spec=False) == "unfused"
+    assert resolve_local_attention("auto", te_spec=True) is None
+    with pytest.raises(ConversionError, match="model.local_attention=sdpa applies to the local layer spec"):
+        resolve_local_attention("sdpa", te_spec=True)
+    with pytest.raises(ValueError, match="must be one of"):
+        resolve_local_attention("flash", te_spec=False)
+
+
+@pytest.mark.parametrize(
+    "extra,named",
+    [
+        ({"window_size": (4, 0)}, "window_size"),
+        ({"softmax_type": "off-by-one"}, "softmax_type='off-by-one'"),
+        ({"attention_dropout": 0.1}, "attention_dropout > 0"),
+    ],
+)
+def test_what_it_does_not_implement_is_refused_by_name(extra, named):
+    from megatron.core.transformer.enums import AttnMaskType
+
+    from megatron_hapo.models.sdpa_attention import SDPAttention
+
+    with world_of_one():
+        config = _config(**extra)
+        with pytest.raises(NotImplementedError, match=f"does not implement {named}.*local_attention=unfused"):
+            SDPAttention(config, layer_number=1, attn_mask_type=AttnMaskType.causal, attention_type="self")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("packed", [False, True], ids=["causal", "packed"])
+def test_on_cuda_in_bf16_the_fused_kernels_take_it_and_agree(packed):
+    """On a GPU (benchmarks/gpu/run_all.sh), at the 1.5B model's head shapes (12 query heads, 2 KV heads,
+    head_dim 128) in bf16: causal rows run on the flash kernel and packed rows on the memory-efficient one
+    (each forced alone: SDPA raises "No available kernel" when the inputs do not qualify, so the math kernel,
+    which writes the s x s scores, cannot stand in unseen), and both agree with Megatron's unfused attention
+    computed in fp32."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with world_of_one(device_mode=False):
+        _, sdpa = _pair(_config(heads=12, groups=2, head_dim=128, bf16=True, params_dtype=torch.bfloat16), 1)
+        reference, _ = _pair(_config(heads=12, groups=2, head_dim=128), 1)
+        lengths = [700, 500, 848]
+        s, b = (sum(lengths), 1) if packed else (2048, 2)
+        g = torch.Generator(device="cuda").manual_seed(0)
+        q = torch.randn(s, b, 12, 128, device="cuda", generator=g)
+        k, v = (torch.randn(s, b, 2, 128, device="cuda", generator=g) for _ in range(2))
+        mask = (
+            _block_causal(lengths).cuda()
+            if packed
+            else torch.ones(1, 1, s, s, dtype=torch.bool).triu(1).cuda()
+        )
+        grad = torch.randn(s, b, 12 * 128, device="cuda", generator=g)
+        want = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        reference(*want, mask).backward(grad)
+        expected = reference(*[t.detach() for t in want], mask)
+        got = [t.bfloat16().requires_grad_(True) for t in (q, k, v)]
+        backend = SDPBackend.EFFICIENT_ATTENTION if packed else SDPBackend.FLASH_ATTENTION
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        with sdpa_kernel([backend]):
+            out = sdpa(*got, mask if packed else None)
+            out.backward(grad.bfloat16())
+        extra_mib = (torch.cuda.max_memory_allocated() - before) / 2**20
+        print(f"{backend.name}: s={s} b={b}, extra memory {extra_mib:.0f} MiB (the scores alone: "
+              f"{b * 12 * s * s * 2 / 2**20:.0f} MiB in bf16)")  # fmt: skip
+        pairs = [("output", expected, out)] + [
+            (n, a.grad, c.grad) for n, a, c in zip(("dq", "dk", "dv"), want, got)
+        ]
+        for name, a, c in pairs:
+            err = float((c.float() - a).abs().max()) / float(a.abs().max())
+            assert err < 3e-2, f"{name}: max error {err:.3g} of its largest value"
