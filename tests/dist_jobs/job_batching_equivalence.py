@@ -7,7 +7,9 @@ statistics, two optimizer updates) runs with fixed micro-batches, with token-bud
 different grouping, DP ranks balanced by tokens), with packed rows (several responses per row, block-diagonal
 attention and per-sequence rotary positions: data.sequence_packing=mask), and with whole-step padding (the
 historical layout): old log-probs and entropies per response, losses, gradient norms and updated
-parameters agree (fp32, REL_TOL relative). Two deliberately wrong variants must not agree: a
+parameters agree (fp32, REL_TOL relative). So do fixed micro-batches and packed rows computed with the local
+spec's SDPA attention (model.local_attention=sdpa) instead of Megatron's unfused one, here split over real
+TP ranks. Two deliberately wrong variants must not agree: a
 per-micro-batch normaliser under token budgets, and packed rows whose attention leaks across sequences
 (a plain causal mask over the row). Prints BATCHING_EQUIVALENCE_OK on success.
 """
@@ -48,9 +50,11 @@ def run_variant(model_dir, layout, variant):
         f"parallel.pipeline_model_parallel_size={pp}", f"parallel.sequence_parallel={str(tp > 1).lower()}",
         "parallel.use_distributed_optimizer=false", "data.max_prompt_length=16", "rollout.max_new_tokens=40",
     ]  # fmt: skip
-    if variant in ("budget", "wrong", "packed", "leak"):
+    packed = variant in ("packed", "leak", "sdpa_packed")
+    overrides += [f"model.local_attention={'sdpa' if variant.startswith('sdpa') else 'unfused'}"]
+    if variant in ("budget", "wrong") or packed:
         overrides += ["data.max_tokens_per_micro_batch=96", "data.max_tokens_per_old_micro_batch=200"]
-        packing = "mask" if variant in ("packed", "leak") else "none"
+        packing = "mask" if packed else "none"
         overrides += [f"data.sequence_packing={packing}"]
     else:  # fixed micro_batch_size micro-batches (tiny_cpu.yaml sets budgets)
         overrides += ["data.max_tokens_per_micro_batch=null", "data.max_tokens_per_old_micro_batch=null"]
@@ -102,7 +106,9 @@ def run_variant(model_dir, layout, variant):
         per_response = mine
     params = {n: p.detach().clone() for n, p in policy.model.named_parameters()}
     assert len(per_response) == len(varied_batch().samples)
-    assert policy.packing == ("mask" if variant in ("packed", "leak") else "none"), policy.packing
+    assert policy.packing == ("mask" if packed else "none"), policy.packing
+    core = type(policy.model.module.decoder.layers[0].self_attention.core_attention).__name__
+    assert core == ("SDPAttention" if variant.startswith("sdpa") else "DotProductAttention"), core
     del policy
     return metrics, per_response, params
 
@@ -136,7 +142,7 @@ def main():
     with hp.device_mode():
         for layout, (tp, pp) in LAYOUTS.items():
             hp.initialize_model_parallel(tp, pp, seed=1234)
-            variants = ("fixed", "budget", "packed", "whole_step", "wrong", "leak")
+            variants = ("fixed", "budget", "packed", "whole_step", "sdpa", "sdpa_packed", "wrong", "leak")
             runs = {v: run_variant(model_dir, layout, v) for v in variants}
             hp.destroy_model_parallel()
             fixed_m = runs["fixed"][0]
@@ -154,7 +160,7 @@ def main():
                 f"{packed_m['perf/micro_batches_per_rank/update']:.0f}; dp max/mean budget "
                 f"{budget_m['perf/dp_tokens/max_over_mean']:.3f}"
             )
-            for v in ("budget", "packed", "whole_step"):
+            for v in ("budget", "packed", "whole_step", "sdpa", "sdpa_packed"):
                 worst, bad = compare(v, runs[v], runs["fixed"])
                 log(f"{layout}: {v} vs fixed: " + ", ".join(f"{k} {x:.1e}" for k, x in worst.items()))
                 if bad:

@@ -118,8 +118,9 @@ def peaked_model(tmp_path_factory):
 
 def test_same_step_same_result_at_tp2_pp2_dp2(peaked_model):
     """tests/dist_jobs/job_batching_equivalence.py: fixed micro-batches, token budgets, packed rows and
-    whole-step padding agree (1e-5; parameters on the scale of one optimizer step at least) at each layout;
-    a per-micro-batch normaliser, and packed rows whose attention leaks across sequences, do not."""
+    whole-step padding agree (1e-5; parameters on the scale of one optimizer step at least) at each layout,
+    with Megatron's unfused attention and with SDPA (fixed and packed); a per-micro-batch normaliser, and
+    packed rows whose attention leaks across sequences, do not."""
     out = run_torchrun("job_batching_equivalence.py", 2, str(peaked_model), timeout=600)
     print("\n".join(line for line in out.splitlines() if line.startswith("[job]")))  # shown with -s
     assert "BATCHING_EQUIVALENCE_OK" in out, out[-3000:]
