@@ -141,6 +141,10 @@ def main() -> None:
     ap.add_argument("--mbs", type=int, default=1, help="sequences per micro-batch")
     ap.add_argument("--iters", type=int, default=3, help="timed updates (after one warm-up)")
     ap.add_argument(
+        "--recompute", choices=("full", "selective", "none"), default="full",
+        help="model.recompute_granularity (default full, the recipes'; its repeated forward is not counted)",
+    )  # fmt: skip
+    ap.add_argument(
         "--local-attention", choices=("auto", "sdpa", "unfused"), default="auto",
         help="model.local_attention of the measured policy (auto: sdpa on CUDA, unfused on CPU)",
     )  # fmt: skip
@@ -169,7 +173,7 @@ def main() -> None:
     dtype = "bf16" if device == "cuda" else "fp32"
     overrides = [
         f"model.hf_path={model_dir}", "model.load_weights=false", "model.layer_spec=local",
-        f"model.local_attention={args.local_attention}",
+        f"model.local_attention={args.local_attention}", f"model.recompute_granularity={args.recompute}",
         f"precision.dtype={dtype}", f"data.micro_batch_size={args.mbs}", f"data.mini_batch_size={batch // 2}",
         f"data.train_batch_size={batch // 2}", "sampling.train.n=2", "parallel.use_distributed_optimizer=false",
         "optim.lr=1e-6", f"trainer.run_dir={tmp / 'run'}",
@@ -229,7 +233,11 @@ def main() -> None:
     print(
         f"# step: {batch} sequences x {seq} tokens (prompt {prompt_len}), micro-batch {args.mbs}; median of {args.iters} after 1 warm-up"
     )
-    print("# FLOPs: update 6*N*T + 12*L*s*h_att*T, old pass 2*N*T + 4*L*s*h_att*T (full s x s attention)")
+    print(
+        "# FLOPs: update 6*N*T + 12*L*s*h_att*T, old pass 2*N*T + 4*L*s*h_att*T (full s x s attention); "
+        f"recompute {args.recompute}"
+        + (" (its second forward is not counted: model FLOPs)" if args.recompute != "none" else "")
+    )
     print()
     print("| pass | ms | tokens/s | TFLOP/s | MFU | peak MiB | note |")
     print("|---|---:|---:|---:|---:|---:|---|")
