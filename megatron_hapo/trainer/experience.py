@@ -160,13 +160,20 @@ class Experience:
             for k in (*_PER_TOKEN, "offsets", "prompt_lens", "response_lens", "group_ids")
         }
         exp = Experience(**moved, step_index=self.step_index, weight_versions=self.weight_versions)
-        exp.__dict__["host_offsets"] = self.host_offsets  # the cached property, carried: no device read
+        # the cached properties, carried: no device read
+        exp.__dict__["host_offsets"] = self.host_offsets
+        exp.__dict__["host_response_lens"] = self.host_response_lens
         return exp
 
     @functools.cached_property
     def host_offsets(self) -> list[int]:
         """``offsets`` on the host, read once: micro-batch indices are built from it without a device sync."""
         return self.offsets.tolist()
+
+    @functools.cached_property
+    def host_response_lens(self) -> list[int]:
+        """``response_lens`` on the host, read once (the loss normaliser counts from it without a sync)."""
+        return self.response_lens.tolist()
 
     def micro_batch(self, rows: list[int] | tuple[int, ...], seq_len: int) -> MicroBatch:
         """Rows ``rows`` (indices into this Experience) as a ``[len(rows), seq_len]`` micro-batch; no rows =

@@ -175,10 +175,11 @@ class Policy:
     # ------------------------------------------------------------------------------------ update
     def loss_normalizer(self, exp: Experience, rows: list[int]) -> torch.Tensor:
         """This rank's share of a mini-batch's global normaliser N (aggregation.py): response tokens
-        (token-mean) or responses with >= 1 token (seq-mean-*) of ``rows``; float64 on exp's device."""
-        lens = exp.response_lens[torch.tensor(rows, dtype=torch.long, device=exp.response_lens.device)]
-        count = lens.sum() if self.loss_cfg.agg == "token-mean" else (lens > 0).sum()
-        return count.double()
+        (token-mean) or responses with >= 1 token (seq-mean-*) of ``rows``; float64 on exp's device.
+        Counted on the host and written by a fill kernel: no copy the host would wait for."""
+        lens = [exp.host_response_lens[i] for i in rows]
+        count = sum(lens) if self.loss_cfg.agg == "token-mean" else sum(n > 0 for n in lens)
+        return torch.full((), count, dtype=torch.float64, device=exp.response_lens.device)
 
     def update(
         self,
