@@ -92,6 +92,9 @@ def test_model_logits_and_gradients_match_between_the_two_attentions(tmp_path, f
             a: type(m.decoder.layers[0].self_attention.core_attention).__name__ for a, m in models.items()
         }
         assert core == {"unfused": "DotProductAttention", "sdpa": "SDPAttention"}
+        # the same checkpoint keys: a run may resume under the other attention (neither holds parameters)
+        keys = {a: sorted(m.sharded_state_dict().keys()) for a, m in models.items()}
+        assert keys["sdpa"] == keys["unfused"] and len(keys["sdpa"]) > 5
         s = 16
         g = torch.Generator().manual_seed(0)
         tokens = torch.randint(3, 300, (2, s), generator=g)
