@@ -45,7 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         task = args[i + 1]
         del args[i : i + 2]
     config, _, default_dir, env_var = TASKS[task]
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    threads_set_by_user = "OMP_NUM_THREADS" in os.environ
+    os.environ.setdefault(
+        "OMP_NUM_THREADS", "1"
+    )  # the RL part: one thread (SGLang and Megatron in one process)
     os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     import megatron_hapo.parallel  # noqa: F401  (CPU patches before megatron)
@@ -62,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         f"[demo] 1/2 {task} policy + {recipe['sft_steps']}-step SFT warm-up -> {model_dir} (reused when built with the same recipe)",
         flush=True,
     )
-    build_policy(model_dir, task=task)
+    _warm_up_on_all_cores(model_dir, task, all_cores=not threads_set_by_user)
     t_sft = time.perf_counter() - start
     run_dir = f"runs/{Path(config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     cfg = load_config(config, [f"trainer.run_dir={run_dir}", *args], world_size=1)
@@ -90,6 +93,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[demo] run directory: {cfg.trainer.run_dir} (metrics.jsonl, plots/metrics.png, checkpoints/)")
     print(f"[demo] wall time {time.perf_counter() - start:.0f} s (policy + SFT {t_sft:.0f} s)")
     return 0
+
+
+def _warm_up_on_all_cores(model_dir: Path, task: str, all_cores: bool) -> None:
+    """The demo policy's SFT warm-up (``build_policy``), on every core this process may use unless the user
+    set OMP_NUM_THREADS: it is the only work running then (no engine yet), and compute-bound (about 1.5 x
+    faster on 2 cores than on 1). The thread count is restored for the RL part afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    if all_cores:
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
+    try:
+        build_policy(model_dir, task=task)
+    finally:
+        torch.set_num_threads(before)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ running it forward.
   training settings of ``precision``
 * ``params`` - a model chunk's parameters under global names; ``scoring`` - per-token log-probs and
   entropies of given sequences (forward only)
+* ``sdpa_attention`` - the local spec's core attention through PyTorch's fused kernels
+  (``model.local_attention``); ``packing`` - packed rows through the model
 
 Moving weights in and out of the model (HF safetensors, torch_dist checkpoints, the mapping tables,
 conversion) is :mod:`megatron_hapo.checkpoint_io`; FP8 serving export is :mod:`megatron_hapo.fp8_export`.
