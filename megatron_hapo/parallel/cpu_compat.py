@@ -109,6 +109,21 @@ def apply_runtime_patches() -> None:
     torch.cuda.stream = lambda *args, **kwargs: contextlib.nullcontext()
     _torch_norm_sequence_parallel()
     _distopt_load_without_precision_aware_state()
+    _default_causal_mask_on_host()
+
+
+def _default_causal_mask_on_host() -> None:
+    # Unfused attention given attention_mask=None (causal; the trainer's one-sequence rows) builds
+    # get_default_causal_mask(sq) with device="cuda". Under activation recompute that happens inside
+    # autograd's backward, where CudaToCpuMode is not active ("Torch not compiled with CUDA enabled").
+    # Build the same mask on the host.
+    from megatron.core.fusions import fused_softmax
+    from megatron.core.transformer import utils
+
+    def get_default_causal_mask(sq: int) -> torch.Tensor:
+        return torch.ones(sq, sq, dtype=torch.bool).triu(1)
+
+    utils.get_default_causal_mask = fused_softmax.get_default_causal_mask = get_default_causal_mask
 
 
 def _cpu_rng_tracker() -> None:

@@ -102,20 +102,6 @@ def test_good_budget_is_accepted():
     assert cfg.data.max_tokens_per_micro_batch == 160
 
 
-@pytest.fixture(scope="module")
-def peaked_model(tmp_path_factory):
-    """A tiny qwen2 with varied, peaked next-token distributions (entropy statistics well conditioned)."""
-    from megatron_hapo.demo.tiny_models import make_tiny_hf_model
-
-    return make_tiny_hf_model(
-        tmp_path_factory.mktemp("batching") / "m",
-        "qwen2",
-        vocab_size=300,
-        dtype="float32",
-        initializer_range=0.5,
-    )
-
-
 def test_same_step_same_result_at_tp2_pp2_dp2(peaked_model):
     """tests/dist_jobs/job_batching_equivalence.py: fixed micro-batches, token budgets, packed rows and
     whole-step padding agree (1e-5; parameters on the scale of one optimizer step at least) at each layout,

@@ -213,14 +213,6 @@ def test_mask_packing_with_an_auto_spec_that_resolves_to_te_is_refused_with_the_
 
 
 # ------------------------------------------------------------------------- through Megatron's GPTModel
-@pytest.fixture(scope="module")
-def peaked_model(tmp_path_factory):
-    from megatron_hapo.demo.tiny_models import make_tiny_hf_model
-
-    return make_tiny_hf_model(tmp_path_factory.mktemp("packing") / "m", "qwen2", vocab_size=VOCAB,
-                              dtype="float32", initializer_range=0.5)  # fmt: skip
-
-
 def test_packed_forward_equals_each_sequence_alone(peaked_model, caplog):
     """Local spec, fp32: the packed row's logits equal each sequence's own forward (RoPE restarting, no
     attention across sequences); a plain causal mask over the row (attention leaking) does not; inside
