@@ -46,9 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         del args[i : i + 2]
     config, _, default_dir, env_var = TASKS[task]
     threads_set_by_user = "OMP_NUM_THREADS" in os.environ
-    os.environ.setdefault(
-        "OMP_NUM_THREADS", "1"
-    )  # the RL part: one thread (SGLang and Megatron in one process)
+    # the RL part: one thread (SGLang and Megatron in one process); the SFT warm-up: see below
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     import megatron_hapo.parallel  # noqa: F401  (CPU patches before megatron)

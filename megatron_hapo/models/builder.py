@@ -8,7 +8,7 @@ from Megatron's ``parallel_state``. On CPU wrap the call in ``megatron_hapo.para
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 SpecChoice = Literal["auto", "local", "te"]
 LocalAttention = Literal["auto", "sdpa", "unfused"]
-LOCAL_ATTENTIONS = ("auto", "sdpa", "unfused")
+LOCAL_ATTENTIONS = get_args(LocalAttention)
 
 
 def transformer_engine_status() -> tuple[bool, str]:

@@ -34,9 +34,8 @@ class MicroBatch:
     at each sequence, ``segments [n, L]`` holds each sequence's slots (flat positions in the row, -1 past
     its end; the loss aggregates per sequence through it), and either ``attention_mask [1, 1, s, s]`` is
     block-diagonal causal (packing "mask", True = masked: attention never crosses a sequence boundary) or
-    it is None and
-    ``packed_seq_params`` (Megatron's ``PackedSeqParams``, THD with ``cu_seqlens``) tells Transformer
-    Engine's attention the boundaries (packing "thd"). Trailing padding is a sequence of its own.
+    it is None and ``packed_seq_params`` (Megatron's ``PackedSeqParams``, THD with ``cu_seqlens``) tells
+    Transformer Engine's attention the boundaries (packing "thd"). Trailing padding is a sequence of its own.
     """
 
     index: torch.Tensor
