@@ -158,7 +158,7 @@ def test_on_cuda_in_bf16_the_fused_kernels_take_it_and_agree(packed):
     head_dim 128) in bf16: causal rows run on the flash kernel and packed rows on the memory-efficient one
     (each forced alone: SDPA raises "No available kernel" when the inputs do not qualify, so the math kernel,
     which writes the s x s scores, cannot stand in unseen), and both agree with Megatron's unfused attention
-    computed in fp32."""
+    computed in fp32 (5e-2 of the largest value; bf16 kernels on the CPU reach 1.4e-2, a leaking mask O(1))."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     with world_of_one(device_mode=False):
@@ -194,4 +194,4 @@ def test_on_cuda_in_bf16_the_fused_kernels_take_it_and_agree(packed):
         ]
         for name, a, c in pairs:
             err = float((c.float() - a).abs().max()) / float(a.abs().max())
-            assert err < 3e-2, f"{name}: max error {err:.3g} of its largest value"
+            assert err < 5e-2, f"{name}: max error {err:.3g} of its largest value"  # bf16: ~1.4e-2 on CPU
