@@ -23,28 +23,34 @@ _EMBEDDING_KEY = "embedding.word_embeddings.weight"
 _OUTPUT_KEY = "output_layer.weight"
 
 
-def _state(chunks: list[torch.nn.Module]) -> dict[str, Any]:
-    # one chunk: {"model": ...}; virtual pipeline: {"model0": ..., "model1": ...} (megatron.training's layout)
-    if len(chunks) == 1:
-        return {"model": chunks[0].sharded_state_dict()}
-    return {f"model{i}": c.sharded_state_dict() for i, c in enumerate(chunks)}
+def model_state(model) -> dict[str, Any]:
+    """The sharded state dict of ``model`` (a model or a list of virtual-pipeline chunks), in
+    megatron.training's layout: ``{"model": ...}`` for one chunk, ``{"model0": ..., "model1": ...}`` for
+    several. The sharded keys are global, so a checkpoint loads at any TP/PP/VP."""
+    chunks = as_chunks(model)
+    return {key: c.sharded_state_dict() for key, c in zip(_state_keys(len(chunks)), chunks, strict=True)}
+
+
+def load_model_state(model, loaded: dict[str, Any]) -> None:
+    """Load what ``load_sharded(model_state(model), ...)`` returned into ``model``'s chunks."""
+    chunks = as_chunks(model)
+    for key, chunk in zip(_state_keys(len(chunks)), chunks, strict=True):
+        chunk.load_state_dict(loaded[key])
+
+
+def _state_keys(num_chunks: int) -> list[str]:
+    return ["model"] if num_chunks == 1 else [f"model{i}" for i in range(num_chunks)]
 
 
 def save_checkpoint(model, directory: str | os.PathLike) -> None:
     """Write the model (a chunk or a list of VPP chunks) as a torch_dist checkpoint; all ranks call it."""
-    save_sharded(_state(as_chunks(model)), directory)
+    save_sharded(model_state(model), directory)
 
 
 def load_checkpoint(model, directory: str | os.PathLike) -> None:
     """Load a torch_dist checkpoint into ``model`` at its TP/PP layout (resharding); all ranks call it."""
-    chunks = as_chunks(model)
-    check_checkpoint(chunks, directory)
-    loaded = load_sharded(_state(chunks), directory)
-    if len(chunks) == 1:
-        chunks[0].load_state_dict(loaded["model"])
-    else:
-        for i, chunk in enumerate(chunks):
-            chunk.load_state_dict(loaded[f"model{i}"])
+    check_checkpoint(model, directory)
+    load_model_state(model, load_sharded(model_state(model), directory))
 
 
 def tensors_metadata(directory: str | os.PathLike) -> dict[str, Any]:

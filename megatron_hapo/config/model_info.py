@@ -154,12 +154,19 @@ def rollout_tp_problems(shape: ModelShape, tp: int) -> list[str]:
     return problems
 
 
-def pp_problems(shape: ModelShape, pp: int) -> list[str]:
-    """Why ``pp`` pipeline stages cannot split the layers (empty = they can): every stage holds the same
-    number of layers."""
+def pp_problems(shape: ModelShape, pp: int, vp: int | None = None) -> list[str]:
+    """Why ``pp`` pipeline stages of ``vp`` model chunks each (interleaved pipeline; None = one chunk)
+    cannot split the layers (empty = they can): every chunk holds the same number of layers."""
     if pp < 1:
         return [f"PP must be >= 1, got PP={pp}"]
     layers = shape.num_hidden_layers
+    if vp is not None and vp >= 1:
+        if layers % (pp * vp) == 0:
+            return []
+        return [
+            f"PP x VP = {pp} x {vp} = {pp * vp} model chunks do not divide the number of layers ({layers}); "
+            f"use PP and VP whose product divides {layers}"
+        ]
     if layers % pp == 0:
         return []
     return [f"PP={pp} does not divide the number of layers ({layers}); use a PP size that divides {layers}"]

@@ -16,7 +16,8 @@ checked. Terms per training GPU (bf16 training, fp32 master weights, Adam):
   keep no score matrix; SDPA on a packed row keeps its mask as a bf16 bias, 2 s^2 bytes per layer.
   Megatron's unfused attention keeps 5 a s^2 / TP bytes per row of length s and layer (scores and softmax
   in bf16, dropout mask): summed over the micro-batch's rows that is T x S under a token budget and T^2
-  for a packed row. The first pipeline stage holds up to min(PP, micro-batches) micro-batches in flight.
+  for a packed row. The first pipeline stage holds up to min(PP, micro-batches) micro-batches in flight,
+  about PP (1 + 1/VP) under an interleaved pipeline (:func:`pipeline_in_flight`).
 * logits and their gradient: 2 x 2 B x T x V / TP (the fused log-prob/entropy op adds O(T) only)
 * the old-policy pass, forward only, on micro-batches of its own budget T_old
   (``data.max_tokens_per_old_micro_batch``): one layer's working set at a time (the same per-layer terms
@@ -148,6 +149,22 @@ def micro_batch_shape(cfg: RootConfig, old_pass: bool = False) -> MicroBatchShap
     )
 
 
+def pipeline_in_flight(pp: int, vp: int | None, micro_batches: int) -> float:
+    """Micro-batches whose activations the first pipeline stage holds at once, in whole-stage units.
+
+    Plain 1F1B: min(PP, M). Interleaved (VP chunks of 1/VP of the stage's layers each; M rounded up to a
+    multiple of PP): the first rank runs 2 (PP - 1) + (VP - 1) PP warm-up chunk forwards before its first
+    backward, all M x VP when M = PP (Megatron's ``get_pp_rank_microbatches``), so about PP (1 + 1/VP)."""
+    m = max(1, micro_batches)
+    if pp == 1:
+        return 1
+    if not vp:
+        return min(pp, m)
+    m = -(-m // pp) * pp
+    chunk_forwards = m * vp if m == pp else min(m * vp, 2 * (pp - 1) + (vp - 1) * pp + 1)
+    return chunk_forwards / vp
+
+
 def memory_plan(cfg: RootConfig, arch, dp: int) -> MemoryPlan:
     p, data = cfg.parallel, cfg.data
     tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
@@ -172,7 +189,7 @@ def memory_plan(cfg: RootConfig, arch, dp: int) -> MemoryPlan:
     micro_batches = (
         responses_per_rank if data.max_tokens_per_micro_batch else responses_per_rank // data.micro_batch_size
     )
-    in_flight = min(pp, max(1, micro_batches)) if pp > 1 else 1
+    in_flight = pipeline_in_flight(pp, p.virtual_pipeline_model_parallel_size, micro_batches)
     return MemoryPlan(
         weights=2 * stage,
         grads=4 * stage,
@@ -200,6 +217,11 @@ def render_plan(cfg: RootConfig, world_size: int, gpu_gib: float = 80.0) -> str:
         f" = a multiple of {cfg.model.make_vocab_size_divisible_by} x TP), context {arch.max_position_embeddings}",
         f"training   {world_size} GPUs = TP {p.tensor_model_parallel_size} x PP {p.pipeline_model_parallel_size} "
         f"x CP {p.context_parallel_size} x DP {dp}"
+        + (
+            f" + interleaved pipeline (VP {p.virtual_pipeline_model_parallel_size} chunks per stage)"
+            if p.virtual_pipeline_model_parallel_size
+            else ""
+        )
         + (" + sequence parallel" if p.sequence_parallel else "")
         + (" + distributed optimizer" if p.use_distributed_optimizer else ""),
         f"rollout    {r.engine}: {r.num_servers} SGLang server(s) x {gpus_per_server} GPU(s), TP {r.tensor_parallel_size}",

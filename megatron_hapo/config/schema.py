@@ -116,7 +116,9 @@ class ParallelConfig:
     )
     data_parallel_size: int | None = opt(None, "data-parallel size (DP); null = world_size / (TP x PP x CP)")
     virtual_pipeline_model_parallel_size: int | None = opt(
-        None, "interleaved pipeline: model chunks per pipeline rank; only null for now (not implemented)"
+        None,
+        "interleaved pipeline: model chunks per pipeline rank (>= 2, needs PP > 1 and layers divisible by "
+        "PP x VP; fewer pipeline bubbles for more point-to-point traffic); null = one chunk per rank",
     )
     sequence_parallel: bool = opt(False, "Megatron sequence parallelism (needs TP > 1)")
     use_distributed_optimizer: bool = opt(True, "shard optimizer state across data-parallel ranks")
@@ -129,6 +131,12 @@ class ParallelConfig:
         if self.context_parallel_size > 1:
             m = math.lcm(m, 2 * self.context_parallel_size)
         return m
+
+    @property
+    def micro_batch_multiple(self) -> int:
+        """What every rank's micro-batch count per schedule call must divide by: PP under an interleaved
+        pipeline (Megatron's interleaved schedule runs micro-batches in groups of PP per model chunk), else 1."""
+        return self.pipeline_model_parallel_size if self.virtual_pipeline_model_parallel_size else 1
 
 
 # ----------------------------------------------------------------------------------------------- precision

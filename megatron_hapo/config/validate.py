@@ -164,13 +164,13 @@ def _layout(cfg: RootConfig, world_size: int, world_phrase: str, out: _Issues) -
             ["parallel.sequence_parallel", "parallel.tensor_model_parallel_size"],
             "sequence parallelism splits activations across TP ranks and needs TP > 1; set sequence_parallel=false",
         )
-    if p.virtual_pipeline_model_parallel_size is not None:
-        # the policy builds one model chunk per stage and drives Megatron's non-interleaved schedule; the
-        # interleaved one would stop at its first update with an assertion
+    vp = p.virtual_pipeline_model_parallel_size
+    if vp is not None and vp >= 1 and (vp == 1 or pp == 1):
+        # Megatron's interleaved schedule needs PP > 1; one chunk per stage is the plain schedule
         out.add(
-            "parallel.virtual_pipeline_model_parallel_size",
-            "an interleaved (virtual) pipeline is not implemented (the policy builds one model chunk per "
-            "pipeline stage): set virtual_pipeline_model_parallel_size=null",
+            ["parallel.virtual_pipeline_model_parallel_size", "parallel.pipeline_model_parallel_size"],
+            f"an interleaved pipeline needs PP > 1 and >= 2 model chunks per stage (got PP={pp}, VP={vp}); "
+            "set virtual_pipeline_model_parallel_size=null for one chunk per stage",
         )
 
 
@@ -653,8 +653,11 @@ def _model_fits(cfg: RootConfig, shape: ModelShape, out: _Issues) -> None:
         for problem in tp_problems(shape, tp):
             out.add("parallel.tensor_model_parallel_size", f"{problem} {src}")
     if pp >= 1:
-        for problem in pp_problems(shape, pp):
-            out.add("parallel.pipeline_model_parallel_size", f"{problem} {src}")
+        vp = p.virtual_pipeline_model_parallel_size
+        keys = ["parallel.pipeline_model_parallel_size"]
+        keys += ["parallel.virtual_pipeline_model_parallel_size"] if vp is not None else []
+        for problem in pp_problems(shape, pp, vp):
+            out.add(keys, f"{problem} {src}")
     for problem in rollout_tp_problems(shape, cfg.rollout.tensor_parallel_size):
         out.add("rollout.tensor_parallel_size", f"{problem} {src}")
     total = cfg.data.max_prompt_length + cfg.rollout.max_new_tokens

@@ -125,6 +125,8 @@ def transformer_config(arch: ModelArch, *, params_dtype: torch.dtype = torch.flo
         init_method_std=arch.initializer_range,
         tensor_model_parallel_size=ps.get_tensor_model_parallel_world_size(),
         pipeline_model_parallel_size=ps.get_pipeline_model_parallel_world_size(),
+        # interleaved pipeline: which layers a chunk builds depends on it (get_transformer_layer_offset)
+        virtual_pipeline_model_parallel_size=ps.get_virtual_pipeline_model_parallel_world_size(),
         params_dtype=params_dtype,
         pipeline_dtype=params_dtype,
         bf16=params_dtype == torch.bfloat16,
@@ -166,7 +168,8 @@ def build_gpt_model(
     ``padded_vocab_size``: the embedding/output row count; default ``arch.padded_vocab_size(tp,
     make_vocab_size_divisible_by)``. Pass the value a checkpoint was written with to load it at another
     TP (``mcore_io.checkpoint_padded_vocab``). ``local_attention``: the local spec's core attention
-    (:func:`resolve_local_attention`). ``perform_initialization=False`` skips random init (for
+    (:func:`resolve_local_attention`). ``vp_stage``: which of this rank's chunks to build under an interleaved
+    pipeline (required then; its layers come from Megatron's layer offset). ``perform_initialization=False`` skips random init (for
     weights about to be overwritten). ``hf_overrides``: HF config fields set on top of ``source``'s
     (``model.override_config``); ``config_overrides``: Megatron ``TransformerConfig`` fields. The returned
     model carries ``hapo_arch`` (the ``ModelArch``) for ``export_hf_weights``; its ``vocab_size`` attribute
@@ -179,7 +182,13 @@ def build_gpt_model(
     arch = load_arch(source, hf_overrides)
     tp = ps.get_tensor_model_parallel_world_size()
     pp = ps.get_pipeline_model_parallel_world_size()
-    arch.check_layout(tp, pp)
+    vp = ps.get_virtual_pipeline_model_parallel_world_size()
+    arch.check_layout(tp, pp, vp)
+    if vp is not None and vp_stage is None:
+        raise ValueError(
+            f"an interleaved pipeline ({vp} chunks per stage) builds one model per chunk: pass vp_stage "
+            f"in 0..{vp - 1} (trainer/policy.py builds them all)"
+        )
     padded = padded_vocab_size or arch.padded_vocab_size(tp, make_vocab_size_divisible_by)
     if padded < arch.vocab_size or padded % tp:
         raise ParallelLayoutError(

@@ -85,13 +85,14 @@ class ModelArch:
             vocab_size=self.vocab_size,
         )
 
-    def check_layout(self, tp: int, pp: int) -> None:
-        """Raise :class:`ParallelLayoutError` if TP/PP cannot split this model (the rules config validation
-        and the dry run apply too)."""
-        problems = tp_problems(self.shape(), tp) + pp_problems(self.shape(), pp)
+    def check_layout(self, tp: int, pp: int, vp: int | None = None) -> None:
+        """Raise :class:`ParallelLayoutError` if TP/PP (with ``vp`` virtual-pipeline chunks per stage) cannot
+        split this model (the rules config validation and the dry run apply too)."""
+        problems = tp_problems(self.shape(), tp) + pp_problems(self.shape(), pp, vp)
         if problems:
+            where = f"TP={tp} PP={pp}" + (f" VP={vp}" if vp else "")
             raise ParallelLayoutError(
-                f"{self.family} model cannot be split at TP={tp} PP={pp}: " + "; ".join(problems)
+                f"{self.family} model cannot be split at {where}: " + "; ".join(problems)
             )
 
     def to_dict(self) -> dict[str, Any]:

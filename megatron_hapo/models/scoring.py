@@ -8,6 +8,8 @@ Megatron's pipeline schedule, so it works at any TP/PP.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -104,11 +106,20 @@ def score_sequences(
     return out
 
 
+def schedule_iterators(micro_batches: Iterator, num_chunks: int) -> Iterator | list[Iterator]:
+    """The ``data_iterator`` of Megatron's schedule: ``micro_batches`` itself for one model chunk; under an
+    interleaved pipeline, one iterator per chunk over the same micro-batches (each built once and held until
+    every chunk has read it: the first chunk runs at most a few micro-batches ahead of the last)."""
+    if num_chunks == 1:
+        return micro_batches
+    return list(itertools.tee(micro_batches, num_chunks))
+
+
 def forward_log_prob_entropy(
     model, micro_batches, vocab_size: int, num_microbatches: int | None = None, on_output=None
 ) -> list[torch.Tensor]:
     """Forward-only pass over ``micro_batches`` (a list, or an iterator with ``num_microbatches``) through
-    Megatron's schedule; per micro-batch ``[2, b, s]`` (log-prob, entropy of every target at its
+    Megatron's schedule, on ``model`` (a model, or the list of an interleaved pipeline's chunks); per micro-batch ``[2, b, s]`` (log-prob, entropy of every target at its
     temperature) on the last pipeline stage, an empty list on the other stages. With ``on_output``, the
     last stage calls ``on_output(batch, result)`` per micro-batch instead of keeping the results (so a long
     pass never holds them all) and the list is empty.
@@ -151,10 +162,11 @@ def forward_log_prob_entropy(
     if num_microbatches is None:
         num_microbatches, shape = len(micro_batches), tuple(micro_batches[0].tokens.shape)
     with torch.no_grad():
+        chunks = list(model) if isinstance(model, (list, tuple)) else [model]
         collected = get_forward_backward_func()(
             forward_step_func=forward_step,
-            data_iterator=iter(micro_batches),
-            model=[model],
+            data_iterator=schedule_iterators(iter(micro_batches), len(chunks)),
+            model=chunks,
             num_microbatches=num_microbatches,
             seq_length=shape[1],
             micro_batch_size=shape[0],

@@ -176,8 +176,12 @@ def _micro(
     return MicroBatchPlan(tuple(rows), round_up(pad_to or longest, pad_multiple))
 
 
-def _equalise(per_rank: list[list[MicroBatchPlan]], pad_multiple: int) -> list[list[MicroBatchPlan]]:
-    count = max(len(x) for x in per_rank)
+def _equalise(
+    per_rank: list[list[MicroBatchPlan]], pad_multiple: int, count_multiple: int = 1
+) -> list[list[MicroBatchPlan]]:
+    """Every rank's list padded with empty micro-batches to the longest one's count rounded up to
+    ``count_multiple``."""
+    count = round_up(max(len(x) for x in per_rank), count_multiple)
     empty = MicroBatchPlan((), pad_multiple)
     return [x + [empty] * (count - len(x)) for x in per_rank]
 
@@ -191,6 +195,7 @@ def plan_step(
     max_tokens_old: int | None = None,
     micro_batch_size: int = 1,
     pad_multiple: int = 1,
+    micro_batch_multiple: int = 1,
     pad_to_step: bool = False,
     packed: bool = False,
 ) -> StepPlan:
@@ -201,6 +206,9 @@ def plan_step(
     (None: ``max_tokens``). ``pad_to_step``: pad every micro-batch to the step's longest sequence (the
     historical whole-step padding; for benchmarks and equivalence tests). ``packed``: micro-batches are
     packed rows (:func:`pack_rows`) under the same budgets, which are then required.
+    ``micro_batch_multiple``: every rank's micro-batch count per update and in the old-policy pass is
+    rounded up to it with empty micro-batches (``ParallelConfig.micro_batch_multiple``: PP under an
+    interleaved pipeline).
     """
     if packed and (max_tokens is None or pad_to_step):
         raise ValueError("sequence packing needs a token budget (max_tokens) and no whole-step padding")
@@ -219,7 +227,7 @@ def plan_step(
             shares = balance_ranks([i for s in mini for i in s], seq_lens, dp)
             groups = [group(s, seq_lens, max_tokens, pad_multiple) for s in shares]
         micro = [[_micro(g, seq_lens, pad_multiple, pad_to, packed) for g in rank] for rank in groups]
-        for r, mbs in enumerate(_equalise(micro, pad_multiple)):
+        for r, mbs in enumerate(_equalise(micro, pad_multiple, micro_batch_multiple)):
             update[r].append(mbs)
             responses[r].extend(shares[r])
     old_budget = max_tokens_old if max_tokens_old is not None else max_tokens
@@ -230,4 +238,6 @@ def plan_step(
         else:
             groups = group(rows, seq_lens, old_budget, pad_multiple)
         old.append([_micro(g, seq_lens, pad_multiple, pad_to, packed) for g in groups])
+    if micro_batch_multiple > 1:  # the old pass needs no equal counts across DP ranks, only the multiple
+        old = [_equalise([rank], pad_multiple, micro_batch_multiple)[0] for rank in old]
     return StepPlan(update, old, responses, list(seq_lens))

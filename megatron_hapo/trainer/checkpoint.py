@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from megatron_hapo.checkpoint_io.mcore_io import load_model_state, model_state
 from megatron_hapo.config.errors import HapoError
 from megatron_hapo.parallel.checkpointing import load_sharded, save_sharded
 from megatron_hapo.trainer import manifest
@@ -49,11 +50,11 @@ _OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
 
 
 def _state(policy, is_loading: bool = False) -> dict:
-    model_sd = policy.model.module.sharded_state_dict()
+    model_sd = model_state(policy.chunks)  # {"model": ...}, or {"model0": ..., ...} per virtual stage
     optimizer_sd = policy.optimizer.sharded_state_dict(
         model_sd, is_loading=is_loading, metadata=_OPTIMIZER_METADATA
     )
-    return {"model": model_sd, "optimizer": optimizer_sd}
+    return {**model_sd, "optimizer": optimizer_sd}
 
 
 class CheckpointFormatUnknown(HapoError, ValueError):
@@ -220,7 +221,7 @@ def _export_hf(policy, out: Path, hf_reference: str | Path) -> None:
         return
     dtype = getattr(torch, policy.cfg.model.dtype)
     writer = HFCheckpointWriter(out, 5 * 10**9, dtype) if dist.get_rank() == 0 else None
-    for name, tensor in export_hf_weights(policy.model):
+    for name, tensor in export_hf_weights(policy.chunks):
         if writer is not None:
             writer.add(name, tensor)
     if writer is not None:
@@ -271,7 +272,7 @@ def load(policy, path: str | Path) -> dict[str, Any]:
     path = Path(path)
     _ensure_optimizer_state(policy.optimizer)
     loaded = load_sharded(_state(policy, is_loading=True), path)
-    policy.model.module.load_state_dict(loaded["model"])
+    load_model_state(policy.chunks, loaded)
     policy.optimizer.load_state_dict(loaded["optimizer"])
     _unshare_adam_steps(policy.optimizer)
     state = upgrade_state(json.loads((path / STATE_FILE).read_text()), path)

@@ -83,6 +83,7 @@ def learn(
         max_tokens_old=d.max_tokens_per_old_micro_batch,
         micro_batch_size=d.micro_batch_size,
         pad_multiple=cfg.parallel.sequence_multiple,
+        micro_batch_multiple=cfg.parallel.micro_batch_multiple,
         pad_to_step=whole_step_padding,
         packed=policy.packing != "none" and not whole_step_padding,
     )

@@ -17,8 +17,9 @@ from megatron_hapo.config import RootConfig
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def build_optimizer(cfg: RootConfig, model):
-    """``megatron.core.optimizer.get_megatron_optimizer`` over the DDP-wrapped ``model``."""
+def build_optimizer(cfg: RootConfig, chunks: list):
+    """``megatron.core.optimizer.get_megatron_optimizer`` over the DDP-wrapped model ``chunks`` (one per
+    virtual-pipeline stage)."""
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
     from megatron_hapo.models.precision import fp8_optimizer_overrides
@@ -40,7 +41,7 @@ def build_optimizer(cfg: RootConfig, model):
             use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
             **fp8_optimizer_overrides(cfg.precision),
         ),
-        [model],
+        list(chunks),
     )
 
 

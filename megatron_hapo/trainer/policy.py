@@ -30,7 +30,7 @@ from megatron_hapo.algorithms import (
 )
 from megatron_hapo.config import RootConfig
 from megatron_hapo.models.packing import forward_micro_batch, resolve_packing
-from megatron_hapo.models.scoring import mask_padded_vocab
+from megatron_hapo.models.scoring import mask_padded_vocab, schedule_iterators
 from megatron_hapo.ops import fused_hapo_loss
 from megatron_hapo.parallel import compute_device
 from megatron_hapo.trainer.batching import MicroBatchPlan
@@ -38,6 +38,14 @@ from megatron_hapo.trainer.experience import Experience
 from megatron_hapo.trainer.optim import DTYPES, build_optimizer, build_scheduler
 
 logger = logging.getLogger(__name__)
+
+
+# The interleaved schedule's point-to-point settings (Megatron-LM's defaults under a virtual pipeline):
+# separate send/recv calls per direction. Batched, a step that sends both ways posts [send grad, send
+# activation] to a peer that posts [recv activation, recv grad]; at PP=2, where the previous and the next
+# stage are the same rank, the receives matched the wrong sends: micro-batches padded to their own length
+# got each other's shapes (found by tests/dist_jobs/job_virtual_pipeline.py).
+INTERLEAVED_P2P = {"overlap_p2p_comm": True, "batch_p2p_comm": False}
 
 
 def metrics_to_host(rows: list[dict[str, torch.Tensor | float]]) -> list[dict[str, float]]:
@@ -50,8 +58,9 @@ def metrics_to_host(rows: list[dict[str, torch.Tensor | float]]) -> list[dict[st
 
 
 class Policy:
-    """This rank's policy model with its DDP wrapper, Megatron optimizer and LR scheduler, and the policy
-    loss ``algorithm.policy_loss`` names in the registry with its metric reductions."""
+    """This rank's policy model (``chunks``: one DDP-wrapped GPTModel, or one per virtual-pipeline stage
+    under an interleaved pipeline), Megatron optimizer and LR scheduler, and the policy loss
+    ``algorithm.policy_loss`` names in the registry with its metric reductions."""
 
     def __init__(self, cfg: RootConfig, optimizer_steps: int):
         from megatron.core import parallel_state as ps
@@ -80,37 +89,50 @@ class Policy:
                     recompute_method=cfg.model.recompute_method,
                     recompute_num_layers=cfg.model.recompute_num_layers,
                 )
-        gpt = build_gpt_model(
-            cfg.model.hf_path,
-            params_dtype=dtype,
-            spec=cfg.model.layer_spec,
-            local_attention=cfg.model.local_attention,
-            make_vocab_size_divisible_by=cfg.model.make_vocab_size_divisible_by,
-            hf_overrides=dict(cfg.model.override_config),
-            config_overrides={
-                "sequence_parallel": cfg.parallel.sequence_parallel,
-                # the fused (CUDA) causal softmax of unfused attention ignores the block-diagonal mask of packed rows
-                **({"masked_softmax_fusion": False} if self.packing == "mask" else {}),
-                **recompute,
-                **fp8_config_overrides(cfg.precision),
-            },
-        )
+        # one model chunk per virtual-pipeline stage (interleaved schedule), else one (Megatron's get_model)
+        vp = ps.get_virtual_pipeline_model_parallel_world_size()
+        gpts = [
+            build_gpt_model(
+                cfg.model.hf_path,
+                params_dtype=dtype,
+                spec=cfg.model.layer_spec,
+                local_attention=cfg.model.local_attention,
+                make_vocab_size_divisible_by=cfg.model.make_vocab_size_divisible_by,
+                hf_overrides=dict(cfg.model.override_config),
+                vp_stage=stage,
+                config_overrides={
+                    "sequence_parallel": cfg.parallel.sequence_parallel,
+                    # the fused (CUDA) causal softmax of unfused attention ignores the block-diagonal mask of packed rows
+                    **({"masked_softmax_fusion": False} if self.packing == "mask" else {}),
+                    **recompute,
+                    **fp8_config_overrides(cfg.precision),
+                    **(INTERLEAVED_P2P if vp else {}),
+                },
+            )
+            for stage in (range(vp) if vp else [None])
+        ]
         if cfg.model.load_weights:
-            load_hf_weights(gpt, cfg.model.hf_path)
-        self.arch = gpt.hapo_arch
-        self.vocab_size = gpt.hapo_arch.vocab_size
+            load_hf_weights(gpts, cfg.model.hf_path)
+        self.arch = gpts[0].hapo_arch
+        self.vocab_size = self.arch.vocab_size
         ddp_config = DistributedDataParallelConfig(
             use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
             grad_reduce_in_fp32=True,
             **fp8_ddp_overrides(cfg.precision),
         )
-        self.model = DistributedDataParallel(config=gpt.config, ddp_config=ddp_config, module=gpt)
-        self.model.hapo_arch = gpt.hapo_arch
-        gpt.config.finalize_model_grads_func = finalize_model_grads
-        gpt.config.no_sync_func = self.model.no_sync
-        # micro-batches are padded to their own length: under PP the schedule exchanges each one's shape
-        gpt.config.variable_seq_lengths = ps.get_pipeline_model_parallel_world_size() > 1
-        self.optimizer = build_optimizer(cfg, self.model)
+        # chunks after the first in one bucket each, as Megatron's get_model does
+        self.chunks = [
+            DistributedDataParallel(config=g.config, ddp_config=ddp_config, module=g, disable_bucketing=i > 0)
+            for i, g in enumerate(gpts)
+        ]
+        no_sync = [c.no_sync for c in self.chunks] if vp else self.chunks[0].no_sync
+        for c, g in zip(self.chunks, gpts, strict=True):
+            c.hapo_arch = g.hapo_arch
+            g.config.finalize_model_grads_func = finalize_model_grads
+            g.config.no_sync_func = no_sync
+            # micro-batches are padded to their own length: under PP the schedule exchanges each one's shape
+            g.config.variable_seq_lengths = ps.get_pipeline_model_parallel_world_size() > 1
+        self.optimizer = build_optimizer(cfg, self.chunks)
         self.scheduler = build_scheduler(cfg, self.optimizer, optimizer_steps)
         self.loss_cfg = cfg.algorithm.loss
         self.policy_loss = get_policy_loss(cfg.algorithm.policy_loss)  # the registry: no loss special-cased
@@ -120,7 +142,21 @@ class Policy:
         self.tp_group = (
             ps.get_tensor_model_parallel_group() if ps.get_tensor_model_parallel_world_size() > 1 else None
         )
-        log_implementations(gpt, self.optimizer)  # which Adam / norm / linear classes Megatron chose
+        log_implementations(gpts[0], self.optimizer)  # which Adam / norm / linear classes Megatron chose
+
+    @property
+    def model(self):
+        """The DDP-wrapped model, when it is one chunk (no interleaved pipeline); else see ``chunks``."""
+        if len(self.chunks) != 1:
+            raise ValueError(
+                f"this policy has {len(self.chunks)} virtual-pipeline chunks: use Policy.chunks, not Policy.model"
+            )
+        return self.chunks[0]
+
+    def train_mode(self, on: bool) -> None:
+        """``train()`` / ``eval()`` on every chunk."""
+        for c in self.chunks:
+            c.train(on)
 
     # ------------------------------------------------------------------------------- old-policy pass
     def old_policy_pass(self, exp: Experience, micro_batches: list[MicroBatchPlan]) -> None:
@@ -130,14 +166,14 @@ class Policy:
 
         from megatron_hapo.models.scoring import forward_log_prob_entropy
 
-        self.model.eval()
+        self.train_mode(False)
 
         def fill(mb, result):
             exp.scatter("old_log_prob", mb, result[0])
             exp.scatter("entropy", mb, result[1])
 
         forward_log_prob_entropy(
-            self.model,
+            self.chunks,
             (self.micro_batch(exp, p) for p in micro_batches),  # built one at a time
             self.vocab_size,
             num_microbatches=len(micro_batches),
@@ -206,7 +242,7 @@ class Policy:
         num_mini = len(mini_batches)
         per_update: list[list[dict[str, float]]] = []  # every DP rank's micro-batch metrics, per update
         grad_norm_mean = 0.0
-        self.model.train()
+        self.train_mode(True)
         for plans in mini_batches:
             normalizer = self.loss_normalizer(exp, [r for p in plans for r in p.rows])
             if self.dp_group is not None:
@@ -242,12 +278,13 @@ class Policy:
 
                 return output, loss_func
 
-            self.model.zero_grad_buffer()
+            for c in self.chunks:
+                c.zero_grad_buffer()
             self.optimizer.zero_grad()
             get_forward_backward_func()(
                 forward_step_func=forward_step,
-                data_iterator=micro,
-                model=[self.model],
+                data_iterator=schedule_iterators(micro, len(self.chunks)),
+                model=self.chunks,
                 num_microbatches=len(plans),
                 seq_length=plans[0].seq_len,  # ignored under PP (variable_seq_lengths), unused without
                 micro_batch_size=plans[0].batch_rows,
@@ -291,7 +328,7 @@ class Policy:
         t0 = time.perf_counter()
         if ps.get_data_parallel_rank() != 0:
             return {}
-        named = export_hf_weights(self.model)
+        named = export_hf_weights(self.chunks)
         if synchronizer is not None:
             return synchronizer.sync(named, version).metrics()
         for _ in named:

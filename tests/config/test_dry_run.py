@@ -136,3 +136,19 @@ def test_local_attention_on_packed_rows_counts_its_score_matrices_and_the_old_pa
         and "packed rows of 45056 tokens (mask), local spec, unfused attention" in message
     )
     assert "lower data.max_tokens_per_old_micro_batch" in message and "model.local_attention=sdpa" in message
+
+
+def test_an_interleaved_pipeline_holds_more_micro_batches_in_flight():
+    from megatron_hapo.config.plan import pipeline_in_flight
+
+    assert pipeline_in_flight(1, None, 8) == 1 and pipeline_in_flight(4, None, 8) == 4
+    assert pipeline_in_flight(4, None, 2) == 2
+    # Megatron's first rank at PP=4, VP=2, 8 micro-batches: 2 x 3 + 1 x 4 = 10 warm-up chunk forwards + 1
+    assert pipeline_in_flight(4, 2, 8) == 11 / 2
+    assert pipeline_in_flight(4, 2, 3) == 4  # rounded up to M = PP: every chunk forward before a backward
+    pp2 = _plan(SMALL, "parallel.pipeline_model_parallel_size=2")
+    vp2 = _plan(
+        SMALL, "parallel.pipeline_model_parallel_size=2", "parallel.virtual_pipeline_model_parallel_size=2"
+    )
+    assert vp2.activations == pytest.approx(pp2.activations * 2.5 / 2)
+    assert (vp2.weights, vp2.logits, vp2.old_pass) == (pp2.weights, pp2.logits, pp2.old_pass)

@@ -79,17 +79,22 @@ def test_global_batch_divisible_by_dp_times_micro_batch():
     assert "multiple of mini_batch_size" in found[0].message
 
 
-def test_sequence_parallel_needs_tp_and_an_interleaved_pipeline_is_refused():
+def test_sequence_parallel_needs_tp_and_an_interleaved_pipeline_needs_pp():
     found = issues(["parallel.sequence_parallel=true"], world_size=8)
     assert keys(found) == {"parallel.sequence_parallel, parallel.tensor_model_parallel_size"}
     assert "needs TP > 1" in found[0].message
-    found = issues(
-        ["parallel.pipeline_model_parallel_size=2", "parallel.virtual_pipeline_model_parallel_size=2"],
-        world_size=8,
-    )
-    assert keys(found) == {"parallel.virtual_pipeline_model_parallel_size"}
-    assert "interleaved (virtual) pipeline is not implemented" in found[0].message
-    assert "set virtual_pipeline_model_parallel_size=null" in found[0].message
+    vp2 = "parallel.virtual_pipeline_model_parallel_size=2"
+    assert issues(["parallel.pipeline_model_parallel_size=2", vp2], world_size=8) == []
+    for bad in (
+        [vp2],
+        ["parallel.pipeline_model_parallel_size=2", "parallel.virtual_pipeline_model_parallel_size=1"],
+    ):
+        found = issues(bad, world_size=8)
+        assert keys(found) == {
+            "parallel.virtual_pipeline_model_parallel_size, parallel.pipeline_model_parallel_size"
+        }
+        assert "needs PP > 1 and >= 2 model chunks per stage" in found[0].message
+        assert "set virtual_pipeline_model_parallel_size=null" in found[0].message
 
 
 def test_delayed_fp8_with_bf16_first_last_layers_is_rejected_even_without_env_checks():
@@ -220,6 +225,14 @@ def test_model_shape_rules_read_config_json(model_dir, data_file):
         compose(None, [*base, "parallel.pipeline_model_parallel_size=4"]).cfg, world_size=8, probe=probe()
     )
     assert any("does not divide the number of layers (6)" in i.message for i in found)
+    vp = ["parallel.pipeline_model_parallel_size=2", "parallel.virtual_pipeline_model_parallel_size=2"]
+    found = collect_issues(compose(None, [*base, *vp]).cfg, world_size=8, probe=probe())
+    assert [i.key for i in found] == [
+        "parallel.pipeline_model_parallel_size, parallel.virtual_pipeline_model_parallel_size"
+    ]
+    assert "PP x VP = 2 x 2 = 4 model chunks do not divide the number of layers (6)" in found[0].message
+    vp[1] = "parallel.virtual_pipeline_model_parallel_size=3"
+    assert collect_issues(compose(None, [*base, *vp]).cfg, world_size=8, probe=probe()) == []
     found = collect_issues(
         compose(None, [*base, "rollout.max_new_tokens=4000"]).cfg, world_size=8, probe=probe()
     )
