@@ -1,6 +1,7 @@
 """The interleaved (virtual) pipeline: micro-batch counts rounded up to a multiple of PP (Megatron's interleaved
 schedule runs them in groups of PP per chunk), and one HAPO step at PP=2 x VP=2 equal to plain PP=2, with a
-checkpoint that crosses between them (torchrun: tests/dist_jobs/job_virtual_pipeline.py)."""
+checkpoint that crosses between them (torchrun: tests/dist_jobs/job_virtual_pipeline.py), and two RL steps
+of the trainer at PP=2 x VP=2 with the weight sync to SGLang."""
 
 from __future__ import annotations
 
@@ -46,3 +47,22 @@ def test_interleaved_pipeline_trains_as_the_plain_one(tmp_path):
     out = run_torchrun("job_virtual_pipeline.py", 2, str(model), str(tmp_path / "ckpt"), timeout=600)
     print("\n".join(line for line in out.splitlines() if line.startswith("[job]")))  # shown with -s
     assert "VIRTUAL_PIPELINE_OK" in out, out[-3000:]
+
+
+@pytest.mark.slow
+def test_two_rl_steps_through_the_trainer_at_pp2_vp2(tmp_path):
+    """train() at PP=2 x VP=2 (tests/dist_jobs/job_trainer_world2.py): two steps with SGLang in-process on
+    rank 0 serving the weights the chunks export (rollout vs old log-probs within 1e-3), and a checkpoint."""
+    from megatron_hapo.demo.policy import make_demo_model
+
+    model = make_demo_model(
+        tmp_path / "m",
+        sft_steps=100,
+        sft_noise=0.5,
+        sft_files=["examples/data/tiny_math_train.parquet"],
+        num_layers=4,
+    )
+    out = run_torchrun(
+        "job_trainer_world2.py", 2, str(model), str(tmp_path / "run"), "1", "0", "2", "2", timeout=420
+    )
+    assert "TRAINER_WORLD2_OK tp=1 pp=2 vp=2" in out, out[-3000:]
