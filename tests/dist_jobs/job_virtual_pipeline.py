@@ -3,8 +3,8 @@ the plain one.
 
 usage: torchrun --nproc-per-node 2 job_virtual_pipeline.py MODEL_DIR CKPT_DIR   (MODEL_DIR: a 4-layer model)
 
-From the same HF weights, one HAPO step (old-policy pass, two optimizer updates) at PP=2 with VP=2 and at PP=2
-without: old log-probs and entropies per response, losses, gradient norms and every updated parameter (by
+From the same HF weights, one HAPO step (old-policy pass, two updates of Megatron's distributed optimizer) at
+PP=2 with VP=2 and at PP=2 without: old log-probs and entropies per response, losses, gradient norms and every updated parameter (by
 global name, gathered over the pipeline) agree to REL_TOL, with fixed micro-batches, with token budgets
 (micro-batch counts rounded up to a multiple of PP with empty micro-batches) and with packed rows; so does
 the HF export the weight sync streams. A checkpoint written at VP=2 loads at plain PP=2 into the same
@@ -33,7 +33,7 @@ def build(model_dir, variant):
         f"model.hf_path={model_dir}", "model.load_weights=true", "data.train_batch_size=4",
         "data.mini_batch_size=2", "data.micro_batch_size=2", f"sampling.train.n={N_SAMPLES}",
         f"optim.lr={LR}", "optim.eps=1.0", "precision.dtype=fp32", "parallel.pipeline_model_parallel_size=2",
-        "parallel.use_distributed_optimizer=false", "data.max_prompt_length=16", "rollout.max_new_tokens=40",
+        "parallel.use_distributed_optimizer=true", "data.max_prompt_length=16", "rollout.max_new_tokens=40",
         "model.local_attention=unfused",
     ]  # fmt: skip
     if variant == "fixed":
