@@ -1,5 +1,6 @@
 """End to end: hapo-train on the tiny CPU config (SGLang in-process, Megatron, weight sync), resume from
-its checkpoint, two-step runs at TP=2, at DP=2 (distributed optimizer) and at PP=2 under torchrun, and bad configs rejected before any work."""
+its checkpoint, two-step runs at TP=2 and at DP=2 (distributed optimizer) under torchrun (PP=2, interleaved:
+test_virtual_pipeline.py), and bad configs rejected before any work."""
 
 from __future__ import annotations
 
@@ -179,9 +180,8 @@ def test_resume_continues_from_the_checkpoint(first_run, demo_model):
     assert rows[STEPS]["temperature/min"] < 0.999  # the restored statistics drive the first resumed rollout
 
 
-@pytest.mark.parametrize(
-    "tp, dist_opt, pp", [(2, 0, 1), (1, 1, 1), (1, 0, 2)], ids=["tp2", "dp2-distopt", "pp2"]
-)
+# PP=2 through the trainer: tests/trainer/test_virtual_pipeline.py (PP=2 x VP=2, the same job)
+@pytest.mark.parametrize("tp, dist_opt, pp", [(2, 0, 1), (1, 1, 1)], ids=["tp2", "dp2-distopt"])
 def test_two_steps_on_two_ranks(demo_model, tmp_path, tp, dist_opt, pp):
     out = run_torchrun("job_trainer_world2.py", 2, str(demo_model), str(tmp_path / "run"), str(tp), str(dist_opt),
                        str(pp), timeout=420)  # fmt: skip
