@@ -4,11 +4,12 @@ the plain one.
 usage: torchrun --nproc-per-node 2 job_virtual_pipeline.py MODEL_DIR CKPT_DIR   (MODEL_DIR: a 4-layer model)
 
 From the same HF weights, one HAPO step (old-policy pass, two updates of Megatron's distributed optimizer) at
-PP=2 with VP=2 and at PP=2 without: old log-probs and entropies per response, losses, gradient norms and every updated parameter (by
-global name, gathered over the pipeline) agree to REL_TOL, with fixed micro-batches, with token budgets
-(micro-batch counts rounded up to a multiple of PP with empty micro-batches) and with packed rows; so does
-the HF export the weight sync streams. A checkpoint written at VP=2 loads at plain PP=2 into the same
-parameters, and the next step from it matches the VP run's own next step (optimizer state resharded).
+PP=2 with VP=2 and at PP=2 without: old log-probs and entropies per response, losses, gradient norms and
+every updated parameter (by global name, gathered over the pipeline) agree to REL_TOL, with fixed
+micro-batches, with token budgets (micro-batch counts rounded up to a multiple of PP with empty
+micro-batches) and with packed rows; so does the HF export the weight sync streams. A checkpoint written at VP=2 loads at plain PP=2 into the same
+parameters, and the next step from it matches the VP run's own next step (optimizer state resharded); that
+step's checkpoint, written at plain PP=2, loads back at VP=2 into the same parameters.
 Prints VIRTUAL_PIPELINE_OK on success.
 """
 
@@ -130,12 +131,23 @@ def main():
         checkpoint.load(policy, ckpt)
         loaded = global_params(policy)
         runs["plain", "next"] = step(cfg, policy, seed=1)
+        ckpt_plain = checkpoint.save(policy, f"{ckpt_dir}/plain", 2, {}, keep_last=None)
+        del policy
         hp.destroy_model_parallel()
-    saved = runs["vp", "fixed"][0][2]
-    worst_load = max(rel(loaded[n], saved[n], floor=LR) for n in saved)
-    log(f"checkpoint written at VP=2, loaded at plain PP=2: params {worst_load:.1e}")
-    if loaded.keys() != saved.keys() or worst_load > 0:
-        failures.append(f"the VP=2 checkpoint loaded at plain PP=2 into other parameters ({worst_load})")
+        hp.initialize_model_parallel(1, 2, virtual_pipeline_parallel=2, seed=1234)  # and back
+        cfg, policy = build(model_dir, "fixed")
+        checkpoint.load(policy, ckpt_plain)
+        loaded_back = global_params(policy)
+        del policy
+        hp.destroy_model_parallel()
+    for name, got, want in (
+        ("written at VP=2, loaded at plain PP=2", loaded, runs["vp", "fixed"][0][2]),
+        ("written at plain PP=2, loaded at VP=2", loaded_back, runs["plain", "next"][0][2]),
+    ):
+        worst_load = max(rel(got[n], want[n], floor=LR) for n in want)
+        log(f"checkpoint {name}: params {worst_load:.1e}")
+        if got.keys() != want.keys() or worst_load > 0:
+            failures.append(f"a checkpoint {name} holds other parameters ({worst_load})")
     for v in (*VARIANTS, "next"):
         (got, got_export), (ref, ref_export) = runs["vp", v], runs["plain", v]
         worst, bad = compare(v, got, ref, tol=REL_TOL)
