@@ -168,9 +168,9 @@ def build_gpt_model(
     ``padded_vocab_size``: the embedding/output row count; default ``arch.padded_vocab_size(tp,
     make_vocab_size_divisible_by)``. Pass the value a checkpoint was written with to load it at another
     TP (``mcore_io.checkpoint_padded_vocab``). ``local_attention``: the local spec's core attention
-    (:func:`resolve_local_attention`). ``vp_stage``: which of this rank's chunks to build under an interleaved
-    pipeline (required then; its layers come from Megatron's layer offset). ``perform_initialization=False`` skips random init (for
-    weights about to be overwritten). ``hf_overrides``: HF config fields set on top of ``source``'s
+    (:func:`resolve_local_attention`). ``vp_stage``: which of this rank's chunks to build under an
+    interleaved pipeline (required then; its layers come from Megatron's layer offset).
+    ``perform_initialization=False`` skips random init (for weights about to be overwritten). ``hf_overrides``: HF config fields set on top of ``source``'s
     (``model.override_config``); ``config_overrides``: Megatron ``TransformerConfig`` fields. The returned
     model carries ``hapo_arch`` (the ``ModelArch``) for ``export_hf_weights``; its ``vocab_size`` attribute
     is the padded vocab. Every parameter and buffer is on ``megatron_hapo.parallel.compute_device()`` in

@@ -119,10 +119,11 @@ def forward_log_prob_entropy(
     model, micro_batches, vocab_size: int, num_microbatches: int | None = None, on_output=None
 ) -> list[torch.Tensor]:
     """Forward-only pass over ``micro_batches`` (a list, or an iterator with ``num_microbatches``) through
-    Megatron's schedule, on ``model`` (a model, or the list of an interleaved pipeline's chunks); per micro-batch ``[2, b, s]`` (log-prob, entropy of every target at its
-    temperature) on the last pipeline stage, an empty list on the other stages. With ``on_output``, the
-    last stage calls ``on_output(batch, result)`` per micro-batch instead of keeping the results (so a long
-    pass never holds them all) and the list is empty.
+    Megatron's schedule, on ``model`` (a model, or the list of an interleaved pipeline's chunks); per
+    micro-batch ``[2, b, s]`` (log-prob, entropy of every target at its temperature) on the last pipeline
+    stage, an empty list on the other stages. With ``on_output``, the last stage calls
+    ``on_output(batch, result)`` per micro-batch instead of keeping the results (so a long pass never holds
+    them all) and the list is empty.
 
     Each micro-batch has ``tokens``, ``targets``, ``temperature``, ``position_ids`` ``[b, s]`` and
     ``attention_mask`` None (causal) or a bool mask (True = masked) (or is a packed row: :class:`~megatron_hapo.trainer.experience.MicroBatch`); their shapes may differ (under PP set ``config.variable_seq_lengths``, which the
