@@ -41,9 +41,12 @@ def test_interleaved_pipeline_trains_as_the_plain_one(tmp_path):
     at plain PP=2 into the same parameters and the next steps agree."""
     from megatron_hapo.demo.tiny_models import make_tiny_hf_model
 
+    # tied embeddings (as Qwen2.5-1.5B): the first stage's first chunk and the last stage's last chunk share
+    # the embedding's gradient; the trainer test below runs an untied model
     model = make_tiny_hf_model(
-        tmp_path / "m", "qwen2", vocab_size=300, dtype="float32", initializer_range=0.5, num_layers=4
-    )
+        tmp_path / "m", "qwen2", vocab_size=300, dtype="float32", initializer_range=0.5, num_layers=4,
+        tie_word_embeddings=True,
+    )  # fmt: skip
     out = run_torchrun("job_virtual_pipeline.py", 2, str(model), str(tmp_path / "ckpt"), timeout=600)
     print("\n".join(line for line in out.splitlines() if line.startswith("[job]")))  # shown with -s
     assert "VIRTUAL_PIPELINE_OK" in out, out[-3000:]
