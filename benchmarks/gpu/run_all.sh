@@ -14,11 +14,12 @@
 # Device tool: run(command="bash benchmarks/gpu/run_all.sh", carry=[".gpu_wheels"], timeout_s=400); rerun: "bash benchmarks/gpu/run_all.sh --quick" (or STEPS=...), timeout_s=240.
 #
 # Time (H200, estimates before any run; each step is also cut by its own limit and by the budget left):
-#   install ~5 s | import ~15 s | pytest ~60 s (Triton JIT, NCCL init) | train_step ~60 s (1.5B build + 4+4
-#   passes of 4 x 4096 tokens; 3072 on a GPU under 100 GB) | logprob_entropy ~90 s (one process per
+#   install ~5 s | import ~15 s | pytest ~60 s (Triton JIT, NCCL init) | train_step ~75 s (1.5B build + 4+4
+#   passes of 4 x 4096 tokens, then a rebuild and 4 updates without recompute; 3072 tokens and full
+#   recompute only with LOCAL_ATTENTION=unfused on a GPU under 100 GB) | logprob_entropy ~90 s (one process per
 #   implementation; before the rest, as the likeliest to meet the budget's end) | triton_check ~30 s (two 5 GB
 #   gradients) | sampler_math ~30 s (torch.compile's Triton entropy kernel: dynamo on for this step only) |
-#   export ~25 s => ~300 s; --quick ~150 s.
+#   export ~25 s => ~315 s; --quick ~150 s.
 # Not run here (not on the GPU image): SGLang (bench_sampler.py, FP8 rollout tests), Transformer Engine
 # (its FP8 test skips, saying so).
 #
@@ -153,10 +154,14 @@ GPU_MIB=$(timeout 10 nvidia-smi --query-gpu=memory.total --format=csv,noheader,n
 TRAIN_SEQ=4096
 if [ "$LOCAL_ATTENTION" = unfused ] && [ -n "$GPU_MIB" ] && [ "$GPU_MIB" -lt 100000 ]; then TRAIN_SEQ=3072; fi
 [ "$DEVICE" = cpu ] && LOCAL_ATTENTION=auto  # the CPU dry run: whatever auto gives there
+# the update with full recompute (the recipes') and without (~40 GiB at 4 x 4096 with SDPA: the MFU goal is
+# judged on the faster); the unfused attention's kept scores leave no room for the second
+RECOMPUTE=(full none)
+[ "$LOCAL_ATTENTION" = unfused ] && RECOMPUTE=(full)
 printf '\ntrain_step: sequence length %s, local attention %s (GPU memory %s MiB)\n' "$TRAIN_SEQ" "$LOCAL_ATTENTION" "${GPU_MIB:-unknown}" >> "$RESULTS"
 if [ "$DEVICE" = cpu ]; then
   # dry run: tiny sizes, to prove the scripts and this file work end to end
-  step train_step 120 "$PY" benchmarks/bench_train_step.py --device cpu --tiny --iters 1 --local-attention "$LOCAL_ATTENTION"
+  step train_step 120 "$PY" benchmarks/bench_train_step.py --device cpu --tiny --iters 1 --local-attention "$LOCAL_ATTENTION" --recompute "${RECOMPUTE[@]}"
   step triton_check 120 "$PY" benchmarks/bench_triton_check.py --device cpu --tiny --iters 1
   step sampler_math 90 env TORCHDYNAMO_DISABLE=0 "$PY" benchmarks/bench_sampler_math.py --device cpu --tiny --iters 5 --warmup 1
   step export 60 "$PY" benchmarks/bench_export.py --device cpu --tiny --iters 1
@@ -170,7 +175,7 @@ elif [ "$QUICK" = 1 ]; then
   step sampler_math 60 env TORCHDYNAMO_DISABLE=0 "$PY" benchmarks/bench_sampler_math.py --device cuda --batch 256 --iters 20
   step export 40 "$PY" benchmarks/bench_export.py --device cuda --iters 1
 else
-  step train_step 120 "$PY" benchmarks/bench_train_step.py --device cuda --seq "$TRAIN_SEQ" --batch 4 --iters 3 --local-attention "$LOCAL_ATTENTION"
+  step train_step 120 "$PY" benchmarks/bench_train_step.py --device cuda --seq "$TRAIN_SEQ" --batch 4 --iters 3 --local-attention "$LOCAL_ATTENTION" --recompute "${RECOMPUTE[@]}"
   # (b) before (c)-(e): its eight worker processes are the step most likely to meet the budget's end
   step logprob_entropy 120 "$PY" benchmarks/bench_logprob_entropy.py --device cuda --shapes 16384x151936xbf16 \
     --repeats 5 --timeout 50
