@@ -125,7 +125,7 @@ def micro_batch_shape(cfg: RootConfig, old_pass: bool = False) -> MicroBatchShap
     # layer_spec auto: TE's, as on a GPU cluster, unless the packing asked for is the local spec's (mask)
     te = cfg.model.layer_spec == "te" or (cfg.model.layer_spec == "auto" and d.sequence_packing != "mask")
     budget = d.max_tokens_per_micro_batch
-    route, _ = resolve_packing(d.sequence_packing, te, budget is not None)
+    route, _ = resolve_packing(d.sequence_packing, te, budget is not None, cfg.parallel.context_parallel_size)
     if old_pass and budget is not None:
         budget = d.max_tokens_per_old_micro_batch or budget
     attention = "te" if te else ("sdpa" if cfg.model.local_attention == "auto" else cfg.model.local_attention)

@@ -105,6 +105,14 @@ class ModelConfig:
 # ------------------------------------------------------------------------------------------------ parallel
 
 
+def sequence_multiple(tp: int, sequence_parallel: bool, cp: int) -> int:
+    """What a micro-batch's padded length s must divide by. Sequence parallelism splits a rank's sequence over
+    the TP ranks; context parallelism cuts s into 2 x CP chunks (Megatron's load-balanced layout), of which a
+    rank holds s / CP tokens. So s divides by TP, by 2 x CP, and under both by CP x lcm(2, TP)."""
+    m = tp if sequence_parallel else 1
+    return cp * math.lcm(2, m) if cp > 1 else m
+
+
 @dataclass
 class ParallelConfig:
     """Megatron's training layout. TP x PP x CP x DP must equal the world size."""
@@ -125,12 +133,10 @@ class ParallelConfig:
 
     @property
     def sequence_multiple(self) -> int:
-        """What every micro-batch's padded length must divide by: TP with sequence parallelism (the sequence
-        is split over TP ranks), lcm with 2 x CP under context parallelism (Megatron's load-balanced chunks)."""
-        m = self.tensor_model_parallel_size if self.sequence_parallel else 1
-        if self.context_parallel_size > 1:
-            m = math.lcm(m, 2 * self.context_parallel_size)
-        return m
+        """What every micro-batch's padded length must divide by (:func:`sequence_multiple`)."""
+        return sequence_multiple(
+            self.tensor_model_parallel_size, self.sequence_parallel, self.context_parallel_size
+        )
 
     @property
     def micro_batch_multiple(self) -> int:

@@ -151,14 +151,7 @@ def _layout(cfg: RootConfig, world_size: int, world_phrase: str, out: _Issues) -
             f"TP x PP x CP = {tp * pp * cp} must divide the {world_phrase} (DP = world / (TP x PP x CP))",
         )
     if cp > 1:
-        # Megatron's CP expects each rank to feed its own (load-balanced) 2 x CP chunks of every sequence;
-        # the update, the old-policy pass and the loss normaliser do not split them yet, so CP > 1 would
-        # train on wrong attention instead of failing
-        out.add(
-            "parallel.context_parallel_size",
-            f"context parallelism is not implemented in the policy update (got {cp}): set it to 1 and "
-            "shard long sequences with TP + sequence_parallel instead (docs/training.md, 'Limitations')",
-        )
+        _context_parallel(cfg, out)
     if p.sequence_parallel and tp == 1:
         out.add(
             ["parallel.sequence_parallel", "parallel.tensor_model_parallel_size"],
@@ -243,6 +236,36 @@ def _batches(cfg: RootConfig, dp: int | None, out: _Issues) -> None:
             "sampling.train.n",
             f"the advantage estimators ({cfg.algorithm.adv_estimator}) are group-relative and need at least 2 "
             f"samples per prompt, got {n}",
+        )
+
+
+def _context_parallel(cfg: RootConfig, out: _Issues) -> None:
+    """What context parallelism (models/context_parallel.py) does not do: a CP rank holds two chunks of every
+    sequence and sees only its own tokens' loss terms."""
+    cp, loss = cfg.parallel.context_parallel_size, cfg.algorithm.loss
+    if cfg.model.layer_spec != "te" and cfg.model.local_attention == "unfused":
+        out.add(
+            ["parallel.context_parallel_size", "model.local_attention"],
+            f"context parallelism (CP={cp}) on the local layer spec needs model.local_attention=sdpa (or auto): "
+            "Megatron's unfused attention has no context parallelism",
+        )
+    if cfg.data.sequence_packing in ("mask", "thd"):
+        out.add(
+            ["parallel.context_parallel_size", "data.sequence_packing"],
+            f"packed rows are not split across CP ranks yet (CP={cp}): set data.sequence_packing=none or auto "
+            "(one sequence per row under CP)",
+        )
+    if loss.stats_scope == "micro_batch":
+        out.add(
+            ["parallel.context_parallel_size", "algorithm.loss.stats_scope"],
+            f"stats_scope=micro_batch takes entropy statistics over a micro-batch's tokens, of which a CP rank "
+            f"holds 1/{cp}: use stats_scope=step (the step's statistics, from the old-policy pass) under CP",
+        )
+    if loss.agg == "seq-mean-token-mean":
+        out.add(
+            ["parallel.context_parallel_size", "algorithm.loss.agg"],
+            "agg=seq-mean-token-mean divides each sequence's loss by its token count, which a CP rank does not "
+            "see: use token-mean, seq-mean-token-sum or seq-mean-token-sum-norm under CP",
         )
 
 

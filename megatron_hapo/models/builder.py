@@ -52,12 +52,13 @@ def uses_te_spec(spec: SpecChoice) -> bool:
     return spec == "te" or (spec == "auto" and usable)
 
 
-def resolve_local_attention(choice: LocalAttention, te_spec: bool) -> str | None:
+def resolve_local_attention(choice: LocalAttention, te_spec: bool, cp: int = 1) -> str | None:
     """The core attention of the local spec, "sdpa" or "unfused" (None with TE's spec, which has its own).
 
-    "auto": "sdpa" on CUDA (PyTorch's flash / memory-efficient kernels: no s x s scores kept), "unfused"
-    on CPU, whose tests and goldens were written against Megatron's ``DotProductAttention``. An explicit
-    choice with TE's spec raises: nothing would read it."""
+    "auto": "sdpa" on CUDA (PyTorch's flash / memory-efficient kernels: no s x s scores kept) and under
+    context parallelism (``cp`` > 1, which only ``SDPAttention`` implements), else "unfused" on CPU, whose
+    tests and goldens were written against Megatron's ``DotProductAttention``. An explicit choice with TE's
+    spec raises: nothing would read it; so does "unfused" under CP."""
     if choice not in LOCAL_ATTENTIONS:
         raise ValueError(f"local_attention must be one of {LOCAL_ATTENTIONS}, got {choice!r}")
     if te_spec:
@@ -69,7 +70,12 @@ def resolve_local_attention(choice: LocalAttention, te_spec: bool) -> str | None
             )
         return None
     if choice == "auto":
-        return "sdpa" if cpu_compat.cuda_available() else "unfused"
+        return "sdpa" if cpu_compat.cuda_available() or cp > 1 else "unfused"
+    if choice == "unfused" and cp > 1:
+        raise ConversionError(
+            f"model.local_attention=unfused (Megatron's DotProductAttention) has no context parallelism "
+            f"(CP={cp}); use model.local_attention=sdpa (or auto)"
+        )
     return choice
 
 
@@ -82,7 +88,10 @@ def layer_spec(arch: ModelArch, spec: SpecChoice = "auto", local_attention: Loca
     )
 
     use_te = uses_te_spec(spec)
-    attention = resolve_local_attention(local_attention, use_te)
+    from megatron.core import parallel_state as ps
+
+    cp = ps.get_context_parallel_world_size() if ps.model_parallel_is_initialized() else 1
+    attention = resolve_local_attention(local_attention, use_te, cp)
     logger.info(
         "GPT layer spec: %s (%s)",
         "transformer_engine" if use_te else f"local, {attention} attention",
@@ -127,6 +136,8 @@ def transformer_config(arch: ModelArch, *, params_dtype: torch.dtype = torch.flo
         pipeline_model_parallel_size=ps.get_pipeline_model_parallel_world_size(),
         # interleaved pipeline: which layers a chunk builds depends on it (get_transformer_layer_offset)
         virtual_pipeline_model_parallel_size=ps.get_virtual_pipeline_model_parallel_world_size(),
+        # context parallelism: the rotary table is sliced per CP rank, SDPAttention gathers K and V
+        context_parallel_size=ps.get_context_parallel_world_size(),
         params_dtype=params_dtype,
         pipeline_dtype=params_dtype,
         bf16=params_dtype == torch.bfloat16,

@@ -32,17 +32,24 @@ logger = logging.getLogger(__name__)
 PACKING_MODES = ("auto", "none", "mask", "thd")
 
 
-def resolve_packing(mode: str, te_spec: bool, token_budget: bool) -> tuple[str, str]:
+def resolve_packing(mode: str, te_spec: bool, token_budget: bool, cp: int = 1) -> tuple[str, str]:
     """``(route, why)``: the packing route ("none", "mask" or "thd") for ``data.sequence_packing=mode``
     with the TE layer spec or the local one. "auto": "mask" on the local spec (proven by the CPU
     equivalence tests), "none" on the TE spec (THD is implemented but not yet exercised on a GPU here: opt
-    in with "thd"), and "none" without a token budget (a packed row needs one). Explicit modes the
-    attention cannot do raise ``ValueError`` (config validation refuses them earlier)."""
+    in with "thd"), and "none" without a token budget (a packed row needs one) or under context parallelism
+    (``cp`` > 1: packed rows are not split across CP ranks). Explicit modes the attention cannot do raise
+    ``ValueError`` (config validation refuses them earlier)."""
     if mode not in PACKING_MODES:
         raise ValueError(f"data.sequence_packing must be one of {PACKING_MODES}, got {mode!r}")
     spec = "transformer_engine" if te_spec else "local"
     if mode == "none":
         return "none", "data.sequence_packing=none"
+    if cp > 1:
+        if mode != "auto":
+            raise ValueError(
+                f"data.sequence_packing={mode}: packed rows are not split across CP ranks (CP={cp})"
+            )
+        return "none", f"context parallelism (CP={cp}): one sequence per row"
     if mode == "auto":
         if not token_budget:
             return "none", "no token budget (data.max_tokens_per_micro_batch null): fixed micro-batches"

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from megatron_hapo.config.schema import sequence_multiple
+from megatron_hapo.models.context_parallel import gather_sequence, local_part
 from megatron_hapo.models.packing import forward_micro_batch
 from megatron_hapo.ops import vocab_parallel_logprob_entropy
 
@@ -65,7 +67,13 @@ def score_sequences(
         raise ValueError(
             f"need equally many prompts, responses and temperatures (got {n}, {len(responses)}, {len(temperatures)})"
         )
-    seq_len = max(len(p) + len(r) for p, r in zip(prompts, responses))
+    config = (model[0] if isinstance(model, (list, tuple)) else model).config
+    multiple = sequence_multiple(
+        ps.get_tensor_model_parallel_world_size(),
+        config.sequence_parallel,
+        ps.get_context_parallel_world_size(),
+    )
+    seq_len = -(-max(len(p) + len(r) for p, r in zip(prompts, responses)) // multiple) * multiple
     n_padded = -(-n // micro_batch_size) * micro_batch_size  # the schedule needs equal micro-batches
     tokens = torch.zeros(n_padded, seq_len, dtype=torch.long)
     targets = torch.zeros(n_padded, seq_len, dtype=torch.long)
@@ -136,7 +144,8 @@ def forward_log_prob_entropy(
 
     def forward_step(data_iterator, model_chunk):
         batch = next(data_iterator)
-        logits = forward_micro_batch(model_chunk, batch)  # packed rows too (models/packing.py)
+        part = local_part(batch)  # this CP rank's tokens of every sequence (the batch itself without CP)
+        logits = forward_micro_batch(model_chunk, part)  # packed rows too (models/packing.py)
 
         def collect(output, non_loss_data=False):
             # in the model's dtype, as the update feeds the loss: the op computes in fp32 inside, so an fp32
@@ -144,11 +153,12 @@ def forward_log_prob_entropy(
             local = mask_padded_vocab(output, vocab_size)  # [b, s, V/tp]
             lp, ent = vocab_parallel_logprob_entropy(
                 local.reshape(-1, local.shape[-1]),
-                batch.targets.reshape(-1),
-                temperature=batch.temperature.reshape(-1),
+                part.targets.reshape(-1),
+                temperature=part.temperature.reshape(-1),
                 tp_group=tp_group,
             )
-            result = torch.stack([lp.view(batch.tokens.shape), ent.view(batch.tokens.shape)])
+            result = torch.stack([lp.view(part.tokens.shape), ent.view(part.tokens.shape)])
+            result = gather_sequence(result, dim=2)  # [2, b, s]: every CP rank's tokens, in order
             if on_output is None:
                 return result
             on_output(batch, result)

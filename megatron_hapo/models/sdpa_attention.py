@@ -29,6 +29,9 @@ import torch.nn.functional as F
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.utils import divide
+from torch.nn.attention.bias import causal_lower_right
+
+from megatron_hapo.models.context_parallel import gather_keys_values
 
 
 class SDPAttention(MegatronModule):
@@ -49,7 +52,6 @@ class SDPAttention(MegatronModule):
     ):
         super().__init__(config=config)
         unsupported = {
-            "context_parallel_size > 1": config.context_parallel_size != 1,
             "attention_dropout > 0": (
                 config.attention_dropout if attention_dropout is None else attention_dropout
             )
@@ -67,10 +69,14 @@ class SDPAttention(MegatronModule):
             )
         if pg_collection is not None:
             tp = pg_collection.tp.size()
+            cp_group = getattr(pg_collection, "cp", None)
         else:
             from megatron.core import parallel_state as ps
 
             tp = ps.get_tensor_model_parallel_world_size()
+            cp_group = ps.get_context_parallel_group() if config.context_parallel_size > 1 else None
+        # context parallelism: this rank holds two chunks of every sequence (models/context_parallel.py)
+        self.cp_group = cp_group if config.context_parallel_size > 1 else None
         self.heads = divide(config.num_attention_heads, tp)
         self.groups = divide(config.num_query_groups, tp)
         self.scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(config.kv_channels)
@@ -91,6 +97,12 @@ class SDPAttention(MegatronModule):
                 "PackedSeqParams, and no attention bias"
             )
         sq, b = query.shape[:2]
+        if self.cp_group is not None:
+            if attention_mask is not None:
+                raise NotImplementedError(
+                    "context parallelism takes causal micro-batches only (no packed rows: data.sequence_packing=none)"
+                )
+            key, value = gather_keys_values(key, value, self.cp_group)  # [s, b, ng, hn], sequence order
         rep = self.heads // self.groups
         if rep > 1:
             # grouped-query attention: each KV head serves `rep` query heads. Repeated here rather than with
@@ -99,8 +111,27 @@ class SDPAttention(MegatronModule):
             key = key.repeat_interleave(rep, dim=2)
             value = value.repeat_interleave(rep, dim=2)
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads, s, hn]
-        if attention_mask is None:
+        if self.cp_group is not None:
+            out = self._context_parallel(q, k, v)
+        elif attention_mask is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=~attention_mask, scale=self.scale)
         return out.permute(2, 0, 1, 3).reshape(sq, b, self.heads * q.shape[-1])
+
+    def _context_parallel(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """This rank's queries ``[b, heads, 2L, hn]`` (chunks c and 2·CP-1-c of the sequence) against the whole
+        sequence's keys and values ``[b, heads, s, hn]``: chunk c attends keys ``[0, (c+1)·L)``, causal at its
+        own end, which is SDPA's lower-right causal mask (no ``s x s`` tensor on the fused kernels)."""
+        size, rank = self.cp_group.size(), self.cp_group.rank()
+        chunk = q.shape[2] // 2
+        halves = []
+        for half, c in ((q[:, :, :chunk], rank), (q[:, :, chunk:], 2 * size - 1 - rank)):
+            keys = (c + 1) * chunk
+            bias = causal_lower_right(chunk, keys)
+            halves.append(
+                F.scaled_dot_product_attention(
+                    half, k[:, :, :keys], v[:, :, :keys], attn_mask=bias, scale=self.scale
+                )
+            )
+        return torch.cat(halves, dim=2)

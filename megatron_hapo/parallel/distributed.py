@@ -88,10 +88,6 @@ def initialize_model_parallel(
             f"= {tensor_parallel} x {pipeline_parallel} x {context_parallel} = {model_parallel}; "
             "change the parallel sizes or the number of processes (torchrun --nproc-per-node)."
         )
-    if context_parallel > 1 and not torch.cuda.is_available():
-        raise ValueError(
-            "context_parallel > 1 needs Transformer Engine attention (CUDA); set parallel.context_parallel=1 on CPU."
-        )
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=tensor_parallel,
         pipeline_model_parallel_size=pipeline_parallel,

@@ -217,7 +217,7 @@ def _export_hf(policy, out: Path, hf_reference: str | Path) -> None:
     from megatron_hapo.checkpoint_io import export_hf_weights
     from megatron_hapo.checkpoint_io.hf_io import HFCheckpointWriter, copy_reference_files
 
-    if ps.get_data_parallel_rank() != 0:
+    if ps.get_data_parallel_rank(with_context_parallel=True) != 0:
         return
     dtype = getattr(torch, policy.cfg.model.dtype)
     writer = HFCheckpointWriter(out, 5 * 10**9, dtype) if dist.get_rank() == 0 else None

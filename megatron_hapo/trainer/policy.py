@@ -9,7 +9,8 @@ normaliser (tokens or sequences over all micro-batches and DP ranks of the mini-
 micro-batch losses over all ranks is the mini-batch loss. Megatron's DDP *averages* gradients over DP
 (and its schedule divides each micro-batch loss by the number of micro-batches), so the loss handed to
 the schedule is multiplied by ``num_microbatches x dp_size`` to get the summed gradient back
-(docs/algorithm.md, "global normaliser").
+(docs/algorithm.md, "global normaliser"). Under context parallelism a rank's loss is its tokens' share of the
+micro-batch loss; DDP then averages over DP x CP and the schedule multiplies each loss by CP, which cancel.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from megatron_hapo.algorithms import (
     reduce_metrics,
 )
 from megatron_hapo.config import RootConfig
+from megatron_hapo.models.context_parallel import local_part
 from megatron_hapo.models.packing import forward_micro_batch, resolve_packing
 from megatron_hapo.models.scoring import mask_padded_vocab, schedule_iterators
 from megatron_hapo.ops import fused_hapo_loss
@@ -139,6 +141,11 @@ class Policy:
         self.loss_metrics = policy_loss_metrics(cfg.algorithm.policy_loss)
         self.dp_size = ps.get_data_parallel_world_size()
         self.dp_group = ps.get_data_parallel_group() if self.dp_size > 1 else None
+        # the ranks whose micro-batches make up an update: DP x CP (a CP rank holds part of every sequence)
+        self.dp_cp_size = ps.get_data_parallel_world_size(with_context_parallel=True)
+        self.dp_cp_group = (
+            ps.get_data_parallel_group(with_context_parallel=True) if self.dp_cp_size > 1 else None
+        )
         self.tp_group = (
             ps.get_tensor_model_parallel_group() if ps.get_tensor_model_parallel_world_size() > 1 else None
         )
@@ -252,7 +259,7 @@ class Policy:
             micro = (self.micro_batch(exp, p) for p in plans)  # built one at a time
 
             def forward_step(data_iterator, model, _norm=normalizer, _scale=scale, _out=collected):
-                part = next(data_iterator)
+                part = local_part(next(data_iterator))  # this CP rank's tokens of every sequence
                 output = forward_micro_batch(model, part)  # [b, s, V/tp]
 
                 def loss_func(logits):
@@ -296,9 +303,11 @@ class Policy:
             self.scheduler.step(increment=1)
             grad_norm_mean += float(grad_norm or 0.0) / num_mini
             collected = metrics_to_host(collected)
-            if self.dp_group is not None:  # every rank's micro-batches: the ranks hold different responses
-                parts: list = [None] * self.dp_size
-                dist.all_gather_object(parts, collected, group=self.dp_group)
+            if (
+                self.dp_cp_group is not None
+            ):  # every rank's micro-batches: different responses (DP), tokens (CP)
+                parts: list = [None] * self.dp_cp_size
+                dist.all_gather_object(parts, collected, group=self.dp_cp_group)
                 collected = [c for part in parts for c in part]
             per_update.append(collected)
         loss_metrics = reduce_metrics(per_update, self.loss_metrics)
@@ -326,7 +335,7 @@ class Policy:
         from megatron_hapo.checkpoint_io import export_hf_weights
 
         t0 = time.perf_counter()
-        if ps.get_data_parallel_rank() != 0:
+        if ps.get_data_parallel_rank(with_context_parallel=True) != 0:  # CP peers hold the same weights
             return {}
         named = export_hf_weights(self.chunks)
         if synchronizer is not None:
@@ -344,6 +353,7 @@ def packing_route(cfg: RootConfig) -> str:
         cfg.data.sequence_packing,
         uses_te_spec(cfg.model.layer_spec),
         cfg.data.max_tokens_per_micro_batch is not None,
+        cfg.parallel.context_parallel_size,
     )
     logger.info("sequence packing: %s (%s)", route, why)
     return route

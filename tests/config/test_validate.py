@@ -43,13 +43,26 @@ def test_tp_pp_cp_dp_must_equal_world_size():
     )
 
 
-def test_context_parallelism_is_refused_not_silently_wrong():
-    """The update does not split sequences across CP ranks: CP > 1 is refused by name, CP = 1 is fine."""
-    found = issues(["parallel.context_parallel_size=2"], world_size=8)
-    assert keys(found) == {"parallel.context_parallel_size"}
-    assert "context parallelism is not implemented in the policy update (got 2)" in found[0].message
-    assert "set it to 1" in found[0].message
-    assert issues(["parallel.context_parallel_size=1"], world_size=8) == []
+def test_context_parallelism_refuses_what_a_cp_rank_cannot_compute():
+    """CP > 1 trains (SDPA or TE attention, one sequence per row, step statistics, a token-linear
+    aggregation); each setting a CP rank cannot compute from its own tokens is refused by name."""
+    cp = "parallel.context_parallel_size=2"
+    assert issues([cp], world_size=8) == []
+    budget = "data.max_tokens_per_micro_batch=65536"
+    cases = {
+        "model.local_attention=unfused": (
+            "model.local_attention",
+            "Megatron's unfused attention has no context",
+        ),
+        "data.sequence_packing=mask": ("data.sequence_packing", "packed rows are not split across CP ranks"),
+        "algorithm.loss.stats_scope=micro_batch": ("algorithm.loss.stats_scope", "holds 1/2"),
+        "algorithm.loss.agg=seq-mean-token-mean": ("algorithm.loss.agg", "use token-mean"),
+    }
+    for override, (key, message) in cases.items():
+        assert issues([budget, override], world_size=8) == []  # fine without CP
+        found = issues([budget, cp, override], world_size=8)
+        assert keys(found) == {f"parallel.context_parallel_size, {key}"}, (override, found)
+        assert message in found[0].message
 
 
 def test_model_parallel_must_divide_world_size_and_dp_is_derived():

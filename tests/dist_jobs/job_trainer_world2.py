@@ -1,7 +1,7 @@
 """torchrun job (2 processes): two RL steps of the trainer, SGLang in-process on rank 0.
 
-Args: MODEL_DIR RUN_DIR TP DISTRIBUTED_OPTIMIZER(0|1) [PP [VP]]: TP=2, PP=2 (DP=1; VP=2: interleaved, a model
-of 4 layers) or TP=PP=1 (DP=2). Asserts
+Args: MODEL_DIR RUN_DIR TP DISTRIBUTED_OPTIMIZER(0|1) [PP [VP [CP]]]: TP=2, PP=2 (DP=1; VP=2: interleaved, a
+model of 4 layers), CP=2 (context parallelism: SDPA attention, one sequence per row) or none of them (DP=2). Asserts
 the run wrote two metric rows with finite losses, an engine serving the trainer's weights, and a checkpoint.
 """
 
@@ -22,12 +22,14 @@ def main() -> None:
     model_dir, run_dir, tp, dist_opt = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
     pp = int(sys.argv[5]) if len(sys.argv) > 5 else 1
     vp = sys.argv[6] if len(sys.argv) > 6 else "null"
+    cp = int(sys.argv[7]) if len(sys.argv) > 7 else 1
     overrides = [
         f"model.hf_path={model_dir}",
         f"trainer.run_dir={run_dir}",
         f"parallel.tensor_model_parallel_size={tp}",
         f"parallel.pipeline_model_parallel_size={pp}",
         f"parallel.virtual_pipeline_model_parallel_size={vp}",
+        f"parallel.context_parallel_size={cp}",
         f"parallel.use_distributed_optimizer={str(dist_opt).lower()}",
         "trainer.total_steps=2",
         "data.train_batch_size=4",
@@ -45,7 +47,7 @@ def main() -> None:
             # the engine serves the trainer's weights: behaviour and old log-probs agree
             assert r["actor/tis/abs_log_prob_diff"] < 1e-3, r
         assert (Path(run_dir) / "checkpoints" / "step_2" / "trainer_state.json").is_file()
-        print(f"TRAINER_WORLD2_OK tp={tp} pp={pp} vp={vp}", flush=True)
+        print(f"TRAINER_WORLD2_OK tp={tp} pp={pp} vp={vp} cp={cp}", flush=True)
     dist.barrier()
     dist.destroy_process_group()
 

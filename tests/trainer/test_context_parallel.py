@@ -1,0 +1,80 @@
+"""Context parallelism: Megatron's load-balanced layout of a sequence over CP ranks, the padded lengths it needs,
+one HAPO step at CP=2 equal to DP=2 with a checkpoint that crosses between them
+(tests/dist_jobs/job_context_parallel.py), and two RL steps of the trainer at CP=2 with the weight sync."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from megatron_hapo.config.schema import sequence_multiple
+from megatron_hapo.models.context_parallel import local_positions
+from megatron_hapo.models.packing import resolve_packing
+from tests.torchrun_utils import run_torchrun
+
+
+@pytest.mark.parametrize("cp", [2, 3, 4])
+def test_the_ranks_hold_every_position_once_and_equal_causal_work(cp):
+    seq = 2 * cp * 5
+    parts = [local_positions(seq, cp, r) for r in range(cp)]
+    assert sorted(torch.cat(parts).tolist()) == list(range(seq))
+    assert parts[0][:5].tolist() == [0, 1, 2, 3, 4] and parts[0][5:].tolist() == list(range(seq - 5, seq))
+    # a query at position p attends p + 1 keys: every rank gets the same share of the causal product
+    work = {int((p + 1).sum()) for p in parts}
+    assert len(work) == 1, work
+    with pytest.raises(ValueError, match="2 x CP = 4 equal chunks"):
+        local_positions(10, 2, 0)
+
+
+@pytest.mark.parametrize(
+    "tp, sp, cp, multiple",
+    [(1, False, 1, 1), (4, True, 1, 4), (1, False, 2, 4), (2, False, 3, 6), (2, True, 2, 4), (4, True, 2, 8)],
+)
+def test_sequence_multiple_lets_every_cp_rank_split_its_tokens_over_tp(tp, sp, cp, multiple):
+    assert sequence_multiple(tp, sp, cp) == multiple
+    if cp > 1:  # s / CP tokens per rank, split over TP under sequence parallelism
+        assert multiple % (2 * cp) == 0 and (multiple // cp) % (tp if sp else 1) == 0
+
+
+def test_packing_auto_is_one_sequence_per_row_under_cp():
+    assert resolve_packing("auto", te_spec=False, token_budget=True, cp=2) == (
+        "none",
+        "context parallelism (CP=2): one sequence per row",
+    )
+    assert resolve_packing("auto", te_spec=False, token_budget=True)[0] == "mask"
+    with pytest.raises(ValueError, match="not split across CP ranks"):
+        resolve_packing("mask", te_spec=False, token_budget=True, cp=2)
+
+
+@pytest.mark.slow
+def test_context_parallel_trains_as_data_parallel(tmp_path):
+    """CP=2 against DP=2 from the same weights, fixed micro-batches and token budgets: old log-probs, scored
+    sequences, losses, parameters and the HF export agree; a checkpoint written at CP=2 loads at DP=2 into the
+    same parameters and the next steps agree."""
+    from megatron_hapo.demo.tiny_models import make_tiny_hf_model
+
+    model = make_tiny_hf_model(
+        tmp_path / "m", "qwen2", vocab_size=300, dtype="float32", initializer_range=0.5
+    )
+    out = run_torchrun("job_context_parallel.py", 2, str(model), str(tmp_path / "ckpt"), timeout=600)
+    print("\n".join(line for line in out.splitlines() if line.startswith("[job]")))  # shown with -s
+    assert "CONTEXT_PARALLEL_OK" in out, out[-3000:]
+
+
+@pytest.mark.slow
+def test_two_rl_steps_through_the_trainer_at_cp2(small_policy, tmp_path):
+    """train() at CP=2 (tests/dist_jobs/job_trainer_world2.py): two steps with SGLang in-process on rank 0
+    serving the weights the CP ranks trained (rollout vs old log-probs within 1e-3), and a checkpoint."""
+    out = run_torchrun(
+        "job_trainer_world2.py",
+        2,
+        str(small_policy),
+        str(tmp_path / "run"),
+        "1",
+        "1",
+        "1",
+        "null",
+        "2",
+        timeout=420,
+    )
+    assert "TRAINER_WORLD2_OK tp=1 pp=1 vp=null cp=2" in out, out[-3000:]
