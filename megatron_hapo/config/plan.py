@@ -19,6 +19,10 @@ checked. Terms per training GPU (bf16 training, fp32 master weights, Adam):
   for a packed row. The first pipeline stage holds up to min(PP, micro-batches) micro-batches in flight,
   about PP (1 + 1/VP) under an interleaved pipeline (:func:`pipeline_in_flight`).
 * logits and their gradient: 2 x 2 B x T x V / TP (the fused log-prob/entropy op adds O(T) only)
+* context parallelism (CP > 1) divides the tokens of every activation and logits term by CP (a CP rank
+  holds s / CP tokens of each sequence) and adds the whole sequence's K and V per layer, 4 B x T x
+  KV heads x head dim / TP (the all-gather of ``models/context_parallel.py``); the distributed optimizer
+  shards over DP x CP
 * the old-policy pass, forward only, on micro-batches of its own budget T_old
   (``data.max_tokens_per_old_micro_batch``): one layer's working set at a time (the same per-layer terms
   at T_old) plus its bf16 logits, 2 B x T_old x V / TP. It runs before the update, so the total counts
@@ -174,14 +178,21 @@ def memory_plan(cfg: RootConfig, arch, dp: int) -> MemoryPlan:
     first = per_stage_layers * layer + embed
     last = per_stage_layers * layer + (head if not arch.tie_word_embeddings or pp == 1 else head + embed)
     stage = (max(first, last) if pp > 1 else arch.num_layers * layer + embed + head) / tp
-    h, sp = arch.hidden_size, (tp if p.sequence_parallel else 1)
+    h, sp, cp = arch.hidden_size, (tp if p.sequence_parallel else 1), p.context_parallel_size
+    kv = arch.num_kv_heads * arch.head_dim
 
     def layer_working_set(mb: MicroBatchShape) -> float:
-        return 34 * mb.tokens * h / tp + mb.attention_bytes_per_layer(arch.num_attention_heads, tp)
+        # a CP rank holds T / CP tokens, and the whole sequence's K and V (bf16) for its attention
+        gathered_kv = 2 * 2 * mb.tokens * kv / tp if cp > 1 else 0
+        return (
+            34 * mb.tokens / cp * h / tp
+            + mb.attention_bytes_per_layer(arch.num_attention_heads, tp)
+            + gathered_kv
+        )
 
     update, old = micro_batch_shape(cfg), micro_batch_shape(cfg, old_pass=True)
     if cfg.model.recompute_granularity == "full":
-        per_mb = per_stage_layers * 2 * update.tokens * h / sp + layer_working_set(update)
+        per_mb = per_stage_layers * 2 * update.tokens / cp * h / sp + layer_working_set(update)
     else:
         per_mb = per_stage_layers * layer_working_set(update)
     responses_per_rank = data.mini_batch_size * cfg.sampling.train.n // dp
@@ -193,10 +204,10 @@ def memory_plan(cfg: RootConfig, arch, dp: int) -> MemoryPlan:
     return MemoryPlan(
         weights=2 * stage,
         grads=4 * stage,
-        optimizer=12 * stage / (dp if p.use_distributed_optimizer else 1),
+        optimizer=12 * stage / (dp * cp if p.use_distributed_optimizer else 1),  # sharded over DP x CP
         activations=per_mb * in_flight,
-        logits=2 * 2 * update.tokens * arch.vocab_size / tp,
-        old_pass=layer_working_set(old) + 2 * old.tokens * arch.vocab_size / tp,
+        logits=2 * 2 * update.tokens / cp * arch.vocab_size / tp,
+        old_pass=layer_working_set(old) + 2 * old.tokens / cp * arch.vocab_size / tp,
     )
 
 
@@ -242,7 +253,8 @@ def render_plan(cfg: RootConfig, world_size: int, gpu_gib: float = 80.0) -> str:
         lines.append(f"  {'rollout':<12} {engine / GiB:8.2f} GiB (in-process engine, rollout.mem_fraction)")
     lines.append(f"  {'total':<12} {(mem.total + engine) / GiB:8.2f} GiB of {gpu_gib:.0f} GiB")
     lines.append(
-        "checked    layout vs the cluster, batch sizes, heads / KV heads / MLP vs TP and rollout TP, layers vs PP, "
+        "checked    layout vs the cluster, batch sizes, heads / KV heads / MLP vs TP and rollout TP, layers vs PP "
+        "(x VP), CP vs attention, packing and loss, "
         "prompt + response vs the context, vocabulary padding"
     )
     lines.append("skipped    (need the machine the run starts on): " + "; ".join(ENV_CHECKS))

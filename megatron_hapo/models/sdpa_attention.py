@@ -7,7 +7,8 @@ keeping any ``s x s`` tensor: on CUDA the flash kernel for causal rows, the memo
 explicit mask (the block-diagonal mask of packed rows); on CPU, PyTorch's own fused kernels. This is what
 a GPU without Transformer Engine gets (``model.local_attention``, docs/training.md "Attention"). The idea is
 Megatron's own "kitchen" SDPA backend for the local spec, which needs NVIDIA's kitchen package; this one
-needs torch only.
+needs torch only. Under context parallelism it all-gathers K and V over the CP group and attends this
+rank's two chunks of queries to them (:meth:`SDPAttention._context_parallel`, models/context_parallel.py).
 
 Shapes (Megatron's core-attention interface, sbhd): query ``[sq, b, np, hn]``, key and value
 ``[sk, b, ng, hn]`` (np / ng heads and query groups of this TP rank), ``attention_mask`` None (causal: the

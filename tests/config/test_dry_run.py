@@ -152,3 +152,15 @@ def test_an_interleaved_pipeline_holds_more_micro_batches_in_flight():
     )
     assert vp2.activations == pytest.approx(pp2.activations * 2.5 / 2)
     assert (vp2.weights, vp2.logits, vp2.old_pass) == (pp2.weights, pp2.logits, pp2.old_pass)
+
+
+def test_context_parallelism_divides_the_tokens_a_rank_holds():
+    """CP=2: a rank holds half of every sequence (activations and logits halve, up to the whole sequence's K
+    and V per layer), and the distributed optimizer shards over DP x CP."""
+    one = _plan(SMALL, "model.layer_spec=te", "parallel.context_parallel_size=1")
+    two = _plan(SMALL, "model.layer_spec=te", "parallel.context_parallel_size=2")
+    assert two.logits == one.logits / 2 and two.optimizer == one.optimizer / 2
+    assert two.weights == one.weights and two.grads == one.grads
+    assert one.activations / 2 < two.activations < 0.55 * one.activations
+    text = dry_run(SMALL, ["parallel.context_parallel_size=2", "data.sequence_packing=none"])
+    assert "x CP 2 x DP" in text and "CP vs attention, packing and loss" in text
