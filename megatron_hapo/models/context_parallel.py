@@ -52,14 +52,17 @@ def _sequence_order(seq_len: int, cp_size: int, device=None) -> torch.Tensor:
 
 
 def local_part(batch):
-    """This CP rank's part of a micro-batch (a copy; ``batch`` itself without CP): every tensor field of
-    shape ``[b, s]`` (``batch.tokens``'s) sliced to :func:`local_positions` along the sequence.
+    """This CP rank's part of a micro-batch (:func:`split_batch` at this rank; ``batch`` itself without CP)."""
+    group, size = cp_group_and_size()
+    return batch if size == 1 else split_batch(batch, size, torch.distributed.get_rank(group))
+
+
+def split_batch(batch, cp_size: int, cp_rank: int):
+    """A copy of ``batch`` with every tensor field of shape ``[b, s]`` (``batch.tokens``'s) sliced to
+    :func:`local_positions` along the sequence, on the tensors' device; other fields as they are.
 
     Packed rows (``segments`` / ``packed_seq_params``) and explicit attention masks are refused: the
     configuration validation allows CP only with one sequence per row and causal attention."""
-    group, size = cp_group_and_size()
-    if size == 1:
-        return batch
     if getattr(batch, "segments", None) is not None or getattr(batch, "packed_seq_params", None) is not None:
         raise NotImplementedError(
             "context parallelism with packed rows is not implemented (data.sequence_packing=none)"
@@ -67,7 +70,7 @@ def local_part(batch):
     if getattr(batch, "attention_mask", None) is not None:
         raise NotImplementedError("context parallelism needs causal micro-batches (attention_mask None)")
     shape = batch.tokens.shape
-    idx = local_positions(shape[1], size, torch.distributed.get_rank(group), device=batch.tokens.device)
+    idx = local_positions(shape[1], cp_size, cp_rank, device=batch.tokens.device)
     out = copy.copy(batch)  # a MicroBatch (trainer/experience.py) or a SimpleNamespace (models/scoring.py)
     for name, value in vars(batch).items():
         if torch.is_tensor(value) and value.shape[:2] == shape:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from megatron_hapo.config.schema import sequence_multiple
-from megatron_hapo.models.context_parallel import local_positions
+from megatron_hapo.models.context_parallel import local_positions, split_batch
 from megatron_hapo.models.packing import resolve_packing
 from tests.torchrun_utils import run_torchrun
 
@@ -24,6 +24,41 @@ def test_the_ranks_hold_every_position_once_and_equal_causal_work(cp):
     assert len(work) == 1, work
     with pytest.raises(ValueError, match="2 x CP = 4 equal chunks"):
         local_positions(10, 2, 0)
+
+
+@pytest.mark.parametrize(
+    "device", ["cpu", "meta"]
+)  # meta: nothing is built on another device than the batch's
+def test_split_batch_slices_every_per_token_field_and_the_parts_rebuild_the_micro_batch(device):
+    from megatron_hapo.trainer.experience import Experience
+    from tests.trainer.batching_data import varied_batch
+
+    batch = varied_batch()
+    n = len(batch.samples)
+    exp = Experience.build(
+        batch.samples, [s.temperatures for s in batch.samples], [1.0] * n, batch.group_ids, list(range(n))
+    )
+    mb = exp.micro_batch([0, 1, 6], 56)  # responses of 40, 3 and 31 tokens
+    fields = [k for k, v in vars(mb).items() if torch.is_tensor(v) and v.shape == mb.tokens.shape]
+    assert {"tokens", "targets", "mask", "advantages", "old_log_prob", "temperature", "position_ids"} <= set(
+        fields
+    )
+    mb = split_batch(mb, 1, 0)  # a copy of every field
+    for k in fields:
+        setattr(mb, k, getattr(mb, k).to(device))
+    parts = [split_batch(mb, 2, r) for r in range(2)]
+    for k in fields:
+        assert all(getattr(p, k).shape == (3, 28) and getattr(p, k).device.type == device for p in parts), k
+    if device == "cpu":
+        for k in fields:  # the parts, put back at their positions, are the micro-batch
+            whole = torch.empty_like(getattr(mb, k))
+            for r, p in enumerate(parts):
+                whole[:, local_positions(56, 2, r)] = getattr(p, k)
+            assert torch.equal(whole, getattr(mb, k)), k
+        assert parts[1].position_ids[0].tolist() == [*range(14, 28), *range(28, 42)]
+    mb.attention_mask = torch.ones(1, 1, 56, 56, dtype=torch.bool)
+    with pytest.raises(NotImplementedError, match="causal micro-batches"):
+        split_batch(mb, 2, 0)
 
 
 @pytest.mark.parametrize(
