@@ -19,8 +19,8 @@ checked. Terms per training GPU (bf16 training, fp32 master weights, Adam):
   for a packed row. The first pipeline stage holds up to min(PP, micro-batches) micro-batches in flight,
   about PP (1 + 1/VP) under an interleaved pipeline (:func:`pipeline_in_flight`).
 * logits and their gradient: 2 x 2 B x T x V / TP (the fused log-prob/entropy op adds O(T) only)
-* context parallelism (CP > 1) divides the tokens of every activation and logits term by CP (a CP rank
-  holds s / CP tokens of each sequence) and adds the whole sequence's K and V per layer, 4 B x T x
+* context parallelism (CP > 1) divides the tokens of every activation and logits term, and a packed row's
+  mask, by CP (a CP rank holds s / CP tokens of each sequence or row) and adds the whole sequence's K and V per layer, 4 B x T x
   KV heads x head dim / TP (the all-gather of ``models/context_parallel.py``); the distributed optimizer
   shards over DP x CP
 * the old-policy pass, forward only, on micro-batches of its own budget T_old
@@ -182,13 +182,11 @@ def memory_plan(cfg: RootConfig, arch, dp: int) -> MemoryPlan:
     kv = arch.num_kv_heads * arch.head_dim
 
     def layer_working_set(mb: MicroBatchShape) -> float:
-        # a CP rank holds T / CP tokens, and the whole sequence's K and V (bf16) for its attention
+        # a CP rank holds T / CP tokens (and query rows of a packed row's mask), and the whole sequence's K
+        # and V (bf16) for its attention
         gathered_kv = 2 * 2 * mb.tokens * kv / tp if cp > 1 else 0
-        return (
-            34 * mb.tokens / cp * h / tp
-            + mb.attention_bytes_per_layer(arch.num_attention_heads, tp)
-            + gathered_kv
-        )
+        attention = mb.attention_bytes_per_layer(arch.num_attention_heads, tp) / cp
+        return 34 * mb.tokens / cp * h / tp + attention + gathered_kv
 
     update, old = micro_batch_shape(cfg), micro_batch_shape(cfg, old_pass=True)
     if cfg.model.recompute_granularity == "full":

@@ -122,7 +122,7 @@ class ParallelConfig:
     context_parallel_size: int = opt(
         1,
         "context-parallel size (CP): every sequence split over CP ranks (Megatron's load-balanced 2 x CP chunks; "
-        "SDPA or TE attention, one sequence per row, stats_scope=step, a token-linear loss aggregation)",
+        "SDPA or TE attention, no THD packing, stats_scope=step, a token-linear loss aggregation)",
     )
     data_parallel_size: int | None = opt(None, "data-parallel size (DP); null = world_size / (TP x PP x CP)")
     virtual_pipeline_model_parallel_size: int | None = opt(

@@ -241,7 +241,7 @@ def _batches(cfg: RootConfig, dp: int | None, out: _Issues) -> None:
 
 def _context_parallel(cfg: RootConfig, out: _Issues) -> None:
     """What context parallelism (models/context_parallel.py) does not do: a CP rank holds two chunks of every
-    sequence and sees only its own tokens' loss terms."""
+    row and sees only its own tokens' loss terms."""
     cp, loss = cfg.parallel.context_parallel_size, cfg.algorithm.loss
     if cfg.model.layer_spec != "te" and cfg.model.local_attention == "unfused":
         out.add(
@@ -249,11 +249,11 @@ def _context_parallel(cfg: RootConfig, out: _Issues) -> None:
             f"context parallelism (CP={cp}) on the local layer spec needs model.local_attention=sdpa (or auto): "
             "Megatron's unfused attention has no context parallelism",
         )
-    if cfg.data.sequence_packing in ("mask", "thd"):
+    if cfg.data.sequence_packing == "thd":
         out.add(
             ["parallel.context_parallel_size", "data.sequence_packing"],
-            f"packed rows are not split across CP ranks yet (CP={cp}): set data.sequence_packing=none or auto "
-            "(one sequence per row under CP)",
+            f"THD packed rows are not split across CP ranks (CP={cp}): use data.sequence_packing=mask (the local "
+            "spec's route), none or auto",
         )
     if loss.stats_scope == "micro_batch":
         out.add(

@@ -61,20 +61,31 @@ def split_batch(batch, cp_size: int, cp_rank: int):
     """A copy of ``batch`` with every tensor field of shape ``[b, s]`` (``batch.tokens``'s) sliced to
     :func:`local_positions` along the sequence, on the tensors' device; other fields as they are.
 
-    Packed rows (``segments`` / ``packed_seq_params``) and explicit attention masks are refused: the
-    configuration validation allows CP only with one sequence per row and causal attention."""
-    if getattr(batch, "segments", None) is not None or getattr(batch, "packed_seq_params", None) is not None:
+    A packed row on the mask route (``models/packing.py``) keeps whole sequences' keys: its
+    ``attention_mask [1, 1, s, s]`` keeps the rows of this rank's queries (``[1, 1, s / CP, s]``, the keys
+    all-gathered by the attention), and ``segments [n, L]`` (each sequence's slots) points at this rank's
+    slots, -1 where a slot is another rank's. THD rows (``packed_seq_params``) are refused: Transformer
+    Engine partitions them its own way."""
+    if getattr(batch, "packed_seq_params", None) is not None:
         raise NotImplementedError(
-            "context parallelism with packed rows is not implemented (data.sequence_packing=none)"
+            "context parallelism with THD packed rows is not implemented (data.sequence_packing=mask or none)"
         )
-    if getattr(batch, "attention_mask", None) is not None:
-        raise NotImplementedError("context parallelism needs causal micro-batches (attention_mask None)")
     shape = batch.tokens.shape
     idx = local_positions(shape[1], cp_size, cp_rank, device=batch.tokens.device)
     out = copy.copy(batch)  # a MicroBatch (trainer/experience.py) or a SimpleNamespace (models/scoring.py)
     for name, value in vars(batch).items():
         if torch.is_tensor(value) and value.shape[:2] == shape:
             setattr(out, name, value.index_select(1, idx))
+    mask = getattr(batch, "attention_mask", None)
+    if mask is not None:
+        out.attention_mask = mask.index_select(2, idx)
+    segments = getattr(batch, "segments", None)
+    if segments is not None:
+        if shape[0] != 1:
+            raise ValueError(f"packed micro-batches are one row, got {tuple(shape)}")
+        local = torch.full((shape[1],), -1, dtype=segments.dtype, device=segments.device)
+        local[idx] = torch.arange(idx.numel(), dtype=segments.dtype, device=segments.device)
+        out.segments = torch.where(segments >= 0, local[segments.clamp_min(0)], segments)
     return out
 
 

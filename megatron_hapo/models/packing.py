@@ -36,20 +36,19 @@ def resolve_packing(mode: str, te_spec: bool, token_budget: bool, cp: int = 1) -
     """``(route, why)``: the packing route ("none", "mask" or "thd") for ``data.sequence_packing=mode``
     with the TE layer spec or the local one. "auto": "mask" on the local spec (proven by the CPU
     equivalence tests), "none" on the TE spec (THD is implemented but not yet exercised on a GPU here: opt
-    in with "thd"), and "none" without a token budget (a packed row needs one) or under context parallelism
-    (``cp`` > 1: packed rows are not split across CP ranks). Explicit modes the attention cannot do raise
-    ``ValueError`` (config validation refuses them earlier)."""
+    in with "thd"), and "none" without a token budget (a packed row needs one). Under context parallelism
+    (``cp`` > 1) the mask route's rows are split over the CP ranks (models/context_parallel.py), "thd"
+    raises. Explicit modes the attention cannot do raise ``ValueError`` (config validation refuses them
+    earlier)."""
     if mode not in PACKING_MODES:
         raise ValueError(f"data.sequence_packing must be one of {PACKING_MODES}, got {mode!r}")
     spec = "transformer_engine" if te_spec else "local"
     if mode == "none":
         return "none", "data.sequence_packing=none"
-    if cp > 1:
-        if mode != "auto":
-            raise ValueError(
-                f"data.sequence_packing={mode}: packed rows are not split across CP ranks (CP={cp})"
-            )
-        return "none", f"context parallelism (CP={cp}): one sequence per row"
+    if cp > 1 and mode == "thd":
+        raise ValueError(
+            f"data.sequence_packing=thd is not split across CP ranks (CP={cp}): use the local spec's mask route"
+        )
     if mode == "auto":
         if not token_budget:
             return "none", "no token budget (data.max_tokens_per_micro_batch null): fixed micro-batches"
@@ -94,11 +93,15 @@ def rotary_modules(model) -> list:
 @contextlib.contextmanager
 def per_token_rotary(model, position_ids: torch.Tensor):
     """While active, the rotary embedding of ``model`` returns its table at ``position_ids [1, s]`` (one
-    position per token of the packed row) instead of positions ``0 .. s-1``."""
+    position per token of the packed row) instead of positions ``0 .. s-1``. Under context parallelism
+    ``position_ids`` are this rank's tokens' (``models/context_parallel.py``), s / CP of the row's s."""
+    from megatron.core import parallel_state as ps
+
     if position_ids.dim() != 2 or position_ids.shape[0] != 1:
         raise ValueError(f"per-token rotary positions need one packed row, got {tuple(position_ids.shape)}")
     positions = position_ids[0]
-    n = positions.numel()  # positions restart per sequence, so all are < n: a table of n rows covers them
+    # positions restart per sequence, so all are < the row's length n: a table of n rows covers them
+    n = positions.numel() * ps.get_context_parallel_world_size()
     patched = []
     for rope in rotary_modules(model):
         original = rope.forward  # the class's (lru-cached) forward, bound
@@ -108,7 +111,8 @@ def per_token_rotary(model, position_ids: torch.Tensor):
                 raise RuntimeError(
                     f"packed row of {n} tokens, but the rotary embedding was asked for {max_seq_len} positions"
                 )
-            table = _orig(n, offset, packed_seq, cp_group)  # [n, 1, 1, d]; row p depends on p alone
+            # packed_seq=True: the whole table, not a CP rank's slice of it (the positions are this rank's)
+            table = _orig(n, offset, True, cp_group)  # [n, 1, 1, d]; row p depends on p alone
             return table[positions.to(table.device)]
 
         rope.forward = forward  # an instance attribute: nn.Module.__call__ finds it first

@@ -12,8 +12,9 @@ rank's two chunks of queries to them (:meth:`SDPAttention._context_parallel`, mo
 
 Shapes (Megatron's core-attention interface, sbhd): query ``[sq, b, np, hn]``, key and value
 ``[sk, b, ng, hn]`` (np / ng heads and query groups of this TP rank), ``attention_mask`` None (causal: the
-convention of Megatron's causal mask type) or bool ``[1 or b, 1, sq, sk]`` with True = masked; the output
-is ``[sq, b, np * hn]``::
+convention of Megatron's causal mask type) or bool ``[1 or b, 1, sq, sk]`` with True = masked (under CP:
+this rank's query rows against the whole sequence's keys, models/context_parallel.py); the output is
+``[sq, b, np * hn]``::
 
     out = softmax(scale * Q K^T + M) V,   M = -inf where masked (or above the diagonal when the mask is None)
 """
@@ -99,10 +100,6 @@ class SDPAttention(MegatronModule):
             )
         sq, b = query.shape[:2]
         if self.cp_group is not None:
-            if attention_mask is not None:
-                raise NotImplementedError(
-                    "context parallelism takes causal micro-batches only (no packed rows: data.sequence_packing=none)"
-                )
             key, value = gather_keys_values(key, value, self.cp_group)  # [s, b, ng, hn], sequence order
         rep = self.heads // self.groups
         if rep > 1:
@@ -112,7 +109,7 @@ class SDPAttention(MegatronModule):
             key = key.repeat_interleave(rep, dim=2)
             value = value.repeat_interleave(rep, dim=2)
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads, s, hn]
-        if self.cp_group is not None:
+        if self.cp_group is not None and attention_mask is None:
             out = self._context_parallel(q, k, v)
         elif attention_mask is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)

@@ -162,5 +162,9 @@ def test_context_parallelism_divides_the_tokens_a_rank_holds():
     assert two.logits == one.logits / 2 and two.optimizer == one.optimizer / 2
     assert two.weights == one.weights and two.grads == one.grads
     assert one.activations / 2 < two.activations < 0.55 * one.activations
-    text = dry_run(SMALL, ["parallel.context_parallel_size=2", "data.sequence_packing=none"])
+    text = dry_run(SMALL, ["parallel.context_parallel_size=2"])
     assert "x CP 2 x DP" in text and "CP vs attention, packing and loss" in text
+    # a packed row on the local spec (SDPA): a CP rank keeps its query rows of the mask
+    packed = [f"parallel.context_parallel_size={c}" for c in (1, 2)]
+    mask1, mask2 = (_plan(SMALL, "model.layer_spec=local", "data.sequence_packing=mask", c) for c in packed)
+    assert mask1.activations / 2 < mask2.activations < 0.55 * mask1.activations

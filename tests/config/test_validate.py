@@ -44,8 +44,8 @@ def test_tp_pp_cp_dp_must_equal_world_size():
 
 
 def test_context_parallelism_refuses_what_a_cp_rank_cannot_compute():
-    """CP > 1 trains (SDPA or TE attention, one sequence per row, step statistics, a token-linear
-    aggregation); each setting a CP rank cannot compute from its own tokens is refused by name."""
+    """CP > 1 trains (SDPA or TE attention, rows of one sequence or packed on the mask route, step
+    statistics, a token-linear aggregation); each setting a CP rank cannot compute is refused by name."""
     cp = "parallel.context_parallel_size=2"
     assert issues([cp], world_size=8) == []
     budget = "data.max_tokens_per_micro_batch=65536"
@@ -54,12 +54,16 @@ def test_context_parallelism_refuses_what_a_cp_rank_cannot_compute():
             "model.local_attention",
             "Megatron's unfused attention has no context",
         ),
-        "data.sequence_packing=mask": ("data.sequence_packing", "packed rows are not split across CP ranks"),
+        "data.sequence_packing=thd": (
+            "data.sequence_packing",
+            "THD packed rows are not split across CP ranks",
+        ),
         "algorithm.loss.stats_scope=micro_batch": ("algorithm.loss.stats_scope", "holds 1/2"),
         "algorithm.loss.agg=seq-mean-token-mean": ("algorithm.loss.agg", "use token-mean"),
     }
+    assert issues([budget, cp, "data.sequence_packing=mask"], world_size=8) == []  # the mask route is split
     for override, (key, message) in cases.items():
-        assert issues([budget, override], world_size=8) == []  # fine without CP
+        assert issues([budget, override], world_size=8) == [] or override.endswith("thd")  # thd: needs TE
         found = issues([budget, cp, override], world_size=8)
         assert keys(found) == {f"parallel.context_parallel_size, {key}"}, (override, found)
         assert message in found[0].message

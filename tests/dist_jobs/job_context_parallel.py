@@ -4,7 +4,8 @@ as data parallelism (DP=2, each rank whole sequences).
 usage: torchrun --nproc-per-node 2 job_context_parallel.py MODEL_DIR CKPT_DIR
 
 From the same HF weights, one HAPO step (old-policy pass, an update of Megatron's distributed optimizer,
-SDPA attention) at CP=2 and at DP=2, with fixed micro-batches and with token budgets: old log-probs and
+SDPA attention) at CP=2 and at DP=2, with fixed micro-batches, with token budgets and with packed rows
+(block-diagonal mask: each CP rank's query rows against the whole row's keys): old log-probs and
 entropies per response, losses, gradient norms, every updated parameter and the HF export agree to REL_TOL;
 so do the log-probs of ``score_sequences`` (the rollout check). A checkpoint written at CP=2 loads at DP=2
 into the same parameters, and the next step from it matches the CP run's own next step (the distributed
@@ -23,7 +24,7 @@ from tests.dist_jobs.job_batching_equivalence import LR, compare, log, rel
 from tests.dist_jobs.job_virtual_pipeline import global_params, same_export
 
 REL_TOL = 5e-5  # fp32 sums in other orders (budget: other micro-batches); a wrong K/V order gives > 1e-2
-VARIANTS = ("fixed", "budget")
+VARIANTS = ("fixed", "budget", "packed")
 
 
 def build(model_dir, variant):
@@ -39,7 +40,7 @@ def build(model_dir, variant):
         "data.mini_batch_size=4", "data.micro_batch_size=2", f"sampling.train.n={N_SAMPLES}",
         f"optim.lr={LR}", "optim.eps=1.0", "precision.dtype=fp32", f"parallel.context_parallel_size={cp}",
         "parallel.use_distributed_optimizer=true", "data.max_prompt_length=16", "rollout.max_new_tokens=40",
-        "model.local_attention=sdpa", "data.sequence_packing=none",
+        "model.local_attention=sdpa", f"data.sequence_packing={'mask' if variant == 'packed' else 'none'}",
     ]  # fmt: skip
     if variant == "fixed":
         overrides += ["data.max_tokens_per_micro_batch=null", "data.max_tokens_per_old_micro_batch=null"]
@@ -50,6 +51,7 @@ def build(model_dir, variant):
     policy = Policy(cfg, optimizer_steps=4)
     core = policy.model.module.decoder.layers[0].self_attention.core_attention
     assert type(core).__name__ == "SDPAttention" and (core.cp_group is not None) == (cp > 1), core
+    assert policy.packing == ("mask" if variant == "packed" else "none"), policy.packing
     return cfg, policy
 
 

@@ -56,9 +56,32 @@ def test_split_batch_slices_every_per_token_field_and_the_parts_rebuild_the_micr
                 whole[:, local_positions(56, 2, r)] = getattr(p, k)
             assert torch.equal(whole, getattr(mb, k)), k
         assert parts[1].position_ids[0].tolist() == [*range(14, 28), *range(28, 42)]
-    mb.attention_mask = torch.ones(1, 1, 56, 56, dtype=torch.bool)
-    with pytest.raises(NotImplementedError, match="causal micro-batches"):
-        split_batch(mb, 2, 0)
+
+
+def test_a_packed_row_keeps_its_query_rows_and_each_sequence_its_local_slots():
+    from megatron_hapo.trainer.experience import Experience
+    from tests.trainer.batching_data import varied_batch
+
+    batch = varied_batch()
+    n = len(batch.samples)
+    exp = Experience.build(
+        batch.samples, [s.temperatures for s in batch.samples], [1.0] * n, batch.group_ids, list(range(n))
+    )
+    row = exp.packed_micro_batch([1, 2, 3, 5], 36, "mask")  # 4 sequences and trailing padding in 36 slots
+    advantages = row.advantages.reshape(-1)
+    for r in range(2):
+        part = split_batch(row, 2, r)
+        mine = local_positions(36, 2, r)
+        assert part.attention_mask.shape == (1, 1, 18, 36)
+        assert torch.equal(part.attention_mask[0, 0], row.attention_mask[0, 0, mine])
+        # a sequence's slots on this rank point at the same tokens as in the whole row; the others are -1
+        on_rank = torch.isin(row.segments, mine) & (row.segments >= 0)
+        assert torch.equal(part.segments >= 0, on_rank)
+        got = part.advantages.reshape(-1)[part.segments.clamp_min(0)]
+        assert torch.equal(got[on_rank], advantages[row.segments.clamp_min(0)][on_rank])
+    row.packed_seq_params = object()  # a THD row
+    with pytest.raises(NotImplementedError, match="THD packed rows"):
+        split_batch(row, 2, 0)
 
 
 @pytest.mark.parametrize(
@@ -71,19 +94,16 @@ def test_sequence_multiple_lets_every_cp_rank_split_its_tokens_over_tp(tp, sp, c
         assert multiple % (2 * cp) == 0 and (multiple // cp) % (tp if sp else 1) == 0
 
 
-def test_packing_auto_is_one_sequence_per_row_under_cp():
-    assert resolve_packing("auto", te_spec=False, token_budget=True, cp=2) == (
-        "none",
-        "context parallelism (CP=2): one sequence per row",
-    )
-    assert resolve_packing("auto", te_spec=False, token_budget=True)[0] == "mask"
-    with pytest.raises(ValueError, match="not split across CP ranks"):
-        resolve_packing("mask", te_spec=False, token_budget=True, cp=2)
+def test_packing_under_cp_is_the_mask_route_only():
+    assert resolve_packing("auto", te_spec=False, token_budget=True, cp=2)[0] == "mask"
+    assert resolve_packing("auto", te_spec=True, token_budget=True, cp=2)[0] == "none"
+    with pytest.raises(ValueError, match="thd is not split across CP ranks"):
+        resolve_packing("thd", te_spec=True, token_budget=True, cp=2)
 
 
 @pytest.mark.slow
 def test_context_parallel_trains_as_data_parallel(tmp_path):
-    """CP=2 against DP=2 from the same weights, fixed micro-batches and token budgets: old log-probs, scored
+    """CP=2 against DP=2 from the same weights, fixed micro-batches, token budgets and packed rows: old log-probs, scored
     sequences, losses, parameters and the HF export agree; a checkpoint written at CP=2 loads at DP=2 into the
     same parameters and the next steps agree."""
     from megatron_hapo.demo.tiny_models import make_tiny_hf_model
