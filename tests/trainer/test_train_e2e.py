@@ -180,8 +180,10 @@ def test_resume_continues_from_the_checkpoint(first_run, demo_model):
     assert rows[STEPS]["temperature/min"] < 0.999  # the restored statistics drive the first resumed rollout
 
 
-# PP=2 through the trainer: tests/trainer/test_virtual_pipeline.py (PP=2 x VP=2, the same job)
-@pytest.mark.parametrize("tp, dist_opt, pp", [(2, 0, 1), (1, 1, 1)], ids=["tp2", "dp2-distopt"])
+# PP=2 and CP=2 through the trainer: tests/trainer/test_virtual_pipeline.py (PP=2 x VP=2) and
+# tests/trainer/test_context_parallel.py (CP=2, distributed optimizer), the same job; DP=2 with the distributed
+# optimizer: the single-agent run of tests/trainer/test_multinode.py
+@pytest.mark.parametrize("tp, dist_opt, pp", [(2, 0, 1)], ids=["tp2"])
 def test_two_steps_on_two_ranks(demo_model, tmp_path, tp, dist_opt, pp):
     out = run_torchrun("job_trainer_world2.py", 2, str(demo_model), str(tmp_path / "run"), str(tp), str(dist_opt),
                        str(pp), timeout=420)  # fmt: skip
