@@ -93,3 +93,15 @@ def goal(ok: bool | None, text: str) -> str:
     """A goal line printed beside the numbers: PASS / MISS / n/a (not measurable on this device)."""
     mark = "n/a" if ok is None else ("PASS" if ok else "MISS")
     return f"# goal [{mark}] {text}"
+
+
+def run_workers(script: str, nproc: int, model: Path) -> int:
+    """Run ``script`` again with this process's arguments plus ``--model MODEL`` under torchrun: ``nproc``
+    processes on this machine, one thread each (gloo); the workers see ``RANK`` in their environment.
+    Returns torchrun's exit code."""
+    import os
+    import subprocess
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", TORCHDYNAMO_DISABLE="1", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", script]
+    return subprocess.run([*cmd, *sys.argv[1:], "--model", str(model)], env=env, cwd=REPO).returncode

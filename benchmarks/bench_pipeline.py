@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -28,6 +27,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from benchmarks.bench_common import run_workers  # noqa: E402
+
 PP = 2
 
 
@@ -158,16 +160,7 @@ def main() -> None:
             f"micro-batches of one {args.seq}-token sequence, median of {args.repeats}",
             flush=True,
         )
-        env = dict(os.environ, OMP_NUM_THREADS="1", TORCHDYNAMO_DISABLE="1", PYTHONPATH=str(REPO))
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc-per-node={PP}",
-            __file__,
-        ]
-        sys.exit(subprocess.run([*cmd, *sys.argv[1:], "--model", str(model)], env=env, cwd=REPO).returncode)
+        sys.exit(run_workers(__file__, PP, model))
 
 
 if __name__ == "__main__":

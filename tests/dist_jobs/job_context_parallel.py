@@ -20,8 +20,8 @@ import torch
 import torch.distributed as dist
 
 import megatron_hapo.parallel as hp
-from tests.dist_jobs.job_batching_equivalence import LR, compare, log, rel
-from tests.dist_jobs.job_virtual_pipeline import global_params, same_export
+from tests.dist_jobs.job_batching_equivalence import LR, log, rel
+from tests.dist_jobs.job_virtual_pipeline import compare_steps, global_params, step
 
 REL_TOL = 5e-5  # fp32 sums in other orders (budget: other micro-batches); a wrong K/V order gives > 1e-2
 VARIANTS = ("fixed", "budget", "packed")
@@ -53,40 +53,6 @@ def build(model_dir, variant):
     assert type(core).__name__ == "SDPAttention" and (core.cp_group is not None) == (cp > 1), core
     assert policy.packing == ("mask" if variant == "packed" else "none"), policy.packing
     return cfg, policy
-
-
-def step(cfg, policy, seed):
-    """((metrics, every response's [2, R] old log-probs and entropies, global params), HF export) of one step."""
-    from megatron.core import parallel_state as ps
-
-    from megatron_hapo.checkpoint_io import export_hf_weights
-    from megatron_hapo.trainer.loop import learn
-    from tests.trainer.batching_data import varied_batch
-
-    seen = {}
-    real = policy.old_policy_pass
-
-    def recording(exp, micro_batches):
-        real(exp, micro_batches)
-        seen["exp"] = exp
-
-    policy.old_policy_pass = recording
-    try:
-        _, metrics = learn(cfg, policy, varied_batch(seed))
-    finally:
-        del policy.old_policy_pass
-    exp = seen["exp"]
-    mine = {}
-    for i, g in enumerate(exp.step_index):
-        lo = int(exp.offsets[i]) + int(exp.prompt_lens[i]) - 1
-        span = slice(lo, lo + int(exp.response_lens[i]))
-        mine[g] = torch.stack([exp.old_log_prob[span], exp.entropy[span]]).cpu()
-    parts = [None] * ps.get_data_parallel_world_size()
-    dist.all_gather_object(parts, mine, group=ps.get_data_parallel_group())
-    per_response = {g: t for part in parts for g, t in part.items()}
-    assert len(per_response) == len(varied_batch(seed).samples)
-    exported = {n: t.clone() for n, t in export_hf_weights(policy.chunks)}
-    return (metrics, per_response, global_params(policy)), exported
 
 
 def scored(policy):
@@ -143,12 +109,8 @@ def main():
     if loaded.keys() != want.keys() or worst_load > 0:
         failures.append(f"a checkpoint written at CP=2 holds other parameters at DP=2 ({worst_load})")
     for v in (*VARIANTS, "next"):
-        (got, got_export), (ref, ref_export) = runs["cp", v], runs["dp", v]
-        worst, bad = compare(v, got, ref, tol=REL_TOL)
-        worst["export"] = same_export(got_export, ref_export)
-        log(f"{v}: CP=2 vs DP=2: " + ", ".join(f"{k} {x:.1e}" for k, x in worst.items()))
-        if bad or not worst["export"] <= REL_TOL:
-            failures.append(f"{v}: context parallelism differs from data parallelism: {worst}")
+        failure = compare_steps(f"{v}: CP=2 vs DP=2", runs["cp", v], runs["dp", v], REL_TOL)
+        failures += [failure] if failure else []
     if failures:
         raise AssertionError("\n".join(failures))
     log("CONTEXT_PARALLEL_OK")

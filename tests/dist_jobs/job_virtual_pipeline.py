@@ -54,7 +54,10 @@ def build(model_dir, variant):
 
 
 def step(cfg, policy, seed):
-    """(metrics, per-response [2, R] old log-probs and entropies, global params, HF export) after one step."""
+    """((metrics, every response's [2, R] old log-probs and entropies, global params), HF export) after one
+    step (also used by job_context_parallel.py)."""
+    from megatron.core import parallel_state as ps
+
     from megatron_hapo.checkpoint_io import export_hf_weights
     from megatron_hapo.trainer.loop import learn
     from tests.trainer.batching_data import varied_batch
@@ -73,11 +76,15 @@ def step(cfg, policy, seed):
     finally:
         del policy.old_policy_pass
     exp = seen["exp"]
-    per_response = {}
+    mine = {}
     for i, g in enumerate(exp.step_index):
         lo = int(exp.offsets[i]) + int(exp.prompt_lens[i]) - 1
         span = slice(lo, lo + int(exp.response_lens[i]))
-        per_response[g] = torch.stack([exp.old_log_prob[span], exp.entropy[span]]).cpu()
+        mine[g] = torch.stack([exp.old_log_prob[span], exp.entropy[span]]).cpu()
+    parts = [None] * ps.get_data_parallel_world_size()  # DP ranks hold different responses
+    dist.all_gather_object(parts, mine, group=ps.get_data_parallel_group())
+    per_response = {g: t for part in parts for g, t in part.items()}
+    assert len(per_response) == len(varied_batch(seed).samples)
     params = global_params(policy)
     exported = {n: t.clone() for n, t in export_hf_weights(policy.chunks)}
     if cfg.parallel.micro_batch_multiple > 1:
@@ -101,6 +108,15 @@ def global_params(policy):
 def same_export(a, b):
     assert a.keys() == b.keys(), sorted(set(a) ^ set(b))
     return max(rel(a[n], b[n], floor=LR) for n in a)
+
+
+def compare_steps(name, got, ref, tol):
+    """Log how far step ``got`` (``step``'s result) is from ``ref``; the failure message, or None."""
+    (got, got_export), (ref, ref_export) = got, ref
+    worst, bad = compare(name, got, ref, tol=tol)
+    worst["export"] = same_export(got_export, ref_export)
+    log(f"{name}: " + ", ".join(f"{k} {x:.1e}" for k, x in worst.items()))
+    return f"{name} differs: {worst}" if bad or not worst["export"] <= tol else None
 
 
 def main():
@@ -149,12 +165,8 @@ def main():
         if got.keys() != want.keys() or worst_load > 0:
             failures.append(f"a checkpoint {name} holds other parameters ({worst_load})")
     for v in (*VARIANTS, "next"):
-        (got, got_export), (ref, ref_export) = runs["vp", v], runs["plain", v]
-        worst, bad = compare(v, got, ref, tol=REL_TOL)
-        worst["export"] = same_export(got_export, ref_export)
-        log(f"{v}: VP=2 vs plain PP=2: " + ", ".join(f"{k} {x:.1e}" for k, x in worst.items()))
-        if bad or not worst["export"] <= REL_TOL:
-            failures.append(f"{v}: the interleaved pipeline differs from the plain one: {worst}")
+        failure = compare_steps(f"{v}: VP=2 vs plain PP=2", runs["vp", v], runs["plain", v], REL_TOL)
+        failures += [failure] if failure else []
     if failures:
         raise AssertionError("\n".join(failures))
     log("VIRTUAL_PIPELINE_OK")
