@@ -9,8 +9,8 @@ CP=2 (each rank holds half of every sequence, ``models/context_parallel.py``) an
 sequences, half of them).
 
 Per layout: the bytes the model's forward saves for the backward per micro-batch on a rank (the unique
-storages packed by autograd's saved-tensor hooks around ``forward_micro_batch``: the activations the memory
-plan of ``config/plan.py`` estimates, including the K and V CP all-gathers), and the medians over
+storages packed by autograd's saved-tensor hooks around ``forward_micro_batch``, the weights' excepted: the
+activations the memory plan of ``config/plan.py`` estimates, including the K and V CP all-gathers), and the medians over
 ``--repeats`` of the trainer's old-policy pass and update (``learn()``).
 """
 
@@ -41,10 +41,14 @@ def saved_bytes_per_forward(policy_module) -> list[int]:
 
     def recording(model, batch):
         seen: dict[int, int] = {}
+        # weights saved for the input gradient are resident state, not activations (under DDP a parameter is
+        # a view of the whole parameter buffer's storage)
+        weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
 
         def pack(t):
             storage = t.untyped_storage()
-            seen[storage.data_ptr()] = storage.nbytes()
+            if storage.data_ptr() not in weights:
+                seen[storage.data_ptr()] = storage.nbytes()
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):

@@ -20,9 +20,9 @@ checked. Terms per training GPU (bf16 training, fp32 master weights, Adam):
   about PP (1 + 1/VP) under an interleaved pipeline (:func:`pipeline_in_flight`).
 * logits and their gradient: 2 x 2 B x T x V / TP (the fused log-prob/entropy op adds O(T) only)
 * context parallelism (CP > 1) divides the tokens of every activation and logits term, and a packed row's
-  mask, by CP (a CP rank holds s / CP tokens of each sequence or row) and adds the whole sequence's K and V per layer, 4 B x T x
-  KV heads x head dim / TP (the all-gather of ``models/context_parallel.py``); the distributed optimizer
-  shards over DP x CP
+  mask, by CP (a CP rank holds s / CP tokens of each sequence or row) and adds the whole sequence's K and
+  V per layer as SDPA saves them, repeated to the query heads: 4 B x T x heads x head dim / TP (the
+  all-gather of ``models/context_parallel.py``); the distributed optimizer shards over DP x CP
 * the old-policy pass, forward only, on micro-batches of its own budget T_old
   (``data.max_tokens_per_old_micro_batch``): one layer's working set at a time (the same per-layer terms
   at T_old) plus its bf16 logits, 2 B x T_old x V / TP. It runs before the update, so the total counts
@@ -179,12 +179,12 @@ def memory_plan(cfg: RootConfig, arch, dp: int) -> MemoryPlan:
     last = per_stage_layers * layer + (head if not arch.tie_word_embeddings or pp == 1 else head + embed)
     stage = (max(first, last) if pp > 1 else arch.num_layers * layer + embed + head) / tp
     h, sp, cp = arch.hidden_size, (tp if p.sequence_parallel else 1), p.context_parallel_size
-    kv = arch.num_kv_heads * arch.head_dim
+    q_dim = arch.num_attention_heads * arch.head_dim
 
     def layer_working_set(mb: MicroBatchShape) -> float:
         # a CP rank holds T / CP tokens (and query rows of a packed row's mask), and the whole sequence's K
-        # and V (bf16) for its attention
-        gathered_kv = 2 * 2 * mb.tokens * kv / tp if cp > 1 else 0
+        # and V (bf16) repeated to the query heads, as SDPA saves them (bench_context_parallel.py)
+        gathered_kv = 2 * 2 * mb.tokens * q_dim / tp if cp > 1 else 0
         attention = mb.attention_bytes_per_layer(arch.num_attention_heads, tp) / cp
         return 34 * mb.tokens / cp * h / tp + attention + gathered_kv
 

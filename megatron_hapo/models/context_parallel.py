@@ -10,7 +10,8 @@ Megatron's own pieces follow this layout: its rotary embedding slices the table 
 (``get_pos_emb_on_this_cp_rank``), its schedule multiplies each micro-batch loss by CP and its DDP averages
 gradients over DP x CP. What this module adds for the local layer spec:
 
-- :func:`local_part`: this rank's slice of a micro-batch (every per-token ``[b, s]`` field);
+- :func:`local_part` / :func:`split_batch`: this rank's slice of a micro-batch (every per-token ``[b, s]``
+  field; of a packed row also its mask rows and each sequence's slots);
 - :func:`gather_sequence`: the per-token results of all CP ranks back in sequence order (old-policy pass);
 - :func:`gather_keys_values`: the attention's all-gather of K and V (sequence order, reduce-scatter of
   their gradient in the backward), with which ``SDPAttention`` attends this rank's queries to every key
