@@ -1,7 +1,7 @@
-"""torchrun job (2 processes): context parallelism (CP=2, every sequence split over both ranks) trains exactly
-as data parallelism (DP=2, each rank whole sequences).
+"""torchrun job (2 x TP processes): context parallelism (CP=2, every sequence split over two ranks) trains
+exactly as data parallelism (DP=2, each rank whole sequences), at TP=1 or at TP=2 with sequence parallelism.
 
-usage: torchrun --nproc-per-node 2 job_context_parallel.py MODEL_DIR CKPT_DIR
+usage: torchrun --nproc-per-node 2xTP job_context_parallel.py MODEL_DIR CKPT_DIR [TP]
 
 From the same HF weights, one HAPO step (old-policy pass, an update of Megatron's distributed optimizer,
 SDPA attention) at CP=2 and at DP=2, with fixed micro-batches, with token budgets and with packed rows
@@ -34,19 +34,22 @@ def build(model_dir, variant):
     from megatron_hapo.trainer.policy import Policy
     from tests.trainer.batching_data import N_SAMPLES
 
-    cp = ps.get_context_parallel_world_size()
+    cp, tp = ps.get_context_parallel_world_size(), ps.get_tensor_model_parallel_world_size()
     overrides = [
         f"model.hf_path={model_dir}", "model.load_weights=true", "data.train_batch_size=4",
         "data.mini_batch_size=4", "data.micro_batch_size=2", f"sampling.train.n={N_SAMPLES}",
         f"optim.lr={LR}", "optim.eps=1.0", "precision.dtype=fp32", f"parallel.context_parallel_size={cp}",
         "parallel.use_distributed_optimizer=true", "data.max_prompt_length=16", "rollout.max_new_tokens=40",
         "model.local_attention=sdpa", f"data.sequence_packing={'mask' if variant == 'packed' else 'none'}",
+        f"parallel.tensor_model_parallel_size={tp}", f"parallel.sequence_parallel={str(tp > 1).lower()}",
     ]  # fmt: skip
     if variant == "fixed":
         overrides += ["data.max_tokens_per_micro_batch=null", "data.max_tokens_per_old_micro_batch=null"]
     else:
         overrides += ["data.max_tokens_per_micro_batch=96", "data.max_tokens_per_old_micro_batch=200"]
-    cfg = load_config("examples/configs/tiny_cpu.yaml", overrides, check_env=False, world_size=2)
+    cfg = load_config(
+        "examples/configs/tiny_cpu.yaml", overrides, check_env=False, world_size=dist.get_world_size()
+    )
     torch.manual_seed(0)
     policy = Policy(cfg, optimizer_steps=4)
     core = policy.model.module.decoder.layers[0].self_attention.core_attention
@@ -69,13 +72,14 @@ def scored(policy):
 
 def main():
     model_dir, ckpt_dir = sys.argv[1], sys.argv[2]
+    tp = int(sys.argv[3]) if len(sys.argv) > 3 else 1
     hp.init_distributed()
     failures = []
     from megatron_hapo.trainer import checkpoint
 
     with hp.device_mode():
         runs = {}
-        hp.initialize_model_parallel(1, 1, context_parallel=2, seed=1234)
+        hp.initialize_model_parallel(tp, 1, context_parallel=2, seed=1234)
         for v in VARIANTS:
             cfg, policy = build(model_dir, v)
             if v == "fixed":
@@ -86,7 +90,7 @@ def main():
                 runs["cp", "next"] = step(cfg, policy, seed=1)
             del policy
         hp.destroy_model_parallel()
-        hp.initialize_model_parallel(1, 1, seed=1234)  # DP=2
+        hp.initialize_model_parallel(tp, 1, seed=1234)  # DP=2
         for v in VARIANTS:
             cfg, policy = build(model_dir, v)
             if v == "fixed":

@@ -1,5 +1,5 @@
 """Context parallelism: Megatron's load-balanced layout of a sequence over CP ranks, the padded lengths it needs,
-one HAPO step at CP=2 equal to DP=2 with a checkpoint that crosses between them
+one HAPO step at CP=2 equal to DP=2 (at TP=2 with sequence parallelism) with a checkpoint that crosses between them
 (tests/dist_jobs/job_context_parallel.py), and two RL steps of the trainer at CP=2 with the weight sync."""
 
 from __future__ import annotations
@@ -103,15 +103,16 @@ def test_packing_under_cp_is_the_mask_route_only():
 
 @pytest.mark.slow
 def test_context_parallel_trains_as_data_parallel(tmp_path):
-    """CP=2 against DP=2 from the same weights, fixed micro-batches, token budgets and packed rows: old log-probs, scored
-    sequences, losses, parameters and the HF export agree; a checkpoint written at CP=2 loads at DP=2 into the
-    same parameters and the next steps agree."""
+    """CP=2 x TP=2 (sequence parallel) against DP=2 x TP=2 from the same weights, fixed micro-batches, token
+    budgets and packed rows: old log-probs, scored sequences, losses, parameters and the HF export agree; a
+    checkpoint written at CP=2 loads at DP=2 into the same parameters and the next steps agree. (The job
+    also runs at TP=1 on 2 processes; TP=2 covers it and the sequence split of each CP rank's chunks.)"""
     from megatron_hapo.demo.tiny_models import make_tiny_hf_model
 
     model = make_tiny_hf_model(
         tmp_path / "m", "qwen2", vocab_size=300, dtype="float32", initializer_range=0.5
     )
-    out = run_torchrun("job_context_parallel.py", 2, str(model), str(tmp_path / "ckpt"), timeout=600)
+    out = run_torchrun("job_context_parallel.py", 4, str(model), str(tmp_path / "ckpt"), "2", timeout=600)
     print("\n".join(line for line in out.splitlines() if line.startswith("[job]")))  # shown with -s
     assert "CONTEXT_PARALLEL_OK" in out, out[-3000:]
 
