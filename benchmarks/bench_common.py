@@ -95,13 +95,29 @@ def goal(ok: bool | None, text: str) -> str:
     return f"# goal [{mark}] {text}"
 
 
-def run_workers(script: str, nproc: int, model: Path) -> int:
-    """Run ``script`` again with this process's arguments plus ``--model MODEL`` under torchrun: ``nproc``
-    processes on this machine, one thread each (gloo); the workers see ``RANK`` in their environment.
-    Returns torchrun's exit code."""
+def run_workers(script: str, nproc: int, hidden: int, layers: int, title: str) -> int:
+    """Write a random Qwen2 (``hidden``, ``layers``, vocab 512, fp32) to a temporary directory, print
+    ``title``, then run ``script`` again with this process's arguments plus ``--model DIR`` under torchrun:
+    ``nproc`` processes on this machine, one thread each (gloo); the workers see ``RANK`` in their
+    environment. Returns torchrun's exit code."""
     import os
     import subprocess
+    import tempfile
 
-    env = dict(os.environ, OMP_NUM_THREADS="1", TORCHDYNAMO_DISABLE="1", PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", script]
-    return subprocess.run([*cmd, *sys.argv[1:], "--model", str(model)], env=env, cwd=REPO).returncode
+    from megatron_hapo.demo.tiny_models import make_tiny_hf_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = make_tiny_hf_model(
+            Path(tmp) / "m", "qwen2", vocab_size=512, dtype="float32", hidden_size=hidden, num_layers=layers
+        )
+        print(title, flush=True)
+        env = dict(os.environ, OMP_NUM_THREADS="1", TORCHDYNAMO_DISABLE="1", PYTHONPATH=str(REPO))
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={nproc}",
+            script,
+        ]
+        return subprocess.run([*cmd, *sys.argv[1:], "--model", str(model)], env=env, cwd=REPO).returncode

@@ -20,7 +20,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -142,20 +141,12 @@ def main() -> None:
     if "RANK" in os.environ:
         worker(args)
         return
-    from megatron_hapo.demo.tiny_models import make_tiny_hf_model
-
-    with tempfile.TemporaryDirectory() as tmp:
-        model = make_tiny_hf_model(
-            Path(tmp) / "m", "qwen2", vocab_size=512, dtype="float32", hidden_size=args.hidden,
-            num_layers=args.layers,
-        )  # fmt: skip
-        print(
-            f"CP=2 vs DP=2 on CPU (gloo, one thread per rank): qwen2 {args.layers} layers, hidden {args.hidden}, "
-            f"{args.responses} sequences of {args.seq} tokens, micro-batches of one sequence, SDPA, no recompute, "
-            f"median of {args.repeats}",
-            flush=True,
-        )
-        sys.exit(run_workers(__file__, WORLD, model))
+    title = (
+        f"CP=2 vs DP=2 on CPU (gloo, one thread per rank): qwen2 {args.layers} layers, hidden {args.hidden}, "
+        f"{args.responses} sequences of {args.seq} tokens, micro-batches of one sequence, SDPA, no recompute, "
+        f"median of {args.repeats}"
+    )
+    sys.exit(run_workers(__file__, WORLD, args.hidden, args.layers, title))
 
 
 if __name__ == "__main__":
