@@ -8,7 +8,7 @@ explicit mask (the block-diagonal mask of packed rows); on CPU, PyTorch's own fu
 a GPU without Transformer Engine gets (``model.local_attention``, docs/training.md "Attention"). The idea is
 Megatron's own "kitchen" SDPA backend for the local spec, which needs NVIDIA's kitchen package; this one
 needs torch only. Under context parallelism it all-gathers K and V over the CP group and attends this
-rank's two chunks of queries to them (:meth:`SDPAttention._context_parallel`, models/context_parallel.py).
+rank's two chunks of queries to them (:func:`chunked_causal_attention`, models/context_parallel.py).
 
 Shapes (Megatron's core-attention interface, sbhd): query ``[sq, b, np, hn]``, key and value
 ``[sk, b, ng, hn]`` (np / ng heads and query groups of this TP rank), ``attention_mask`` None (causal: the
@@ -110,26 +110,31 @@ class SDPAttention(MegatronModule):
             value = value.repeat_interleave(rep, dim=2)
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads, s, hn]
         if self.cp_group is not None and attention_mask is None:
-            out = self._context_parallel(q, k, v)
+            out = chunked_causal_attention(q, k, v, self.cp_group.rank(), self.cp_group.size(), self.scale)
         elif attention_mask is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=~attention_mask, scale=self.scale)
         return out.permute(2, 0, 1, 3).reshape(sq, b, self.heads * q.shape[-1])
 
-    def _context_parallel(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """This rank's queries ``[b, heads, 2L, hn]`` (chunks c and 2·CP-1-c of the sequence) against the whole
-        sequence's keys and values ``[b, heads, s, hn]``: chunk c attends keys ``[0, (c+1)·L)``, causal at its
-        own end, which is SDPA's lower-right causal mask (no ``s x s`` tensor on the fused kernels)."""
-        size, rank = self.cp_group.size(), self.cp_group.rank()
-        chunk = q.shape[2] // 2
-        halves = []
-        for half, c in ((q[:, :, :chunk], rank), (q[:, :, chunk:], 2 * size - 1 - rank)):
-            keys = (c + 1) * chunk
-            bias = causal_lower_right(chunk, keys)
-            halves.append(
-                F.scaled_dot_product_attention(
-                    half, k[:, :, :keys], v[:, :, :keys], attn_mask=bias, scale=self.scale
-                )
-            )
-        return torch.cat(halves, dim=2)
+
+def chunked_causal_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cp_rank: int, cp_size: int, scale: float
+) -> torch.Tensor:
+    """Causal attention of CP rank ``cp_rank``'s queries ``[b, heads, 2L, hn]`` (chunks c = cp_rank and
+    2·CP-1-c of the sequence, models/context_parallel.py) to the whole sequence's keys and values
+    ``[b, heads, s, hn]`` (s = 2·CP·L): chunk c attends keys ``[0, (c+1)·L)``, causal at its own end, which
+    is SDPA's lower-right causal mask (no ``s x s`` tensor on CUDA's fused kernels). Output ``[b, heads, 2L, hn]``."""
+    chunk = q.shape[2] // 2
+    if k.shape[2] != 2 * cp_size * chunk:
+        raise ValueError(
+            f"{q.shape[2]} queries of CP rank {cp_rank} of {cp_size} need {2 * cp_size * chunk} keys, got {k.shape[2]}"
+        )
+    halves = []
+    for half, c in ((q[:, :, :chunk], cp_rank), (q[:, :, chunk:], 2 * cp_size - 1 - cp_rank)):
+        keys = (c + 1) * chunk
+        bias = causal_lower_right(chunk, keys)
+        halves.append(
+            F.scaled_dot_product_attention(half, k[:, :, :keys], v[:, :, :keys], attn_mask=bias, scale=scale)
+        )
+    return torch.cat(halves, dim=2)

@@ -151,6 +151,68 @@ def test_what_it_does_not_implement_is_refused_by_name(extra, named):
             SDPAttention(config, layer_number=1, attn_mask_type=AttnMaskType.causal, attention_type="self")
 
 
+def _chunked_against_full(q, k, v, cp_size, grad):
+    """Every CP rank's ``chunked_causal_attention`` of its queries, put back in sequence order, with the
+    gradients of q, k, v summed over the ranks (what the all-gather's reduce-scatter gives each rank)."""
+    from megatron_hapo.models.context_parallel import local_positions
+    from megatron_hapo.models.sdpa_attention import chunked_causal_attention
+
+    s = q.shape[2]
+    q, k, v = (t.detach().requires_grad_(True) for t in (q, k, v))
+    out = torch.empty_like(q)
+    for r in range(cp_size):
+        mine = local_positions(s, cp_size, r, device=q.device)
+        part = chunked_causal_attention(q[:, :, mine], k, v, r, cp_size, scale=0.125)
+        part.backward(grad[:, :, mine])
+        out[:, :, mine] = part.detach()
+    return out, (q.grad, k.grad, v.grad)
+
+
+@pytest.mark.parametrize("cp_size", [2, 3])
+def test_chunked_causal_attention_of_every_cp_rank_is_the_full_causal_attention(cp_size):
+    """Context parallelism's attention (one CP rank's two query chunks against the whole sequence's keys):
+    over all ranks, the same outputs and gradients as causal SDPA of the whole sequence, in float64."""
+    import torch.nn.functional as F
+
+    from megatron_hapo.models.sdpa_attention import chunked_causal_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v, grad = (
+        torch.randn(2, 3, 2 * cp_size * 5, 8, generator=g, dtype=torch.float64) for _ in range(4)
+    )
+    out, grads = _chunked_against_full(q, k, v, cp_size, grad)
+    want = [t.detach().requires_grad_(True) for t in (q, k, v)]
+    expected = F.scaled_dot_product_attention(*want, is_causal=True, scale=0.125)
+    expected.backward(grad)
+    torch.testing.assert_close(out, expected.detach(), atol=1e-12, rtol=1e-12)
+    for name, a, b in zip(("dq", "dk", "dv"), grads, want):
+        torch.testing.assert_close(a, b.grad, atol=1e-12, rtol=1e-12, msg=name)
+    with pytest.raises(ValueError, match="need 20 keys"):
+        chunked_causal_attention(q[:, :, :10], k[:, :, :12], v[:, :, :12], 0, 2, 0.125)
+
+
+@pytest.mark.gpu
+def test_on_cuda_in_bf16_chunked_causal_attention_agrees():
+    """On a GPU (benchmarks/gpu/run_all.sh): the context-parallel attention (CP=2 and 4) at the 1.5B model's
+    query heads and head_dim 128 in bf16, s = 4096, agrees with fp32 causal attention of the whole sequence
+    (5e-2 of the largest value, as the test below); the lower-right causal mask runs on CUDA's kernels."""
+    import torch.nn.functional as F
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v, grad = (torch.randn(1, 12, 4096, 128, device="cuda", generator=g) for _ in range(4))
+    want = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    expected = F.scaled_dot_product_attention(*want, is_causal=True, scale=0.125)
+    expected.backward(grad)
+    for cp_size in (2, 4):
+        out, grads = _chunked_against_full(*(t.bfloat16() for t in (q, k, v)), cp_size, grad.bfloat16())
+        pairs = [("output", expected.detach(), out)] + [
+            (n, a.grad, c) for n, a, c in zip(("dq", "dk", "dv"), want, grads)
+        ]
+        for name, a, c in pairs:
+            err = float((c.float() - a).abs().max()) / float(a.abs().max())
+            assert err < 5e-2, f"CP={cp_size} {name}: max error {err:.3g} of its largest value"
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("packed", [False, True], ids=["causal", "packed"])
 def test_on_cuda_in_bf16_the_fused_kernels_take_it_and_agree(packed):
