@@ -47,9 +47,10 @@ def local_positions(seq_len: int, cp_size: int, cp_rank: int, device=None) -> to
 
 def _sequence_order(seq_len: int, cp_size: int, device=None) -> torch.Tensor:
     """``order`` with ``gathered[order]`` in sequence order, where ``gathered`` concatenates the ranks' parts
-    (rank 0's, then rank 1's, ...) along the sequence: the inverse of the layout's permutation."""
-    layout = torch.cat([local_positions(seq_len, cp_size, r) for r in range(cp_size)])
-    return torch.argsort(layout).to(device)
+    (rank 0's, then rank 1's, ...) along the sequence: the inverse of the layout's permutation. Built on
+    ``device`` (kernels only: no host-to-device copy per layer and micro-batch)."""
+    layout = torch.cat([local_positions(seq_len, cp_size, r, device=device) for r in range(cp_size)])
+    return torch.argsort(layout)
 
 
 def local_part(batch):

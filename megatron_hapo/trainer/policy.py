@@ -303,9 +303,8 @@ class Policy:
             self.scheduler.step(increment=1)
             grad_norm_mean += float(grad_norm or 0.0) / num_mini
             collected = metrics_to_host(collected)
-            if (
-                self.dp_cp_group is not None
-            ):  # every rank's micro-batches: different responses (DP), tokens (CP)
+            # every rank's micro-batches: the ranks hold different responses (DP) or tokens of them (CP)
+            if self.dp_cp_group is not None:
                 parts: list = [None] * self.dp_cp_size
                 dist.all_gather_object(parts, collected, group=self.dp_cp_group)
                 collected = [c for part in parts for c in part]
