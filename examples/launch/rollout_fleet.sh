@@ -28,7 +28,7 @@ servers)
     for ((i = 0; i < NUM; i++)); do
         GPUS=$(seq -s, $((i * TP)) $((i * TP + TP - 1)))
         CUDA_VISIBLE_DEVICES=$GPUS nohup python -m sglang.launch_server --model-path "$MODEL" \
-            --host "$HOST" --port $((PORT + i)) --nccl-port $((PORT + 100 + i)) --tp-size "$TP" --random-seed $((1000 + i)) --config "$KEY_FILE" \
+            --host "$HOST" --port $((PORT + i)) --nccl-port $((PORT + 100 + i)) --tp-size "$TP" --random-seed $((1000 + i)) --sleep-on-idle --config "$KEY_FILE" \
             >"logs/sglang_server_$i.log" 2>&1 &
         echo "server $i: http://$HOST:$((PORT + i)) on GPUs $GPUS (log: logs/sglang_server_$i.log)"
     done

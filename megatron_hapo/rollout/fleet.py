@@ -37,7 +37,7 @@ import torch
 from tqdm import tqdm
 
 from megatron_hapo.rollout.inflight import RequestGate
-from megatron_hapo.rollout.inprocess import cpu_server_args
+from megatron_hapo.rollout.inprocess import base_server_args
 from megatron_hapo.rollout.parse import to_samples
 from megatron_hapo.rollout.placement import visible_devices
 from megatron_hapo.rollout.processes import spawn_server
@@ -139,7 +139,7 @@ def server_launch(
     (``--config``; never the key itself on a command line, which every local user can read) and, with
     ``cfg.server_gpus``, its own GPUs as ``CUDA_VISIBLE_DEVICES`` (SGLang then numbers them from 0).
     ``nccl_port``: the port of its internal process group (:func:`free_ports`); None = SGLang draws one."""
-    args = cpu_server_args() if not on_gpu else {}
+    args = base_server_args(on_gpu)
     args.update(cfg.server_args)
     args.update(
         model_path=cfg.model_path, host=cfg.host, port=port, tp_size=cfg.tp_size, random_seed=cfg.seed + index

@@ -21,6 +21,16 @@ from megatron_hapo.rollout.types import EngineError, GenerationParams, GroupStre
 logger = logging.getLogger(__name__)
 
 
+def base_server_args(on_gpu: bool) -> dict[str, Any]:
+    """The SGLang arguments every engine of ours starts from (the caller's arguments override them).
+
+    ``sleep_on_idle``: an idle scheduler waits on its sockets (zmq poll, woken by the next request or weight
+    update) instead of spinning. Without it every scheduler holds a CPU core at 100 % while the trainer
+    trains: one core per rollout GPU on a GPU node, half the machine on a 2-core CPU one (measured: an idle
+    1-server fleet, 1.01 CPU-s/s without it, 0.01 with it)."""
+    return {"sleep_on_idle": True, **({} if on_gpu else cpu_server_args())}
+
+
 def cpu_server_args() -> dict[str, Any]:
     """SGLang server arguments that run on a CPU-only machine (see docs/install.md and notes/sglang_cpu.md).
 
@@ -68,7 +78,7 @@ class InProcessSGLangEngine:
             raise EngineError(
                 "unset SGLANG_USE_CPU_ENGINE: it selects SGLang's AMX backend, which needs sgl_kernel"
             )
-        args = {} if torch.cuda.is_available() else cpu_server_args()
+        args = base_server_args(on_gpu=torch.cuda.is_available())
         args.update(server_args)
         self.hapo_sampler = hapo_sampler
         if hapo_sampler:  # the sglang_ext plugin's backend; every response then carries hapo_* per token
