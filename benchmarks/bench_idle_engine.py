@@ -85,7 +85,9 @@ def _measure(model_dir: Path, sleep_on_idle: bool, seconds: float, repeats: int)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=3.0, help="idle window for the CPU measurement")
     parser.add_argument("--repeats", type=int, default=3, help="workload repeats (median)")
     args = parser.parse_args()
