@@ -98,7 +98,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = make_demo_model(Path(tmp) / "model")
         alone = _workload_s(args.repeats)
-        rows = [("no engine", float("nan"), alone)]
+        rows: list[tuple[str, float | None, float]] = [("no engine", None, alone)]
         for sleep_on_idle in (False, True):
             idle_cpu, busy = _measure(model_dir, sleep_on_idle, args.seconds, args.repeats)
             rows.append((f"idle engine, sleep_on_idle={sleep_on_idle}", idle_cpu, busy))
@@ -107,7 +107,7 @@ def main() -> None:
     print("| setting | engine CPU-s/s while idle | workload s | vs no engine |")
     print("|---|---:|---:|---:|")
     for name, cpu, seconds in rows:
-        cpu_text = "-" if cpu != cpu else f"{cpu:.2f}"
+        cpu_text = "-" if cpu is None else f"{cpu:.2f}"
         print(f"| {name} | {cpu_text} | {seconds:.2f} | {seconds / alone:.2f}x |")
 
 

@@ -102,9 +102,10 @@ def _is_timing(key: str) -> bool:
 def test_staleness_0_gives_the_metrics_of_the_loop_before_overlap_existed(first_run):
     """Issue 20: ``rollout.max_staleness=0`` (the default) is the on-policy loop as it was before the overlap.
     The golden rows were written by the trainer of commit 9210436 with this fixture's command (the file
-    says how; it ran 24 steps, and the number of steps does not change steps 1-10), one entry per CPU kind: fp32 kernels differ in the last bits between CPU models, and the SFT
-    warm-up and sampling turn that into another run, so a run must match one entry whole. Steps 1-3
-    matched the first entry bit for bit when it was taken; later steps drift in the last float bits
+    says how; it ran 24 steps, and the number of steps does not change steps 1-10), one entry per CPU
+    kind: fp32 kernels differ in the last bits between CPU models, and the SFT warm-up and sampling turn
+    that into another run, so a run must match one entry whole. Steps 1-3 matched the first entry bit for
+    bit when it was taken; later steps drift in the last float bits
     (packing and the sampler's entropy changed the summation order since), <= 7e-5 relative by step 10, so
     the comparison allows 1e-3. A new entry must come from the same command at 9210436."""
     golden = json.loads((Path(__file__).parent / "data" / "staleness0_golden.json").read_text())
