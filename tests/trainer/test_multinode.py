@@ -7,6 +7,9 @@ with a launched fleet of two SGLang servers.
   sampling: which server serves a request changes only the last bits of its log-probs).
 - A server killed after step 2 is reported, and the run goes on with the other one
   (``rollout.on_server_failure=continue``).
+- The one-agent run is also the trainer's launched-fleet check (``rollout.engine=fleet``): the lead starts one
+  SGLang HTTP server and sglang-router, rollouts go through the router, and every step's weights reach the
+  server by the distributed (gloo) transport before it samples.
 
 Slow: three SGLang server starts on 2 cores."""
 
@@ -61,15 +64,34 @@ def _comparable(row: dict) -> dict:
     return {k: v for k, v in row.items() if not any(t in k for t in TIMING) and isinstance(v, (int, float))}
 
 
-def test_two_agents_match_one_agent_and_survive_a_server_kill(small_policy, tmp_path):
-    one = tmp_path / "one_agent"
+@pytest.fixture(scope="module")
+def one_agent(small_policy, tmp_path_factory) -> Path:
+    """Two steps under one torchrun agent running both ranks (DP=2) on a launched one-server fleet."""
+    run_dir = tmp_path_factory.mktemp("one_agent")
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-         *_train_args(small_policy, one, steps=2, servers=1)],
+         *_train_args(small_policy, run_dir, steps=2, servers=1)],
         cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=1200,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    logs = "".join(p.read_text()[-2000:] for p in sorted((run_dir / "fleet_logs").rglob("*.log")))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:] + logs
+    return run_dir
 
+
+def test_a_launched_fleet_samples_from_the_trainers_weights_at_every_step(one_agent):
+    assert {p.name for p in (one_agent / "fleet_logs").rglob("*.log")} == {"server0.log", "router.log"}
+    assert "via distributed" in (one_agent / "logs" / "rank0.log").read_text()
+    rows = _rows(one_agent)
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        # the server samples from the trainer's weights: pushed before step 1 and after step 1's update
+        assert r["actor/tis/abs_log_prob_diff"] < 1e-3, r
+        assert r["sync/mb"] > 0
+    assert rows[0]["temperature/min"] == rows[0]["temperature/max"] == pytest.approx(1.0)
+    assert rows[1]["temperature/min"] < 0.999  # HAPO sampler on the server, statistics from step 1
+
+
+def test_two_agents_match_one_agent_and_survive_a_server_kill(one_agent, small_policy, tmp_path):
     two = tmp_path / "two_agents"
     port = _free_port()
     agents = [
@@ -112,7 +134,7 @@ def test_two_agents_match_one_agent_and_survive_a_server_kill(small_policy, tmp_
     assert codes == [0, 0], (codes, outs[0][-4000:], outs[1][-4000:])
     assert pid is not None, "server 1 of the two-agent run was not found to kill"
 
-    rows_one, rows_two = _rows(one), _rows(two)
+    rows_one, rows_two = _rows(one_agent), _rows(two)
     assert [r["step"] for r in rows_two] == [1, 2, 3]
     for a, b in zip(rows_one, rows_two[:2], strict=True):
         # the same tokens, rewards and updates; the servers' log-probs and entropies may differ in the last

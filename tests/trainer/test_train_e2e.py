@@ -141,46 +141,44 @@ def test_checkpoint_holds_the_trained_policy_as_hf(first_run, demo_model):
     assert len(changed) > len(start) // 2, changed  # STEPS steps of RL moved most tensors
 
 
-def test_resume_repeats_the_uninterrupted_run_exactly(first_run, demo_model, tmp_path):
-    """Resume from step STEPS-4 of the run in a fresh run directory: its last 4 steps give the same metrics,
-    bit for bit (seeded rollouts, restored optimizer/scheduler/sampler/statistics); only timings differ.
-    The copy's trainer_state.json is rewritten in the layout written before issue 18 (format 1: the data
-    position at the top level), which must still resume exactly."""
+def test_resume_repeats_the_uninterrupted_run_exactly_and_continues(first_run, demo_model, tmp_path):
+    """A preempted run's directory, rebuilt from the run: the checkpoint of step STEPS-4 and the metrics of all
+    STEPS steps (the attempt went on past its last checkpoint). Resumed to STEPS+2: the rows after the
+    checkpoint are dropped and written again, the 4 repeated steps give the same metrics bit for bit (seeded
+    rollouts, restored optimizer/scheduler/sampler/statistics; only timings differ), and 2 more steps follow
+    with the data order moved on. The copy's trainer_state.json is rewritten in the layout written before
+    issue 18 (format 1: the data position at the top level), which must still resume exactly."""
     run_dir, _ = first_run
     resumed = tmp_path / "resumed"
     start = STEPS - 4
     copy = resumed / "checkpoints" / f"step_{start}"
     shutil.copytree(run_dir / "checkpoints" / f"step_{start}", copy)
+    shutil.copy(run_dir / "metrics.jsonl", resumed / "metrics.jsonl")
     state = json.loads((copy / "trainer_state.json").read_text())
     assert state.pop("format") == STATE_FORMAT
     state.update(state.pop("rollout"))  # format 1: data_order and next_group beside step
     (copy / "trainer_state.json").write_text(json.dumps(state))
     (copy / "manifest.json").unlink()
     manifest.write(copy, start)
-    proc = _train(f"model.hf_path={demo_model}", f"trainer.run_dir={resumed}", f"trainer.total_steps={STEPS}",
+    proc = _train(f"model.hf_path={demo_model}", f"trainer.run_dir={resumed}", f"trainer.total_steps={STEPS + 2}",
                   "checkpoint.resume=auto", "checkpoint.save_every=0", *DIST_OPT)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-6000:]
-    expected, got = _rows(run_dir)[start:STEPS], _rows(resumed)
-    assert [r["step"] for r in got] == list(range(start + 1, STEPS + 1))
-    for want, row in zip(expected, got, strict=True):
+    expected, got = _rows(run_dir), _rows(resumed)
+    assert [r["step"] for r in got] == list(range(1, STEPS + 3))  # every step once: appended, not restarted
+    assert got[:start] == expected[:start]
+    for want, row in zip(expected[start:], got[start:STEPS], strict=True):
         differing = {k: (v, row.get(k)) for k, v in want.items() if not _is_timing(k) and row.get(k) != v}
         assert not differing, (row["step"], differing)
-
-
-def test_resume_continues_from_the_checkpoint(first_run, demo_model):
-    run_dir, _ = first_run
-    state = json.loads((run_dir / "checkpoints" / f"step_{STEPS}" / "trainer_state.json").read_text())
-    proc = _train(f"model.hf_path={demo_model}", f"trainer.run_dir={run_dir}", f"trainer.total_steps={STEPS + 2}",
-                  "checkpoint.resume=auto", "checkpoint.save_every=0", *DIST_OPT)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-6000:]
-    rows = _rows(run_dir)
-    assert [r["step"] for r in rows] == list(range(1, STEPS + 3))  # appended, not restarted
-    new = json.loads((run_dir / "checkpoints" / f"step_{STEPS + 2}" / "trainer_state.json").read_text())
-    assert (
-        new["rollout"]["data_order"]["position"] != state["rollout"]["data_order"]["position"]
-        or new["rollout"]["data_order"]["epoch"] > state["rollout"]["data_order"]["epoch"]
+    assert got[start]["temperature/min"] < 0.999  # the restored statistics drive the first resumed rollout
+    # the data order moved on past where the uninterrupted run ended
+    assert _data_order(resumed / "checkpoints" / f"step_{STEPS + 2}") != _data_order(
+        run_dir / "checkpoints" / f"step_{STEPS}"
     )
-    assert rows[STEPS]["temperature/min"] < 0.999  # the restored statistics drive the first resumed rollout
+
+
+def _data_order(checkpoint: Path) -> tuple[int, int]:
+    order = json.loads((checkpoint / "trainer_state.json").read_text())["rollout"]["data_order"]
+    return order["epoch"], order["position"]
 
 
 # PP=2 and CP=2 through the trainer: tests/trainer/test_virtual_pipeline.py (PP=2 x VP=2) and
