@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
 import signal
@@ -274,6 +275,9 @@ class InProcessSGLangEngine:
 
     def shutdown(self) -> None:
         self._engine.shutdown()
+        # SGLang registers shutdown with atexit; done now, it would only run again at exit and log to handlers
+        # that may be closed by then (pytest's captured streams: "--- Logging error ---" after the run)
+        atexit.unregister(self._engine.shutdown)
         if self._console_fd is not None:
             os.close(self._console_fd)
             self._console_fd = None

@@ -1,5 +1,5 @@
-"""End to end: hapo-train on the tiny CPU config (SGLang in-process, Megatron, weight sync), resume from
-its checkpoint, two-step runs at TP=2 and at DP=2 (distributed optimizer) under torchrun (PP=2, interleaved:
+"""End to end: hapo-train on the tiny CPU config (SGLang in-process, Megatron, weight sync), its quiet console,
+resume from its checkpoint, two-step runs at TP=2 and at DP=2 (distributed optimizer) under torchrun (PP=2, interleaved:
 test_virtual_pipeline.py), and bad configs rejected before any work."""
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ DIST_OPT = ("parallel.use_distributed_optimizer=true",)  # its checkpoint (save 
 
 
 def _env():
-    return dict(os.environ, OMP_NUM_THREADS="1", TORCHDYNAMO_DISABLE="1", PYTHONPATH=str(REPO_ROOT))
+    env = dict(os.environ, OMP_NUM_THREADS="1", TORCHDYNAMO_DISABLE="1", PYTHONPATH=str(REPO_ROOT))
+    env.pop("HAPO_VERBOSE", None)  # the quiet console is tested
+    return env
 
 
 def _train(*overrides, timeout=420):
@@ -55,11 +57,11 @@ def first_run(demo_model, tmp_path_factory):
                   "checkpoint.save_every=4", "checkpoint.keep_last=2", "checkpoint.hf_export=true",
                   *DIST_OPT)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    return run_dir, proc.stdout
+    return run_dir, proc.stdout + proc.stderr
 
 
 def test_run_directory_and_metrics(first_run):
-    run_dir, stdout = first_run
+    run_dir, _ = first_run
     assert (run_dir / "resolved_config.yaml").is_file()
     assert (run_dir / "plots" / "metrics.png").stat().st_size > 10_000  # curves drawn at the end
     rows = _rows(run_dir)
@@ -80,10 +82,28 @@ def test_run_directory_and_metrics(first_run):
         for r in rows
     )
     assert any(r["rollout/temperature_min"] < 0.999 for r in rows[1:])
-    assert "reward" in stdout and "temp" in stdout  # the console table
     # keep_last=2, saves at 4, 8, ..., STEPS
     saved = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert saved == [f"step_{STEPS - 4}", f"step_{STEPS}"]
+
+
+def test_the_console_shows_one_line_per_step_and_the_logs_keep_the_rest(first_run):
+    """A quiet console (issue 17, bug 11; a 3-step run printed 33 KB before): a first line naming the run
+    directory, the table's header, one line per step; Megatron's and SGLang's output is kept in
+    ``run_dir/logs/``."""
+    run_dir, printed = first_run
+    assert len(printed.encode()) < 3 * 1024, printed
+    lines = printed.splitlines()
+    assert lines[0].startswith(f"hapo-train: run directory {run_dir}") and f"{run_dir}/logs" in lines[0]
+    assert lines[1].split()[:3] == ["step", "reward", "acc"]
+    assert [line.split()[0] for line in lines[2:]] == [str(s) for s in range(1, STEPS + 1)]
+    # nothing is lost: Megatron's and the trainer's INFO lines, SGLang's settings and its processes' output
+    rank0 = (run_dir / "logs" / "rank0.log").read_text()
+    assert "megatron.core" in rank0 and "megatron_hapo.data.dataset: prompt dataset" in rank0
+    assert "server_args=" in rank0 and "generating" in rank0  # also after the engine re-configured logging
+    # the engine shut down once: SGLang's own exit hook went with it (at exit it logged to closed streams)
+    assert rank0.count("kill_process_tree called") == 1
+    assert "HAPO adaptive-temperature sampler active" in (run_dir / "logs" / "sglang.log").read_text()
 
 
 def test_reward_rises(first_run):
