@@ -63,6 +63,27 @@ def _cli(*args, env=None):
     )  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["trainer.lr=1"], "optim.lr"),
+        (["data.mini_batch_size=3"], "mini_batch_size"),
+        (["algorithm.loss.clip_low=1.5"], "clip_low"),
+    ],
+)
+def test_bad_config_rejected_before_any_work(tmp_path, overrides, message):
+    run_dir = tmp_path / "run"
+    proc = _cli("--config", "examples/configs/tiny_cpu.yaml", f"trainer.run_dir={run_dir}", *overrides)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert not run_dir.exists()  # nothing was started or written
+
+
+def test_help_config_lists_keys():
+    proc = _cli("--help-config")
+    assert proc.returncode == 0 and "algorithm.loss.clip_high" in proc.stdout
+
+
 def test_csv_data_file_and_run_dir_that_is_a_file(tmp_path):
     csv, taken = tmp_path / "train.csv", tmp_path / "taken"
     csv.write_text("prompt,answer\n")

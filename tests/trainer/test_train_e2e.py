@@ -1,6 +1,6 @@
 """End to end: hapo-train on the tiny CPU config (SGLang in-process, Megatron, weight sync), its quiet console,
 resume from its checkpoint, two-step runs at TP=2 and at DP=2 (distributed optimizer) under torchrun (PP=2, interleaved:
-test_virtual_pipeline.py), and bad configs rejected before any work."""
+test_virtual_pipeline.py). Bad configs rejected before any work: tests/test_cli.py."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ import torch
 from megatron_hapo.trainer import manifest
 from megatron_hapo.trainer.checkpoint import STATE_FORMAT
 from tests.torchrun_utils import REPO_ROOT, run_torchrun
+
+pytestmark = pytest.mark.slow  # a 16-step run, a resume and a torchrun job
 
 CONFIG = "examples/configs/tiny_cpu.yaml"
 STEPS = 16  # steps 1-10 do not depend on it (constant learning rate): the golden rows below hold
@@ -209,25 +211,3 @@ def test_two_steps_on_two_ranks(demo_model, tmp_path, tp, dist_opt, pp):
     out = run_torchrun("job_trainer_world2.py", 2, str(demo_model), str(tmp_path / "run"), str(tp), str(dist_opt),
                        str(pp), timeout=420)  # fmt: skip
     assert f"TRAINER_WORLD2_OK tp={tp} pp={pp}" in out
-
-
-@pytest.mark.parametrize(
-    "overrides, message",
-    [
-        (["trainer.lr=1"], "optim.lr"),
-        (["data.mini_batch_size=3"], "mini_batch_size"),
-        (["algorithm.loss.clip_low=1.5"], "clip_low"),
-    ],
-)
-def test_bad_config_rejected_before_any_work(tmp_path, overrides, message):
-    run_dir = tmp_path / "run"
-    proc = _train(f"trainer.run_dir={run_dir}", *overrides, timeout=120)
-    assert proc.returncode != 0
-    assert message in proc.stderr
-    assert not run_dir.exists()  # nothing was started or written
-
-
-def test_help_config_lists_keys():
-    proc = subprocess.run([sys.executable, "-m", "megatron_hapo.trainer", "--help-config"], cwd=REPO_ROOT,
-                          env=_env(), capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert proc.returncode == 0 and "algorithm.loss.clip_high" in proc.stdout
