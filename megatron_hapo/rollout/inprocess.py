@@ -274,13 +274,18 @@ class InProcessSGLangEngine:
         return True
 
     def shutdown(self) -> None:
-        self._engine.shutdown()
-        # SGLang registers shutdown with atexit; done now, it would only run again at exit and log to handlers
-        # that may be closed by then (pytest's captured streams: "--- Logging error ---" after the run)
-        atexit.unregister(self._engine.shutdown)
+        shutdown_sglang_engine(self._engine)
         if self._console_fd is not None:
             os.close(self._console_fd)
             self._console_fd = None
+
+
+def shutdown_sglang_engine(engine) -> None:
+    """``engine.shutdown()`` for an ``sgl.Engine``, once: SGLang also registers it with atexit, where it would
+    run again at exit and log to handlers that may be closed by then (pytest's captured streams: "--- Logging
+    error ---" tracebacks after the run)."""
+    engine.shutdown()
+    atexit.unregister(engine.shutdown)
 
 
 def _log_throughput(samples: list[RolloutSample], seconds: float) -> None:

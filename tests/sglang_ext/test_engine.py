@@ -13,6 +13,7 @@ import torch
 
 from megatron_hapo.algorithms import EntropyStats
 from megatron_hapo.demo.tiny_models import make_tiny_hf_model
+from megatron_hapo.rollout.inprocess import shutdown_sglang_engine
 from megatron_hapo.rollout.sampler_wire import PARAMS_KEY, encode_request
 from megatron_hapo.rollout.types import AdaptiveTemperature
 from tests.sglang_ext.reference import (
@@ -70,7 +71,7 @@ def engine(model_dir):
         try:
             yield eng
         finally:
-            eng.shutdown()
+            shutdown_sglang_engine(eng)
 
 
 def _generate_staggered(engine, jobs):
@@ -270,7 +271,7 @@ def overlap_engine(model_dir):
             assert eng.get_server_info()["disable_overlap_schedule"] is False
             yield eng
         finally:
-            eng.shutdown()
+            shutdown_sglang_engine(eng)
 
 
 def test_overlap_scheduler_returns_the_same_per_token_outputs(overlap_engine, hf):
