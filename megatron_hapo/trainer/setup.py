@@ -156,14 +156,16 @@ def build_run(cfg: RootConfig, plan: ResumePlan | None = None) -> Run:
 
 
 def close_run(run: Run) -> None:
-    """Close the metrics files, shut the rollout engine (or fleet) down and stop the scorer pool."""
+    """Close the metrics files, stop the scorer pool and shut the rollout engine (or fleet) down."""
     run.logger.close()
     if run.synchronizer is not None:  # its distributed group with the engine goes first
         try:
             run.synchronizer.close()
         except Exception as exc:  # the servers may already be gone; never block the shutdown
             logger.warning("closing the weight synchronizer failed: %s", exc)
-    if run.rollout.engine is not None:
-        run.rollout.engine.shutdown()
+    # the pool before the engine: an in-process SGLang engine's shutdown SIGKILLs every child process of this
+    # one (kill_process_tree(os.getpid(), include_parent=False)), the pool's workers included
     if run.rollout.scorer is not None:
         run.rollout.scorer.close()
+    if run.rollout.engine is not None:
+        run.rollout.engine.shutdown()

@@ -4,6 +4,7 @@ checkpoint discovery, presets, metrics formatting."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from megatron_hapo.trainer.checkpoint import STATE_FILE, CheckpointInvalid, list
 from megatron_hapo.trainer.experience import Experience
 from megatron_hapo.trainer.metrics import format_header, format_row
 from megatron_hapo.trainer.rollout_stage import DynamicSamplingError, RolloutStage
+from megatron_hapo.trainer.setup import close_run
 
 CONFIG = "examples/configs/tiny_cpu.yaml"
 
@@ -193,3 +195,20 @@ def test_console_table():
     assert "reward" in format_header() and "temp" in format_header()
     row = format_row({"step": 3, "reward/mean": 0.5})
     assert row.split()[0] == "3" and "-" in row
+
+
+def test_close_run_stops_the_scorer_pool_before_the_engine():
+    """An in-process SGLang engine's shutdown SIGKILLs every child of the process, the pool's workers too:
+    the pool is stopped first, the engine last."""
+    calls = []
+
+    def part(name):
+        return SimpleNamespace(close=lambda: calls.append(name), shutdown=lambda: calls.append(name))
+
+    run = SimpleNamespace(
+        logger=part("logger"),
+        synchronizer=part("synchronizer"),
+        rollout=SimpleNamespace(engine=part("engine"), scorer=part("scorer")),
+    )
+    close_run(run)
+    assert calls == ["logger", "synchronizer", "scorer", "engine"]
