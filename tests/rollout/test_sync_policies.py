@@ -22,7 +22,7 @@ from tests.rollout.common import PROMPTS, perturbed_state, wait_until_in_flight
 
 pytestmark = pytest.mark.slow
 
-# the 32 sequences decode 512 tokens in ~6 s on an idle 2-core CPU: ten times the settling pause below, so the
+# the 32 sequences decode 512 tokens in ~6 s on an idle 2-core CPU: twelve times the settling pause below, so the
 # requests are still decoding when the sync's abort or pause reaches the server (asserted, not assumed)
 LONG = GenerationParams(n=2, max_new_tokens=512, temperature=1.0, ignore_eos=True)
 IN_FLIGHT = PROMPTS * 8  # all running at once (fewer than the fleet's max_concurrent_requests)

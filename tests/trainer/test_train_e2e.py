@@ -31,9 +31,9 @@ def _env():
     return env
 
 
-def _train(*overrides, timeout=420):
+def _train(*overrides):
     cmd = [sys.executable, "-m", "megatron_hapo.trainer", "--config", CONFIG, *overrides]
-    return subprocess.run(cmd, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=420)
 
 
 def _rows(run_dir: Path) -> list[dict]:
