@@ -9,6 +9,7 @@ import os
 import signal
 import threading
 import time
+import weakref
 from typing import Any
 
 import torch
@@ -16,7 +17,7 @@ import torch
 from megatron_hapo.console import EngineCrashReport, fds_to, keep_root_handlers
 from megatron_hapo.rollout.inflight import RequestGate
 from megatron_hapo.rollout.parse import to_samples
-from megatron_hapo.rollout.processes import without_launcher_env
+from megatron_hapo.rollout.processes import new_child_processes, without_launcher_env
 from megatron_hapo.rollout.types import EngineError, GenerationParams, GroupStreamReport, RolloutSample
 
 logger = logging.getLogger(__name__)
@@ -73,8 +74,6 @@ class InProcessSGLangEngine:
         log_file: str | os.PathLike | None = None,
         **server_args,
     ):
-        import sglang as sgl
-
         if os.environ.get("SGLANG_USE_CPU_ENGINE") == "1" and not torch.cuda.is_available():
             raise EngineError(
                 "unset SGLANG_USE_CPU_ENGINE: it selects SGLang's AMX backend, which needs sgl_kernel"
@@ -101,13 +100,14 @@ class InProcessSGLangEngine:
             args.setdefault("custom_sigquit_handler", EngineCrashReport(str(log_file), self._console_fd))
         try:
             with without_launcher_env(), keep_root_handlers(), fds_to(log_file):
-                self._engine = sgl.Engine(
+                self._engine = start_sglang_engine(
                     model_path=str(model_path), tp_size=tp_size, random_seed=seed, log_level=log_level, **args
                 )
         except BaseException:
             if log_file is not None:  # the scheduler's own traceback (the cause) is only there
                 logger.error("the SGLang engine failed to start; its processes' output is in %s", log_file)
             raise
+        self._shut_down = False
         self._tm = self._engine.tokenizer_manager
         self._leave_sigterm_to_the_process()
         self.num_engine_ranks = tp_size  # ranks that join a distributed weight-update group
@@ -274,18 +274,68 @@ class InProcessSGLangEngine:
         return True
 
     def shutdown(self) -> None:
+        """Stop the engine's processes (only those, not this process's other children); idempotent."""
+        if self._shut_down:
+            return
+        self._shut_down = True
         shutdown_sglang_engine(self._engine)
         if self._console_fd is not None:
             os.close(self._console_fd)
             self._console_fd = None
 
 
+# the processes each engine of start_sglang_engine started (its schedulers, its detokenizer)
+_ENGINE_PROCESSES: weakref.WeakKeyDictionary[Any, list[int]] = weakref.WeakKeyDictionary()
+
+
+def start_sglang_engine(**engine_args):
+    """``sglang.Engine(**engine_args)``, remembering the processes it starts for :func:`shutdown_sglang_engine`."""
+    import sglang as sgl
+
+    with new_child_processes() as pids:
+        engine = sgl.Engine(**engine_args)
+    _ENGINE_PROCESSES[engine] = pids
+    return engine
+
+
 def shutdown_sglang_engine(engine) -> None:
-    """``engine.shutdown()`` for an ``sgl.Engine``, once: SGLang also registers it with atexit, where it would
-    run again at exit and log to handlers that may be closed by then (pytest's captured streams: "--- Logging
-    error ---" tracebacks after the run)."""
-    engine.shutdown()
+    """``engine.shutdown()`` for an engine of :func:`start_sglang_engine`, stopping only its own processes,
+    and only once.
+
+    * SGLang's shutdown ends with ``kill_process_tree(os.getpid(), include_parent=False)``: a SIGKILL to every
+      child of the calling process, whoever started it (the trainer's scorer pool, multiprocessing's resource
+      tracker, a user's own workers). Here that one call kills the trees of the engine's own processes
+      instead; every other call of SGLang's goes through unchanged.
+    * SGLang also registers the shutdown with atexit, where it would run again at exit and log to handlers
+      that may be closed by then (pytest's captured streams: "--- Logging error ---" tracebacks after the
+      run)."""
+    import psutil
+    from sglang.srt.entrypoints import engine as engine_module
+
+    pids = _ENGINE_PROCESSES.pop(engine, None)
+    if pids is None:
+        raise EngineError(
+            "shutdown_sglang_engine: not an engine of start_sglang_engine, or already shut down"
+        )
+    sglang_kill = engine_module.kill_process_tree  # AttributeError: SGLang changed; see the docstring
+
+    def kill_engine_processes(parent_pid, include_parent=True, skip_pid=None, wait_timeout=60):
+        if parent_pid != os.getpid() or include_parent:
+            return sglang_kill(
+                parent_pid, include_parent=include_parent, skip_pid=skip_pid, wait_timeout=wait_timeout
+            )
+        children = {p.pid for p in psutil.Process().children()}  # a pid that died may have been reused
+        for pid in pids:
+            if pid in children:
+                sglang_kill(pid, include_parent=True, wait_timeout=wait_timeout)
+
+    engine_module.kill_process_tree = kill_engine_processes
+    try:
+        engine.shutdown()
+    finally:
+        engine_module.kill_process_tree = sglang_kill
     atexit.unregister(engine.shutdown)
+    logger.info("SGLang engine shut down: its processes %s stopped", pids)
 
 
 def _log_throughput(samples: list[RolloutSample], seconds: float) -> None:

@@ -5,12 +5,15 @@
 * A launched server must not outlive a trainer that was killed (SIGKILL, OOM): ``atexit`` does not run then,
   and orphaned servers keep their GPUs (or CPU cores) busy. On Linux the child asks the kernel for SIGTERM
   when its parent dies (``PR_SET_PDEATHSIG``); SGLang's own processes follow their server down.
+* An in-process engine's processes are the children that appeared while it started
+  (:func:`new_child_processes`): its shutdown stops those, not the caller's other children.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import multiprocessing.resource_tracker
 import os
 import signal
 import subprocess
@@ -41,6 +44,25 @@ def without_launcher_env() -> Iterator[None]:
         yield
     finally:
         os.environ.update(saved)
+
+
+@contextlib.contextmanager
+def new_child_processes() -> Iterator[list[int]]:
+    """Yields a list that, when the block ends (also by an exception), holds the pids of the child processes
+    this process started inside it.
+
+    multiprocessing's resource tracker is started first: a spawn inside the block would start it otherwise,
+    and it serves the whole process, not what the block started."""
+    import psutil
+
+    multiprocessing.resource_tracker.ensure_running()
+    me = psutil.Process()
+    before = {p.pid for p in me.children()}
+    pids: list[int] = []
+    try:
+        yield pids
+    finally:
+        pids.extend(p.pid for p in me.children() if p.pid not in before)
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec

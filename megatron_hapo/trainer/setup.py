@@ -163,8 +163,9 @@ def close_run(run: Run) -> None:
             run.synchronizer.close()
         except Exception as exc:  # the servers may already be gone; never block the shutdown
             logger.warning("closing the weight synchronizer failed: %s", exc)
-    # the pool before the engine: an in-process SGLang engine's shutdown SIGKILLs every child process of this
-    # one (kill_process_tree(os.getpid(), include_parent=False)), the pool's workers included
+    # the pool before the engine: SGLang's own shutdown SIGKILLs every child of this process, the pool's workers
+    # included; shutdown_sglang_engine keeps it to the engine's processes, and this order keeps a clean stop
+    # should any engine ever do that again
     if run.rollout.scorer is not None:
         run.rollout.scorer.close()
     if run.rollout.engine is not None:

@@ -4,8 +4,12 @@ One engine for the module (start-up is ~20-40 s on 2 cores). The model is fp32 s
 be compared with Hugging Face's to a tight tolerance.
 """
 
+import multiprocessing.resource_tracker
+import subprocess
+import sys
 import threading
 
+import psutil
 import pytest
 import torch
 
@@ -31,11 +35,35 @@ from tests.rollout.common import (
 pytestmark = pytest.mark.slow
 
 
+def child_pids() -> set[int]:
+    return {p.pid for p in psutil.Process().children()}
+
+
+def running(pid: int) -> bool:
+    """Not exited (a zombie has: its parent reaps it later, as multiprocessing does for SGLang's processes)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 @pytest.fixture(scope="module")
-def engine(model_dir):
+def started(model_dir):
+    """The module's engine, the processes it started, and a bystander: a child of this process started
+    before it (as the trainer's scorer pool is), which the engine's shutdown must leave alone."""
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+    multiprocessing.resource_tracker.ensure_running()  # this process's, whoever starts it
+    before = child_pids()
     eng = InProcessSGLangEngine(model_dir, seed=0, dtype="float32")  # "auto" would downcast fp32 to bf16
-    yield eng
-    eng.shutdown()
+    yield eng, child_pids() - before, bystander
+    eng.shutdown()  # a no-op after the module's last test
+    bystander.kill()
+    bystander.wait()
+
+
+@pytest.fixture(scope="module")
+def engine(started):
+    return started[0]
 
 
 def greedy(engine):
@@ -164,3 +192,14 @@ def test_pause_from_another_thread_is_refused_by_the_inprocess_engine(engine, hf
     worker.join(timeout=300)
     assert len(result["samples"]) == LONG_SAMPLES  # the running call was not disturbed
     assert engine.weight_version != "refused" and engine.health()
+
+
+def test_shutdown_stops_the_engines_processes_and_no_other(started):
+    """SGLang's own shutdown SIGKILLs every child of the calling process; the engine's stops only its own.
+    Last in the module: it ends the module's engine."""
+    eng, engine_pids, bystander = started
+    assert engine_pids  # its scheduler and detokenizer
+    eng.shutdown()
+    assert [p for p in engine_pids if running(p)] == []
+    assert bystander.poll() is None  # SGLang's blanket kill would have left returncode -9
+    eng.shutdown()  # idempotent

@@ -13,7 +13,7 @@ import torch
 
 from megatron_hapo.algorithms import EntropyStats
 from megatron_hapo.demo.tiny_models import make_tiny_hf_model
-from megatron_hapo.rollout.inprocess import shutdown_sglang_engine
+from megatron_hapo.rollout.inprocess import shutdown_sglang_engine, start_sglang_engine
 from megatron_hapo.rollout.sampler_wire import PARAMS_KEY, encode_request
 from megatron_hapo.rollout.types import AdaptiveTemperature
 from tests.sglang_ext.reference import (
@@ -61,13 +61,12 @@ def hf(model_dir):
 @pytest.fixture(scope="module")
 def engine(model_dir):
     require_entry_point()
-    import sglang as sgl
 
     # The variable must stay set while the engine serves: the tokenizer side (this process) checks it
     # when it validates a request that enables HAPO.
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HAPO_SGLANG_SAMPLER", "1")
-        eng = sgl.Engine(model_path=str(model_dir), sampling_backend="pytorch", **CPU_ENGINE_ARGS)
+        eng = start_sglang_engine(model_path=str(model_dir), sampling_backend="pytorch", **CPU_ENGINE_ARGS)
         try:
             yield eng
         finally:
@@ -261,12 +260,11 @@ def overlap_engine(model_dir):
     """The same engine with SGLang's overlap scheduler on (the GPU default): the sampler hands T and H
     over as tensors and the scheduler turns them into lists after the batch's copy (sglang_ext.outputs)."""
     require_entry_point()
-    import sglang as sgl
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HAPO_SGLANG_SAMPLER", "1")
         args = dict(CPU_ENGINE_ARGS, disable_overlap_schedule=False)
-        eng = sgl.Engine(model_path=str(model_dir), sampling_backend="pytorch", **args)
+        eng = start_sglang_engine(model_path=str(model_dir), sampling_backend="pytorch", **args)
         try:
             assert eng.get_server_info()["disable_overlap_schedule"] is False
             yield eng

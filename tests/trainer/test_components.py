@@ -198,8 +198,9 @@ def test_console_table():
 
 
 def test_close_run_stops_the_scorer_pool_before_the_engine():
-    """An in-process SGLang engine's shutdown SIGKILLs every child of the process, the pool's workers too:
-    the pool is stopped first, the engine last."""
+    """SGLang's own engine shutdown SIGKILLs every child of the process, the pool's workers too (ours keeps to
+    the engine's processes: tests/rollout/test_inprocess_and_sync.py): the pool is stopped first, the engine
+    last."""
     calls = []
 
     def part(name):
