@@ -7,6 +7,7 @@ metrics (actor/*), optim/grad_norm, optim/lr, time/sync_s and the layout's perf/
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import math
@@ -33,7 +34,11 @@ CONSOLE_COLUMNS = (
     ("actor/pg_loss", "pg_loss", "{:>8.4f}"),
     ("optim/grad_norm", "grad_norm", "{:>9.4f}"),
     ("time/step_s", "step_s", "{:>6.1f}"),
+    ("eta", "eta", "{:>8}"),  # console only: a forecast, not a measurement (RunLogger.log)
 )
+# the ETA assumes the remaining steps take as long as the mean of the last ETA_WINDOW (an evaluation step or
+# a slower phase moves it for a while, not for the rest of the run)
+ETA_WINDOW = 10
 
 
 def batch_metrics(
@@ -115,8 +120,17 @@ def perf_metrics(plan: StepPlan, old_s: float, update_s: float) -> dict:
 class RunLogger:
     """Writes metrics on the lead rank; a no-op elsewhere."""
 
-    def __init__(self, run_dir: str | Path, cfg, *, lead: bool, resume_step: int | None = None):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        cfg,
+        *,
+        lead: bool,
+        resume_step: int | None = None,
+        total_steps: int | None = None,
+    ):
         """``cfg``: the run's RootConfig (its ``logging`` section decides the sinks; wandb records all of it).
+        ``total_steps``: the run's last step, for the console's ETA (none without it).
 
         ``resume_step``: the step of the checkpoint the run continues from (0 = a fresh start). Rows of
         later steps, written by the attempt that was interrupted after that checkpoint, are dropped from
@@ -131,6 +145,8 @@ class RunLogger:
         )
         self._jsonl = self._tb = self._wandb = None
         self._header_printed = False
+        self.total_steps = total_steps
+        self._step_times: collections.deque[float] = collections.deque(maxlen=ETA_WINDOW)
         if not lead:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -168,11 +184,17 @@ class RunLogger:
             self._tb.flush()
         if self._wandb is not None:
             self._wandb.log({k: v for k, v in row.items() if k != "step"}, step=step)
+        if row.get("time/step_s") is not None:
+            self._step_times.append(row["time/step_s"])
         if self.stdout_every and step % self.stdout_every == 0:
             if not self._header_printed:
                 print(format_header(), flush=True)
                 self._header_printed = True
-            print(format_row(row), flush=True)
+            eta = {}
+            if self.total_steps is not None and self._step_times:
+                left = max(self.total_steps - step, 0) * sum(self._step_times) / len(self._step_times)
+                eta = {"eta": format_duration(left)}
+            print(format_row({**row, **eta}), flush=True)
 
     def close(self) -> None:
         if self._jsonl is not None:
@@ -211,8 +233,15 @@ def format_row(row: dict) -> str:
     cells = []
     for key, _, fmt in CONSOLE_COLUMNS:
         v = row.get(key)
-        cells.append(fmt.format(v) if isinstance(v, (int, float)) else "-".rjust(len(fmt.format(0))))
+        cells.append(fmt.format(v) if isinstance(v, (int, float, str)) else "-".rjust(len(fmt.format(0))))
     return " ".join(cells)
+
+
+def format_duration(seconds: float) -> str:
+    """``h:mm:ss`` (``27:46:40`` for 100000 s)."""
+    m, s = divmod(round(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}"
 
 
 def truncate_metrics(path: Path, resume_step: int) -> int:

@@ -18,7 +18,7 @@ from megatron_hapo.trainer import compute_advantages, manifest
 from megatron_hapo.trainer.batch import StepBatch, response_temperatures
 from megatron_hapo.trainer.checkpoint import STATE_FILE, CheckpointInvalid, list_checkpoints, select
 from megatron_hapo.trainer.experience import Experience
-from megatron_hapo.trainer.metrics import format_header, format_row
+from megatron_hapo.trainer.metrics import RunLogger, format_duration, format_header, format_row
 from megatron_hapo.trainer.rollout_stage import DynamicSamplingError, RolloutStage
 from megatron_hapo.trainer.setup import close_run
 
@@ -195,6 +195,22 @@ def test_console_table():
     assert "reward" in format_header() and "temp" in format_header()
     row = format_row({"step": 3, "reward/mean": 0.5})
     assert row.split()[0] == "3" and "-" in row
+
+
+def test_console_eta_follows_the_recent_step_times(tmp_path, capsys):
+    assert format_header().split()[-1] == "eta" and format_duration(100000) == "27:46:40"
+    cfg = load_config(
+        CONFIG, ["logging.jsonl=false", "logging.tensorboard=false", "logging.plots=false", "logging.stdout_every=1"],
+        world_size=1, check_env=False,
+    )  # fmt: skip
+    log = RunLogger(tmp_path, cfg, lead=True, total_steps=20)
+    log.log(0, {"reward/mean": 0.5})  # the evaluation before training: no step time yet
+    for step, seconds in [(1, 30.0), (2, 10.0)] + [(s, 5.0) for s in range(3, 13)]:
+        log.log(step, {"time/step_s": seconds})
+    etas = [line.split()[-1] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert etas[:3] == ["-", "0:09:30", "0:06:00"]  # 19 x 30 s; 18 x mean(30, 10)
+    assert etas[-1] == "0:00:40"  # step 12: 8 steps left at the last ten steps' 5 s
+    assert not list(tmp_path.iterdir())  # console only: every file sink was off
 
 
 def test_close_run_stops_the_scorer_pool_before_the_engine():
