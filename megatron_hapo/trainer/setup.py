@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing.resource_tracker
 import random
 import time
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import torch.distributed as dist
 
 from megatron_hapo.config import RootConfig, save_resolved
 from megatron_hapo.config.errors import HapoError
+from megatron_hapo.console import engine_log_file, fds_to
 from megatron_hapo.trainer.metrics import RunLogger
 
 if TYPE_CHECKING:  # built in build_run (Megatron, SGLang: heavy imports)
@@ -136,12 +138,18 @@ def build_run(cfg: RootConfig, plan: ResumePlan | None = None) -> Run:
     policy = Policy(cfg, optimizer_steps=total * updates)
     engine = scorer = evaluator = synchronizer = None
     if lead:
+        # multiprocessing's resource tracker, shared by every child process, is started with its output in
+        # sglang.log: at exit it names and removes what the engine's SIGKILLed processes left (a semaphore)
+        with fds_to(engine_log_file(run_dir)):
+            multiprocessing.resource_tracker.ensure_running()
         scorer = ScorerPool.from_config(cfg.reward)
         evaluator = Evaluator.from_config(cfg, tokenizer, scorer=scorer)  # benchmark files fail fast
         engine = make_engine(cfg, run_dir)
         synchronizer = make_synchronizer(cfg, engine, rollout_model_path(cfg, run_dir), run_dir)
         logger.info("engine and scorer ready in %.1f s", time.perf_counter() - t0)
-    run_logger = RunLogger(run_dir, cfg, lead=lead, resume_step=plan.step if plan is not None else None)
+    run_logger = RunLogger(
+        run_dir, cfg, lead=lead, resume_step=plan.step if plan is not None else None, total_steps=total
+    )
     return Run(
         cfg=cfg,
         lead=lead,
