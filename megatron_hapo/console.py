@@ -117,6 +117,21 @@ def setup_logging(run_dir: str | Path | None, level: str = "INFO") -> Path | Non
     return path
 
 
+@contextlib.contextmanager
+def logging_to(run_dir: str | Path | None, level: str = "INFO") -> Iterator[Path | None]:
+    """:func:`setup_logging` for the block; its handlers are removed (and closed) after it, so that a caller
+    in the same process (a test, a notebook) does not keep logging to this run's files and streams."""
+    path = setup_logging(run_dir, level)
+    try:
+        yield path
+    finally:
+        root = logging.getLogger()
+        for h in [h for h in root.handlers if getattr(h, _HANDLER_TAG, False)]:
+            root.removeHandler(h)
+            h.close()
+        logging.captureWarnings(False)
+
+
 def engine_log_file(run_dir: str | Path | None) -> Path | None:
     """Where an in-process SGLang engine writes: ``run_dir/logs/sglang.log``; None (the console) when
     verbose or without a run directory."""

@@ -25,12 +25,12 @@ Tasks:
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import time
 from pathlib import Path
 
+from megatron_hapo import console
 from megatron_hapo.demo.recipes import TASKS, build_policy, policy_recipe
 
 
@@ -44,12 +44,22 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         task = args[i + 1]
         del args[i : i + 2]
-    config, _, default_dir, env_var = TASKS[task]
+    config = TASKS[task][0]
     threads_set_by_user = "OMP_NUM_THREADS" in os.environ
     # the RL part: one thread (SGLang and Megatron in one process); the SFT warm-up: see below
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    run_dir = f"runs/{Path(config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = next((a.split("=", 1)[1] for a in reversed(args) if a.startswith("trainer.run_dir=")), run_dir)
+    # hapo-train's console: the demo's lines, the step table and what needs acting on; Megatron's and
+    # SGLang's notices go to run_dir/logs/ (HAPO_VERBOSE=1 shows them)
+    console.filter_benign_warnings()  # before Megatron is imported: most are import-time
+    with console.logging_to(run_dir) as log_file:  # its handlers go with it (in-process callers: the tests)
+        return _demo(task, args, run_dir, log_file, threads_set_by_user)
+
+
+def _demo(task: str, args: list[str], run_dir: str, log_file: Path, threads_set_by_user: bool) -> int:
+    config, _, default_dir, env_var = TASKS[task]
     import megatron_hapo.parallel  # noqa: F401  (CPU patches before megatron)
     from megatron_hapo.config import load_config
     from megatron_hapo.demo.summary import format_summary, summarize
@@ -66,11 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     _warm_up_on_all_cores(model_dir, task, all_cores=not threads_set_by_user)
     t_sft = time.perf_counter() - start
-    run_dir = f"runs/{Path(config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     cfg = load_config(config, [f"trainer.run_dir={run_dir}", *args], world_size=1)
     print(
         f"[demo] 2/2 HAPO, {cfg.trainer.total_steps} steps x {cfg.data.train_batch_size} prompts x "
-        f"{cfg.sampling.train.n} samples, SGLang in-process on CPU",
+        f"{cfg.sampling.train.n} samples, SGLang in-process on CPU (libraries' output: {log_file.parent}/)",
         flush=True,
     )
     train(cfg)
