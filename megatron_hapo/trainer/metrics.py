@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -36,8 +37,8 @@ CONSOLE_COLUMNS = (
     ("time/step_s", "step_s", "{:>6.1f}"),
     ("eta", "eta", "{:>8}"),  # console only: a forecast, not a measurement (RunLogger.log)
 )
-# the ETA assumes the remaining steps take as long as the mean of the last ETA_WINDOW (an evaluation step or
-# a slower phase moves it for a while, not for the rest of the run)
+# the ETA: the steps left times the mean wall time between the last ETA_WINDOW + 1 rows, so that evaluations
+# and checkpoint saves count (time/step_s leaves them out); a slower phase moves it for a while only
 ETA_WINDOW = 10
 
 
@@ -147,6 +148,7 @@ class RunLogger:
         self._header_printed = False
         self.total_steps = total_steps
         self._step_times: collections.deque[float] = collections.deque(maxlen=ETA_WINDOW)
+        self._last_row: tuple[int, float] | None = None  # (step, time.monotonic()) of the last training row
         if not lead:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -184,8 +186,13 @@ class RunLogger:
             self._tb.flush()
         if self._wandb is not None:
             self._wandb.log({k: v for k, v in row.items() if k != "step"}, step=step)
-        if row.get("time/step_s") is not None:
+        now = time.monotonic()
+        if self._last_row is not None and step > self._last_row[0]:
+            self._step_times.append((now - self._last_row[1]) / (step - self._last_row[0]))
+        elif row.get("time/step_s") is not None:  # the first step: no earlier row to measure from
             self._step_times.append(row["time/step_s"])
+        if step > 0:
+            self._last_row = (step, now)
         if self.stdout_every and step % self.stdout_every == 0:
             if not self._header_printed:
                 print(format_header(), flush=True)

@@ -4,6 +4,7 @@ checkpoint discovery, presets, metrics formatting."""
 from __future__ import annotations
 
 import json
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -197,19 +198,26 @@ def test_console_table():
     assert row.split()[0] == "3" and "-" in row
 
 
-def test_console_eta_follows_the_recent_step_times(tmp_path, capsys):
+def test_console_eta_follows_the_recent_wall_time_per_step(tmp_path, capsys, monkeypatch):
+    """Steps left x the mean wall time per step over the last ten rows: evaluations and saves count."""
     assert format_header().split()[-1] == "eta" and format_duration(100000) == "27:46:40"
     cfg = load_config(
         CONFIG, ["logging.jsonl=false", "logging.tensorboard=false", "logging.plots=false", "logging.stdout_every=1"],
         world_size=1, check_env=False,
     )  # fmt: skip
+    clock = [0.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     log = RunLogger(tmp_path, cfg, lead=True, total_steps=20)
     log.log(0, {"reward/mean": 0.5})  # the evaluation before training: no step time yet
-    for step, seconds in [(1, 30.0), (2, 10.0)] + [(s, 5.0) for s in range(3, 13)]:
-        log.log(step, {"time/step_s": seconds})
+    # step 1: its own time/step_s (no earlier training row); then the wall time between rows; step 13
+    # carries an evaluation (20 s) that its time/step_s leaves out
+    for step, wall, step_s in [(1, 40, 30), (2, 10, 10)] + [(s, 5, 5) for s in range(3, 13)] + [(13, 25, 5)]:
+        clock[0] += wall
+        log.log(step, {"time/step_s": float(step_s)})
     etas = [line.split()[-1] for line in capsys.readouterr().out.splitlines()[1:]]
     assert etas[:3] == ["-", "0:09:30", "0:06:00"]  # 19 x 30 s; 18 x mean(30, 10)
-    assert etas[-1] == "0:00:40"  # step 12: 8 steps left at the last ten steps' 5 s
+    assert etas[12] == "0:00:40"  # step 12: 8 steps left at the last ten rows' 5 s
+    assert etas[13] == "0:00:49"  # step 13: 7 left at mean(9 x 5 s, 25 s) = 7 s
     assert not list(tmp_path.iterdir())  # console only: every file sink was off
 
 
