@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import logging
 import os
 import signal
@@ -335,7 +336,29 @@ def shutdown_sglang_engine(engine) -> None:
     finally:
         engine_module.kill_process_tree = sglang_kill
     atexit.unregister(engine.shutdown)
-    logger.info("SGLang engine shut down: its processes %s stopped", pids)
+    removed = _remove_engine_files(engine.port_args)
+    logger.info("SGLang engine shut down: its processes %s stopped, %d files removed", pids, removed)
+
+
+def _remove_engine_files(port_args) -> int:
+    """Remove what the engine's killed processes would have removed on a clean exit, and return how many
+    files that was: the load-snapshot shared memory (``/dev/shm/sglang_loads_*``, 24 KB) and the socket files
+    of its ZMQ channels (``ipc://`` names, ``/tmp/tmp*``). SGLang's shutdown SIGKILLs them, so each engine
+    left these behind (its own CI sweeps them: ``sglang/srt/utils/stale_shm_cleanup.py``)."""
+    from sglang.srt.managers.load_snapshot import shm_path_for
+
+    paths = [shm_path_for(port_args.instance_id)] if port_args.instance_id else []
+    paths += [
+        v.removeprefix("ipc://")
+        for v in vars(port_args).values()
+        if isinstance(v, str) and v.startswith("ipc://")
+    ]
+    removed = 0
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+            removed += 1
+    return removed
 
 
 def _log_throughput(samples: list[RolloutSample], seconds: float) -> None:

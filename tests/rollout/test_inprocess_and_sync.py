@@ -8,6 +8,7 @@ import multiprocessing.resource_tracker
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import psutil
 import pytest
@@ -39,6 +40,11 @@ def child_pids() -> set[int]:
     return {p.pid for p in psutil.Process().children()}
 
 
+def shared_files() -> set[str]:
+    """Entries of /dev/shm and /tmp, where SGLang's processes keep shared memory and socket files."""
+    return {str(p) for d in ("/dev/shm", "/tmp") for p in Path(d).iterdir()}
+
+
 def running(pid: int) -> bool:
     """Not exited (a zombie has: its parent reaps it later, as multiprocessing does for SGLang's processes)."""
     try:
@@ -53,9 +59,9 @@ def started(model_dir):
     before it (as the trainer's scorer pool is), which the engine's shutdown must leave alone."""
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
     multiprocessing.resource_tracker.ensure_running()  # this process's, whoever starts it
-    before = child_pids()
+    before, files_before = child_pids(), shared_files()
     eng = InProcessSGLangEngine(model_dir, seed=0, dtype="float32")  # "auto" would downcast fp32 to bf16
-    yield eng, child_pids() - before, bystander
+    yield eng, child_pids() - before, shared_files() - files_before, bystander
     eng.shutdown()  # a no-op after the module's last test
     bystander.kill()
     bystander.wait()
@@ -195,11 +201,16 @@ def test_pause_from_another_thread_is_refused_by_the_inprocess_engine(engine, hf
 
 
 def test_shutdown_stops_the_engines_processes_and_no_other(started):
-    """SGLang's own shutdown SIGKILLs every child of the calling process; the engine's stops only its own.
-    Last in the module: it ends the module's engine."""
-    eng, engine_pids, bystander = started
+    """SGLang's own shutdown SIGKILLs every child of the calling process; the engine's stops only its own,
+    and removes the shared memory and socket files those processes had no chance to. Last in the module: it
+    ends the module's engine."""
+    eng, engine_pids, engine_files, bystander = started
     assert engine_pids  # its scheduler and detokenizer
+    assert any(f.startswith("/dev/shm/sglang_loads_") for f in engine_files)  # and its sockets in /tmp
     eng.shutdown()
     assert [p for p in engine_pids if running(p)] == []
     assert bystander.poll() is None  # SGLang's blanket kill would have left returncode -9
+    # nothing left behind but the scheduler's semaphore, which multiprocessing's resource tracker (alive: it
+    # was not killed) removes when this process exits
+    assert sorted(f for f in engine_files if Path(f).exists() and not f.startswith("/dev/shm/sem.mp-")) == []
     eng.shutdown()  # idempotent
