@@ -309,7 +309,8 @@ def shutdown_sglang_engine(engine) -> None:
       instead; every other call of SGLang's goes through unchanged.
     * SGLang also registers the shutdown with atexit, where it would run again at exit and log to handlers
       that may be closed by then (pytest's captured streams: "--- Logging error ---" tracebacks after the
-      run)."""
+      run).
+    * Killed, the engine's processes leave their shared memory and socket files: :func:`_remove_engine_files`."""
     import psutil
     from sglang.srt.entrypoints import engine as engine_module
 
