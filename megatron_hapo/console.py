@@ -96,8 +96,8 @@ def setup_logging(run_dir: str | Path | None, level: str = "INFO") -> Path | Non
     """Route this process's logging: everything at ``level`` to ``run_dir/logs/rank{R}.log`` (returned;
     None without a run directory) and the console as the module docstring says. Idempotent: replaces
     the handlers it installed before, keeps any others (pytest's, for one)."""
+    _remove_handlers()
     root = logging.getLogger()
-    root.handlers[:] = [h for h in root.handlers if not getattr(h, _HANDLER_TAG, False)]
     root.setLevel(getattr(logging, level))
     logging.captureWarnings(True)  # warnings.warn -> logger "py.warnings" -> the log file
     console = logging.StreamHandler(sys.stderr)
@@ -125,11 +125,16 @@ def logging_to(run_dir: str | Path | None, level: str = "INFO") -> Iterator[Path
     try:
         yield path
     finally:
-        root = logging.getLogger()
-        for h in [h for h in root.handlers if getattr(h, _HANDLER_TAG, False)]:
-            root.removeHandler(h)
-            h.close()
+        _remove_handlers()
         logging.captureWarnings(False)
+
+
+def _remove_handlers() -> None:
+    """Remove (and close) the root logger's handlers that :func:`setup_logging` installed."""
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if getattr(h, _HANDLER_TAG, False)]:
+        root.removeHandler(h)
+        h.close()
 
 
 def engine_log_file(run_dir: str | Path | None) -> Path | None:
