@@ -2,7 +2,7 @@
 
     hapo-eval --model HF_DIR --benchmarks aime24.parquet aime25.parquet [--names AIME24 AIME25]
               [--k 8] [--temperature 0.5] [--top-p 0.7] [--max-new-tokens 10240]
-              [--out results.json] [--fleet-servers N]
+              [--out results.json] [--fleet-servers N] [--seeded [--seed S]]
 
 Starts an in-process SGLang engine on the checkpoint (or, with ``--fleet-servers N``, N SGLang servers
 behind a router), samples k answers per prompt, scores them in a process pool, prints the Markdown
@@ -49,7 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fleet-servers", type=int, default=0, help="N > 0: N SGLang servers + router")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel size of each engine/server")
     p.add_argument("--dtype", default="auto", help="SGLang dtype (auto, bfloat16, float32, ...)")
-    p.add_argument("--seed", type=int, default=0, help="SGLang random seed")
+    p.add_argument("--seed", type=int, default=0, help="SGLang random seed; with --seeded, the answers' too")
+    p.add_argument(
+        "--seeded",
+        action="store_true",
+        help="seed every answer from --seed, its benchmark and its prompt's position (the HAPO sampler serves "
+        "the seeds): the result then depends only on the model and the seed, so checkpoints are compared on "
+        "the same draws",
+    )
     p.add_argument("--batch-prompts", type=int, default=256, help="prompts per generate call")
     p.add_argument("--scorer-workers", type=int, default=4, help="scoring processes; 0 = score in-process")
     p.add_argument("--score-timeout", type=float, default=5.0, help="scoring deadline per answer, seconds")
@@ -67,12 +74,15 @@ def build_engine(args: argparse.Namespace) -> Any:
             num_servers=args.fleet_servers,
             tp_size=args.tp,
             seed=args.seed,
+            hapo_sampler=args.seeded,
             server_args={"dtype": args.dtype},
         )
         return SGLangFleet(cfg)
     from megatron_hapo.rollout import InProcessSGLangEngine
 
-    return InProcessSGLangEngine(args.model, tp_size=args.tp, seed=args.seed, dtype=args.dtype)
+    return InProcessSGLangEngine(
+        args.model, tp_size=args.tp, seed=args.seed, hapo_sampler=args.seeded, dtype=args.dtype
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             keep_samples=args.save_samples,
             batch_prompts=args.batch_prompts,
             model=args.model,
+            seed=args.seed if args.seeded else None,
         )
     finally:
         if engine is not None:

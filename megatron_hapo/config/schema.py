@@ -257,9 +257,10 @@ class RolloutConfig:
     )
     seeded_sampling: bool = opt(
         False,
-        "seed every response (from trainer.seed and its prompt's position in the run): rollouts depend only "
-        "on the weights, so a resumed run repeats the uninterrupted one on CPU; uses SGLang's torch "
-        "sampling kernels (slower than flashinfer on GPU)",
+        "seed every response (from trainer.seed and its prompt's position in the run; an evaluation's from "
+        "trainer.seed, its benchmark and its prompt's position): rollouts and evaluations depend only on the "
+        "weights, so a resumed run repeats the uninterrupted one on CPU, and every evaluation draws the same "
+        "way for the same prompt; uses SGLang's torch sampling kernels (slower than flashinfer on GPU)",
     )
     max_staleness: int = opt(
         0,

@@ -131,6 +131,9 @@ class Evaluator:
             top_k=val.top_k,
             max_new_tokens=ev.max_new_tokens or cfg.rollout.max_new_tokens,
             stop=tuple(cfg.rollout.stop),
+            # seeded like the rollouts: a resumed run repeats the evaluations too, and every evaluation of the
+            # run draws the same way for the same prompt (checkpoints compared on common random numbers)
+            seed=cfg.trainer.seed if cfg.rollout.seeded_sampling else None,
         )
 
     def due(self, step: int) -> bool:

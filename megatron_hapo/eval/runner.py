@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,7 +21,7 @@ from megatron_hapo.data import PromptSample, RowKeys
 from megatron_hapo.eval.benchmarks import Benchmark, load_benchmarks
 from megatron_hapo.eval.metrics import BenchmarkMetrics, SampleOutcome, benchmark_metrics
 from megatron_hapo.rewards import AUTO, Deadline, Score, ScoreRequest, ScorerPool, resolve_scorer, run_scorer
-from megatron_hapo.rollout.types import GenerationParams, RolloutEngine, RolloutSample
+from megatron_hapo.rollout.types import GenerationParams, RolloutEngine, RolloutSample, sample_seed
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ class EvalSettings:
     model: str | None = None
     weight_version: str | None = None
     step: int | None = None
+    seed: int | None = None  # every answer seeded from it (prompt_seed); None = unseeded
 
 
 @dataclass
@@ -136,6 +137,15 @@ def score_answers(
     return out
 
 
+def prompt_seed(seed: int, benchmark: str, index: int) -> int:
+    """The seed of prompt ``index`` of ``benchmark`` in an evaluation seeded ``seed`` (its answer j is drawn
+    with ``sample_seed(prompt_seed(...), j)``). It depends on nothing else, so every evaluation of a run
+    draws the same way for the same prompt (checkpoints are compared on common random numbers), whatever
+    ``batch_prompts`` or the other benchmarks; and the "eval:" prefix keeps it apart from the training
+    prompts' seeds (``sample_seed(trainer.seed, group)``)."""
+    return sample_seed(f"eval:{seed}:{benchmark}", index)
+
+
 def _evaluate_one(
     engine: RolloutEngine,
     tokenizer: Any,
@@ -145,12 +155,16 @@ def _evaluate_one(
     batch_prompts: int,
     pass_ks: Sequence[int],
     keep_samples: bool,
+    seed: int | None,
 ) -> tuple[BenchmarkMetrics, list[dict[str, Any]] | None, str | None]:
     groups: list[list[SampleOutcome]] = []
     records: list[dict[str, Any]] = []
     version = None
     for start in range(0, len(bench.prompts), batch_prompts):
         chunk: list[PromptSample] = bench.prompts[start : start + batch_prompts]
+        if seed is not None:
+            seeds = tuple(prompt_seed(seed, bench.name, start + i) for i in range(len(chunk)))
+            params = replace(params, seeds=seeds)
         samples: list[RolloutSample] = engine.generate([p.prompt_ids for p in chunk], params)
         if len(samples) != len(chunk) * params.n:
             raise RuntimeError(
@@ -223,6 +237,7 @@ def evaluate(
     keys: RowKeys | None = None,
     model: str | None = None,
     step: int | None = None,
+    seed: int | None = None,
 ) -> EvalResult:
     """Evaluate ``engine`` on ``benchmarks`` with k samples per prompt; see the module docstring.
 
@@ -233,7 +248,9 @@ def evaluate(
     (pass@1 and pass@k always are). keep_samples: keep every answer in ``EvalResult.samples``.
     batch_prompts: prompts per generate call. max_prompt_length / truncation / apply_chat_template /
     keys: how files are loaded (see :func:`~megatron_hapo.eval.benchmarks.load_benchmarks`).
-    model / step: recorded in the result's settings.
+    model / step: recorded in the result's settings. seed: draw answer j of prompt i with the sampling seed
+    ``sample_seed(prompt_seed(seed, benchmark, i), j)``, so the result depends only on the logits and the
+    seed (the engine must run the HAPO sampler, which serves seeds); None = unseeded.
     """
     if batch_prompts < 1:
         raise ValueError(f"batch_prompts must be >= 1, got {batch_prompts}")
@@ -267,7 +284,7 @@ def evaluate(
     for bench in loaded:
         tb = time.monotonic()
         m, records, version = _evaluate_one(
-            engine, tokenizer, bench, params, scorer, batch_prompts, pass_ks, keep_samples
+            engine, tokenizer, bench, params, scorer, batch_prompts, pass_ks, keep_samples, seed
         )
         metrics[bench.name] = m
         if records is not None:
@@ -276,7 +293,9 @@ def evaluate(
             "eval %s: %d prompts, avg@%d %.2f%%, pass@%d %.2f%% (%.1fs)",
             bench.name, m.num_prompts, k, 100 * m.avg_at_k, k, 100 * m.pass_at[k], time.monotonic() - tb,
         )  # fmt: skip
-    settings = EvalSettings(k, temperature, top_p, top_k, max_new_tokens, tuple(stop), model, version, step)
+    settings = EvalSettings(
+        k, temperature, top_p, top_k, max_new_tokens, tuple(stop), model, version, step, seed=seed
+    )
     return EvalResult(settings, metrics, time.monotonic() - t0, samples if keep_samples else None)
 
 
@@ -284,4 +303,4 @@ def _first(bench: Benchmark, n: int) -> Benchmark:
     return Benchmark(bench.name, bench.path, bench.prompts[:n], bench.stats)
 
 
-__all__ = ["EvalResult", "EvalSettings", "evaluate", "score_answers"]
+__all__ = ["EvalResult", "EvalSettings", "evaluate", "prompt_seed", "score_answers"]

@@ -443,6 +443,7 @@ class SGLangFleet:
         raise EngineError(f"generate failed after {self.config.max_retries + 1} attempts: {last_error}")
 
     def generate(self, prompts: list[list[int]], params: GenerationParams) -> list[RolloutSample]:
+        params.check_engine_sampler(self.config.hapo_sampler, "fleet")
         if not prompts:
             return []
         self.check_servers()
@@ -472,6 +473,7 @@ class SGLangFleet:
         are aborted through SGLang's ``/abort_request`` (``abort_all`` on every server: while a rollout
         runs it is the servers' only client). Aborted groups are never handed to ``accept``; their partial
         responses are only counted (``GroupStreamReport``)."""
+        params.check_engine_sampler(self.config.hapo_sampler, "fleet")
         report = GroupStreamReport()
         if not prompts:
             return report

@@ -159,6 +159,7 @@ class InProcessSGLangEngine:
         )
 
     def generate(self, prompts: list[list[int]], params: GenerationParams) -> list[RolloutSample]:
+        params.check_engine_sampler(self.hapo_sampler, "in-process engine")
         if not prompts:
             return []
         inputs, sampling = params.sglang_requests(prompts)

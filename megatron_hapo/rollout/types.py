@@ -129,12 +129,26 @@ class GenerationParams:
         self._check_seeds(count)
         return [replace(self, seeds=(seed,)) for seed in self.seeds]
 
+    def check_engine_sampler(self, hapo_sampler: bool, engine: str) -> None:
+        """Refuse what only the HAPO sampler serves (``adaptive_temperature``, ``seeds``) on an engine started
+        without it: stock SGLang would sample at the base temperature, and ignore ``sampling_seed`` outside its
+        deterministic mode, without a word."""
+        if hapo_sampler:
+            return
+        wanted = [name for name in ("adaptive_temperature", "seeds") if getattr(self, name) is not None]
+        if wanted:
+            raise EngineError(
+                f"{engine}: GenerationParams.{' and '.join(wanted)} need the HAPO sampler, and this engine was "
+                "started without it: start it with hapo_sampler=True (the trainer does when "
+                "algorithm.adaptive_temperature.enable or rollout.seeded_sampling is set)"
+            )
+
     def _check_seeds(self, count: int) -> None:
         if len(self.seeds) != count:
             raise ValueError(f"{len(self.seeds)} seeds for {count} prompts: give one seed per prompt")
 
 
-def sample_seed(prompt_seed: int, index: int) -> int:
+def sample_seed(prompt_seed: int | str, index: int) -> int:
     """A well-mixed 63-bit ``sampling_seed`` for sample ``index`` of a prompt seeded ``prompt_seed``."""
     digest = hashlib.blake2b(f"{prompt_seed}:{index}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1

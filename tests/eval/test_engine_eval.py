@@ -57,7 +57,8 @@ def bench_files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(model_dir):
-    eng = InProcessSGLangEngine(model_dir, seed=0)
+    # the HAPO sampler serves seeds (seeded evaluation); it samples unseeded rows as stock SGLang does
+    eng = InProcessSGLangEngine(model_dir, seed=0, hapo_sampler=True)
     yield eng
     eng.shutdown()
 
@@ -102,7 +103,7 @@ def test_evaluate_on_real_engine(engine, tokenizer, bench_files):
     assert list(data["benchmarks"]) == ["arith", "checksum"]
     assert data["settings"] | {"weight_version": None} == {
         "k": K, "temperature": 0.5, "top_p": 0.7, "top_k": -1, "max_new_tokens": MAX_NEW, "stop": [],
-        "model": None, "weight_version": None, "step": None,
+        "model": None, "weight_version": None, "step": None, "seed": None,
     }  # fmt: skip
     for name, metrics in data["benchmarks"].items():
         assert metrics["num_prompts"] == 8 and metrics["k"] == K
@@ -121,6 +122,29 @@ def test_evaluate_on_real_engine(engine, tokenizer, bench_files):
     table = result.table().splitlines()
     assert table[0].startswith(f"| benchmark | prompts | avg@{K} | pass@1 | pass@2 | pass@{K} |")
     assert [row.split(" | ")[0] for row in table[2:]] == ["| arith", "| checksum", "| **Avg**"]
+
+
+def _responses(result) -> dict[str, list[str]]:
+    return {name: [r["response"] for r in records] for name, records in result.samples.items()}
+
+
+def test_a_seeded_evaluation_depends_only_on_the_weights_and_the_seed(engine, tokenizer, bench_files):
+    """Seeded, every answer is the same draw whatever the batching and the engine's own random state (unseeded
+    draws in between); another seed draws differently, and so do two unseeded evaluations."""
+    from megatron_hapo.rollout.types import GenerationParams
+
+    def run(seed, batch_prompts=5):
+        kwargs = dict(k=K, max_new_tokens=MAX_NEW, keep_samples=True, batch_prompts=batch_prompts, seed=seed)
+        return evaluate(engine, tokenizer, bench_files, **kwargs)
+
+    first = run(7)
+    assert first.settings.seed == 7
+    engine.generate([[1, 2, 3]], GenerationParams(n=4, max_new_tokens=8))  # moves the engine's generator on
+    again = run(7, batch_prompts=3)
+    assert _responses(again) == _responses(first)
+    assert again.metrics() | {"eval/wall_s": 0} == first.metrics() | {"eval/wall_s": 0}
+    assert _responses(run(8)) != _responses(first)
+    assert _responses(run(None)) != _responses(run(None))
 
 
 def test_trainer_evaluator_from_config(engine, tokenizer, bench_files):
@@ -143,6 +167,9 @@ def test_trainer_evaluator_from_config(engine, tokenizer, bench_files):
         assert result.metrics()["eval/checksum/avg@2"] == m.avg_at_k
     best = evaluator.history.best()
     assert best["checksum"][0] == max(r.benchmarks["checksum"].avg_at_k for _, r in evaluator.history.results)
+    assert result.settings.seed is None  # rollout.seeded_sampling off
+    cfg.rollout.seeded_sampling, cfg.trainer.seed = True, 11  # seeded like the rollouts, from trainer.seed
+    assert Evaluator.from_config(cfg, tokenizer).run(engine, 4).settings.seed == 11
 
 
 class _Borrowed:
@@ -169,17 +196,18 @@ def test_cli_writes_table_and_json(engine, model_dir, bench_files, tmp_path, mon
         "--model", str(model_dir), "--benchmarks", str(bench_files["arith"]), str(bench_files["checksum"]),
         "--names", "ARITH", "CHECK", "--k", "3", "--max-new-tokens", "8", "--out", str(out),
         "--save-samples", "--scorer-workers", "1", "--reward-extra-modules", "tests.eval.helper_scorers",
-        "--fleet-servers", "0",
+        "--fleet-servers", "0", "--seeded", "--seed", "5",
     ]  # fmt: skip
     with pytest.raises(SystemExit) as exit_info:
         cli.eval_main(argv)
     assert exit_info.value.code == 0
     (args,) = started
-    assert (args.temperature, args.top_p, args.fleet_servers) == (0.5, 0.7, 0)
+    assert (args.temperature, args.top_p, args.fleet_servers, args.seeded) == (0.5, 0.7, 0, True)
     printed = capsys.readouterr().out
     assert "| ARITH | 8 |" in printed and "| CHECK | 8 |" in printed and f"wrote {out}" in printed
     data = json.loads(out.read_text())
     assert data["settings"]["model"] == str(model_dir) and data["settings"]["k"] == 3
+    assert data["settings"]["seed"] == 5
     for name in ("ARITH", "CHECK"):
         check_consistent(name, data["benchmarks"][name], data["samples"][name], 3, 8)
     avg = [data["benchmarks"][n]["avg_at_k"] for n in ("ARITH", "CHECK")]

@@ -69,6 +69,12 @@ def _cpu_seconds(process_group: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def test_seeds_are_refused_by_a_fleet_without_the_hapo_sampler(fleet):
+    for call in (fleet.generate, lambda p, q: fleet.generate_groups(p, q, lambda i, s: False)):
+        with pytest.raises(EngineError, match="fleet: GenerationParams.seeds need the HAPO sampler"):
+            call(PROMPTS[:1], GenerationParams(seeds=(1,)))
+
+
 def test_an_idle_fleet_leaves_the_cpu_to_the_trainer(fleet):
     """Between rollouts the servers wait on their sockets (``sleep_on_idle``) instead of spinning: a stock
     idle SGLang scheduler holds a core at 100 % (measured 1.01 CPU-s/s), which the trainer needs."""

@@ -159,6 +159,18 @@ def test_engine_error_names_the_call(engine):
     assert engine.health()
 
 
+def test_seeds_and_adaptive_temperatures_are_refused_without_the_hapo_sampler(engine):
+    """Stock SGLang would ignore both without a word (this engine runs the stock sampler)."""
+    from megatron_hapo.rollout import AdaptiveTemperature
+
+    for params in (
+        GenerationParams(seeds=(1,)),
+        GenerationParams(adaptive_temperature=AdaptiveTemperature()),
+    ):
+        with pytest.raises(EngineError, match="need the HAPO sampler.*hapo_sampler=True"):
+            engine.generate(PROMPTS[:1], params)
+
+
 LONG = GenerationParams(n=2, max_new_tokens=128, temperature=1.0, ignore_eos=True)
 LONG_PROMPTS = PROMPTS * 16  # one call long enough to be caught running, even on an idle machine
 LONG_SAMPLES = len(LONG_PROMPTS) * LONG.n
