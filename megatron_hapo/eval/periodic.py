@@ -33,12 +33,28 @@ if TYPE_CHECKING:
 
 @dataclass
 class EvalHistory:
-    """Every evaluation of a run, by step; the per-benchmark maxima the paper's table reports."""
+    """Every evaluation of a run, by step; the per-benchmark maxima the paper's table reports.
+
+    path: when set, each result is appended there as one JSON line ``{"step", "result"}`` as it is added
+    (a run's ``eval_history.jsonl``: a crash keeps every evaluation before it)."""
 
     results: list[tuple[int, EvalResult]] = field(default_factory=list)
+    path: Path | None = None
+
+    @classmethod
+    def continued(cls, path: str | Path) -> EvalHistory:
+        """The history written to ``path`` so far (none when it does not exist), appended to from now on."""
+        path = Path(path)
+        lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+        records = [json.loads(line) for line in lines if line.strip()]
+        return cls([(int(r["step"]), EvalResult.from_dict(r["result"])) for r in records], path)
 
     def add(self, step: int, result: EvalResult) -> None:
         self.results.append((step, result))
+        if self.path is not None:
+            record = {"step": step, "result": result.to_dict()}
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
     def best(self) -> dict[str, tuple[float, int]]:
         """``{benchmark: (max avg@k, step of the first maximum)}`` over the recorded evaluations."""
@@ -59,12 +75,6 @@ class EvalHistory:
         mean = sum(v for v, _ in best.values()) / len(best)
         rows.append(f"| **Avg of maxima** | {100 * mean:.2f} | |")
         return "\n".join(rows)
-
-    def write_jsonl(self, path: str | Path) -> None:
-        """One JSON line per evaluation: ``{"step", "result"}``."""
-        with Path(path).open("w", encoding="utf-8") as f:
-            for step, result in self.results:
-                f.write(json.dumps({"step": step, "result": result.to_dict()}, ensure_ascii=False) + "\n")
 
 
 class Evaluator:
@@ -135,6 +145,11 @@ class Evaluator:
             # run draws the same way for the same prompt (checkpoints compared on common random numbers)
             seed=cfg.trainer.seed if cfg.rollout.seeded_sampling else None,
         )
+
+    def record_to(self, path: str | Path) -> None:
+        """Continue the history written to ``path`` (a resumed run's ``eval_history.jsonl``, already cut back to
+        its checkpoint's step) and append every later evaluation to it."""
+        self.history = EvalHistory.continued(path)
 
     def due(self, step: int) -> bool:
         """Whether to evaluate after ``step`` (step 0 = before training)."""

@@ -87,6 +87,16 @@ class EvalResult:
             out["samples"] = self.samples
         return out
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EvalResult:
+        """The inverse of :meth:`to_dict` (``average_avg_at_k`` is recomputed, not read)."""
+        settings = dict(data["settings"], stop=tuple(data["settings"]["stop"]))
+        benchmarks = {
+            name: BenchmarkMetrics(**dict(m, pass_at={int(j): v for j, v in m["pass_at"].items()}))
+            for name, m in data["benchmarks"].items()
+        }
+        return cls(EvalSettings(**settings), benchmarks, data["wall_s"], data.get("samples"))
+
     def to_json(self, path: str | Path | None = None, indent: int = 2) -> str:
         """The result as JSON text; also written to ``path`` when given."""
         text = json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)

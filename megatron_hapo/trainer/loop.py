@@ -218,9 +218,9 @@ def eval_metrics(run: Run, step: int) -> dict[str, float]:
 
 
 def report_best_eval(run: Run) -> None:
-    """Print the per-benchmark best avg@k (and its step) and write every evaluation to eval_history.jsonl."""
+    """Print the per-benchmark best avg@k (and its step) over the run's evaluations, those of the attempts
+    before a resume included (each was appended to eval_history.jsonl as it ran)."""
     ev = run.evaluator
     if ev is None or not ev.history.results:
         return
-    ev.history.write_jsonl(run.run_dir / "eval_history.jsonl")
     print("best evaluation so far (max avg@k per benchmark):\n" + ev.history.best_table(), flush=True)

@@ -154,7 +154,7 @@ class RunLogger:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if log.jsonl:
             if resume_step is not None:
-                truncate_metrics(self.run_dir / "metrics.jsonl", resume_step)
+                truncate_step_rows(self.run_dir / "metrics.jsonl", resume_step)
             self._jsonl = (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8")
         if log.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -251,9 +251,9 @@ def format_duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}"
 
 
-def truncate_metrics(path: Path, resume_step: int) -> int:
-    """Drop the rows of ``path`` (metrics.jsonl) that a run resuming after ``resume_step`` will write again:
-    steps after it, or every row on a fresh start (``resume_step`` 0, where step 0 is the evaluation before
+def truncate_step_rows(path: Path, resume_step: int) -> int:
+    """Drop the rows of ``path`` (JSON lines with a ``step``: metrics.jsonl, eval_history.jsonl) that a run
+    resuming after ``resume_step`` will write again: steps after it, or every row on a fresh start (``resume_step`` 0, where step 0 is the evaluation before
     training, written again too). A torn last line (a killed write) goes as well. Rewritten atomically;
     returns the number of rows dropped."""
     if not path.is_file():

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from megatron_hapo.config import RootConfig, save_resolved
 from megatron_hapo.config.errors import HapoError
 from megatron_hapo.console import engine_log_file, fds_to
-from megatron_hapo.trainer.metrics import RunLogger
+from megatron_hapo.trainer.metrics import RunLogger, truncate_step_rows
 
 if TYPE_CHECKING:  # built in build_run (Megatron, SGLang: heavy imports)
     from megatron_hapo.eval import Evaluator
@@ -25,6 +25,8 @@ if TYPE_CHECKING:  # built in build_run (Megatron, SGLang: heavy imports)
     from megatron_hapo.trainer.rollout_stage import RolloutStage
 
 logger = logging.getLogger(__name__)
+
+EVAL_HISTORY = "eval_history.jsonl"  # in the run directory: one line per evaluation (eval/periodic.py)
 
 
 @dataclass
@@ -147,9 +149,12 @@ def build_run(cfg: RootConfig, plan: ResumePlan | None = None) -> Run:
         engine = make_engine(cfg, run_dir)
         synchronizer = make_synchronizer(cfg, engine, rollout_model_path(cfg, run_dir), run_dir)
         logger.info("engine and scorer ready in %.1f s", time.perf_counter() - t0)
-    run_logger = RunLogger(
-        run_dir, cfg, lead=lead, resume_step=plan.step if plan is not None else None, total_steps=total
-    )
+    resume_step = plan.step if plan is not None else None
+    if evaluator is not None:
+        if resume_step is not None:  # like metrics.jsonl: the interrupted attempt's later evaluations go
+            truncate_step_rows(run_dir / EVAL_HISTORY, resume_step)
+        evaluator.record_to(run_dir / EVAL_HISTORY)
+    run_logger = RunLogger(run_dir, cfg, lead=lead, resume_step=resume_step, total_steps=total)
     return Run(
         cfg=cfg,
         lead=lead,

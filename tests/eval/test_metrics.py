@@ -144,15 +144,22 @@ def test_table_and_json_structure():
 
 
 def test_history_reports_per_benchmark_maxima_with_their_steps(tmp_path):
-    h = EvalHistory()
+    path = tmp_path / "h.jsonl"
+    h = EvalHistory.continued(path)  # no file yet: an empty history
     h.add(5, _result({"AIME24": 0.20, "AIME25": 0.15}))
     h.add(10, _result({"AIME24": 0.25, "AIME25": 0.12}))
+    lines = path.read_text().splitlines()  # appended as each evaluation is added
+    assert [json.loads(line)["step"] for line in lines] == [5, 10]
+    h = EvalHistory.continued(path)  # a resumed run goes on from the file
+    assert [(step, r.to_dict()) for step, r in h.results] == [
+        (step, _result(values).to_dict())
+        for step, values in ((5, {"AIME24": 0.20, "AIME25": 0.15}), (10, {"AIME24": 0.25, "AIME25": 0.12}))
+    ]
     h.add(15, _result({"AIME24": 0.25, "AIME25": 0.14}))
     assert h.best() == {"AIME24": (0.25, 10), "AIME25": (0.15, 5)}
     assert "| **Avg of maxima** | 20.00 | |" in h.best_table()
-    h.write_jsonl(tmp_path / "h.jsonl")
-    lines = (tmp_path / "h.jsonl").read_text().splitlines()
-    assert [json.loads(line)["step"] for line in lines] == [5, 10, 15]
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [5, 10, 15]
+    assert EvalHistory().best_table() == "(no evaluations recorded)"
 
 
 def test_evaluator_schedule():

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.metrics_utils import is_timing
 from tests.torchrun_utils import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -41,11 +42,6 @@ SMALL = (  # 4 prompts x 4 samples per step, 2 updates, a checkpoint every step
 )  # fmt: skip
 PHASES = ("startup", "rollout", "scoring", "old_policy", "update", "sync", "save")
 SEED = 17
-
-
-def _is_timing(key: str) -> bool:
-    # scorer deadlines depend on the machine's load like timings do
-    return key.startswith("time/") or key.endswith("_s") or "per_s" in key or key == "reward/timeouts"
 
 
 def make_plan(seed: int = SEED) -> list[dict]:
@@ -248,7 +244,7 @@ def test_a_signal_at_any_point_saves_and_the_resume_repeats_the_run(model, tmp_p
         (step, k): (v, chain[step].get(k))
         for step, want in base.items()
         for k, v in want.items()
-        if not _is_timing(k) and chain[step].get(k) != v
+        if not is_timing(k) and chain[step].get(k) != v
     }
     fault_figures("signals", ok if not differing else 0, len(attempts) - 1, "saved and resumed exactly")
     phases = {a["point"]["phase"] for a in attempts[:-1]}

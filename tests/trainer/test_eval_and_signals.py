@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from tests.metrics_utils import is_timing
 from tests.torchrun_utils import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -52,14 +54,32 @@ def benchmark(tmp_path_factory) -> Path:
     return path
 
 
-def test_periodic_evaluation_before_training_and_every_two_steps(model, benchmark, tmp_path):
-    run_dir = tmp_path / "run"
+def _run(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        _cmd(f"model.hf_path={model}", f"trainer.run_dir={run_dir}", "trainer.total_steps=5",
-             f"eval.benchmarks=[{benchmark}]", "eval.every=2", "eval.before_train=true", "sampling.val.n=2"),
-        cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=600,
+        _cmd(f"trainer.run_dir={run_dir}", *overrides), cwd=REPO_ROOT, env=_env(), capture_output=True, text=True,
+        timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return proc
+
+
+def _history(run_dir: Path) -> list[tuple[int, dict]]:
+    """eval_history.jsonl: (step, result without its wall time) per evaluation."""
+    records = [json.loads(line) for line in (run_dir / "eval_history.jsonl").read_text().splitlines()]
+    return [(r["step"], {k: v for k, v in r["result"].items() if k != "wall_s"}) for r in records]
+
+
+def test_periodic_evaluation_before_training_and_every_two_steps_and_its_resume(model, benchmark, tmp_path):
+    """Evaluations at steps 0, 2, 4 of 5 (checkpoints at 3 and 5). Then the run's copy without its last
+    checkpoint is resumed from step 3: it drops the interrupted attempt's step-4 evaluation and repeats it
+    exactly (seeded evaluation, rollout.seeded_sampling), keeps the earlier ones in eval_history.jsonl and
+    reports the best over all of them."""
+    run_dir = tmp_path / "run"
+    # T 1 and top-p 1: unseeded, the repeated evaluation would draw other answers (the warm policy is confident)
+    evals = (f"model.hf_path={model}", "trainer.total_steps=5", f"eval.benchmarks=[{benchmark}]",
+             "eval.every=2", "eval.before_train=true", "sampling.val.n=2",
+             "sampling.val.temperature=1.0", "sampling.val.top_p=1.0")  # fmt: skip
+    proc = _run(run_dir, *evals, "checkpoint.save_every=3", "checkpoint.keep_last=2")
     rows = _rows(run_dir)
     assert [r["step"] for r in rows] == [0, 1, 2, 3, 4, 5]  # step 0: the evaluation before training
     evaluated = [r["step"] for r in rows if "eval/arith/avg@2" in r]
@@ -68,9 +88,24 @@ def test_periodic_evaluation_before_training_and_every_two_steps(model, benchmar
         if r["step"] in evaluated:
             assert 0.0 <= r["eval/arith/avg@2"] <= r["eval/arith/pass@2"] <= 1.0, r
             assert r["eval/arith/response_length"] > 0 and r["eval/wall_s"] > 0
-    history = (run_dir / "eval_history.jsonl").read_text().splitlines()
-    assert [json.loads(line)["step"] for line in history] == [0, 2, 4]
+    history = _history(run_dir)
+    assert [step for step, _ in history] == [0, 2, 4]
+    assert all(result["settings"]["seed"] == 42 for _, result in history)  # trainer.seed (base.yaml)
     assert "best evaluation so far" in proc.stdout and "| arith |" in proc.stdout
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run_dir, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step_5")  # stopped after step 5's rows, before its checkpoint
+    proc = _run(resumed, *evals, "checkpoint.resume=auto")
+    again = _rows(resumed)
+    assert [r["step"] for r in again] == [0, 1, 2, 3, 4, 5]
+    for want, got in zip(rows, again, strict=True):
+        differing = {k: (v, got.get(k)) for k, v in want.items() if not is_timing(k) and got.get(k) != v}
+        assert not differing, (want["step"], differing)
+    assert _history(resumed) == history
+    # the best over the three evaluations, two of them from the first attempt
+    best, step = max((r["benchmarks"]["arith"]["avg_at_k"], -step) for step, r in history)
+    assert f"| arith | {100 * best:.2f} | {-step} |" in proc.stdout
 
 
 def test_sigterm_finishes_the_step_checkpoints_and_resumes(model, tmp_path):

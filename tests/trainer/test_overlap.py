@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from megatron_hapo.trainer.checkpoint import READY_BATCH_FILE, STATE_FORMAT, unpack_lists
+from tests.metrics_utils import is_timing
 from tests.torchrun_utils import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -44,10 +45,6 @@ def _train(model, run_dir, *overrides):
     logs = sorted((Path(run_dir) / "fleet_logs").rglob("*.log"))
     assert proc.returncode == 0, proc.stderr[-6000:] + "".join(p.read_text()[-2000:] for p in logs)
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-
-
-def _is_timing(key: str) -> bool:
-    return key.startswith("time/") or key.endswith("_s") or "per_s" in key or key == "reward/timeouts"
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +101,6 @@ def test_the_batch_generated_ahead_is_checkpointed_and_resume_is_exact(first_run
         differing = {
             k: (v, row.get(k))
             for k, v in want.items()
-            if not _is_timing(k) and row.get(k) != pytest.approx(v, rel=1e-5, abs=1e-6)
+            if not is_timing(k) and row.get(k) != pytest.approx(v, rel=1e-5, abs=1e-6)
         }
         assert not differing, (row["step"], differing)

@@ -16,6 +16,7 @@ import torch
 
 from megatron_hapo.trainer import manifest
 from megatron_hapo.trainer.checkpoint import STATE_FORMAT
+from tests.metrics_utils import is_timing
 from tests.torchrun_utils import REPO_ROOT, run_torchrun
 
 pytestmark = pytest.mark.slow  # a 16-step run, a resume and a torchrun job
@@ -118,11 +119,6 @@ def test_reward_rises(first_run):
     assert second_half > start + 0.1, [round(r, 3) for r in rewards]
 
 
-def _is_timing(key: str) -> bool:
-    # scorer deadlines depend on the machine's load like timings do
-    return key.startswith("time/") or key.endswith("_s") or "per_s" in key or key == "reward/timeouts"
-
-
 def test_staleness_0_gives_the_metrics_of_the_loop_before_overlap_existed(first_run):
     """Issue 20: ``rollout.max_staleness=0`` (the default) is the on-policy loop as it was before the overlap.
     The golden rows were written by the trainer of commit 9210436 with this fixture's command (the file
@@ -141,7 +137,7 @@ def test_staleness_0_gives_the_metrics_of_the_loop_before_overlap_existed(first_
             (int(step), k): (v, rows[int(step)].get(k))
             for step, want in steps.items()
             for k, v in want.items()
-            if not (_is_timing(k) or k.startswith("perf/"))
+            if not (is_timing(k) or k.startswith("perf/"))
             and rows[int(step)].get(k) != pytest.approx(v, rel=1e-3, abs=1e-6)
         }
 
@@ -191,7 +187,7 @@ def test_resume_repeats_the_uninterrupted_run_exactly_and_continues(first_run, d
     assert [r["step"] for r in got] == list(range(1, STEPS + 3))  # every step once: appended, not restarted
     assert got[:start] == expected[:start]
     for want, row in zip(expected[start:], got[start:STEPS], strict=True):
-        differing = {k: (v, row.get(k)) for k, v in want.items() if not _is_timing(k) and row.get(k) != v}
+        differing = {k: (v, row.get(k)) for k, v in want.items() if not is_timing(k) and row.get(k) != v}
         assert not differing, (row["step"], differing)
     assert got[start]["temperature/min"] < 0.999  # the restored statistics drive the first resumed rollout
     # the data order moved on past where the uninterrupted run ended
