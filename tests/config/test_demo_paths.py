@@ -27,7 +27,7 @@ def test_the_reasoning_config_defaults_to_the_directory_make_demo_writes(monkeyp
     assert Path(cfg.model.hf_path) == Path(TASKS["reasoning"][2])
 
 
-def test_make_demo_runs_the_reasoning_task(monkeypatch):
+def test_make_demo_runs_the_reasoning_task(monkeypatch, tmp_path):
     import megatron_hapo.cli.demo as demo
 
     seen = {}
@@ -38,8 +38,8 @@ def test_make_demo_runs_the_reasoning_task(monkeypatch):
 
     monkeypatch.delenv("HAPO_DEMO_MODEL", raising=False)
     monkeypatch.setattr(demo, "build_policy", fake_build)
-    with pytest.raises(SystemExit):
-        demo.main([])
+    with pytest.raises(SystemExit):  # its run directory (logs/) in tmp_path, not in the working tree
+        demo.main([f"trainer.run_dir={tmp_path / 'run'}"])
     assert seen == {"task": "reasoning", "dir": Path(TASKS["reasoning"][2])}
 
 
