@@ -145,6 +145,17 @@ def engine_log_file(run_dir: str | Path | None) -> Path | None:
     return log_dir(run_dir) / "sglang.log"
 
 
+def start_resource_tracker(log_file: str | Path | None) -> None:
+    """Start multiprocessing's resource tracker, shared by every child process, with its output in
+    ``log_file`` (:func:`engine_log_file`; None = the console): at exit it names and removes what the
+    engine's SIGKILLed processes left (a semaphore), a notice for the log rather than the console. Call it
+    before the first child process (a scorer pool) starts it elsewhere."""
+    import multiprocessing.resource_tracker
+
+    with fds_to(log_file):
+        multiprocessing.resource_tracker.ensure_running()
+
+
 @contextlib.contextmanager
 def fds_to(path: str | Path | None) -> Iterator[None]:
     """Point file descriptors 1 and 2 at ``path`` (appending) inside the block; None = do nothing.

@@ -2,11 +2,16 @@
 
     hapo-eval --model HF_DIR --benchmarks aime24.parquet aime25.parquet [--names AIME24 AIME25]
               [--k 8] [--temperature 0.5] [--top-p 0.7] [--max-new-tokens 10240]
-              [--out results.json] [--fleet-servers N] [--seeded [--seed S]]
+              [--out results.json] [--run-dir DIR] [--fleet-servers N] [--seeded [--seed S]] [--verbose]
 
 Starts an in-process SGLang engine on the checkpoint (or, with ``--fleet-servers N``, N SGLang servers
 behind a router), samples k answers per prompt, scores them in a process pool, prints the Markdown
 table and writes the JSON result. Defaults follow the paper (avg@8 at T=0.5, top-p 0.7).
+
+The console is hapo-train's (``megatron_hapo.console``): a line naming the run directory, one line per
+benchmark, the table and what needs acting on. The libraries' output (SGLang's settings and scheduler, Python
+warnings) goes to ``RUN_DIR/logs/`` (``rank0.log``, ``sglang.log``; a fleet's servers: ``RUN_DIR/fleet_logs/``),
+or to the console with ``--verbose``. The result goes to ``--out`` or ``RUN_DIR/results.json``.
 """
 
 from __future__ import annotations
@@ -14,8 +19,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
+from megatron_hapo import console
 from megatron_hapo.data import DataError
 from megatron_hapo.eval.benchmarks import benchmark_names
 from megatron_hapo.eval.runner import evaluate
@@ -44,7 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--no-chat-template", action="store_true", help="feed prompts without the chat template")
     p.add_argument("--default-data-source", default=None, help="data_source for files without that column")
-    p.add_argument("--out", default=None, help="write the JSON result here")
+    p.add_argument("--out", default=None, help="write the JSON result here (default: RUN_DIR/results.json)")
+    p.add_argument("--run-dir", default=None, help="logs and results (default: runs/hapo-eval-<date>-<time>)")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also print SGLang's output and Python warnings (otherwise only in RUN_DIR/logs/); "
+        "same as HAPO_VERBOSE=1",
+    )
     p.add_argument("--save-samples", action="store_true", help="include every answer in the JSON")
     p.add_argument("--fleet-servers", type=int, default=0, help="N > 0: N SGLang servers + router")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel size of each engine/server")
@@ -75,19 +90,25 @@ def build_engine(args: argparse.Namespace) -> Any:
             tp_size=args.tp,
             seed=args.seed,
             hapo_sampler=args.seeded,
+            log_dir=str(args.run_dir / "fleet_logs"),
             server_args={"dtype": args.dtype},
         )
         return SGLangFleet(cfg)
     from megatron_hapo.rollout import InProcessSGLangEngine
 
     return InProcessSGLangEngine(
-        args.model, tp_size=args.tp, seed=args.seed, hapo_sampler=args.seeded, dtype=args.dtype
+        args.model,
+        tp_size=args.tp,
+        seed=args.seed,
+        hapo_sampler=args.seeded,
+        log_file=console.engine_log_file(args.run_dir),
+        dtype=args.dtype,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    console.set_verbose(args.verbose)
     if args.names is not None and len(args.names) != len(args.benchmarks):
         print(
             f"hapo-eval: --names gives {len(args.names)} names for {len(args.benchmarks)} benchmark files",
@@ -101,31 +122,36 @@ def main(argv: list[str] | None = None) -> int:
         bad = [j for j in args.pass_k if not 1 <= j <= args.k]
         if bad:
             raise ValueError(f"--pass-k values must be in [1, --k={args.k}], got {bad}")
-    except ValueError as e:
-        print(f"hapo-eval: {e}", file=sys.stderr)
-        return 2
-    try:
         benchmarks = benchmark_names(
             dict(zip(args.names, args.benchmarks, strict=True)) if args.names else args.benchmarks
         )
-    except DataError as e:
+    except (ValueError, DataError) as e:
         print(f"hapo-eval: {e}", file=sys.stderr)
         return 2
-    from megatron_hapo.eval.preflight import budget_problem, model_problem
+    from megatron_hapo.eval.preflight import model_problem
 
     if (problem := model_problem(args.model)) is not None:  # before the tokenizer tries to read it
         print(f"hapo-eval: {problem}", file=sys.stderr)
         return 2
+    args.run_dir = Path(args.run_dir or f"runs/hapo-eval-{time.strftime('%Y%m%d-%H%M%S')}")
+    console.filter_benign_warnings()  # before SGLang is imported: most are import-time
+    with console.logging_to(args.run_dir) as log_file:
+        where = "" if console.verbose() else f"; SGLang's output in {log_file.parent}/ (--verbose shows it)"
+        print(f"hapo-eval: run directory {args.run_dir}{where}", flush=True)
+        return _evaluate(args, benchmarks)
+
+
+def _evaluate(args: argparse.Namespace, benchmarks: dict[str, str]) -> int:
     from transformers import AutoTokenizer
 
     from megatron_hapo.data import RowKeys
+    from megatron_hapo.eval.benchmarks import load_benchmarks
+    from megatron_hapo.eval.preflight import budget_problem
     from megatron_hapo.rewards import ScorerPool
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     keys = RowKeys(default_data_source=args.default_data_source)
     # Load the files before starting anything heavy: a bad row fails in seconds, naming file and row.
-    from megatron_hapo.eval.benchmarks import load_benchmarks
-
     try:
         loaded = load_benchmarks(
             benchmarks,
@@ -142,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     if (problem := budget_problem(args.model, loaded, args.max_new_tokens)) is not None:
         print(f"hapo-eval: {problem}", file=sys.stderr)
         return 2
+    console.start_resource_tracker(console.engine_log_file(args.run_dir))  # its exit notice: sglang.log
     scorer = None
     if args.scorer_workers > 0:
         scorer = ScorerPool(
@@ -166,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_prompts=args.batch_prompts,
             model=args.model,
             seed=args.seed if args.seeded else None,
+            progress=None if console.verbose() else _print_progress,  # verbose: the log line says it
         )
     finally:
         if engine is not None:
@@ -173,10 +201,14 @@ def main(argv: list[str] | None = None) -> int:
         if scorer is not None:
             scorer.close()
     print(result.table())
-    if args.out:
-        result.to_json(args.out)
-        print(f"wrote {args.out}")
+    out = args.out or args.run_dir / "results.json"
+    result.to_json(out)
+    print(f"wrote {out}")
     return 0
+
+
+def _print_progress(line: str) -> None:
+    print(f"hapo-eval: {line}", flush=True)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -248,6 +248,7 @@ def evaluate(
     model: str | None = None,
     step: int | None = None,
     seed: int | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> EvalResult:
     """Evaluate ``engine`` on ``benchmarks`` with k samples per prompt; see the module docstring.
 
@@ -260,7 +261,8 @@ def evaluate(
     keys: how files are loaded (see :func:`~megatron_hapo.eval.benchmarks.load_benchmarks`).
     model / step: recorded in the result's settings. seed: draw answer j of prompt i with the sampling seed
     ``sample_seed(prompt_seed(seed, benchmark, i), j)``, so the result depends only on the logits and the
-    seed (the engine must run the HAPO sampler, which serves seeds); None = unseeded.
+    seed (the engine must run the HAPO sampler, which serves seeds); None = unseeded. progress: called with
+    the one-line summary of each benchmark as it completes (it is logged at INFO either way).
     """
     if batch_prompts < 1:
         raise ValueError(f"batch_prompts must be >= 1, got {batch_prompts}")
@@ -299,10 +301,13 @@ def evaluate(
         metrics[bench.name] = m
         if records is not None:
             samples[bench.name] = records
-        logger.info(
-            "eval %s: %d prompts, avg@%d %.2f%%, pass@%d %.2f%% (%.1fs)",
-            bench.name, m.num_prompts, k, 100 * m.avg_at_k, k, 100 * m.pass_at[k], time.monotonic() - tb,
-        )  # fmt: skip
+        line = (
+            f"eval {bench.name}: {m.num_prompts} prompts, avg@{k} {100 * m.avg_at_k:.2f}%, "
+            f"pass@{k} {100 * m.pass_at[k]:.2f}% ({time.monotonic() - tb:.1f}s)"
+        )
+        logger.info("%s", line)
+        if progress is not None:
+            progress(line)
     settings = EvalSettings(
         k, temperature, top_p, top_k, max_new_tokens, tuple(stop), model, version, step, seed=seed
     )

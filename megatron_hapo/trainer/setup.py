@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import multiprocessing.resource_tracker
 import random
 import time
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ import torch.distributed as dist
 
 from megatron_hapo.config import RootConfig, save_resolved
 from megatron_hapo.config.errors import HapoError
-from megatron_hapo.console import engine_log_file, fds_to
+from megatron_hapo.console import engine_log_file, start_resource_tracker
 from megatron_hapo.trainer.metrics import RunLogger, truncate_step_rows
 
 if TYPE_CHECKING:  # built in build_run (Megatron, SGLang: heavy imports)
@@ -140,10 +139,7 @@ def build_run(cfg: RootConfig, plan: ResumePlan | None = None) -> Run:
     policy = Policy(cfg, optimizer_steps=total * updates)
     engine = scorer = evaluator = synchronizer = None
     if lead:
-        # multiprocessing's resource tracker, shared by every child process, is started with its output in
-        # sglang.log: at exit it names and removes what the engine's SIGKILLed processes left (a semaphore)
-        with fds_to(engine_log_file(run_dir)):
-            multiprocessing.resource_tracker.ensure_running()
+        start_resource_tracker(engine_log_file(run_dir))  # its exit notice goes to sglang.log
         scorer = ScorerPool.from_config(cfg.reward)
         evaluator = Evaluator.from_config(cfg, tokenizer, scorer=scorer)  # benchmark files fail fast
         engine = make_engine(cfg, run_dir)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -196,7 +197,7 @@ def test_cli_writes_table_and_json(engine, model_dir, bench_files, tmp_path, mon
         "--model", str(model_dir), "--benchmarks", str(bench_files["arith"]), str(bench_files["checksum"]),
         "--names", "ARITH", "CHECK", "--k", "3", "--max-new-tokens", "8", "--out", str(out),
         "--save-samples", "--scorer-workers", "1", "--reward-extra-modules", "tests.eval.helper_scorers",
-        "--fleet-servers", "0", "--seeded", "--seed", "5",
+        "--fleet-servers", "0", "--seeded", "--seed", "5", "--run-dir", str(tmp_path / "run"),
     ]  # fmt: skip
     with pytest.raises(SystemExit) as exit_info:
         cli.eval_main(argv)
@@ -205,6 +206,8 @@ def test_cli_writes_table_and_json(engine, model_dir, bench_files, tmp_path, mon
     assert (args.temperature, args.top_p, args.fleet_servers, args.seeded) == (0.5, 0.7, 0, True)
     printed = capsys.readouterr().out
     assert "| ARITH | 8 |" in printed and "| CHECK | 8 |" in printed and f"wrote {out}" in printed
+    assert "hapo-eval: eval ARITH: 8 prompts, avg@3 " in printed  # a line per benchmark as it completes
+    assert "eval CHECK: 8 prompts" in (tmp_path / "run" / "logs" / "rank0.log").read_text()
     data = json.loads(out.read_text())
     assert data["settings"]["model"] == str(model_dir) and data["settings"]["k"] == 3
     assert data["settings"]["seed"] == 5
@@ -223,6 +226,33 @@ def test_cli_bad_file_fails_fast_naming_the_row(model_dir, tmp_path, monkeypatch
     bad.write_text(
         '{"data_source": "x", "prompt": "1+1?", "reward_model": {"ground_truth": "2"}}\n{"prompt": 3}\n'
     )
-    assert eval_cli.main(["--model", str(model_dir), "--benchmarks", str(bad)]) == 2
+    assert (
+        eval_cli.main(["--model", str(model_dir), "--benchmarks", str(bad), "--run-dir", str(tmp_path)]) == 2
+    )
     err = capsys.readouterr().err
     assert "benchmark 'aime25'" in err and "aime25.jsonl row 1" in err
+
+
+def test_cli_console_is_quiet_and_the_run_directory_keeps_the_rest(model_dir, bench_files, tmp_path):
+    """The real command, engine included: the console has the run directory, a line per benchmark and the
+    table, nothing on stderr; SGLang's settings and the libraries' warnings are in logs/rank0.log, its
+    scheduler's output in logs/sglang.log, and the result in results.json."""
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    argv = ["--model", str(model_dir), "--benchmarks", str(bench_files["arith"]), "--k", "2",
+            "--max-prompts", "2", "--max-new-tokens", "4", "--scorer-workers", "1", "--run-dir", str(run_dir)]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "HAPO_VERBOSE"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "megatron_hapo.cli.eval", *argv], env=dict(env, OMP_NUM_THREADS="1"),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.splitlines()[0].startswith(f"hapo-eval: run directory {run_dir}; SGLang's output in")
+    assert "hapo-eval: eval arith: 2 prompts, avg@2 " in proc.stdout and "| arith | 2 |" in proc.stdout
+    assert proc.stderr.strip() == "", proc.stderr[-4000:]
+    assert json.loads((run_dir / "results.json").read_text())["benchmarks"]["arith"]["num_prompts"] == 2
+    log = (run_dir / "logs" / "rank0.log").read_text()
+    assert "server_args=" in log and "eval arith: 2 prompts" in log
+    assert "Multi-thread loading shards" in (run_dir / "logs" / "sglang.log").read_text()  # the scheduler's

@@ -28,9 +28,10 @@ def _context(model_dir: Path) -> int:
     return json.loads((model_dir / "config.json").read_text())["max_position_embeddings"]
 
 
-def test_a_budget_over_the_context_fails_before_the_engine(model_dir, no_engine, capsys):
+def test_a_budget_over_the_context_fails_before_the_engine(model_dir, no_engine, capsys, tmp_path):
     ctx = _context(model_dir)
-    argv = ["--model", str(model_dir), "--benchmarks", str(VAL), "--max-new-tokens", str(ctx)]
+    argv = ["--model", str(model_dir), "--benchmarks", str(VAL), "--max-new-tokens", str(ctx),
+            "--run-dir", str(tmp_path / "run")]  # fmt: skip
     assert eval_cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("hapo-eval: the longest prompt (") and f"max_position_embeddings={ctx}" in err
