@@ -1,12 +1,14 @@
 """``hapo-eval``: avg@k / pass@k of an HF checkpoint on benchmark files, served by SGLang.
 
-    hapo-eval --model HF_DIR --benchmarks aime24.parquet aime25.parquet [--names AIME24 AIME25]
+    hapo-eval --model HF_DIR [HF_DIR ...] --benchmarks aime24.parquet aime25.parquet [--names AIME24 AIME25]
               [--k 8] [--temperature 0.5] [--top-p 0.7] [--max-new-tokens 10240]
               [--out results.json] [--run-dir DIR] [--fleet-servers N] [--seeded [--seed S]] [--verbose]
 
 Starts an in-process SGLang engine on the checkpoint (or, with ``--fleet-servers N``, N SGLang servers
 behind a router), samples k answers per prompt, scores them in a process pool, prints the Markdown
-table and writes the JSON result. Defaults follow the paper (avg@8 at T=0.5, top-p 0.7).
+table and writes the JSON result. Defaults follow the paper (avg@8 at T=0.5, top-p 0.7). Several ``--model``
+(one architecture and tokenizer) are evaluated one after another on that engine, each loaded into it from
+disk, and compared in a last table.
 
 The console is hapo-train's (``megatron_hapo.console``): a line naming the run directory, one line per
 benchmark, the table and what needs acting on. The libraries' output (SGLang's settings and scheduler, Python
@@ -17,6 +19,8 @@ or to the console with ``--verbose``. The result goes to ``--out`` or ``RUN_DIR/
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import logging
 import sys
 import time
@@ -26,7 +30,7 @@ from typing import Any
 from megatron_hapo import console
 from megatron_hapo.data import DataError
 from megatron_hapo.eval.benchmarks import benchmark_names
-from megatron_hapo.eval.runner import evaluate
+from megatron_hapo.eval.runner import comparison_table, evaluate
 from megatron_hapo.rollout.types import GenerationParams
 
 logger = logging.getLogger(__name__)
@@ -34,7 +38,13 @@ logger = logging.getLogger(__name__)
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hapo-eval", description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="HF checkpoint directory (weights + tokenizer)")
+    p.add_argument(
+        "--model",
+        nargs="+",
+        required=True,
+        help="HF checkpoint directory (weights + tokenizer); several of one architecture (a run's checkpoints) "
+        "are evaluated one after another on one engine, each loaded into it from disk",
+    )
     p.add_argument("--benchmarks", nargs="+", required=True, help="benchmark files (.parquet/.jsonl)")
     p.add_argument("--names", nargs="+", help="one name per benchmark file (default: file stems)")
     p.add_argument("--k", type=int, default=8, help="samples per prompt (avg@k, pass@k); paper: 8")
@@ -85,7 +95,7 @@ def build_engine(args: argparse.Namespace) -> Any:
         from megatron_hapo.rollout.fleet import FleetConfig, SGLangFleet
 
         cfg = FleetConfig(
-            model_path=args.model,
+            model_path=args.model[0],
             num_servers=args.fleet_servers,
             tp_size=args.tp,
             seed=args.seed,
@@ -97,7 +107,7 @@ def build_engine(args: argparse.Namespace) -> Any:
     from megatron_hapo.rollout import InProcessSGLangEngine
 
     return InProcessSGLangEngine(
-        args.model,
+        args.model[0],
         tp_size=args.tp,
         seed=args.seed,
         hapo_sampler=args.seeded,
@@ -128,9 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, DataError) as e:
         print(f"hapo-eval: {e}", file=sys.stderr)
         return 2
-    from megatron_hapo.eval.preflight import model_problem
+    from megatron_hapo.eval.preflight import model_problem, shared_engine_problem
 
-    if (problem := model_problem(args.model)) is not None:  # before the tokenizer tries to read it
+    problems = [model_problem(m) for m in args.model] + [shared_engine_problem(args.model)]
+    if problem := next((p for p in problems if p is not None), None):  # before the tokenizer reads a model
         print(f"hapo-eval: {problem}", file=sys.stderr)
         return 2
     args.run_dir = Path(args.run_dir or f"runs/hapo-eval-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -148,8 +159,9 @@ def _evaluate(args: argparse.Namespace, benchmarks: dict[str, str]) -> int:
     from megatron_hapo.eval.benchmarks import load_benchmarks
     from megatron_hapo.eval.preflight import budget_problem
     from megatron_hapo.rewards import ScorerPool
+    from megatron_hapo.sync import VERIFY_NAME, WeightSynchronizer
 
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(args.model[0])
     keys = RowKeys(default_data_source=args.default_data_source)
     # Load the files before starting anything heavy: a bad row fails in seconds, naming file and row.
     try:
@@ -165,7 +177,7 @@ def _evaluate(args: argparse.Namespace, benchmarks: dict[str, str]) -> int:
     except DataError as e:
         print(f"hapo-eval: {e}", file=sys.stderr)
         return 2
-    if (problem := budget_problem(args.model, loaded, args.max_new_tokens)) is not None:
+    if (problem := budget_problem(args.model[0], loaded, args.max_new_tokens)) is not None:
         print(f"hapo-eval: {problem}", file=sys.stderr)
         return 2
     console.start_resource_tracker(console.engine_log_file(args.run_dir))  # its exit notice: sglang.log
@@ -175,40 +187,52 @@ def _evaluate(args: argparse.Namespace, benchmarks: dict[str, str]) -> int:
             args.scorer_workers, call_timeout_s=args.score_timeout, extra_modules=args.reward_extra_modules
         )
     engine = None
+    results = []
     try:
         engine = build_engine(args)
-        result = evaluate(
-            engine,
-            tokenizer,
-            loaded,
-            k=args.k,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            top_k=args.top_k,
-            max_new_tokens=args.max_new_tokens,
-            stop=args.stop,
-            scorer=scorer,
-            pass_ks=args.pass_k,
-            keep_samples=args.save_samples,
-            batch_prompts=args.batch_prompts,
-            model=args.model,
-            seed=args.seed if args.seeded else None,
-            progress=None if console.verbose() else _print_progress,  # verbose: the log line says it
-        )
+        for i, model in enumerate(args.model):
+            if i > 0:  # the same engine, this checkpoint's weights (read back and checked)
+                WeightSynchronizer(engine, None, verify_name=VERIFY_NAME).load(model, version=model)
+            label = f"{model}: " if len(args.model) > 1 else ""
+            result = evaluate(
+                engine,
+                tokenizer,
+                loaded,
+                k=args.k,
+                temperature=args.temperature,
+                top_p=args.top_p,
+                top_k=args.top_k,
+                max_new_tokens=args.max_new_tokens,
+                stop=args.stop,
+                scorer=scorer,
+                pass_ks=args.pass_k,
+                keep_samples=args.save_samples,
+                batch_prompts=args.batch_prompts,
+                model=model,
+                seed=args.seed if args.seeded else None,
+                progress=None if console.verbose() else functools.partial(_print_progress, label),
+            )
+            print(f"{label}\n{result.table()}" if label else result.table(), flush=True)
+            results.append(result)
     finally:
         if engine is not None:
             engine.shutdown()
         if scorer is not None:
             scorer.close()
-    print(result.table())
-    out = args.out or args.run_dir / "results.json"
-    result.to_json(out)
+    out = Path(args.out or args.run_dir / "results.json")
+    if len(results) > 1:
+        print(f"\n{comparison_table(results)}")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps([r.to_dict() for r in results], indent=2, ensure_ascii=False) + "\n")
+    else:
+        results[0].to_json(out)
     print(f"wrote {out}")
     return 0
 
 
-def _print_progress(line: str) -> None:
-    print(f"hapo-eval: {line}", flush=True)
+def _print_progress(label: str, line: str) -> None:
+    """A benchmark's line as it completes (verbose: its log line says the same)."""
+    print(f"hapo-eval: {label}{line}", flush=True)
 
 
 if __name__ == "__main__":

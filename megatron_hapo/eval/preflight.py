@@ -1,11 +1,13 @@
-"""Checks ``hapo-eval`` makes before it starts an engine: the model is something SGLang can serve, and
-the token budget (longest prompt + ``--max-new-tokens``) fits the model's context.
+"""Checks ``hapo-eval`` makes before it starts an engine: the model is something SGLang can serve, several
+models can share one engine, and the token budget (longest prompt + ``--max-new-tokens``) fits the model's
+context.
 
 Each returns None or a message saying what is wrong, where and what to do.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +16,11 @@ from megatron_hapo.eval.benchmarks import Benchmark
 
 _MCORE_MARKERS = ("metadata.json", ".metadata")  # a Megatron distributed (torch_dist) checkpoint
 _TRAINER_STATE = "trainer_state.json"  # a trainer checkpoint (step_<N>/)
+# config.json keys that differ between checkpoints of one architecture (who saved it, in which dtype)
+_NOT_ARCHITECTURE = frozenset({"_name_or_path", "torch_dtype", "dtype", "transformers_version"})
+# the files of a tokenizer: the prompts are tokenized once, with the first model's
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                    "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja")  # fmt: skip
 
 
 def model_problem(model: str) -> str | None:
@@ -37,6 +44,44 @@ def model_problem(model: str) -> str | None:
             "pass --model DIR (or train with checkpoint.hf_export=true to get step_<N>/hf)"
         )
     return f"--model {model} has no config.json; pass an HF checkpoint directory (config.json, weights, tokenizer)"
+
+
+def shared_engine_problem(models: Sequence[str]) -> str | None:
+    """Why several ``--model`` cannot be evaluated one after another on one engine, each loaded from disk into
+    it (None = they can): each must be a local HF directory, their config.json files must agree on all but
+    who saved them and in which dtype, and their tokenizer files must be the same."""
+    if len(models) < 2:
+        return None
+    configs = {}
+    for model in models:
+        config_json = Path(model).expanduser() / "config.json"
+        if not config_json.is_file():
+            return (
+                f"--model {model}: with several models each must be a local HF checkpoint directory (they are "
+                "loaded from disk into one engine)"
+            )
+        raw = json.loads(config_json.read_text())
+        configs[model] = {k: v for k, v in raw.items() if k not in _NOT_ARCHITECTURE}
+    first, *others = models
+    for model in others:
+        keys = configs[first].keys() | configs[model].keys()
+        differ = sorted(k for k in keys if configs[first].get(k) != configs[model].get(k))
+        if differ:
+            return (
+                f"--model {model} differs from {first} in config.json ({', '.join(differ[:6])}): one engine "
+                "serves one architecture; evaluate them in separate hapo-eval runs"
+            )
+        differ = [f for f in _TOKENIZER_FILES if _read(Path(first) / f) != _read(Path(model) / f)]
+        if differ:
+            return (
+                f"--model {model} has another tokenizer than {first} ({', '.join(differ)} differ): the prompts "
+                "are tokenized once, with the first model's; evaluate them in separate hapo-eval runs"
+            )
+    return None
+
+
+def _read(path: Path) -> bytes | None:
+    return path.expanduser().read_bytes() if path.expanduser().is_file() else None
 
 
 def budget_problem(model: str, benchmarks: Sequence[Benchmark], max_new_tokens: int) -> str | None:

@@ -127,6 +127,22 @@ def _pct(x: float) -> str:
     return f"{100.0 * x:.2f}"
 
 
+def comparison_table(results: Sequence[EvalResult]) -> str:
+    """Markdown: one row per result (labelled by its model), avg@k per benchmark and their mean ("Avg"), the
+    best of each column in bold. The results must cover the same benchmarks with the same k."""
+    first = results[0]
+    names, k = list(first.benchmarks), first.settings.k
+    for r in results[1:]:
+        if list(r.benchmarks) != names or r.settings.k != k:
+            raise ValueError("comparison_table: every result needs the same benchmarks and k")
+    columns = [[r.benchmarks[n].avg_at_k for r in results] for n in names] + [[r.average for r in results]]
+    cells = [[f"**{_pct(v)}**" if v == max(col) else _pct(v) for v in col] for col in columns]
+    rows = [["model", *(f"{n} avg@{k}" for n in names), "Avg"]]
+    rows.append(["---"] * len(rows[0]))
+    rows += [[str(r.settings.model), *(col[i] for col in cells)] for i, r in enumerate(results)]
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
 def score_answers(
     requests: Sequence[ScoreRequest], scorer: ScorerPool | None, *, timeout_s: float = 5.0
 ) -> list[Score]:
@@ -318,4 +334,4 @@ def _first(bench: Benchmark, n: int) -> Benchmark:
     return Benchmark(bench.name, bench.path, bench.prompts[:n], bench.stats)
 
 
-__all__ = ["EvalResult", "EvalSettings", "evaluate", "prompt_seed", "score_answers"]
+__all__ = ["EvalResult", "EvalSettings", "comparison_table", "evaluate", "prompt_seed", "score_answers"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -42,12 +43,13 @@ Transform = Callable[[NamedTensors], Iterator[tuple[str, torch.Tensor]]]
 
 
 class WeightSynchronizer:
-    """Pushes weight streams into one engine through one transport, by one in-flight policy."""
+    """Pushes weight streams into one engine through one transport, by one in-flight policy (``transport``
+    None: it only loads checkpoints the engine reads itself, :meth:`load`)."""
 
     def __init__(
         self,
         engine: RolloutEngine,
-        transport: Transport,
+        transport: Transport | None,
         *,
         policy: SyncPolicy = "wait",
         transforms: tuple[Transform, ...] = (),
@@ -66,29 +68,66 @@ class WeightSynchronizer:
         """One weight update of the engine to ``version`` (thread-safe with respect to ``generate`` calls
         in other threads). The engine is resumed and its requests released even when the update fails;
         the error names the failing step."""
+        if self.transport is None:
+            raise WeightSyncError("this synchronizer has no transport: it only loads checkpoints (load)")
+        return self._update(str(version), lambda: self._push(named_tensors), self.transport.name)
+
+    def load(self, hf_dir: str | Path, version: str) -> SyncReport:
+        """The engine reloads the HF checkpoint ``hf_dir`` itself (``update_weights_from_disk``: a path every
+        engine process can read, such as a checkpoint's ``hf/`` export) instead of receiving a stream: several
+        checkpoints evaluated on one engine. Requests in flight, version and read-back as in :meth:`sync`,
+        the read-back against the checkpoint's own tensor."""
+        from megatron_hapo.checkpoint_io.hf_io import HFCheckpointReader
+
+        reader = HFCheckpointReader(hf_dir)  # a directory without weights fails before the engine pauses
+
+        def reload() -> tuple[int, int, int, torch.Tensor | None]:
+            self.engine.update_weights_from_disk(str(hf_dir))
+            probe = reader.get(self.verify_name).float() if self.verify_name is not None else None
+            size = sum((Path(hf_dir) / f).stat().st_size for f in set(reader.weight_map.values()))
+            return size, len(reader.weight_map), 1, probe
+
+        return self._update(str(version), reload, "disk (the engine's own load)")
+
+    def close(self) -> None:
+        """Release the transport (a distributed group with the engine); call before the engine shuts down."""
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- steps -----------------------------------------------------------------------------------------
+    def _update(
+        self, version: str, send: Callable[[], tuple[int, int, int, torch.Tensor | None]], route: str
+    ) -> SyncReport:
+        """Gate held, requests quiesced, engine paused: flush -> begin -> ``send()`` (bytes, tensors, buckets
+        and the probe of ``verify_name``) -> end -> version; resumed and released whatever happens; then the
+        read-back."""
         start = time.perf_counter()
         gate = self.engine.request_gate
         gate.hold()  # requests not yet started wait here until the release
         try:
             self._quiesce()
-            report = self._push(named_tensors, str(version), start)
+            self.engine.pause()
+            try:
+                self.engine.flush_cache()
+                self.engine.begin_weight_update()
+                total, count, nbuckets, probe = send()
+                self.engine.end_weight_update()
+                self.engine.set_weight_version(version)
+            finally:
+                self.engine.resume()
         finally:
             gate.release()
+        report = SyncReport(version, time.perf_counter() - start, total, count, nbuckets, probe=probe)
         if self.verify_name is not None:
             verify_read_back(self.engine, self.verify_name, report.probe)
-        self.version = str(version)
+        self.version = version
         logger.info(
             "weight sync %s via %s (policy %s): %d tensors, %.1f MB in %d buckets, %.2f s (%.2f GB/s)",
-            version, self.transport.name, self.policy, report.tensors, report.bytes / 1e6, report.buckets,
+            version, route, self.policy, report.tensors, report.bytes / 1e6, report.buckets,
             report.seconds, report.gb_per_s,
         )  # fmt: skip
         return report
 
-    def close(self) -> None:
-        """Release the transport (a distributed group with the engine); call before the engine shuts down."""
-        self.transport.close()
-
-    # -- steps -----------------------------------------------------------------------------------------
     def _quiesce(self) -> None:
         gate = self.engine.request_gate
         if self.policy == "wait":
@@ -103,29 +142,21 @@ class WeightSynchronizer:
             named_tensors = transform(named_tensors)
         return named_tensors
 
-    def _push(self, named_tensors: NamedTensors, version: str, start: float) -> SyncReport:
+    def _push(self, named_tensors: NamedTensors) -> tuple[int, int, int, torch.Tensor | None]:
         total = count = nbuckets = 0
         probe = None
-        self.engine.pause()
-        try:
-            self.engine.flush_cache()
-            self.engine.begin_weight_update()
-            for bucket in iter_buckets(self._stream(named_tensors), self.bucket_bytes):
-                for name, tensor in bucket:
-                    total += tensor_bytes(tensor)
-                    if name == self.verify_name:
-                        probe = tensor.detach().float().cpu().clone()
-                count += len(bucket)
-                nbuckets += 1
-                self._send(bucket)
-            if count == 0:
-                raise WeightSyncError("weight sync received no tensors from the exporter")
-            self.transport.finish()
-            self.engine.end_weight_update()
-            self.engine.set_weight_version(version)
-        finally:
-            self.engine.resume()
-        return SyncReport(version, time.perf_counter() - start, total, count, nbuckets, probe=probe)
+        for bucket in iter_buckets(self._stream(named_tensors), self.bucket_bytes):
+            for name, tensor in bucket:
+                total += tensor_bytes(tensor)
+                if name == self.verify_name:
+                    probe = tensor.detach().float().cpu().clone()
+            count += len(bucket)
+            nbuckets += 1
+            self._send(bucket)
+        if count == 0:
+            raise WeightSyncError("weight sync received no tensors from the exporter")
+        self.transport.finish()
+        return total, count, nbuckets, probe
 
     def _send(self, bucket: list[tuple[str, torch.Tensor]]) -> None:
         """One bucket; after a failure the engine decides whether it dropped dead servers and the bucket

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -233,26 +235,60 @@ def test_cli_bad_file_fails_fast_naming_the_row(model_dir, tmp_path, monkeypatch
     assert "benchmark 'aime25'" in err and "aime25.jsonl row 1" in err
 
 
-def test_cli_console_is_quiet_and_the_run_directory_keeps_the_rest(model_dir, bench_files, tmp_path):
-    """The real command, engine included: the console has the run directory, a line per benchmark and the
-    table, nothing on stderr; SGLang's settings and the libraries' warnings are in logs/rank0.log, its
-    scheduler's output in logs/sglang.log, and the result in results.json."""
-    import subprocess
-    import sys
-
-    run_dir = tmp_path / "run"
-    argv = ["--model", str(model_dir), "--benchmarks", str(bench_files["arith"]), "--k", "2",
-            "--max-prompts", "2", "--max-new-tokens", "4", "--scorer-workers", "1", "--run-dir", str(run_dir)]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if k != "HAPO_VERBOSE"}
+def _hapo_eval(*argv: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "HAPO_VERBOSE"}  # the quiet console is tested
     proc = subprocess.run(
         [sys.executable, "-m", "megatron_hapo.cli.eval", *argv], env=dict(env, OMP_NUM_THREADS="1"),
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert proc.stdout.splitlines()[0].startswith(f"hapo-eval: run directory {run_dir}; SGLang's output in")
-    assert "hapo-eval: eval arith: 2 prompts, avg@2 " in proc.stdout and "| arith | 2 |" in proc.stdout
+    return proc
+
+
+def _perturbed_copy(model_dir: Path, out: Path) -> Path:
+    """Another checkpoint of the same model (config and tokenizer): every weight moved by noise."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(model_dir, out)
+    weights = load_file(out / "model.safetensors")
+    generator = torch.Generator().manual_seed(1)
+    save_file(
+        {n: t + (0.3 * torch.randn(t.shape, generator=generator)).to(t.dtype) for n, t in weights.items()},
+        out / "model.safetensors",
+        metadata={"format": "pt"},
+    )
+    return out
+
+
+def test_cli_evaluates_checkpoints_on_one_engine_with_a_quiet_console(model_dir, bench_files, tmp_path):
+    """The real command, engine included, on two checkpoints of one architecture: the second is loaded into the
+    first one's engine and scores exactly what it scores on an engine of its own (seeded). The console has
+    the run directory, a line per benchmark, the tables, nothing on stderr; SGLang's settings are in
+    logs/rank0.log, its scheduler's output in logs/sglang.log, the results in results.json."""
+    other = _perturbed_copy(model_dir, tmp_path / "other")
+    common = ("--benchmarks", str(bench_files["arith"]), "--k", "2", "--max-prompts", "4", "--max-new-tokens",
+              "6", "--scorer-workers", "1", "--seeded", "--save-samples")  # fmt: skip
+    run_dir = tmp_path / "run"
+    proc = _hapo_eval("--model", str(model_dir), str(other), *common, "--run-dir", str(run_dir))
+    out = proc.stdout
+    assert out.splitlines()[0].startswith(f"hapo-eval: run directory {run_dir}; SGLang's output in")
+    assert f"hapo-eval: {other}: eval arith: 4 prompts, avg@2 " in out
+    assert f"| {model_dir} |" in out and f"| {other} |" in out  # the comparison table
     assert proc.stderr.strip() == "", proc.stderr[-4000:]
-    assert json.loads((run_dir / "results.json").read_text())["benchmarks"]["arith"]["num_prompts"] == 2
+    first, second = json.loads((run_dir / "results.json").read_text())
+    assert (first["settings"]["model"], second["settings"]["model"]) == (str(model_dir), str(other))
+    assert second["settings"]["weight_version"] == str(other)
     log = (run_dir / "logs" / "rank0.log").read_text()
-    assert "server_args=" in log and "eval arith: 2 prompts" in log
+    assert "server_args=" in log and f"weight sync {other} via disk" in log
     assert "Multi-thread loading shards" in (run_dir / "logs" / "sglang.log").read_text()  # the scheduler's
+
+    def answers(result):
+        return [r["response"] for r in result["samples"]["arith"]]
+
+    _hapo_eval("--model", str(other), *common, "--run-dir", str(tmp_path / "alone"))
+    alone = json.loads((tmp_path / "alone" / "results.json").read_text())
+    assert answers(second) == answers(alone) != answers(first)
+    assert second["benchmarks"] == alone["benchmarks"]

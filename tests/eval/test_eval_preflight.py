@@ -63,3 +63,28 @@ def test_a_megatron_checkpoint_is_named_not_a_tokenizer_error(tmp_path, model_di
         and expected in err
         and "sentencepiece" not in err.lower()
     )
+
+
+def test_several_models_must_share_architecture_and_tokenizer(tmp_path, model_dir, no_engine, capsys):
+    """Several --model are loaded one after another into one engine, and the prompts tokenized once: another
+    architecture or tokenizer is refused before anything starts, naming the model and what differs."""
+    import shutil
+
+    from megatron_hapo.eval.preflight import shared_engine_problem
+
+    same = shutil.copytree(model_dir, tmp_path / "same")
+    config = json.loads((same / "config.json").read_text())
+    (same / "config.json").write_text(json.dumps(dict(config, torch_dtype="float32", _name_or_path="x")))
+    assert shared_engine_problem([str(model_dir), str(same)]) is None  # who saved it, in which dtype: alike
+    wider = shutil.copytree(model_dir, tmp_path / "wider")
+    (wider / "config.json").write_text(json.dumps(dict(config, intermediate_size=999)))
+    retokenized = shutil.copytree(model_dir, tmp_path / "retokenized")
+    (retokenized / "tokenizer.json").write_text("{}")
+    cases = {
+        wider: f"--model {wider} differs from {model_dir} in config.json (intermediate_size)",
+        retokenized: f"--model {retokenized} has another tokenizer than {model_dir} (tokenizer.json differ)",
+        "Qwen/Qwen2.5-0.5B": "--model Qwen/Qwen2.5-0.5B: with several models each must be a local HF checkpoint",
+    }
+    for other, message in cases.items():
+        assert eval_cli.main(["--model", str(model_dir), str(other), "--benchmarks", str(VAL)]) == 2
+        assert message in capsys.readouterr().err

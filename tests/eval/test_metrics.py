@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from dataclasses import replace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -24,6 +25,7 @@ from megatron_hapo.eval import (
     load_benchmarks,
     pass_at_k,
 )
+from megatron_hapo.eval.runner import comparison_table
 
 
 def brute_force_pass_at_k(accs: list[bool], k: int) -> float:
@@ -232,3 +234,21 @@ def test_cli_rejects_bad_arguments_before_loading_anything(extra, message, capsy
 
     assert main(["--model", "/nonexistent", "--benchmarks", "/nonexistent/a.parquet", *extra]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_comparison_table_has_a_row_per_model_and_the_best_in_bold():
+    def named(model, values):
+        r = _result(values)
+        return EvalResult(replace(r.settings, model=model), r.benchmarks)
+
+    table = comparison_table(
+        [named("step_100", {"A": 0.2, "B": 0.5}), named("step_200", {"A": 0.3, "B": 0.1})]
+    )
+    assert table.splitlines() == [
+        "| model | A avg@8 | B avg@8 | Avg |",
+        "| --- | --- | --- | --- |",
+        "| step_100 | 20.00 | **50.00** | **35.00** |",
+        "| step_200 | **30.00** | 10.00 | 20.00 |",
+    ]
+    with pytest.raises(ValueError, match="same benchmarks"):
+        comparison_table([named("a", {"A": 0.2}), named("b", {"B": 0.2})])
