@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         nargs="+",
         required=True,
+        metavar="HF_DIR",
         help="HF checkpoint directory (weights + tokenizer); several of one architecture (a run's checkpoints) "
         "are evaluated one after another on one engine, each loaded into it from disk",
     )
