@@ -462,6 +462,17 @@ class TrainerConfig:
     total_steps: int | None = opt(None, "RL steps to run; null = total_epochs x steps per epoch")
     seed: int = opt(42, "global random seed")
     device: Literal["auto", "cuda", "cpu"] = opt("auto", "auto = cuda when available, else cpu (gloo)")
+    collective_timeout_minutes: float = opt(
+        10.0,
+        "timeout of the default process group's collectives (NCCL on GPU: its watchdog ends the job): the "
+        "compute collectives, which never wait for rank 0's own work (Megatron's --distributed-timeout-minutes)",
+    )
+    lead_timeout_minutes: float = opt(
+        720.0,
+        "how long the other ranks wait for rank 0's own work: engine start, checkpoint verification, rollout "
+        "and scoring (all rounds of dynamic sampling), evaluation, checkpoint bookkeeping (a gloo group of its "
+        "own: docs/training.md, 'Waiting for rank 0')",
+    )
 
 
 # ---------------------------------------------------------------------------------------------- checkpoint

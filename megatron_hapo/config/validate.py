@@ -126,6 +126,25 @@ def _positive(cfg: RootConfig, out: _Issues) -> None:
     for key, value in nonneg.items():
         if value < 0:
             out.add(key, f"must be >= 0, got {value}")
+    for key in ("collective_timeout_minutes", "lead_timeout_minutes"):
+        if getattr(cfg.trainer, key) <= 0:
+            out.add(f"trainer.{key}", f"must be > 0, got {getattr(cfg.trainer, key)}")
+
+
+def _timeouts(cfg: RootConfig, out: _Issues) -> None:
+    """The other ranks must wait for rank 0 at least as long as one of its engine calls may take."""
+    r, lead_s = cfg.rollout, cfg.trainer.lead_timeout_minutes * 60
+    for key, seconds in (
+        ("startup_timeout_s", r.startup_timeout_s),
+        ("request_timeout_s", r.request_timeout_s),
+    ):
+        if 0 < lead_s < seconds:
+            out.add(
+                ["trainer.lead_timeout_minutes", f"rollout.{key}"],
+                f"the other ranks would give up waiting for rank 0 ({lead_s:.0f} s) before rollout.{key} "
+                f"({seconds:.0f} s) lets one engine call fail: raise trainer.lead_timeout_minutes to at least "
+                f"{seconds / 60:.0f}, or lower rollout.{key}",
+            )
 
 
 def _layout(cfg: RootConfig, world_size: int, world_phrase: str, out: _Issues) -> None:
@@ -716,6 +735,7 @@ def collect_issues(
     _attention(cfg, out)
     _precision(cfg, out)
     _rollout(cfg, ws, phrase, out)
+    _timeouts(cfg, out)
     _sampling(cfg, out)
     _algorithm(cfg, out)
     _reward(cfg, out)

@@ -29,6 +29,7 @@ import torch.distributed as dist
 from megatron_hapo.checkpoint_io.mcore_io import load_model_state, model_state
 from megatron_hapo.config.errors import HapoError
 from megatron_hapo.parallel.checkpointing import load_sharded, save_sharded
+from megatron_hapo.parallel.lead import wait_for_lead
 from megatron_hapo.trainer import manifest
 from megatron_hapo.trainer.manifest import CheckpointInvalid
 
@@ -169,12 +170,12 @@ def save(
         directory.mkdir(parents=True, exist_ok=True)
         for leftover in directory.glob(".tmp_*"):  # a killed save or prune: never a checkpoint
             shutil.rmtree(leftover, ignore_errors=True)
-    dist.barrier()
+    wait_for_lead()  # rank 0's file work in this function: on the lead group (parallel/lead.py)
     save_sharded(_state(policy), tmp)
     if hf_reference is not None:
         _export_hf(policy, tmp / "hf", hf_reference)
     state = dict(trainer_state, format=STATE_FORMAT, step=step, scheduler=policy.scheduler.state_dict())
-    dist.barrier()
+    wait_for_lead()
     if lead:
         rollout = state.get("rollout") or {}
         if rollout.get("ready_batch") is not None:
@@ -193,7 +194,7 @@ def save(
         if keep_last:
             for old in [p for p in found if _step_of(p) <= step][:-keep_last]:
                 _discard(old)
-    dist.barrier()
+    wait_for_lead()  # the manifest fsyncs every shard, the prune deletes whole checkpoints
     return final
 
 

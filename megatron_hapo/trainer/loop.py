@@ -16,7 +16,7 @@ import torch
 import megatron_hapo.parallel as hp
 from megatron_hapo.algorithms import EntropyStats
 from megatron_hapo.config import RootConfig
-from megatron_hapo.parallel import compute_device
+from megatron_hapo.parallel import compute_device, lead
 from megatron_hapo.trainer import checkpoint
 from megatron_hapo.trainer.algorithm import compute_advantages
 from megatron_hapo.trainer.batch import StepBatch, response_temperatures
@@ -47,6 +47,7 @@ def rl_step(run: Run, step: int, stats: EntropyStats | None) -> tuple[EntropySta
     t_wait = time.perf_counter()
     metrics["time/train_s"] = t_wait - t_train
     run.rollout.wait_ahead()  # no request in flight while the weights change
+    lead.wait_for_lead()  # the other ranks wait for that here, not in the export's collectives
     metrics["time/rollout_wait_s"] = waited + time.perf_counter() - t_wait
     metrics["rollout/staleness"] = version_lag(batch, step)
     # 7. weight sync into the engine, version = step
@@ -140,7 +141,8 @@ def train(cfg: RootConfig) -> Run:
     """
     stop = StopRequest().install()  # from here on SIGTERM/SIGINT is a request to stop, whatever is running
     try:
-        hp.init_distributed()
+        hp.init_distributed(timeout_minutes=cfg.trainer.collective_timeout_minutes)
+        lead.init_lead_group(cfg.trainer.lead_timeout_minutes)  # the waits for rank 0's solo work
         p = cfg.parallel
         hp.initialize_model_parallel(
             p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.context_parallel_size,
@@ -153,11 +155,12 @@ def train(cfg: RootConfig) -> Run:
                 step = _run_steps(run, plan, stop)
             finally:
                 close_run(run)
-        torch.distributed.barrier()  # no rank leaves while another still needs it in a collective
+        lead.wait_for_lead()  # no rank leaves while another still needs it (rank 0 shuts the engine down)
         if stop.stopped is None:
             stop.agreed(step)  # a signal after the last save still ends in 128 + signal (that step is saved)
     finally:
         stop.uninstall()
+        lead.destroy_lead_group()
         hp.destroy_model_parallel()  # also after a second signal: an in-process caller can train again
     stop.raise_if_stopped()
     return run

@@ -25,6 +25,7 @@ from megatron_hapo.config import RootConfig
 from megatron_hapo.config.errors import HapoError
 from megatron_hapo.console import engine_log_file
 from megatron_hapo.data import PromptDataset, PromptOrder
+from megatron_hapo.parallel.lead import broadcast_from_lead
 from megatron_hapo.rewards import ScoreRequest, ScorerPool, apply_overlong
 from megatron_hapo.rollout import GenerationParams, InProcessSGLangEngine
 from megatron_hapo.rollout.serving import engine_server_args, rollout_model_path
@@ -304,14 +305,12 @@ class RolloutStage:
     def collect(self, stats: EntropyStats | None) -> StepBatch:
         """The step's batch on every rank (collective over the default group when it has several ranks):
         the one generated ahead during the last step if there is one, else generated now with ``stats``."""
-        box: list = [None]
+        mine = None
         if dist.get_rank() == 0:
             self.wait_ahead()
             ready, self._ahead_result = self._ahead_result, None  # generated ahead during the last step
-            box[0] = (ready if ready is not None else self.collect_on_lead(stats), self.order.state_dict())
-        if dist.get_world_size() > 1:
-            dist.broadcast_object_list(box, src=0)
-        batch, order_state = box[0]
+            mine = (ready if ready is not None else self.collect_on_lead(stats), self.order.state_dict())
+        batch, order_state = broadcast_from_lead(mine)  # the others wait for the rollout on the lead group
         self.order.load_state_dict(order_state)  # every rank's data order in step (checkpoints)
         return batch
 

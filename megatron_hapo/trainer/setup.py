@@ -15,6 +15,7 @@ import torch.distributed as dist
 from megatron_hapo.config import RootConfig, save_resolved
 from megatron_hapo.config.errors import HapoError
 from megatron_hapo.console import engine_log_file, start_resource_tracker
+from megatron_hapo.parallel.lead import broadcast_from_lead, wait_for_lead
 from megatron_hapo.trainer.metrics import RunLogger, truncate_step_rows
 
 if TYPE_CHECKING:  # built in build_run (Megatron, SGLang: heavy imports)
@@ -68,24 +69,23 @@ def plan_resume(cfg: RootConfig) -> ResumePlan:
     (it would mix two runs' rows and prune the old run's checkpoints)."""
     from megatron_hapo.trainer import checkpoint
 
-    answer: list = [None]
+    answer = None
     if dist.get_rank() == 0:
         try:
             _refuse_fresh_start_over_a_run(cfg)
             path = checkpoint.select(cfg.checkpoint.resume, cfg.checkpoint.dir)
-            step = checkpoint.verify(path) if path is not None else 0
-            answer[0] = ResumePlan(path, step)
+            step = checkpoint.verify(path) if path is not None else 0  # reads every file: minutes at scale
+            answer = ResumePlan(path, step)
         except ValueError as e:  # CheckpointInvalid, RunDirectoryInUse: the same error on every rank
-            answer[0] = e
-    if dist.get_world_size() > 1:
-        dist.broadcast_object_list(answer, src=0)
-    if isinstance(answer[0], Exception):
-        raise answer[0]
-    if answer[0].checkpoint is not None:
+            answer = e
+    answer = broadcast_from_lead(answer)
+    if isinstance(answer, Exception):
+        raise answer
+    if answer.checkpoint is not None:
         logger.info(
-            "resuming from %s (step %d), verified against its manifest", answer[0].checkpoint, answer[0].step
+            "resuming from %s (step %d), verified against its manifest", answer.checkpoint, answer.step
         )
-    return answer[0]
+    return answer
 
 
 def _refuse_fresh_start_over_a_run(cfg: RootConfig) -> None:
@@ -151,6 +151,7 @@ def build_run(cfg: RootConfig, plan: ResumePlan | None = None) -> Run:
             truncate_step_rows(run_dir / EVAL_HISTORY, resume_step)
         evaluator.record_to(run_dir / EVAL_HISTORY)
     run_logger = RunLogger(run_dir, cfg, lead=lead, resume_step=resume_step, total_steps=total)
+    wait_for_lead()  # its engine start (up to rollout.startup_timeout_s)
     return Run(
         cfg=cfg,
         lead=lead,

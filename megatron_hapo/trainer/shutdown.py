@@ -25,10 +25,9 @@ import signal
 import threading
 import warnings
 
-import torch
 import torch.distributed as dist
 
-from megatron_hapo.parallel import compute_device
+from megatron_hapo.parallel.lead import max_over_ranks
 
 logger = logging.getLogger(__name__)
 
@@ -102,10 +101,8 @@ class StopRequest:
         if self._previous:
             self.install()  # an engine started during the step may have taken the signals over
         signum = self.signum
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            flag = torch.tensor([signum], dtype=torch.int64, device=compute_device())
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            signum = int(flag.item())
+        if dist.is_initialized():  # on the lead group: the others wait here while rank 0 evaluates
+            signum = max_over_ranks(signum)
         if signum:
             self.stopped = (signum, step)
             logger.warning("stopping after step %d on %s", step, signal.Signals(signum).name)

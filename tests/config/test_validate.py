@@ -43,6 +43,17 @@ def test_tp_pp_cp_dp_must_equal_world_size():
     )
 
 
+def test_the_ranks_wait_for_rank_0_at_least_as_long_as_one_engine_call_may_take():
+    found = issues(["trainer.lead_timeout_minutes=10"])  # request_timeout_s 3600 and startup_timeout_s 900
+    assert [i.message.split(" lets ")[0] for i in found] == [
+        "the other ranks would give up waiting for rank 0 (600 s) before rollout.startup_timeout_s (900 s)",
+        "the other ranks would give up waiting for rank 0 (600 s) before rollout.request_timeout_s (3600 s)",
+    ]
+    assert "raise trainer.lead_timeout_minutes to at least 60" in found[1].message
+    assert issues(["trainer.lead_timeout_minutes=60", "rollout.startup_timeout_s=600"]) == []
+    assert keys(issues(["trainer.collective_timeout_minutes=0"])) == {"trainer.collective_timeout_minutes"}
+
+
 def test_context_parallelism_refuses_what_a_cp_rank_cannot_compute():
     """CP > 1 trains (SDPA or TE attention, rows of one sequence or packed on the mask route, step
     statistics, a token-linear aggregation); each setting a CP rank cannot compute is refused by name."""

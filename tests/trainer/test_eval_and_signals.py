@@ -144,13 +144,18 @@ def test_sigterm_finishes_the_step_checkpoints_and_resumes(model, tmp_path):
 
 def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(model, tmp_path):
     """Under torchrun (DP=2), SIGTERM to the non-lead rank only: the stop flag is all-reduced at the end
-    of each step, so both ranks stop after the same step and write one checkpoint together."""
+    of each step, so both ranks stop after the same step and write one checkpoint together.
+
+    The default group's collectives time out after 6 s here, far less than rank 0's engine start, rollout
+    and scoring take: rank 1 waits for those on the lead group (parallel/lead.py), never in a collective of
+    the default group (where NCCL's watchdog would end a GPU job whose rollout outlasts the timeout)."""
     import psutil
 
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
            "-m", "megatron_hapo.trainer", "--config", CONFIG, *SMALL, f"model.hf_path={model}",
-           f"trainer.run_dir={run_dir}", "trainer.total_steps=200", "checkpoint.save_every=0"]  # fmt: skip
+           f"trainer.run_dir={run_dir}", "trainer.total_steps=200", "checkpoint.save_every=0",
+           "trainer.collective_timeout_minutes=0.1"]  # fmt: skip
     proc = subprocess.Popen(
         cmd, cwd=REPO_ROOT, env=_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )

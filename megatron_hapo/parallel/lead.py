@@ -1,0 +1,79 @@
+"""Waiting for the lead rank, on a group of its own.
+
+Rank 0 works alone for long stretches: it starts the rollout engine, verifies the checkpoint it resumes from,
+generates and scores each step's batch (several rounds with dynamic sampling), evaluates, and writes and prunes
+checkpoints. The other ranks wait meanwhile. Waiting in a collective of the default group would bound that
+work by the group's timeout (``trainer.collective_timeout_minutes``, Megatron's 10 minutes by default), which is
+there to turn a hung compute collective into an error quickly; NCCL's watchdog then kills the job when a
+rollout outlasts it, and a recipe-scale rollout (512 prompts x 16 responses of up to 10k tokens) can. So the
+other ranks wait for the lead here instead: a gloo group whose timeout is ``trainer.lead_timeout_minutes``
+(hours). The default group's collectives then only ever wait for compute. (Megatron-LM exposes the one timeout,
+``--distributed-timeout-minutes``; RL trainers on Ray do not wait in collectives at all.)
+
+In a world of one every function is a no-op.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+DEFAULT_TIMEOUT_MINUTES = 720.0  # trainer.lead_timeout_minutes' default
+
+_group: dist.ProcessGroup | None = None
+_world: dist.ProcessGroup | None = None  # the default group _group was made in
+
+
+def init_lead_group(timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> None:
+    """(Re)create the group with this timeout. Collective: every rank calls it at the same point. The
+    functions below create it with the default timeout at their first use (they are collectives themselves)."""
+    global _group, _world
+    destroy_lead_group()
+    if dist.get_world_size() > 1:
+        _group = dist.new_group(backend="gloo", timeout=datetime.timedelta(minutes=timeout_minutes))
+        _world = dist.group.WORLD
+
+
+def destroy_lead_group() -> None:
+    global _group, _world
+    if _group is not None and _world is dist.group.WORLD:  # else it went with its default group
+        dist.destroy_process_group(_group)
+    _group = _world = None
+
+
+def _current() -> dist.ProcessGroup | None:
+    if dist.get_world_size() == 1:
+        return None
+    if _group is None or _world is not dist.group.WORLD:  # first use, or a new default group since
+        init_lead_group()
+    return _group
+
+
+def wait_for_lead() -> None:
+    """Every rank returns once all have called it: the others wait here while rank 0 finishes its own work."""
+    group = _current()
+    if group is not None:
+        dist.barrier(group=group)
+
+
+def broadcast_from_lead(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (pickled; the others' argument is ignored)."""
+    group = _current()
+    if group is None:
+        return obj
+    box = [obj if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0, group=group)
+    return box[0]
+
+
+def max_over_ranks(value: int) -> int:
+    """The largest of every rank's ``value`` (a flag any rank may raise)."""
+    group = _current()
+    if group is None:
+        return value
+    flag = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
+    return int(flag.item())
