@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from megatron_hapo import console
+from megatron_hapo.cli import report_errors
 from megatron_hapo.data import DataError
 from megatron_hapo.eval.benchmarks import benchmark_names
 from megatron_hapo.eval.runner import comparison_table, evaluate
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     with console.logging_to(args.run_dir) as log_file:
         where = "" if console.verbose() else f"; SGLang's output in {log_file.parent}/ (--verbose shows it)"
         print(f"hapo-eval: run directory {args.run_dir}{where}", flush=True)
-        return _evaluate(args, benchmarks)
+        return report_errors("hapo-eval", lambda: _evaluate(args, benchmarks))
 
 
 def _evaluate(args: argparse.Namespace, benchmarks: dict[str, str]) -> int:
@@ -189,6 +190,7 @@ def _evaluate(args: argparse.Namespace, benchmarks: dict[str, str]) -> int:
         )
     engine = None
     results = []
+    out = Path(args.out or args.run_dir / "results.json")
     try:
         engine = build_engine(args)
         for i, model in enumerate(args.model):
@@ -215,20 +217,25 @@ def _evaluate(args: argparse.Namespace, benchmarks: dict[str, str]) -> int:
             )
             print(f"{label}\n{result.table()}" if label else result.table(), flush=True)
             results.append(result)
+            _write_results(results, out, several=len(args.model) > 1)  # a later failure keeps these
     finally:
         if engine is not None:
             engine.shutdown()
         if scorer is not None:
             scorer.close()
-    out = Path(args.out or args.run_dir / "results.json")
     if len(results) > 1:
         print(f"\n{comparison_table(results)}")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps([r.to_dict() for r in results], indent=2, ensure_ascii=False) + "\n")
-    else:
-        results[0].to_json(out)
     print(f"wrote {out}")
     return 0
+
+
+def _write_results(results: list, out: Path, several: bool) -> None:
+    """One model: its result's JSON; several: the list of those done so far (replaced atomically)."""
+    data = [r.to_dict() for r in results] if several else results[0].to_dict()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(out)
 
 
 def _print_progress(label: str, line: str) -> None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from megatron_hapo.config.errors import HapoError
 from megatron_hapo.rollout.types import RolloutEngine
 
 
@@ -26,8 +27,9 @@ class SyncReport:
         return {"time/sync_s": self.seconds, "sync/mb": self.bytes / 1e6}
 
 
-class WeightSyncError(RuntimeError):
-    pass
+class WeightSyncError(HapoError, RuntimeError):
+    """A weight update did not reach the engine as sent (a user-facing failure: the commands report its
+    message, not a traceback)."""
 
 
 ENGINE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what a read-back may have been stored in

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -235,20 +236,18 @@ def test_cli_bad_file_fails_fast_naming_the_row(model_dir, tmp_path, monkeypatch
     assert "benchmark 'aime25'" in err and "aime25.jsonl row 1" in err
 
 
-def _hapo_eval(*argv: str) -> subprocess.CompletedProcess:
+def _hapo_eval(*argv: str, returncode: int = 0) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "HAPO_VERBOSE"}  # the quiet console is tested
     proc = subprocess.run(
         [sys.executable, "-m", "megatron_hapo.cli.eval", *argv], env=dict(env, OMP_NUM_THREADS="1"),
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.returncode == returncode, proc.stderr[-4000:]
     return proc
 
 
 def _perturbed_copy(model_dir: Path, out: Path) -> Path:
     """Another checkpoint of the same model (config and tokenizer): every weight moved by noise."""
-    import shutil
-
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -267,7 +266,8 @@ def test_cli_evaluates_checkpoints_on_one_engine_with_a_quiet_console(model_dir,
     """The real command, engine included, on two checkpoints of one architecture: the second is loaded into the
     first one's engine and scores exactly what it scores on an engine of its own (seeded). The console has
     the run directory, a line per benchmark, the tables, nothing on stderr; SGLang's settings are in
-    logs/rank0.log, its scheduler's output in logs/sglang.log, the results in results.json."""
+    logs/rank0.log, its scheduler's output in logs/sglang.log, the results in results.json. A checkpoint that
+    fails to load ends the command with its error, and the results of those before it stay in results.json."""
     other = _perturbed_copy(model_dir, tmp_path / "other")
     common = ("--benchmarks", str(bench_files["arith"]), "--k", "2", "--max-prompts", "4", "--max-new-tokens",
               "6", "--scorer-workers", "1", "--seeded", "--save-samples")  # fmt: skip
@@ -288,7 +288,13 @@ def test_cli_evaluates_checkpoints_on_one_engine_with_a_quiet_console(model_dir,
     def answers(result):
         return [r["response"] for r in result["samples"]["arith"]]
 
-    _hapo_eval("--model", str(other), *common, "--run-dir", str(tmp_path / "alone"))
-    alone = json.loads((tmp_path / "alone" / "results.json").read_text())
+    broken = shutil.copytree(model_dir, tmp_path / "broken", ignore=shutil.ignore_patterns("*.safetensors"))
+    proc = _hapo_eval("--model", str(other), str(broken), *common, "--run-dir", str(tmp_path / "alone"),
+                      returncode=1)  # fmt: skip
+    assert (
+        proc.stderr.strip()
+        == f"hapo-eval: {broken} has neither model.safetensors.index.json nor model.safetensors: no HF weights"
+    )
+    (alone,) = json.loads((tmp_path / "alone" / "results.json").read_text())
     assert answers(second) == answers(alone) != answers(first)
     assert second["benchmarks"] == alone["benchmarks"]
