@@ -7,6 +7,10 @@ set -euo pipefail
 CONFIG=${1:?usage: NNODES=.. NODE_RANK=.. MASTER_ADDR=.. torchrun_multinode.sh CONFIG [key=value ...]}
 shift
 : "${NNODES:?set NNODES}" "${NODE_RANK:?set NODE_RANK}" "${MASTER_ADDR:?set MASTER_ADDR}"
+# A stop (SIGTERM/SIGINT) lets the step in progress finish and saves it; torchrun forwards its SIGTERM to the
+# workers, then SIGKILLs them after TORCH_ELASTIC_SHUTDOWN_TIMEOUT seconds (30 by default): give them a step
+# and a save (docs/guide.md, section 6). A torch whose torchrun has no --shutdown-timeout ignores it.
+export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-1800}
 # TORCHDYNAMO_DISABLE is left as it is: on a CPU-only host the trainer sets it itself (parallel/cpu_compat.py);
 # on GPUs Megatron's fused kernels (jit_fuser) and the SGLang servers the trainer starts compile, as upstream.
 exec python -m torch.distributed.run \

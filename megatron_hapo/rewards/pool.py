@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from megatron_hapo.rewards.registry import AUTO, get_scorer, resolve_scorer
 from megatron_hapo.rewards.types import Deadline, Score, ScoreRequest, make_score
+from megatron_hapo.stop_signals import STOP_SIGNALS, stop_signals_blocked
 
 if TYPE_CHECKING:
     from megatron_hapo.config.schema import RewardConfig
@@ -83,7 +84,10 @@ def _warm_up() -> None:
 
 def _worker_main(conn: Connection, verify_timeout_s: int, extra_modules: tuple[str, ...]) -> None:
     """Worker process: import once, then score one (task_id, scorer, response, gt, extra, budget) at a time."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
+    # A Ctrl-C or torchrun's SIGTERM goes to the parent's whole process group, and is the parent's to handle
+    # (megatron_hapo/stop_signals.py): out of that group first, then the signals it blocked while starting us.
+    os.setpgrp()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     try:
         from megatron_hapo.rewards.mathverify import quiet_math_verify
         from megatron_hapo.rewards.registry import registered
@@ -160,7 +164,8 @@ class _Worker:
             daemon=True,
             name="hapo-scorer",
         )
-        self.proc.start()
+        with stop_signals_blocked():  # until the worker has left this process group (_worker_main)
+            self.proc.start()
         child.close()  # the parent keeps its end only, so a dead worker reads as EOF
         self.state = "starting"  # starting -> idle <-> busy
         self.task: int | None = None

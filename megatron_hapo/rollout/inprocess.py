@@ -20,6 +20,7 @@ from megatron_hapo.rollout.inflight import RequestGate
 from megatron_hapo.rollout.parse import to_samples
 from megatron_hapo.rollout.processes import new_child_processes, without_launcher_env
 from megatron_hapo.rollout.types import EngineError, GenerationParams, GroupStreamReport, RolloutSample
+from megatron_hapo.stop_signals import stop_signals_blocked
 
 logger = logging.getLogger(__name__)
 
@@ -294,7 +295,10 @@ def start_sglang_engine(**engine_args):
     """``sglang.Engine(**engine_args)``, remembering the processes it starts for :func:`shutdown_sglang_engine`."""
     import sglang as sgl
 
-    with new_child_processes() as pids:
+    with (
+        new_child_processes() as pids,
+        stop_signals_blocked(),
+    ):  # a Ctrl-C is the caller's, not its scheduler's
         engine = sgl.Engine(**engine_args)
     _ENGINE_PROCESSES[engine] = pids
     return engine

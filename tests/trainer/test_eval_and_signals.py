@@ -4,6 +4,7 @@ scorer) with a briefly SFT-warmed tiny model."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -109,11 +110,14 @@ def test_periodic_evaluation_before_training_and_every_two_steps_and_its_resume(
 
 
 def test_sigterm_finishes_the_step_checkpoints_and_resumes(model, tmp_path):
+    """SIGTERM to the trainer's whole process group, as torchrun (os.killpg), Slurm and a terminal's Ctrl-C
+    send it: the engine's scheduler and the scorer workers get it too, and must leave it to the trainer
+    (megatron_hapo/stop_signals.py). Before, the scheduler died of it and SGLang killed the trainer."""
     run_dir = tmp_path / "run"
     common = (f"model.hf_path={model}", f"trainer.run_dir={run_dir}", "checkpoint.save_every=0")
     proc = subprocess.Popen(
         _cmd(*common, "trainer.total_steps=200"), cwd=REPO_ROOT, env=_env(), text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 420
@@ -121,12 +125,12 @@ def test_sigterm_finishes_the_step_checkpoints_and_resumes(model, tmp_path):
             assert proc.poll() is None, proc.communicate()[1][-6000:]
             assert time.monotonic() < deadline, "no step finished within 420 s"
             time.sleep(0.5)
-        proc.send_signal(signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGTERM)
         signalled = time.monotonic()
         stdout, stderr = proc.communicate(timeout=180)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        with contextlib.suppress(ProcessLookupError):  # whatever of the group is left
+            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-6000:]
     assert time.monotonic() - signalled < 180
     last = _rows(run_dir)[-1]["step"]
@@ -142,9 +146,13 @@ def test_sigterm_finishes_the_step_checkpoints_and_resumes(model, tmp_path):
     assert [r["step"] for r in _rows(run_dir)] == list(range(1, last + 2))
 
 
-def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(model, tmp_path):
-    """Under torchrun (DP=2), SIGTERM to the non-lead rank only: the stop flag is all-reduced at the end
-    of each step, so both ranks stop after the same step and write one checkpoint together.
+@pytest.mark.parametrize("target", ["rank 1", "torchrun"])
+def test_sigterm_to_one_rank_or_to_torchrun_stops_every_rank_after_the_same_step(model, tmp_path, target):
+    """Under torchrun (DP=2). SIGTERM to the non-lead rank only: the stop flag is all-reduced at the end of each
+    step, so both ranks stop after the same step and write one checkpoint together. SIGTERM to torchrun (a
+    scheduler's stop), started by examples/launch/train_torchrun.sh: torchrun forwards it to each worker's
+    process group (the engine's scheduler and the scorer workers included, which leave it to the trainer) and
+    waits TORCH_ELASTIC_SHUTDOWN_TIMEOUT, which the launcher raises from torchrun's 30 s.
 
     The default group's collectives time out after 6 s here, far less than rank 0's engine start, rollout
     and scoring take: rank 1 waits for those on the lead group (parallel/lead.py), never in a collective of
@@ -152,12 +160,17 @@ def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(model, tmp_pat
     import psutil
 
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           "-m", "megatron_hapo.trainer", "--config", CONFIG, *SMALL, f"model.hf_path={model}",
-           f"trainer.run_dir={run_dir}", "trainer.total_steps=200", "checkpoint.save_every=0",
-           "trainer.collective_timeout_minutes=0.1"]  # fmt: skip
+    args = ["--config", CONFIG, *SMALL, f"model.hf_path={model}", f"trainer.run_dir={run_dir}",
+            "trainer.total_steps=200", "checkpoint.save_every=0", "trainer.collective_timeout_minutes=0.1"]  # fmt: skip
+    env = _env()
+    if target == "torchrun":
+        env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # the launcher runs `python`
+        cmd = ["bash", "examples/launch/train_torchrun.sh", CONFIG, "2", *args[2:]]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+               "-m", "megatron_hapo.trainer", *args]  # fmt: skip
     proc = subprocess.Popen(
-        cmd, cwd=REPO_ROOT, env=_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        cmd, cwd=REPO_ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     try:
         deadline = time.monotonic() + 480
@@ -165,10 +178,16 @@ def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(model, tmp_pat
             assert proc.poll() is None, proc.communicate()[0][-6000:]
             assert time.monotonic() < deadline, "no step finished within 480 s"
             time.sleep(0.5)
-        workers = {
-            p.environ().get("RANK"): p for p in psutil.Process(proc.pid).children() if "RANK" in p.environ()
-        }
-        workers["1"].send_signal(signal.SIGTERM)
+        if target == "torchrun":  # the launcher exec'd torchrun
+            assert psutil.Process(proc.pid).environ()["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == "1800"
+            proc.send_signal(signal.SIGTERM)
+        else:
+            workers = {
+                p.environ().get("RANK"): p
+                for p in psutil.Process(proc.pid).children()
+                if "RANK" in p.environ()
+            }
+            workers["1"].send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=240)
     finally:
         if proc.poll() is None:
