@@ -6,9 +6,10 @@ worker's process group (``os.killpg``), and Slurm signals a job step's tasks the
 the trainer starts get the signal too: an SGLang scheduler that died of it made SGLang kill the trainer
 (SIGQUIT, then SIGKILL) before the step could finish, and a scorer worker that died of it failed the step's
 scoring. The trainer starts them with both signals blocked (:func:`stop_signals_blocked`): the mask is
-inherited across fork and exec, so an engine's processes never see them, and a scorer worker leaves the
-trainer's process group before it unblocks them (``rewards/pool.py``). The trainer stops its children
-itself, by SIGKILL (their shutdown, and ``PR_SET_PDEATHSIG`` when it dies).
+inherited across fork and exec, so an engine's processes never see them; scorer workers block them
+themselves too (``rewards/pool.py``: a forkserver's child starts from the server's mask). The trainer stops
+its children itself, by SIGKILL (their shutdown, ``ScorerPool.close`` also at exit, and
+``PR_SET_PDEATHSIG`` when it dies).
 """
 
 from __future__ import annotations

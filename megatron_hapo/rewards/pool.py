@@ -19,6 +19,7 @@ Timeouts and errors are counted apart from wrong answers (``BatchScores.num_time
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib
 import logging
@@ -27,6 +28,7 @@ import os
 import signal
 import time
 import traceback
+import weakref
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -84,10 +86,10 @@ def _warm_up() -> None:
 
 def _worker_main(conn: Connection, verify_timeout_s: int, extra_modules: tuple[str, ...]) -> None:
     """Worker process: import once, then score one (task_id, scorer, response, gt, extra, budget) at a time."""
-    # A Ctrl-C or torchrun's SIGTERM goes to the parent's whole process group, and is the parent's to handle
-    # (megatron_hapo/stop_signals.py): out of that group first, then the signals it blocked while starting us.
-    os.setpgrp()
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    # A Ctrl-C, torchrun's or Slurm's SIGTERM reaches us too, and is the parent's to handle: blocked for good
+    # (megatron_hapo/stop_signals.py; the parent blocked them while starting us, and a forkserver's child
+    # starts from the server's mask). The parent stops us by SIGKILL: close(), at its exit too (atexit).
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         from megatron_hapo.rewards.mathverify import quiet_math_verify
         from megatron_hapo.rewards.registry import registered
@@ -164,7 +166,7 @@ class _Worker:
             daemon=True,
             name="hapo-scorer",
         )
-        with stop_signals_blocked():  # until the worker has left this process group (_worker_main)
+        with stop_signals_blocked():  # the worker starts with them blocked (_worker_main)
             self.proc.start()
         child.close()  # the parent keeps its end only, so a dead worker reads as EOF
         self.state = "starting"  # starting -> idle <-> busy
@@ -232,6 +234,8 @@ class ScorerPool:
         self._ctx = mp.get_context(start_method)
         self._closed = False
         self._workers: list[_Worker] = []
+        # before multiprocessing's own exit handler, which would SIGTERM (blocked: _worker_main) and join them
+        atexit.register(_close_at_exit, weakref.ref(self))
         for _ in range(num_workers):  # start now: workers import math-verify while the caller does other work
             self._workers.append(self._spawn())
 
@@ -397,3 +401,9 @@ class ScorerPool:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # interpreter shutdown may have torn down multiprocessing
             self.close()
+
+
+def _close_at_exit(pool_ref: weakref.ref) -> None:
+    pool = pool_ref()
+    if pool is not None:
+        pool.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -165,3 +166,31 @@ def test_a_worker_that_died_while_idle_is_replaced_and_its_answer_requeued():
         wait_until_dead(victim)
         batch = pool.score([ScoreRequest("math_dapo", "Answer: 5", "5")])
         assert batch.results[0]["acc"] and batch.num_workers_replaced == 1 and batch.num_errors == 0
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
+def test_workers_leave_sigint_and_sigterm_to_the_parent(start_method):
+    """A Ctrl-C or torchrun's SIGTERM reaches the whole process group, workers included; the parent decides
+    (megatron_hapo/stop_signals.py), so they keep scoring and none is replaced."""
+    with ScorerPool(2, start_method=start_method) as pool:
+        pool.wait_ready()
+        for pid in pool.worker_pids:
+            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGINT)
+        time.sleep(0.5)
+        batch = pool.score([ScoreRequest("math_dapo", f"Answer: {i}", str(i)) for i in range(4)])
+        assert all(r["acc"] for r in batch.results) and batch.num_workers_replaced == 0
+
+
+def test_a_pool_never_closed_does_not_hold_the_exit():
+    """Its workers ignore SIGTERM, which multiprocessing's exit handler sends before it joins them: the pool
+    closes itself at exit first (SIGKILL), so a script that forgot close() still ends."""
+    import subprocess
+    import sys
+
+    script = "from megatron_hapo.rewards import ScorerPool\npool = ScorerPool(2)\npool.wait_ready()\n"
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=repo, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
