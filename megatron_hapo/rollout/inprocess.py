@@ -295,10 +295,8 @@ def start_sglang_engine(**engine_args):
     """``sglang.Engine(**engine_args)``, remembering the processes it starts for :func:`shutdown_sglang_engine`."""
     import sglang as sgl
 
-    with (
-        new_child_processes() as pids,
-        stop_signals_blocked(),
-    ):  # a Ctrl-C is the caller's, not its scheduler's
+    # its processes start with SIGINT/SIGTERM blocked: a Ctrl-C or torchrun's SIGTERM is the caller's to handle
+    with new_child_processes() as pids, stop_signals_blocked():
         engine = sgl.Engine(**engine_args)
     _ENGINE_PROCESSES[engine] = pids
     return engine

@@ -253,9 +253,9 @@ def format_duration(seconds: float) -> str:
 
 def truncate_step_rows(path: Path, resume_step: int) -> int:
     """Drop the rows of ``path`` (JSON lines with a ``step``: metrics.jsonl, eval_history.jsonl) that a run
-    resuming after ``resume_step`` will write again: steps after it, or every row on a fresh start (``resume_step`` 0, where step 0 is the evaluation before
-    training, written again too). A torn last line (a killed write) goes as well. Rewritten atomically;
-    returns the number of rows dropped."""
+    resuming after ``resume_step`` will write again: steps after it, or every row on a fresh start
+    (``resume_step`` 0, where step 0 is the evaluation before training, written again too). A torn last line
+    (a killed write) goes as well. Rewritten atomically; returns the number of rows dropped."""
     if not path.is_file():
         return 0
     kept, dropped = [], 0

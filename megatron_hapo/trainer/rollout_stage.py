@@ -303,8 +303,9 @@ class RolloutStage:
         return batch, metrics
 
     def collect(self, stats: EntropyStats | None) -> StepBatch:
-        """The step's batch on every rank (collective over the default group when it has several ranks):
-        the one generated ahead during the last step if there is one, else generated now with ``stats``."""
+        """The step's batch on every rank (collective: the others wait for rank 0 on the lead group,
+        ``parallel/lead.py``): the one generated ahead during the last step if there is one, else generated now
+        with ``stats``."""
         mine = None
         if dist.get_rank() == 0:
             self.wait_ahead()
