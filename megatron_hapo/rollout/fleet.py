@@ -473,13 +473,14 @@ class SGLangFleet:
         are aborted through SGLang's ``/abort_request`` (``abort_all`` on every server: while a rollout
         runs it is the servers' only client). Aborted groups are never handed to ``accept``; their partial
         responses are only counted (``GroupStreamReport``)."""
-        params.check_engine_sampler(self.config.hapo_sampler, "fleet")
         report = GroupStreamReport()
         if not prompts:
             return report
+        per_prompt = params.per_prompt(len(prompts))
+        for q in per_prompt:  # what each request will carry
+            q.check_engine_sampler(self.config.hapo_sampler, "fleet")
         self.check_servers()
         cancel = threading.Event()
-        per_prompt = params.per_prompt(len(prompts))
         with ThreadPoolExecutor(max_workers=min(self.config.max_concurrent_requests, len(prompts))) as pool:
             futures = {
                 pool.submit(self._generate_one, list(p), q, cancel): i
