@@ -193,9 +193,10 @@ def _evaluate(args: argparse.Namespace, benchmarks: dict[str, str]) -> int:
     out = Path(args.out or args.run_dir / "results.json")
     try:
         engine = build_engine(args)
+        loader = WeightSynchronizer(engine, None, verify_name=VERIFY_NAME)  # loads only (no transport)
         for i, model in enumerate(args.model):
             if i > 0:  # the same engine, this checkpoint's weights (read back and checked)
-                WeightSynchronizer(engine, None, verify_name=VERIFY_NAME).load(model, version=model)
+                loader.load(model, version=model)
             label = f"{model}: " if len(args.model) > 1 else ""
             result = evaluate(
                 engine,

@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     from megatron_hapo.diagnostics.logprob_check import compare_logprobs, sample_temperatures
     from megatron_hapo.models import build_gpt_model
     from megatron_hapo.models.scoring import score_sequences
+    from megatron_hapo.parallel.lead import broadcast_from_lead
     from megatron_hapo.rollout import GenerationParams, InProcessSGLangEngine
     from megatron_hapo.sync import DistributedTransport, TensorTransport, push_weights
 
@@ -71,9 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         def check(stage: str):
-            box = [engine.generate(prompts, params) if lead else None]
-            dist.broadcast_object_list(box, src=0)
-            samples = box[0]
+            samples = broadcast_from_lead(engine.generate(prompts, params) if lead else None)
             temps = [sample_temperatures(s, args.temperature) for s in samples]
             scored = score_sequences(
                 model, [s.prompt_ids for s in samples], [s.response_ids for s in samples], temps, vocab
