@@ -15,6 +15,7 @@ _EXPORTS: dict[str, str] = {
     "EngineError": "types",
     "GenerationParams": "types",
     "InProcessSGLangEngine": "inprocess",
+    "RolloutCancelled": "types",
     "RolloutEngine": "types",
     "RolloutSample": "types",
     "cpu_server_args": "inprocess",

@@ -41,7 +41,13 @@ from megatron_hapo.rollout.inprocess import base_server_args
 from megatron_hapo.rollout.parse import to_samples
 from megatron_hapo.rollout.placement import visible_devices
 from megatron_hapo.rollout.processes import spawn_server
-from megatron_hapo.rollout.types import EngineError, GenerationParams, GroupStreamReport, RolloutSample
+from megatron_hapo.rollout.types import (
+    EngineError,
+    GenerationParams,
+    GroupStreamReport,
+    RolloutCancelled,
+    RolloutSample,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -191,6 +197,7 @@ class SGLangFleet:
         self._check_lock = threading.Lock()
         self._router: FleetProcess | None = None
         self.request_gate = RequestGate()
+        self._cancelled = threading.Event()  # cancel(): every generate raises RolloutCancelled
         atexit.register(self.shutdown)  # never leave servers behind when the trainer dies
         try:
             if config.router_url:
@@ -402,12 +409,16 @@ class SGLangFleet:
             if cancel is not None and cancel.is_set():
                 return None
             with self.request_gate.request() as epoch:
+                if self._cancelled.is_set():
+                    raise RolloutCancelled(self.name)
                 try:
                     outputs = self._post_generate(prompt, params, epoch, cancel)
                 except EngineError:
                     if not self.request_gate.synced_since(epoch):
                         raise
                     outputs = None
+            if self._cancelled.is_set():  # aborted by cancel(), or finished as it came: dropped either way
+                raise RolloutCancelled(self.name)
             if outputs is None and cancel is not None and cancel.is_set():
                 return None
             if outputs is not None and not (_aborted(outputs) and self.request_gate.synced_since(epoch)):
@@ -432,6 +443,8 @@ class SGLangFleet:
             except (requests.RequestException, EngineError) as exc:
                 if cancel is not None and cancel.is_set():
                     return None  # aborted by generate_groups (SGLang may answer an aborted request with an error)
+                if self._cancelled.is_set():  # aborted by cancel(): not retried
+                    raise RolloutCancelled(self.name) from exc
                 if self.request_gate.synced_since(epoch):  # a sync aborted it: resubmitted after the sync
                     raise EngineError(f"generate aborted by a weight sync: {exc}") from exc
                 last_error = exc
@@ -556,6 +569,17 @@ class SGLangFleet:
         return replies
 
     # -- requests in flight (a weight sync: sync/synchronizer.py) -------------------------------------
+    def cancel(self) -> None:
+        """Abort every request of ours and resubmit none: ``abort_all`` on every server, again every 0.5 s while
+        any is in flight (one sent just as the first abort went out), for at most a minute."""
+        self._cancelled.set()
+        deadline = time.monotonic() + 60.0
+        while True:
+            self._all("/abort_request", {"abort_all": True})
+            if not self.request_gate.in_flight or time.monotonic() > deadline:
+                return
+            time.sleep(0.5)
+
     def abort_requests(self) -> None:
         """SGLang's abort of every request on every server; the gate resubmits them after the sync."""
         self._all("/abort_request", {"abort_all": True})

@@ -19,7 +19,13 @@ from megatron_hapo.console import EngineCrashReport, fds_to, keep_root_handlers
 from megatron_hapo.rollout.inflight import RequestGate
 from megatron_hapo.rollout.parse import to_samples
 from megatron_hapo.rollout.processes import new_child_processes, without_launcher_env
-from megatron_hapo.rollout.types import EngineError, GenerationParams, GroupStreamReport, RolloutSample
+from megatron_hapo.rollout.types import (
+    EngineError,
+    GenerationParams,
+    GroupStreamReport,
+    RolloutCancelled,
+    RolloutSample,
+)
 from megatron_hapo.stop_signals import stop_signals_blocked
 
 logger = logging.getLogger(__name__)
@@ -115,6 +121,7 @@ class InProcessSGLangEngine:
         self.num_engine_ranks = tp_size  # ranks that join a distributed weight-update group
         self.request_gate = RequestGate()
         self.weight_version = "default"  # SGLang's initial version string
+        self._cancelled = threading.Event()
 
     def _leave_sigterm_to_the_process(self) -> None:
         """Keep SGLang's "drain and exit 0" SIGTERM path out of the trainer's process.
@@ -172,7 +179,18 @@ class InProcessSGLangEngine:
         )
         start = time.perf_counter()
         with self.request_gate.request():
-            outputs = self._engine.generate(input_ids=inputs, sampling_params=sampling, return_logprob=True)
+            if self._cancelled.is_set():
+                raise RolloutCancelled(self.name)
+            try:
+                outputs = self._engine.generate(
+                    input_ids=inputs, sampling_params=sampling, return_logprob=True
+                )
+            except Exception as exc:
+                if self._cancelled.is_set():  # SGLang may answer an aborted request with an error
+                    raise RolloutCancelled(self.name) from exc
+                raise
+        if self._cancelled.is_set():  # aborted responses, cut short: never trained on
+            raise RolloutCancelled(self.name)
         samples = to_samples(outputs, prompts, params.n, require_hapo=self.hapo_sampler)
         _log_throughput(samples, time.perf_counter() - start)
         return samples
@@ -190,6 +208,19 @@ class InProcessSGLangEngine:
             "the in-process engine cannot abort a running generate call (one call at a time on its event "
             "loop): use rollout.sync_policy=wait, or rollout.engine=fleet for sync_policy=abort"
         )
+
+    def cancel(self) -> None:
+        """Abort the generate call in flight from any thread: the abort runs on the engine's event loop (driven
+        by the generating thread), and again every 0.5 s while the call lasts (requests the call had not
+        handed to the scheduler yet when the first abort went out)."""
+        self._cancelled.set()
+        if not self._shut_down:
+            self._engine.loop.call_soon_threadsafe(self._abort_while_generating)
+
+    def _abort_while_generating(self) -> None:  # on the engine's event loop
+        if self.request_gate.in_flight and not self._shut_down:
+            self._tm.abort_request(abort_all=True)
+            self._engine.loop.call_later(0.5, self._abort_while_generating)
 
     def _refuse_concurrent(self, call: str) -> None:
         if self.request_gate.in_flight:

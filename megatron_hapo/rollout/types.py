@@ -211,6 +211,11 @@ class RolloutEngine(Protocol):
     def abort_requests(self) -> None:
         """Abort the running requests (SGLang's abort); the engine resubmits them after the release."""
 
+    def cancel(self) -> None:
+        """Stop generating for good (a stop signal: ``trainer/shutdown.py``): abort every request in flight,
+        resubmit none, and make the generate calls running now and every later one raise
+        :class:`RolloutCancelled`. Callable from any thread; weight updates and shutdown still work."""
+
     def pause(self) -> None:
         """Stop scheduling; running requests are retracted to the queue (none is lost)."""
 
@@ -257,3 +262,11 @@ class RolloutEngine(Protocol):
 
 class EngineError(HapoError, RuntimeError):
     """A rollout engine call failed; the message names the engine/server and the call."""
+
+
+class RolloutCancelled(Exception):
+    """A generate call ended by :meth:`RolloutEngine.cancel` (a stop): its responses are incomplete and
+    dropped. Not an error, and not an :class:`EngineError` (those are retried)."""
+
+    def __init__(self, engine: str):
+        super().__init__(f"{engine}: generation cancelled by a stop")

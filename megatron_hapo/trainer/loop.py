@@ -17,6 +17,7 @@ import megatron_hapo.parallel as hp
 from megatron_hapo.algorithms import EntropyStats
 from megatron_hapo.config import RootConfig
 from megatron_hapo.parallel import compute_device, lead
+from megatron_hapo.rollout import RolloutCancelled
 from megatron_hapo.trainer import checkpoint
 from megatron_hapo.trainer.algorithm import compute_advantages
 from megatron_hapo.trainer.batch import StepBatch, response_temperatures
@@ -31,13 +32,16 @@ from megatron_hapo.trainer.state import TrainerState
 logger = logging.getLogger(__name__)
 
 
-def rl_step(run: Run, step: int, stats: EntropyStats | None) -> tuple[EntropyStats | None, dict]:
-    """One RL step; returns this step's entropy statistics (for the next rollout) and its metrics.
-    ``rollout.max_staleness=1``: the next step's batch generates (weights and statistics of step - 1)
-    while this one trains, and the sync waits for it (docs/rollout.md "Overlap")."""
+def rl_step(run: Run, step: int, stats: EntropyStats | None) -> tuple[EntropyStats | None, dict] | None:
+    """One RL step; returns this step's entropy statistics (for the next rollout) and its metrics, or None when
+    a stop cancelled its rollout (the step did not happen). ``rollout.max_staleness=1``: the next step's batch
+    generates (weights and statistics of step - 1) while this one trains, and the sync waits for it
+    (docs/rollout.md "Overlap"); a stop that cancels that batch leaves the engine unsynced (the run ends)."""
     t0 = time.perf_counter()
     # 1-3. rollout with last step's stats (None at step 1), rewards, dynamic sampling: same batch on every rank
     batch = run.rollout.collect(stats)  # at max_staleness=1: generated ahead during the last step
+    if batch is None:
+        return None
     waited = time.perf_counter() - t0
     if step < run.total_steps:
         run.rollout.launch_ahead(stats)  # a no-op at max_staleness=0
@@ -46,12 +50,14 @@ def rl_step(run: Run, step: int, stats: EntropyStats | None) -> tuple[EntropySta
     new_stats, metrics = learn(run.cfg, run.policy, batch)
     t_wait = time.perf_counter()
     metrics["time/train_s"] = t_wait - t_train
-    run.rollout.wait_ahead()  # no request in flight while the weights change
-    lead.wait_for_lead()  # the other ranks wait for that here, not in the export's collectives
+    # no request in flight while the weights change; the other ranks wait for that here, not in the export's
+    # collectives
+    ahead = run.rollout.finish_ahead()
     metrics["time/rollout_wait_s"] = waited + time.perf_counter() - t_wait
     metrics["rollout/staleness"] = version_lag(batch, step)
     # 7. weight sync into the engine, version = step
-    metrics.update(run.policy.sync_weights(run.synchronizer, version=f"step-{step}"))
+    if ahead:
+        metrics.update(run.policy.sync_weights(run.synchronizer, version=f"step-{step}"))
     metrics["time/step_s"] = time.perf_counter() - t0
     return new_stats, metrics
 
@@ -168,13 +174,22 @@ def train(cfg: RootConfig) -> Run:
 
 def _run_steps(run: Run, plan: ResumePlan, stop: StopRequest) -> int:
     """Steps from the plan's checkpoint to the end or to an agreed stop; returns the last completed step."""
+    stop.on_stop(run.rollout.cancel)  # a stop cancels the rollout in progress rather than wait for it
     state = resume(run, plan)
     if state.step == 0 and (m := eval_metrics(run, 0)):  # eval.before_train
         run.logger.log(0, m)
     stopping = stop.agreed(state.step)  # a signal during start-up: the last completed step is saved already
+    saved = state.step
     while not stopping and state.step < run.total_steps:
         step = state.step + 1
-        state.entropy_stats, metrics = rl_step(run, step, state.entropy_stats)
+        done = rl_step(run, step, state.entropy_stats)
+        if done is None:  # a stop cancelled this step's rollout: stop after the last completed step
+            if not stop.agreed(state.step):  # (the signal that cancelled it reached rank 0)
+                raise RuntimeError("the rollout was cancelled, but no rank received a stop signal")
+            if state.step > saved:
+                save(run, state)
+            break
+        state.entropy_stats, metrics = done
         state.step = step
         metrics.update(eval_metrics(run, step))  # after this step's weight sync
         run.logger.log(step, metrics)
@@ -182,6 +197,7 @@ def _run_steps(run: Run, plan: ResumePlan, stop: StopRequest) -> int:
         every = run.cfg.checkpoint.save_every
         if (every and step % every == 0) or step == run.total_steps or stopping:
             save(run, state)
+            saved = step
             stopping = stopping or stop.agreed(step)  # a signal during the save: saved, stop now
     report_best_eval(run)
     return state.step
@@ -213,9 +229,16 @@ def eval_metrics(run: Run, step: int) -> dict[str, float]:
     """``eval/<benchmark>/avg@k``, ``.../pass@j``, ... when evaluation is due after ``step`` (0 = before
     training); the lead evaluates with the rollout engine, which already serves this step's weights."""
     ev = run.evaluator
-    if ev is None or not ev.due(step):
+    if ev is None or not ev.due(step) or run.rollout.cancelled:  # cancelled: the engine generates no more
         return {}
-    result = ev.run(run.rollout.engine, step)
+    try:
+        result = ev.run(run.rollout.engine, step)
+    except RolloutCancelled:
+        logger.warning(
+            "the stop cancelled the evaluation after step %d; its checkpoint can be evaluated with hapo-eval",
+            step,
+        )
+        return {}
     logger.info("evaluation after step %d:\n%s", step, result.table())
     return result.metrics()
 

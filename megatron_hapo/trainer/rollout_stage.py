@@ -25,11 +25,17 @@ from megatron_hapo.config import RootConfig
 from megatron_hapo.config.errors import HapoError
 from megatron_hapo.console import engine_log_file
 from megatron_hapo.data import PromptDataset, PromptOrder
-from megatron_hapo.parallel.lead import broadcast_from_lead
+from megatron_hapo.parallel.lead import broadcast_from_lead, max_over_ranks
 from megatron_hapo.rewards import ScoreRequest, ScorerPool, apply_overlong
 from megatron_hapo.rollout import GenerationParams, InProcessSGLangEngine
 from megatron_hapo.rollout.serving import engine_server_args, rollout_model_path
-from megatron_hapo.rollout.types import AdaptiveTemperature, RolloutEngine, RolloutSample, sample_seed
+from megatron_hapo.rollout.types import (
+    AdaptiveTemperature,
+    RolloutCancelled,
+    RolloutEngine,
+    RolloutSample,
+    sample_seed,
+)
 from megatron_hapo.trainer.batch import StepBatch
 
 if TYPE_CHECKING:
@@ -128,6 +134,9 @@ class RolloutStage:
         # rollout.max_staleness=1 (lead only): the next step's batch, generating in a thread or completed
         self._ahead: threading.Thread | None = None
         self._ahead_result: StepBatch | BaseException | None = None
+        # a stop cancelled a rollout (every rank knows once collect or finish_ahead returned): the engine
+        # generates no more, and the data position is the one from before that rollout
+        self.cancelled = False
 
     def state_dict(self) -> dict:
         """Where the run is in its data (the prompt order's position) and in its group ids."""
@@ -181,6 +190,37 @@ class RolloutStage:
         if isinstance(self._ahead_result, BaseException):
             exc, self._ahead_result = self._ahead_result, None
             raise exc
+
+    def finish_ahead(self) -> bool:
+        """:meth:`wait_ahead` on the lead, while the other ranks wait for it (collective, on the lead group);
+        False on every rank when a stop cancelled the batch generating ahead (:meth:`cancel`)."""
+        cancelled = False
+        if dist.get_rank() == 0:
+            try:
+                self.wait_ahead()
+            except RolloutCancelled:
+                logger.warning("the stop cancelled the next step's rollout (generating ahead); a resumed run "
+                               "generates that batch anew, from this step's weights")  # fmt: skip
+                cancelled = True
+        self.cancelled = self.cancelled or bool(max_over_ranks(int(cancelled)))
+        return not self.cancelled
+
+    # -- a stop (trainer/shutdown.py) --------------------------------------------------------------------
+    def cancel(self) -> None:
+        """Cancel the rollout in progress and every later one (the lead's engine: any thread). The rollout's
+        responses are dropped and its data position rewound (:meth:`collect_on_lead`): a resumed run
+        generates that batch anew. An evaluation in progress is cancelled too."""
+        if self.engine is not None:
+            self.engine.cancel()
+
+    def _position(self) -> tuple:
+        """Where the rollout stage is in the data (what a rollout advances)."""
+        return self.order.state_dict(), self._next_group, list(self._spare_prompts)
+
+    def _rewind(self, position: tuple) -> None:
+        order, self._next_group, spare = position
+        self.order.load_state_dict(order)
+        self._spare_prompts = list(spare)
 
     def params(self, stats: EntropyStats | None, group_ids: range | None = None) -> GenerationParams:
         """Sampling parameters of the prompts with these group ids (their seeds under rollout.seeded_sampling)."""
@@ -302,20 +342,41 @@ class RolloutStage:
         })  # fmt: skip
         return batch, metrics
 
-    def collect(self, stats: EntropyStats | None) -> StepBatch:
+    def collect(self, stats: EntropyStats | None) -> StepBatch | None:
         """The step's batch on every rank (collective: the others wait for rank 0 on the lead group,
         ``parallel/lead.py``): the one generated ahead during the last step if there is one, else generated now
-        with ``stats``."""
+        with ``stats``. None on every rank when a stop cancelled the rollout (:meth:`cancel`)."""
         mine = None
         if dist.get_rank() == 0:
-            self.wait_ahead()
-            ready, self._ahead_result = self._ahead_result, None  # generated ahead during the last step
-            mine = (ready if ready is not None else self.collect_on_lead(stats), self.order.state_dict())
-        batch, order_state = broadcast_from_lead(mine)  # the others wait for the rollout on the lead group
+            t0 = time.perf_counter()
+            try:
+                self.wait_ahead()
+                ready, self._ahead_result = self._ahead_result, None  # generated ahead during the last step
+                mine = (ready if ready is not None else self.collect_on_lead(stats), self.order.state_dict())
+            except RolloutCancelled:
+                logger.warning(
+                    "the stop cancelled the rollout after %.1f s; a resumed run generates this batch anew",
+                    time.perf_counter() - t0,
+                )
+        received = broadcast_from_lead(mine)  # the others wait for the rollout on the lead group
+        if received is None:
+            self.cancelled = True
+            return None
+        batch, order_state = received
         self.order.load_state_dict(order_state)  # every rank's data order in step (checkpoints)
         return batch
 
     def collect_on_lead(self, stats: EntropyStats | None) -> StepBatch:
+        """Generate, score and filter one step's batch (the lead). A cancelled rollout raises
+        :class:`RolloutCancelled` with the data position rewound to where the rollout began."""
+        start = self._position()
+        try:
+            return self._collect(stats)
+        except RolloutCancelled:
+            self._rewind(start)
+            raise
+
+    def _collect(self, stats: EntropyStats | None) -> StepBatch:
         t0 = time.perf_counter()
         cfg_ds = self.cfg.algorithm.dynamic_sampling
         want = self.cfg.data.train_batch_size

@@ -24,6 +24,7 @@ import logging
 import signal
 import threading
 import warnings
+from collections.abc import Callable
 
 import torch.distributed as dist
 
@@ -60,6 +61,9 @@ class StopRequest:
         self.signum = 0  # the first signal received here; 0 = none
         self.stopped: tuple[int, int] | None = None  # (signal, last step) once the ranks agreed to stop
         self._previous: dict[int, object] = {}
+        self._requested = (
+            threading.Event()
+        )  # set by the first signal (or by uninstall: on_stop's threads end)
 
     def install(self) -> StopRequest:
         """Take SIGTERM/SIGINT over (idempotent; :meth:`agreed` re-asserts it every step).
@@ -78,10 +82,26 @@ class StopRequest:
         return self
 
     def uninstall(self) -> None:
-        """Give the signals back to the handlers they had before :meth:`install`."""
+        """Give the signals back to the handlers they had before :meth:`install`; end :meth:`on_stop`'s threads."""
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous = {}
+        self._requested.set()  # after the handlers went: a signal here cannot re-enter the event's lock
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` as soon as the first signal arrives (at once if it has), in a thread of its own
+        (the handler only sets a flag; a callback may block). The rollout stage cancels the generation in
+        progress with it, so that a stop does not wait for a rollout whose responses it would drop."""
+
+        def watch():
+            self._requested.wait()
+            if self.signum:  # else uninstall() woke it: no signal came
+                try:
+                    callback()
+                except Exception:  # the stop goes on without it: the step then finishes as it would have
+                    logger.exception("a stop callback failed")
+
+        threading.Thread(target=watch, name="hapo-stop-watcher", daemon=True).start()
 
     def _handle(self, signum: int, frame) -> None:
         name = signal.Signals(signum).name
@@ -90,9 +110,11 @@ class StopRequest:
             raise TrainingStopped(signum, None)
         self.signum = signum
         logger.warning(
-            "received %s: finishing the current step, then checkpoint and exit (send it again to abort now)",
+            "received %s: cancelling the rollout in progress or finishing the update in progress, then "
+            "checkpoint and exit (send it again to abort now)",
             name,
         )
+        self._requested.set()  # the watcher runs the on_stop callbacks
 
     def agreed(self, step: int) -> bool:
         """Whether every rank stops after ``step``: collective over the default group, call once per step.

@@ -4,15 +4,21 @@ aborted through SGLang's ``/abort_request``, never handed over, and the server s
 
 One server (~30-60 s to start on 2 cores), once for the module."""
 
+import threading
+import time
+
 import pytest
 
-from megatron_hapo.rollout import GenerationParams
+from megatron_hapo.rollout import GenerationParams, RolloutCancelled
 from megatron_hapo.rollout.fleet import FleetConfig, SGLangFleet
-from tests.rollout.common import PROMPTS
+from tests.rollout.common import PROMPTS, wait_until_in_flight
 
 pytestmark = pytest.mark.slow
 
 LONG = GenerationParams(n=2, max_new_tokens=1500, temperature=1.0, ignore_eos=True)
+LONGEST = GenerationParams(
+    n=4, max_new_tokens=2000, temperature=1.0, ignore_eos=True
+)  # the model's 2048 context
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +76,37 @@ def test_a_caller_that_never_stops_gets_every_group(fleet):
     assert report.generated_tokens == 2 * 5 * len(PROMPTS)
     for i, samples in got.items():
         assert [s.prompt_index for s in samples] == [i, i] and samples[0].prompt_ids == list(PROMPTS[i])
+
+
+def test_cancel_aborts_the_calls_in_flight_and_refuses_later_ones(fleet):
+    """A stop's cancel (trainer/shutdown.py -> RolloutStage.cancel): the running generate call ends at once with
+    RolloutCancelled (its requests aborted on the server, none resubmitted), later calls raise at once, and the
+    server serves its other clients on. On a client of its own: a cancelled fleet generates no more."""
+    client = SGLangFleet(
+        FleetConfig(attach_urls=(fleet.servers[0].url,), router=False, api_key=fleet.api_key)
+    )
+    outcome: dict = {}
+
+    def generate():
+        try:
+            outcome["samples"] = client.generate(PROMPTS * 2, LONGEST)
+        except RolloutCancelled as exc:
+            outcome["cancelled"] = exc
+
+    thread = threading.Thread(target=generate)
+    thread.start()
+    wait_until_in_flight(client, count=len(PROMPTS) * 2)  # one request per prompt (SGLang's n)
+    time.sleep(1.0)  # generating
+    started = time.monotonic()
+    client.cancel()  # returns once no request of the client is in flight
+    cancel_s = time.monotonic() - started
+    thread.join(60)
+    assert not thread.is_alive() and "cancelled" in outcome, outcome
+    assert client.request_gate.in_flight == 0
+    # finishing takes 4 x 4 x 2000 tokens, ~30 s on 2 cores (measured with cancel's abort taken out); the
+    # abort takes about a second
+    assert cancel_s < 10, cancel_s
+    with pytest.raises(RolloutCancelled, match="cancelled by a stop"):
+        client.generate(PROMPTS, GenerationParams(n=1, max_new_tokens=2))
+    after = fleet.generate(PROMPTS, GenerationParams(n=1, max_new_tokens=3, temperature=1.0, ignore_eos=True))
+    assert [len(s.response_ids) for s in after] == [3, 3]

@@ -4,6 +4,7 @@ checkpoint discovery, presets, metrics formatting."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from types import SimpleNamespace
 
@@ -14,7 +15,7 @@ from megatron_hapo.config import load_config
 from megatron_hapo.config.presets import preset_names, preset_overrides
 from megatron_hapo.data import PromptOrder, PromptSample
 from megatron_hapo.rewards import Score
-from megatron_hapo.rollout import RolloutSample
+from megatron_hapo.rollout import RolloutCancelled, RolloutSample
 from megatron_hapo.trainer import compute_advantages, manifest
 from megatron_hapo.trainer.batch import StepBatch, response_temperatures
 from megatron_hapo.trainer.checkpoint import STATE_FILE, CheckpointInvalid, list_checkpoints, select
@@ -167,6 +168,87 @@ def test_dynamic_sampling_fails_clearly_when_it_cannot_fill():
     with pytest.raises(DynamicSamplingError, match="max_num_gen_batches=3"):
         stage.collect_on_lead(None)
     assert stage.engine.calls == 3
+
+
+class _EvenPromptsMixedEngine:
+    """Groups of even dataset indices are mixed (one right answer), odd ones all wrong, so a step needs a refill;
+    generate call number ``cancel_at`` raises RolloutCancelled, as a stop's cancel makes a real engine do."""
+
+    def __init__(self, cancel_at=None):
+        self.calls, self.cancel_at = 0, cancel_at
+
+    def generate(self, prompts, params):
+        self.calls += 1
+        if self.calls == self.cancel_at:
+            raise RolloutCancelled("fake engine")
+        return [
+            _sample(i, j, list(p), [1 if j == 0 and (p[0] - 100) % 2 == 0 else 0], [1.0], pi=i)
+            for i, p in enumerate(prompts) for j in range(params.n)
+        ]  # fmt: skip
+
+
+def test_a_cancelled_rollout_rewinds_the_data_position_and_the_rerun_draws_the_same_batch():
+    """A stop cancels step 2's refill (its second generate call): the stage is back where step 2 began (data
+    order, group ids: the seeds under rollout.seeded_sampling), so the resumed run generates the same batch."""
+    cfg = _cfg("algorithm.dynamic_sampling.enable=true", "algorithm.adaptive_temperature.enable=false",
+               "reward.overlong.enable=false")  # fmt: skip
+
+    def stage(engine):
+        order = PromptOrder(100, cfg.data.train_batch_size, seed=0)
+        return RolloutStage(cfg, _FakeDataset(), order, _FakeTokenizer(), engine, _FakeScorer())
+
+    reference = stage(_EvenPromptsMixedEngine())
+    reference.collect_on_lead(None)
+    expected = reference.collect_on_lead(None)  # step 2: two generate calls (calls 3 and 4)
+    assert reference.engine.calls == 4
+    cancelled = stage(_EvenPromptsMixedEngine(cancel_at=4))
+    cancelled.collect_on_lead(None)
+    before = cancelled.state_dict()
+    with pytest.raises(RolloutCancelled):
+        cancelled.collect_on_lead(None)
+    assert cancelled.state_dict() == before != reference.state_dict()
+    again = cancelled.collect_on_lead(None)
+    assert [p.index for p in again.prompts] == [p.index for p in expected.prompts]
+    assert (again.group_ids, again.scores) == (expected.group_ids, expected.scores)
+    assert cancelled.state_dict() == reference.state_dict()
+
+
+class _GeneratesUntilCancelled:
+    """A generate call that runs until :meth:`cancel` (from another thread), as a real engine's long rollout."""
+
+    def __init__(self):
+        self.cancelled = threading.Event()
+
+    def generate(self, prompts, params):
+        assert self.cancelled.wait(30)
+        raise RolloutCancelled("fake engine")
+
+    def cancel(self):
+        self.cancelled.set()
+
+
+def test_a_stop_cancels_the_batch_generating_ahead_and_every_rank_learns_it(tmp_path):
+    """rollout.max_staleness=1: the next step's batch generates in a thread while this step trains; a stop's
+    cancel ends it, finish_ahead reports it (the loop then saves this step without a weight sync), the stage is
+    back at the data position the ahead rollout began from, and nothing generated ahead is checkpointed."""
+    from tests.parallel_utils import world_of_one
+
+    cfg = _cfg("rollout.engine=fleet", "rollout.launch_servers=true", "rollout.max_staleness=1",
+               "algorithm.loss.tis_cap=2.0", "algorithm.dynamic_sampling.enable=true",
+               "algorithm.adaptive_temperature.enable=false", "reward.overlong.enable=false")  # fmt: skip
+    with world_of_one():
+        order = PromptOrder(100, cfg.data.train_batch_size, seed=0)
+        stage = RolloutStage(
+            cfg, _FakeDataset(), order, _FakeTokenizer(), _EvenPromptsMixedEngine(), _FakeScorer()
+        )
+        assert stage.collect(None) is not None and stage.finish_ahead()  # step 1, nothing generating ahead
+        position = stage.state_dict()
+        stage.engine = _GeneratesUntilCancelled()
+        stage.launch_ahead(None)  # step 2's batch, while step 1 trains
+        stage.cancel()  # the stop (its watcher thread, in the trainer)
+        assert not stage.finish_ahead() and stage.cancelled
+        assert stage.state_dict() == position  # no ready batch; the data position before the ahead rollout
+        assert stage.collect(None) is None  # a later rollout is cancelled at once
 
 
 def test_stepbatch_first_groups():

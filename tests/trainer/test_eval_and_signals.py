@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -109,12 +110,17 @@ def test_periodic_evaluation_before_training_and_every_two_steps_and_its_resume(
     assert f"| arith | {100 * best:.2f} | {-step} |" in proc.stdout
 
 
-def test_sigterm_finishes_the_step_checkpoints_and_resumes(model, tmp_path):
+def test_sigterm_cancels_the_rollout_checkpoints_the_last_step_and_resumes(model, tmp_path):
     """SIGTERM to the trainer's whole process group, as torchrun (os.killpg), Slurm and a terminal's Ctrl-C
-    send it: the engine's scheduler and the scorer workers get it too, and must leave it to the trainer
-    (megatron_hapo/stop_signals.py). Before, the scheduler died of it and SGLang killed the trainer."""
+    send it, while step 2 generates: the stop cancels that rollout instead of waiting for it (the engine
+    aborts it), saves step 1 and exits 143; the resumed run generates step 2 anew. The engine's scheduler and
+    the scorer workers get the signal too, and must leave it to the trainer (megatron_hapo/stop_signals.py).
+
+    Random weights (load_weights=false) rarely emit EOS: every response runs to max_new_tokens, and a rollout
+    takes 5-8 s on 2 cores, against ~1 s of update: a signal 1 s after step 1 lands in step 2's rollout."""
     run_dir = tmp_path / "run"
-    common = (f"model.hf_path={model}", f"trainer.run_dir={run_dir}", "checkpoint.save_every=0")
+    common = (f"model.hf_path={model}", "model.load_weights=false", "rollout.max_new_tokens=1000",
+              f"trainer.run_dir={run_dir}", "checkpoint.save_every=0")  # fmt: skip
     proc = subprocess.Popen(
         _cmd(*common, "trainer.total_steps=200"), cwd=REPO_ROOT, env=_env(), text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
@@ -124,26 +130,35 @@ def test_sigterm_finishes_the_step_checkpoints_and_resumes(model, tmp_path):
         while not _rows(run_dir):
             assert proc.poll() is None, proc.communicate()[1][-6000:]
             assert time.monotonic() < deadline, "no step finished within 420 s"
-            time.sleep(0.5)
+            time.sleep(0.2)
+        time.sleep(1.0)  # step 2's rollout is generating
         os.killpg(proc.pid, signal.SIGTERM)
         signalled = time.monotonic()
         stdout, stderr = proc.communicate(timeout=180)
+        stopped_s = time.monotonic() - signalled
     finally:
         with contextlib.suppress(ProcessLookupError):  # whatever of the group is left
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-6000:]
-    assert time.monotonic() - signalled < 180
-    last = _rows(run_dir)[-1]["step"]
-    assert 1 <= last < 200
-    assert f"training stopped after step {last} on SIGTERM" in stderr
-    assert (run_dir / "checkpoints" / f"step_{last}" / "trainer_state.json").is_file()
-    # checkpoint.resume=auto picks the stop's checkpoint up and continues with the next step
+    rows = _rows(run_dir)
+    assert [r["step"] for r in rows] == [1], stderr[-6000:]
+    assert rows[0]["response_length/mean"] > 200  # the rollouts are long (EOS ends a few early)
+    cancelled_after = re.search(r"the stop cancelled the rollout after ([\d.]+) s", stderr)
+    assert cancelled_after, stderr[-6000:]
+    # the signal came ~1 s into step 2's rollout: the engine aborted it there, it did not finish it
+    assert float(cancelled_after[1]) < 0.75 * rows[0]["time/rollout_s"], (cancelled_after[0], rows[0])
+    assert "training stopped after step 1 on SIGTERM" in stderr
+    assert (run_dir / "checkpoints" / "step_1" / "trainer_state.json").is_file()
+    print(
+        f"{cancelled_after[0]}, exited {stopped_s:.1f} s after the signal; step 1's rollout: {rows[0]['time/rollout_s']:.1f} s"
+    )
+    # checkpoint.resume=auto picks the stop's checkpoint up and continues with step 2
     resumed = subprocess.run(
-        _cmd(*common, f"trainer.total_steps={last + 1}", "checkpoint.resume=auto"),
+        _cmd(*common, "trainer.total_steps=2", "checkpoint.resume=auto"),
         cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-6000:]
-    assert [r["step"] for r in _rows(run_dir)] == list(range(1, last + 2))
+    assert [r["step"] for r in _rows(run_dir)] == [1, 2]
 
 
 @pytest.mark.parametrize("target", ["rank 1", "torchrun"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -57,3 +58,44 @@ def test_nothing_to_raise_without_a_signal():
     stop.uninstall()
     assert not stop.agreed(3)
     stop.raise_if_stopped()
+
+
+def test_on_stop_callbacks_run_in_threads_of_their_own_at_the_first_signal():
+    """The rollout stage cancels its engine this way: the handler only sets a flag; a callback may block (a
+    fleet's abort is HTTP) while the main thread goes on."""
+    ran: list[tuple[str, str]] = []
+    both = threading.Barrier(3)
+
+    def callback(name):
+        def call():
+            ran.append((name, threading.current_thread().name))
+            both.wait(5)  # blocks until the other callback and the main thread got here
+
+        return call
+
+    stop = StopRequest().install()
+    try:
+        stop.on_stop(callback("a"))
+        stop.on_stop(callback("b"))
+        time.sleep(0.2)
+        assert ran == []  # nothing before a signal
+        os.kill(os.getpid(), signal.SIGTERM)
+        both.wait(5)
+        assert sorted(ran) == [("a", "hapo-stop-watcher"), ("b", "hapo-stop-watcher")]
+        late = threading.Event()
+        stop.on_stop(late.set)  # registered after the signal: runs at once
+        assert late.wait(5)
+    finally:
+        stop.uninstall()
+    assert stop.agreed(1)
+
+
+def test_uninstall_ends_the_watchers_without_calling_back():
+    called = []
+    stop = StopRequest().install()
+    stop.on_stop(lambda: called.append(1))
+    watchers = [t for t in threading.enumerate() if t.name == "hapo-stop-watcher"]
+    stop.uninstall()
+    for t in watchers:
+        t.join(5)
+    assert not any(t.is_alive() for t in watchers) and called == []
