@@ -117,7 +117,7 @@ def test_sigterm_cancels_the_rollout_checkpoints_the_last_step_and_resumes(model
     the scorer workers get the signal too, and must leave it to the trainer (megatron_hapo/stop_signals.py).
 
     Random weights (load_weights=false) rarely emit EOS: every response runs to max_new_tokens, and a rollout
-    takes 5-8 s on 2 cores, against ~1 s of update: a signal 1 s after step 1 lands in step 2's rollout."""
+    takes 3.5-8 s on 2 cores, against ~1 s of update: a signal 0.5 s after step 1 lands in step 2's rollout."""
     run_dir = tmp_path / "run"
     common = (f"model.hf_path={model}", "model.load_weights=false", "rollout.max_new_tokens=1000",
               f"trainer.run_dir={run_dir}", "checkpoint.save_every=0")  # fmt: skip
@@ -131,7 +131,7 @@ def test_sigterm_cancels_the_rollout_checkpoints_the_last_step_and_resumes(model
             assert proc.poll() is None, proc.communicate()[1][-6000:]
             assert time.monotonic() < deadline, "no step finished within 420 s"
             time.sleep(0.2)
-        time.sleep(1.0)  # step 2's rollout is generating
+        time.sleep(0.5)  # step 2's rollout is generating
         os.killpg(proc.pid, signal.SIGTERM)
         signalled = time.monotonic()
         stdout, stderr = proc.communicate(timeout=180)
@@ -145,20 +145,21 @@ def test_sigterm_cancels_the_rollout_checkpoints_the_last_step_and_resumes(model
     assert rows[0]["response_length/mean"] > 200  # the rollouts are long (EOS ends a few early)
     cancelled_after = re.search(r"the stop cancelled the rollout after ([\d.]+) s", stderr)
     assert cancelled_after, stderr[-6000:]
-    # the signal came ~1 s into step 2's rollout: the engine aborted it there, it did not finish it
-    assert float(cancelled_after[1]) < 0.75 * rows[0]["time/rollout_s"], (cancelled_after[0], rows[0])
     assert "training stopped after step 1 on SIGTERM" in stderr
     assert (run_dir / "checkpoints" / "step_1" / "trainer_state.json").is_file()
-    print(
-        f"{cancelled_after[0]}, exited {stopped_s:.1f} s after the signal; step 1's rollout: {rows[0]['time/rollout_s']:.1f} s"
-    )
     # checkpoint.resume=auto picks the stop's checkpoint up and continues with step 2
     resumed = subprocess.run(
         _cmd(*common, "trainer.total_steps=2", "checkpoint.resume=auto"),
         cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-6000:]
-    assert [r["step"] for r in _rows(run_dir)] == [1, 2]
+    rows = _rows(run_dir)
+    assert [r["step"] for r in rows] == [1, 2]
+    # the signal came ~0.5 s into step 2's rollout: the engine aborted it there rather than finish it, as the
+    # resumed run did (the same batch, seeded). Measured: cancelled after 0.6-1.1 s; in full 3.5-7.7 s.
+    full = rows[1]["time/rollout_s"]
+    print(f"{cancelled_after[0]}; exited {stopped_s:.1f} s after the signal; step 2 in full: {full:.1f} s")
+    assert float(cancelled_after[1]) < 0.5 * full, (cancelled_after[0], full)
 
 
 @pytest.mark.parametrize("target", ["rank 1", "torchrun"])
