@@ -1,12 +1,14 @@
 """Graceful shutdown of a training run on SIGTERM / SIGINT (a scheduler's preemption, Ctrl-C).
 
 The first signal, whenever it comes (start-up, rollout, scoring, update, weight sync, checkpoint save, on
-any rank), only sets a flag: the loop finishes the step it is in, and at the end of every step (and after
-every save, and once more at the end of the run) all ranks agree on the flag (a max all-reduce over the
-default group, so a signal that reached one rank stops every rank after the same step). The loop then
-saves a checkpoint of that step (unless it is saved already), shuts the engine (or fleet) and the scorer
-down, and :func:`~megatron_hapo.trainer.loop.train` raises :class:`TrainingStopped`: exit code 128 +
-signal number (143 for SIGTERM, 130 for SIGINT), so a job scheduler sees an interrupted run, never a
+any rank), only sets a flag and wakes the :meth:`StopRequest.on_stop` threads. On rank 0 one of them cancels
+the rollout in progress (``RolloutStage.cancel``: the engine aborts it and the data position rewinds; the
+step it was for does not happen). The loop finishes any other part of the step. At the end of every step
+(and after every save, and once more at the end of the run) all ranks agree on the flag (a max all-reduce
+on the lead group, so a signal that reached one rank stops every rank after the same step). The loop then
+saves a checkpoint of the last completed step (unless it is saved already), shuts the engine (or fleet) and
+the scorer down, and :func:`~megatron_hapo.trainer.loop.train` raises :class:`TrainingStopped`: exit code
+128 + signal number (143 for SIGTERM, 130 for SIGINT), so a job scheduler sees an interrupted run, never a
 finished one. ``checkpoint.resume=auto`` (the default, and the CPU examples') continues from it.
 
 A second signal aborts at once: the handler raises :class:`TrainingStopped` wherever the main thread
@@ -117,7 +119,7 @@ class StopRequest:
         self._requested.set()  # the watcher runs the on_stop callbacks
 
     def agreed(self, step: int) -> bool:
-        """Whether every rank stops after ``step``: collective over the default group, call once per step.
+        """Whether every rank stops after ``step``: collective (on the lead group), call once per step.
 
         The signal is taken from any rank that received one (max all-reduce), so all ranks agree."""
         if self._previous:
