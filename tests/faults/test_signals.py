@@ -13,7 +13,9 @@ scorer pool, resume, loop, save, shutdown path); only the engine is reused betwe
 
 What each point checks: exit code 128 + signal (never 0), the newest good checkpoint is the last step in
 metrics.jsonl (or, after a second signal mid-save, the checkpoint before: the interrupted save left no
-``step_<N>``), and the next attempt's rows equal the baseline's bit for bit (timings aside).
+``step_<N>``), and the next attempt's rows equal the baseline's bit for bit (timings aside). A signal during
+the rollout cancels it (the engine aborts it; the step does not happen) and the resume generates that batch
+anew, from the rewound data position: the same rows again.
 """
 
 from __future__ import annotations
@@ -103,7 +105,7 @@ class _Injector:
         raised = False
         try:
             return fn(*args, **kwargs)
-        except BaseException:  # the second signal's TrainingStopped, from inside the phase
+        except SystemExit:  # the second signal's TrainingStopped, from inside the phase (not a cancelled rollout)
             raised = True
             raise
         finally:
@@ -141,6 +143,7 @@ def _install(injector: _Injector):
     def shared_engine(cfg, run_dir=None):
         if not engines:
             engines.append(make(cfg, run_dir))
+        engines[0]._cancelled.clear()  # a stop cancels the engine for good; a real run then shuts it down
         return engines[0]
 
     rollout_mod.make_engine = shared_engine
