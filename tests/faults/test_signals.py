@@ -105,7 +105,9 @@ class _Injector:
         raised = False
         try:
             return fn(*args, **kwargs)
-        except SystemExit:  # the second signal's TrainingStopped, from inside the phase (not a cancelled rollout)
+        except (
+            SystemExit
+        ):  # the second signal's TrainingStopped, from inside the phase (not a cancelled rollout)
             raised = True
             raise
         finally:
