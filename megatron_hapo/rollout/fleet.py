@@ -24,6 +24,7 @@ import os
 import secrets
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -40,7 +41,7 @@ from megatron_hapo.rollout.inflight import RequestGate
 from megatron_hapo.rollout.inprocess import base_server_args
 from megatron_hapo.rollout.parse import to_samples
 from megatron_hapo.rollout.placement import visible_devices
-from megatron_hapo.rollout.processes import spawn_server
+from megatron_hapo.rollout.processes import spawn_server, stop_server
 from megatron_hapo.rollout.types import (
     EngineError,
     GenerationParams,
@@ -92,6 +93,7 @@ class FleetProcess:
     url: str
     process: subprocess.Popen | None = None
     log_path: Path | None = None
+    tmp_dir: Path | None = None  # its TMPDIR (SGLang's socket files), removed when the fleet stops it
 
     def describe(self) -> str:
         if self.process is None:
@@ -197,6 +199,7 @@ class SGLangFleet:
         self._check_lock = threading.Lock()
         self._router: FleetProcess | None = None
         self.request_gate = RequestGate()
+        self._launched: list[FleetProcess] = []  # what this fleet started, dropped servers included
         self._cancelled = threading.Event()  # cancel(): every generate raises RolloutCancelled
         atexit.register(self.shutdown)  # never leave servers behind when the trainer dies
         try:
@@ -236,7 +239,12 @@ class SGLangFleet:
     # -- processes ---------------------------------------------------------------------------------
     def _spawn(self, name: str, cmd: list[str], url: str, env: dict[str, str] | None = None) -> FleetProcess:
         log_path = self._log_dir / f"{name}.log"
-        return FleetProcess(url, spawn_server(cmd, log_path, env=env), log_path)
+        # a TMPDIR of its own, for the socket files SGLang names with tempfile: a short path (a unix socket's
+        # is at most 107 bytes), removed when the fleet stops the process
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f"hapo-{name}-"))
+        process = spawn_server(cmd, log_path, env={**(env or {}), "TMPDIR": str(tmp_dir)})
+        self._launched.append(FleetProcess(url, process, log_path, tmp_dir))
+        return self._launched[-1]
 
     def _router_workers(self) -> list[str]:
         """The worker URLs an attached router balances over (weight updates must reach each of them)."""
@@ -674,14 +682,12 @@ class SGLangFleet:
         return reference
 
     def shutdown(self) -> None:
-        """Stop the servers and the router this fleet launched (close the weight synchronizer first)."""
-        for s in ([self._router] if self._router else []) + self.servers:
-            if s.process is not None and s.process.poll() is None:
-                try:
-                    os.killpg(s.process.pid, 15)  # the server's scheduler children share its session
-                    s.process.wait(timeout=30)
-                except (ProcessLookupError, subprocess.TimeoutExpired):
-                    os.killpg(s.process.pid, 9)
+        """Stop the servers and the router this fleet launched, dropped servers included (close the weight
+        synchronizer first), and remove the files they leave behind (``processes.stop_server``)."""
+        launched, self._launched = self._launched, []
+        removed = sum(stop_server(p.process, p.tmp_dir) for p in launched)
+        if launched:
+            logger.info("fleet stopped: %d processes, %d leftover files removed", len(launched), removed)
         self._router = None
 
 

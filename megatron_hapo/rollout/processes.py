@@ -5,6 +5,8 @@
 * A launched server must not outlive a trainer that was killed (SIGKILL, OOM): ``atexit`` does not run then,
   and orphaned servers keep their GPUs (or CPU cores) busy. On Linux the child asks the kernel for SIGTERM
   when its parent dies (``PR_SET_PDEATHSIG``); SGLang's own processes follow their server down.
+* A stopped server's processes leave files behind (SGLang removes none of them, even on SIGTERM): its
+  load-snapshot shared memory and its ZMQ socket files. :func:`stop_server` removes them.
 * An in-process engine's processes are the children that appeared while it started
   (:func:`new_child_processes`): its shutdown stops those, not the caller's other children.
 """
@@ -15,6 +17,7 @@ import contextlib
 import ctypes
 import multiprocessing.resource_tracker
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +28,7 @@ from pathlib import Path
 LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
                 "ROLE_RANK", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")  # fmt: skip
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_SGLANG_SHM = "/dev/shm/sglang_"  # SGLang's shared-memory files (load snapshots: sglang_loads_*)
 
 
 def is_launcher_variable(name: str) -> bool:
@@ -71,8 +75,8 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 def spawn_server(cmd: list[str], log_path: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen:
     """Start ``cmd`` in its own session (so its process group can be stopped as a whole), output to
-    ``log_path``, torchrun's variables removed and ``env`` added (its GPUs); on Linux it receives SIGTERM if
-    this process dies.
+    ``log_path``, torchrun's variables removed and ``env`` added (its GPUs, its TMPDIR); on Linux it receives
+    SIGTERM if this process dies. Stop it with :func:`stop_server`.
 
     The death signal is tied to the thread that forks (a kernel rule): call this from a thread that lives as
     long as the server should, as the trainer's main thread does."""
@@ -85,3 +89,33 @@ def spawn_server(cmd: list[str], log_path: Path, env: Mapping[str, str] | None =
             start_new_session=True,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509 (no threads fork here)
         )
+
+
+def stop_server(process: subprocess.Popen, tmp_dir: Path | None = None, grace_s: float = 30.0) -> int:
+    """Stop the process group of a server :func:`spawn_server` started (SIGTERM, SIGKILL after ``grace_s``)
+    and remove what its processes leave behind: the SGLang shared memory they had mapped
+    (``/dev/shm/sglang_loads_*``) and ``tmp_dir``, the server's TMPDIR (SGLang's ZMQ socket files). Returns
+    the number of files removed."""
+    import psutil
+
+    shared = set()
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(process.pid)
+        for p in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                shared |= {m.path for m in p.memory_maps() if m.path.startswith(_SGLANG_SHM)}
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)  # the server's scheduler children share its session
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=grace_s if sig == signal.SIGTERM else None)
+            break
+    removed = 0
+    for path in shared:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+            removed += 1
+    if tmp_dir is not None and tmp_dir.is_dir():
+        removed += sum(1 for f in tmp_dir.rglob("*") if not f.is_dir())
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return removed

@@ -2,8 +2,9 @@
 groups reach the caller as they complete, and once it has what it needs the requests still running are
 aborted through SGLang's ``/abort_request``, never handed over, and the server serves on afterwards.
 
-One server (~30-60 s to start on 2 cores), once for the module."""
+One server (~30-60 s to start on 2 cores), once for the module; the last test shuts it down."""
 
+import os
 import threading
 import time
 
@@ -16,6 +17,7 @@ from tests.rollout.common import PROMPTS, wait_until_in_flight
 pytestmark = pytest.mark.slow
 
 LONG = GenerationParams(n=2, max_new_tokens=1500, temperature=1.0, ignore_eos=True)
+SHORT = GenerationParams(n=1, max_new_tokens=3, temperature=1.0, ignore_eos=True)
 LONGEST = GenerationParams(
     n=4, max_new_tokens=2000, temperature=1.0, ignore_eos=True
 )  # the model's 2048 context
@@ -108,5 +110,20 @@ def test_cancel_aborts_the_calls_in_flight_and_refuses_later_ones(fleet):
     assert cancel_s < 10, cancel_s
     with pytest.raises(RolloutCancelled, match="cancelled by a stop"):
         client.generate(PROMPTS, GenerationParams(n=1, max_new_tokens=2))
-    after = fleet.generate(PROMPTS, GenerationParams(n=1, max_new_tokens=3, temperature=1.0, ignore_eos=True))
-    assert [len(s.response_ids) for s in after] == [3, 3]
+    assert [len(s.response_ids) for s in fleet.generate(PROMPTS, SHORT)] == [3, 3]
+
+
+def test_shutdown_removes_what_the_servers_leave_behind(fleet):
+    """SGLang's processes remove none of their files when stopped: the socket files (in the server's own
+    TMPDIR here) and the load-snapshot shared memory. The fleet's shutdown removes them. Last in the module: it
+    shuts the module's fleet down."""
+    import psutil
+
+    server = fleet.servers[0]
+    group = [psutil.Process(server.process.pid), *psutil.Process(server.process.pid).children(recursive=True)]
+    shared = {m.path for p in group for m in p.memory_maps() if m.path.startswith("/dev/shm/sglang_")}
+    sockets = list(server.tmp_dir.iterdir())
+    assert len(shared) == 1 and len(sockets) == 5, (shared, sockets)  # what each server used to leave
+    fleet.shutdown()
+    assert all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE for p in group)
+    assert not server.tmp_dir.exists() and not any(os.path.exists(p) for p in shared)
