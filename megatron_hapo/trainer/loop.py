@@ -36,7 +36,7 @@ def rl_step(run: Run, step: int, stats: EntropyStats | None) -> tuple[EntropySta
     """One RL step; returns this step's entropy statistics (for the next rollout) and its metrics, or None when
     a stop cancelled its rollout (the step did not happen). ``rollout.max_staleness=1``: the next step's batch
     generates (weights and statistics of step - 1) while this one trains, and the sync waits for it
-    (docs/rollout.md "Overlap"); a stop that cancels that batch leaves the engine unsynced (the run ends)."""
+    (docs/rollout.md "Overlap"). After a stop's cancel the step skips the weight sync (the run ends)."""
     t0 = time.perf_counter()
     # 1-3. rollout with last step's stats (None at step 1), rewards, dynamic sampling: same batch on every rank
     batch = run.rollout.collect(stats)  # at max_staleness=1: generated ahead during the last step
@@ -52,11 +52,11 @@ def rl_step(run: Run, step: int, stats: EntropyStats | None) -> tuple[EntropySta
     metrics["time/train_s"] = t_wait - t_train
     # no request in flight while the weights change; the other ranks wait for that here, not in the export's
     # collectives
-    ahead = run.rollout.finish_ahead()
+    sync = run.rollout.finish_ahead()  # False after a stop's cancel: the run ends after this step
     metrics["time/rollout_wait_s"] = waited + time.perf_counter() - t_wait
     metrics["rollout/staleness"] = version_lag(batch, step)
     # 7. weight sync into the engine, version = step
-    if ahead:
+    if sync:
         metrics.update(run.policy.sync_weights(run.synchronizer, version=f"step-{step}"))
     metrics["time/step_s"] = time.perf_counter() - t0
     return new_stats, metrics

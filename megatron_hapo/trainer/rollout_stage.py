@@ -137,6 +137,7 @@ class RolloutStage:
         # a stop cancelled a rollout (every rank knows once collect or finish_ahead returned): the engine
         # generates no more, and the data position is the one from before that rollout
         self.cancelled = False
+        self._cancel_requested = False  # the lead's: cancel() was called (from the stop's thread)
 
     def state_dict(self) -> dict:
         """Where the run is in its data (the prompt order's position) and in its group ids."""
@@ -192,8 +193,10 @@ class RolloutStage:
             raise exc
 
     def finish_ahead(self) -> bool:
-        """:meth:`wait_ahead` on the lead, while the other ranks wait for it (collective, on the lead group);
-        False on every rank when a stop cancelled the batch generating ahead (:meth:`cancel`)."""
+        """:meth:`wait_ahead` on the lead, while the other ranks wait for it (collective, on the lead group).
+        False on every rank once a stop cancelled the rollouts (:meth:`cancel`): the batch generating ahead is
+        dropped, and the run ends after this step without a weight sync (the engine shuts down; its servers
+        may have received the signal too)."""
         cancelled = False
         if dist.get_rank() == 0:
             try:
@@ -201,7 +204,7 @@ class RolloutStage:
             except RolloutCancelled:
                 logger.warning("the stop cancelled the next step's rollout (generating ahead); a resumed run "
                                "generates that batch anew, from this step's weights")  # fmt: skip
-                cancelled = True
+            cancelled = self._cancel_requested
         self.cancelled = self.cancelled or bool(max_over_ranks(int(cancelled)))
         return not self.cancelled
 
@@ -211,6 +214,7 @@ class RolloutStage:
         responses are dropped and its data position rewound (:meth:`collect_on_lead`): a resumed run
         generates that batch anew. An evaluation in progress is cancelled too."""
         if self.engine is not None:
+            self._cancel_requested = True
             self.engine.cancel()
 
     def _position(self) -> tuple:

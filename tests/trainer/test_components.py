@@ -251,6 +251,23 @@ def test_a_stop_cancels_the_batch_generating_ahead_and_every_rank_learns_it(tmp_
         assert stage.collect(None) is None  # a later rollout is cancelled at once
 
 
+def test_a_stop_during_the_update_skips_the_weight_sync():
+    """rollout.max_staleness=0, a signal while the step trains (no rollout running): finish_ahead tells every
+    rank to skip the sync into an engine that is about to shut down (a job-wide signal may have reached its
+    servers too); the run then saves this step and stops."""
+    from tests.parallel_utils import world_of_one
+
+    cfg = _cfg("algorithm.adaptive_temperature.enable=false")
+    with world_of_one():
+        order = PromptOrder(100, cfg.data.train_batch_size, seed=0)
+        stage = RolloutStage(
+            cfg, _FakeDataset(), order, _FakeTokenizer(), _GeneratesUntilCancelled(), _FakeScorer()
+        )
+        assert stage.finish_ahead()
+        stage.cancel()
+        assert not stage.finish_ahead() and stage.cancelled
+
+
 def test_stepbatch_first_groups():
     b = StepBatch([None] * 6, [None] * 6, [7, 7, 3, 3, 9, 9], [0.0] * 6, [False] * 6)
     assert b.first_groups(2).group_ids == [7, 7, 3, 3]
