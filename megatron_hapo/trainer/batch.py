@@ -3,7 +3,10 @@ tokens. The per-token tensors Megatron trains on are built once per step from th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from array import array
+from dataclasses import dataclass, field, replace
+
+import torch
 
 from megatron_hapo.data import PromptSample
 from megatron_hapo.rollout import RolloutSample
@@ -46,6 +49,17 @@ class StepBatch:
             self.accs + other.accs,
         )
 
+    def compact(self) -> StepBatch:
+        """This batch with every response's per-token lists as ``array.array`` (token ids int32, values
+        float64: exact), as it travels from the lead to every rank (``RolloutStage.collect``).
+
+        An array pickles as its raw bytes and unpickles without a Python object per token. Measured on 2M
+        tokens (``benchmarks/bench_batch_broadcast.py``): unpickling the lists took 0.4-2.7 s and ~130 bytes
+        of Python objects per token on every rank, the arrays 0.02 s and 28 bytes. At recipe scale (512 x 16
+        responses of ~4k tokens) that was tens of seconds and ~4 GB per rank and step. Readers take either
+        form: :func:`token_tensor`."""
+        return replace(self, samples=[_compact(s) for s in self.samples], extra_metrics=dict(self.extra_metrics))
+
     def first_groups(self, num_groups: int) -> StepBatch:
         """The responses of the first ``num_groups`` distinct groups (groups are contiguous)."""
         seen: list[int] = []
@@ -57,7 +71,7 @@ class StepBatch:
         return self.select(keep)
 
 
-def response_temperatures(sample: RolloutSample, mode: str, base: float, adaptive: bool) -> list[float]:
+def response_temperatures(sample: RolloutSample, mode: str, base: float, adaptive: bool):
     """Per-token temperatures of the ratio: the sampler's T_t (``per_token``) or the base T (``base``).
 
     With adaptive sampling on and ``per_token``, a response without ``temperatures`` is an error: the
@@ -72,4 +86,29 @@ def response_temperatures(sample: RolloutSample, mode: str, base: float, adaptiv
             "hapo_temperature: the rollout engine is not running the HAPO sampler (sglang_ext). Start it "
             "with sampling_backend='hapo' / HAPO_SGLANG_SAMPLER=1, or set algorithm.ratio_temperature=base."
         )
-    return list(sample.temperatures)
+    return sample.temperatures  # a list, or the array of StepBatch.compact
+
+
+def _compact(sample: RolloutSample) -> RolloutSample:
+    def values(seq):
+        return None if seq is None else array("d", seq)
+
+    return replace(
+        sample, prompt_ids=array("i", sample.prompt_ids), response_ids=array("i", sample.response_ids),
+        logprobs=array("d", sample.logprobs), entropies=values(sample.entropies),
+        temperatures=values(sample.temperatures),
+    )  # fmt: skip
+
+
+_ARRAY_DTYPES = {"i": torch.int32, "d": torch.float64}
+
+
+def token_tensor(values, dtype: torch.dtype) -> torch.Tensor:
+    """A per-token sequence of a response (a list, or the ``array.array`` of :meth:`StepBatch.compact`) as a
+    1-D ``dtype`` tensor: an array without a Python object per element (``torch.tensor`` would read an
+    array element by element, ~7 us each)."""
+    if isinstance(values, array):
+        if not values:
+            return torch.zeros(0, dtype=dtype)
+        return torch.frombuffer(values, dtype=_ARRAY_DTYPES[values.typecode]).to(dtype, copy=True)
+    return torch.tensor(values, dtype=dtype)

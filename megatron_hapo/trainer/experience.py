@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from megatron_hapo.rollout import RolloutSample
+from megatron_hapo.trainer.batch import token_tensor
 
 _PER_TOKEN = (
     "tokens", "targets", "mask", "temperature", "rollout_log_prob", "advantages", "old_log_prob", "entropy",
@@ -122,7 +123,10 @@ class Experience:
         offsets = torch.zeros(n + 1, dtype=torch.long)
         offsets[1:] = torch.tensor([p + r for p, r in zip(p_lens, r_lens)], dtype=torch.long).cumsum(0)
         total = int(offsets[-1])
-        seqs = [torch.tensor(s.prompt_ids + s.response_ids, dtype=torch.long) for s in samples]
+        seqs = [
+            torch.cat([token_tensor(s.prompt_ids, torch.long), token_tensor(s.response_ids, torch.long)])
+            for s in samples
+        ]
         tokens = torch.zeros(total + 1, dtype=torch.long)
         targets = torch.zeros(total + 1, dtype=torch.long)
         if n:
@@ -141,8 +145,8 @@ class Experience:
         rollout = torch.zeros(total + 1)
         adv = torch.zeros(total + 1)
         if resp_pos.numel():
-            temps[resp_pos] = torch.tensor([t for ts in temperatures for t in ts], dtype=torch.float32)
-            rollout[resp_pos] = torch.tensor([x for s in samples for x in s.logprobs], dtype=torch.float32)
+            temps[resp_pos] = torch.cat([token_tensor(ts, torch.float32) for ts in temperatures])
+            rollout[resp_pos] = torch.cat([token_tensor(s.logprobs, torch.float32) for s in samples])
             adv[resp_pos] = torch.repeat_interleave(
                 torch.tensor(advantages, dtype=torch.float32), torch.tensor(r_lens)
             )

@@ -2,7 +2,7 @@
 statistics), score them, apply DAPO dynamic sampling, and hand the same :class:`StepBatch` to every rank.
 
 Only the lead rank (global rank 0) owns the SGLang engine and the scorer pool; the other ranks receive
-the batch by ``broadcast_object_list``.
+the batch by ``broadcast_object_list``, its per-token lists as arrays (``StepBatch.compact``).
 """
 
 from __future__ import annotations
@@ -356,7 +356,8 @@ class RolloutStage:
             try:
                 self.wait_ahead()
                 ready, self._ahead_result = self._ahead_result, None  # generated ahead during the last step
-                mine = (ready if ready is not None else self.collect_on_lead(stats), self.order.state_dict())
+                batch = ready if ready is not None else self.collect_on_lead(stats)
+                mine = (batch.compact(), self.order.state_dict())  # every rank, the lead too, trains on the compact form
             except RolloutCancelled:
                 logger.warning(
                     "the stop cancelled the rollout after %.1f s; a resumed run generates this batch anew",

@@ -61,6 +61,38 @@ def test_experience_layout_and_micro_batch_views():
         exp.micro_batch([0], 4)
 
 
+def test_the_compact_batch_pickles_to_arrays_and_builds_the_same_experience():
+    """What the lead broadcasts (StepBatch.compact): per-token arrays, exact (int32 ids, float64 values), so
+    every rank builds the Experience bit for bit as from the lead's lists; an empty response included."""
+    import pickle
+    from array import array
+
+    rng = torch.Generator().manual_seed(0)
+    samples = []
+    for i, (p_len, r_len) in enumerate([(3, 5), (2, 0), (4, 7)]):
+        s = _sample(i, 0, torch.randint(0, 151_000, (p_len,), generator=rng).tolist(),
+                    torch.randint(0, 151_000, (r_len,), generator=rng).tolist(),
+                    (1 + 0.1 * torch.rand(r_len, generator=rng, dtype=torch.float64)).tolist())  # fmt: skip
+        s.logprobs = (-torch.rand(r_len, generator=rng, dtype=torch.float64)).tolist()
+        samples.append(s)
+    batch = StepBatch(samples, [None] * 3, [0, 0, 1], [1.0, -1.0, 0.5], [True, False, True])
+    received = pickle.loads(pickle.dumps(batch.compact()))
+    assert all(isinstance(s.response_ids, array) and isinstance(s.logprobs, array) for s in received.samples)
+    for a, b in zip(received.samples, samples, strict=True):  # exact
+        assert (list(a.prompt_ids), list(a.response_ids)) == (b.prompt_ids, b.response_ids)
+        assert (list(a.logprobs), list(a.temperatures)) == (b.logprobs, b.temperatures)
+    assert samples[0].response_ids == batch.samples[0].response_ids  # the lead's own batch is untouched
+
+    def build(b):
+        temps = [response_temperatures(s, "per_token", 1.0, adaptive=True) for s in b.samples]
+        return Experience.build(b.samples, temps, [0.5, -1.0, 2.0], b.group_ids, [0, 1, 2])
+
+    lists, arrays = build(batch), build(received)
+    for name in ("tokens", "targets", "mask", "temperature", "rollout_log_prob", "advantages", "offsets"):
+        assert torch.equal(getattr(lists, name), getattr(arrays, name)), name
+    assert lists.tokens.dtype == torch.long and lists.rollout_log_prob.dtype == torch.float32
+
+
 def test_temperatures_per_token_requires_hapo_outputs():
     s = _sample(0, 0, [1], [2, 3], temps=None)
     with pytest.raises(RuntimeError, match="HAPO sampler"):
