@@ -58,7 +58,9 @@ class StepBatch:
         of Python objects per token on every rank, the arrays 0.02 s and 28 bytes. At recipe scale (512 x 16
         responses of ~4k tokens) that was tens of seconds and ~4 GB per rank and step. Readers take either
         form: :func:`token_tensor`."""
-        return replace(self, samples=[_compact(s) for s in self.samples], extra_metrics=dict(self.extra_metrics))
+        return replace(
+            self, samples=[_compact(s) for s in self.samples], extra_metrics=dict(self.extra_metrics)
+        )
 
     def first_groups(self, num_groups: int) -> StepBatch:
         """The responses of the first ``num_groups`` distinct groups (groups are contiguous)."""

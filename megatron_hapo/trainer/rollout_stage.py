@@ -357,7 +357,10 @@ class RolloutStage:
                 self.wait_ahead()
                 ready, self._ahead_result = self._ahead_result, None  # generated ahead during the last step
                 batch = ready if ready is not None else self.collect_on_lead(stats)
-                mine = (batch.compact(), self.order.state_dict())  # every rank, the lead too, trains on the compact form
+                mine = (
+                    batch.compact(),
+                    self.order.state_dict(),
+                )  # every rank, the lead too, trains on the compact form
             except RolloutCancelled:
                 logger.warning(
                     "the stop cancelled the rollout after %.1f s; a resumed run generates this batch anew",
