@@ -62,7 +62,8 @@ def wait_for_lead() -> None:
 def broadcast_from_lead(obj: Any) -> Any:
     """Rank 0's ``obj`` on every rank (pickled; the others' argument is ignored). The others wait for rank 0
     on the lead group; the object itself then moves through the default group, with NCCL's bandwidth on GPUs
-    (a step's batch pickles to ~31 bytes per token: hundreds of MB at recipe scale)."""
+    (a step's batch pickles to ~24 bytes per token, its per-token lists as arrays: hundreds of MB at recipe
+    scale)."""
     group = _current()
     if group is None:
         return obj
