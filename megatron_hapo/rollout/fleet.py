@@ -200,7 +200,7 @@ class SGLangFleet:
         self._router: FleetProcess | None = None
         self.request_gate = RequestGate()
         self._launched: list[FleetProcess] = []  # what this fleet started, dropped servers included
-        self._cancelled = threading.Event()  # cancel(): every generate raises RolloutCancelled
+        self.cancelled = threading.Event()  # set by cancel(): every generate raises RolloutCancelled
         atexit.register(self.shutdown)  # never leave servers behind when the trainer dies
         try:
             if config.router_url:
@@ -417,7 +417,7 @@ class SGLangFleet:
             if cancel is not None and cancel.is_set():
                 return None
             with self.request_gate.request() as epoch:
-                if self._cancelled.is_set():
+                if self.cancelled.is_set():
                     raise RolloutCancelled(self.name)
                 try:
                     outputs = self._post_generate(prompt, params, epoch, cancel)
@@ -425,7 +425,7 @@ class SGLangFleet:
                     if not self.request_gate.synced_since(epoch):
                         raise
                     outputs = None
-            if self._cancelled.is_set():  # aborted by cancel(), or finished as it came: dropped either way
+            if self.cancelled.is_set():  # aborted by cancel(), or finished as it came: dropped either way
                 raise RolloutCancelled(self.name)
             if outputs is None and cancel is not None and cancel.is_set():
                 return None
@@ -451,7 +451,7 @@ class SGLangFleet:
             except (requests.RequestException, EngineError) as exc:
                 if cancel is not None and cancel.is_set():
                     return None  # aborted by generate_groups (SGLang may answer an aborted request with an error)
-                if self._cancelled.is_set():  # aborted by cancel(): not retried
+                if self.cancelled.is_set():  # aborted by cancel(): not retried
                     raise RolloutCancelled(self.name) from exc
                 if self.request_gate.synced_since(epoch):  # a sync aborted it: resubmitted after the sync
                     raise EngineError(f"generate aborted by a weight sync: {exc}") from exc
@@ -580,7 +580,7 @@ class SGLangFleet:
     def cancel(self) -> None:
         """Abort every request of ours and resubmit none: ``abort_all`` on every server, again every 0.5 s while
         any is in flight (one sent just as the first abort went out), for at most a minute."""
-        self._cancelled.set()
+        self.cancelled.set()
         deadline = time.monotonic() + 60.0
         while True:
             self._all("/abort_request", {"abort_all": True})

@@ -121,7 +121,7 @@ class InProcessSGLangEngine:
         self.num_engine_ranks = tp_size  # ranks that join a distributed weight-update group
         self.request_gate = RequestGate()
         self.weight_version = "default"  # SGLang's initial version string
-        self._cancelled = threading.Event()
+        self.cancelled = threading.Event()  # set by cancel(): every generate raises RolloutCancelled
 
     def _leave_sigterm_to_the_process(self) -> None:
         """Keep SGLang's "drain and exit 0" SIGTERM path out of the trainer's process.
@@ -179,17 +179,17 @@ class InProcessSGLangEngine:
         )
         start = time.perf_counter()
         with self.request_gate.request():
-            if self._cancelled.is_set():
+            if self.cancelled.is_set():
                 raise RolloutCancelled(self.name)
             try:
                 outputs = self._engine.generate(
                     input_ids=inputs, sampling_params=sampling, return_logprob=True
                 )
             except Exception as exc:
-                if self._cancelled.is_set():  # SGLang may answer an aborted request with an error
+                if self.cancelled.is_set():  # SGLang may answer an aborted request with an error
                     raise RolloutCancelled(self.name) from exc
                 raise
-        if self._cancelled.is_set():  # aborted responses, cut short: never trained on
+        if self.cancelled.is_set():  # aborted responses, cut short: never trained on
             raise RolloutCancelled(self.name)
         samples = to_samples(outputs, prompts, params.n, require_hapo=self.hapo_sampler)
         _log_throughput(samples, time.perf_counter() - start)
@@ -213,7 +213,7 @@ class InProcessSGLangEngine:
         """Abort the generate call in flight from any thread: the abort runs on the engine's event loop (driven
         by the generating thread), and again every 0.5 s while the call lasts (requests the call had not
         handed to the scheduler yet when the first abort went out)."""
-        self._cancelled.set()
+        self.cancelled.set()
         if not self._shut_down:
             self._engine.loop.call_soon_threadsafe(self._abort_while_generating)
 

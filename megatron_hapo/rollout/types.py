@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
@@ -191,6 +192,7 @@ class RolloutEngine(Protocol):
     name: str
     weight_version: str  # the version the engine serves (set_weight_version)
     request_gate: RequestGate  # its requests in flight; a weight sync holds it (rollout/inflight.py)
+    cancelled: threading.Event  # set by cancel() (a harness that reuses an engine across runs clears it)
 
     def generate(self, prompts: list[list[int]], params: GenerationParams) -> list[RolloutSample]:
         """``len(prompts) * params.n`` samples, grouped by prompt (prompt 0's n samples first). Safe to call

@@ -145,7 +145,7 @@ def _install(injector: _Injector):
     def shared_engine(cfg, run_dir=None):
         if not engines:
             engines.append(make(cfg, run_dir))
-        engines[0]._cancelled.clear()  # a stop cancels the engine for good; a real run then shuts it down
+        engines[0].cancelled.clear()  # a stop cancels the engine for good; a real run then shuts it down
         return engines[0]
 
     rollout_mod.make_engine = shared_engine
