@@ -245,11 +245,14 @@ def test_a_signal_at_any_point_saves_and_the_resume_repeats_the_run(model, tmp_p
             ok += 1
     last = attempts[-1]
     assert last["code"] == 0 and last["rows"] == list(range(1, steps + 1)), last
+    # the step a stop ends skips its weight sync (the engine shuts down): its row has no sync/* metrics
     differing = {
         (step, k): (v, chain[step].get(k))
         for step, want in base.items()
         for k, v in want.items()
-        if not is_timing(k) and chain[step].get(k) != v
+        if not is_timing(k)
+        and chain[step].get(k) != v
+        and not (k.startswith("sync/") and k not in chain[step])
     }
     fault_figures("signals", ok if not differing else 0, len(attempts) - 1, "saved and resumed exactly")
     phases = {a["point"]["phase"] for a in attempts[:-1]}
