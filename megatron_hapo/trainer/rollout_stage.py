@@ -137,7 +137,6 @@ class RolloutStage:
         # a stop cancelled a rollout (every rank knows once collect or finish_ahead returned): the engine
         # generates no more, and the data position is the one from before that rollout
         self.cancelled = False
-        self._cancel_requested = False  # the lead's: cancel() was called (from the stop's thread)
 
     def state_dict(self) -> dict:
         """Where the run is in its data (the prompt order's position) and in its group ids."""
@@ -204,7 +203,7 @@ class RolloutStage:
             except RolloutCancelled:
                 logger.warning("the stop cancelled the next step's rollout (generating ahead); a resumed run "
                                "generates that batch anew, from this step's weights")  # fmt: skip
-            cancelled = self._cancel_requested
+            cancelled = self.engine.cancelled.is_set()
         self.cancelled = self.cancelled or bool(max_over_ranks(int(cancelled)))
         return not self.cancelled
 
@@ -214,7 +213,6 @@ class RolloutStage:
         responses are dropped and its data position rewound (:meth:`collect_on_lead`): a resumed run
         generates that batch anew. An evaluation in progress is cancelled too."""
         if self.engine is not None:
-            self._cancel_requested = True
             self.engine.cancel()
 
     def _position(self) -> tuple:

@@ -208,6 +208,7 @@ class _EvenPromptsMixedEngine:
 
     def __init__(self, cancel_at=None):
         self.calls, self.cancel_at = 0, cancel_at
+        self.cancelled = threading.Event()  # RolloutEngine.cancelled: never set here
 
     def generate(self, prompts, params):
         self.calls += 1
