@@ -583,7 +583,7 @@ class SGLangFleet:
         self.cancelled.set()
         deadline = time.monotonic() + 60.0
         while True:
-            self._all("/abort_request", {"abort_all": True})
+            self.abort_requests()
             if not self.request_gate.in_flight or time.monotonic() > deadline:
                 return
             time.sleep(0.5)

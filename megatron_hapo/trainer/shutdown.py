@@ -63,9 +63,8 @@ class StopRequest:
         self.signum = 0  # the first signal received here; 0 = none
         self.stopped: tuple[int, int] | None = None  # (signal, last step) once the ranks agreed to stop
         self._previous: dict[int, object] = {}
-        self._requested = (
-            threading.Event()
-        )  # set by the first signal (or by uninstall: on_stop's threads end)
+        # set by the first signal (or by uninstall: on_stop's threads end)
+        self._requested = threading.Event()
 
     def install(self) -> StopRequest:
         """Take SIGTERM/SIGINT over (idempotent; :meth:`agreed` re-asserts it every step).
