@@ -16,12 +16,15 @@ In a world of one every function is a no-op.
 from __future__ import annotations
 
 import datetime
+import os
+import time
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
 DEFAULT_TIMEOUT_MINUTES = 720.0  # trainer.lead_timeout_minutes' default
+POLL_S = 0.05  # how often a rank waiting for the lead returns to Python (where its signal handlers run)
 
 _group: dist.ProcessGroup | None = None
 _world: dist.ProcessGroup | None = None  # the default group _group was made in
@@ -56,7 +59,7 @@ def wait_for_lead() -> None:
     """Every rank returns once all have called it: the others wait here while rank 0 finishes its own work."""
     group = _current()
     if group is not None:
-        dist.barrier(group=group)
+        _wait(dist.barrier(group=group, async_op=True))
 
 
 def broadcast_from_lead(obj: Any) -> Any:
@@ -67,7 +70,7 @@ def broadcast_from_lead(obj: Any) -> Any:
     group = _current()
     if group is None:
         return obj
-    dist.barrier(group=group)
+    _wait(dist.barrier(group=group, async_op=True))
     box = [obj if dist.get_rank() == 0 else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
@@ -79,5 +82,29 @@ def max_over_ranks(value: int) -> int:
     if group is None:
         return value
     flag = torch.tensor([value], dtype=torch.int64)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
+    _wait(dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group, async_op=True))
     return int(flag.item())
+
+
+def _wait(work: dist.Work) -> None:
+    """Wait for a collective of the lead group in short sleeps. Python runs a signal handler only between
+    bytecodes of the main thread: in one blocking ``wait`` a rank would sit in C++ for the whole of rank 0's
+    rollout, and a SIGTERM to it would take effect (and be forwarded to rank 0, ``trainer/shutdown.py``)
+    only once that rollout had finished."""
+    while not work.is_completed():
+        time.sleep(POLL_S)
+    work.wait()  # raises the collective's error (the group's timeout)
+
+
+def store_client(timeout_s: float = 60.0) -> dist.Store | None:
+    """A connection of this process's own to the job's key-value store (the TCPStore that torchrun's agent,
+    or rank 0 without torchrun, serves at ``MASTER_ADDR:MASTER_PORT``; every rank reached it at start-up).
+    For a message that cannot wait for a collective: a stop signal that reached another rank while rank 0
+    generates (``trainer/shutdown.py``). Its own connection, so a thread may use it while the default group's
+    store serves the main thread. None in a world of one."""
+    if dist.get_world_size() == 1 or "MASTER_ADDR" not in os.environ:
+        return None
+    return dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+        timeout=datetime.timedelta(seconds=timeout_s),
+    )  # fmt: skip

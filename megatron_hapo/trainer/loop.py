@@ -149,6 +149,7 @@ def train(cfg: RootConfig) -> Run:
     try:
         hp.init_distributed(timeout_minutes=cfg.trainer.collective_timeout_minutes)
         lead.init_lead_group(cfg.trainer.lead_timeout_minutes)  # the waits for rank 0's solo work
+        stop.forward_to_lead()  # a signal on any rank cancels rank 0's rollout
         p = cfg.parallel
         hp.initialize_model_parallel(
             p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.context_parallel_size,

@@ -1,15 +1,16 @@
 """Graceful shutdown of a training run on SIGTERM / SIGINT (a scheduler's preemption, Ctrl-C).
 
-The first signal, whenever it comes (start-up, rollout, scoring, update, weight sync, checkpoint save, on
-any rank), only sets a flag and wakes the :meth:`StopRequest.on_stop` threads. On rank 0 one of them cancels
-the rollout in progress (``RolloutStage.cancel``: the engine aborts it and the data position rewinds; the
-step it was for does not happen). The loop finishes any other part of the step. At the end of every step
-(and after every save, and once more at the end of the run) all ranks agree on the flag (a max all-reduce
-on the lead group, so a signal that reached one rank stops every rank after the same step). The loop then
-saves a checkpoint of the last completed step (unless it is saved already), shuts the engine (or fleet) and
-the scorer down, and :func:`~megatron_hapo.trainer.loop.train` raises :class:`TrainingStopped`: exit code
-128 + signal number (143 for SIGTERM, 130 for SIGINT), so a job scheduler sees an interrupted run, never a
-finished one. ``checkpoint.resume=auto`` (the default, and the CPU examples') continues from it.
+The first signal, whenever it comes (start-up, rollout, scoring, update, weight sync, checkpoint save, on any
+rank), only sets a flag and wakes the :meth:`StopRequest.on_stop` threads. On rank 0 one of them cancels the
+rollout in progress (``RolloutStage.cancel``: the engine aborts it and the data position rewinds; the step it
+was for does not happen); a signal on another rank reaches rank 0 through the job's store
+(:meth:`StopRequest.forward_to_lead`) and cancels it too. The loop finishes any other part of the step. At the
+end of every step (and after every save, and once more at the end of the run) all ranks agree on the flag (a
+max all-reduce on the lead group, so a signal that reached one rank stops every rank after the same step). The
+loop then saves a checkpoint of the last completed step (unless it is saved already), shuts the engine (or
+fleet) and the scorer down, and :func:`~megatron_hapo.trainer.loop.train` raises :class:`TrainingStopped`:
+exit code 128 + signal number (143 for SIGTERM, 130 for SIGINT), so a job scheduler sees an interrupted run,
+never a finished one. ``checkpoint.resume=auto`` (the default, and the CPU examples') continues from it.
 
 A second signal aborts at once: the handler raises :class:`TrainingStopped` wherever the main thread
 is (``finally`` blocks still shut the engine down). A save it interrupts is left as ``.tmp_step_<N>``,
@@ -22,6 +23,7 @@ wrapper removes it when the engine starts (``rollout/inprocess.py``).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import signal
 import threading
@@ -30,11 +32,13 @@ from collections.abc import Callable
 
 import torch.distributed as dist
 
-from megatron_hapo.parallel.lead import max_over_ranks
+from megatron_hapo.parallel.lead import max_over_ranks, store_client
 
 logger = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+FORWARD_POLL_S = 0.5  # how often rank 0 looks for a signal another rank forwarded
+_forward_keys = itertools.count()  # one store key per run in this process (every rank counts alike)
 
 
 class TrainingStopped(SystemExit):
@@ -61,6 +65,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signum = 0  # the first signal received here; 0 = none
+        self.forwarded = 0  # rank 0: the first signal another rank forwarded (forward_to_lead); 0 = none
         self.stopped: tuple[int, int] | None = None  # (signal, last step) once the ranks agreed to stop
         self._previous: dict[int, object] = {}
         # set by the first signal (or by uninstall: on_stop's threads end)
@@ -96,13 +101,44 @@ class StopRequest:
 
         def watch():
             self._requested.wait()
-            if self.signum:  # else uninstall() woke it: no signal came
+            if self.signum or self.forwarded:  # else uninstall() woke it: no signal came
                 try:
                     callback()
                 except Exception:  # the stop goes on without it: the step then finishes as it would have
                     logger.exception("a stop callback failed")
 
         threading.Thread(target=watch, name="hapo-stop-watcher", daemon=True).start()
+
+    def forward_to_lead(self) -> None:
+        """In a run of several ranks, a signal on any rank also runs rank 0's :meth:`on_stop` callbacks (the
+        rollout's cancel) within ``FORWARD_POLL_S``: the signalled rank writes it under a key of the job's
+        store (``parallel/lead.py::store_client``), which a thread on rank 0 polls. Otherwise a signal that
+        reached other ranks only (one node's preemption) would wait for rank 0's rollout: the ranks learn
+        of it in :meth:`agreed`, after the step, and the other ranks sit in the lead group's wait until then.
+        Every rank calls it once per run, after the process groups exist; a no-op in a world of one."""
+        store = store_client()
+        if store is None:
+            return
+        key, rank = f"hapo/stop/{next(_forward_keys)}", dist.get_rank()
+        if rank != 0:
+            self.on_stop(lambda: store.set(key, f"{rank} {self.signum}"))
+            return
+
+        def poll():
+            try:
+                while not self._requested.wait(FORWARD_POLL_S):
+                    if store.check([key]):
+                        sender, signum = map(int, store.get(key).split())
+                        logger.warning(
+                            "rank %d received %s: cancelling the rollout in progress here too",
+                            sender, signal.Signals(signum).name,
+                        )  # fmt: skip
+                        self.forwarded = signum
+                        self._requested.set()
+            except Exception:  # the job's store is gone (the job is ending): the collective checks remain
+                logger.exception("stopped polling for signals forwarded by other ranks")
+
+        threading.Thread(target=poll, name="hapo-stop-forwarded", daemon=True).start()
 
     def _handle(self, signum: int, frame) -> None:
         name = signal.Signals(signum).name

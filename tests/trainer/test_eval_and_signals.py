@@ -164,8 +164,10 @@ def test_sigterm_cancels_the_rollout_checkpoints_the_last_step_and_resumes(model
 
 @pytest.mark.parametrize("target", ["rank 1", "torchrun"])
 def test_sigterm_to_one_rank_or_to_torchrun_stops_every_rank_after_the_same_step(model, tmp_path, target):
-    """Under torchrun (DP=2). SIGTERM to the non-lead rank only: the stop flag is all-reduced at the end of each
-    step, so both ranks stop after the same step and write one checkpoint together. SIGTERM to torchrun (a
+    """Under torchrun (DP=2). SIGTERM to the non-lead rank only, 0.5 s into step 2's rollout (long: random
+    weights, as above): rank 1 forwards it through the job's store, so rank 0 cancels that rollout instead of
+    finishing it, and the stop flag, all-reduced after the step, makes both ranks stop after step 1 and write
+    one checkpoint together. SIGTERM to torchrun (a
     scheduler's stop), started by examples/launch/train_torchrun.sh: torchrun forwards it to each worker's
     process group (the engine's scheduler and the scorer workers included, which leave it to the trainer) and
     waits TORCH_ELASTIC_SHUTDOWN_TIMEOUT, which the launcher raises from torchrun's 30 s.
@@ -178,6 +180,8 @@ def test_sigterm_to_one_rank_or_to_torchrun_stops_every_rank_after_the_same_step
     run_dir = tmp_path / "run"
     args = ["--config", CONFIG, *SMALL, f"model.hf_path={model}", f"trainer.run_dir={run_dir}",
             "trainer.total_steps=200", "checkpoint.save_every=0", "trainer.collective_timeout_minutes=0.1"]  # fmt: skip
+    if target == "rank 1":
+        args += ["model.load_weights=false", "rollout.max_new_tokens=1000"]
     env = _env()
     if target == "torchrun":
         env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # the launcher runs `python`
@@ -203,6 +207,7 @@ def test_sigterm_to_one_rank_or_to_torchrun_stops_every_rank_after_the_same_step
                 for p in psutil.Process(proc.pid).children()
                 if "RANK" in p.environ()
             }
+            time.sleep(0.5)  # step 2's rollout is generating
             workers["1"].send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=240)
     finally:
@@ -211,4 +216,9 @@ def test_sigterm_to_one_rank_or_to_torchrun_stops_every_rank_after_the_same_step
     assert proc.returncode != 0, output[-6000:]
     last = _rows(run_dir)[-1]["step"]
     assert output.count(f"training stopped after step {last} on SIGTERM") == 2, output[-6000:]  # both ranks
+    if target == "rank 1":
+        assert (
+            last == 1 and "rank 1 received SIGTERM: cancelling the rollout in progress here too" in output
+        ), output[-6000:]
+        assert "the stop cancelled the rollout after" in output, output[-6000:]
     assert (run_dir / "checkpoints" / f"step_{last}" / "trainer_state.json").is_file()

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from megatron_hapo.trainer.shutdown import StopRequest, TrainingStopped
+from tests.torchrun_utils import run_torchrun
 
 
 def test_first_signal_stops_after_the_step_second_aborts():
@@ -99,3 +100,10 @@ def test_uninstall_ends_the_watchers_without_calling_back():
     for t in watchers:
         t.join(5)
     assert not any(t.is_alive() for t in watchers) and called == []
+
+
+def test_a_signal_on_another_rank_reaches_rank_0s_callbacks_through_the_store():
+    """torchrun, 2 ranks: SIGTERM to rank 1 only runs rank 0's on_stop callback (the rollout's cancel) while
+    rank 0 is in no collective; a later run without a signal forwards nothing (tests/dist_jobs)."""
+    out = run_torchrun("job_stop_forwarding.py", 2, timeout=300)
+    assert "job_stop_forwarding: all checks passed" in out, out[-3000:]
