@@ -34,9 +34,10 @@ logger = logging.getLogger(__name__)
 
 def rl_step(run: Run, step: int, stats: EntropyStats | None) -> tuple[EntropyStats | None, dict] | None:
     """One RL step; returns this step's entropy statistics (for the next rollout) and its metrics, or None when
-    a stop cancelled its rollout (the step did not happen). ``rollout.max_staleness=1``: the next step's batch
-    generates (weights and statistics of step - 1) while this one trains, and the sync waits for it
-    (docs/rollout.md "Overlap"). After a stop's cancel the step skips the weight sync (the run ends)."""
+    its rollout was cancelled by a stop or failed (the step did not happen). ``rollout.max_staleness=1``: the
+    next step's batch generates (weights and statistics of step - 1) while this one trains, and the sync waits
+    for it (docs/rollout.md "Overlap"). Once the rollouts ended (``run.rollout.ended``: a stop's cancel, or the
+    batch generating ahead failed) the step skips the weight sync: the run saves this step and ends."""
     t0 = time.perf_counter()
     # 1-3. rollout with last step's stats (None at step 1), rewards, dynamic sampling: same batch on every rank
     batch = run.rollout.collect(stats)  # at max_staleness=1: generated ahead during the last step
@@ -52,14 +53,26 @@ def rl_step(run: Run, step: int, stats: EntropyStats | None) -> tuple[EntropySta
     metrics["time/train_s"] = t_wait - t_train
     # no request in flight while the weights change; the other ranks wait for that here, not in the export's
     # collectives
-    sync = run.rollout.finish_ahead()  # False after a stop's cancel: the run ends after this step
+    sync = run.rollout.finish_ahead()  # False once the rollouts ended: the run ends after this step
     metrics["time/rollout_wait_s"] = waited + time.perf_counter() - t_wait
     metrics["rollout/staleness"] = version_lag(batch, step)
-    # 7. weight sync into the engine, version = step
     if sync:
-        metrics.update(run.policy.sync_weights(run.synchronizer, version=f"step-{step}"))
+        metrics.update(sync_engine(run, step))  # 7. weight sync into the engine, version = step
     metrics["time/step_s"] = time.perf_counter() - t0
     return new_stats, metrics
+
+
+def sync_engine(run: Run, step: int) -> dict[str, float]:
+    """The weight sync into the engine after ``step`` (version ``step-<step>``), and its metrics. A failure
+    on the lead (a server lost under ``rollout.on_server_failure=fail``) ends the rollouts
+    (``run.rollout.failure``, on every rank): the loop saves this step, then raises it."""
+    try:
+        metrics = run.policy.sync_weights(run.synchronizer, version=f"step-{step}")
+    except Exception as exc:
+        run.rollout.after_sync(exc)
+        return {}
+    run.rollout.after_sync(None)
+    return metrics
 
 
 def learn(
@@ -183,23 +196,26 @@ def _run_steps(run: Run, plan: ResumePlan, stop: StopRequest) -> int:
     saved = state.step
     while not stopping and state.step < run.total_steps:
         step = state.step + 1
-        done = rl_step(run, step, state.entropy_stats)
-        if done is None:  # a stop cancelled this step's rollout: stop after the last completed step
-            if not stop.agreed(state.step):  # (the signal that cancelled it reached rank 0)
-                raise RuntimeError("the rollout was cancelled, but no rank received a stop signal")
-            if state.step > saved:
-                save(run, state)
-            break
-        state.entropy_stats, metrics = done
-        state.step = step
-        metrics.update(eval_metrics(run, step))  # after this step's weight sync
-        run.logger.log(step, metrics)
-        stopping = stop.agreed(step)
+        done = rl_step(run, step, state.entropy_stats)  # None: its rollout was cancelled or failed
+        if done is not None:
+            state.entropy_stats, metrics = done
+            state.step = step
+            metrics.update(eval_metrics(run, step))  # after this step's weight sync
+            run.logger.log(step, metrics)
+        stopping = stop.agreed(state.step)
+        if run.rollout.cancelled and not stopping:  # (the signal that cancelled it reached a rank)
+            raise RuntimeError("the rollout was cancelled, but no rank received a stop signal")
         every = run.cfg.checkpoint.save_every
-        if (every and step % every == 0) or step == run.total_steps or stopping:
+        due = (every and state.step % every == 0) or state.step == run.total_steps
+        if state.step > saved and (due or stopping or run.rollout.ended):
             save(run, state)
-            saved = step
-            stopping = stopping or stop.agreed(step)  # a signal during the save: saved, stop now
+            saved = state.step
+            stopping = stopping or stop.agreed(state.step)  # a signal during the save: saved, stop now
+        if run.rollout.failure is not None:  # after the save of the last completed step
+            saved_note = f"step {state.step}, which is saved" if state.step else "nothing (no step completed)"
+            logger.error("the run stops after %s: fix what failed (below), then checkpoint.resume=auto "
+                         "continues from its last checkpoint", saved_note)  # fmt: skip
+            raise run.rollout.failure
     report_best_eval(run)
     return state.step
 
@@ -230,7 +246,7 @@ def eval_metrics(run: Run, step: int) -> dict[str, float]:
     """``eval/<benchmark>/avg@k``, ``.../pass@j``, ... when evaluation is due after ``step`` (0 = before
     training); the lead evaluates with the rollout engine, which already serves this step's weights."""
     ev = run.evaluator
-    if ev is None or not ev.due(step) or run.rollout.cancelled:  # cancelled: the engine generates no more
+    if ev is None or not ev.due(step) or run.rollout.ended:  # the engine generates no more
         return {}
     try:
         result = ev.run(run.rollout.engine, step)

@@ -338,7 +338,12 @@ class Policy:
             return {}
         named = export_hf_weights(self.chunks)
         if synchronizer is not None:
-            return synchronizer.sync(named, version).metrics()
+            try:
+                return synchronizer.sync(named, version).metrics()
+            except Exception:
+                for _ in named:  # the model-parallel peers iterate the export in lockstep: let them finish
+                    pass
+                raise
         for _ in named:
             pass
         return {"time/sync_s": time.perf_counter() - t0}

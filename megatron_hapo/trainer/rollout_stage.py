@@ -48,6 +48,11 @@ class DynamicSamplingError(HapoError, RuntimeError):
     """Dynamic sampling could not fill a step within algorithm.dynamic_sampling.max_num_gen_batches."""
 
 
+class RolloutFailed(HapoError, RuntimeError):
+    """What the other ranks raise when rank 0's rollout failed (rank 0 raises its own error), once the run
+    saved its last completed step."""
+
+
 def make_engine(cfg: RootConfig, run_dir: str | Path | None = None) -> RolloutEngine:
     """The rollout engine ``cfg.rollout.engine`` names: ``inprocess`` (SGLang colocated with the trainer)
     or ``fleet`` (SGLang servers behind a router: launched here or attached by address). ``run_dir``
@@ -134,9 +139,16 @@ class RolloutStage:
         # rollout.max_staleness=1 (lead only): the next step's batch, generating in a thread or completed
         self._ahead: threading.Thread | None = None
         self._ahead_result: StepBatch | BaseException | None = None
-        # a stop cancelled a rollout (every rank knows once collect or finish_ahead returned): the engine
-        # generates no more, and the data position is the one from before that rollout
+        # a stop cancelled a rollout, or a rollout failed (every rank knows once collect or finish_ahead
+        # returned): the engine generates no more, and the data position is the one from before that rollout.
+        # failure: the lead's own error, elsewhere a RolloutFailed naming it; the loop raises it after its save
         self.cancelled = False
+        self.failure: BaseException | None = None
+
+    @property
+    def ended(self) -> bool:
+        """No more rollouts in this run: a stop cancelled one, or one failed. The run saves and stops."""
+        return self.cancelled or self.failure is not None
 
     def state_dict(self) -> dict:
         """Where the run is in its data (the prompt order's position) and in its group ids."""
@@ -193,19 +205,44 @@ class RolloutStage:
 
     def finish_ahead(self) -> bool:
         """:meth:`wait_ahead` on the lead, while the other ranks wait for it (collective, on the lead group).
-        False on every rank once a stop cancelled the rollouts (:meth:`cancel`): the batch generating ahead is
-        dropped, and the run ends after this step without a weight sync (the engine shuts down; its servers
-        may have received the signal too)."""
-        cancelled = False
+        False on every rank once a stop cancelled the rollouts (:meth:`cancel`) or the batch generating ahead
+        failed (:attr:`failure`): that batch is dropped, and the run ends after this step without a weight sync
+        (the engine shuts down; its servers may have received the signal too, or be what failed)."""
+        cancelled, failure = False, None
         if dist.get_rank() == 0:
             try:
                 self.wait_ahead()
             except RolloutCancelled:
                 logger.warning("the stop cancelled the next step's rollout (generating ahead); a resumed run "
                                "generates that batch anew, from this step's weights")  # fmt: skip
+            except Exception as exc:
+                failure = self._failed(exc)
             cancelled = self.engine.cancelled.is_set()
-        self.cancelled = self.cancelled or bool(max_over_ranks(int(cancelled)))
-        return not self.cancelled
+        cancelled, failure = broadcast_from_lead((cancelled, failure))
+        self.cancelled = self.cancelled or cancelled
+        self.failure = self.failure or failure
+        return not self.ended
+
+    def after_sync(self, error: Exception | None) -> None:
+        """Collective after the step's weight sync into the engine (on the lead group): when it failed on the
+        lead (``error``: a server lost under ``rollout.on_server_failure=fail``, say), every rank learns it
+        here (:attr:`failure`). The step's update is done: the loop saves it, then raises."""
+        if error is not None:
+            self._failed(error, "weight sync into the engine")
+        if max_over_ranks(int(error is not None)) and self.failure is None:
+            self.failure = RolloutFailed(
+                "rank 0's weight sync into the engine failed; rank 0's log has the details"
+            )
+
+    def _failed(self, exc: Exception, what: str = "rollout") -> RolloutFailed:
+        """The lead's ``what`` raised ``exc``: keep it (the loop raises it once the last completed step is
+        saved); returns what the other ranks raise."""
+        logger.error("the %s failed (%s: %s): the run saves its last completed step and stops", what,
+                     type(exc).__name__, exc)  # fmt: skip
+        self.failure = exc
+        return RolloutFailed(
+            f"rank 0's {what} failed ({type(exc).__name__}: {exc}); rank 0's log has the details"
+        )
 
     # -- a stop (trainer/shutdown.py) --------------------------------------------------------------------
     def cancel(self) -> None:
@@ -347,7 +384,8 @@ class RolloutStage:
     def collect(self, stats: EntropyStats | None) -> StepBatch | None:
         """The step's batch on every rank (collective: the others wait for rank 0 on the lead group,
         ``parallel/lead.py``): the one generated ahead during the last step if there is one, else generated now
-        with ``stats``. None on every rank when a stop cancelled the rollout (:meth:`cancel`)."""
+        with ``stats``. None on every rank when a stop cancelled the rollout (:meth:`cancel`) or it failed
+        (:attr:`failure`; the data position is then the one from before it)."""
         mine = None
         if dist.get_rank() == 0:
             t0 = time.perf_counter()
@@ -364,21 +402,26 @@ class RolloutStage:
                     "the stop cancelled the rollout after %.1f s; a resumed run generates this batch anew",
                     time.perf_counter() - t0,
                 )
+            except Exception as exc:
+                mine = self._failed(exc)  # the engine, the scorer, dynamic sampling: save, then raise
         received = broadcast_from_lead(mine)  # the others wait for the rollout on the lead group
         if received is None:
             self.cancelled = True
+            return None
+        if isinstance(received, RolloutFailed):
+            self.failure = self.failure or received  # the lead keeps its own error
             return None
         batch, order_state = received
         self.order.load_state_dict(order_state)  # every rank's data order in step (checkpoints)
         return batch
 
     def collect_on_lead(self, stats: EntropyStats | None) -> StepBatch:
-        """Generate, score and filter one step's batch (the lead). A cancelled rollout raises
-        :class:`RolloutCancelled` with the data position rewound to where the rollout began."""
+        """Generate, score and filter one step's batch (the lead). A cancelled or failed rollout raises
+        (:class:`RolloutCancelled`, or its error) with the data position rewound to where the rollout began."""
         start = self._position()
         try:
             return self._collect(stats)
-        except RolloutCancelled:
+        except BaseException:
             self._rewind(start)
             raise
 

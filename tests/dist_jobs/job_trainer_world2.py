@@ -3,10 +3,16 @@
 Args: MODEL_DIR RUN_DIR TP DISTRIBUTED_OPTIMIZER(0|1) [PP [VP [CP]]]: TP=2, PP=2 (DP=1; VP=2: interleaved, a
 model of 4 layers), CP=2 (context parallelism: SDPA attention, one sequence per row) or none of them (DP=2). Asserts
 the run wrote two metric rows with finite losses, an engine serving the trainer's weights, and a checkpoint.
+
+FAIL_LAST_SYNC=1 (environment): rank 0's engine refuses the weight sync after step 2 before any weight moves (an
+injected EngineError at its pause), while its model-parallel peers are in the export's collectives: they finish the
+export, every rank learns of the failure, the run saves step 2, then rank 0 raises the engine's error and the
+others RolloutFailed (no rank hangs).
 """
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -38,7 +44,22 @@ def main() -> None:
         "sampling.train.n=4",
     ]
     cfg = load_config("examples/configs/tiny_cpu.yaml", overrides, world_size=2)
-    train(cfg)
+    fail_last_sync = os.environ.get("FAIL_LAST_SYNC") == "1"
+    if fail_last_sync:
+        inject_sync_failure(at_call=3)  # the resume's sync, step 1's, then step 2's
+    from megatron_hapo.rollout import EngineError
+    from megatron_hapo.trainer.rollout_stage import RolloutFailed
+
+    try:
+        train(cfg)
+        failed = None
+    except (EngineError, RolloutFailed) as exc:
+        failed = exc
+    if fail_last_sync:
+        expected = EngineError if dist.get_rank() == 0 else RolloutFailed
+        assert type(failed) is expected and "weight sync" in str(failed), repr(failed)
+    else:
+        assert failed is None, repr(failed)
     if dist.get_rank() == 0:
         rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in rows] == [1, 2], rows
@@ -47,9 +68,24 @@ def main() -> None:
             # the engine serves the trainer's weights: behaviour and old log-probs agree
             assert r["actor/tis/abs_log_prob_diff"] < 1e-3, r
         assert (Path(run_dir) / "checkpoints" / "step_2" / "trainer_state.json").is_file()
-        print(f"TRAINER_WORLD2_OK tp={tp} pp={pp} vp={vp} cp={cp}", flush=True)
+        print(f"TRAINER_WORLD2_OK tp={tp} pp={pp} vp={vp} cp={cp} failed_sync={fail_last_sync}", flush=True)
     dist.barrier()
     dist.destroy_process_group()
+
+
+def inject_sync_failure(at_call: int) -> None:
+    """The in-process engine's pause (the first thing a weight sync asks of it) raises at call ``at_call``."""
+    from megatron_hapo.rollout import EngineError, InProcessSGLangEngine
+
+    pause, calls = InProcessSGLangEngine.pause, []
+
+    def failing_pause(engine):
+        calls.append(1)
+        if len(calls) == at_call:
+            raise EngineError("injected fault: the engine refused this weight sync")
+        return pause(engine)
+
+    InProcessSGLangEngine.pause = failing_pause
 
 
 if __name__ == "__main__":

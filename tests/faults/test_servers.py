@@ -200,14 +200,15 @@ def test_trainer_with_on_server_failure_fail_stops_with_an_error_and_a_checkpoin
     random_policy, tmp_path, fault_figures
 ):
     """The whole trainer (hapo-train) on a launched 2-server fleet: a server killed after step 1 stops the
-    run with a non-zero exit and an error naming the server and the setting, and the checkpoint of the last
-    completed step is there (checkpoint.save_every=1)."""
+    run with a non-zero exit and an error naming the server and the setting, and the last completed step is
+    saved on the way out (checkpoint.save_every=0: no periodic save; the failed rollout or weight sync saves
+    it, so a server failure loses no completed step)."""
     run_dir = tmp_path / "run"
     cmd = [
         sys.executable, "-m", "megatron_hapo.trainer", "--config", "examples/configs/tiny_cpu.yaml",
         f"model.hf_path={random_policy}", f"trainer.run_dir={run_dir}", "trainer.total_steps=8",
         "rollout.engine=fleet", "rollout.launch_servers=true", "rollout.num_servers=2",
-        "rollout.on_server_failure=fail", "rollout.sync_timeout_s=60", "checkpoint.save_every=1",
+        "rollout.on_server_failure=fail", "rollout.sync_timeout_s=60", "checkpoint.save_every=0",
         "checkpoint.keep_last=null", "rollout.startup_timeout_s=600", "rollout.request_timeout_s=300",
         "data.train_batch_size=4", "data.mini_batch_size=2", "data.micro_batch_size=2", "sampling.train.n=4",
     ]  # fmt: skip

@@ -15,7 +15,7 @@ from megatron_hapo.config import load_config
 from megatron_hapo.config.presets import preset_names, preset_overrides
 from megatron_hapo.data import PromptOrder, PromptSample
 from megatron_hapo.rewards import Score
-from megatron_hapo.rollout import RolloutCancelled, RolloutSample
+from megatron_hapo.rollout import EngineError, RolloutCancelled, RolloutSample
 from megatron_hapo.trainer import compute_advantages, manifest
 from megatron_hapo.trainer.batch import StepBatch, response_temperatures
 from megatron_hapo.trainer.checkpoint import STATE_FILE, CheckpointInvalid, list_checkpoints, select
@@ -25,6 +25,13 @@ from megatron_hapo.trainer.rollout_stage import DynamicSamplingError, RolloutSta
 from megatron_hapo.trainer.setup import close_run
 
 CONFIG = "examples/configs/tiny_cpu.yaml"
+# rollout.max_staleness=1 (the batch of the next step generates ahead) and what it requires
+AHEAD = (
+    "rollout.engine=fleet",
+    "rollout.launch_servers=true",
+    "rollout.max_staleness=1",
+    "algorithm.loss.tis_cap=2.0",
+)
 
 
 def _sample(p, j, prompt, response, temps=None, pi=0):
@@ -204,16 +211,19 @@ def test_dynamic_sampling_fails_clearly_when_it_cannot_fill():
 
 class _EvenPromptsMixedEngine:
     """Groups of even dataset indices are mixed (one right answer), odd ones all wrong, so a step needs a refill;
-    generate call number ``cancel_at`` raises RolloutCancelled, as a stop's cancel makes a real engine do."""
+    generate call number ``cancel_at`` raises RolloutCancelled, as a stop's cancel makes a real engine do, and
+    call number ``fail_at`` an EngineError, as a fleet that lost a server under on_server_failure=fail does."""
 
-    def __init__(self, cancel_at=None):
-        self.calls, self.cancel_at = 0, cancel_at
+    def __init__(self, cancel_at=None, fail_at=None):
+        self.calls, self.cancel_at, self.fail_at = 0, cancel_at, fail_at
         self.cancelled = threading.Event()  # RolloutEngine.cancelled: never set here
 
     def generate(self, prompts, params):
         self.calls += 1
         if self.calls == self.cancel_at:
             raise RolloutCancelled("fake engine")
+        if self.calls == self.fail_at:
+            raise EngineError("fake engine: server http://127.0.0.1:1 died")
         return [
             _sample(i, j, list(p), [1 if j == 0 and (p[0] - 100) % 2 == 0 else 0], [1.0], pi=i)
             for i, p in enumerate(prompts) for j in range(params.n)
@@ -246,6 +256,34 @@ def test_a_cancelled_rollout_rewinds_the_data_position_and_the_rerun_draws_the_s
     assert cancelled.state_dict() == reference.state_dict()
 
 
+def test_a_failed_rollout_rewinds_and_every_rank_learns_of_it():
+    """A rollout that fails (step 2's refill; then a batch generating ahead) is no error out of collect or
+    finish_ahead: every rank learns of it there (None, False), the lead keeps its error for the loop, which
+    saves the last completed step and then raises it, and the data position is the one from before that
+    rollout, so the run resumed from that checkpoint draws the same batch."""
+    from tests.parallel_utils import world_of_one
+
+    common = ("algorithm.dynamic_sampling.enable=true", "algorithm.adaptive_temperature.enable=false",
+              "reward.overlong.enable=false")  # fmt: skip
+    for cfg, fail_at in [(_cfg(*common), 4), (_cfg(*common, *AHEAD), 3)]:
+        with world_of_one():
+            order = PromptOrder(100, cfg.data.train_batch_size, seed=0)
+            engine = _EvenPromptsMixedEngine(fail_at=fail_at)
+            stage = RolloutStage(cfg, _FakeDataset(), order, _FakeTokenizer(), engine, _FakeScorer())
+            assert stage.collect(None) is not None and stage.finish_ahead()  # step 1: calls 1 and 2
+            position = stage.state_dict()
+            if cfg.rollout.max_staleness:
+                stage.launch_ahead(None)  # step 2's batch generating ahead fails at its first call
+                assert (
+                    not stage.finish_ahead()
+                )  # the step that trained meanwhile: no sync; saved, then raised
+            else:
+                assert stage.collect(None) is None  # step 2 does not happen
+            assert isinstance(stage.failure, EngineError) and "died" in str(stage.failure)
+            assert stage.ended and not stage.cancelled and engine.calls == fail_at
+            assert stage.state_dict() == position
+
+
 class _GeneratesUntilCancelled:
     """A generate call that runs until :meth:`cancel` (from another thread), as a real engine's long rollout."""
 
@@ -266,9 +304,8 @@ def test_a_stop_cancels_the_batch_generating_ahead_and_every_rank_learns_it(tmp_
     back at the data position the ahead rollout began from, and nothing generated ahead is checkpointed."""
     from tests.parallel_utils import world_of_one
 
-    cfg = _cfg("rollout.engine=fleet", "rollout.launch_servers=true", "rollout.max_staleness=1",
-               "algorithm.loss.tis_cap=2.0", "algorithm.dynamic_sampling.enable=true",
-               "algorithm.adaptive_temperature.enable=false", "reward.overlong.enable=false")  # fmt: skip
+    cfg = _cfg(*AHEAD, "algorithm.dynamic_sampling.enable=true", "algorithm.adaptive_temperature.enable=false",
+               "reward.overlong.enable=false")  # fmt: skip
     with world_of_one():
         order = PromptOrder(100, cfg.data.train_batch_size, seed=0)
         stage = RolloutStage(

@@ -205,7 +205,11 @@ def _data_order(checkpoint: Path) -> tuple[int, int]:
 # tests/trainer/test_context_parallel.py (CP=2, distributed optimizer), the same job; DP=2 with the distributed
 # optimizer: the single-agent run of tests/trainer/test_multinode.py
 @pytest.mark.parametrize("tp, dist_opt, pp", [(2, 0, 1)], ids=["tp2"])
-def test_two_steps_on_two_ranks(demo_model, tmp_path, tp, dist_opt, pp):
+def test_two_steps_on_two_ranks_and_a_failed_last_sync_saves_the_step(demo_model, tmp_path, tp, dist_opt, pp):
+    """TP=2: the weight sync after step 2 fails on rank 0 before any weight moves (injected; FAIL_LAST_SYNC in
+    the job), while rank 1 is in the export's collectives: rank 1 finishes the export instead of hanging, both
+    ranks learn of the failure, step 2 is saved, and both raise."""
     out = run_torchrun("job_trainer_world2.py", 2, str(demo_model), str(tmp_path / "run"), str(tp), str(dist_opt),
-                       str(pp), timeout=420)  # fmt: skip
-    assert f"TRAINER_WORLD2_OK tp={tp} pp={pp}" in out
+                       str(pp), timeout=420, env={"FAIL_LAST_SYNC": "1"})  # fmt: skip
+    assert f"TRAINER_WORLD2_OK tp={tp} pp={pp} vp=null cp=1 failed_sync=True" in out
+    assert "the weight sync into the engine failed (EngineError: injected fault" in out
