@@ -12,6 +12,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download: models and
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from tests import demo_policy_build  # noqa: E402
+
+DEMO_GAIN_TEST = "tests/demo/test_demo_gain.py"
+
 # Figures the fault-injection suite (tests/faults) reports at the end of the run, e.g.
 # "signals: 12/12 saved and resumed exactly". One line per category; tests add to them with `fault_figures`.
 _FAULT_FIGURES: dict[str, list[int | str]] = {}
@@ -37,6 +41,9 @@ def pytest_terminal_summary(terminalreporter):
 
 
 def pytest_collection_modifyitems(config, items):
+    # the demo's gain test last: its policy builds in the background meanwhile (tests/demo_policy_build.py)
+    demo = [item for item in items if item.nodeid.startswith(DEMO_GAIN_TEST)]
+    items[:] = [item for item in items if not item.nodeid.startswith(DEMO_GAIN_TEST)] + demo
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(
@@ -45,6 +52,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+def pytest_collection_finish(session):
+    if session.config.option.collectonly:
+        return
+    if any(item.nodeid.startswith(DEMO_GAIN_TEST) for item in session.items):  # selected, not deselected
+        demo_policy_build.start()
+
+
+def pytest_sessionfinish(session):
+    demo_policy_build.stop()
 
 
 @pytest.fixture(scope="session")

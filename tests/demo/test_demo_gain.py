@@ -2,17 +2,17 @@
 first held-out evaluation (step 10 of its 20 steps; the step-10 gains of 4 seeds were +0.19 to +0.29).
 
 Slow: the SFT warm-up (cached in runs/demo_reasoning_model, shared with `make demo`; built on the first run,
-~6 min on 2 idle cores) and 10 HAPO steps with SGLang in-process on CPU. The margin and the measured seed spread are in
-docs/reproduction.md ("The reasoning task")."""
+~4 min on 2 idle cores, in the background while the rest of the suite runs: tests/demo_policy_build.py) and 10
+HAPO steps with SGLang in-process on CPU. The margin and the measured seed spread are in docs/reproduction.md
+("The reasoning task")."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-from megatron_hapo.demo.recipes import TASKS
+from tests import demo_policy_build
 
 REPO = Path(__file__).resolve().parents[2]
 # held-out avg@4 after minus before; docs/reproduction.md has the measured gains and their spread
@@ -27,7 +27,7 @@ def test_demo_raises_heldout_accuracy(tmp_path, monkeypatch):
 
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("HAPO_DEMO_MODEL", os.environ.get("HAPO_DEMO_MODEL", TASKS["reasoning"][2]))
+    monkeypatch.setenv("HAPO_DEMO_MODEL", str(demo_policy_build.wait()))  # built in the background
     run_dir = tmp_path / "run"
     # 10 steps: the demo's first held-out evaluation after training (eval.every=10), half its RL time in CI
     assert (
