@@ -41,8 +41,18 @@ def child_pids() -> set[int]:
 
 
 def shared_files() -> set[str]:
-    """Entries of /dev/shm and /tmp, where SGLang's processes keep shared memory and socket files."""
-    return {str(p) for d in ("/dev/shm", "/tmp") for p in Path(d).iterdir()}
+    """Entries of /dev/shm and the sockets in /tmp, where SGLang's processes keep shared memory and their ZMQ
+    channels (another process's files in /tmp, such as a torchrun job's directory, are not the engine's)."""
+    return {str(p) for p in Path("/dev/shm").iterdir()} | {
+        str(p) for p in Path("/tmp").iterdir() if _is_socket(p)
+    }
+
+
+def _is_socket(path: Path) -> bool:
+    try:
+        return path.is_socket()
+    except OSError:  # removed meanwhile
+        return False
 
 
 def running(pid: int) -> bool:
