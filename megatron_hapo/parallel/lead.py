@@ -91,8 +91,10 @@ def _wait(work: dist.Work) -> None:
     bytecodes of the main thread: in one blocking ``wait`` a rank would sit in C++ for the whole of rank 0's
     rollout, and a SIGTERM to it would take effect (and be forwarded to rank 0, ``trainer/shutdown.py``)
     only once that rollout had finished."""
+    pause = 0.001  # growing to POLL_S: a collective that completes at once costs no 50 ms
     while not work.is_completed():
-        time.sleep(POLL_S)
+        time.sleep(pause)
+        pause = min(2 * pause, POLL_S)
     work.wait()  # raises the collective's error (the group's timeout)
 
 
