@@ -65,14 +65,13 @@ def rl_step(run: Run, step: int, stats: EntropyStats | None) -> tuple[EntropySta
 def sync_engine(run: Run, step: int) -> dict[str, float]:
     """The weight sync into the engine after ``step`` (version ``step-<step>``), and its metrics. A failure
     on the lead (a server lost under ``rollout.on_server_failure=fail``) ends the rollouts
-    (``run.rollout.failure``, on every rank): the loop saves this step, then raises it."""
+    (``run.rollout.failure``; the other ranks learn it after the step): the loop saves this step, then
+    raises it."""
     try:
-        metrics = run.policy.sync_weights(run.synchronizer, version=f"step-{step}")
+        return run.policy.sync_weights(run.synchronizer, version=f"step-{step}")
     except Exception as exc:
-        run.rollout.after_sync(exc)
+        run.rollout.record_failure(exc, "weight sync into the engine")
         return {}
-    run.rollout.after_sync(None)
-    return metrics
 
 
 def learn(
@@ -192,9 +191,10 @@ def _run_steps(run: Run, plan: ResumePlan, stop: StopRequest) -> int:
     state = resume(run, plan)
     if state.step == 0 and (m := eval_metrics(run, 0)):  # eval.before_train
         run.logger.log(0, m)
+    run.rollout.agree_on_failure()  # that evaluation's, on the lead
     stopping = stop.agreed(state.step)  # a signal during start-up: the last completed step is saved already
     saved = state.step
-    while not stopping and state.step < run.total_steps:
+    while not stopping and not run.rollout.ended and state.step < run.total_steps:
         step = state.step + 1
         done = rl_step(run, step, state.entropy_stats)  # None: its rollout was cancelled or failed
         if done is not None:
@@ -202,6 +202,7 @@ def _run_steps(run: Run, plan: ResumePlan, stop: StopRequest) -> int:
             state.step = step
             metrics.update(eval_metrics(run, step))  # after this step's weight sync
             run.logger.log(step, metrics)
+        run.rollout.agree_on_failure()  # the weight sync's or the evaluation's, on the lead
         stopping = stop.agreed(state.step)
         if run.rollout.cancelled and not stopping:  # (the signal that cancelled it reached a rank)
             raise RuntimeError("the rollout was cancelled, but no rank received a stop signal")
@@ -211,11 +212,11 @@ def _run_steps(run: Run, plan: ResumePlan, stop: StopRequest) -> int:
             save(run, state)
             saved = state.step
             stopping = stopping or stop.agreed(state.step)  # a signal during the save: saved, stop now
-        if run.rollout.failure is not None:  # after the save of the last completed step
-            saved_note = f"step {state.step}, which is saved" if state.step else "nothing (no step completed)"
-            logger.error("the run stops after %s: fix what failed (below), then checkpoint.resume=auto "
-                         "continues from its last checkpoint", saved_note)  # fmt: skip
-            raise run.rollout.failure
+    if run.rollout.failure is not None:  # after the save of the last completed step
+        saved_note = f"step {state.step}, which is saved" if state.step else "nothing (no step completed)"
+        logger.error("the run stops after %s: fix what failed (below), then checkpoint.resume=auto continues "
+                     "from its last checkpoint", saved_note)  # fmt: skip
+        raise run.rollout.failure
     report_best_eval(run)
     return state.step
 
@@ -255,6 +256,9 @@ def eval_metrics(run: Run, step: int) -> dict[str, float]:
             "the stop cancelled the evaluation after step %d; its checkpoint can be evaluated with hapo-eval",
             step,
         )
+        return {}
+    except Exception as exc:  # a server lost, the scorer: the run saves this step, then raises it
+        run.rollout.record_failure(exc, f"evaluation after step {step}")
         return {}
     logger.info("evaluation after step %d:\n%s", step, result.table())
     return result.metrics()

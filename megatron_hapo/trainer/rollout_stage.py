@@ -216,25 +216,23 @@ class RolloutStage:
                 logger.warning("the stop cancelled the next step's rollout (generating ahead); a resumed run "
                                "generates that batch anew, from this step's weights")  # fmt: skip
             except Exception as exc:
-                failure = self._failed(exc)
+                failure = self.record_failure(exc)
             cancelled = self.engine.cancelled.is_set()
         cancelled, failure = broadcast_from_lead((cancelled, failure))
         self.cancelled = self.cancelled or cancelled
         self.failure = self.failure or failure
         return not self.ended
 
-    def after_sync(self, error: Exception | None) -> None:
-        """Collective after the step's weight sync into the engine (on the lead group): when it failed on the
-        lead (``error``: a server lost under ``rollout.on_server_failure=fail``, say), every rank learns it
-        here (:attr:`failure`). The step's update is done: the loop saves it, then raises."""
-        if error is not None:
-            self._failed(error, "weight sync into the engine")
-        if max_over_ranks(int(error is not None)) and self.failure is None:
+    def agree_on_failure(self) -> None:
+        """Collective (on the lead group), once a step after the lead's work of its own: whether something
+        failed there since the rollout (the weight sync into the engine, an evaluation:
+        :meth:`record_failure`); every rank then has :attr:`failure`, and the loop saves the step and raises."""
+        if max_over_ranks(int(self.failure is not None)) and self.failure is None:
             self.failure = RolloutFailed(
-                "rank 0's weight sync into the engine failed; rank 0's log has the details"
+                "rank 0's weight sync or evaluation failed; rank 0's log has the details"
             )
 
-    def _failed(self, exc: Exception, what: str = "rollout") -> RolloutFailed:
+    def record_failure(self, exc: Exception, what: str = "rollout") -> RolloutFailed:
         """The lead's ``what`` raised ``exc``: keep it (the loop raises it once the last completed step is
         saved); returns what the other ranks raise."""
         logger.error("the %s failed (%s: %s): the run saves its last completed step and stops", what,
@@ -403,7 +401,7 @@ class RolloutStage:
                     time.perf_counter() - t0,
                 )
             except Exception as exc:
-                mine = self._failed(exc)  # the engine, the scorer, dynamic sampling: save, then raise
+                mine = self.record_failure(exc)  # the engine, the scorer, dynamic sampling: save, then raise
         received = broadcast_from_lead(mine)  # the others wait for the rollout on the lead group
         if received is None:
             self.cancelled = True

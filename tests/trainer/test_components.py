@@ -284,6 +284,35 @@ def test_a_failed_rollout_rewinds_and_every_rank_learns_of_it():
             assert stage.state_dict() == position
 
 
+def test_a_failed_evaluation_ends_the_rollouts_on_every_rank():
+    """An evaluation that fails on the lead (a server lost under on_server_failure=fail, the scorer) is no error
+    out of eval_metrics: it returns no metrics and keeps the error, and agree_on_failure (after every step)
+    tells every rank; the loop then saves the step it evaluated and raises the error, as after a failed sync."""
+    from megatron_hapo.trainer.loop import eval_metrics
+    from tests.parallel_utils import world_of_one
+
+    class FailingEvaluator:
+        def due(self, step):
+            return True
+
+        def run(self, engine, step):
+            raise EngineError("fake engine: server http://127.0.0.1:1 died during the evaluation")
+
+    cfg = _cfg("algorithm.adaptive_temperature.enable=false")
+    with world_of_one():
+        order = PromptOrder(100, cfg.data.train_batch_size, seed=0)
+        stage = RolloutStage(
+            cfg, _FakeDataset(), order, _FakeTokenizer(), _EvenPromptsMixedEngine(), _FakeScorer()
+        )
+        stage.agree_on_failure()
+        assert not stage.ended  # nothing failed yet
+        run = SimpleNamespace(evaluator=FailingEvaluator(), rollout=stage)
+        assert eval_metrics(run, 3) == {}
+        stage.agree_on_failure()
+        assert isinstance(stage.failure, EngineError) and stage.ended and not stage.cancelled
+        assert eval_metrics(run, 4) == {}  # the engine is not asked again
+
+
 class _GeneratesUntilCancelled:
     """A generate call that runs until :meth:`cancel` (from another thread), as a real engine's long rollout."""
 
