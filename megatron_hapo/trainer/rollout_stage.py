@@ -208,7 +208,7 @@ class RolloutStage:
         False on every rank once a stop cancelled the rollouts (:meth:`cancel`) or the batch generating ahead
         failed (:attr:`failure`): that batch is dropped, and the run ends after this step without a weight sync
         (the engine shuts down; its servers may have received the signal too, or be what failed)."""
-        cancelled, failure = False, None
+        cancelled = False
         if dist.get_rank() == 0:
             try:
                 self.wait_ahead()
@@ -216,20 +216,19 @@ class RolloutStage:
                 logger.warning("the stop cancelled the next step's rollout (generating ahead); a resumed run "
                                "generates that batch anew, from this step's weights")  # fmt: skip
             except Exception as exc:
-                failure = self.record_failure(exc)
+                self.record_failure(exc)
             cancelled = self.engine.cancelled.is_set()
-        cancelled, failure = broadcast_from_lead((cancelled, failure))
-        self.cancelled = self.cancelled or cancelled
-        self.failure = self.failure or failure
+        self.cancelled = self.cancelled or bool(max_over_ranks(int(cancelled)))
+        self.agree_on_failure()
         return not self.ended
 
     def agree_on_failure(self) -> None:
-        """Collective (on the lead group), once a step after the lead's work of its own: whether something
-        failed there since the rollout (the weight sync into the engine, an evaluation:
-        :meth:`record_failure`); every rank then has :attr:`failure`, and the loop saves the step and raises."""
+        """Collective (on the lead group): whether something failed on the lead since the last agreement (the
+        batch generating ahead, the weight sync into the engine, an evaluation: :meth:`record_failure`); every
+        rank then has :attr:`failure`, and the loop saves the last completed step and raises."""
         if max_over_ranks(int(self.failure is not None)) and self.failure is None:
             self.failure = RolloutFailed(
-                "rank 0's weight sync or evaluation failed; rank 0's log has the details"
+                "rank 0's rollout, weight sync or evaluation failed; rank 0's log has the details"
             )
 
     def record_failure(self, exc: Exception, what: str = "rollout") -> RolloutFailed:
