@@ -18,6 +18,10 @@ Row kinds (names relative to ``decoder.layers.{i}.`` / ``model.layers.{i}.`` for
 * :class:`QKV` - ``linear_qkv`` = q, k, v interleaved per query group (see :func:`merge_qkv`).
 * :class:`GatedMLP` - ``linear_fc1`` = [gate; up]; TP rank i holds [gate_i; up_i].
 
+A mixture of experts (Qwen3-MoE) adds per-expert rows, named relative to one expert
+(``decoder.layers.{i}.mlp.experts.local_experts.{e}.`` / ``model.layers.{i}.mlp.experts.{e}.``); each
+expert's MLP is split over TP like a dense one. The router (``mlp.router`` / ``mlp.gate``) is replicated.
+
 Norms accept both spec naming schemes: the local spec's ``input_layernorm`` / ``pre_mlp_layernorm``
 and the Transformer Engine spec's fused ``linear_qkv.layer_norm_weight`` / ``linear_fc1.layer_norm_weight``.
 """
@@ -36,7 +40,10 @@ from megatron_hapo.models.hf_config import ModelArch
 
 MCORE_LAYER = "decoder.layers.{i}."
 HF_LAYER = "model.layers.{i}."
+MCORE_EXPERT = "mlp.experts.local_experts.{e}."
+HF_EXPERT = "mlp.experts.{e}."
 _LAYER_NAME = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
+_EXPERT_NAME = re.compile(r"^mlp\.experts\.local_experts\.(\d+)\.(.+)$")
 
 
 class Split(enum.Enum):
@@ -243,27 +250,36 @@ _MLP_NORM = Direct(
 )
 _FC1 = GatedMLP(("mlp.linear_fc1.weight",), "mlp.gate_proj.weight", "mlp.up_proj.weight")
 _FC2 = Direct(("mlp.linear_fc2.weight",), "mlp.down_proj.weight", Split.ROW)
+_ROUTER = Direct(("mlp.router.weight",), "mlp.gate.weight", Split.REPLICATED)
+# per expert, relative to MCORE_EXPERT / HF_EXPERT
+_EXPERT_FC1 = GatedMLP(("linear_fc1.weight",), "gate_proj.weight", "up_proj.weight")
+_EXPERT_FC2 = Direct(("linear_fc2.weight",), "down_proj.weight", Split.ROW)
 
 
 @dataclass(frozen=True)
 class FamilyMapping:
-    """The mapping table of one model family: global rows and per-layer rows."""
+    """The mapping table of one model family: global rows, per-layer rows and (a mixture of experts) per-expert
+    rows."""
 
     family: str
     global_rows: tuple[Row, ...]
     layer_rows: tuple[Row, ...]
+    expert_rows: tuple[Row, ...] = ()
 
     def bind(self, mcore_name: str, arch: ModelArch) -> BoundRow:
         """The row for a *global* Megatron parameter name (layer index counted over the whole model)."""
         match = _LAYER_NAME.match(mcore_name)
-        rows, layer, rel = (
-            (self.layer_rows, int(match.group(1)), match.group(2))
+        rows, layer, rel, expert = (
+            (self.layer_rows, int(match.group(1)), match.group(2), None)
             if match
-            else (self.global_rows, None, mcore_name)
+            else (self.global_rows, None, mcore_name, None)
         )
+        in_expert = _EXPERT_NAME.match(rel) if match and self.expert_rows else None
+        if in_expert:
+            rows, expert, rel = self.expert_rows, int(in_expert.group(1)), in_expert.group(2)
         for row in rows:
             if rel in row.mcore:
-                return BoundRow(row, mcore_name, layer, arch)
+                return BoundRow(row, mcore_name, layer, arch, expert)
         raise ConversionError(
             f"Megatron parameter {mcore_name!r} has no row in the {self.family} mapping table "
             f"(megatron_hapo/checkpoint_io/mappings.py); the model was built with a feature the table does not map"
@@ -275,9 +291,12 @@ class FamilyMapping:
         for row in self.global_rows:
             if not (arch.tie_word_embeddings and isinstance(row, Direct) and row.tied_to):
                 names.update(row.hf_names())
+        experts = range(arch.moe.num_experts if arch.moe and self.expert_rows else 0)
         for i in range(arch.num_layers):
             for row in self.layer_rows:
                 names.update(HF_LAYER.format(i=i) + n for n in row.hf_names())
+            for e, row in ((e, row) for e in experts for row in self.expert_rows):
+                names.update(HF_LAYER.format(i=i) + HF_EXPERT.format(e=e) + n for n in row.hf_names())
         return names
 
 
@@ -289,6 +308,7 @@ class BoundRow:
     mcore_name: str
     layer: int | None
     arch: ModelArch
+    expert: int | None = None  # the expert of a per-expert row
 
     @property
     def tied(self) -> bool:
@@ -303,6 +323,8 @@ class BoundRow:
     def hf_names(self) -> tuple[str, ...]:
         """HF names this parameter is exported to (and, untied, imported from)."""
         prefix = "" if self.layer is None else HF_LAYER.format(i=self.layer)
+        if self.expert is not None:
+            prefix += HF_EXPERT.format(e=self.expert)
         return tuple(prefix + n for n in self.row.hf_names())
 
     @property
@@ -331,7 +353,14 @@ QWEN3 = FamilyMapping(
     "qwen3", _GLOBAL_ROWS, (*_ATTENTION, _Q_NORM, _K_NORM, *_MLP)
 )  # Qwen3: per-head q/k RMSNorm
 
-FAMILIES: dict[str, FamilyMapping] = {m.family: m for m in (LLAMA, QWEN2, QWEN3)}
+QWEN3_MOE = FamilyMapping(
+    "qwen3_moe",
+    _GLOBAL_ROWS,
+    (*_ATTENTION, _Q_NORM, _K_NORM, _MLP_NORM, _ROUTER),
+    expert_rows=(_EXPERT_FC1, _EXPERT_FC2),
+)  # Qwen3-MoE: Qwen3's attention, a routed mixture of SwiGLU experts in every layer, no shared expert
+
+FAMILIES: dict[str, FamilyMapping] = {m.family: m for m in (LLAMA, QWEN2, QWEN3, QWEN3_MOE)}
 
 
 def family_mapping(family: str) -> FamilyMapping:

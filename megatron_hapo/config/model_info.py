@@ -28,7 +28,7 @@ class ModelShape:
     num_hidden_layers: int
     max_position_embeddings: int | None
     source: str
-    intermediate_size: int | None = None
+    intermediate_size: int | None = None  # the MLP size TP splits: one expert's in a mixture of experts
     vocab_size: int | None = None
 
 
@@ -99,7 +99,10 @@ def shape_from_dict(raw: Mapping[str, Any], source: str) -> ModelShape:
         num_hidden_layers=raw["num_hidden_layers"],
         max_position_embeddings=optional_int("max_position_embeddings"),
         source=source,
-        intermediate_size=optional_int("intermediate_size"),
+        # a mixture of experts (Qwen3-MoE) splits each expert's MLP over TP; its dense size goes unused
+        intermediate_size=optional_int(
+            "moe_intermediate_size" if raw.get("num_experts") else "intermediate_size"
+        ),
         vocab_size=optional_int("vocab_size"),
     )
 

@@ -30,11 +30,12 @@ import json
 import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
-Family = Literal["llama", "qwen2", "qwen3"]
+Family = Literal["llama", "qwen2", "qwen3", "qwen3_moe"]
+FAMILIES = get_args(Family)
 
 # "<|endoftext|>" is the eos under the name Qwen2's tokenizer class expects: transformers always rebuilds a
 # qwen2 tokenizer as `Qwen2Tokenizer` (from vocab + merges) and would append that token if it were missing.
@@ -120,7 +121,7 @@ def _config(
     initializer_range: float,
     dtype: str,
 ):
-    from transformers import LlamaConfig, Qwen2Config, Qwen3Config
+    from transformers import LlamaConfig, Qwen2Config, Qwen3Config, Qwen3MoeConfig
 
     common = dict(
         vocab_size=vocab_size,
@@ -144,7 +145,16 @@ def _config(
         return Qwen2Config(**common)  # qkv bias, like Qwen2/2.5
     if family == "qwen3":
         return Qwen3Config(head_dim=hidden_size // 4, **common)  # q/k RMSNorm, no qkv bias
-    raise ValueError(f"family must be 'llama', 'qwen2' or 'qwen3', got {family!r}")
+    if family == "qwen3_moe":  # Qwen3's attention; every layer routes each token to 2 of 8 experts
+        return Qwen3MoeConfig(
+            head_dim=hidden_size // 4,
+            num_experts=8,
+            num_experts_per_tok=2,
+            moe_intermediate_size=hidden_size // 2,
+            norm_topk_prob=True,  # as Qwen3-30B-A3B and Qwen3-235B-A22B
+            **common,
+        )
+    raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
 
 
 def make_tiny_hf_model(
@@ -173,8 +183,8 @@ def make_tiny_hf_model(
     """
     from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerFast
 
-    if family not in ("llama", "qwen2", "qwen3"):
-        raise ValueError(f"family must be 'llama', 'qwen2' or 'qwen3', got {family!r}")
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     if vocab_size < _MIN_VOCAB:
         raise ValueError(f"vocab_size must be >= {_MIN_VOCAB} (byte alphabet + specials), got {vocab_size}")
     out = Path(out_dir)

@@ -97,9 +97,11 @@ def layer_spec(arch: ModelArch, spec: SpecChoice = "auto", local_attention: Loca
         "transformer_engine" if use_te else f"local, {attention} attention",
         transformer_engine_status()[1],
     )
+    # a mixture of experts runs one SwiGLU module per expert (SequentialMLP); grouped GEMM is not mapped yet
+    experts = dict(num_experts=arch.moe.num_experts, moe_grouped_gemm=False) if arch.moe else {}
     if use_te:
-        return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=arch.qk_norm)
-    local = get_gpt_layer_local_spec(qk_layernorm=arch.qk_norm, normalization="RMSNorm")
+        return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=arch.qk_norm, **experts)
+    local = get_gpt_layer_local_spec(qk_layernorm=arch.qk_norm, normalization="RMSNorm", **experts)
     if attention == "sdpa":
         from megatron_hapo.models.sdpa_attention import SDPAttention
 
@@ -149,6 +151,8 @@ def transformer_config(arch: ModelArch, *, params_dtype: torch.dtype = torch.flo
         persist_layer_norm=False,
         apply_rope_fusion=False,
     )
+    if arch.moe is not None:
+        kwargs.update(moe_config(arch))
     if not cpu_compat.cuda_available():
         kwargs.update(
             use_cpu_initialization=True,  # build on the host; TP ranks slice the same master weights
@@ -156,6 +160,29 @@ def transformer_config(arch: ModelArch, *, params_dtype: torch.dtype = torch.flo
         )
     kwargs.update(overrides)
     return TransformerConfig(**kwargs)
+
+
+def moe_config(arch: ModelArch) -> dict[str, Any]:
+    """The ``TransformerConfig`` fields of ``arch``'s mixture of experts (Qwen3-MoE's router and experts).
+
+    Megatron's default router takes the top k of the logits, then a softmax over those k: that is HF's
+    softmax over all experts renormalised over the top k (``norm_topk_prob``). Without renormalisation the
+    softmax comes first (``moe_router_pre_softmax``). The update has no load-balancing loss: RL fine-tunes
+    the policy through HAPO's loss only. Dropless: every token reaches its k experts.
+    """
+    moe = arch.moe
+    return dict(
+        num_moe_experts=moe.num_experts,
+        moe_router_topk=moe.top_k,
+        moe_ffn_hidden_size=moe.expert_ffn_hidden_size,
+        moe_router_score_function="softmax",
+        moe_router_pre_softmax=not moe.norm_topk_prob,
+        moe_router_dtype="fp32",  # the softmax and the weighted sum of experts in fp32 under bf16
+        moe_router_load_balancing_type="none",
+        moe_aux_loss_coeff=0.0,
+        moe_token_dispatcher_type="alltoall",
+        moe_grouped_gemm=False,
+    )
 
 
 def build_gpt_model(

@@ -23,6 +23,7 @@ SUPPORTED_MODEL_TYPES: dict[str, tuple[str, str]] = {
     "llama": ("llama", "LlamaForCausalLM"),
     "qwen2": ("qwen2", "Qwen2ForCausalLM"),
     "qwen3": ("qwen3", "Qwen3ForCausalLM"),
+    "qwen3_moe": ("qwen3_moe", "Qwen3MoeForCausalLM"),
 }
 DEFAULT_VOCAB_DIVISOR = 128  # Megatron-LM's default --make-vocab-size-divisible-by
 
@@ -38,6 +39,20 @@ class Llama3RopeScaling:
 
 
 @dataclass(frozen=True)
+class MoE:
+    """A sparse MLP in every layer (Qwen3-MoE): each token goes to ``top_k`` of ``num_experts`` SwiGLU experts.
+
+    router: p = softmax(W_gate h) over the experts; the top-k experts' outputs are summed with weights p_e,
+    renormalised to sum to 1 over the chosen experts when ``norm_topk_prob``.
+    """
+
+    num_experts: int
+    top_k: int
+    expert_ffn_hidden_size: int  # each expert's MLP size (HF moe_intermediate_size)
+    norm_topk_prob: bool
+
+
+@dataclass(frozen=True)
 class ModelArch:
     """What Megatron needs to know about a supported decoder-only HF model.
 
@@ -46,7 +61,7 @@ class ModelArch:
     further, see :meth:`padded_vocab_size`.
     """
 
-    family: str  # "llama" | "qwen2" | "qwen3": selects the mapping table
+    family: str  # "llama" | "qwen2" | "qwen3" | "qwen3_moe": selects the mapping table
     num_layers: int
     hidden_size: int
     num_attention_heads: int
@@ -64,6 +79,7 @@ class ModelArch:
     max_position_embeddings: int
     initializer_range: float = 0.02
     dtype: str | None = None  # the dtype recorded in config.json ("bfloat16"), if any
+    moe: MoE | None = None  # the sparse MLP of a mixture-of-experts family, None for a dense one
 
     @property
     def heads_per_group(self) -> int:
@@ -81,9 +97,14 @@ class ModelArch:
             num_hidden_layers=self.num_layers,
             max_position_embeddings=self.max_position_embeddings,
             source=f"{self.family} config",
-            intermediate_size=self.ffn_hidden_size,
+            intermediate_size=self.mlp_size,
             vocab_size=self.vocab_size,
         )
+
+    @property
+    def mlp_size(self) -> int:
+        """The size TP splits the MLP by: an expert's for a mixture of experts, else the dense MLP's."""
+        return self.moe.expert_ffn_hidden_size if self.moe else self.ffn_hidden_size
 
     def check_layout(self, tp: int, pp: int, vp: int | None = None) -> None:
         """Raise :class:`ParallelLayoutError` if TP/PP (with ``vp`` virtual-pipeline chunks per stage) cannot
@@ -209,10 +230,20 @@ def _from_hf_config(cfg: Any, where: str) -> ModelArch:
         linear_rope_factor=linear,
         tie_word_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)),
         qkv_bias=family == "qwen2",  # Qwen2 always has q/k/v biases (and none on o_proj)
-        qk_norm=family == "qwen3",
+        qk_norm=family in ("qwen3", "qwen3_moe"),
         max_position_embeddings=int(cfg.max_position_embeddings),
         initializer_range=float(getattr(cfg, "initializer_range", 0.02)),
         dtype=dtype,
+        moe=_moe(cfg) if family == "qwen3_moe" else None,
+    )
+
+
+def _moe(cfg: Any) -> MoE:
+    return MoE(
+        num_experts=int(cfg.num_experts),
+        top_k=int(cfg.num_experts_per_tok),
+        expert_ffn_hidden_size=int(cfg.moe_intermediate_size),
+        norm_topk_prob=bool(cfg.norm_topk_prob),
     )
 
 
@@ -222,7 +253,7 @@ def _check_variant(cfg: Any, family: str, where: str) -> None:
     act = getattr(cfg, "hidden_act", "silu")
     if act != "silu":
         bad.append(f"hidden_act={act!r} (only SwiGLU with silu is mapped)")
-    if family in ("llama", "qwen3") and getattr(cfg, "attention_bias", False):
+    if family in ("llama", "qwen3", "qwen3_moe") and getattr(cfg, "attention_bias", False):
         bad.append("attention_bias=True (q/k/v/o biases are not mapped for this family)")
     if getattr(cfg, "mlp_bias", False):
         bad.append("mlp_bias=True")
@@ -231,6 +262,14 @@ def _check_variant(cfg: Any, family: str, where: str) -> None:
     layer_types = getattr(cfg, "layer_types", None) or []
     if any(t != "full_attention" for t in layer_types):
         bad.append(f"layer_types {sorted(set(layer_types))} (only full_attention layers are supported)")
+    if family == "qwen3_moe":
+        if getattr(cfg, "decoder_sparse_step", 1) != 1 or getattr(cfg, "mlp_only_layers", None):
+            bad.append(
+                f"decoder_sparse_step={cfg.decoder_sparse_step}, mlp_only_layers={cfg.mlp_only_layers} (dense "
+                "layers between the MoE layers are not mapped: every layer must be sparse)"
+            )
+        if cfg.num_experts_per_tok > cfg.num_experts:
+            bad.append(f"num_experts_per_tok={cfg.num_experts_per_tok} > num_experts={cfg.num_experts}")
     if bad:
         raise UnsupportedArchitectureError(f"{where}: unsupported {family} variant: " + "; ".join(bad))
 

@@ -20,12 +20,13 @@ from tests.models.tiny import make_family_model
 from tests.parallel_utils import world_of_one
 
 # name -> (family, tie): llama untied with llama3 RoPE, qwen2 tied with qkv bias, qwen3 untied with
-# head_dim 24, and a tied llama (Llama 3.2 style)
+# head_dim 24, a tied llama (Llama 3.2 style), and a qwen3_moe (8 experts, 2 per token)
 MODELS = {
     "llama": ("llama", None),
     "qwen2": ("qwen2", None),
     "qwen3": ("qwen3", None),
     "llama-tied": ("llama", True),
+    "qwen3_moe": ("qwen3_moe", None),
 }
 
 

@@ -127,3 +127,52 @@ def test_layouts_that_cannot_split_the_model():
 def test_missing_config_json(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_arch(tmp_path)
+
+
+# Qwen3-30B-A3B's config.json (the fields that matter)
+QWEN3_30B_A3B = {
+    "architectures": ["Qwen3MoeForCausalLM"],
+    "model_type": "qwen3_moe",
+    "hidden_size": 2048,
+    "intermediate_size": 6144,
+    "moe_intermediate_size": 768,
+    "num_experts": 128,
+    "num_experts_per_tok": 8,
+    "norm_topk_prob": True,
+    "decoder_sparse_step": 1,
+    "mlp_only_layers": [],
+    "num_attention_heads": 32,
+    "num_key_value_heads": 4,
+    "head_dim": 128,
+    "num_hidden_layers": 48,
+    "vocab_size": 151936,
+    "max_position_embeddings": 40960,
+    "rms_norm_eps": 1e-06,
+    "rope_theta": 1000000.0,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+}
+
+
+def test_qwen3_moe_reads_its_experts_and_splits_them_over_tp():
+    arch = load_arch(QWEN3_30B_A3B)
+    assert arch.family == "qwen3_moe" and arch.qk_norm and not arch.qkv_bias
+    assert (arch.moe.num_experts, arch.moe.top_k, arch.moe.expert_ffn_hidden_size) == (128, 8, 768)
+    assert arch.moe.norm_topk_prob and arch.mlp_size == 768  # TP splits each expert, not the unused dense MLP
+    arch.check_layout(4, 2)
+    with pytest.raises(ParallelLayoutError, match=r"TP=4 does not divide the MLP size \(102\)"):
+        load_arch({**QWEN3_30B_A3B, "moe_intermediate_size": 102}).check_layout(4, 1)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"mlp_only_layers": [0]}, "dense layers between the MoE layers are not mapped"),
+        ({"decoder_sparse_step": 2}, "dense layers between the MoE layers are not mapped"),
+        ({"attention_bias": True}, "attention_bias=True"),
+    ],
+)
+def test_qwen3_moe_variants_the_mapping_does_not_cover_are_named(change, message):
+    with pytest.raises(UnsupportedArchitectureError, match="unsupported qwen3_moe variant") as err:
+        load_arch({**QWEN3_30B_A3B, **change})
+    assert message in str(err.value)

@@ -8,7 +8,8 @@ re-initialised from a modified config:
   (swapped gate/up, mis-interleaved QKV, missing bias) shows up far above the 1e-4 tolerance;
 * llama: llama3 RoPE scaling with original_max_position_embeddings=64, so at 16 tokens low, medium
   and high frequencies all take different branches (and Megatron's hard-coded 8192 would be wrong);
-* qwen2: q/k/v biases, tied embeddings; qwen3: q/k norms and head_dim 24 != hidden / heads = 16.
+* qwen2: q/k/v biases, tied embeddings; qwen3: q/k norms and head_dim 24 != hidden / heads = 16;
+* qwen3_moe: qwen3's attention and 8 experts of MLP size 32, 2 per token, in every layer.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ FAMILIES: dict[str, tuple[bool, dict]] = {
     "llama": (False, {"rope_parameters": LLAMA3_ROPE}),
     "qwen2": (True, {}),
     "qwen3": (False, {"head_dim": 24}),
+    "qwen3_moe": (False, {"head_dim": 24}),
 }
 
 
