@@ -30,6 +30,7 @@ class ModelShape:
     source: str
     intermediate_size: int | None = None  # the MLP size TP splits: one expert's in a mixture of experts
     vocab_size: int | None = None
+    num_experts: int | None = None  # a mixture of experts (Qwen3-MoE), else None
 
 
 def looks_like_hub_id(path: str) -> bool:
@@ -104,6 +105,7 @@ def shape_from_dict(raw: Mapping[str, Any], source: str) -> ModelShape:
             "moe_intermediate_size" if raw.get("num_experts") else "intermediate_size"
         ),
         vocab_size=optional_int("vocab_size"),
+        num_experts=optional_int("num_experts"),
     )
 
 

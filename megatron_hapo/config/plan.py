@@ -94,9 +94,19 @@ def param_counts(arch) -> tuple[int, int, int]:
     attn = (
         h * q + 2 * h * kv + q * h + ((q + 2 * kv) if arch.qkv_bias else 0) + (2 * d if arch.qk_norm else 0)
     )
-    layer = attn + 3 * h * arch.ffn_hidden_size + 2 * h
+    layer = attn + mlp_params(arch) + 2 * h
     embed = arch.vocab_size * h
     return layer, embed, (0 if arch.tie_word_embeddings else embed) + h
+
+
+def mlp_params(arch, active: bool = False) -> int:
+    """One layer's MLP: SwiGLU's 3 h x ffn matrices; a mixture of experts has ``num_experts`` of them and the
+    router (h x experts), of which a token uses ``top_k`` (``active``)."""
+    h, moe = arch.hidden_size, arch.moe
+    if moe is None:
+        return 3 * h * arch.ffn_hidden_size
+    experts = moe.top_k if active else moe.num_experts
+    return experts * 3 * h * moe.expert_ffn_hidden_size + h * moe.num_experts
 
 
 @dataclass(frozen=True)
@@ -216,11 +226,19 @@ def render_plan(cfg: RootConfig, world_size: int, gpu_gib: float = 80.0) -> str:
     dp = data_parallel_size(cfg, world_size)
     layer, embed, head = param_counts(arch)
     total_params = arch.num_layers * layer + embed + head
+    if arch.moe is not None:
+        active = total_params - arch.num_layers * (mlp_params(arch) - mlp_params(arch, active=True))
     mem = memory_plan(cfg, arch, dp)
     gpus_per_server = r.gpus_per_server or r.tensor_parallel_size
     seq = data.max_prompt_length + r.max_new_tokens
     lines = [
-        f"model      {cfg.model.hf_path}: {arch.family}, {total_params / 1e9:.2f} B params, {arch.num_layers} layers, "
+        f"model      {cfg.model.hf_path}: {arch.family}, {total_params / 1e9:.2f} B params"
+        + (
+            f" ({active / 1e9:.2f} B active: {arch.moe.top_k} of {arch.moe.num_experts} experts per token)"
+            if arch.moe
+            else ""
+        )
+        + f", {arch.num_layers} layers, "
         f"hidden {arch.hidden_size}, {arch.num_attention_heads} heads / {arch.num_kv_heads} KV, vocab {arch.vocab_size} "
         f"(padded to {padded_vocab_size(arch.vocab_size, p.tensor_model_parallel_size, cfg.model.make_vocab_size_divisible_by)}"
         f" = a multiple of {cfg.model.make_vocab_size_divisible_by} x TP), context {arch.max_position_embeddings}",

@@ -702,6 +702,19 @@ def _model_fits(cfg: RootConfig, shape: ModelShape, out: _Issues) -> None:
             out.add(keys, f"{problem} {src}")
     for problem in rollout_tp_problems(shape, cfg.rollout.tensor_parallel_size):
         out.add("rollout.tensor_parallel_size", f"{problem} {src}")
+    if shape.num_experts and tp > 1 and not p.sequence_parallel:
+        out.add(  # Megatron's TransformerConfig refuses it at start-up
+            ["parallel.sequence_parallel", "parallel.tensor_model_parallel_size"],
+            f"a mixture of experts ({shape.num_experts} experts {src}) at TP={tp} needs sequence parallelism "
+            "(Megatron refuses MoE with TP > 1 without it); set parallel.sequence_parallel=true",
+        )
+    if shape.num_experts and cfg.precision.fp8:
+        # TE's FP8 GEMMs need each expert's token count padded (moe_router_padding_for_quantization); not built
+        out.add(
+            "precision.fp8",
+            f"FP8 training of a mixture of experts ({shape.num_experts} experts {src}) is not supported yet; "
+            "set precision.fp8=null to train it in bf16",
+        )
     total = cfg.data.max_prompt_length + cfg.rollout.max_new_tokens
     if shape.max_position_embeddings is not None and total > shape.max_position_embeddings:
         out.add(

@@ -1,4 +1,4 @@
-"""config.json facts of the paper's models, for planning a run without the checkpoint on disk.
+"""config.json facts of the paper's models (and Qwen3-30B-A3B), for planning a run without the checkpoint on disk.
 
 Dry runs (``hapo-train --dry-run``) read the model's own config.json when ``model.hf_path`` is a
 local directory; otherwise they look the name up here. Values are those of the published HF configs.
@@ -58,6 +58,20 @@ KNOWN_CONFIGS: dict[str, dict[str, Any]] = {
         "num_hidden_layers": 40,
         "num_attention_heads": 40,
         "num_key_value_heads": 8,
+    },  # fmt: skip
+    "Qwen3-30B-A3B": {  # a mixture of experts: 128 experts of MLP size 768, 8 per token, in every layer
+        **_QWEN3,
+        "model_type": "qwen3_moe",
+        "hidden_size": 2048,
+        "intermediate_size": 6144,
+        "moe_intermediate_size": 768,
+        "num_experts": 128,
+        "num_experts_per_tok": 8,
+        "norm_topk_prob": True,
+        "num_hidden_layers": 48,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 4,
+        "max_position_embeddings": 40960,
     },  # fmt: skip
     "Llama-3.1-8B-Instruct": {
         **_LLAMA3,

@@ -168,3 +168,16 @@ def test_context_parallelism_divides_the_tokens_a_rank_holds():
     packed = [f"parallel.context_parallel_size={c}" for c in (1, 2)]
     mask1, mask2 = (_plan(SMALL, "model.layer_spec=local", "data.sequence_packing=mask", c) for c in packed)
     assert mask1.activations / 2 < mask2.activations < 0.55 * mask1.activations
+
+
+def test_a_mixture_of_experts_is_planned_with_its_active_parameters_and_its_limits():
+    moe = ["model.hf_path=Qwen/Qwen3-30B-A3B", "parallel.tensor_model_parallel_size=4"]
+    plan = dry_run(RECIPE, moe)
+    # Qwen3-30B-A3B's published sizes: 30.5 B parameters, 3.3 B active
+    assert "qwen3_moe, 30.53 B params (3.35 B active: 8 of 128 experts per token)" in plan, plan
+    issues = _problems(*moe, "precision.fp8=hybrid")
+    assert [i.key for i in issues] == ["precision.fp8"]
+    assert "FP8 training of a mixture of experts (128 experts" in issues[0].message
+    issues = _problems(*moe, "parallel.sequence_parallel=false")
+    assert [i.key for i in issues] == ["parallel.sequence_parallel, parallel.tensor_model_parallel_size"]
+    assert "at TP=4 needs sequence parallelism" in issues[0].message

@@ -4,6 +4,8 @@ Args: MODEL_DIR RUN_DIR TP DISTRIBUTED_OPTIMIZER(0|1) [PP [VP [CP]]]: TP=2, PP=2
 model of 4 layers), CP=2 (context parallelism: SDPA attention, one sequence per row) or none of them (DP=2). Asserts
 the run wrote two metric rows with finite losses, an engine serving the trainer's weights, and a checkpoint.
 
+EXTRA_OVERRIDES (environment): more config overrides, space-separated.
+
 FAIL_LAST_SYNC=1 (environment): rank 0's engine refuses the weight sync after step 2 before any weight moves (an
 injected EngineError at its pause), while its model-parallel peers are in the export's collectives: they finish the
 export, every rank learns of the failure, the run saves step 2, then rank 0 raises the engine's error and the
@@ -42,6 +44,7 @@ def main() -> None:
         "data.mini_batch_size=2",
         "data.micro_batch_size=2",
         "sampling.train.n=4",
+        *os.environ.get("EXTRA_OVERRIDES", "").split(),
     ]
     cfg = load_config("examples/configs/tiny_cpu.yaml", overrides, world_size=2)
     fail_last_sync = os.environ.get("FAIL_LAST_SYNC") == "1"

@@ -14,9 +14,17 @@ import sys
 import pytest
 
 from megatron_hapo.demo.tiny_models import make_tiny_hf_model
-from tests.torchrun_utils import REPO_ROOT
+from tests.torchrun_utils import REPO_ROOT, run_torchrun
 
-pytestmark = pytest.mark.slow  # two engine starts and three steps (~1 min)
+pytestmark = pytest.mark.slow  # two engine starts and three steps, then a torchrun job (~1.5 min)
+
+
+@pytest.fixture(scope="module")
+def moe_model(tmp_path_factory):
+    # initializer_range 0.2: the router's choices vary from token to token, so every expert is used
+    return make_tiny_hf_model(
+        tmp_path_factory.mktemp("moe"), "qwen3_moe", dtype="float32", initializer_range=0.2
+    )
 
 
 def _train(model, run_dir, steps):
@@ -32,10 +40,8 @@ def _train(model, run_dir, steps):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_a_mixture_of_experts_trains_syncs_its_experts_and_resumes(tmp_path):
-    # initializer_range 0.2: the router's choices vary from token to token, so every expert is used
-    model = make_tiny_hf_model(tmp_path / "moe", "qwen3_moe", dtype="float32", initializer_range=0.2)
-    rows = _train(model, tmp_path / "run", 2)
+def test_a_mixture_of_experts_trains_syncs_its_experts_and_resumes(moe_model, tmp_path):
+    rows = _train(moe_model, tmp_path / "run", 2)
     assert [r["step"] for r in rows] == [1, 2]
     for r in rows:
         # the engine's log-probs are the trainer's: step 2 samples from weights synced after step 1's update,
@@ -43,6 +49,18 @@ def test_a_mixture_of_experts_trains_syncs_its_experts_and_resumes(tmp_path):
         assert r["actor/tis/abs_log_prob_diff"] < 1e-3, r
         assert r["optim/grad_norm"] > 0, r
     assert "eval/tiny_math_val/avg@2" in rows[1], sorted(rows[1])
-    rows = _train(model, tmp_path / "run", 3)  # resumes from the step-2 checkpoint
+    rows = _train(moe_model, tmp_path / "run", 3)  # resumes from the step-2 checkpoint
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert rows[2]["actor/tis/abs_log_prob_diff"] < 1e-3, rows[2]
+
+
+@pytest.mark.dist
+def test_two_steps_at_tp2_with_sequence_parallelism_and_the_distributed_optimizer(moe_model, tmp_path):
+    """Each expert's MLP split over 2 TP ranks (Megatron's alltoall dispatcher), the expert gradients reduced and
+    sharded by the distributed optimizer; the job asserts finite losses, a checkpoint and an engine serving the
+    trainer's weights."""
+    env = {"EXTRA_OVERRIDES": "parallel.sequence_parallel=true"}  # MoE at TP > 1 needs it (config validation)
+    out = run_torchrun(
+        "job_trainer_world2.py", 2, moe_model, tmp_path / "run", "2", "1", env=env, timeout=480
+    )
+    assert "TRAINER_WORLD2_OK tp=2" in out, out[-3000:]
