@@ -94,6 +94,8 @@ def shape_from_dict(raw: Mapping[str, Any], source: str) -> ModelShape:
         value = raw.get(key)
         return int(value) if isinstance(value, int) else None
 
+    # released Qwen3-MoE configs say num_experts; transformers 5 writes the same number as num_local_experts
+    experts = optional_int("num_experts") or optional_int("num_local_experts")
     return ModelShape(
         num_attention_heads=heads,
         num_key_value_heads=int(kv),
@@ -101,11 +103,9 @@ def shape_from_dict(raw: Mapping[str, Any], source: str) -> ModelShape:
         max_position_embeddings=optional_int("max_position_embeddings"),
         source=source,
         # a mixture of experts (Qwen3-MoE) splits each expert's MLP over TP; its dense size goes unused
-        intermediate_size=optional_int(
-            "moe_intermediate_size" if raw.get("num_experts") else "intermediate_size"
-        ),
+        intermediate_size=optional_int("moe_intermediate_size" if experts else "intermediate_size"),
         vocab_size=optional_int("vocab_size"),
-        num_experts=optional_int("num_experts"),
+        num_experts=experts,
     )
 
 

@@ -184,10 +184,18 @@ def memory_plan(cfg: RootConfig, arch, dp: int) -> MemoryPlan:
     tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
     layer, embed, head = param_counts(arch)
     per_stage_layers = -(-arch.num_layers // pp)
-    # the most loaded stage: first (embedding) or last (output layer; a tied model keeps a copy there too)
-    first = per_stage_layers * layer + embed
-    last = per_stage_layers * layer + (head if not arch.tie_word_embeddings or pp == 1 else head + embed)
-    stage = (max(first, last) if pp > 1 else arch.num_layers * layer + embed + head) / tp
+
+    def stage_params(layer: float) -> float:
+        # the most loaded stage: first (embedding) or last (output layer; a tied model keeps a copy there too)
+        first = per_stage_layers * layer + embed
+        last = per_stage_layers * layer + (head if not arch.tie_word_embeddings or pp == 1 else head + embed)
+        return (max(first, last) if pp > 1 else arch.num_layers * layer + embed + head) / tp
+
+    # expert parallelism: a rank holds 1/EP of a layer's experts; its distributed optimizer shards them over the
+    # DP x CP / EP ranks holding the same experts, so the optimizer's share per rank is as without EP
+    ep = p.expert_model_parallel_size
+    experts = arch.moe.num_experts * 3 * arch.hidden_size * arch.moe.expert_ffn_hidden_size if arch.moe else 0
+    stage, held = stage_params(layer), stage_params(layer - experts * (ep - 1) / ep)
     h, sp, cp = arch.hidden_size, (tp if p.sequence_parallel else 1), p.context_parallel_size
     q_dim = arch.num_attention_heads * arch.head_dim
 
@@ -210,8 +218,8 @@ def memory_plan(cfg: RootConfig, arch, dp: int) -> MemoryPlan:
     )
     in_flight = pipeline_in_flight(pp, p.virtual_pipeline_model_parallel_size, micro_batches)
     return MemoryPlan(
-        weights=2 * stage,
-        grads=4 * stage,
+        weights=2 * held,
+        grads=4 * held,
         optimizer=12 * stage / (dp * cp if p.use_distributed_optimizer else 1),  # sharded over DP x CP
         activations=per_mb * in_flight,
         logits=2 * 2 * update.tokens / cp * arch.vocab_size / tp,
@@ -250,6 +258,11 @@ def render_plan(cfg: RootConfig, world_size: int, gpu_gib: float = 80.0) -> str:
             else ""
         )
         + (" + sequence parallel" if p.sequence_parallel else "")
+        + (
+            f" + expert parallel (EP {p.expert_model_parallel_size})"
+            if p.expert_model_parallel_size > 1
+            else ""
+        )
         + (" + distributed optimizer" if p.use_distributed_optimizer else ""),
         f"rollout    {r.engine}: {r.num_servers} SGLang server(s) x {gpus_per_server} GPU(s), TP {r.tensor_parallel_size}",
         f"step       {data.train_batch_size} prompts x {n} = {data.train_batch_size * n} responses, "

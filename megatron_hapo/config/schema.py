@@ -130,6 +130,11 @@ class ParallelConfig:
         "interleaved pipeline: model chunks per pipeline rank (>= 2, needs PP > 1 and layers divisible by "
         "PP x VP; fewer pipeline bubbles for more point-to-point traffic); null = one chunk per rank",
     )
+    expert_model_parallel_size: int = opt(
+        1,
+        "expert-parallel size (EP) of a mixture of experts: each rank holds num_experts / EP experts, tokens "
+        "travel to their experts' ranks (all-to-all); carved out of DP x CP, which it must divide",
+    )
     sequence_parallel: bool = opt(False, "Megatron sequence parallelism (needs TP > 1)")
     use_distributed_optimizer: bool = opt(True, "shard optimizer state across data-parallel ranks")
 

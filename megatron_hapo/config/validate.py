@@ -84,6 +84,7 @@ def _positive(cfg: RootConfig, out: _Issues) -> None:
         "parallel.tensor_model_parallel_size": cfg.parallel.tensor_model_parallel_size,
         "parallel.pipeline_model_parallel_size": cfg.parallel.pipeline_model_parallel_size,
         "parallel.context_parallel_size": cfg.parallel.context_parallel_size,
+        "parallel.expert_model_parallel_size": cfg.parallel.expert_model_parallel_size,
         "rollout.tensor_parallel_size": cfg.rollout.tensor_parallel_size,
         "rollout.num_servers": cfg.rollout.num_servers,
         "rollout.max_new_tokens": cfg.rollout.max_new_tokens,
@@ -171,6 +172,13 @@ def _layout(cfg: RootConfig, world_size: int, world_phrase: str, out: _Issues) -
         )
     if cp > 1:
         _context_parallel(cfg, out)
+    ep = p.expert_model_parallel_size
+    dp_cp = (p.data_parallel_size or world_size // (tp * pp * cp)) * cp
+    if ep > 1 and dp_cp % ep:
+        out.add(  # Megatron's expert-parallel groups are carved out of the DP x CP ranks of a TP rank and stage
+            ["parallel.expert_model_parallel_size", *layout_keys[2:], "parallel.data_parallel_size"],
+            f"expert parallelism EP={ep} must divide DP x CP = {dp_cp} (the {world_phrase} / (TP x PP))",
+        )
     if p.sequence_parallel and tp == 1:
         out.add(
             ["parallel.sequence_parallel", "parallel.tensor_model_parallel_size"],
@@ -702,6 +710,18 @@ def _model_fits(cfg: RootConfig, shape: ModelShape, out: _Issues) -> None:
             out.add(keys, f"{problem} {src}")
     for problem in rollout_tp_problems(shape, cfg.rollout.tensor_parallel_size):
         out.add("rollout.tensor_parallel_size", f"{problem} {src}")
+    ep = p.expert_model_parallel_size
+    if ep > 1 and not shape.num_experts:
+        out.add(
+            "parallel.expert_model_parallel_size",
+            f"expert parallelism (EP={ep}) splits the experts of a mixture of experts; {shape.source} has none: "
+            "set parallel.expert_model_parallel_size=1",
+        )
+    elif ep > 1 and shape.num_experts % ep:
+        out.add(
+            "parallel.expert_model_parallel_size",
+            f"EP={ep} does not divide the {shape.num_experts} experts {src}",
+        )
     if shape.num_experts and tp > 1 and not p.sequence_parallel:
         out.add(  # Megatron's TransformerConfig refuses it at start-up
             ["parallel.sequence_parallel", "parallel.tensor_model_parallel_size"],

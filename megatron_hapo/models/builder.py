@@ -170,8 +170,11 @@ def moe_config(arch: ModelArch) -> dict[str, Any]:
     softmax comes first (``moe_router_pre_softmax``). The update has no load-balancing loss: RL fine-tunes
     the policy through HAPO's loss only. Dropless: every token reaches its k experts.
     """
+    from megatron.core import parallel_state as ps
+
     moe = arch.moe
     return dict(
+        expert_model_parallel_size=ps.get_expert_model_parallel_world_size(),
         num_moe_experts=moe.num_experts,
         moe_router_topk=moe.top_k,
         moe_ffn_hidden_size=moe.expert_ffn_hidden_size,

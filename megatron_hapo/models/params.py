@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 _LOCAL_LAYER = re.compile(r"^decoder\.layers\.(\d+)\.")
+_LOCAL_EXPERT = re.compile(r"(\.mlp\.experts\.local_experts\.)(\d+)\.")
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -29,10 +30,19 @@ def as_chunks(model) -> list[torch.nn.Module]:
 
 
 def named_global_parameters(chunk: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Parameter]]:
-    """``(global_name, parameter)`` for every parameter of an (unwrapped) GPTModel chunk."""
+    """``(global_name, parameter)`` for every parameter of an (unwrapped) GPTModel chunk.
+
+    Global layers, and under expert parallelism global experts: an MoE layer's ``local_expert_indices`` name the
+    experts its ``local_experts`` hold on this rank."""
     layers = chunk.decoder.layers if hasattr(chunk, "decoder") else []
     offsets = {str(j): layer.layer_number - 1 for j, layer in enumerate(layers)}
+    experts = {str(j): getattr(layer.mlp, "local_expert_indices", None) for j, layer in enumerate(layers)}
     for name, param in chunk.named_parameters():
+        local = _LOCAL_LAYER.match(name)
+        expert = _LOCAL_EXPERT.search(name) if local else None
+        if expert and experts[local.group(1)] is not None:
+            index = experts[local.group(1)][int(expert.group(2))]
+            name = f"{name[: expert.start(2)]}{index}{name[expert.end(2) :]}"
         name = _LOCAL_LAYER.sub(lambda m: f"decoder.layers.{offsets[m.group(1)]}.", name, count=1)
         yield name, param
 

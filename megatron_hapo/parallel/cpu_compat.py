@@ -110,6 +110,23 @@ def apply_runtime_patches() -> None:
     _torch_norm_sequence_parallel()
     _distopt_load_without_precision_aware_state()
     _default_causal_mask_on_host()
+    _moe_split_sizes_as_numpy()
+
+
+def _moe_split_sizes_as_numpy() -> None:
+    # The MoE all-to-all dispatcher moves its split sizes to the host as numpy arrays (moe_utils.
+    # maybe_move_tensor_to_cpu(..., as_numpy=True)) only when they are on a CUDA device; on the CPU they stay
+    # tensors, which all_to_all_single's C++ binding refuses. Convert them here as the GPU path does.
+    from megatron.core.transformer.moe import moe_utils, token_dispatcher
+
+    original = moe_utils.maybe_move_tensor_to_cpu
+
+    def maybe_move_tensor_to_cpu(tensor, as_numpy=False, record_stream=False):
+        if as_numpy and torch.is_tensor(tensor):
+            return tensor.numpy()
+        return original(tensor, as_numpy=as_numpy, record_stream=record_stream)
+
+    moe_utils.maybe_move_tensor_to_cpu = token_dispatcher.maybe_move_tensor_to_cpu = maybe_move_tensor_to_cpu
 
 
 def _default_causal_mask_on_host() -> None:

@@ -211,14 +211,13 @@ def _discard(path: Path) -> None:
 
 
 def _export_hf(policy, out: Path, hf_reference: str | Path) -> None:
-    """The policy as HF safetensors (dtype of ``model.dtype``): the model-parallel group of data-parallel
-    rank 0 walks the collective export, global rank 0 writes."""
-    from megatron.core import parallel_state as ps
-
+    """The policy as HF safetensors (dtype of ``model.dtype``): the ranks of ``runs_the_export`` walk the
+    collective export, global rank 0 writes."""
     from megatron_hapo.checkpoint_io import export_hf_weights
+    from megatron_hapo.checkpoint_io.export import runs_the_export
     from megatron_hapo.checkpoint_io.hf_io import HFCheckpointWriter, copy_reference_files
 
-    if ps.get_data_parallel_rank(with_context_parallel=True) != 0:
+    if not runs_the_export():
         return
     dtype = getattr(torch, policy.cfg.model.dtype)
     writer = HFCheckpointWriter(out, 5 * 10**9, dtype) if dist.get_rank() == 0 else None

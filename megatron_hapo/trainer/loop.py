@@ -166,6 +166,7 @@ def train(cfg: RootConfig) -> Run:
         hp.initialize_model_parallel(
             p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.context_parallel_size,
             virtual_pipeline_parallel=p.virtual_pipeline_model_parallel_size, seed=cfg.trainer.seed,
+            expert_model_parallel_size=p.expert_model_parallel_size,
         )  # fmt: skip
         with hp.device_mode():
             plan = plan_resume(cfg)  # run directory and checkpoint checked before any engine starts

@@ -328,13 +328,12 @@ class Policy:
     def sync_weights(self, synchronizer, version: str) -> dict[str, float]:
         """Hand the stream of HF-named weights to ``synchronizer`` (``sync.WeightSynchronizer``, held by
         global rank 0); the model-parallel peers of rank 0 iterate the collective export in lockstep; other
-        data-parallel replicas have nothing to do."""
-        from megatron.core import parallel_state as ps
-
+        data-parallel replicas have nothing to do, except under expert parallelism (``runs_the_export``)."""
         from megatron_hapo.checkpoint_io import export_hf_weights
+        from megatron_hapo.checkpoint_io.export import runs_the_export
 
         t0 = time.perf_counter()
-        if ps.get_data_parallel_rank(with_context_parallel=True) != 0:  # CP peers hold the same weights
+        if not runs_the_export():  # CP peers hold the same weights
             return {}
         named = export_hf_weights(self.chunks)
         if synchronizer is not None:

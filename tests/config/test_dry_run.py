@@ -4,6 +4,7 @@ need the machine are named as skipped."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,27 @@ def test_a_mixture_of_experts_is_planned_with_its_active_parameters_and_its_limi
     issues = _problems(*moe, "parallel.sequence_parallel=false")
     assert [i.key for i in issues] == ["parallel.sequence_parallel, parallel.tensor_model_parallel_size"]
     assert "at TP=4 needs sequence parallelism" in issues[0].message
+
+
+def test_expert_parallelism_is_checked_against_the_experts_and_the_data_parallel_ranks():
+    moe = ["model.hf_path=Qwen/Qwen3-30B-A3B", "parallel.tensor_model_parallel_size=4"]  # 16 GPUs: DP 4
+
+    def weights_gib(plan: str) -> float:
+        return float(re.search(r"weights +([\d.]+) GiB", plan).group(1))
+
+    plan = dry_run(RECIPE, [*moe, "parallel.expert_model_parallel_size=4"])
+    assert "+ expert parallel (EP 4)" in plan
+    # 29.0 B of the 30.5 B parameters are experts: a quarter of them per rank
+    assert weights_gib(plan) < weights_gib(dry_run(RECIPE, moe)) / 3, plan
+    issues = _problems(*moe, "parallel.expert_model_parallel_size=8")
+    assert [i.key for i in issues] == [
+        "parallel.expert_model_parallel_size, parallel.context_parallel_size, parallel.data_parallel_size"
+    ]
+    assert "expert parallelism EP=8 must divide DP x CP = 4" in issues[0].message
+    issues = _problems(*moe, "parallel.expert_model_parallel_size=3", "cluster.nodes=3")  # DP 6
+    assert "EP=3 does not divide the 128 experts (from the known config of Qwen/Qwen3-30B-A3B)" in [
+        i.message for i in issues
+    ]
+    issues = _problems("parallel.expert_model_parallel_size=2")  # Qwen2.5-Math-7B is dense
+    assert [i.key for i in issues] == ["parallel.expert_model_parallel_size"]
+    assert "has none: set parallel.expert_model_parallel_size=1" in issues[0].message

@@ -340,3 +340,30 @@ def test_over_sampling_needs_dynamic_sampling_and_a_fleet():
         in issues([*FLEET, "algorithm.dynamic_sampling.over_sample=2"])[0].message
     )
     assert "must be >= 1" in issues([*FLEET, "algorithm.dynamic_sampling.over_sample=0.5"])[0].message
+
+
+def test_a_local_mixture_of_experts_is_recognised_as_transformers_5_writes_it(tmp_path):
+    """transformers 5 saves Qwen3-MoE's expert count as num_local_experts (released configs: num_experts)."""
+    import json
+
+    from megatron_hapo.demo.tiny_models import make_tiny_hf_model
+
+    model = make_tiny_hf_model(tmp_path / "moe", "qwen3_moe")
+    assert json.loads((model / "config.json").read_text())["num_local_experts"] == 8
+    base = [
+        f"model.hf_path={model}",
+        "data.train_files=[t.jsonl]",
+        "rollout.max_new_tokens=512",
+        "reward.overlong.buffer_len=64",
+    ]
+
+    def found(*overrides):
+        return collect_issues(compose(None, [*base, *overrides]).cfg, world_size=8, check_env=False)
+
+    assert found("parallel.tensor_model_parallel_size=2", "parallel.sequence_parallel=true") == []
+    assert found("parallel.expert_model_parallel_size=8") == []
+    no_sp = found("parallel.tensor_model_parallel_size=2")
+    assert [i.key for i in no_sp] == ["parallel.sequence_parallel, parallel.tensor_model_parallel_size"]
+    assert "a mixture of experts (8 experts" in no_sp[0].message
+    messages = [i.message for i in found("parallel.expert_model_parallel_size=3")]
+    assert "EP=3 does not divide the 8 experts (from " in messages[-1], messages

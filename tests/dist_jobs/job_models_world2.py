@@ -39,8 +39,8 @@ def log(msg):
 
 
 @contextlib.contextmanager
-def layout(tp, pp, seed=1234):
-    hp.initialize_model_parallel(tp, pp, seed=seed)
+def layout(tp, pp, seed=1234, ep=1):
+    hp.initialize_model_parallel(tp, pp, seed=seed, expert_model_parallel_size=ep)
     try:
         with hp.device_mode():
             yield
@@ -112,6 +112,21 @@ def check_family(shared: Path, family: str) -> None:
         # only the fp32 summation order differs (TP=2 splits the row-parallel matmuls): ~1e-5 on O(10) logits
         assert diff < ATOL, f"{family}: TP=2 checkpoint at TP=1 changes the logits by {diff}"
         log(f"{family} TP=2 checkpoint reloaded at TP=1: max |logit diff| vs TP=2 = {diff:.2e}")
+
+    if family == "qwen3_moe":  # expert parallelism (DP=2, EP=2): each rank holds 4 of the 8 experts
+        with layout(1, 1, ep=2):
+            direct = build_gpt_model(hf)
+            load_hf_weights(direct, hf)  # each rank reads its own experts
+            result = compare_with_hf(direct, hf)  # rank 0's tokens also visit rank 1's experts (all-to-all)
+            assert result.ok, f"{family} EP=2 loaded from HF: {result.describe()}"
+            check_export(direct, reference, f"{family} EP=2")  # every expert, gathered over the EP group
+            model = build_gpt_model(hf, padded_vocab_size=padded)
+            load_checkpoint(model, ckpt)  # the TP=2 checkpoint, resharded to EP=2
+            resharded = compare_with_hf(model, hf)
+            assert resharded.ok, f"{family} EP=2 from the TP=2 checkpoint: {resharded.describe()}"
+        log(
+            f"{family} EP=2: {result.describe()}; from the TP=2 checkpoint {resharded.max_abs_diff:.2e}; export bit-exact"
+        )
 
     cli("verify", "--hf", hf, "--mcore", ckpt, "--tp", 2)
     cli("verify", "--hf", hf, "--mcore", ckpt, "--pp", 2)

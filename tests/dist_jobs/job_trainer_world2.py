@@ -4,7 +4,8 @@ Args: MODEL_DIR RUN_DIR TP DISTRIBUTED_OPTIMIZER(0|1) [PP [VP [CP]]]: TP=2, PP=2
 model of 4 layers), CP=2 (context parallelism: SDPA attention, one sequence per row) or none of them (DP=2). Asserts
 the run wrote two metric rows with finite losses, an engine serving the trainer's weights, and a checkpoint.
 
-EXTRA_OVERRIDES (environment): more config overrides, space-separated.
+EXTRA_OVERRIDES (environment): more config overrides, space-separated (trainer.total_steps=3 over a run directory
+that holds step 2: a resume, then step 3).
 
 FAIL_LAST_SYNC=1 (environment): rank 0's engine refuses the weight sync after step 2 before any weight moves (an
 injected EngineError at its pause), while its model-parallel peers are in the export's collectives: they finish the
@@ -65,12 +66,13 @@ def main() -> None:
         assert failed is None, repr(failed)
     if dist.get_rank() == 0:
         rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-        assert [r["step"] for r in rows] == [1, 2], rows
+        steps = cfg.trainer.total_steps
+        assert [r["step"] for r in rows] == list(range(1, steps + 1)), rows
         for r in rows:
             assert math.isfinite(r["actor/pg_loss"]) and math.isfinite(r["optim/grad_norm"]), r
             # the engine serves the trainer's weights: behaviour and old log-probs agree
             assert r["actor/tis/abs_log_prob_diff"] < 1e-3, r
-        assert (Path(run_dir) / "checkpoints" / "step_2" / "trainer_state.json").is_file()
+        assert (Path(run_dir) / "checkpoints" / f"step_{steps}" / "trainer_state.json").is_file()
         print(f"TRAINER_WORLD2_OK tp={tp} pp={pp} vp={vp} cp={cp} failed_sync={fail_last_sync}", flush=True)
     dist.barrier()
     dist.destroy_process_group()

@@ -1,5 +1,6 @@
 """A mixture of experts end to end: hapo-train on a tiny Qwen3-MoE (8 experts, 2 per token): rollouts on SGLang,
-the update through Megatron's MoE layers, the expert weights synced back, a checkpoint and a resume.
+the update through Megatron's MoE layers, the expert weights synced back, an evaluation and a checkpoint; at TP=2;
+at EP=2 with a resume.
 
 The conversion of Qwen3-MoE (logits against HF at TP=1/2 and PP=2, bit-exact round trips) is tested with the
 other families in tests/models/test_conversion*.py."""
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -16,7 +18,7 @@ import pytest
 from megatron_hapo.demo.tiny_models import make_tiny_hf_model
 from tests.torchrun_utils import REPO_ROOT, run_torchrun
 
-pytestmark = pytest.mark.slow  # two engine starts and three steps, then a torchrun job (~1.5 min)
+pytestmark = pytest.mark.slow  # one run, then three torchrun jobs (~1.5 min)
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +29,10 @@ def moe_model(tmp_path_factory):
     )
 
 
-def _train(model, run_dir, steps):
+def _train(model, run_dir):
     cmd = [sys.executable, "-m", "megatron_hapo.trainer", "--config", "examples/configs/cpu_demo.yaml",
            f"model.hf_path={model}", "model.load_weights=true", f"trainer.run_dir={run_dir}",
-           f"trainer.total_steps={steps}", "checkpoint.save_every=2", "eval.every=2",
+           "trainer.total_steps=2", "checkpoint.save_every=2", "eval.every=2",
            # every update moves the router and the experts far: a varied reward, a large step
            "reward.scorer=test_digit_share", "reward.extra_modules=[tests.trainer.helper_scorers]",
            "reward.overlong.enable=false", "optim.lr=1e-2"]  # fmt: skip
@@ -40,8 +42,8 @@ def _train(model, run_dir, steps):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_a_mixture_of_experts_trains_syncs_its_experts_and_resumes(moe_model, tmp_path):
-    rows = _train(moe_model, tmp_path / "run", 2)
+def test_a_mixture_of_experts_trains_evaluates_and_syncs_its_experts(moe_model, tmp_path):
+    rows = _train(moe_model, tmp_path / "run")
     assert [r["step"] for r in rows] == [1, 2]
     for r in rows:
         # the engine's log-probs are the trainer's: step 2 samples from weights synced after step 1's update,
@@ -49,9 +51,9 @@ def test_a_mixture_of_experts_trains_syncs_its_experts_and_resumes(moe_model, tm
         assert r["actor/tis/abs_log_prob_diff"] < 1e-3, r
         assert r["optim/grad_norm"] > 0, r
     assert "eval/tiny_math_val/avg@2" in rows[1], sorted(rows[1])
-    rows = _train(moe_model, tmp_path / "run", 3)  # resumes from the step-2 checkpoint
-    assert [r["step"] for r in rows] == [1, 2, 3]
-    assert rows[2]["actor/tis/abs_log_prob_diff"] < 1e-3, rows[2]
+    assert (
+        tmp_path / "run" / "checkpoints" / "step_2" / "trainer_state.json"
+    ).is_file()  # resumed: below, at EP=2
 
 
 @pytest.mark.dist
@@ -64,3 +66,18 @@ def test_two_steps_at_tp2_with_sequence_parallelism_and_the_distributed_optimize
         "job_trainer_world2.py", 2, moe_model, tmp_path / "run", "2", "1", env=env, timeout=480
     )
     assert "TRAINER_WORLD2_OK tp=2" in out, out[-3000:]
+
+
+@pytest.mark.dist
+def test_expert_parallelism_trains_syncs_every_expert_and_resumes(moe_model, tmp_path):
+    """EP=2 (DP=2): each rank holds 4 of the 8 experts; the sync gathers them all (the engine's log-probs are the
+    trainer's), the checkpoint shards them, and a resume from step 2 runs step 3 on the same layout."""
+    ep = "parallel.expert_model_parallel_size=2"
+    for steps in (2, 3):
+        env = {"EXTRA_OVERRIDES": f"{ep} trainer.total_steps={steps}"}
+        out = run_torchrun(
+            "job_trainer_world2.py", 2, moe_model, tmp_path / "run", "1", "1", env=env, timeout=480
+        )
+        assert "TRAINER_WORLD2_OK tp=1" in out, out[-3000:]
+    steps_run = re.findall(r"^ +(\d+) +-?\d", out, flags=re.MULTILINE)  # the console's step lines
+    assert steps_run == ["3"], steps_run  # the second launch resumed from step 2's checkpoint
