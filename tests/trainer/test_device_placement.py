@@ -87,6 +87,19 @@ def test_build_gpt_model_puts_everything_on_the_current_device(
     assert _misplaced([(n, p.grad) for n, p in model.named_parameters()], device) == []
 
 
+def test_a_mixture_of_experts_is_built_on_the_current_device(tmp_path, current_device_meta):
+    """The router and every expert (Megatron's MoE layer, SequentialMLP) end on the device in bf16. Only the build:
+    the forward's token dispatcher reads each expert's token count, a value ``meta`` does not hold."""
+    from megatron_hapo.models import build_gpt_model
+
+    path = make_tiny_hf_model(tmp_path / "m", "qwen3_moe", vocab_size=VOCAB)
+    model = build_gpt_model(path, params_dtype=torch.bfloat16, spec="local")
+    named = [*model.named_parameters(), *model.named_buffers()]
+    assert sum(".mlp.experts." in n for n, _ in named) == 2 * 8 * 2  # 2 layers x 8 experts x (fc1, fc2)
+    assert any(n.endswith("mlp.router.weight") for n, _ in named)
+    assert _misplaced(named, current_device_meta, torch.bfloat16) == []
+
+
 def test_policy_update_state_and_batch_on_the_current_device(tmp_path, current_device_meta):
     """Policy in bf16 with Megatron's fp16/bf16 optimizer (use_distributed_optimizer: false, as the tiny
     configs), then one micro-batch of the update's forward and backward through DDP. CUDA is reported, so
