@@ -105,8 +105,12 @@ def mlp_params(arch, active: bool = False) -> int:
     h, moe = arch.hidden_size, arch.moe
     if moe is None:
         return 3 * h * arch.ffn_hidden_size
-    experts = moe.top_k if active else moe.num_experts
-    return experts * 3 * h * moe.expert_ffn_hidden_size + h * moe.num_experts
+    return (moe.top_k if active else moe.num_experts) * expert_params(arch) + h * moe.num_experts
+
+
+def expert_params(arch) -> int:
+    """One expert of a mixture of experts: its SwiGLU's 3 h x expert ffn matrices."""
+    return 3 * arch.hidden_size * arch.moe.expert_ffn_hidden_size
 
 
 @dataclass(frozen=True)
@@ -194,7 +198,7 @@ def memory_plan(cfg: RootConfig, arch, dp: int) -> MemoryPlan:
     # expert parallelism: a rank holds 1/EP of a layer's experts; its distributed optimizer shards them over the
     # DP x CP / EP ranks holding the same experts, so the optimizer's share per rank is as without EP
     ep = p.expert_model_parallel_size
-    experts = arch.moe.num_experts * 3 * arch.hidden_size * arch.moe.expert_ffn_hidden_size if arch.moe else 0
+    experts = arch.moe.num_experts * expert_params(arch) if arch.moe else 0
     stage, held = stage_params(layer), stage_params(layer - experts * (ep - 1) / ep)
     h, sp, cp = arch.hidden_size, (tp if p.sequence_parallel else 1), p.context_parallel_size
     q_dim = arch.num_attention_heads * arch.head_dim

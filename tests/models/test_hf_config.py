@@ -10,6 +10,7 @@ from megatron_hapo.models import (
     UnsupportedArchitectureError,
     load_arch,
 )
+from megatron_hapo.models.known_configs import known_config
 
 # A Llama 3.1-style config.json as transformers 4.x wrote it (rope_theta / rope_scaling at top level).
 LLAMA31_V4 = {
@@ -129,28 +130,12 @@ def test_missing_config_json(tmp_path):
         load_arch(tmp_path)
 
 
-# Qwen3-30B-A3B's config.json (the fields that matter)
+# Qwen3-30B-A3B's config.json: the dry run's table of published configs, with the keys it leaves at defaults
 QWEN3_30B_A3B = {
+    **known_config("Qwen3-30B-A3B"),
     "architectures": ["Qwen3MoeForCausalLM"],
-    "model_type": "qwen3_moe",
-    "hidden_size": 2048,
-    "intermediate_size": 6144,
-    "moe_intermediate_size": 768,
-    "num_experts": 128,
-    "num_experts_per_tok": 8,
-    "norm_topk_prob": True,
     "decoder_sparse_step": 1,
     "mlp_only_layers": [],
-    "num_attention_heads": 32,
-    "num_key_value_heads": 4,
-    "head_dim": 128,
-    "num_hidden_layers": 48,
-    "vocab_size": 151936,
-    "max_position_embeddings": 40960,
-    "rms_norm_eps": 1e-06,
-    "rope_theta": 1000000.0,
-    "tie_word_embeddings": False,
-    "torch_dtype": "bfloat16",
 }
 
 
