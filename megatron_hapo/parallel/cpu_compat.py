@@ -111,6 +111,39 @@ def apply_runtime_patches() -> None:
     _distopt_load_without_precision_aware_state()
     _default_causal_mask_on_host()
     _moe_split_sizes_as_numpy()
+    _uneven_sequence_parallel_collectives()
+
+
+def _uneven_sequence_parallel_collectives() -> None:
+    # Under TP x EP the MoE dispatcher gathers (and its backward reduce-scatters) uneven token counts over the
+    # TP group: torch.distributed.all_gather / reduce_scatter with splits of different sizes, which NCCL runs and
+    # gloo refuses ("invalid tensor size"). The same results from equal-sized gloo collectives: the gather pads
+    # every split to the largest, the reduce-scatter all-reduces the whole input (every rank holds all splits)
+    # and keeps its own.
+    import torch.distributed as dist
+    from megatron.core.tensor_parallel import mappings
+
+    gather, scatter = mappings._gather_along_first_dim, mappings._reduce_scatter_along_first_dim
+
+    def gather_along_first_dim(input_, group, output_split_sizes=None, use_global_buffer=False):
+        if output_split_sizes is None or group.size() == 1:
+            return gather(input_, group, output_split_sizes, use_global_buffer)
+        sizes = [int(n) for n in output_split_sizes]
+        padded = input_.new_zeros((max(sizes), *input_.shape[1:]))
+        padded[: input_.shape[0]] = input_
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded, group=group)
+        return torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)])
+
+    def reduce_scatter_along_first_dim(input_, group, input_split_sizes=None, use_global_buffer=False):
+        if input_split_sizes is None or group.size() == 1:
+            return scatter(input_, group, input_split_sizes, use_global_buffer)
+        total = input_.contiguous().clone()
+        dist.all_reduce(total, group=group)
+        return torch.split(total, [int(n) for n in input_split_sizes])[group.rank()].contiguous()
+
+    mappings._gather_along_first_dim = gather_along_first_dim
+    mappings._reduce_scatter_along_first_dim = reduce_scatter_along_first_dim
 
 
 def _moe_split_sizes_as_numpy() -> None:
