@@ -109,6 +109,30 @@ def verify(path: str | Path) -> int:
     return step
 
 
+class ExpertLayoutMismatch(HapoError, ValueError):
+    """A mixture of experts' checkpoint whose optimizer state cannot load at this run's expert parallelism."""
+
+
+def refuse_expert_layout_change(path: str | Path, expert_parallel: bool) -> None:
+    """Raise :class:`ExpertLayoutMismatch` when the MoE checkpoint at ``path`` and this run disagree on EP > 1.
+
+    At EP > 1 Megatron keeps the experts' optimizer state in an optimizer of its own (a chain of two: keys
+    ``chained_0.`` / ``chained_1.``); at EP = 1 there is one. Neither loads into the other (Megatron fails deep
+    in the load with a KeyError), so this is checked before any engine starts."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    keys = FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    written_at_ep = any(key.startswith("chained_") for key in keys)
+    if written_at_ep != expert_parallel:
+        raise ExpertLayoutMismatch(
+            f"{path} was written at {'EP > 1' if written_at_ep else 'EP = 1'} and this run has "
+            f"parallel.expert_model_parallel_size {'> 1' if expert_parallel else '= 1'}: Megatron keeps the "
+            "experts' optimizer state apart only at EP > 1, so it does not load across that line. Resume at "
+            f"{'an EP > 1' if written_at_ep else 'EP = 1'}, or start a new run from the checkpoint's weights "
+            "(checkpoint.hf_export, then model.hf_path)"
+        )
+
+
 def select(setting: str, directory: str | Path) -> Path | None:
     """The checkpoint to resume from per ``checkpoint.resume``, verified; None to start fresh.
 
