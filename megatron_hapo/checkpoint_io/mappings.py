@@ -259,7 +259,7 @@ _EXPERT_FC2 = Direct(("linear_fc2.weight",), "down_proj.weight", Split.ROW)
 def with_expert(mcore_name: str, expert: int) -> str:
     """``mcore_name`` (a per-expert parameter's global name) for expert ``expert`` of the same layer."""
     layer, rel = _LAYER_NAME.match(mcore_name).groups()
-    return f"decoder.layers.{layer}." + _EXPERT_NAME.sub(rf"mlp.experts.local_experts.{expert}.\2", rel)
+    return MCORE_LAYER.format(i=layer) + _EXPERT_NAME.sub(MCORE_EXPERT.format(e=expert) + r"\2", rel)
 
 
 @dataclass(frozen=True)
