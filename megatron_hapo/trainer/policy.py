@@ -333,7 +333,7 @@ class Policy:
         from megatron_hapo.checkpoint_io.export import runs_the_export
 
         t0 = time.perf_counter()
-        if not runs_the_export():  # CP peers hold the same weights
+        if not runs_the_export():  # another replica (DP x CP) holds the same weights
             return {}
         named = export_hf_weights(self.chunks)
         if synchronizer is not None:
