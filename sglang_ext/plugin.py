@@ -214,7 +214,7 @@ def _register() -> None:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType, _current_plugin_source
 
     import sglang_ext.sampler  # noqa: F401  (fail here, at start-up, if the schedule cannot be imported)
-    from sglang_ext import read_back, seeded
+    from sglang_ext import host_memory, read_back, seeded
     from sglang_ext.batch_state import BATCH_HOOKS
     from sglang_ext.outputs import OUTPUT_HOOKS
 
@@ -230,6 +230,7 @@ def _register() -> None:
     HookRegistry.register(_VERIFY_PARAMS, validate_sampling_params, HookType.BEFORE)
     HookRegistry.register(seeded.HOOK_TARGET, seeded.murmur_hash32_hook, HookType.AROUND)
     HookRegistry.register(read_back.HOOK_TARGET, read_back.get_weights_by_name_hook, HookType.AROUND)
+    HookRegistry.register(host_memory.HOOK_TARGET, host_memory.cuda_host_register_hook, HookType.AROUND)
     if _current_plugin_source.get() is None:
         # Called by hand rather than from SGLang's load_plugins() (which applies hooks after all plugins).
         HookRegistry.apply_hooks()

@@ -355,6 +355,13 @@ class AlgorithmConfig:
         AdaptiveTemperatureConfig, "adaptive temperature"
     )
     dynamic_sampling: DynamicSamplingConfig = section(DynamicSamplingConfig, "dynamic sampling")
+    rollout_routing_replay: bool = opt(
+        False,
+        "mixture of experts: rollout routing replay (R3): SGLang returns the experts it routed every token to, "
+        "and the trainer's routers take those experts in the old-policy pass and the update, so the trainer "
+        "scores what the engine sampled; adds num_layers x top_k bytes per token to the step's data "
+        "(docs/training.md)",
+    )
     policy_loss: Literal["hapo"] = opt(
         "hapo", "policy loss, by its name in the policy-loss registry (algorithms/registry.py)"
     )

@@ -722,6 +722,12 @@ def _model_fits(cfg: RootConfig, shape: ModelShape, out: _Issues) -> None:
             "parallel.expert_model_parallel_size",
             f"EP={ep} does not divide the {shape.num_experts} experts {src}",
         )
+    if cfg.algorithm.rollout_routing_replay and not shape.num_experts:
+        out.add(
+            "algorithm.rollout_routing_replay",
+            f"routing replay replays the experts a mixture of experts routed each token to; {shape.source} has "
+            "no experts: set algorithm.rollout_routing_replay=false",
+        )
     if shape.num_experts and tp > 1 and not p.sequence_parallel:
         out.add(  # Megatron's TransformerConfig refuses it at start-up
             ["parallel.sequence_parallel", "parallel.tensor_model_parallel_size"],

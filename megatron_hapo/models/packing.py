@@ -126,7 +126,15 @@ def per_token_rotary(model, position_ids: torch.Tensor):
 
 def forward_micro_batch(model, batch):
     """``model(tokens, position_ids, attention_mask)`` for one micro-batch, packed ("mask" or "thd") or not:
-    the logits ``[b, s, V/tp]`` (or the hidden states on a non-last pipeline stage)."""
+    the logits ``[b, s, V/tp]`` (or the hidden states on a non-last pipeline stage). A micro-batch with
+    ``routed_experts`` has its MoE routers replay them (models/routing_replay.py)."""
+    from megatron_hapo.models.routing_replay import forward_with_routing
+
+    routed = getattr(batch, "routed_experts", None)
+    return forward_with_routing(model, routed, lambda: _forward(model, batch))
+
+
+def _forward(model, batch):
     params = getattr(batch, "packed_seq_params", None)
     if params is not None:
         return model(batch.tokens, batch.position_ids, None, packed_seq_params=params)

@@ -441,6 +441,7 @@ class SGLangFleet:
             "input_ids": inputs[0] if isinstance(sampling, dict) else inputs,
             "sampling_params": sampling,
             "return_logprob": True,
+            "return_routed_experts": params.return_routed_experts,
         }
         last_error = None
         for attempt in range(self.config.max_retries + 1):
@@ -480,7 +481,13 @@ class SGLangFleet:
             for group in pool.map(lambda p, q: self._generate_one(list(p), q), prompts, per_prompt):
                 outputs.extend(group)
                 bar.update(1)
-        return to_samples(outputs, prompts, params.n, require_hapo=self.config.hapo_sampler)
+        return to_samples(
+            outputs,
+            prompts,
+            params.n,
+            require_hapo=self.config.hapo_sampler,
+            routed_experts=params.return_routed_experts,
+        )
 
     def generate_groups(
         self,
@@ -519,7 +526,11 @@ class SGLangFleet:
                             continue
                         i = futures[fut]
                         samples = to_samples(
-                            outputs, [prompts[i]], params.n, require_hapo=self.config.hapo_sampler
+                            outputs,
+                            [prompts[i]],
+                            params.n,
+                            require_hapo=self.config.hapo_sampler,
+                            routed_experts=params.return_routed_experts,
                         )
                         for s in samples:
                             s.prompt_index = i

@@ -183,7 +183,10 @@ class InProcessSGLangEngine:
                 raise RolloutCancelled(self.name)
             try:
                 outputs = self._engine.generate(
-                    input_ids=inputs, sampling_params=sampling, return_logprob=True
+                    input_ids=inputs,
+                    sampling_params=sampling,
+                    return_logprob=True,
+                    return_routed_experts=params.return_routed_experts,
                 )
             except Exception as exc:
                 if self.cancelled.is_set():  # SGLang may answer an aborted request with an error
@@ -191,7 +194,13 @@ class InProcessSGLangEngine:
                 raise
         if self.cancelled.is_set():  # aborted responses, cut short: never trained on
             raise RolloutCancelled(self.name)
-        samples = to_samples(outputs, prompts, params.n, require_hapo=self.hapo_sampler)
+        samples = to_samples(
+            outputs,
+            prompts,
+            params.n,
+            require_hapo=self.hapo_sampler,
+            routed_experts=params.return_routed_experts,
+        )
         _log_throughput(samples, time.perf_counter() - start)
         return samples
 

@@ -52,9 +52,13 @@ def engine_server_args(cfg: Any) -> dict[str, Any]:
     * ``load_format="dummy"`` when ``model.load_weights`` is false (the real weights arrive by the first sync);
     * ``rollout.quantization=fp8``: ``quantization="fp8"`` and ``load_format="flash_rl"`` (replaces ``dummy``:
       the FlashRL loader needs a real initial load from ``model.hf_path`` to record the native loaders it
-      re-quantises through on every sync).
+      re-quantises through on every sync);
+    * ``algorithm.rollout_routing_replay``: ``enable_return_routed_experts`` (SGLang records every token's
+      experts; requests ask for them with ``return_routed_experts``).
     """
     args: dict[str, Any] = {"dtype": cfg.model.dtype}
+    if cfg.algorithm.rollout_routing_replay:
+        args["enable_return_routed_experts"] = True
     if (
         cfg.model.override_config
     ):  # the engine serves the model the trainer builds (SGLang applies it on load)

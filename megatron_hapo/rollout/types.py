@@ -7,10 +7,13 @@ import math
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from megatron_hapo.config.errors import HapoError
 from megatron_hapo.rollout.inflight import RequestGate
+
+if TYPE_CHECKING:
+    import numpy as np
 
 DEFAULT_TAU = 0.05
 STATS_FIELDS = ("pivot", "sigma", "pos_scale", "neg_scale")  # AdaptiveTemperature.stats order (EntropyStats')
@@ -80,6 +83,9 @@ class GenerationParams:
     # one seed per prompt of the call: sample j of prompt i is drawn with sampling_seed
     # sample_seed(seeds[i], j), so it depends on the seed and the logits only (needs the HAPO sampler)
     seeds: tuple[int, ...] | None = None
+    # a mixture of experts: every sample carries the experts each of its tokens was routed to (routing replay;
+    # the engine must be started with SGLang's enable_return_routed_experts)
+    return_routed_experts: bool = False
 
     def __post_init__(self):
         if self.n < 1 or self.max_new_tokens < 1:
@@ -168,6 +174,9 @@ class RolloutSample:
     weight_version: str
     entropies: list[float] | None = None  # HAPO sampler: entropy of softmax(z) at T=1 per token
     temperatures: list[float] | None = None  # HAPO sampler: temperature used per token
+    # GenerationParams.return_routed_experts: [prompt + response tokens - 1, MoE layers x top_k] expert ids of
+    # every token the engine ran (all but the last response token), uint8 (or int16 past 256 experts)
+    routed_experts: np.ndarray | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -52,6 +52,7 @@ class MicroBatch:
     entropy: torch.Tensor
     segments: torch.Tensor | None = None
     packed_seq_params: Any = None
+    routed_experts: torch.Tensor | None = None  # [b, s, MoE layers, top_k] (routing replay; see Experience)
 
     @property
     def packing(self) -> str | None:
@@ -75,6 +76,8 @@ class Experience:
       entropy float32 (log π_old and entropy at T_t, filled by the old-policy pass).
     Per response, ``[N]``: offsets ``[N + 1]`` int64, prompt_lens, response_lens, group_ids int64;
       step_index (position in the step's batch), weight_versions (the engine's version per response).
+    Routing replay (``algorithm.rollout_routing_replay``): ``routed_experts [T + 1, MoE layers, top_k]`` int16,
+      the experts the engine routed each token to (models/routing_replay.py); None otherwise.
     """
 
     tokens: torch.Tensor
@@ -91,6 +94,7 @@ class Experience:
     group_ids: torch.Tensor
     step_index: list[int]
     weight_versions: list[str]
+    routed_experts: torch.Tensor | None = None
 
     @property
     def pad_slot(self) -> int:
@@ -109,9 +113,11 @@ class Experience:
         group_ids: list[int],
         step_index: list[int],
         device: torch.device | str = "cpu",
+        routing: tuple[int, int] | None = None,
     ) -> Experience:
         """From this rank's responses (``step_index[i]`` = position of ``samples[i]`` in the step), their
-        ratio temperatures (one per response token) and their per-response advantages; moved to ``device``."""
+        ratio temperatures (one per response token) and their per-response advantages; moved to ``device``.
+        ``routing``: (MoE layers, top_k) of a routing-replay run, whose samples carry ``routed_experts``."""
         n = len(samples)
         if not (n == len(temperatures) == len(advantages) == len(group_ids) == len(step_index)):
             raise ValueError(
@@ -154,6 +160,7 @@ class Experience:
             tokens, targets, mask, temps, rollout, adv, torch.zeros(total + 1), torch.zeros(total + 1),
             offsets, torch.tensor(p_lens), torch.tensor(r_lens), torch.tensor(group_ids, dtype=torch.long),
             list(step_index), [s.weight_version for s in samples],
+            None if routing is None else _routed_experts(samples, *routing),
         )  # fmt: skip
         return exp.to(device)
 
@@ -162,7 +169,12 @@ class Experience:
             k: getattr(self, k).to(device)
             for k in (*_PER_TOKEN, "offsets", "prompt_lens", "response_lens", "group_ids")
         }
-        exp = Experience(**moved, step_index=self.step_index, weight_versions=self.weight_versions)
+        exp = Experience(
+            **moved,
+            step_index=self.step_index,
+            weight_versions=self.weight_versions,
+            routed_experts=None if self.routed_experts is None else self.routed_experts.to(device),
+        )
         # the cached properties, carried: no device read
         exp.__dict__["host_offsets"] = self.host_offsets
         exp.__dict__["host_response_lens"] = self.host_response_lens
@@ -197,7 +209,7 @@ class Experience:
             index = torch.full((1, seq_len), self.pad_slot, dtype=torch.long)
         (index,) = _to_device(dev, index)
         b = index.shape[0]
-        fields = {k: getattr(self, k)[index] for k in _PER_TOKEN}
+        fields = self._gather(index)
         positions = torch.arange(seq_len, device=dev).expand(b, seq_len).contiguous()
         return MicroBatch(index, positions, None, **fields)  # None: causal
 
@@ -231,7 +243,7 @@ class Experience:
         index, pos, segments, seg_id, cu = _to_device(
             dev, index, pos[None].contiguous(), segments, seg_id, cu
         )
-        fields = {k: getattr(self, k)[index] for k in _PER_TOKEN}
+        fields = self._gather(index)
         if packing == "mask":
             q = torch.arange(seq_len, device=dev)
             # True = masked (Megatron's convention): keys of other sequences, and the future
@@ -245,12 +257,40 @@ class Experience:
         )
         return MicroBatch(index, pos, None, **fields, segments=segments, packed_seq_params=params)
 
+    def _gather(self, index: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        """The per-token fields of a micro-batch's slots ``index [b, s]``."""
+        fields = {k: getattr(self, k)[index] for k in _PER_TOKEN}
+        fields["routed_experts"] = None if self.routed_experts is None else self.routed_experts[index]
+        return fields
+
     def scatter(self, name: str, mb: MicroBatch, values: torch.Tensor) -> None:
         """Write ``values [b, s]`` of micro-batch ``mb`` into the flat field ``name`` (padding dropped: the
         pad slot is written its own value, so no boolean indexing, which would wait for the device)."""
         field = getattr(self, name)
         keep = field[self.pad_slot].clone()
         field[mb.index] = torch.where(mb.index != self.pad_slot, values.to(field.dtype), keep)
+
+
+def _routed_experts(samples: list[RolloutSample], layers: int, top_k: int) -> torch.Tensor:
+    """``[T + 1, layers, top_k]`` int16 from the samples' ``routed_experts`` (rollout/parse.py: every token but
+    each sequence's last). The last token of a sequence, which the engine never ran, takes the experts of the
+    token before it, and the pad slot experts 0..top_k-1: their outputs are never trained on (causal
+    attention: a token's experts change only its own and later positions)."""
+    parts = []
+    for s in samples:
+        seq_len = len(s.prompt_ids) + len(s.response_ids)
+        ids = s.routed_experts
+        if ids is None or tuple(ids.shape) != (seq_len - 1, layers * top_k):
+            got = "none" if ids is None else f"shape {tuple(ids.shape)}"
+            raise ValueError(
+                f"routing replay: the response to prompt {s.prompt_index} (sample {s.sample_index}, "
+                f"{seq_len} tokens) carries {got} routed experts, expected ({seq_len - 1}, {layers} MoE "
+                f"layers x top-{top_k}): is the rollout engine serving this model?"
+            )
+        routed = torch.from_numpy(ids).to(torch.int16).view(seq_len - 1, layers, top_k)
+        parts.append(torch.cat([routed, routed[-1:]]))
+    parts.append(torch.arange(top_k, dtype=torch.int16).expand(1, layers, top_k))
+    return torch.cat(parts)
 
 
 def _to_device(device: torch.device, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -112,7 +112,7 @@ def learn(
     rows = plan.responses[rank]
     exp = Experience.build(
         [batch.samples[i] for i in rows], [temps[i] for i in rows], [advantages[i] for i in rows],
-        [batch.group_ids[i] for i in rows], rows, device=compute_device(),
+        [batch.group_ids[i] for i in rows], rows, device=compute_device(), routing=policy.replayed_routing,
     )  # fmt: skip
     local = {g: i for i, g in enumerate(rows)}
 

@@ -107,6 +107,8 @@ class Policy:
                     # the fused (CUDA) causal softmax of unfused attention ignores the block-diagonal mask of packed rows
                     **({"masked_softmax_fusion": False} if self.packing == "mask" else {}),
                     **recompute,
+                    # every router owns a RouterReplay: it can take the engine's experts (models/routing_replay.py)
+                    **({"moe_enable_routing_replay": True} if cfg.algorithm.rollout_routing_replay else {}),
                     **fp8_config_overrides(cfg.precision),
                     **(INTERLEAVED_P2P if vp else {}),
                 },
@@ -117,6 +119,10 @@ class Policy:
             load_hf_weights(gpts, cfg.model.hf_path)
         self.arch = gpts[0].hapo_arch
         self.vocab_size = self.arch.vocab_size
+        # (MoE layers, top_k) of the experts each sample carries under routing replay, else None
+        self.replayed_routing = (
+            (self.arch.num_layers, self.arch.moe.top_k) if cfg.algorithm.rollout_routing_replay else None
+        )
         ddp_config = DistributedDataParallelConfig(
             use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
             grad_reduce_in_fp32=True,

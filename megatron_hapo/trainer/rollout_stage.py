@@ -272,6 +272,7 @@ class RolloutStage:
             top_k=s.top_k,
             stop=tuple(self.cfg.rollout.stop),
             adaptive_temperature=adaptive,
+            return_routed_experts=algo.rollout_routing_replay,
             seeds=(
                 tuple(sample_seed(self.cfg.trainer.seed, g) for g in group_ids)
                 if self.cfg.rollout.seeded_sampling and group_ids is not None
