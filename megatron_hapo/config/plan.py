@@ -231,6 +231,18 @@ def memory_plan(cfg: RootConfig, arch, dp: int) -> MemoryPlan:
     )
 
 
+def routing_replay_volume(cfg: RootConfig, arch, tokens: int) -> str:
+    """The step line's note on routing replay's data: every token carries its experts in every layer (uint8 ids,
+    int16 past 256 experts), and every rank receives the whole step from the lead rank."""
+    if not cfg.algorithm.rollout_routing_replay or arch.moe is None:
+        return ""
+    per_token = arch.num_layers * arch.moe.top_k * (1 if arch.moe.num_experts <= 256 else 2)
+    return (
+        f"; routing replay: {per_token} B/token, up to {per_token * tokens / 1e9:.1f} GB of routed experts "
+        "per step, sent to every rank"
+    )
+
+
 def render_plan(cfg: RootConfig, world_size: int, gpu_gib: float = 80.0) -> str:
     """The dry-run report; raises PlanError when the estimate exceeds ``gpu_gib``."""
     arch = model_arch(cfg)
@@ -271,7 +283,8 @@ def render_plan(cfg: RootConfig, world_size: int, gpu_gib: float = 80.0) -> str:
         f"rollout    {r.engine}: {r.num_servers} SGLang server(s) x {gpus_per_server} GPU(s), TP {r.tensor_parallel_size}",
         f"step       {data.train_batch_size} prompts x {n} = {data.train_batch_size * n} responses, "
         f"{data.train_batch_size // data.mini_batch_size} optimizer updates; up to "
-        f"{data.train_batch_size * n * seq / 1e6:.1f} M tokens (prompt {data.max_prompt_length} + response {r.max_new_tokens})",
+        f"{data.train_batch_size * n * seq / 1e6:.1f} M tokens (prompt {data.max_prompt_length} + response {r.max_new_tokens})"
+        + routing_replay_volume(cfg, arch, data.train_batch_size * n * seq),
         f"memory per training GPU (estimate, {micro_batch_shape(cfg).describe}, "
         f"recompute {cfg.model.recompute_granularity}):",
     ]

@@ -182,6 +182,11 @@ def test_a_mixture_of_experts_is_planned_with_its_active_parameters_and_its_limi
     issues = _problems(*moe, "parallel.sequence_parallel=false")
     assert [i.key for i in issues] == ["parallel.sequence_parallel, parallel.tensor_model_parallel_size"]
     assert "at TP=4 needs sequence parallelism" in issues[0].message
+    plan = dry_run(RECIPE, [*moe, "algorithm.rollout_routing_replay=true"])  # 48 layers x 8 experts per token
+    assert re.search(r"routing replay: 384 B/token, up to [\d.]+ GB of routed experts per step", plan), plan
+    issues = _problems("algorithm.rollout_routing_replay=true")  # Qwen2.5-Math-7B is dense
+    assert [i.key for i in issues] == ["algorithm.rollout_routing_replay"]
+    assert "has no experts: set algorithm.rollout_routing_replay=false" in issues[0].message
 
 
 def test_expert_parallelism_is_checked_against_the_experts_and_the_data_parallel_ranks():

@@ -65,3 +65,40 @@ def test_seeded_requests_give_each_sample_its_own_seed():
         params.per_prompt(3)
     unseeded_inputs, unseeded = GenerationParams(n=2).sglang_requests([[1, 2]])
     assert unseeded_inputs == [[1, 2]] and unseeded["n"] == 2 and "sampling_seed" not in unseeded
+
+
+def _with_routed(out, prompt_len, per_token=4, offset=0):
+    import base64
+
+    import numpy as np
+
+    rows = prompt_len + len(out["output_ids"]) - 1  # every token SGLang ran: all but the last response token
+    ids = (np.arange(rows * per_token, dtype=np.int32) + offset) % 8 + offset
+    out["meta_info"]["routed_experts"] = base64.b64encode(ids.tobytes()).decode()
+    return ids.reshape(rows, per_token)
+
+
+def test_routed_experts_are_decoded_per_token_in_a_small_type():
+    import numpy as np
+
+    out = output([5, 6, 7])
+    expected = _with_routed(out, prompt_len=2)
+    (sample,) = to_samples([out], [[1, 2]], n=1, routed_experts=True)
+    assert sample.routed_experts.shape == (4, 4) and sample.routed_experts.dtype == np.uint8
+    assert np.array_equal(sample.routed_experts, expected)
+    wide = output([5])
+    _with_routed(wide, prompt_len=2, offset=300)  # past 256 experts
+    (sample,) = to_samples([wide], [[1, 2]], n=1, routed_experts=True)
+    assert sample.routed_experts.dtype == np.int16 and sample.routed_experts.min() == 300
+    assert to_samples([out], [[1, 2]], n=1)[0].routed_experts is None  # not asked: not kept
+
+
+def test_missing_or_misshapen_routed_experts_fail_naming_the_fix():
+    from megatron_hapo.rollout.types import EngineError
+
+    with pytest.raises(EngineError, match="--enable-return-routed-experts"):
+        to_samples([output([5, 6])], [[1]], n=1, routed_experts=True)
+    out = output([5, 6])
+    _with_routed(out, prompt_len=4, per_token=1)  # 5 ids: no whole number per token of [1] + [5, 6], less 1
+    with pytest.raises(EngineError, match="do not split into the 2 tokens"):
+        to_samples([out], [[1]], n=1, routed_experts=True)

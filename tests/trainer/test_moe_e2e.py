@@ -1,6 +1,7 @@
 """A mixture of experts end to end: hapo-train on a tiny Qwen3-MoE (8 experts, 2 per token): rollouts on SGLang,
 the update through Megatron's MoE layers, the expert weights synced back, an evaluation and a checkpoint; at TP=2;
-at EP=2 with a resume.
+at EP=2 with a resume. The first two replay the engine's routing (algorithm.rollout_routing_replay): the trainer's
+log-probs equal the engine's only if every token replays its own experts (tests/trainer/test_routing_replay.py).
 
 The conversion of Qwen3-MoE (logits against HF at TP=1/2 and PP=2, bit-exact round trips) is tested with the
 other families in tests/models/test_conversion*.py."""
@@ -36,7 +37,7 @@ def _train(model, run_dir):
            "trainer.total_steps=2", "checkpoint.save_every=2", "eval.every=2",
            # every update moves the router and the experts far: a varied reward, a large step
            "reward.scorer=test_digit_share", "reward.extra_modules=[tests.trainer.helper_scorers]",
-           "reward.overlong.enable=false", "optim.lr=1e-2"]  # fmt: skip
+           "reward.overlong.enable=false", "optim.lr=1e-2", "algorithm.rollout_routing_replay=true"]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1", TORCHDYNAMO_DISABLE="1", PYTHONPATH=str(REPO_ROOT))
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=420)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
@@ -66,7 +67,8 @@ def test_two_steps_at_tp2_with_sequence_parallelism_and_the_distributed_optimize
     """Each expert's MLP split over 2 TP ranks (Megatron's alltoall dispatcher), the expert gradients reduced and
     sharded by the distributed optimizer; the job asserts finite losses, a checkpoint and an engine serving the
     trainer's weights."""
-    env = {"EXTRA_OVERRIDES": "parallel.sequence_parallel=true"}  # MoE at TP > 1 needs it (config validation)
+    # MoE at TP > 1 needs sequence parallelism (config validation); each TP rank replays its half of the positions
+    env = {"EXTRA_OVERRIDES": "parallel.sequence_parallel=true algorithm.rollout_routing_replay=true"}
     out = run_torchrun(
         "job_trainer_world2.py", 2, moe_model, tmp_path / "run", "2", "1", env=env, timeout=480
     )
