@@ -233,13 +233,13 @@ def memory_plan(cfg: RootConfig, arch, dp: int) -> MemoryPlan:
 
 def routing_replay_volume(cfg: RootConfig, arch, tokens: int) -> str:
     """The step line's note on routing replay's data: every token carries its experts in every layer (uint8 ids,
-    int16 past 256 experts), and every rank receives the whole step from the lead rank."""
+    int16 past 256 experts); the lead holds the step's, and each rank receives its data-parallel rank's share."""
     if not cfg.algorithm.rollout_routing_replay or arch.moe is None:
         return ""
     per_token = arch.num_layers * arch.moe.top_k * (1 if arch.moe.num_experts <= 256 else 2)
     return (
         f"; routing replay: {per_token} B/token, up to {per_token * tokens / 1e9:.1f} GB of routed experts "
-        "per step, sent to every rank"
+        "per step on the lead (each rank receives 1/DP)"
     )
 
 

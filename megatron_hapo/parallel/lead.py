@@ -28,23 +28,30 @@ POLL_S = 0.05  # how often a rank waiting for the lead returns to Python (where 
 
 _group: dist.ProcessGroup | None = None
 _world: dist.ProcessGroup | None = None  # the default group _group was made in
+_timeout = datetime.timedelta(minutes=DEFAULT_TIMEOUT_MINUTES)
+# scatter_from_lead's groups: (every rank's replica, the replicas' first ranks, this rank's replica's ranks)
+_replicas: tuple[tuple[int, ...], dist.ProcessGroup | None, dist.ProcessGroup | None] | None = None
 
 
 def init_lead_group(timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> None:
     """(Re)create the group with this timeout. Collective: every rank calls it at the same point. The
     functions below create it with the default timeout at their first use (they are collectives themselves)."""
-    global _group, _world
+    global _group, _world, _timeout
     destroy_lead_group()
     if dist.get_world_size() > 1:
-        _group = dist.new_group(backend="gloo", timeout=datetime.timedelta(minutes=timeout_minutes))
+        _timeout = datetime.timedelta(minutes=timeout_minutes)
+        _group = dist.new_group(backend="gloo", timeout=_timeout)
         _world = dist.group.WORLD
 
 
 def destroy_lead_group() -> None:
-    global _group, _world
-    if _group is not None and _world is dist.group.WORLD:  # else it went with its default group
-        dist.destroy_process_group(_group)
-    _group = _world = None
+    global _group, _world, _replicas
+    if _group is not None and _world is dist.group.WORLD:  # else they went with their default group
+        groups = [_group, *(_replicas[1:] if _replicas else ())]
+        for g in groups:
+            if g is not None:
+                dist.destroy_process_group(g)
+    _group = _world = _replicas = None
 
 
 def _current() -> dist.ProcessGroup | None:
@@ -74,6 +81,60 @@ def broadcast_from_lead(obj: Any) -> Any:
     box = [obj if dist.get_rank() == 0 else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def scatter_from_lead(shares: list[Any] | None, replica: int) -> Any:
+    """``shares[r]`` on every rank of replica ``r`` (rank 0's ``shares``, one per replica; the others pass
+    None): data that only some ranks need, such as each data-parallel rank's share of a step's routed experts
+    (``replica``: this rank's data-parallel rank; its TP, PP and CP peers need the same share).
+
+    Two hops on gloo groups, in CPU memory: rank 0 scatters the shares to the first rank of every replica, and
+    each of those broadcasts its share to its replica. Rank 0 sends every share once and every rank receives
+    only its own, where :func:`broadcast_from_lead` would give every rank all of them (through the GPU on NCCL).
+    Collective: every rank calls it at the same point (the groups are made at the first call of a layout)."""
+    group = _current()
+    if group is None:
+        return shares[replica]
+    replica_of: list = [None] * dist.get_world_size()
+    dist.all_gather_object(replica_of, replica, group=group)
+    if sorted(set(replica_of)) != list(range(len(set(replica_of)))) or replica_of[0] != 0:
+        raise ValueError(
+            f"scatter_from_lead: replicas must be numbered 0..n-1 from rank 0's, got {replica_of}"
+        )
+    first = [replica_of.index(r) for r in range(len(set(replica_of)))]  # each replica's first rank
+    heads, mine = _replica_groups(tuple(replica_of))
+    share = [None]
+    if heads is not None:
+        ordered = None
+        if dist.get_rank() == 0:
+            if shares is None or len(shares) != len(first):
+                raise ValueError(f"scatter_from_lead: rank 0 needs one share per replica ({len(first)})")
+            ordered = [shares[replica_of[g]] for g in sorted(first)]  # in the group's (ascending) rank order
+        dist.scatter_object_list(share, ordered, src=0, group=heads)
+    if mine is not None:
+        dist.broadcast_object_list(share, src=first[replica], group=mine)
+    return share[0]
+
+
+def _replica_groups(replica_of: tuple[int, ...]) -> tuple[dist.ProcessGroup | None, dist.ProcessGroup | None]:
+    """(the group of every replica's first rank, this rank's replica's group), each None where this rank is not
+    in it or it would hold one rank; made once per layout, every rank making every group in the same order."""
+    global _replicas
+    if _replicas is None or _replicas[0] != replica_of:
+        if _replicas is not None:
+            for g in _replicas[1:]:
+                if g is not None:
+                    dist.destroy_process_group(g)
+        rank, replicas = dist.get_rank(), sorted(set(replica_of))
+        first = [replica_of.index(r) for r in replicas]
+        heads = dist.new_group(first, backend="gloo", timeout=_timeout)
+        mine = None
+        for r in replicas:
+            ranks = [g for g, x in enumerate(replica_of) if x == r]
+            made = dist.new_group(ranks, backend="gloo", timeout=_timeout) if len(ranks) > 1 else None
+            mine = made if replica_of[rank] == r else mine
+        _replicas = (replica_of, heads if rank in first else None, mine)
+    return _replicas[1], _replicas[2]
 
 
 def max_over_ranks(value: int) -> int:

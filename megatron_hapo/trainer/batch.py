@@ -63,6 +63,13 @@ class StepBatch:
             self, samples=[_compact(s) for s in self.samples], extra_metrics=dict(self.extra_metrics)
         )
 
+    def without_routed_experts(self) -> StepBatch:
+        """This batch without its samples' routed experts (routing replay): what the lead broadcasts to every
+        rank; each rank receives its own responses' experts apart (``trainer/loop.py::with_routed_experts``)."""
+        if all(s.routed_experts is None for s in self.samples):
+            return self
+        return replace(self, samples=[replace(s, routed_experts=None) for s in self.samples])
+
     def first_groups(self, num_groups: int) -> StepBatch:
         """The responses of the first ``num_groups`` distinct groups (groups are contiguous)."""
         seen: list[int] = []

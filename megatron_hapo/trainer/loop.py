@@ -110,8 +110,11 @@ def learn(
     advantages = response_advantages(cfg, batch)
     rank = ps.get_data_parallel_rank() if policy.dp_size > 1 else 0
     rows = plan.responses[rank]
+    samples = [batch.samples[i] for i in rows]
+    if policy.replayed_routing is not None:
+        samples = with_routed_experts(batch, plan.responses, rank)
     exp = Experience.build(
-        [batch.samples[i] for i in rows], [temps[i] for i in rows], [advantages[i] for i in rows],
+        samples, [temps[i] for i in rows], [advantages[i] for i in rows],
         [batch.group_ids[i] for i in rows], rows, device=compute_device(), routing=policy.replayed_routing,
     )  # fmt: skip
     local = {g: i for i, g in enumerate(rows)}
@@ -135,6 +138,22 @@ def learn(
     metrics.update({"time/old_policy_s": t_old, "time/update_s": t_upd})
     metrics.update(perf_metrics(plan, t_old, t_upd))
     return new_stats, metrics
+
+
+def with_routed_experts(batch: StepBatch, responses: list[list[int]], rank: int) -> list:
+    """The samples of data-parallel rank ``rank`` (step indices ``responses[rank]``) with their routed experts.
+    Only the lead holds those (``RolloutStage.collect`` keeps them out of the step's broadcast: hundreds of bytes
+    per token); each rank receives its own share from it (``parallel/lead.py::scatter_from_lead``)."""
+    import torch.distributed as dist
+
+    shares = None
+    if dist.get_rank() == 0:
+        shares = [[batch.samples[i].routed_experts for i in rows] for rows in responses]
+    mine = lead.scatter_from_lead(shares, replica=rank)
+    return [
+        dataclasses.replace(batch.samples[i], routed_experts=r)
+        for i, r in zip(responses[rank], mine, strict=True)
+    ]
 
 
 def response_advantages(cfg: RootConfig, batch: StepBatch) -> list[float]:

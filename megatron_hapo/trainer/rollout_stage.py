@@ -384,17 +384,16 @@ class RolloutStage:
         ``parallel/lead.py``): the one generated ahead during the last step if there is one, else generated now
         with ``stats``. None on every rank when a stop cancelled the rollout (:meth:`cancel`) or it failed
         (:attr:`failure`; the data position is then the one from before it)."""
-        mine = None
+        mine = full = None
         if dist.get_rank() == 0:
             t0 = time.perf_counter()
             try:
                 self.wait_ahead()
                 ready, self._ahead_result = self._ahead_result, None  # generated ahead during the last step
                 batch = ready if ready is not None else self.collect_on_lead(stats)
-                mine = (
-                    batch.compact(),
-                    self.order.state_dict(),
-                )  # every rank, the lead too, trains on the compact form
+                full = batch.compact()  # every rank, the lead too, trains on the compact form
+                # routed experts (routing replay) stay on the lead: each rank gets only its share, in learn()
+                mine = (full.without_routed_experts(), self.order.state_dict())
             except RolloutCancelled:
                 logger.warning(
                     "the stop cancelled the rollout after %.1f s; a resumed run generates this batch anew",
@@ -411,7 +410,7 @@ class RolloutStage:
             return None
         batch, order_state = received
         self.order.load_state_dict(order_state)  # every rank's data order in step (checkpoints)
-        return batch
+        return full if full is not None else batch
 
     def collect_on_lead(self, stats: EntropyStats | None) -> StepBatch:
         """Generate, score and filter one step's batch (the lead). A cancelled or failed rollout raises

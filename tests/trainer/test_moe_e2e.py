@@ -1,7 +1,8 @@
 """A mixture of experts end to end: hapo-train on a tiny Qwen3-MoE (8 experts, 2 per token): rollouts on SGLang,
 the update through Megatron's MoE layers, the expert weights synced back, an evaluation and a checkpoint; at TP=2;
-at EP=2 with a resume. The first two replay the engine's routing (algorithm.rollout_routing_replay): the trainer's
-log-probs equal the engine's only if every token replays its own experts (tests/trainer/test_routing_replay.py).
+at EP=2 with a resume. The TP=1 and EP=2 runs replay the engine's routing (algorithm.rollout_routing_replay; at EP=2
+each data-parallel rank receives its responses' experts from the lead): the trainer's log-probs equal the engine's
+only if every token replays its own experts (tests/trainer/test_routing_replay.py); the TP=2 run routes itself.
 
 The conversion of Qwen3-MoE (logits against HF at TP=1/2 and PP=2, bit-exact round trips) is tested with the
 other families in tests/models/test_conversion*.py."""
@@ -67,8 +68,7 @@ def test_two_steps_at_tp2_with_sequence_parallelism_and_the_distributed_optimize
     """Each expert's MLP split over 2 TP ranks (Megatron's alltoall dispatcher), the expert gradients reduced and
     sharded by the distributed optimizer; the job asserts finite losses, a checkpoint and an engine serving the
     trainer's weights."""
-    # MoE at TP > 1 needs sequence parallelism (config validation); each TP rank replays its half of the positions
-    env = {"EXTRA_OVERRIDES": "parallel.sequence_parallel=true algorithm.rollout_routing_replay=true"}
+    env = {"EXTRA_OVERRIDES": "parallel.sequence_parallel=true"}  # MoE at TP > 1 needs it (config validation)
     out = run_torchrun(
         "job_trainer_world2.py", 2, moe_model, tmp_path / "run", "2", "1", env=env, timeout=480
     )
@@ -79,7 +79,7 @@ def test_two_steps_at_tp2_with_sequence_parallelism_and_the_distributed_optimize
 def test_expert_parallelism_trains_syncs_every_expert_and_resumes(moe_model, tmp_path):
     """EP=2 (DP=2): each rank holds 4 of the 8 experts; the sync gathers them all (the engine's log-probs are the
     trainer's), the checkpoint shards them, and a resume from step 2 runs step 3 on the same layout."""
-    ep = "parallel.expert_model_parallel_size=2"
+    ep = "parallel.expert_model_parallel_size=2 algorithm.rollout_routing_replay=true"
     for steps in (2, 3):
         env = {"EXTRA_OVERRIDES": f"{ep} trainer.total_steps={steps}"}
         out = run_torchrun(

@@ -84,3 +84,11 @@ def test_megatron_routers_replay_at_tp2_sp_and_pp2_and_through_recomputation(tmp
     model = make_tiny_hf_model(tmp_path / "moe", "qwen3_moe", dtype="float32", initializer_range=0.2)
     out = run_torchrun("job_routing_replay.py", 2, str(model), timeout=300)
     assert "[job] OK" in out, out[-3000:]
+
+
+@pytest.mark.dist
+def test_each_replica_receives_only_its_share_from_the_lead():
+    """parallel/lead.py::scatter_from_lead, how each data-parallel rank gets its responses' routed experts: 4 ranks
+    in five layouts (tests/dist_jobs/job_scatter_from_lead.py, ~10 s)."""
+    out = run_torchrun("job_scatter_from_lead.py", 4, timeout=300)
+    assert "job_scatter_from_lead: all checks passed" in out, out[-3000:]
