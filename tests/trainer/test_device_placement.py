@@ -12,6 +12,9 @@ Catches the bug of issue 16 (RMSNorm weights from WrappedTorchNorm left on the C
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
 import pytest
 import torch
 
@@ -135,6 +138,17 @@ def test_policy_update_state_and_batch_on_the_current_device(tmp_path, current_d
     # micro-batches index the device's Experience from host-side offsets (`meta` holds no values to read)
     for mb in (exp.micro_batch(range(4), seq_len), exp.packed_micro_batch(range(4), 4 * seq_len, "mask")):
         assert _misplaced([(k, v) for k, v in vars(mb).items() if isinstance(v, torch.Tensor)], device) == []
+    # routing replay's experts per token (2 layers x top-2 here) go along, and into every micro-batch
+    routed = [
+        dataclasses.replace(
+            s, routed_experts=np.zeros((len(s.prompt_ids) + len(s.response_ids) - 1, 4), np.uint8)
+        )
+        for s in samples
+    ]
+    replay = Experience.build(routed, *args, device=compute_device(), routing=(2, 2))
+    assert replay.routed_experts.device == device
+    assert replay.micro_batch(range(4), seq_len).routed_experts.device == device
+    assert replay.packed_micro_batch(range(4), 4 * seq_len, "mask").routed_experts.device == device
     mb = exp.micro_batch(range(4), seq_len)
     tokens, position_ids, causal, mask = mb.tokens, mb.position_ids, mb.attention_mask, mb.mask
     core = policy.model.module.decoder.layers[0].self_attention.core_attention
