@@ -16,5 +16,6 @@ def test_registration_is_skipped_only_where_torch_has_no_cuda(monkeypatch):
     buffer = torch.zeros(4, dtype=torch.int32)
     monkeypatch.setattr(torch.backends.cuda, "is_built", lambda: False)
     assert cuda_host_register_hook(register, buffer) is None and calls == []
-    monkeypatch.setattr(torch.backends.cuda, "is_built", lambda: True)  # a CUDA build: SGLang's own registration
+    # a CUDA build: SGLang's own registration
+    monkeypatch.setattr(torch.backends.cuda, "is_built", lambda: True)
     assert cuda_host_register_hook(register, buffer, 4096) == "registered" and calls == [(buffer, 4096)]
