@@ -13,6 +13,8 @@
 # cluster's private network; required, so that opening them is a decision) and need the API key in
 # HAPO_ROLLOUT_API_KEY on every call; export the same variable for the trainer (rollout.api_key_env). The
 # key reaches the servers through a 0600 file, not their command line. The router's metrics stay on loopback.
+# A mixture of experts trained with algorithm.rollout_routing_replay=true needs its servers to record every
+# token's experts: HAPO_ROUTING_REPLAY=1 adds --enable-return-routed-experts (a response without them fails the step).
 set -euo pipefail
 HOST=${HAPO_BIND_HOST:?set HAPO_BIND_HOST to the address of this node on the cluster network}
 : "${HAPO_ROLLOUT_API_KEY:?set HAPO_ROLLOUT_API_KEY (e.g. openssl rand -hex 32) here and for the trainer}"
@@ -22,13 +24,15 @@ case "$MODE" in
 servers)
     MODEL=${1:?model path}; NUM=${2:?number of servers}; TP=${3:?TP per server}; PORT=${4:-30001}
     export HAPO_SGLANG_SAMPLER=1
+    EXTRA=()
+    [ "${HAPO_ROUTING_REPLAY:-0}" = 1 ] && EXTRA+=(--enable-return-routed-experts)
     mkdir -p logs
     KEY_FILE=logs/.sglang_api_key.yaml
     (umask 077 && printf 'api-key: %s\n' "$HAPO_ROLLOUT_API_KEY" >"$KEY_FILE")
     for ((i = 0; i < NUM; i++)); do
         GPUS=$(seq -s, $((i * TP)) $((i * TP + TP - 1)))
         CUDA_VISIBLE_DEVICES=$GPUS nohup python -m sglang.launch_server --model-path "$MODEL" \
-            --host "$HOST" --port $((PORT + i)) --nccl-port $((PORT + 100 + i)) --tp-size "$TP" --random-seed $((1000 + i)) --sleep-on-idle --config "$KEY_FILE" \
+            --host "$HOST" --port $((PORT + i)) --nccl-port $((PORT + 100 + i)) --tp-size "$TP" --random-seed $((1000 + i)) --sleep-on-idle --config "$KEY_FILE" ${EXTRA[@]+"${EXTRA[@]}"} \
             >"logs/sglang_server_$i.log" 2>&1 &
         echo "server $i: http://$HOST:$((PORT + i)) on GPUs $GPUS (log: logs/sglang_server_$i.log)"
     done
