@@ -42,7 +42,9 @@ def worker(args) -> None:
     routed = None
     if rank == 0:
         rng = np.random.default_rng(0)
-        routed = [rng.integers(0, 128, (args.tokens, args.per_token), dtype=np.uint8) for _ in range(args.responses)]
+        routed = [
+            rng.integers(0, 128, (args.tokens, args.per_token), dtype=np.uint8) for _ in range(args.responses)
+        ]
     rows = []
     for name, replica_of in LAYOUTS.items():
         n = len(set(replica_of))
@@ -89,7 +91,14 @@ def main() -> None:
         flush=True,
     )
     env = dict(os.environ, OMP_NUM_THREADS="1", TORCHDYNAMO_DISABLE="1", PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={WORLD}", __file__]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={WORLD}",
+        __file__,
+    ]
     sys.exit(subprocess.run([*cmd, *sys.argv[1:]], env=env, cwd=REPO).returncode)
 
 

@@ -30,7 +30,7 @@ _group: dist.ProcessGroup | None = None
 _world: dist.ProcessGroup | None = None  # the default group _group was made in
 _timeout = datetime.timedelta(minutes=DEFAULT_TIMEOUT_MINUTES)
 # scatter_from_lead's groups: (every rank's replica, the replicas' first ranks, this rank's replica's ranks)
-_replicas: tuple[tuple[int, ...], dist.ProcessGroup | None, dist.ProcessGroup | None] | None = None
+_replicas: tuple[tuple[int, ...], Any, Any] | None = None
 
 
 def init_lead_group(timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> None:
@@ -47,10 +47,8 @@ def init_lead_group(timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> None:
 def destroy_lead_group() -> None:
     global _group, _world, _replicas
     if _group is not None and _world is dist.group.WORLD:  # else they went with their default group
-        groups = [_group, *(_replicas[1:] if _replicas else ())]
-        for g in groups:
-            if g is not None:
-                dist.destroy_process_group(g)
+        dist.destroy_process_group(_group)
+        _destroy_replica_groups()
     _group = _world = _replicas = None
 
 
@@ -101,8 +99,7 @@ def scatter_from_lead(shares: list[Any] | None, replica: int) -> Any:
         raise ValueError(
             f"scatter_from_lead: replicas must be numbered 0..n-1 from rank 0's, got {replica_of}"
         )
-    first = [replica_of.index(r) for r in range(len(set(replica_of)))]  # each replica's first rank
-    heads, mine = _replica_groups(tuple(replica_of))
+    first, heads, mine = _replica_groups(tuple(replica_of))
     share = [None]
     if heads is not None:
         ordered = None
@@ -116,17 +113,15 @@ def scatter_from_lead(shares: list[Any] | None, replica: int) -> Any:
     return share[0]
 
 
-def _replica_groups(replica_of: tuple[int, ...]) -> tuple[dist.ProcessGroup | None, dist.ProcessGroup | None]:
-    """(the group of every replica's first rank, this rank's replica's group), each None where this rank is not
-    in it or it would hold one rank; made once per layout, every rank making every group in the same order."""
+def _replica_groups(replica_of: tuple[int, ...]) -> tuple[list[int], Any, Any]:
+    """(each replica's first rank, the group of those ranks, this rank's replica's group); a group is None where
+    this rank is not in it or it would hold one rank. Made once per layout, every rank making every group in the
+    same order."""
     global _replicas
+    rank, replicas = dist.get_rank(), sorted(set(replica_of))
+    first = [replica_of.index(r) for r in replicas]
     if _replicas is None or _replicas[0] != replica_of:
-        if _replicas is not None:
-            for g in _replicas[1:]:
-                if g is not None:
-                    dist.destroy_process_group(g)
-        rank, replicas = dist.get_rank(), sorted(set(replica_of))
-        first = [replica_of.index(r) for r in replicas]
+        _destroy_replica_groups()
         heads = dist.new_group(first, backend="gloo", timeout=_timeout)
         mine = None
         for r in replicas:
@@ -134,7 +129,15 @@ def _replica_groups(replica_of: tuple[int, ...]) -> tuple[dist.ProcessGroup | No
             made = dist.new_group(ranks, backend="gloo", timeout=_timeout) if len(ranks) > 1 else None
             mine = made if replica_of[rank] == r else mine
         _replicas = (replica_of, heads if rank in first else None, mine)
-    return _replicas[1], _replicas[2]
+    return first, _replicas[1], _replicas[2]
+
+
+def _destroy_replica_groups() -> None:
+    global _replicas
+    for g in _replicas[1:] if _replicas else ():
+        if g is not None:
+            dist.destroy_process_group(g)
+    _replicas = None
 
 
 def max_over_ranks(value: int) -> int:

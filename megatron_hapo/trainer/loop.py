@@ -17,7 +17,7 @@ import megatron_hapo.parallel as hp
 from megatron_hapo.algorithms import EntropyStats
 from megatron_hapo.config import RootConfig
 from megatron_hapo.parallel import compute_device, lead
-from megatron_hapo.rollout import RolloutCancelled
+from megatron_hapo.rollout import RolloutCancelled, RolloutSample
 from megatron_hapo.trainer import checkpoint
 from megatron_hapo.trainer.algorithm import compute_advantages
 from megatron_hapo.trainer.batch import StepBatch, response_temperatures
@@ -110,9 +110,11 @@ def learn(
     advantages = response_advantages(cfg, batch)
     rank = ps.get_data_parallel_rank() if policy.dp_size > 1 else 0
     rows = plan.responses[rank]
-    samples = [batch.samples[i] for i in rows]
-    if policy.replayed_routing is not None:
-        samples = with_routed_experts(batch, plan.responses, rank)
+    samples = (
+        with_routed_experts(batch, plan.responses, rank)  # routing replay: the experts come from the lead
+        if policy.replayed_routing is not None
+        else [batch.samples[i] for i in rows]
+    )
     exp = Experience.build(
         samples, [temps[i] for i in rows], [advantages[i] for i in rows],
         [batch.group_ids[i] for i in rows], rows, device=compute_device(), routing=policy.replayed_routing,
@@ -140,14 +142,12 @@ def learn(
     return new_stats, metrics
 
 
-def with_routed_experts(batch: StepBatch, responses: list[list[int]], rank: int) -> list:
+def with_routed_experts(batch: StepBatch, responses: list[list[int]], rank: int) -> list[RolloutSample]:
     """The samples of data-parallel rank ``rank`` (step indices ``responses[rank]``) with their routed experts.
     Only the lead holds those (``RolloutStage.collect`` keeps them out of the step's broadcast: hundreds of bytes
     per token); each rank receives its own share from it (``parallel/lead.py::scatter_from_lead``)."""
-    import torch.distributed as dist
-
     shares = None
-    if dist.get_rank() == 0:
+    if torch.distributed.get_rank() == 0:
         shares = [[batch.samples[i].routed_experts for i in rows] for rows in responses]
     mine = lead.scatter_from_lead(shares, replica=rank)
     return [
