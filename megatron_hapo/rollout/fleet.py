@@ -530,7 +530,7 @@ class SGLangFleet:
                             [prompts[i]],
                             params.n,
                             require_hapo=self.config.hapo_sampler,
-                            routed_experts=params.return_routed_experts,
+                            routed_experts=per_prompt[i].return_routed_experts,  # what its request asked for
                         )
                         for s in samples:
                             s.prompt_index = i
