@@ -89,6 +89,6 @@ def test_megatron_routers_replay_at_tp2_sp_and_pp2_and_through_recomputation(tmp
 @pytest.mark.dist
 def test_each_replica_receives_only_its_share_from_the_lead():
     """parallel/lead.py::scatter_from_lead, how each data-parallel rank gets its responses' routed experts: 4 ranks
-    in five layouts (tests/dist_jobs/job_scatter_from_lead.py, ~10 s)."""
+    in six layouts (tests/dist_jobs/job_scatter_from_lead.py, ~10 s)."""
     out = run_torchrun("job_scatter_from_lead.py", 4, timeout=300)
     assert "job_scatter_from_lead: all checks passed" in out, out[-3000:]
