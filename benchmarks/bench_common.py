@@ -97,11 +97,7 @@ def goal(ok: bool | None, text: str) -> str:
 
 def run_workers(script: str, nproc: int, hidden: int, layers: int, title: str) -> int:
     """Write a random Qwen2 (``hidden``, ``layers``, vocab 512, fp32) to a temporary directory, print
-    ``title``, then run ``script`` again with this process's arguments plus ``--model DIR`` under torchrun:
-    ``nproc`` processes on this machine, one thread each (gloo); the workers see ``RANK`` in their
-    environment. Returns torchrun's exit code."""
-    import os
-    import subprocess
+    ``title``, then :func:`rerun_under_torchrun` with ``--model DIR`` added. Returns torchrun's exit code."""
     import tempfile
 
     from megatron_hapo.demo.tiny_models import make_tiny_hf_model
@@ -111,13 +107,16 @@ def run_workers(script: str, nproc: int, hidden: int, layers: int, title: str) -
             Path(tmp) / "m", "qwen2", vocab_size=512, dtype="float32", hidden_size=hidden, num_layers=layers
         )
         print(title, flush=True)
-        env = dict(os.environ, OMP_NUM_THREADS="1", TORCHDYNAMO_DISABLE="1", PYTHONPATH=str(REPO))
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc-per-node={nproc}",
-            script,
-        ]
-        return subprocess.run([*cmd, *sys.argv[1:], "--model", str(model)], env=env, cwd=REPO).returncode
+        return rerun_under_torchrun(script, nproc, "--model", str(model))
+
+
+def rerun_under_torchrun(script: str, nproc: int, *extra_args: str) -> int:
+    """Run ``script`` again with this process's arguments (plus ``extra_args``) under torchrun: ``nproc``
+    processes on this machine, one thread each (gloo); the workers see ``RANK`` in their environment.
+    Returns torchrun's exit code."""
+    import os
+    import subprocess
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", TORCHDYNAMO_DISABLE="1", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", script]
+    return subprocess.run([*cmd, *sys.argv[1:], *extra_args], env=env, cwd=REPO).returncode

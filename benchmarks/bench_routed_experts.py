@@ -16,7 +16,6 @@ import argparse
 import os
 import pickle
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from benchmarks.bench_common import rerun_under_torchrun  # noqa: E402
 
 WORLD = 4
 LAYOUTS = {"DP=4": [0, 1, 2, 3], "TP=2 x DP=2": [0, 0, 1, 1]}
@@ -90,16 +91,7 @@ def main() -> None:
         f"experts; {WORLD} processes on CPU (gloo, one thread each), median of {args.repeats}",
         flush=True,
     )
-    env = dict(os.environ, OMP_NUM_THREADS="1", TORCHDYNAMO_DISABLE="1", PYTHONPATH=str(REPO))
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={WORLD}",
-        __file__,
-    ]
-    sys.exit(subprocess.run([*cmd, *sys.argv[1:]], env=env, cwd=REPO).returncode)
+    sys.exit(rerun_under_torchrun(__file__, WORLD))
 
 
 if __name__ == "__main__":

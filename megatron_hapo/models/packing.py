@@ -27,6 +27,8 @@ import logging
 
 import torch
 
+from megatron_hapo.models.routing_replay import forward_with_routing
+
 logger = logging.getLogger(__name__)
 
 PACKING_MODES = ("auto", "none", "mask", "thd")
@@ -128,8 +130,6 @@ def forward_micro_batch(model, batch):
     """``model(tokens, position_ids, attention_mask)`` for one micro-batch, packed ("mask" or "thd") or not:
     the logits ``[b, s, V/tp]`` (or the hidden states on a non-last pipeline stage). A micro-batch with
     ``routed_experts`` has its MoE routers replay them (models/routing_replay.py)."""
-    from megatron_hapo.models.routing_replay import forward_with_routing
-
     routed = getattr(batch, "routed_experts", None)
     return forward_with_routing(model, routed, lambda: _forward(model, batch))
 

@@ -59,15 +59,15 @@ def route_as(chunk, routed: torch.Tensor | None) -> Callable[[], None] | None:
     """Make the routers of ``chunk`` replay ``routed [b, s, MoE layers, top_k]`` (this micro-batch's engine
     experts), or route on their own when ``routed`` is None. Returns a function that sets the same targets
     again (for the backward's recomputation), or None when there is nothing to replay."""
-    from megatron.core import parallel_state as ps
-    from megatron.core.transformer.moe.router_replay import RouterReplayAction
-
     routers = replayable_routers(chunk)
     if routed is None:
         for _, replay in routers:
             replay.clear_indices()
             replay.clear_router_replay_action()
         return None
+    from megatron.core import parallel_state as ps
+    from megatron.core.transformer.moe.router_replay import RouterReplayAction
+
     if not routers:
         raise RuntimeError(
             "a micro-batch carries routed experts to replay, but this model was built without "
