@@ -15,6 +15,8 @@
 # key reaches the servers through a 0600 file, not their command line. The router's metrics stay on loopback.
 # A mixture of experts trained with algorithm.rollout_routing_replay=true needs its servers to record every
 # token's experts: HAPO_ROUTING_REPLAY=1 adds --enable-return-routed-experts (a response without them fails the step).
+# More SGLang arguments for every server (what rollout.server_args gives the servers a run launches itself):
+# HAPO_SGLANG_ARGS="--chunked-prefill-size 8192 --ep-size 8".
 set -euo pipefail
 HOST=${HAPO_BIND_HOST:?set HAPO_BIND_HOST to the address of this node on the cluster network}
 : "${HAPO_ROLLOUT_API_KEY:?set HAPO_ROLLOUT_API_KEY (e.g. openssl rand -hex 32) here and for the trainer}"
@@ -26,6 +28,8 @@ servers)
     export HAPO_SGLANG_SAMPLER=1
     EXTRA=()
     [ "${HAPO_ROUTING_REPLAY:-0}" = 1 ] && EXTRA+=(--enable-return-routed-experts)
+    read -r -a USER_ARGS <<<"${HAPO_SGLANG_ARGS:-}"
+    EXTRA+=(${USER_ARGS[@]+"${USER_ARGS[@]}"})
     mkdir -p logs
     KEY_FILE=logs/.sglang_api_key.yaml
     (umask 077 && printf 'api-key: %s\n' "$HAPO_ROLLOUT_API_KEY" >"$KEY_FILE")

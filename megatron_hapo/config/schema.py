@@ -243,6 +243,14 @@ class RolloutConfig:
         "null = 0.85 for fleet servers (GPUs of their own), 0.3 for the in-process engine, which shares its "
         "GPUs with training ranks (at most 0.5; for development and small models; docs/rollout.md)",
     )
+    server_args: dict[str, Any] = opt(
+        {},
+        "more SGLang ServerArgs fields for the in-process engine and launched servers, e.g. "
+        "{chunked_prefill_size: 8192, ep_size: 8}; names, types and choices are checked against SGLang's own "
+        "declaration, and the fields this project sets (model, dtype, TP size, memory share, seed, ports, "
+        "sampler) are refused, naming the key that sets them; attached servers take theirs on their own command "
+        "line (docs/rollout.md)",
+    )
     sync_policy: Literal["wait", "pause", "abort"] = opt(
         "wait",
         "requests in flight during a weight sync: wait = they finish first (each sample has one weight "

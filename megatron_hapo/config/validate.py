@@ -381,6 +381,8 @@ def _rollout(cfg: RootConfig, world_size: int, world_phrase: str, out: _Issues) 
                 "this machine only); set rollout.sync_address to this node's address as the servers see it, "
                 "or rollout.weight_sync=disk on a file system the servers share",
             )
+    if r.server_args:
+        _server_args(cfg, out)
     if r.mem_fraction is not None and not 0.0 < r.mem_fraction < 1.0:
         out.add("rollout.mem_fraction", f"must be in (0, 1), got {r.mem_fraction}")
     elif (
@@ -425,6 +427,20 @@ def _rollout(cfg: RootConfig, world_size: int, world_phrase: str, out: _Issues) 
                 "rollout.max_staleness=1 trains on responses sampled one weight version back: set "
                 "algorithm.loss.tis_cap (e.g. 2.0) so truncated importance sampling corrects for it",
             )
+
+
+def _server_args(cfg: RootConfig, out: _Issues) -> None:
+    from megatron_hapo.rollout.serving import server_args_problems
+
+    r = cfg.rollout
+    for name, problem in server_args_problems(r.server_args)[1].items():
+        out.add(f"rollout.server_args.{name}", problem)
+    if r.engine == "fleet" and not r.launch_servers:
+        out.add(
+            ["rollout.server_args", "rollout.launch_servers"],
+            "reach only the servers this run launches (rollout.launch_servers=true); give attached servers "
+            "their arguments on their own command line (examples/launch/rollout_fleet.sh: HAPO_SGLANG_ARGS)",
+        )
 
 
 def _is_loopback(host: str) -> bool:

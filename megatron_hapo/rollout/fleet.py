@@ -19,6 +19,7 @@ files under ``log_dir``, never to the trainer's console.
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import secrets
@@ -27,7 +28,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,11 +103,17 @@ class FleetProcess:
 
 
 def _cli_flags(args: dict[str, Any]) -> list[str]:
+    """SGLang's command line for ``args`` (ServerArgs fields): a boolean is a flag, present when true; a list gives
+    the flag its values one by one (``--cuda-graph-bs 1 2 4``); a mapping is passed as JSON."""
     flags = []
     for key, value in args.items():
         flag = "--" + key.replace("_", "-")
         if value is True:
             flags.append(flag)
+        elif isinstance(value, (list, tuple)):
+            flags += [flag, *map(str, value)]
+        elif isinstance(value, Mapping):
+            flags += [flag, json.dumps(dict(value))]
         elif value not in (False, None):
             flags += [flag, str(value)]
     return flags
@@ -677,6 +684,17 @@ class SGLangFleet:
     def set_weight_version(self, version: str) -> None:
         self._all("/update_weight_version", {"new_version": str(version), "abort_all_requests": False})
         self.weight_version = str(version)
+
+    def server_settings(self) -> list[dict[str, Any]]:
+        settings = []
+        for s in self.servers:
+            resp = self._session.get(s.url + "/server_info", timeout=60)
+            if resp.status_code != 200:
+                raise EngineError(
+                    f"{s.describe()}: /server_info returned HTTP {resp.status_code}: {resp.text[:300]}"
+                )
+            settings.append(resp.json())
+        return settings
 
     def get_weight(self, hf_name: str, truncate_size: int = 10**9) -> torch.Tensor:
         """``hf_name`` read back from every live server; they must hold the same values (a server that

@@ -309,6 +309,9 @@ class InProcessSGLangEngine:
             raise EngineError(f"the in-process engine could not read back {hf_name!r} (the reason is logged)")
         return torch.as_tensor(values)
 
+    def server_settings(self) -> list[dict[str, Any]]:
+        return [self._engine.get_server_info()]
+
     def health(self) -> bool:
         try:
             self._engine.get_server_info()

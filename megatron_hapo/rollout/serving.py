@@ -32,10 +32,13 @@ the train-vs-rollout log-prob mismatch every step. docs/fp8.md has the details.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
 import shutil
+import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +46,91 @@ logger = logging.getLogger(__name__)
 
 # SGLang load format that re-quantises weights pushed by update_weights_from_tensor into FP8 (see above).
 FP8_RL_LOAD_FORMAT = "flash_rl"
+
+# The ServerArgs fields this project sets itself, and what sets each: ``rollout.server_args`` may not.
+OWNED_SERVER_ARGS: dict[str, str] = {
+    "model_path": "model.hf_path",
+    "tokenizer_path": "model.hf_path (the trainer's tokenizer)",
+    "dtype": "model.dtype",
+    "load_format": "model.load_weights and rollout.quantization",
+    "quantization": "rollout.quantization",
+    "json_model_override_args": "model.override_config",
+    "enable_return_routed_experts": "algorithm.rollout_routing_replay",
+    "tp_size": "rollout.tensor_parallel_size",
+    "mem_fraction_static": "rollout.mem_fraction",
+    "random_seed": "trainer.seed",
+    "host": "rollout.bind_host",
+    "port": "the fleet (a free port per server)",
+    "nccl_port": "the fleet (a free port per server)",
+    "base_gpu_id": "the fleet's GPU placement (rollout/placement.py)",
+    "device": "the machine (cuda, or cpu without a GPU)",
+    "sampling_backend": "the HAPO sampler (algorithm.adaptive_temperature.enable, rollout.seeded_sampling)",
+    "api_key": "rollout.api_key_env",
+}
+
+
+def server_args_problems(extra: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """``rollout.server_args`` checked against SGLang's own declaration of ``ServerArgs`` (names, types, choices):
+    ``(values converted to the fields' types, {field: what is wrong})``. SGLang checks the combination of values
+    itself when the engine starts."""
+    import msgspec
+    from sglang.srt.server_args import ServerArgs
+
+    fields = {f.name: f for f in msgspec.structs.fields(ServerArgs)}
+    values: dict[str, Any] = {}
+    problems: dict[str, str] = {}
+    for name, value in extra.items():
+        if name in OWNED_SERVER_ARGS:
+            problems[name] = f"is set by this project from {OWNED_SERVER_ARGS[name]}: set that instead"
+            continue
+        if name not in fields:
+            close = difflib.get_close_matches(name, list(fields), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            problems[name] = (
+                f"is not an SGLang server argument{hint}; see python -m sglang.launch_server --help"
+            )
+            continue
+        field = fields[name]
+        kind, *meta = (
+            typing.get_args(field.type)
+            if typing.get_origin(field.type) is typing.Annotated
+            else (field.type,)
+        )
+        try:
+            converted = msgspec.convert(value, kind, strict=False)
+        except msgspec.ValidationError as exc:
+            problems[name] = f"{value!r} is not a valid value: {exc} (SGLang declares it {kind})"
+            continue
+        choices = next((m.choices for m in meta if getattr(m, "choices", None)), None)
+        if choices and converted not in choices:
+            problems[name] = f"{value!r} is not one of {', '.join(map(str, choices))}"
+        elif converted is False and field.default is not False:
+            # a launched server takes a boolean as a flag, present or absent: absent is SGLang's default
+            problems[name] = (
+                f"false cannot reach a launched server's command line (SGLang's default is {field.default!r}): "
+                "leave it out or set true"
+            )
+        else:
+            values[name] = converted
+    return values, problems
+
+
+def settings_differing(requested: Mapping[str, Any], settings: list[dict[str, Any]]) -> list[str]:
+    """The requested ServerArgs values (``rollout.server_args``) that an engine or server does not run with, one
+    line each: SGLang adjusts some fields while resolving its arguments (for the device, the model, other
+    fields). ``settings``: :meth:`~megatron_hapo.rollout.types.RolloutEngine.server_settings`."""
+    wanted, _ = server_args_problems(requested)
+    differing = []
+    for i, running in enumerate(settings):
+        for name, value in wanted.items():
+            got = running.get(name)
+            if _plain(got) != _plain(value):
+                differing.append(f"{name}: asked {value!r}, engine {i} runs with {got!r}")
+    return differing
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def engine_server_args(cfg: Any) -> dict[str, Any]:
@@ -54,9 +142,14 @@ def engine_server_args(cfg: Any) -> dict[str, Any]:
       the FlashRL loader needs a real initial load from ``model.hf_path`` to record the native loaders it
       re-quantises through on every sync);
     * ``algorithm.rollout_routing_replay``: ``enable_return_routed_experts`` (SGLang records every token's
-      experts; requests ask for them with ``return_routed_experts``).
+      experts; requests ask for them with ``return_routed_experts``);
+    * ``rollout.server_args``: any other field, as given (checked by :func:`server_args_problems`; config
+      validation reports the problems, naming the keys).
     """
-    args: dict[str, Any] = {"dtype": cfg.model.dtype}
+    values, problems = server_args_problems(cfg.rollout.server_args) if cfg.rollout.server_args else ({}, {})
+    if problems:
+        raise ValueError("; ".join(f"rollout.server_args.{k} {v}" for k, v in problems.items()))
+    args: dict[str, Any] = {**values, "dtype": cfg.model.dtype}
     if cfg.algorithm.rollout_routing_replay:
         args["enable_return_routed_experts"] = True
     if (

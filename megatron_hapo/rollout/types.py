@@ -266,6 +266,9 @@ class RolloutEngine(Protocol):
     def get_weight(self, hf_name: str, truncate_size: int = 10**9) -> Any:
         """A parameter read back from the engine (read-back verification, the log-prob doctor)."""
 
+    def server_settings(self) -> list[dict[str, Any]]:
+        """Each engine's or server's SGLang ``ServerArgs`` as it resolved them (SGLang's ``/server_info``)."""
+
     def health(self) -> bool: ...
 
     def shutdown(self) -> None: ...

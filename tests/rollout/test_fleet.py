@@ -16,6 +16,7 @@ import torch
 
 from megatron_hapo.rollout import EngineError, GenerationParams
 from megatron_hapo.rollout.fleet import FleetConfig, SGLangFleet
+from megatron_hapo.rollout.serving import settings_differing
 from megatron_hapo.sync import DiskTransport, DistributedTransport, push_weights
 from tests.rollout.common import (
     LOGPROB_TOL,
@@ -37,7 +38,8 @@ def fleet(model_dir, tmp_path_factory):
         model_path=str(model_dir),
         num_servers=2,
         log_dir=str(tmp_path_factory.mktemp("fleet-logs")),
-        server_args={"dtype": "float32"},
+        # enable_cache_report: a field of rollout.server_args' kind (no effect on what is asserted here)
+        server_args={"dtype": "float32", "enable_cache_report": True},
         request_timeout_s=300,
     )
     f = SGLangFleet(config)
@@ -67,6 +69,16 @@ def _cpu_seconds(process_group: int) -> float:
         if int(fields[2]) == process_group:  # field 5 of /proc/PID/stat: the process group
             total += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def test_every_server_reports_the_settings_it_runs_with(fleet):
+    """What ``rollout.server_args`` is checked against once the servers are up (trainer/rollout_stage.py)."""
+    settings = fleet.server_settings()
+    assert len(settings) == 2
+    assert all(s["enable_cache_report"] is True and s["dtype"] == "float32" for s in settings), settings
+    assert settings_differing({"enable_cache_report": True, "chunked_prefill_size": 64}, settings[:1]) == [
+        f"chunked_prefill_size: asked 64, engine 0 runs with {settings[0]['chunked_prefill_size']}"
+    ]
 
 
 def test_seeds_are_refused_by_a_fleet_without_the_hapo_sampler(fleet):

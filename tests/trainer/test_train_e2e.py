@@ -58,6 +58,7 @@ def first_run(demo_model, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
     proc = _train(f"model.hf_path={demo_model}", f"trainer.run_dir={run_dir}", f"trainer.total_steps={STEPS}",
                   "checkpoint.save_every=4", "checkpoint.keep_last=2", "checkpoint.hf_export=true",
+                  "rollout.server_args.enable_cache_report=true",  # a field SGLang's sampling does not read
                   *DIST_OPT)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return run_dir, proc.stdout + proc.stderr
@@ -104,6 +105,8 @@ def test_the_console_shows_one_line_per_step_and_the_logs_keep_the_rest(first_ru
     rank0 = (run_dir / "logs" / "rank0.log").read_text()
     assert "megatron.core" in rank0 and "megatron_hapo.data.dataset: prompt dataset" in rank0
     assert "server_args=" in rank0 and "generating" in rank0  # also after the engine re-configured logging
+    # rollout.server_args, read back from the running engine
+    assert "the rollout engine runs with rollout.server_args as given: enable_cache_report=True" in rank0
     # the engine shut down once, stopping its own processes only: SGLang's own exit hook went with it (at exit
     # it logged to closed streams), and SGLang's kill of every child of the process was never called
     assert rank0.count("SGLang engine shut down: its processes") == 1
