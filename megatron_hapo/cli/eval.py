@@ -3,6 +3,7 @@
     hapo-eval --model HF_DIR [HF_DIR ...] --benchmarks aime24.parquet aime25.parquet [--names AIME24 AIME25]
               [--k 8] [--temperature 0.5] [--top-p 0.7] [--max-new-tokens 10240]
               [--out results.json] [--run-dir DIR] [--fleet-servers N] [--seeded [--seed S]] [--verbose]
+              [--server-arg FIELD=VALUE ...]
 
 Starts an in-process SGLang engine on the checkpoint (or, with ``--fleet-servers N``, N SGLang servers
 behind a router), samples k answers per prompt, scores them in a process pool, prints the Markdown
@@ -84,11 +85,48 @@ def build_parser() -> argparse.ArgumentParser:
         "the seeds): the result then depends only on the model and the seed, so checkpoints are compared on "
         "the same draws",
     )
+    p.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="another SGLang ServerArgs field for the engine or servers (repeatable; VALUE read as YAML, e.g. "
+        "ep_size=8, cuda_graph_bs_decode=[1,2,4]); checked against SGLang's fields before anything starts",
+    )
     p.add_argument("--batch-prompts", type=int, default=256, help="prompts per generate call")
     p.add_argument("--scorer-workers", type=int, default=4, help="scoring processes; 0 = score in-process")
     p.add_argument("--score-timeout", type=float, default=5.0, help="scoring deadline per answer, seconds")
     p.add_argument("--reward-extra-modules", nargs="*", default=[], help="modules registering custom scorers")
     return p
+
+
+# The SGLang fields hapo-eval sets from its own options (--server-arg may not).
+OWNED_BY_EVAL = {
+    "model_path": "--model", "tokenizer_path": "--model", "tp_size": "--tp", "dtype": "--dtype",
+    "random_seed": "--seed", "sampling_backend": "--seeded (the HAPO sampler)", "host": "the fleet (loopback)",
+    "port": "the fleet", "nccl_port": "the fleet", "base_gpu_id": "the fleet", "api_key": "the fleet",
+    "device": "the machine",
+}  # fmt: skip
+
+
+def parse_server_args(pairs: list[str]) -> dict[str, Any]:
+    """``--server-arg FIELD=VALUE`` options as ServerArgs values of SGLang's types; ValueError naming each bad one."""
+    import yaml
+
+    from megatron_hapo.rollout.serving import server_args_problems
+
+    given = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or not name:
+            raise ValueError(
+                f"--server-arg {pair!r}: give FIELD=VALUE, e.g. --server-arg chunked_prefill_size=8192"
+            )
+        given[name.strip()] = yaml.safe_load(text)
+    values, problems = server_args_problems(given, owned=OWNED_BY_EVAL)
+    if problems:
+        raise ValueError("; ".join(f"--server-arg {name} {problem}" for name, problem in problems.items()))
+    return values
 
 
 def build_engine(args: argparse.Namespace) -> Any:
@@ -103,7 +141,7 @@ def build_engine(args: argparse.Namespace) -> Any:
             seed=args.seed,
             hapo_sampler=args.seeded,
             log_dir=str(args.run_dir / "fleet_logs"),
-            server_args={"dtype": args.dtype},
+            server_args={**args.server_args, "dtype": args.dtype},
         )
         return SGLangFleet(cfg)
     from megatron_hapo.rollout import InProcessSGLangEngine
@@ -114,7 +152,7 @@ def build_engine(args: argparse.Namespace) -> Any:
         seed=args.seed,
         hapo_sampler=args.seeded,
         log_file=console.engine_log_file(args.run_dir),
-        dtype=args.dtype,
+        **{**args.server_args, "dtype": args.dtype},
     )
 
 
@@ -137,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         benchmarks = benchmark_names(
             dict(zip(args.names, args.benchmarks, strict=True)) if args.names else args.benchmarks
         )
+        args.server_args = parse_server_args(args.server_arg)
     except (ValueError, DataError) as e:
         print(f"hapo-eval: {e}", file=sys.stderr)
         return 2
@@ -161,6 +200,7 @@ def _evaluate(args: argparse.Namespace, benchmarks: dict[str, str]) -> int:
     from megatron_hapo.eval.benchmarks import load_benchmarks
     from megatron_hapo.eval.preflight import budget_problem
     from megatron_hapo.rewards import ScorerPool
+    from megatron_hapo.rollout.serving import report_server_args
     from megatron_hapo.sync import VERIFY_NAME, WeightSynchronizer
 
     tokenizer = AutoTokenizer.from_pretrained(args.model[0])
@@ -193,6 +233,8 @@ def _evaluate(args: argparse.Namespace, benchmarks: dict[str, str]) -> int:
     out = Path(args.out or args.run_dir / "results.json")
     try:
         engine = build_engine(args)
+        if args.server_args:
+            report_server_args(args.server_args, engine, "--server-arg")
         loader = WeightSynchronizer(engine, None, verify_name=VERIFY_NAME)  # loads only (no transport)
         for i, model in enumerate(args.model):
             if i > 0:  # the same engine, this checkpoint's weights (read back and checked)

@@ -69,9 +69,12 @@ OWNED_SERVER_ARGS: dict[str, str] = {
 }
 
 
-def server_args_problems(extra: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-    """``rollout.server_args`` checked against SGLang's own declaration of ``ServerArgs`` (names, types, choices):
-    ``(values converted to the fields' types, {field: what is wrong})``. SGLang checks the combination of values
+def server_args_problems(
+    extra: Mapping[str, Any], owned: Mapping[str, str] = OWNED_SERVER_ARGS
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """``rollout.server_args`` (or hapo-eval's ``--server-arg``) checked against SGLang's own declaration of
+    ``ServerArgs`` (names, types, choices): ``(values converted to the fields' types, {field: what is wrong})``.
+    ``owned``: the fields the caller sets itself, each with what sets it. SGLang checks the combination of values
     itself when the engine starts."""
     import msgspec
     from sglang.srt.server_args import ServerArgs
@@ -80,8 +83,8 @@ def server_args_problems(extra: Mapping[str, Any]) -> tuple[dict[str, Any], dict
     values: dict[str, Any] = {}
     problems: dict[str, str] = {}
     for name, value in extra.items():
-        if name in OWNED_SERVER_ARGS:
-            problems[name] = f"is set by this project from {OWNED_SERVER_ARGS[name]}: set that instead"
+        if name in owned:
+            problems[name] = f"is set by this project from {owned[name]}: set that instead"
             continue
         if name not in fields:
             close = difflib.get_close_matches(name, list(fields), n=3)
@@ -115,11 +118,23 @@ def server_args_problems(extra: Mapping[str, Any]) -> tuple[dict[str, Any], dict
     return values, problems
 
 
+def report_server_args(requested: Mapping[str, Any], engine: Any, source: str) -> None:
+    """Log whether ``engine`` (a ``RolloutEngine``) runs with the ServerArgs values ``requested`` by ``source``
+    (``rollout.server_args``, ``--server-arg``); warn, naming each, about those SGLang changed while resolving its
+    arguments."""
+    differing = settings_differing(requested, engine.server_settings())
+    for line in differing:
+        logger.warning("%s %s (SGLang changed it while resolving its arguments)", source, line)
+    if not differing:
+        given = ", ".join(f"{k}={v}" for k, v in requested.items())
+        logger.info("the rollout engine runs with %s as given: %s", source, given)
+
+
 def settings_differing(requested: Mapping[str, Any], settings: list[dict[str, Any]]) -> list[str]:
-    """The requested ServerArgs values (``rollout.server_args``) that an engine or server does not run with, one
-    line each: SGLang adjusts some fields while resolving its arguments (for the device, the model, other
-    fields). ``settings``: :meth:`~megatron_hapo.rollout.types.RolloutEngine.server_settings`."""
-    wanted, _ = server_args_problems(requested)
+    """The requested ServerArgs values that an engine or server does not run with, one line each: SGLang adjusts
+    some fields while resolving its arguments (for the device, the model, other fields). ``settings``:
+    :meth:`~megatron_hapo.rollout.types.RolloutEngine.server_settings`."""
+    wanted = server_args_problems(requested, owned={})[0]
     differing = []
     for i, running in enumerate(settings):
         for name, value in wanted.items():

@@ -28,7 +28,7 @@ from megatron_hapo.data import PromptDataset, PromptOrder
 from megatron_hapo.parallel.lead import broadcast_from_lead, max_over_ranks
 from megatron_hapo.rewards import ScoreRequest, ScorerPool, apply_overlong
 from megatron_hapo.rollout import GenerationParams, InProcessSGLangEngine
-from megatron_hapo.rollout.serving import engine_server_args, rollout_model_path, settings_differing
+from megatron_hapo.rollout.serving import engine_server_args, report_server_args, rollout_model_path
 from megatron_hapo.rollout.types import (
     AdaptiveTemperature,
     RolloutCancelled,
@@ -67,19 +67,8 @@ def make_engine(cfg: RootConfig, run_dir: str | Path | None = None) -> RolloutEn
     finally:
         random.setstate(seeded)
     if cfg.rollout.server_args:
-        report_server_args(cfg.rollout.server_args, engine)
+        report_server_args(cfg.rollout.server_args, engine, "rollout.server_args")
     return engine
-
-
-def report_server_args(requested: dict, engine: RolloutEngine) -> None:
-    """Log whether ``engine`` runs with the ``rollout.server_args`` asked for; warn, naming each, about those that
-    SGLang changed while resolving its arguments."""
-    differing = settings_differing(requested, engine.server_settings())
-    for line in differing:
-        logger.warning("rollout.server_args.%s (SGLang changed it while resolving its arguments)", line)
-    if not differing:
-        given = ", ".join(f"{k}={v}" for k, v in requested.items())
-        logger.info("the rollout engine runs with rollout.server_args as given: %s", given)
 
 
 def uses_hapo_sampler(cfg: RootConfig) -> bool:

@@ -270,7 +270,8 @@ def test_cli_evaluates_checkpoints_on_one_engine_with_a_quiet_console(model_dir,
     fails to load ends the command with its error, and the results of those before it stay in results.json."""
     other = _perturbed_copy(model_dir, tmp_path / "other")
     common = ("--benchmarks", str(bench_files["arith"]), "--k", "2", "--max-prompts", "4", "--max-new-tokens",
-              "6", "--scorer-workers", "1", "--seeded", "--save-samples")  # fmt: skip
+              "6", "--scorer-workers", "1", "--seeded", "--save-samples",
+              "--server-arg", "enable_cache_report=true")  # fmt: skip
     run_dir = tmp_path / "run"
     proc = _hapo_eval("--model", str(model_dir), str(other), *common, "--run-dir", str(run_dir))
     out = proc.stdout
@@ -283,6 +284,7 @@ def test_cli_evaluates_checkpoints_on_one_engine_with_a_quiet_console(model_dir,
     assert second["settings"]["weight_version"] == str(other)
     log = (run_dir / "logs" / "rank0.log").read_text()
     assert "server_args=" in log and f"weight sync {other} via disk" in log
+    assert "the rollout engine runs with --server-arg as given: enable_cache_report=True" in log
     assert "Multi-thread loading shards" in (run_dir / "logs" / "sglang.log").read_text()  # the scheduler's
 
     def answers(result):

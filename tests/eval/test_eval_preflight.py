@@ -1,5 +1,6 @@
 """hapo-eval checks before any engine starts (issue 17, bug 9): the token budget against the model's
-context, and a Megatron checkpoint passed as --model (was a sentencepiece error from the tokenizer)."""
+context, a Megatron checkpoint passed as --model (was a sentencepiece error from the tokenizer), and
+--server-arg against SGLang's fields."""
 
 from __future__ import annotations
 
@@ -88,3 +89,25 @@ def test_several_models_must_share_architecture_and_tokenizer(tmp_path, model_di
     for other, message in cases.items():
         assert eval_cli.main(["--model", str(model_dir), str(other), "--benchmarks", str(VAL)]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_server_args_are_checked_against_sglangs_fields_before_the_engine(
+    model_dir, no_engine, capsys, tmp_path
+):
+    argv = ["--model", str(model_dir), "--benchmarks", str(VAL), "--run-dir", str(tmp_path / "run"),
+            "--server-arg", "chunked_prefil_size=64", "--server-arg", "tp_size=2",
+            "--server-arg", "cuda_graph_bs_decode=[1, x]"]  # fmt: skip
+    assert eval_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert (
+        "--server-arg chunked_prefil_size is not an SGLang server argument (did you mean chunked_prefill_size"
+        in err
+    )
+    assert "--server-arg tp_size is set by this project from --tp" in err
+    assert "--server-arg cuda_graph_bs_decode [1, 'x'] is not a valid value" in err
+    assert eval_cli.main([*argv[:6], "--server-arg", "ep_size"]) == 2
+    assert "give FIELD=VALUE" in capsys.readouterr().err
+    assert eval_cli.parse_server_args(["chunked_prefill_size=64", "cuda_graph_bs_decode=[1, 2]"]) == {
+        "chunked_prefill_size": 64,
+        "cuda_graph_bs_decode": [1, 2],
+    }
