@@ -431,8 +431,7 @@ class RolloutStage:
         want = self.cfg.data.train_batch_size
         if cfg_ds.enable and cfg_ds.over_sample > 1:
             batch, metrics = self._collect_over_sampled(stats)
-            batch.extra_metrics = _with_kept_tokens(metrics, batch, want)
-            batch.extra_metrics["time/rollout_s"] = time.perf_counter() - t0
+            batch.extra_metrics = _rollout_metrics(metrics, batch, want, time.perf_counter() - t0)
             return batch
         batch = self._generate_and_score(stats)
         metrics = dict(batch.extra_metrics)
@@ -470,9 +469,7 @@ class RolloutStage:
         metrics["dynamic_sampling/generated_per_kept"] = raw_n / len(batch)
         metrics["dynamic_sampling/generated_tokens_per_kept_group"] = tokens / want
         metrics["dynamic_sampling/dropped_tokens_per_kept_group"] = dropped_tokens / want
-        metrics = _with_kept_tokens(metrics, batch, want)
-        metrics["time/rollout_s"] = time.perf_counter() - t0
-        batch.extra_metrics = metrics
+        batch.extra_metrics = _rollout_metrics(metrics, batch, want, time.perf_counter() - t0)
         return batch
 
 
@@ -514,13 +511,28 @@ def _tokens(batch: StepBatch) -> int:
     return sum(len(s.response_ids) for s in batch.samples)
 
 
-def _with_kept_tokens(metrics: dict[str, float], batch: StepBatch, want: int) -> dict[str, float]:
-    """``dynamic_sampling/kept_tokens_per_group``: what an ideal filter (one that generated only the kept
-    groups) would have generated per group; divide ``generated_tokens_per_kept_group`` by it for the cost.
-    With ``dropped_tokens_per_kept_group`` (the all-equal groups scored and dropped), kept + dropped is what
-    any filter on finished groups pays for the groups it saw; the rest of ``generated`` is the method's own
-    overhead (refill: kept groups beyond the batch; over-sampling: aborted and late groups)."""
-    return dict(metrics, **{"dynamic_sampling/kept_tokens_per_group": _tokens(batch) / want})
+def _rollout_metrics(
+    metrics: dict[str, float], batch: StepBatch, want: int, seconds: float
+) -> dict[str, float]:
+    """The step's rollout metrics with
+
+    * ``dynamic_sampling/kept_tokens_per_group``: what an ideal filter (one that generated only the kept groups)
+      would have generated per group; divide ``generated_tokens_per_kept_group`` by it for the cost. With
+      ``dropped_tokens_per_kept_group`` (the all-equal groups scored and dropped), kept + dropped is what any
+      filter on finished groups pays for the groups it saw; the rest of ``generated`` is the method's own
+      overhead (refill: kept groups beyond the batch; over-sampling: aborted and late groups);
+    * ``time/rollout_s``: the rollout's ``seconds`` (generation and scoring);
+    * ``perf/rollout_tokens_per_s``: every response token the engine generated for the step (dropped groups and
+      aborted requests included) per second of the rollout: the engine's throughput as the trainer sees it."""
+    generated = metrics["dynamic_sampling/generated_tokens_per_kept_group"] * want
+    return dict(
+        metrics,
+        **{
+            "dynamic_sampling/kept_tokens_per_group": _tokens(batch) / want,
+            "time/rollout_s": seconds,
+            "perf/rollout_tokens_per_s": generated / max(seconds, 1e-9),
+        },
+    )
 
 
 def _bool_tensor(values: list[bool]):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from megatron_hapo.trainer import manifest
 from megatron_hapo.trainer.checkpoint import STATE_FORMAT
@@ -70,12 +71,17 @@ def test_run_directory_and_metrics(first_run):
     assert (run_dir / "plots" / "metrics.png").stat().st_size > 10_000  # curves drawn at the end
     rows = _rows(run_dir)
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    prompts = yaml.safe_load((run_dir / "resolved_config.yaml").read_text())["data"]["train_batch_size"]
     required = ("reward/mean", "acc/mean", "entropy/mean", "response_length/mean", "temperature/mean",
                 "time/step_s", "actor/pg_loss", "optim/grad_norm", "optim/lr", "time/sync_s")  # fmt: skip
     for r in rows:
         missing = [k for k in required if r.get(k) is None]
         assert not missing, (r["step"], missing)
         assert r["actor/tis/abs_log_prob_diff"] < 1e-3  # the engine samples from the trainer's weights
+        generated = r["dynamic_sampling/generated_tokens_per_kept_group"] * prompts
+        assert (
+            r["perf/rollout_tokens_per_s"] == pytest.approx(generated / r["time/rollout_s"]) and generated > 0
+        )
     # HAPO adaptive temperature: off at step 1 (no statistics yet), per-token afterwards
     assert rows[0]["temperature/min"] == rows[0]["temperature/max"] == pytest.approx(1.0)
     assert any(r["temperature/min"] < 0.999 for r in rows[1:])
