@@ -9,7 +9,8 @@ Starts an in-process SGLang engine on the checkpoint (or, with ``--fleet-servers
 behind a router), samples k answers per prompt, scores them in a process pool, prints the Markdown
 table and writes the JSON result. Defaults follow the paper (avg@8 at T=0.5, top-p 0.7). Several ``--model``
 (one architecture and tokenizer) are evaluated one after another on that engine, each loaded into it from
-disk, and compared in a last table.
+disk, and compared in a last table. Every batch of answers is kept in ``RUN_DIR/answers/`` as soon as it is scored:
+the same command on the same ``--run-dir`` resumes an interrupted evaluation, generating only what is missing.
 
 The console is hapo-train's (``megatron_hapo.console``): a line naming the run directory, one line per
 benchmark, the table and what needs acting on. The libraries' output (SGLang's settings and scheduler, Python
@@ -66,7 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-chat-template", action="store_true", help="feed prompts without the chat template")
     p.add_argument("--default-data-source", default=None, help="data_source for files without that column")
     p.add_argument("--out", default=None, help="write the JSON result here (default: RUN_DIR/results.json)")
-    p.add_argument("--run-dir", default=None, help="logs and results (default: runs/hapo-eval-<date>-<time>)")
+    p.add_argument(
+        "--run-dir",
+        default=None,
+        help="logs, results and the answers so far (default: runs/hapo-eval-<date>-<time>); the same command on the "
+        "run directory of an interrupted evaluation resumes it",
+    )
     p.add_argument(
         "--verbose",
         action="store_true",
@@ -257,6 +263,7 @@ def _evaluate(args: argparse.Namespace, benchmarks: dict[str, str]) -> int:
                 model=model,
                 seed=args.seed if args.seeded else None,
                 progress=None if console.verbose() else functools.partial(_print_progress, label),
+                journal=args.run_dir / "answers" / f"model{i}.jsonl",  # a rerun on this run directory resumes
             )
             print(f"{label}\n{result.table()}" if label else result.table(), flush=True)
             results.append(result)

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from megatron_hapo.data import PromptSample, RowKeys
 from megatron_hapo.eval.benchmarks import Benchmark, load_benchmarks
+from megatron_hapo.eval.journal import AnsweredPrompt, AnswerJournal
 from megatron_hapo.eval.metrics import BenchmarkMetrics, SampleOutcome, benchmark_metrics
 from megatron_hapo.rewards import AUTO, Deadline, Score, ScoreRequest, ScorerPool, resolve_scorer, run_scorer
 from megatron_hapo.rollout.types import GenerationParams, RolloutEngine, RolloutSample, sample_seed
@@ -182,63 +183,89 @@ def _evaluate_one(
     pass_ks: Sequence[int],
     keep_samples: bool,
     seed: int | None,
+    journal: AnswerJournal | None,
 ) -> tuple[BenchmarkMetrics, list[dict[str, Any]] | None, str | None]:
-    groups: list[list[SampleOutcome]] = []
-    records: list[dict[str, Any]] = []
-    version = None
-    for start in range(0, len(bench.prompts), batch_prompts):
-        chunk: list[PromptSample] = bench.prompts[start : start + batch_prompts]
-        if seed is not None:
-            seeds = tuple(prompt_seed(seed, bench.name, start + i) for i in range(len(chunk)))
-            params = replace(params, seeds=seeds)
-        samples: list[RolloutSample] = engine.generate([p.prompt_ids for p in chunk], params)
-        if len(samples) != len(chunk) * params.n:
-            raise RuntimeError(
-                f"benchmark {bench.name!r}: engine returned {len(samples)} answers for {len(chunk)} prompts "
-                f"x k={params.n}"
-            )
-        texts = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
-        requests = []
-        for s, text in zip(samples, texts, strict=True):
-            p = chunk[s.prompt_index]
-            requests.append(ScoreRequest(p.data_source, text, p.ground_truth, dict(p.extra_info)))
-        scores = score_answers(requests, scorer)
-        for i in range(len(chunk)):
-            group = []
-            for j in range(params.n):
-                s, score, text = samples[i * params.n + j], scores[i * params.n + j], texts[i * params.n + j]
-                if s.prompt_index != i or s.sample_index != j:
-                    raise RuntimeError(f"benchmark {bench.name!r}: engine returned answers out of order")
-                group.append(
-                    SampleOutcome(
-                        acc=bool(score["acc"]),
-                        length=len(s.response_ids),
-                        finish_reason=s.finish_reason,
-                        timed_out=bool(score["timed_out"]),
-                        error=score["error"] is not None,
-                    )
+    """One benchmark: the prompts the journal has not answered yet, ``batch_prompts`` per generate call (each
+    batch journaled as soon as it is scored), then the metrics over all of them in prompt order."""
+    count = len(bench.prompts)
+    answered = {}
+    if journal is not None:
+        answered = {i: a for i in range(count) if (a := journal.answered(bench.name, i)) is not None}
+    pending = [i for i in range(count) if i not in answered]
+    for start in range(0, len(pending), batch_prompts):
+        batch = _answer(engine, tokenizer, bench, pending[start : start + batch_prompts], params, scorer, seed,
+                        keep_samples)  # fmt: skip
+        answered.update(batch)
+        if journal is not None:
+            journal.record(bench.name, batch)
+    metrics = benchmark_metrics([answered[i].outcomes for i in range(count)], pass_ks)
+    records = [r for i in range(count) for r in answered[i].records] if keep_samples else None
+    return metrics, records, answered[count - 1].version if count else None
+
+
+def _answer(
+    engine: RolloutEngine,
+    tokenizer: Any,
+    bench: Benchmark,
+    indices: list[int],
+    params: GenerationParams,
+    scorer: ScorerPool | None,
+    seed: int | None,
+    keep_samples: bool,
+) -> dict[int, AnsweredPrompt]:
+    """k answers to each of ``bench``'s prompts ``indices``, scored: ``{prompt index: its answers}``."""
+    chunk: list[PromptSample] = [bench.prompts[i] for i in indices]
+    if seed is not None:
+        params = replace(params, seeds=tuple(prompt_seed(seed, bench.name, i) for i in indices))
+    samples: list[RolloutSample] = engine.generate([p.prompt_ids for p in chunk], params)
+    if len(samples) != len(chunk) * params.n:
+        raise RuntimeError(
+            f"benchmark {bench.name!r}: engine returned {len(samples)} answers for {len(chunk)} prompts "
+            f"x k={params.n}"
+        )
+    texts = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
+    requests = []
+    for s, text in zip(samples, texts, strict=True):
+        p = chunk[s.prompt_index]
+        requests.append(ScoreRequest(p.data_source, text, p.ground_truth, dict(p.extra_info)))
+    scores = score_answers(requests, scorer)
+    answers = {}
+    for i, (index, prompt) in enumerate(zip(indices, chunk, strict=True)):
+        outcomes, records = [], []
+        for j in range(params.n):
+            s, score, text = samples[i * params.n + j], scores[i * params.n + j], texts[i * params.n + j]
+            if s.prompt_index != i or s.sample_index != j:
+                raise RuntimeError(f"benchmark {bench.name!r}: engine returned answers out of order")
+            outcomes.append(
+                SampleOutcome(
+                    acc=bool(score["acc"]),
+                    length=len(s.response_ids),
+                    finish_reason=s.finish_reason,
+                    timed_out=bool(score["timed_out"]),
+                    error=score["error"] is not None,
                 )
-                if keep_samples:
-                    records.append(
-                        {
-                            "prompt": start + i,
-                            "source": chunk[i].source,
-                            "sample": j,
-                            "data_source": chunk[i].data_source,
-                            "ground_truth": chunk[i].ground_truth,
-                            "response": text,
-                            "pred": score["pred"],
-                            "acc": bool(score["acc"]),
-                            "score": float(score["score"]),
-                            "length": len(s.response_ids),
-                            "finish_reason": s.finish_reason,
-                            "timed_out": bool(score["timed_out"]),
-                            "error": score["error"],
-                        }
-                    )
-            groups.append(group)
-            version = samples[i * params.n].weight_version
-    return benchmark_metrics(groups, pass_ks), (records if keep_samples else None), version
+            )
+            records.append(
+                {
+                    "prompt": index,
+                    "source": prompt.source,
+                    "sample": j,
+                    "data_source": prompt.data_source,
+                    "ground_truth": prompt.ground_truth,
+                    "response": text,
+                    "pred": score["pred"],
+                    "acc": bool(score["acc"]),
+                    "score": float(score["score"]),
+                    "length": len(s.response_ids),
+                    "finish_reason": s.finish_reason,
+                    "timed_out": bool(score["timed_out"]),
+                    "error": score["error"],
+                }
+            )
+        answers[index] = AnsweredPrompt(
+            outcomes, records if keep_samples else None, samples[i * params.n].weight_version
+        )
+    return answers
 
 
 def evaluate(
@@ -265,6 +292,7 @@ def evaluate(
     step: int | None = None,
     seed: int | None = None,
     progress: Callable[[str], None] | None = None,
+    journal: str | Path | None = None,
 ) -> EvalResult:
     """Evaluate ``engine`` on ``benchmarks`` with k samples per prompt; see the module docstring.
 
@@ -278,7 +306,10 @@ def evaluate(
     model / step: recorded in the result's settings. seed: draw answer j of prompt i with the sampling seed
     ``sample_seed(prompt_seed(seed, benchmark, i), j)``, so the result depends only on the logits and the
     seed (the engine must run the HAPO sampler, which serves seeds); None = unseeded. progress: called with
-    the one-line summary of each benchmark as it completes (it is logged at INFO either way).
+    the one-line summary of each benchmark as it completes (it is logged at INFO either way). journal: a file
+    that keeps every batch's scored answers as they come (:mod:`megatron_hapo.eval.journal`): when it exists,
+    the prompts it answered are not generated again (it must have been written by this evaluation: same model,
+    settings and prompts); seeded, the result is then the uninterrupted evaluation's.
     """
     if batch_prompts < 1:
         raise ValueError(f"batch_prompts must be >= 1, got {batch_prompts}")
@@ -305,6 +336,15 @@ def evaluate(
             keys=keys,
             max_prompts=max_prompts,
         )
+    answers = None
+    if journal is not None:
+        settings = asdict(
+            EvalSettings(k, temperature, top_p, top_k, max_new_tokens, tuple(stop), model, seed=seed)
+        )
+        answers = AnswerJournal(journal, {**settings, "keep_samples": keep_samples}, loaded)
+        if len(answers) and progress is not None:
+            total = sum(len(b.prompts) for b in loaded)
+            progress(f"resuming: {len(answers)} of {total} prompts already answered ({answers.path})")
     t0 = time.monotonic()
     metrics: dict[str, BenchmarkMetrics] = {}
     samples: dict[str, list[dict[str, Any]]] = {}
@@ -312,7 +352,7 @@ def evaluate(
     for bench in loaded:
         tb = time.monotonic()
         m, records, version = _evaluate_one(
-            engine, tokenizer, bench, params, scorer, batch_prompts, pass_ks, keep_samples, seed
+            engine, tokenizer, bench, params, scorer, batch_prompts, pass_ks, keep_samples, seed, answers
         )
         metrics[bench.name] = m
         if records is not None:

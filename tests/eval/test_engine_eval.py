@@ -151,6 +151,42 @@ def test_a_seeded_evaluation_depends_only_on_the_weights_and_the_seed(engine, to
     assert _responses(run(None)) != _responses(run(None))
 
 
+class _Flaky:
+    """The module's engine, counting the prompts of each generate call; call ``fail_at`` (1-based) fails, as an
+    engine lost mid-evaluation would."""
+
+    def __init__(self, engine, fail_at: int | None = None):
+        self._engine, self.fail_at, self.calls = engine, fail_at, []
+
+    def generate(self, prompts, params):
+        self.calls.append(len(prompts))
+        if len(self.calls) == self.fail_at:
+            raise RuntimeError("engine lost")
+        return self._engine.generate(prompts, params)
+
+
+def test_an_interrupted_evaluation_resumes_from_its_journal_with_the_same_answers(
+    engine, tokenizer, bench_files, tmp_path
+):
+    """Seeded, a resumed evaluation is the uninterrupted one: the journal keeps every scored batch, the rerun
+    generates only the prompts it lacks (each with its own seed), and the result is the same to the answer."""
+    kwargs = dict(k=K, max_new_tokens=MAX_NEW, keep_samples=True, batch_prompts=3, seed=5)
+    whole = evaluate(engine, tokenizer, bench_files, **(kwargs | {"batch_prompts": 4}))  # batched otherwise
+    journal = tmp_path / "answers" / "model0.jsonl"
+    crashing = _Flaky(engine, fail_at=3)  # 8 prompts per benchmark in batches of 3: arith's third batch
+    with pytest.raises(RuntimeError, match="engine lost"):
+        evaluate(crashing, tokenizer, bench_files, journal=journal, **kwargs)
+    resuming, lines = _Flaky(engine), []
+    resumed = evaluate(resuming, tokenizer, bench_files, journal=journal, progress=lines.append, **kwargs)
+    assert resuming.calls == [2, 3, 3, 2]  # arith's last 2 prompts, then checksum's 8
+    assert lines[0] == f"resuming: 6 of 16 prompts already answered ({journal})"
+    assert _responses(resumed) == _responses(whole)
+    assert resumed.metrics() | {"eval/wall_s": 0} == whole.metrics() | {"eval/wall_s": 0}
+    assert evaluate(
+        _Flaky(engine, fail_at=1), tokenizer, bench_files, journal=journal, **kwargs
+    ).benchmarks == (whole.benchmarks)  # all answered: nothing generated
+
+
 def test_trainer_evaluator_from_config(engine, tokenizer, bench_files):
     from megatron_hapo.config.schema import RootConfig
 
@@ -219,6 +255,15 @@ def test_cli_writes_table_and_json(engine, model_dir, bench_files, tmp_path, mon
     avg = [data["benchmarks"][n]["avg_at_k"] for n in ("ARITH", "CHECK")]
     assert data["average_avg_at_k"] == pytest.approx(sum(avg) / 2)
     assert not math.isnan(data["average_avg_at_k"])
+    # the same command on the same run directory answers from its journal: nothing is generated again
+    monkeypatch.setattr(eval_cli, "build_engine", lambda args: _Borrowed(_Flaky(engine, fail_at=1)))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.eval_main(argv)
+    assert exit_info.value.code == 0
+    answers = tmp_path / "run" / "answers" / "model0.jsonl"
+    assert f"hapo-eval: resuming: 16 of 16 prompts already answered ({answers})" in capsys.readouterr().out
+    again = json.loads(out.read_text())
+    assert again["benchmarks"] == data["benchmarks"] and again["samples"] == data["samples"]
 
 
 def test_cli_bad_file_fails_fast_naming_the_row(model_dir, tmp_path, monkeypatch, capsys):
