@@ -104,7 +104,7 @@ class FleetProcess:
 
 def _cli_flags(args: dict[str, Any]) -> list[str]:
     """SGLang's command line for ``args`` (ServerArgs fields): a boolean is a flag, present when true; a list gives
-    the flag its values one by one (``--cuda-graph-bs 1 2 4``); a mapping is passed as JSON."""
+    the flag its values one by one (``--cuda-graph-bs-decode 1 2 4``); a mapping is passed as JSON."""
     flags = []
     for key, value in args.items():
         flag = "--" + key.replace("_", "-")

@@ -2,7 +2,9 @@
 
 ``engine_server_args(cfg)`` is the single place that turns ``model.*`` / ``rollout.*`` keys into SGLang
 ``ServerArgs`` fields; machine-dependent sizing (``mem_fraction_static``, CPU KV-cache size) stays with the
-engine that knows the machine.
+engine that knows the machine. Any other field comes from ``rollout.server_args`` (hapo-eval: ``--server-arg``),
+checked against SGLang's declaration of the fields (``server_args_problems``) and read back from the running
+engine (``report_server_args``).
 
 FP8 rollout (``rollout.quantization=fp8``), read from SGLang 0.5.23's sources:
 
@@ -50,7 +52,7 @@ FP8_RL_LOAD_FORMAT = "flash_rl"
 # The ServerArgs fields this project sets itself, and what sets each: ``rollout.server_args`` may not.
 OWNED_SERVER_ARGS: dict[str, str] = {
     "model_path": "model.hf_path",
-    "tokenizer_path": "model.hf_path (the trainer's tokenizer)",
+    "tokenizer_path": "model.hf_path (the checkpoint's tokenizer)",
     "dtype": "model.dtype",
     "load_format": "model.load_weights and rollout.quantization",
     "quantization": "rollout.quantization",
