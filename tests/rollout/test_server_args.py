@@ -17,7 +17,7 @@ from tests.config.test_dry_run import RECIPE
 LAUNCHED = ["rollout.launch_servers=true", "rollout.server_addresses=[]", "rollout.router_address=null"]
 GIVEN = (
     'rollout.server_args={chunked_prefill_size: "8192", schedule_policy: lpm, enable_cache_report: true, '
-    "cuda_graph_bs_decode: [1, 2, 4]}"
+    "cuda_graph_bs_decode: [1, 2, 4], default_chat_template_kwargs: {enable_thinking: false}}"
 )
 
 
@@ -43,6 +43,7 @@ def test_a_launched_servers_command_line_reads_back_as_given_by_sglangs_parser()
     parsed = parser.parse_args(cmd[3:])
     assert parsed.chunked_prefill_size == 8192 and parsed.schedule_policy == "lpm"
     assert parsed.enable_cache_report is True and parsed.cuda_graph_bs_decode == [1, 2, 4]
+    assert parsed.default_chat_template_kwargs == {"enable_thinking": False}  # a mapping goes as JSON
     assert parsed.sleep_on_idle is True and parsed.port == 30000  # ours, beside them
 
 
