@@ -140,7 +140,7 @@ IMPORT_RC=$(grep -o '^## import: .*(rc=[0-9]*' "$RESULTS" | grep -o 'rc=[0-9]*' 
 printf '\nimport check: %s\n' "$IMPORT_RC" >> "$RESULTS"
 
 # --- the GPU tests (skipped with a reason on CPU); SGLang-based GPU tests are not collected (no SGLang here)
-GPU_TESTS=(tests/ops/test_gpu_kernels.py tests/trainer/test_learn_step.py tests/models/test_fp8_training.py tests/trainer/test_packing.py tests/models/test_sdpa_attention.py)
+GPU_TESTS=(tests/ops/test_gpu_kernels.py tests/models/test_activation_memory.py tests/trainer/test_learn_step.py tests/models/test_fp8_training.py tests/trainer/test_packing.py tests/models/test_sdpa_attention.py)
 step pytest 150 "$PY" -m pytest -q -p no:cacheprovider -m gpu -rs --timeout=100 "${GPU_TESTS[@]}"
 
 # --- the five measurements

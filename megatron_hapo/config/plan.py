@@ -8,16 +8,26 @@ checked. Terms per training GPU (bf16 training, fp32 master weights, Adam):
 * weights: 2 B x params on the most loaded pipeline stage / TP
 * gradients: 4 B x the same params (Megatron's fp32 grad buffer, ``grad_reduce_in_fp32``)
 * optimizer: 12 B x the same params (fp32 master + exp_avg + exp_avg_sq), / DP with the distributed optimizer
-* activations of the largest update micro-batch the layout allows, T tokens (Korthikanti et al. 2022):
-  full recompute keeps each layer's input (2 T h, / TP under sequence parallelism) plus one layer being
-  recomputed (34 T h / TP); no/selective recompute keeps 34 T h / TP per layer. T is micro_batch_size x S
-  (S = prompt + response, padded), or the token budget ``data.max_tokens_per_micro_batch`` when one is set.
-  Transformer Engine's fused attention and the local spec's SDPA attention (``model.local_attention``)
-  keep no score matrix; SDPA on a packed row keeps its mask as a bf16 bias, 2 s^2 bytes per layer.
-  Megatron's unfused attention keeps 5 a s^2 / TP bytes per row of length s and layer (scores and softmax
-  in bf16, dropout mask): summed over the micro-batch's rows that is T x S under a token budget and T^2
-  for a packed row. The first pipeline stage holds up to min(PP, micro-batches) micro-batches in flight,
-  about PP (1 + 1/VP) under an interleaved pipeline (:func:`pipeline_in_flight`).
+* activations of the largest update micro-batch the layout allows, T tokens: full recompute keeps each
+  layer's input (2 T h, / TP under sequence parallelism) plus one layer being recomputed; no/selective
+  recompute keeps every layer. What one layer keeps per token (:func:`layer_activations`, bf16, n query
+  heads and g KV heads of d dims, q = n d, kv = g d, F the MLP's width) is counted from what its modules
+  save for the backward, measured on the real Megatron layer (``models/activation_memory.py``,
+  ``tests/models/test_activation_memory.py``): norms 2 (2h + 4) (input and 1/rms, as CUDA's and TE's fused
+  RMSNorm keep them; Qwen3's q/k norms 2q + 4n + 2kv + 4g more); attention 2h (linear_qkv's input) + 8d
+  (the rotary tables) + the core attention's q, k, v, output and softmax statistics (SDPA: 8q + 4n, K and
+  V repeated to the query heads; TE's fused attention 4q + 4kv + 4n, not measured here); MLP 2h + 6F
+  (fc1's input, SwiGLU's input and fc2's input; a mixture of experts 2h + k (2h + 6F_e + 56) for k experts
+  per token). The h terms are divided by TP under sequence parallelism, the others by TP (measured at
+  TP = 1 only). For
+  Qwen2.5-Math-1.5B that is 74 KB per token and layer with TE's attention, 48 h (Korthikanti et al.'s
+  34 h is GPT's GeLU MLP of 4h with dropout). Transformer Engine's fused attention and the local spec's SDPA attention
+  (``model.local_attention``) keep no score matrix; SDPA on a packed row keeps its mask as a bf16 bias,
+  2 s^2 bytes per layer. Megatron's unfused attention keeps 6 n s^2 / TP bytes per row of length s and
+  layer (the softmax in fp32 and its bf16 copy) and the causal mask, s^2 bools: summed over the
+  micro-batch's rows that is T x S under a token budget and T^2 for a packed row. The first pipeline
+  stage holds up to min(PP, micro-batches) micro-batches in flight, about PP (1 + 1/VP) under an
+  interleaved pipeline (:func:`pipeline_in_flight`).
 * logits and their gradient: 2 x 2 B x T x V / TP (the fused log-prob/entropy op adds O(T) only)
 * context parallelism (CP > 1) divides the tokens of every activation and logits term, and a packed row's
   mask, by CP (a CP rank holds s / CP tokens of each sequence or row) and adds the whole sequence's K and
@@ -128,11 +138,54 @@ class MicroBatchShape:
 
     def attention_bytes_per_layer(self, heads: int, tp: int) -> float:
         """What the layer's attention keeps for the backward besides its inputs (module docstring)."""
-        if self.attention == "unfused":
-            return 5 * heads * self.score_pairs / tp
+        if self.attention == "unfused":  # fp32 softmax and its bf16 copy per head, the bool causal mask
+            return 6 * heads * self.score_pairs / tp + self.score_pairs
         if self.attention == "sdpa" and self.packed:
             return 2 * self.score_pairs
         return 0
+
+
+# what a mixture of experts' router and token dispatcher keep per expert choice of a token: int64 indices and
+# fp32 probabilities (measured, tests/models/test_activation_memory.py)
+MOE_ROUTING_BYTES = 56
+
+
+@dataclass(frozen=True)
+class LayerActivations:
+    """Bytes one transformer layer keeps for the backward per token of a micro-batch, by part (bf16; the
+    module docstring gives the terms). The s^2 terms of attention are :class:`MicroBatchShape`'s."""
+
+    norms: float  # the RMSNorms' inputs and 1/rms
+    attention: float  # linear_qkv's input, rotary tables, the core attention's q, k, v, output, statistics
+    mlp: float  # fc1's input, SwiGLU's input, fc2's input (per expert choice for a mixture of experts)
+
+    @property
+    def total(self) -> float:
+        return self.norms + self.attention + self.mlp
+
+
+def layer_activations(arch, attention: str, tp: int = 1, sequence_parallel: bool = False) -> LayerActivations:
+    """What one layer keeps per token on one TP rank, for the core attention ``attention`` ("sdpa",
+    "unfused" or "te"). Tensors of the hidden size are sharded over TP only under sequence parallelism."""
+    h, n, g, d = arch.hidden_size, arch.num_attention_heads, arch.num_kv_heads, arch.head_dim
+    q, kv = n * d, g * d
+    sp = tp if sequence_parallel else 1
+    norms = 2 * (2 * h + 4) / sp + ((2 * q + 4 * n + 2 * kv + 4 * g) / tp if arch.qk_norm else 0)
+    if attention == "te":
+        core = 4 * q + 4 * kv + 4 * n
+    else:
+        # K and V repeated to the query heads are copies; without grouping V is a view that keeps the whole
+        # linear_qkv output alive (models/sdpa_attention.py, Megatron's DotProductAttention alike)
+        k_v = 4 * q if n > g else 2 * kv + 2 * (q + 2 * kv)
+        # SDPA: q, k, v, its output (linear_proj's input) and the log-sum-exp; unfused: q, k, v and
+        # linear_proj's input, a copy (the scores are MicroBatchShape's)
+        core = 2 * q + k_v + 2 * q + (4 * n if attention == "sdpa" else 0)
+    if arch.moe is None:
+        mlp = 2 * h / sp + 6 * arch.ffn_hidden_size / tp
+    else:  # every expert choice gets its copy of the token on the rank of its expert
+        k, f = arch.moe.top_k, arch.moe.expert_ffn_hidden_size
+        mlp = 2 * h / sp + k * (2 * h + 6 * f / tp + MOE_ROUTING_BYTES)
+    return LayerActivations(norms=norms, attention=2 * h / sp + 8 * d + core / tp, mlp=mlp)
 
 
 def micro_batch_shape(cfg: RootConfig, old_pass: bool = False) -> MicroBatchShape:
@@ -202,15 +255,16 @@ def memory_plan(cfg: RootConfig, arch, dp: int) -> MemoryPlan:
     stage, held = stage_params(layer), stage_params(layer - experts * (ep - 1) / ep)
     h, sp, cp = arch.hidden_size, (tp if p.sequence_parallel else 1), p.context_parallel_size
     q_dim = arch.num_attention_heads * arch.head_dim
+    update, old = micro_batch_shape(cfg), micro_batch_shape(cfg, old_pass=True)
+    per_token = layer_activations(arch, update.attention, tp, p.sequence_parallel).total
 
     def layer_working_set(mb: MicroBatchShape) -> float:
         # a CP rank holds T / CP tokens (and query rows of a packed row's mask), and the whole sequence's K
         # and V (bf16) repeated to the query heads, as SDPA saves them (bench_context_parallel.py)
         gathered_kv = 2 * 2 * mb.tokens * q_dim / tp if cp > 1 else 0
         attention = mb.attention_bytes_per_layer(arch.num_attention_heads, tp) / cp
-        return 34 * mb.tokens / cp * h / tp + attention + gathered_kv
+        return per_token * mb.tokens / cp + attention + gathered_kv
 
-    update, old = micro_batch_shape(cfg), micro_batch_shape(cfg, old_pass=True)
     if cfg.model.recompute_granularity == "full":
         per_mb = per_stage_layers * 2 * update.tokens / cp * h / sp + layer_working_set(update)
     else:

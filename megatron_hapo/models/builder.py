@@ -146,6 +146,12 @@ def transformer_config(arch: ModelArch, *, params_dtype: torch.dtype = torch.flo
         fp16=params_dtype == torch.float16,
         # fusions that need CUDA kernels / apex stay off (they are off by default; explicit for CPU)
         bias_dropout_fusion=False,
+        # SwiGLU as one autograd function (Megatron's bias_swiglu_impl, Megatron-LM's --bias-swiglu-fusion
+        # default): it keeps only fc1's output [s, b, 2F] for the backward, which recomputes the gate. The
+        # plain expression keeps silu(gate), the gated half again and their product besides: 10 F bytes per
+        # token and layer instead of 6 F (models/activation_memory.py measures it). On the GPU Megatron
+        # compiles it (jit_fuser); with TORCHDYNAMO_DISABLE, as on the CPU, it runs eagerly.
+        bias_activation_fusion=True,
         masked_softmax_fusion=False,
         gradient_accumulation_fusion=False,
         persist_layer_norm=False,

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from megatron_hapo.config import ConfigError
+from megatron_hapo.config import ConfigError, load_config
 from megatron_hapo.config.model_info import allowed_tp_sizes, padded_vocab_size, pp_problems, tp_problems
-from megatron_hapo.config.plan import dry_run
+from megatron_hapo.config.plan import dry_run, layer_activations, model_arch
 
 RECIPE = str(Path(__file__).resolve().parents[2] / "examples/configs/recipes/qwen2.5_math_7b_hapo.yaml")
 
@@ -120,9 +120,13 @@ def test_local_attention_on_packed_rows_counts_its_score_matrices_and_the_old_pa
     sdpa = _plan(SMALL, "model.layer_spec=local")  # local_attention auto: SDPA, as on a GPU
     assert unfused.activations > 4 * te.activations  # a packed row of 11264 tokens: 12 heads x s^2 scores
     assert unfused.old_pass > 4 * te.old_pass > unfused.activations  # the old pass packs 2 x the budget
-    # SDPA keeps no scores, only the packed row's mask as a bf16 bias: 2 s^2 bytes against 5 x 12 heads s^2
+    # SDPA keeps no scores, only the packed row's mask as a bf16 bias: 2 s^2 bytes against 6 x 12 heads s^2;
+    # and K and V repeated to the 12 query heads where TE keeps the 2 KV heads' (full recompute: one layer)
     assert te.activations < sdpa.activations < unfused.activations / 4
-    assert sdpa.activations - te.activations == pytest.approx(2 * 11264**2)
+    arch = model_arch(load_config(SMALL, [], check_env=False))
+    repeated_kv = layer_activations(arch, "sdpa").total - layer_activations(arch, "te").total
+    assert repeated_kv == 4 * (12 - 2) * 128
+    assert sdpa.activations - te.activations == pytest.approx(2 * 11264**2 + repeated_kv * 11264)
     big_old = ("model.layer_spec=local", "data.max_tokens_per_old_micro_batch=45056")
     assert "old pass" in dry_run(SMALL, ["model.layer_spec=te", big_old[1]])  # TE: no score matrices
     assert "old pass" in dry_run(SMALL, list(big_old))  # nor SDPA

@@ -7,7 +7,7 @@ statistics, two optimizer updates) runs with fixed micro-batches, with token-bud
 different grouping, DP ranks balanced by tokens), with packed rows (several responses per row, block-diagonal
 attention and per-sequence rotary positions: data.sequence_packing=mask), and with whole-step padding (the
 historical layout): old log-probs and entropies per response, losses, gradient norms and updated
-parameters agree (fp32, REL_TOL relative). So do fixed micro-batches and packed rows computed with the local
+parameters agree (fp32, REL_TOL relative; the gradient norm GRAD_NORM_SLACK x that). So do fixed micro-batches and packed rows computed with the local
 spec's SDPA attention (model.local_attention=sdpa) instead of Megatron's unfused one, here split over real
 TP ranks. Two deliberately wrong variants must not agree: a
 per-micro-batch normaliser under token budgets, and packed rows whose attention leaks across sequences
@@ -22,6 +22,7 @@ import torch.distributed as dist
 import megatron_hapo.parallel as hp
 
 REL_TOL = 1e-5
+GRAD_NORM_SLACK = 3  # the gradient norm is compared at 3 x REL_TOL (compare)
 LR = 1e-2  # optim.lr of every variant
 LAYOUTS = {"tp2": (2, 1), "pp2": (1, 2), "dp2": (1, 1)}
 
@@ -125,13 +126,17 @@ def compare(name, got, ref, tol=REL_TOL):
     for k in ("actor/pg_loss", "optim/grad_norm", "entropy/mean", "actor/n_tokens"):
         # relative, absolute below 1: the loss is a sum of terms that cancel (advantages sum to 0 per group)
         worst[k] = abs(m[k] - m0[k]) / max(abs(m0[k]), 1.0)
+    # the gradient norm sums the squares of per-token terms that cancel, in another order per layout: up to
+    # 9.4e-6 with the plain SwiGLU expression, 1.0e-5 with Megatron's fused SwiGLU backward (the parameters
+    # agree to 1e-6 either way); the wrong variants below are off by > 1e-2
+    tols = {"optim/grad_norm": GRAD_NORM_SLACK * tol}
     worst["old_log_prob"] = max(rel(resp[g][0], resp0[g][0]) for g in resp0)
     worst["entropy"] = max(rel(resp[g][1], resp0[g][1]) for g in resp0)
     # on the scale of one optimizer step at least: the QKV biases start at 0 and end near 2e-4, and their
     # fp32 gradients are sums of cancelling per-token terms, so relative to their own size they differ by
     # ~4e-5 between CPUs while every weight agrees to ~1e-7 (the wrong variants below move params by > 1)
     worst["params"] = max(rel(params[n], params0[n], floor=LR) for n in params0)
-    bad = {k: v for k, v in worst.items() if not v <= tol}
+    bad = {k: v for k, v in worst.items() if not v <= tols.get(k, tol)}
     return worst, bad
 
 

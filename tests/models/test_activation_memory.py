@@ -1,0 +1,108 @@
+"""The dry run's activation memory per layer (``config/plan.py::layer_activations``) against what the real
+Megatron layer saves for its backward (``models/activation_memory.py``), byte for byte, for a grouped-query
+and a plain multi-head model and a mixture of experts with Qwen3's q/k norms, under SDPA and unfused
+attention. On the CPU the norms are left out: ``torch.rms_norm`` there decomposes into fp32 operations that
+keep fp32 copies, where CUDA's fused kernel keeps the bf16 input and 1/rms (what the plan counts); the GPU
+variant checks them too (benchmarks/gpu/run_all.sh)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.parallel_utils import world_of_one
+
+TOKENS = 256  # one row (a packed row or a single sequence), causal
+BASE = {
+    "model_type": "qwen2", "rope_theta": 1e4, "rms_norm_eps": 1e-6, "vocab_size": 512, "hidden_size": 256,
+    "intermediate_size": 704, "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 2,
+    "max_position_embeddings": 4096, "tie_word_embeddings": False,
+}  # fmt: skip
+MODELS = {
+    "grouped-query": {},
+    "multi-head": {"num_key_value_heads": 8},
+    "moe-qk-norm": {
+        "model_type": "qwen3_moe",
+        "head_dim": 32,
+        "moe_intermediate_size": 96,
+        "num_experts": 8,
+        "num_experts_per_tok": 2,
+        "norm_topk_prob": True,
+    },
+}
+GROUPS = {
+    "norms": ("input_layernorm", "pre_mlp_layernorm", "q_layernorm", "k_layernorm"),
+    "attention": ("self_attention",),
+    "mlp": ("mlp",),
+}
+
+
+def _measured_and_planned(model: str, attention: str, device_mode: bool, **config_overrides):
+    """(bytes per token the second layer saved by part, the plan's LayerActivations, the s^2 bytes)."""
+    from megatron_hapo.config.plan import MicroBatchShape, layer_activations
+    from megatron_hapo.models.activation_memory import saved_for_backward
+    from megatron_hapo.models.builder import build_gpt_model
+    from megatron_hapo.models.hf_config import load_arch
+    from megatron_hapo.parallel import compute_device
+
+    hf = {**BASE, **MODELS[model]}
+    with world_of_one(device_mode=device_mode):
+        torch.manual_seed(0)
+        gpt = build_gpt_model(
+            hf, params_dtype=torch.bfloat16, spec="local", local_attention=attention, post_process=False,
+            config_overrides=config_overrides,
+        )  # fmt: skip
+        ids = torch.randint(0, BASE["vocab_size"], (1, TOKENS), device=compute_device())
+        positions = torch.arange(TOKENS, device=compute_device())[None]
+        with saved_for_backward(gpt) as saved:
+            gpt(ids, positions, None)
+    # layer 1: layer 0's input is the embedding's output, which the embedding saved
+    measured = {k: v / TOKENS for k, v in saved.grouped("decoder.layers.1", GROUPS).items()}
+    arch = load_arch(hf)
+    one_row = MicroBatchShape(TOKENS, TOKENS**2, attention, False, "")
+    squares = one_row.attention_bytes_per_layer(arch.num_attention_heads, 1) / TOKENS
+    return measured, layer_activations(arch, attention), squares
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "unfused"])
+@pytest.mark.parametrize("model", list(MODELS))
+def test_the_plan_counts_what_each_layer_saves_for_its_backward(model, attention):
+    measured, plan, squares = _measured_and_planned(model, attention, device_mode=True)
+    assert measured["attention"] == plan.attention + squares, measured
+    assert measured["mlp"] == plan.mlp, measured
+    assert measured["other"] == 0, measured
+
+
+def _gradients(**config_overrides) -> dict[str, torch.Tensor]:
+    """fp32 gradients of a two-layer model's mean squared output on a fixed batch."""
+    from megatron_hapo.models.builder import build_gpt_model
+
+    with world_of_one():
+        torch.manual_seed(0)
+        gpt = build_gpt_model(
+            BASE, local_attention="sdpa", post_process=False, config_overrides=config_overrides
+        )
+        ids = torch.randint(0, BASE["vocab_size"], (2, 64))
+        gpt(ids, torch.arange(64).expand(2, 64), None).pow(2).mean().backward()
+        return {name: p.grad for name, p in gpt.named_parameters()}
+
+
+def test_swiglu_is_one_function_that_keeps_its_input_only():
+    """bias_activation_fusion (models/builder.py): the plain expression would keep silu(gate), the gated half
+    and their product besides fc1's output, 4 F bytes per token more; the fused one gives the same update."""
+    fused, plan, _ = _measured_and_planned("grouped-query", "sdpa", device_mode=True)
+    plain, _, _ = _measured_and_planned("grouped-query", "sdpa", True, bias_activation_fusion=False)
+    assert plain["mlp"] - fused["mlp"] == 4 * BASE["intermediate_size"]
+    assert fused["mlp"] == plan.mlp
+    want, got = _gradients(bias_activation_fusion=False), _gradients()
+    for name, grad in want.items():
+        torch.testing.assert_close(got[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("attention", ["sdpa", "unfused"])
+@pytest.mark.parametrize("model", list(MODELS))
+def test_on_cuda_the_plan_counts_what_each_layer_saves_norms_included(model, attention):
+    measured, plan, squares = _measured_and_planned(model, attention, device_mode=False)
+    for part, want in (("norms", plan.norms), ("attention", plan.attention + squares), ("mlp", plan.mlp)):
+        assert measured[part] == pytest.approx(want, rel=0.02), (part, measured)
