@@ -22,8 +22,6 @@ import statistics
 import sys
 from pathlib import Path
 
-import torch
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -39,21 +37,14 @@ def saved_bytes_per_forward(policy_module) -> list[int]:
     original = policy_module.forward_micro_batch
 
     def recording(model, batch):
-        seen: dict[int, int] = {}
-        # weights saved for the input gradient are resident state, not activations (under DDP a parameter is
-        # a view of the whole parameter buffer's storage)
-        weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        from megatron_hapo.models.activation_memory import saved_for_backward
 
-        def pack(t):
-            storage = t.untyped_storage()
-            if storage.data_ptr() not in weights:
-                seen[storage.data_ptr()] = storage.nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        # weights saved for the input gradient are resident state, not activations; saved_for_backward
+        # leaves them out (under DDP a parameter is a view of the whole parameter buffer's storage)
+        with saved_for_backward(model) as saved:
             out = original(model, batch)
-        if seen:  # the old-policy pass runs without gradients: nothing saved
-            record.append(sum(seen.values()))
+        if saved.total():  # the old-policy pass runs without gradients: nothing saved
+            record.append(saved.total())
         return out
 
     policy_module.forward_micro_batch = recording

@@ -22,7 +22,10 @@ SDPA and unfused, are timed so on the same inputs, side by side.
 ``--recompute full none`` times the update once per activation-recompute setting, on policies rebuilt from
 the same random weights (the old pass, attention timings and syncs come from the first); the MFU goal is
 judged on the fastest. ``run_all.sh`` measures both with SDPA: full recompute is the recipes' setting,
-and without it the 1.5B model at 4 x 4096 tokens needs about 40 GiB.
+and without it the 1.5B model at 4 x 4096 tokens needs about 37 GiB. Each update row shows the dry run's
+memory plan of its layout (``config/plan.py``, of a bf16 step: weights, fp32 gradients, Adam state, one
+micro-batch's activations and logits) beside the measured peak: 28.8 GiB with full recompute and 36.7 GiB
+without, by the plan.
 
 On CUDA it also counts the host syncs of one update (``torch.cuda.set_sync_debug_mode("warn")``) and names
 their commonest call sites. By design building micro-batches and collecting the loss metrics make none
@@ -195,6 +198,20 @@ def main() -> None:
         )
         return Policy(cfg, optimizer_steps=args.iters + 2)
 
+    def planned_mib(recompute: str, attention: str) -> float:
+        """The dry run's memory plan of this layout (config/plan.py: weights, gradients, optimizer state,
+        activations and logits of one micro-batch), beside the measured peak."""
+        from megatron_hapo.config.plan import memory_plan
+
+        layout = [
+            f"model.recompute_granularity={recompute}", f"model.local_attention={attention}",
+            f"data.max_prompt_length={prompt_len}", f"rollout.max_new_tokens={seq - prompt_len}",
+            "data.max_tokens_per_micro_batch=null", "data.max_tokens_per_old_micro_batch=null",
+            "data.sequence_packing=none",
+        ]  # fmt: skip
+        cfg = load_config(REPO / "examples/configs/tiny_cpu.yaml", [*overrides, *layout], check_env=False)
+        return memory_plan(cfg, arch, dp=1).total / 2**20
+
     with hp.device_mode():
         policy = build(args.recompute[0])
         build_s = time.time() - started
@@ -271,25 +288,27 @@ def main() -> None:
         "model FLOPs: recompute's second forward is not counted"
     )
     print()
-    print("| pass | ms | tokens/s | TFLOP/s | MFU | peak MiB | note |")
-    print("|---|---:|---:|---:|---:|---:|---|")
+    print("| pass | ms | tokens/s | TFLOP/s | MFU | peak MiB | plan MiB | note |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
 
     def mfu_of(secs: float) -> str:
         return f"{100 * upd_flops / secs / PEAK_BF16_FLOPS:.1f}%" if device == "cuda" else "n/a (CPU)"
 
     for recompute, (secs, peak_r, grad_norm) in updates.items():
+        plan = f"{planned_mib(recompute, attention):.0f}"  # of a bf16 step (the CPU runs fp32)
         if secs is None:
-            print(f"| update, recompute {recompute} | - | - | - | - | - | {grad_norm} |")
+            print(f"| update, recompute {recompute} | - | - | - | - | - | {plan} | {grad_norm} |")
             continue
         share = f"attention {100 * att_share:.0f}% of the time; " if recompute == args.recompute[0] else ""
         print(
             f"| update, recompute {recompute} | {secs * 1e3:.0f} | {tokens / secs:,.0f} | "
-            f"{upd_flops / secs / 1e12:.1f} | {mfu_of(secs)} | {peak_r:.0f} | {share}grad_norm {grad_norm:.3g} |"
+            f"{upd_flops / secs / 1e12:.1f} | {mfu_of(secs)} | {peak_r:.0f} | {plan} | "
+            f"{share}grad_norm {grad_norm:.3g} |"
         )
     mfu_txt = f"{mfu_of(timed_ok[best][0])} (recompute {best})"
     old_mfu = f"{100 * old_flops / old_s / PEAK_BF16_FLOPS:.1f}%" if device == "cuda" else "n/a (CPU)"
     print(
-        f"| old-policy pass | {old_s * 1e3:.0f} | {tokens / old_s:,.0f} | {old_flops / old_s / 1e12:.1f} | {old_mfu} | - | forward only |"
+        f"| old-policy pass | {old_s * 1e3:.0f} | {tokens / old_s:,.0f} | {old_flops / old_s / 1e12:.1f} | {old_mfu} | - | - | forward only |"
     )
     print()
     print("| core attention alone (one layer, forward + backward, the step's shapes) | ms | x SDPA |")
