@@ -306,7 +306,7 @@ def render_plan(cfg: RootConfig, world_size: int, gpu_gib: float = 80.0) -> str:
     total_params = arch.num_layers * layer + embed + head
     if arch.moe is not None:
         active = total_params - arch.num_layers * (mlp_params(arch) - mlp_params(arch, active=True))
-    mem = memory_plan(cfg, arch, dp)
+    mem, shape = memory_plan(cfg, arch, dp), micro_batch_shape(cfg)
     gpus_per_server = r.gpus_per_server or r.tensor_parallel_size
     seq = data.max_prompt_length + r.max_new_tokens
     lines = [
@@ -339,11 +339,16 @@ def render_plan(cfg: RootConfig, world_size: int, gpu_gib: float = 80.0) -> str:
         f"{data.train_batch_size // data.mini_batch_size} optimizer updates; up to "
         f"{data.train_batch_size * n * seq / 1e6:.1f} M tokens (prompt {data.max_prompt_length} + response {r.max_new_tokens})"
         + routing_replay_volume(cfg, arch, data.train_batch_size * n * seq),
-        f"memory per training GPU (estimate, {micro_batch_shape(cfg).describe}, "
-        f"recompute {cfg.model.recompute_granularity}):",
+        f"memory per training GPU (estimate, {shape.describe}, recompute {cfg.model.recompute_granularity}):",
     ]
+    layer = layer_activations(arch, shape.attention, p.tensor_model_parallel_size, p.sequence_parallel)
+    notes = {
+        "activations": f"per layer and token: norms {layer.norms / 1e3:.1f} KB, attention {layer.attention / 1e3:.1f} "
+        f"KB, MLP {layer.mlp / 1e3:.1f} KB"
+    }
     for name in ("weights", "grads", "optimizer", "activations", "logits"):
-        lines.append(f"  {name:<12} {getattr(mem, name) / GiB:8.2f} GiB")
+        note = f" ({notes[name]})" if name in notes else ""
+        lines.append(f"  {name:<12} {getattr(mem, name) / GiB:8.2f} GiB{note}")
     lines.append(
         f"  {'old pass':<12} {mem.old_pass / GiB:8.2f} GiB (forward only, {micro_batch_shape(cfg, old_pass=True).describe}; "
         "the total takes the larger of it and activations + logits)"

@@ -127,6 +127,8 @@ def test_local_attention_on_packed_rows_counts_its_score_matrices_and_the_old_pa
     repeated_kv = layer_activations(arch, "sdpa").total - layer_activations(arch, "te").total
     assert repeated_kv == 4 * (12 - 2) * 128
     assert sdpa.activations - te.activations == pytest.approx(2 * 11264**2 + repeated_kv * 11264)
+    # the per-layer terms are printed (docs/training.md "What a layer keeps for the backward")
+    assert "(per layer and token: norms 6.2 KB, attention 11.3 KB, MLP 56.8 KB)" in dry_run(SMALL, [])
     big_old = ("model.layer_spec=local", "data.max_tokens_per_old_micro_batch=45056")
     assert "old pass" in dry_run(SMALL, ["model.layer_spec=te", big_old[1]])  # TE: no score matrices
     assert "old pass" in dry_run(SMALL, list(big_old))  # nor SDPA
