@@ -15,12 +15,12 @@ checked. Terms per training GPU (bf16 training, fp32 master weights, Adam):
   save for the backward, measured on the real Megatron layer (``models/activation_memory.py``,
   ``tests/models/test_activation_memory.py``): norms 2 (2h + 4) (input and 1/rms, as CUDA's and TE's fused
   RMSNorm keep them; Qwen3's q/k norms 2q + 4n + 2kv + 4g more); attention 2h (linear_qkv's input) + 8d
-  (the rotary tables) + the core attention's q, k, v, output and softmax statistics (SDPA: 8q + 4n, K and
-  V repeated to the query heads; TE's fused attention 4q + 4kv + 4n, not measured here); MLP 2h + 6F
+  (the rotary tables) + the core attention's q, k, v, output and softmax statistics (4q + 4kv + 4n; SDPA
+  on packed rows 8q + 4n, K and V repeated to the query heads; TE's not measured here); MLP 2h + 6F
   (fc1's input, SwiGLU's input and fc2's input; a mixture of experts 2h + k (2h + 6F_e + 56) for k experts
   per token). The h terms are divided by TP under sequence parallelism, the others by TP (measured at
   TP = 1 only). For
-  Qwen2.5-Math-1.5B that is 74 KB per token and layer with TE's attention, 48 h (Korthikanti et al.'s
+  Qwen2.5-Math-1.5B that is 74 KB per token and layer (79 KB with SDPA on packed rows), 48 h (Korthikanti et al.'s
   34 h is GPT's GeLU MLP of 4h with dropout). Transformer Engine's fused attention and the local spec's SDPA attention
   (``model.local_attention``) keep no score matrix; SDPA on a packed row keeps its mask as a bf16 bias,
   2 s^2 bytes per layer. Megatron's unfused attention keeps 6 n s^2 / TP bytes per row of length s and
@@ -73,6 +73,7 @@ class MemoryPlan:
     activations: float
     logits: float
     old_pass: float
+    layer_per_token: LayerActivations  # what one layer keeps per token of the update micro-batch
 
     @property
     def total(self) -> float:
@@ -138,8 +139,8 @@ class MicroBatchShape:
 
     def attention_bytes_per_layer(self, heads: int, tp: int) -> float:
         """What the layer's attention keeps for the backward besides its inputs (module docstring)."""
-        if self.attention == "unfused":  # fp32 softmax and its bf16 copy per head, the bool causal mask
-            return 6 * heads * self.score_pairs / tp + self.score_pairs
+        if self.attention == "unfused":  # fp32 softmax and its bf16 copy per head; a causal mask per layer
+            return 6 * heads * self.score_pairs / tp + (0 if self.packed else self.score_pairs)
         if self.attention == "sdpa" and self.packed:
             return 2 * self.score_pairs
         return 0
@@ -164,18 +165,24 @@ class LayerActivations:
         return self.norms + self.attention + self.mlp
 
 
-def layer_activations(arch, attention: str, tp: int = 1, sequence_parallel: bool = False) -> LayerActivations:
+def layer_activations(
+    arch, attention: str, tp: int = 1, sequence_parallel: bool = False, masked: bool = False
+) -> LayerActivations:
     """What one layer keeps per token on one TP rank, for the core attention ``attention`` ("sdpa",
-    "unfused" or "te"). Tensors of the hidden size are sharded over TP only under sequence parallelism."""
+    "unfused" or "te"). Tensors of the hidden size are sharded over TP only under sequence parallelism.
+    ``masked``: the attention takes an explicit mask (packed rows, context parallelism), with which SDPA
+    repeats K and V to the query heads (models/sdpa_attention.py)."""
     h, n, g, d = arch.hidden_size, arch.num_attention_heads, arch.num_kv_heads, arch.head_dim
     q, kv = n * d, g * d
     sp = tp if sequence_parallel else 1
     norms = 2 * (2 * h + 4) / sp + ((2 * q + 4 * n + 2 * kv + 4 * g) / tp if arch.qk_norm else 0)
-    if attention == "te":
+    if attention == "te" or (attention == "sdpa" and (n == g or not masked)):
+        # K and V at their own heads (SDPA: the flash kernel's grouped-query attention; V copied out of
+        # linear_qkv's output, models/sdpa_attention.py)
         core = 4 * q + 4 * kv + 4 * n
     else:
-        # K and V repeated to the query heads are copies; without grouping V is a view that keeps the whole
-        # linear_qkv output alive (models/sdpa_attention.py, Megatron's DotProductAttention alike)
+        # K and V repeated to the query heads are copies; without grouping, V in Megatron's
+        # DotProductAttention is a view that keeps the whole linear_qkv output alive
         k_v = 4 * q if n > g else 2 * kv + 2 * (q + 2 * kv)
         # SDPA: q, k, v, its output (linear_proj's input) and the log-sum-exp; unfused: q, k, v and
         # linear_proj's input, a copy (the scores are MicroBatchShape's)
@@ -256,14 +263,14 @@ def memory_plan(cfg: RootConfig, arch, dp: int) -> MemoryPlan:
     h, sp, cp = arch.hidden_size, (tp if p.sequence_parallel else 1), p.context_parallel_size
     q_dim = arch.num_attention_heads * arch.head_dim
     update, old = micro_batch_shape(cfg), micro_batch_shape(cfg, old_pass=True)
-    per_token = layer_activations(arch, update.attention, tp, p.sequence_parallel).total
+    per_token = layer_activations(arch, update.attention, tp, p.sequence_parallel, update.packed or cp > 1)
 
     def layer_working_set(mb: MicroBatchShape) -> float:
         # a CP rank holds T / CP tokens (and query rows of a packed row's mask), and the whole sequence's K
         # and V (bf16) repeated to the query heads, as SDPA saves them (bench_context_parallel.py)
         gathered_kv = 2 * 2 * mb.tokens * q_dim / tp if cp > 1 else 0
         attention = mb.attention_bytes_per_layer(arch.num_attention_heads, tp) / cp
-        return per_token * mb.tokens / cp + attention + gathered_kv
+        return per_token.total * mb.tokens / cp + attention + gathered_kv
 
     if cfg.model.recompute_granularity == "full":
         per_mb = per_stage_layers * 2 * update.tokens / cp * h / sp + layer_working_set(update)
@@ -282,6 +289,7 @@ def memory_plan(cfg: RootConfig, arch, dp: int) -> MemoryPlan:
         activations=per_mb * in_flight,
         logits=2 * 2 * update.tokens / cp * arch.vocab_size / tp,
         old_pass=layer_working_set(old) + 2 * old.tokens / cp * arch.vocab_size / tp,
+        layer_per_token=per_token,
     )
 
 
@@ -341,7 +349,7 @@ def render_plan(cfg: RootConfig, world_size: int, gpu_gib: float = 80.0) -> str:
         + routing_replay_volume(cfg, arch, data.train_batch_size * n * seq),
         f"memory per training GPU (estimate, {shape.describe}, recompute {cfg.model.recompute_granularity}):",
     ]
-    layer = layer_activations(arch, shape.attention, p.tensor_model_parallel_size, p.sequence_parallel)
+    layer = mem.layer_per_token
     notes = {
         "activations": f"per layer and token: norms {layer.norms / 1e3:.1f} KB, attention {layer.attention / 1e3:.1f} "
         f"KB, MLP {layer.mlp / 1e3:.1f} KB"

@@ -102,17 +102,26 @@ class SDPAttention(MegatronModule):
         if self.cp_group is not None:
             key, value = gather_keys_values(key, value, self.cp_group)  # [s, b, ng, hn], sequence order
         rep = self.heads // self.groups
-        if rep > 1:
-            # grouped-query attention: each KV head serves `rep` query heads. Repeated here rather than with
-            # enable_gqa, which the memory-efficient (masked) kernel does not take: it would fall back to the
-            # math kernel and write the s x s scores after all.
+        # grouped-query attention: each KV head serves `rep` query heads. The flash kernel (CUDA's and the
+        # CPU's) takes the heads grouped (enable_gqa), so K and V are neither copied nor kept `rep` times for
+        # the backward. The memory-efficient kernel (an explicit mask: packed rows, context parallelism) does
+        # not take them grouped, and would fall back to the math kernel, which writes the s x s scores: there
+        # they are repeated first.
+        grouped = rep > 1 and attention_mask is None and self.cp_group is None
+        if rep > 1 and not grouped:
             key = key.repeat_interleave(rep, dim=2)
             value = value.repeat_interleave(rep, dim=2)
+        else:
+            # V is a view into linear_qkv's output (K and Q are new tensors: rotary embedding): kept for the
+            # backward as it is, it would keep that whole output alive; a copy of V alone is 2 kv bytes a token
+            value = value.contiguous()
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads, s, hn]
         if self.cp_group is not None and attention_mask is None:
             out = chunked_causal_attention(q, k, v, self.cp_group.rank(), self.cp_group.size(), self.scale)
         elif attention_mask is None:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
+            out = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, scale=self.scale, enable_gqa=grouped
+            )
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=~attention_mask, scale=self.scale)
         return out.permute(2, 0, 1, 3).reshape(sq, b, self.heads * q.shape[-1])

@@ -121,10 +121,10 @@ def test_local_attention_on_packed_rows_counts_its_score_matrices_and_the_old_pa
     assert unfused.activations > 4 * te.activations  # a packed row of 11264 tokens: 12 heads x s^2 scores
     assert unfused.old_pass > 4 * te.old_pass > unfused.activations  # the old pass packs 2 x the budget
     # SDPA keeps no scores, only the packed row's mask as a bf16 bias: 2 s^2 bytes against 6 x 12 heads s^2;
-    # and K and V repeated to the 12 query heads where TE keeps the 2 KV heads' (full recompute: one layer)
+    # and, on a packed row, K and V repeated to the 12 query heads where TE keeps the 2 KV heads' (full recompute: one layer)
     assert te.activations < sdpa.activations < unfused.activations / 4
     arch = model_arch(load_config(SMALL, [], check_env=False))
-    repeated_kv = layer_activations(arch, "sdpa").total - layer_activations(arch, "te").total
+    repeated_kv = layer_activations(arch, "sdpa", masked=True).total - layer_activations(arch, "te").total
     assert repeated_kv == 4 * (12 - 2) * 128
     assert sdpa.activations - te.activations == pytest.approx(2 * 11264**2 + repeated_kv * 11264)
     # the per-layer terms are printed (docs/training.md "What a layer keeps for the backward")

@@ -37,8 +37,11 @@ GROUPS = {
 }
 
 
-def _measured_and_planned(model: str, attention: str, device_mode: bool, **config_overrides):
-    """(bytes per token the second layer saved by part, the plan's LayerActivations, the s^2 bytes)."""
+def _measured_and_planned(
+    model: str, attention: str, device_mode: bool, packed: bool = False, **config_overrides
+):
+    """(bytes per token the second layer saved by part, the plan's LayerActivations, the s^2 bytes), for one
+    row of TOKENS tokens: one sequence (causal, no mask) or two packed sequences (a block-diagonal mask)."""
     from megatron_hapo.config.plan import MicroBatchShape, layer_activations
     from megatron_hapo.models.activation_memory import saved_for_backward
     from megatron_hapo.models.builder import build_gpt_model
@@ -52,22 +55,31 @@ def _measured_and_planned(model: str, attention: str, device_mode: bool, **confi
             hf, params_dtype=torch.bfloat16, spec="local", local_attention=attention, post_process=False,
             config_overrides=config_overrides,
         )  # fmt: skip
-        ids = torch.randint(0, BASE["vocab_size"], (1, TOKENS), device=compute_device())
-        positions = torch.arange(TOKENS, device=compute_device())[None]
+        device = compute_device()
+        ids = torch.randint(0, BASE["vocab_size"], (1, TOKENS), device=device)
+        positions, mask = torch.arange(TOKENS, device=device)[None], None
+        if packed:  # two sequences of TOKENS / 2: each attends causally to itself only (True = masked)
+            half = TOKENS // 2
+            positions = positions % half
+            same = (torch.arange(TOKENS, device=device) // half)[:, None] == (
+                torch.arange(TOKENS, device=device) // half
+            )
+            mask = ~(same & torch.ones(TOKENS, TOKENS, dtype=torch.bool, device=device).tril())[None, None]
         with saved_for_backward(gpt) as saved:
-            gpt(ids, positions, None)
+            gpt(ids, positions, mask)
     # layer 1: layer 0's input is the embedding's output, which the embedding saved
     measured = {k: v / TOKENS for k, v in saved.grouped("decoder.layers.1", GROUPS).items()}
     arch = load_arch(hf)
-    one_row = MicroBatchShape(TOKENS, TOKENS**2, attention, False, "")
+    one_row = MicroBatchShape(TOKENS, TOKENS**2, attention, packed, "")
     squares = one_row.attention_bytes_per_layer(arch.num_attention_heads, 1) / TOKENS
-    return measured, layer_activations(arch, attention), squares
+    return measured, layer_activations(arch, attention, masked=packed), squares
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["one-sequence", "packed"])
 @pytest.mark.parametrize("attention", ["sdpa", "unfused"])
 @pytest.mark.parametrize("model", list(MODELS))
-def test_the_plan_counts_what_each_layer_saves_for_its_backward(model, attention):
-    measured, plan, squares = _measured_and_planned(model, attention, device_mode=True)
+def test_the_plan_counts_what_each_layer_saves_for_its_backward(model, attention, packed):
+    measured, plan, squares = _measured_and_planned(model, attention, device_mode=True, packed=packed)
     assert measured["attention"] == plan.attention + squares, measured
     assert measured["mlp"] == plan.mlp, measured
     assert measured["other"] == 0, measured
@@ -100,9 +112,10 @@ def test_swiglu_is_one_function_that_keeps_its_input_only():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("packed", [False, True], ids=["one-sequence", "packed"])
 @pytest.mark.parametrize("attention", ["sdpa", "unfused"])
 @pytest.mark.parametrize("model", list(MODELS))
-def test_on_cuda_the_plan_counts_what_each_layer_saves_norms_included(model, attention):
-    measured, plan, squares = _measured_and_planned(model, attention, device_mode=False)
+def test_on_cuda_the_plan_counts_what_each_layer_saves_norms_included(model, attention, packed):
+    measured, plan, squares = _measured_and_planned(model, attention, device_mode=False, packed=packed)
     for part, want in (("norms", plan.norms), ("attention", plan.attention + squares), ("mlp", plan.mlp)):
         assert measured[part] == pytest.approx(want, rel=0.02), (part, measured)
