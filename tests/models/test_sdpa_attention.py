@@ -217,8 +217,8 @@ def test_on_cuda_in_bf16_chunked_causal_attention_agrees():
 @pytest.mark.parametrize("packed", [False, True], ids=["causal", "packed"])
 def test_on_cuda_in_bf16_the_fused_kernels_take_it_and_agree(packed):
     """On a GPU (benchmarks/gpu/run_all.sh), at the 1.5B model's head shapes (12 query heads, 2 KV heads,
-    head_dim 128) in bf16: causal rows run on the flash kernel and packed rows on the memory-efficient one
-    (each forced alone: SDPA raises "No available kernel" when the inputs do not qualify, so the math kernel,
+    head_dim 128) in bf16: causal rows run on the flash kernel, with the 2 KV heads grouped as they are
+    (enable_gqa), and packed rows on the memory-efficient one, with them repeated (each forced alone: SDPA raises "No available kernel" when the inputs do not qualify, so the math kernel,
     which writes the s x s scores, cannot stand in unseen), and both agree with Megatron's unfused attention
     computed in fp32 (5e-2 of the largest value; bf16 kernels on the CPU reach 1.4e-2, a leaking mask O(1))."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
