@@ -9,8 +9,9 @@ checked. Terms per training GPU (bf16 training, fp32 master weights, Adam):
 * gradients: 4 B x the same params (Megatron's fp32 grad buffer, ``grad_reduce_in_fp32``)
 * optimizer: 12 B x the same params (fp32 master + exp_avg + exp_avg_sq), / DP with the distributed optimizer
 * activations of the largest update micro-batch the layout allows, T tokens: full recompute keeps each
-  layer's input (2 T h, / TP under sequence parallelism) plus one layer being recomputed; no/selective
-  recompute keeps every layer. What one layer keeps per token (:func:`layer_activations`, bf16, n query
+  layer's input (2 T h, / TP under sequence parallelism) plus one layer being recomputed; no recompute
+  keeps every layer; selective recompute keeps every layer without the core attention's own tensors
+  (:func:`layer_activations`), plus one layer's s^2 terms being recomputed. What one layer keeps per token (:func:`layer_activations`, bf16, n query
   heads and g KV heads of d dims, q = n d, kv = g d, F the MLP's width) is counted from what its modules
   save for the backward, measured on the real Megatron layer (``models/activation_memory.py``,
   ``tests/models/test_activation_memory.py``): norms 2 (2h + 4) (input and 1/rms, as CUDA's and TE's fused
@@ -166,17 +167,27 @@ class LayerActivations:
 
 
 def layer_activations(
-    arch, attention: str, tp: int = 1, sequence_parallel: bool = False, masked: bool = False
+    arch,
+    attention: str,
+    tp: int = 1,
+    sequence_parallel: bool = False,
+    masked: bool = False,
+    recompute_core_attention: bool = False,
 ) -> LayerActivations:
     """What one layer keeps per token on one TP rank, for the core attention ``attention`` ("sdpa",
     "unfused" or "te"). Tensors of the hidden size are sharded over TP only under sequence parallelism.
     ``masked``: the attention takes an explicit mask (packed rows, context parallelism), with which SDPA
-    repeats K and V to the query heads (models/sdpa_attention.py)."""
+    repeats K and V to the query heads (models/sdpa_attention.py). ``recompute_core_attention``
+    (``recompute_granularity: selective``): Megatron's checkpoint keeps the core attention's inputs, q, k
+    and V's view of linear_qkv's output (which keeps that whole output alive), and linear_proj keeps its
+    input; the core attention's own tensors (and the s^2 terms) are recomputed in the backward."""
     h, n, g, d = arch.hidden_size, arch.num_attention_heads, arch.num_kv_heads, arch.head_dim
     q, kv = n * d, g * d
     sp = tp if sequence_parallel else 1
     norms = 2 * (2 * h + 4) / sp + ((2 * q + 4 * n + 2 * kv + 4 * g) / tp if arch.qk_norm else 0)
-    if attention == "te" or (attention == "sdpa" and (n == g or not masked)):
+    if recompute_core_attention:
+        core = 2 * q + 2 * kv + 2 * (q + 2 * kv) + 2 * q
+    elif attention == "te" or (attention == "sdpa" and (n == g or not masked)):
         # K and V at their own heads (SDPA: the flash kernel's grouped-query attention; V copied out of
         # linear_qkv's output, models/sdpa_attention.py)
         core = 4 * q + 4 * kv + 4 * n
@@ -263,17 +274,27 @@ def memory_plan(cfg: RootConfig, arch, dp: int) -> MemoryPlan:
     h, sp, cp = arch.hidden_size, (tp if p.sequence_parallel else 1), p.context_parallel_size
     q_dim = arch.num_attention_heads * arch.head_dim
     update, old = micro_batch_shape(cfg), micro_batch_shape(cfg, old_pass=True)
-    per_token = layer_activations(arch, update.attention, tp, p.sequence_parallel, update.packed or cp > 1)
+    masked = update.packed or cp > 1
+    per_token = layer_activations(arch, update.attention, tp, p.sequence_parallel, masked)
 
-    def layer_working_set(mb: MicroBatchShape) -> float:
+    def attention_squares(mb: MicroBatchShape) -> float:
         # a CP rank holds T / CP tokens (and query rows of a packed row's mask), and the whole sequence's K
         # and V (bf16) repeated to the query heads, as SDPA saves them (bench_context_parallel.py)
         gathered_kv = 2 * 2 * mb.tokens * q_dim / tp if cp > 1 else 0
-        attention = mb.attention_bytes_per_layer(arch.num_attention_heads, tp) / cp
-        return per_token.total * mb.tokens / cp + attention + gathered_kv
+        return mb.attention_bytes_per_layer(arch.num_attention_heads, tp) / cp + gathered_kv
 
-    if cfg.model.recompute_granularity == "full":
+    def layer_working_set(mb: MicroBatchShape) -> float:
+        return per_token.total * mb.tokens / cp + attention_squares(mb)
+
+    recompute = cfg.model.recompute_granularity
+    # what a layer keeps for the backward (selective recompute: the core attention's inputs only)
+    kept = layer_activations(
+        arch, update.attention, tp, p.sequence_parallel, masked, recompute == "selective"
+    )
+    if recompute == "full":  # every layer's input, and one layer recomputed at a time
         per_mb = per_stage_layers * 2 * update.tokens / cp * h / sp + layer_working_set(update)
+    elif recompute == "selective":  # the attention's s^2 terms of the one layer being recomputed
+        per_mb = per_stage_layers * kept.total * update.tokens / cp + attention_squares(update)
     else:
         per_mb = per_stage_layers * layer_working_set(update)
     responses_per_rank = data.mini_batch_size * cfg.sampling.train.n // dp
@@ -289,7 +310,7 @@ def memory_plan(cfg: RootConfig, arch, dp: int) -> MemoryPlan:
         activations=per_mb * in_flight,
         logits=2 * 2 * update.tokens / cp * arch.vocab_size / tp,
         old_pass=layer_working_set(old) + 2 * old.tokens / cp * arch.vocab_size / tp,
-        layer_per_token=per_token,
+        layer_per_token=kept,
     )
 
 

@@ -85,6 +85,25 @@ def test_the_plan_counts_what_each_layer_saves_for_its_backward(model, attention
     assert measured["other"] == 0, measured
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["one-sequence", "packed"])
+@pytest.mark.parametrize("attention", ["sdpa", "unfused"])
+def test_selective_recompute_keeps_the_core_attentions_inputs(attention, packed):
+    """recompute_granularity=selective (Megatron: the core attention): no s^2 terms, and the checkpoint keeps
+    q, k and V's view of linear_qkv's output. With SDPA on one-sequence rows that is more than no recompute
+    keeps (docs/training.md)."""
+    from megatron_hapo.config.plan import layer_activations
+    from megatron_hapo.models.hf_config import load_arch
+
+    measured, _, _ = _measured_and_planned(
+        "grouped-query", attention, True, packed, recompute_granularity="selective"
+    )
+    plan = layer_activations(load_arch(BASE), attention, masked=packed, recompute_core_attention=True)
+    assert abs(measured["attention"] - plan.attention) * TOKENS <= 8, measured  # and a scalar per layer
+    assert measured["mlp"] == plan.mlp, measured
+    if attention == "sdpa" and not packed:
+        assert plan.attention > layer_activations(load_arch(BASE), attention).attention
+
+
 def _gradients(**config_overrides) -> dict[str, torch.Tensor]:
     """fp32 gradients of a two-layer model's mean squared output on a fixed batch."""
     from megatron_hapo.models.builder import build_gpt_model
