@@ -10,25 +10,26 @@ checked. Terms per training GPU (bf16 training, fp32 master weights, Adam):
 * optimizer: 12 B x the same params (fp32 master + exp_avg + exp_avg_sq), / DP with the distributed optimizer
 * activations of the largest update micro-batch the layout allows, T tokens: full recompute keeps each
   layer's input (2 T h, / TP under sequence parallelism) plus one layer being recomputed; no recompute
-  keeps every layer; selective recompute keeps every layer without the core attention's own tensors
-  (:func:`layer_activations`), plus one layer's s^2 terms being recomputed. What one layer keeps per token (:func:`layer_activations`, bf16, n query
-  heads and g KV heads of d dims, q = n d, kv = g d, F the MLP's width) is counted from what its modules
-  save for the backward, measured on the real Megatron layer (``models/activation_memory.py``,
-  ``tests/models/test_activation_memory.py``): norms 2 (2h + 4) (input and 1/rms, as CUDA's and TE's fused
-  RMSNorm keep them; Qwen3's q/k norms 2q + 4n + 2kv + 4g more); attention 2h (linear_qkv's input) + 8d
-  (the rotary tables) + the core attention's q, k, v, output and softmax statistics (4q + 4kv + 4n; SDPA
-  on packed rows 8q + 4n, K and V repeated to the query heads; TE's not measured here); MLP 2h + 6F
-  (fc1's input, SwiGLU's input and fc2's input; a mixture of experts 2h + k (2h + 6F_e + 56) for k experts
-  per token). The h terms are divided by TP under sequence parallelism, the others by TP (measured at
-  TP = 1 only). For
-  Qwen2.5-Math-1.5B that is 74 KB per token and layer (79 KB with SDPA on packed rows), 48 h (Korthikanti et al.'s
-  34 h is GPT's GeLU MLP of 4h with dropout). Transformer Engine's fused attention and the local spec's SDPA attention
-  (``model.local_attention``) keep no score matrix; SDPA on a packed row keeps its mask as a bf16 bias,
-  2 s^2 bytes per layer. Megatron's unfused attention keeps 6 n s^2 / TP bytes per row of length s and
-  layer (the softmax in fp32 and its bf16 copy) and the causal mask, s^2 bools: summed over the
-  micro-batch's rows that is T x S under a token budget and T^2 for a packed row. The first pipeline
-  stage holds up to min(PP, micro-batches) micro-batches in flight, about PP (1 + 1/VP) under an
-  interleaved pipeline (:func:`pipeline_in_flight`).
+  keeps every layer; selective recompute keeps every layer without the core attention's own tensors, plus
+  the s^2 terms of the one layer being recomputed. T is micro_batch_size x S (S = prompt + response,
+  padded), or the token budget ``data.max_tokens_per_micro_batch`` when one is set. What one layer keeps
+  per token (:func:`layer_activations`; bf16, n query heads and g KV heads of d dims, q = n d, kv = g d, F
+  the MLP's width) is what its modules save for the backward, measured on the real Megatron layer
+  (``models/activation_memory.py``, ``tests/models/test_activation_memory.py``): norms 2 (2h + 4) (input
+  and 1/rms, as CUDA's and TE's fused RMSNorm keep them; Qwen3's q/k norms 2q + 4n + 2kv + 4g more);
+  attention 2h (linear_qkv's input) + 8d (the rotary tables) + the core attention's q, k, v, output and
+  softmax statistics, 4q + 4kv + 4n (SDPA on packed rows 8q + 4n: K and V repeated to the query heads;
+  TE's not measured here); MLP 2h + 6F (fc1's input, SwiGLU's input and fc2's input; a mixture of experts
+  2h + k (2h + 6F_e + 56) for k experts per token). The h terms are divided by TP under sequence
+  parallelism, the others by TP (measured at TP = 1 only). For Qwen2.5-Math-1.5B that is 74 KB per token
+  and layer, 48 h (79 KB with SDPA on packed rows; Korthikanti et al.'s 34 h is GPT's 4h GeLU MLP with
+  dropout). Transformer Engine's fused attention and the local spec's SDPA attention
+  (``model.local_attention``) keep no score matrix; SDPA on a packed row keeps its mask as a bf16 bias, 2
+  s^2 bytes per layer. Megatron's unfused attention keeps 6 n s^2 / TP bytes per row of length s and
+  layer (the softmax in fp32 and its bf16 copy) and, for one-sequence rows, a causal mask of s^2 bools
+  per layer: summed over the micro-batch's rows that is T x S under a token budget and T^2 for a packed
+  row. The first pipeline stage holds up to min(PP, micro-batches) micro-batches in flight, about
+  PP (1 + 1/VP) under an interleaved pipeline (:func:`pipeline_in_flight`).
 * logits and their gradient: 2 x 2 B x T x V / TP (the fused log-prob/entropy op adds O(T) only)
 * context parallelism (CP > 1) divides the tokens of every activation and logits term, and a packed row's
   mask, by CP (a CP rank holds s / CP tokens of each sequence or row) and adds the whole sequence's K and

@@ -25,18 +25,23 @@ class SavedTensors:
     def __init__(self) -> None:
         self.by_module: dict[str, int] = defaultdict(int)
 
+    def _under(self, prefix: str) -> Iterator[tuple[str, int]]:
+        """(name below ``prefix``, bytes) of ``prefix`` and its submodules; ``"decoder.layers.1"`` is not
+        a prefix of ``"decoder.layers.10"``."""
+        for name, nbytes in self.by_module.items():
+            if not prefix or name == prefix or name.startswith(prefix + "."):
+                yield name[len(prefix) :].lstrip("."), nbytes
+
     def total(self, prefix: str = "") -> int:
         """Bytes saved by ``prefix`` and its submodules (all of them for ``""``)."""
-        return sum(b for name, b in self.by_module.items() if name == prefix or name.startswith(prefix))
+        return sum(nbytes for _, nbytes in self._under(prefix))
 
     def grouped(self, prefix: str, groups: dict[str, tuple[str, ...]]) -> dict[str, int]:
         """Bytes under ``prefix`` by group: a module goes to the first group one of whose name parts
         (``"mlp"``, ``"input_layernorm"``) its own name under ``prefix`` contains, else to ``"other"``."""
         out = dict.fromkeys([*groups, "other"], 0)
-        for name, nbytes in self.by_module.items():
-            if not name.startswith(prefix):
-                continue
-            parts = name[len(prefix) :].strip(".").split(".")
+        for name, nbytes in self._under(prefix):
+            parts = name.split(".")
             group = next((g for g, keys in groups.items() if any(k in parts for k in keys)), "other")
             out[group] += nbytes
         return out
