@@ -48,6 +48,7 @@ resolves to on CUDA).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,6 +208,13 @@ def layer_activations(
     return LayerActivations(norms=norms, attention=2 * h / sp + 8 * d + core / tp, mlp=mlp)
 
 
+ATTENTION_NAMES = {
+    "te": "TE fused attention",
+    "sdpa": "local spec, SDPA attention",
+    "unfused": "local spec, unfused attention",
+}
+
+
 def micro_batch_shape(cfg: RootConfig, old_pass: bool = False) -> MicroBatchShape:
     from megatron_hapo.models.packing import resolve_packing  # torch: only for a plan, not for a config
 
@@ -219,11 +227,7 @@ def micro_batch_shape(cfg: RootConfig, old_pass: bool = False) -> MicroBatchShap
     if old_pass and budget is not None:
         budget = d.max_tokens_per_old_micro_batch or budget
     attention = "te" if te else ("sdpa" if cfg.model.local_attention == "auto" else cfg.model.local_attention)
-    spec = {
-        "te": "TE fused attention",
-        "sdpa": "local spec, SDPA attention",
-        "unfused": "local spec, unfused attention",
-    }[attention]
+    spec = ATTENTION_NAMES[attention]
     if budget is None:
         rows = d.micro_batch_size
         return MicroBatchShape(
@@ -383,6 +387,16 @@ def render_plan(cfg: RootConfig, world_size: int, gpu_gib: float = 80.0) -> str:
         f"  {'old pass':<12} {mem.old_pass / GiB:8.2f} GiB (forward only, {micro_batch_shape(cfg, old_pass=True).describe}; "
         "the total takes the larger of it and activations + logits)"
     )
+    if cfg.model.recompute_granularity == "selective" and shape.attention != "unfused":
+        # Megatron's selective recompute is the core attention's: it drops the unfused attention's scores,
+        # and SDPA and TE keep none (docs/training.md, "What a layer keeps for the backward")
+        plain = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, recompute_granularity="none"))
+        lines.append(
+            f"  note: selective recompute keeps {mem.activations / GiB:.2f} GiB of activations against "
+            f"{memory_plan(plain, arch, dp).activations / GiB:.2f} GiB without recompute: it recomputes the "
+            f"core attention, which with {ATTENTION_NAMES[shape.attention]} keeps no scores to drop; "
+            "use model.recompute_granularity=none or full"
+        )
     engine = r.mem_fraction * gpu_gib * GiB if r.engine == "inprocess" else 0.0
     if engine:  # the in-process engine's share of the GPUs it shares with training ranks
         lines.append(f"  {'rollout':<12} {engine / GiB:8.2f} GiB (in-process engine, rollout.mem_fraction)")

@@ -129,20 +129,21 @@ def test_local_attention_on_packed_rows_counts_its_score_matrices_and_the_old_pa
     assert sdpa.activations - te.activations == pytest.approx(2 * 11264**2 + repeated_kv * 11264)
     # the per-layer terms are printed (docs/training.md "What a layer keeps for the backward")
     assert "(per layer and token: norms 6.2 KB, attention 11.3 KB, MLP 56.8 KB)" in dry_run(SMALL, [])
-    big_old = ("model.layer_spec=local", "data.max_tokens_per_old_micro_batch=45056")
-    assert "old pass" in dry_run(SMALL, ["model.layer_spec=te", big_old[1]])  # TE: no score matrices
-    assert "old pass" in dry_run(SMALL, list(big_old))  # nor SDPA
-    # layer_spec auto is planned as TE's, except for the packing only the local spec does
-    assert _plan(SMALL, "model.layer_spec=auto") == te
-    assert _plan(SMALL, "model.layer_spec=auto", "data.sequence_packing=mask") == sdpa
-    with pytest.raises(ValueError, match="exceeds 80 GiB") as e:
-        dry_run(SMALL, [*big_old, "model.local_attention=unfused"])
-    message = str(e.value)
+    # selective recompute (the core attention's) drops the unfused attention's scores; with TE's it keeps
+    # more than no recompute, and the plan says so
+    selective, none = "model.recompute_granularity=selective", "model.recompute_granularity=none"
     assert (
-        "old pass" in message
-        and "packed rows of 45056 tokens (mask), local spec, unfused attention" in message
+        _plan(SMALL, "model.layer_spec=te", selective).activations
+        > _plan(SMALL, "model.layer_spec=te", none).activations
     )
-    assert "lower data.max_tokens_per_old_micro_batch" in message and "model.local_attention=sdpa" in message
+    local_unfused = ("model.layer_spec=local", "model.local_attention=unfused")
+    unfused_sel, unfused_none = (_plan(SMALL, *local_unfused, r) for r in (selective, none))
+    assert unfused_sel.activations < unfused_none.activations / 4  # one layer's scores, while it recomputes
+    text = dry_run(SMALL, ["model.layer_spec=te", selective])
+    assert (
+        "note: selective recompute keeps" in text and "use model.recompute_granularity=none or full" in text
+    )
+    assert "note: selective" not in dry_run(SMALL, [*local_unfused, selective])
 
 
 def test_an_interleaved_pipeline_holds_more_micro_batches_in_flight():
