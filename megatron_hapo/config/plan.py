@@ -319,6 +319,22 @@ def memory_plan(cfg: RootConfig, arch, dp: int) -> MemoryPlan:
     )
 
 
+def largest_budget(cfg: RootConfig, arch, dp: int, limit: float, key: str) -> int:
+    """The largest value of the token budget ``data.<key>`` (a multiple of the sequence multiple, at most 64 x
+    the configured one) whose memory plan stays within ``limit`` bytes, the other settings as they are."""
+    m, start = cfg.parallel.sequence_multiple, getattr(cfg.data, key)
+
+    def fits(tokens: int) -> bool:
+        data = dataclasses.replace(cfg.data, **{key: tokens})
+        return memory_plan(dataclasses.replace(cfg, data=data), arch, dp).total <= limit
+
+    lo, hi = start // m, 64 * start // m  # the plan grows with the budget: bisect
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid * m) else (lo, mid - 1)
+    return lo * m
+
+
 def routing_replay_volume(cfg: RootConfig, arch, tokens: int) -> str:
     """The step line's note on routing replay's data: every token carries its experts in every layer (uint8 ids,
     int16 past 256 experts); the lead holds the step's, and each rank receives its data-parallel rank's share."""
@@ -401,6 +417,15 @@ def render_plan(cfg: RootConfig, world_size: int, gpu_gib: float = 80.0) -> str:
     if engine:  # the in-process engine's share of the GPUs it shares with training ranks
         lines.append(f"  {'rollout':<12} {engine / GiB:8.2f} GiB (in-process engine, rollout.mem_fraction)")
     lines.append(f"  {'total':<12} {(mem.total + engine) / GiB:8.2f} GiB of {gpu_gib:.0f} GiB")
+    budgets = [
+        k for k in ("max_tokens_per_micro_batch", "max_tokens_per_old_micro_batch") if getattr(data, k)
+    ]
+    if budgets and (mem.total + engine) / GiB <= gpu_gib:  # fewer, fuller micro-batches (docs/training.md)
+        grown = [
+            f"data.{k} up to {largest_budget(cfg, arch, dp, gpu_gib * GiB - engine, k)} (now {getattr(data, k)})"
+            for k in budgets
+        ]
+        lines.append(f"headroom   by this estimate, each alone within {gpu_gib:.0f} GiB: " + ", ".join(grown))
     lines.append(
         "checked    layout vs the cluster, batch sizes, heads / KV heads / MLP vs TP and rollout TP, layers vs PP "
         "(x VP), CP vs attention, packing and loss, "

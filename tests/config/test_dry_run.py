@@ -114,6 +114,23 @@ def test_the_memory_plan_follows_the_token_budget_not_micro_batch_size():
     assert fixed.logits == 2 * one.logits
 
 
+def test_the_headroom_line_names_the_largest_budgets_that_fit():
+    """Each budget alone grows to where the estimate meets the GPU's memory, and no further."""
+    text = dry_run(SMALL, [])
+    found = dict(re.findall(r"data\.(max_tokens_per_\w+) up to (\d+) \(now \d+\)", text))
+    assert set(found) == {"max_tokens_per_micro_batch", "max_tokens_per_old_micro_batch"}, text
+    from megatron_hapo.config.plan import memory_plan
+    from megatron_hapo.config.validate import data_parallel_size
+
+    for key, tokens in found.items():
+        plans = []
+        for budget in (int(tokens), int(tokens) + 1):
+            cfg = load_config(SMALL, [f"data.{key}={budget}"], check_env=False)
+            dp = data_parallel_size(cfg, cfg.cluster.nodes * cfg.cluster.gpus_per_node)  # as the dry run's
+            plans.append(memory_plan(cfg, model_arch(cfg), dp).total / 2**30)
+        assert plans[0] <= 80 < plans[1], (key, tokens, plans)
+
+
 def test_local_attention_on_packed_rows_counts_its_score_matrices_and_the_old_pass_its_own_budget():
     te = _plan(SMALL, "model.layer_spec=te")
     unfused = _plan(SMALL, "model.layer_spec=local", "model.local_attention=unfused")
