@@ -22,18 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from bench_common import header, pick_device  # noqa: E402
 
-GROUPS = {
-    "norms": ("input_layernorm", "pre_mlp_layernorm", "q_layernorm", "k_layernorm"),
-    "attention": ("self_attention",),
-    "mlp": ("mlp",),
-}
 MODELS = ["Qwen2.5-Math-1.5B", "Qwen2.5-Math-7B", "Qwen3-8B-Base", "Llama-3.1-8B-Instruct", "Qwen3-30B-A3B"]
 
 
 def measure(hf: dict, attention: str, tokens: int, fused: bool, device: str) -> dict[str, float]:
     """Bytes per token the model's one layer saved for the backward, by part."""
     import megatron_hapo.parallel as hp
-    from megatron_hapo.models.activation_memory import saved_for_backward
+    from megatron_hapo.models.activation_memory import layer_bytes_per_token
     from megatron_hapo.models.builder import build_gpt_model
 
     with hp.device_mode() if device == "cpu" else torch.device("cuda"):
@@ -43,10 +38,7 @@ def measure(hf: dict, attention: str, tokens: int, fused: bool, device: str) -> 
         )  # fmt: skip
         ids = torch.randint(0, hf["vocab_size"], (1, tokens), device=hp.compute_device())
         positions = torch.arange(tokens, device=hp.compute_device())[None]
-        with saved_for_backward(gpt) as saved:
-            gpt(ids, positions, None)
-    del gpt
-    return {k: v / tokens for k, v in saved.grouped("decoder.layers.0", GROUPS).items()}
+        return layer_bytes_per_token(gpt, ids, positions)
 
 
 def main() -> None:

@@ -293,8 +293,12 @@ def memory_plan(cfg: RootConfig, arch, dp: int) -> MemoryPlan:
 
     recompute = cfg.model.recompute_granularity
     # what a layer keeps for the backward (selective recompute: the core attention's inputs only)
-    kept = layer_activations(
-        arch, update.attention, tp, p.sequence_parallel, masked, recompute == "selective"
+    kept = (
+        layer_activations(
+            arch, update.attention, tp, p.sequence_parallel, masked, recompute_core_attention=True
+        )
+        if recompute == "selective"
+        else per_token
     )
     if recompute == "full":  # every layer's input, and one layer recomputed at a time
         per_mb = per_stage_layers * 2 * update.tokens / cp * h / sp + layer_working_set(update)

@@ -76,3 +76,23 @@ def saved_for_backward(model: torch.nn.Module) -> Iterator[SavedTensors]:
     finally:
         for h in handles:
             h.remove()
+
+
+# the parts of a Megatron transformer layer, by the names of its modules (SavedTensors.grouped)
+LAYER_PARTS = {
+    "norms": ("input_layernorm", "pre_mlp_layernorm", "q_layernorm", "k_layernorm"),
+    "attention": ("self_attention",),
+    "mlp": ("mlp",),
+}
+
+
+def layer_bytes_per_token(
+    gpt: torch.nn.Module, ids, positions, mask=None, layer: int = -1
+) -> dict[str, float]:
+    """Run Megatron ``GPTModel`` ``gpt`` forward on ``ids`` / ``positions`` / ``mask`` (its forward's) and
+    return what its decoder layer ``layer`` saved for the backward, per token, by part (:data:`LAYER_PARTS`
+    and ``"other"``)."""
+    with saved_for_backward(gpt) as saved:
+        gpt(ids, positions, mask)
+    index = range(len(gpt.decoder.layers))[layer]
+    return {k: v / ids.numel() for k, v in saved.grouped(f"decoder.layers.{index}", LAYER_PARTS).items()}

@@ -30,20 +30,15 @@ MODELS = {
         "norm_topk_prob": True,
     },
 }
-GROUPS = {
-    "norms": ("input_layernorm", "pre_mlp_layernorm", "q_layernorm", "k_layernorm"),
-    "attention": ("self_attention",),
-    "mlp": ("mlp",),
-}
 
 
 def _measured_and_planned(
     model: str, attention: str, device_mode: bool, packed: bool = False, **config_overrides
 ):
-    """(bytes per token the second layer saved by part, the plan's LayerActivations, the s^2 bytes), for one
+    """(bytes per token the last layer saved by part, the plan's LayerActivations, the s^2 bytes), for one
     row of TOKENS tokens: one sequence (causal, no mask) or two packed sequences (a block-diagonal mask)."""
     from megatron_hapo.config.plan import MicroBatchShape, layer_activations
-    from megatron_hapo.models.activation_memory import saved_for_backward
+    from megatron_hapo.models.activation_memory import layer_bytes_per_token
     from megatron_hapo.models.builder import build_gpt_model
     from megatron_hapo.models.hf_config import load_arch
     from megatron_hapo.parallel import compute_device
@@ -65,10 +60,7 @@ def _measured_and_planned(
                 torch.arange(TOKENS, device=device) // half
             )
             mask = ~(same & torch.ones(TOKENS, TOKENS, dtype=torch.bool, device=device).tril())[None, None]
-        with saved_for_backward(gpt) as saved:
-            gpt(ids, positions, mask)
-    # layer 1: layer 0's input is the embedding's output, which the embedding saved
-    measured = {k: v / TOKENS for k, v in saved.grouped("decoder.layers.1", GROUPS).items()}
+        measured = layer_bytes_per_token(gpt, ids, positions, mask)
     arch = load_arch(hf)
     one_row = MicroBatchShape(TOKENS, TOKENS**2, attention, packed, "")
     squares = one_row.attention_bytes_per_layer(arch.num_attention_heads, 1) / TOKENS
