@@ -53,6 +53,9 @@ from megatron_hapo.rollout.types import (
 
 logger = logging.getLogger(__name__)
 
+# over-sampling's stop: how long to wait for the aborted requests before aborting again (generate_groups)
+ABORT_REPEAT_S = 1.0
+
 
 @dataclass(frozen=True)
 class FleetConfig:
@@ -553,7 +556,12 @@ class SGLangFleet:
             if pending:
                 for fut in pending:
                     fut.cancel()  # not started yet: never sent
-                self._all("/abort_request", {"abort_all": True})
+                # abort_all reaches the requests the servers hold: one still on its way when it came would run
+                # to its end. Abort again until every request sent has come back.
+                running = {fut for fut in pending if not fut.cancelled()}
+                while running:
+                    self._all("/abort_request", {"abort_all": True})
+                    _, running = wait(running, timeout=ABORT_REPEAT_S)
                 for fut in pending:
                     if fut.cancelled():
                         report.never_sent += 1
