@@ -23,6 +23,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -118,7 +119,6 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``hapo-convert``; returns the exit code."""
     args = _parser().parse_args(argv)
-    _show_model_logs()
     try:
         commands = {
             "hf-to-mcore": hf_to_mcore,
@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
             "export-fp8": export_fp8,
             "export-fp8-blockwise": export_fp8_blockwise,
         }
-        return commands[args.command](args)
+        with _model_logs_shown():
+            return commands[args.command](args)
     except (ConversionError, FileNotFoundError) as e:
         # every rank fails together (models.collective); one message is enough
         if os.environ.get("RANK", "0") == "0":
@@ -171,16 +172,26 @@ def export_fp8_blockwise(args) -> int:
     return 0
 
 
-def _show_model_logs() -> None:
-    """Print megatron_hapo.models' INFO logs (the layer-spec choice) on rank 0, once per process."""
-    logger = logging.getLogger("megatron_hapo.models")
-    if os.environ.get("RANK", "0") != "0" or any(getattr(h, "_hapo_convert", False) for h in logger.handlers):
+@contextlib.contextmanager
+def _model_logs_shown() -> Iterator[None]:
+    """Print megatron_hapo.models' INFO logs (the layer-spec choice) on rank 0 during the command.
+
+    The handler is removed afterwards: it holds the ``sys.stdout`` of the moment, and a caller in the same
+    process (a test capturing output, a notebook) may close or replace that stream."""
+    if os.environ.get("RANK", "0") != "0":
+        yield
         return
+    logger = logging.getLogger("megatron_hapo.models")
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("[hapo-convert] %(message)s"))
-    handler._hapo_convert = True
+    level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 @contextlib.contextmanager

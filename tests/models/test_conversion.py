@@ -167,6 +167,18 @@ def test_verify_fails_with_exit_1_on_the_wrong_weights(models, tmp_path, capsys)
     assert rc == 1 and "FAILED, exceeds tolerance" in out, out
 
 
+def test_cli_prints_the_layer_spec_to_each_callers_stdout(models, capsys):
+    """The CLI's model-log handler lives only as long as the command: a handler kept from an earlier call
+    would still write to that call's stdout (here the module fixture's capture, since closed)."""
+    import logging
+
+    hf, mcore = models["qwen2"]
+    for _ in range(2):
+        rc, out = _cli(capsys, "verify", "--hf", hf, "--mcore", mcore)
+        assert rc == 0 and "[hapo-convert] GPT layer spec: local" in out, out
+    assert logging.getLogger("megatron_hapo.models").handlers == []
+
+
 def _error(capsys, *argv) -> str:
     rc, out = _cli(capsys, *argv)
     assert rc == 2, out
