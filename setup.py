@@ -48,6 +48,7 @@ setup(
             "hapo-train=megatron_hapo.cli:train_main",
             "hapo-eval=megatron_hapo.cli:eval_main",
             "hapo-convert=megatron_hapo.cli:convert_main",
+            "hapo-serve=megatron_hapo.cli:serve_main",
         ],
         # SGLang discovers plugins through this group in every process (schedulers too); the sampler
         # takes effect with HAPO_SGLANG_SAMPLER=1 or --sampling-backend hapo (docs/sampler.md).

@@ -3,13 +3,15 @@
 * ``hapo-train`` (``python -m megatron_hapo.trainer``): :mod:`megatron_hapo.cli.train`
 * ``hapo-eval``: :mod:`megatron_hapo.cli.eval`
 * ``hapo-convert`` (``tools/convert_checkpoint.py``, ``tools/export_fp8.py``): :mod:`megatron_hapo.cli.convert`
+* ``hapo-serve`` (a fleet on nodes of its own): :mod:`megatron_hapo.cli.serve`
 * ``python -m megatron_hapo.config``: :mod:`megatron_hapo.cli.config`
 * ``python -m megatron_hapo.cli.smoke``: :mod:`megatron_hapo.cli.smoke` (a Megatron smoke run)
 * ``python -m megatron_hapo.demo`` (``make demo``): :mod:`megatron_hapo.cli.demo`; the demo's task data and
   policy probe: :mod:`megatron_hapo.cli.demo_task`, :mod:`megatron_hapo.cli.demo_probe`
 * ``tools/logprob_doctor.py``: :mod:`megatron_hapo.cli.logprob_doctor` (does SGLang sample from the policy?)
 
-The console scripts of setup.py name :func:`train_main`, :func:`eval_main` and :func:`convert_main` here.
+The console scripts of setup.py name :func:`train_main`, :func:`eval_main`, :func:`convert_main` and
+:func:`serve_main` here.
 """
 
 from __future__ import annotations
@@ -55,5 +57,11 @@ def eval_main(argv: list[str] | None = None) -> None:
 
 def convert_main(argv: list[str] | None = None) -> None:
     from megatron_hapo.cli.convert import main
+
+    sys.exit(main(argv))
+
+
+def serve_main(argv: list[str] | None = None) -> None:
+    from megatron_hapo.cli.serve import main
 
     sys.exit(main(argv))

@@ -433,14 +433,9 @@ def _server_args(cfg: RootConfig, out: _Issues) -> None:
     from megatron_hapo.rollout.serving import server_args_problems
 
     r = cfg.rollout
+    # attached servers take them from hapo-serve, which reads this config; the trainer checks them at start-up
     for name, problem in server_args_problems(r.server_args)[1].items():
         out.add(f"rollout.server_args.{name}", problem)
-    if r.engine == "fleet" and not r.launch_servers:
-        out.add(
-            ["rollout.server_args", "rollout.launch_servers"],
-            "reach only the servers this run launches (rollout.launch_servers=true); give attached servers "
-            "their arguments on their own command line (examples/launch/rollout_fleet.sh: HAPO_SGLANG_ARGS)",
-        )
 
 
 def _is_loopback(host: str) -> bool:

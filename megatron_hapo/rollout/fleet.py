@@ -84,6 +84,10 @@ class FleetConfig:
     server_gpus: tuple[tuple[int, ...], ...] | None = None
     # bearer key of the servers; None = launched servers get a fresh per-run key, attached ones need none
     api_key: str | None = None
+    # launched servers at fixed addresses (hapo-serve): server i on port first_port + i and its internal process
+    # group on first_port + 100 + i; None = free ports drawn here (free_ports)
+    first_port: int | None = None
+    router_port: int | None = None  # the launched router's HTTP port; None = a free one
 
     def __repr__(self) -> str:  # the key never reaches a log line
         fields = {k: ("***" if k == "api_key" and v else v) for k, v in self.__dict__.items()}
@@ -221,9 +225,9 @@ class SGLangFleet:
             elif self._router is not None:
                 self.servers = [FleetProcess(u) for u in self._router_workers()]
             else:
-                ports = free_ports(2 * config.num_servers)  # each server's HTTP port and process group
                 self.servers = [
-                    self._launch_server(i, ports[2 * i], ports[2 * i + 1]) for i in range(config.num_servers)
+                    self._launch_server(i, port, group_port)
+                    for i, (port, group_port) in enumerate(self._ports())
                 ]
             for server in self.servers:
                 self._wait_healthy(server)
@@ -273,6 +277,14 @@ class SGLangFleet:
         cmd, env = server_launch(self.config, index, port, secret, torch.cuda.is_available(), nccl_port)
         return self._spawn(f"server{index}", cmd, f"http://{self.config.host}:{port}", env)
 
+    def _ports(self) -> list[tuple[int, int]]:
+        """Each launched server's HTTP port and the port of its internal process group."""
+        n, first = self.config.num_servers, self.config.first_port
+        if first is not None:
+            return [(first + i, first + 100 + i) for i in range(n)]
+        ports = free_ports(2 * n)
+        return [(ports[2 * i], ports[2 * i + 1]) for i in range(n)]
+
     def _secret_file(self, name: str, values: dict[str, str]) -> Path:
         path = self._log_dir / name
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -283,6 +295,7 @@ class SGLangFleet:
     def _launch_router(self) -> FleetProcess:
         cfg = self.config
         port, metrics_port = free_ports(2)
+        port = cfg.router_port or port
         cmd = [
             sys.executable, "-m", "sglang_router.launch_router",
             "--host", cfg.host, "--port", str(port), "--policy", cfg.router_policy,

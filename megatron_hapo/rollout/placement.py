@@ -25,7 +25,7 @@ def server_gpus(
             f"rollout.launch_servers: this node has {node_gpus} GPU(s) and its training ranks use {training_gpus} "
             f"(GPUs 0-{training_gpus - 1}); {num_servers} server(s) x {gpus_per_server} GPU(s) "
             f"(rollout.num_servers x rollout.gpus_per_server) need {need} more. Lower rollout.num_servers, or "
-            "run the fleet on nodes of its own (examples/launch/rollout_fleet.sh, rollout.server_addresses)"
+            "run the fleet on nodes of its own (hapo-serve, rollout.server_addresses; docs/rollout.md)"
         )
     first = training_gpus
     return [

@@ -42,7 +42,12 @@ import shutil
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from megatron_hapo.rollout.types import EngineError
+
+if TYPE_CHECKING:
+    from megatron_hapo.rollout.fleet import FleetConfig, SGLangFleet
 
 logger = logging.getLogger(__name__)
 
@@ -141,12 +146,15 @@ def settings_differing(requested: Mapping[str, Any], settings: list[dict[str, An
     for i, running in enumerate(settings):
         for name, value in wanted.items():
             got = running.get(name)
-            if _plain(got) != _plain(value):
+            if _plain(got, name) != _plain(value, name):
                 differing.append(f"{name}: asked {value!r}, engine {i} runs with {got!r}")
     return differing
 
 
-def _plain(value: Any) -> Any:
+def _plain(value: Any, name: str = "") -> Any:
+    """``value`` as compared with a running server's: a tuple as a list, model overrides as the JSON they hold."""
+    if name == "json_model_override_args" and isinstance(value, str):
+        return json.loads(value or "{}")
     return list(value) if isinstance(value, tuple) else value
 
 
@@ -196,6 +204,39 @@ def engine_server_args(cfg: Any) -> dict[str, Any]:
     return args
 
 
+# What an attached server must run with besides ``engine_server_args``, when the run's config does not set it:
+# SGLang's defaults. A server quantised, or with model overrides, that the run did not ask for serves another
+# model than the trainer trains.
+_UNSET_SERVER_ARGS = {"quantization": None, "json_model_override_args": "{}"}
+
+
+def required_server_settings(cfg: Any) -> dict[str, Any]:
+    """The ServerArgs values every server of a run must run with (``cfg``: a ``RootConfig``): what
+    :func:`engine_server_args` derives, the server TP size (the weight-sync group counts
+    ``rollout.tensor_parallel_size`` ranks per server), and SGLang's defaults for the model-changing fields the
+    config leaves unset. Not the load format ``dummy`` (the first sync brings the weights), and not the sampler
+    (a response without the HAPO sampler's outputs fails the step: ``HapoSamplerMissingError``)."""
+    required = {**_UNSET_SERVER_ARGS, **engine_server_args(cfg), "tp_size": cfg.rollout.tensor_parallel_size}
+    if required.get("load_format") == "dummy":
+        del required["load_format"]
+    return required
+
+
+def attached_server_problems(
+    required: Mapping[str, Any], settings: list[dict[str, Any]], urls: list[str]
+) -> list[str]:
+    """One line per field in which a running server (``settings[i]``, its ``/server_info``, at ``urls[i]``)
+    differs from ``required`` (:func:`required_server_settings`), naming the config key that sets the field."""
+    problems = []
+    for url, running in zip(urls, settings, strict=True):
+        for name, value in required.items():
+            got = running.get(name)
+            if _plain(got, name) != _plain(value, name):
+                key = OWNED_SERVER_ARGS.get(name, f"rollout.server_args.{name}")
+                problems.append(f"{url} runs with {name}={got!r}, the run needs {value!r} ({key})")
+    return problems
+
+
 def rollout_model_path(cfg: Any, run_dir: str | Path) -> str:
     """The checkpoint the rollout engine starts from: ``model.hf_path``, or with blockwise FP8 rollout an FP8
     copy of it written once to ``<run_dir>/rollout_fp8_blockwise`` (SGLang's blockwise format). Lead rank only."""
@@ -214,3 +255,55 @@ def rollout_model_path(cfg: Any, run_dir: str | Path) -> str:
             cfg.model.hf_path, out, report.quantized_linears, report.bytes_out / 1e9,
         )  # fmt: skip
     return str(out)
+
+
+def uses_hapo_sampler(cfg: Any) -> bool:
+    """The HAPO sampler serves adaptive temperatures and per-request seeds (stock SGLang honours seeds
+    only in its deterministic mode, which CPU and the HAPO sampler cannot use)."""
+    return cfg.algorithm.adaptive_temperature.enable or cfg.rollout.seeded_sampling
+
+
+def fleet_config(cfg: Any, run_dir) -> FleetConfig:
+    """The fleet a run launches: its servers' arguments, sampler, seeds, timeouts and key. ``hapo-serve``
+    launches servers from this too, so that a fleet on nodes of its own runs as a launched one would."""
+    import torch
+
+    from megatron_hapo.rollout.fleet import FleetConfig
+
+    r = cfg.rollout
+    args = engine_server_args(cfg)
+    if torch.cuda.is_available():  # on CPU, cpu_server_args() sizes the KV cache
+        args["mem_fraction_static"] = r.mem_fraction
+    return FleetConfig(
+        model_path=rollout_model_path(cfg, run_dir),
+        num_servers=r.num_servers,
+        tp_size=r.tensor_parallel_size,
+        startup_timeout_s=r.startup_timeout_s,
+        request_timeout_s=r.request_timeout_s,
+        max_retries=r.max_retries,
+        on_server_failure=r.on_server_failure,
+        hapo_sampler=uses_hapo_sampler(cfg),
+        progress=False,
+        log_dir=str(Path(run_dir) / "fleet_logs") if run_dir is not None else None,
+        seed=cfg.trainer.seed,
+        server_args=args,
+        host=r.bind_host,
+        sync_timeout_s=r.sync_timeout_s,
+        api_key=os.environ.get(r.api_key_env) or None,  # the key itself never enters the config
+    )
+
+
+def check_attached_servers(cfg: Any, fleet: SGLangFleet) -> None:
+    """Refuse servers that run otherwise than this config would launch them (another dtype, TP size,
+    quantisation, model overrides or ``rollout.server_args``): they would serve another model or precision
+    than the trainer assumes, with no error until the numbers drift."""
+    urls = [s.url for s in fleet.servers]
+    problems = attached_server_problems(required_server_settings(cfg), fleet.server_settings(), urls)
+    if problems:
+        raise EngineError(
+            "the attached rollout servers do not run as this run's config asks: "
+            + "; ".join(problems)
+            + ". Start them from the same config: hapo-serve --config <this config> [the same overrides] on "
+            "each rollout node (docs/rollout.md, 'A fleet on nodes of its own')"
+        )
+    logger.info("the attached rollout servers run as the config asks: %s", ", ".join(urls))

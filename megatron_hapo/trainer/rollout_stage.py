@@ -13,7 +13,7 @@ import os
 import random
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,7 +28,14 @@ from megatron_hapo.data import PromptDataset, PromptOrder
 from megatron_hapo.parallel.lead import broadcast_from_lead, max_over_ranks
 from megatron_hapo.rewards import ScoreRequest, ScorerPool, apply_overlong
 from megatron_hapo.rollout import GenerationParams, InProcessSGLangEngine
-from megatron_hapo.rollout.serving import engine_server_args, report_server_args, rollout_model_path
+from megatron_hapo.rollout.serving import (
+    check_attached_servers,
+    engine_server_args,
+    fleet_config,
+    report_server_args,
+    rollout_model_path,
+    uses_hapo_sampler,
+)
 from megatron_hapo.rollout.types import (
     AdaptiveTemperature,
     RolloutCancelled,
@@ -71,12 +78,6 @@ def make_engine(cfg: RootConfig, run_dir: str | Path | None = None) -> RolloutEn
     return engine
 
 
-def uses_hapo_sampler(cfg: RootConfig) -> bool:
-    """The HAPO sampler serves adaptive temperatures and per-request seeds (stock SGLang honours seeds
-    only in its deterministic mode, which CPU and the HAPO sampler cannot use)."""
-    return cfg.algorithm.adaptive_temperature.enable or cfg.rollout.seeded_sampling
-
-
 def _inprocess_engine(cfg: RootConfig, run_dir) -> InProcessSGLangEngine:
     args = engine_server_args(cfg)
     if torch.cuda.is_available():  # its share of training's GPUs; on CPU, cpu_server_args() sizes it
@@ -93,40 +94,28 @@ def _inprocess_engine(cfg: RootConfig, run_dir) -> InProcessSGLangEngine:
 
 def _fleet_engine(cfg: RootConfig, run_dir) -> SGLangFleet:
     """Launch ``rollout.num_servers`` servers + a router (``launch_servers``), or attach to
-    ``server_addresses`` / ``router_address``."""
-    from megatron_hapo.rollout.fleet import FleetConfig, SGLangFleet
+    ``server_addresses`` / ``router_address`` and check that those servers run as this config would have
+    launched them (:func:`~megatron_hapo.rollout.serving.required_server_settings`)."""
+    from megatron_hapo.rollout.fleet import SGLangFleet
     from megatron_hapo.rollout.placement import server_gpus as server_gpus_for
 
     r = cfg.rollout
-    args = engine_server_args(cfg)
-    server_gpus = None
-    if torch.cuda.is_available():  # on CPU, cpu_server_args() sizes the KV cache
-        args["mem_fraction_static"] = r.mem_fraction
-        if r.launch_servers:  # each server on GPUs of its own, after the training ranks of this node
-            training_gpus = int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
-            per_server = r.gpus_per_server or r.tensor_parallel_size
-            placed = server_gpus_for(r.num_servers, per_server, torch.cuda.device_count(), training_gpus)
-            server_gpus = tuple(tuple(g) for g in placed)
-    fleet_cfg = FleetConfig(
-        model_path=rollout_model_path(cfg, run_dir),
-        num_servers=r.num_servers,
-        attach_urls=() if r.launch_servers else tuple(r.server_addresses),
-        router_url=None if r.launch_servers else r.router_address,
-        tp_size=r.tensor_parallel_size,
-        startup_timeout_s=r.startup_timeout_s,
-        request_timeout_s=r.request_timeout_s,
-        max_retries=r.max_retries,
-        on_server_failure=r.on_server_failure,
-        hapo_sampler=uses_hapo_sampler(cfg),
-        progress=False,
-        log_dir=str(Path(run_dir) / "fleet_logs") if run_dir is not None else None,
-        seed=cfg.trainer.seed,
-        server_args=args,
-        host=r.bind_host,
-        sync_timeout_s=r.sync_timeout_s,
-        server_gpus=server_gpus,
-        api_key=os.environ.get(r.api_key_env) or None,  # the key itself never enters the config
-    )
+    fleet_cfg = fleet_config(cfg, run_dir)
+    if not r.launch_servers:
+        fleet = SGLangFleet(
+            replace(fleet_cfg, attach_urls=tuple(r.server_addresses), router_url=r.router_address)
+        )
+        try:
+            check_attached_servers(cfg, fleet)
+        except BaseException:
+            fleet.shutdown()  # the router it may have started
+            raise
+        return fleet
+    if torch.cuda.is_available():  # each server on GPUs of its own, after the training ranks of this node
+        training_gpus = int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
+        per_server = r.gpus_per_server or r.tensor_parallel_size
+        placed = server_gpus_for(r.num_servers, per_server, torch.cuda.device_count(), training_gpus)
+        fleet_cfg = replace(fleet_cfg, server_gpus=tuple(tuple(g) for g in placed))
     return SGLangFleet(fleet_cfg)
 
 
