@@ -96,12 +96,9 @@ def _serve(args) -> int:
     )
     if args.router_for:
         urls = tuple(u.strip().rstrip("/") for u in args.router_for.split(",") if u.strip())
-        fleet = SGLangFleet(replace(base, attach_urls=urls, router_port=args.port or 30000))
-        try:
-            check_attached_servers(cfg, fleet)
-        except BaseException:
-            fleet.shutdown()
-            raise
+        attached = replace(base, attach_urls=urls)
+        check_attached_servers(cfg, SGLangFleet(replace(attached, router=False)))  # before the router starts
+        fleet = SGLangFleet(replace(attached, router_port=args.port or 30000))
         print(f"hapo-serve: router {fleet.router.url} in front of {', '.join(urls)}", flush=True)
         print(f"  train with: rollout.router_address={fleet.router.url}", flush=True)
     else:

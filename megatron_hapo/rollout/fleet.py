@@ -346,16 +346,24 @@ class SGLangFleet:
             if s.process is not None and s.process.poll() is not None:
                 dead.append(s)
                 continue
-            try:
-                code = self._session.get(s.url + "/model_info", timeout=10).status_code
-            except requests.RequestException:
-                code = None
+            code = self._probe(s.url + "/model_info")
             if code in (401, 403):
                 raise self._key_refused(s, code)
             ok = code == 200
             if not ok:
                 dead.append(s)
         return dead
+
+    def _probe(self, url: str, attempts: int = 2) -> int | None:
+        """The HTTP status of a GET (None: no answer). A failed attempt is retried once on a new connection: the
+        server's HTTP front end closes an idle kept-alive connection after 5 s (uvicorn), and a request sent on
+        it as it closes fails although the server is up."""
+        for _ in range(attempts):
+            try:
+                return self._session.get(url, timeout=10).status_code
+            except requests.RequestException:
+                continue
+        return None
 
     def check_servers(self) -> list[FleetProcess]:
         """Find dead servers; drop them (``continue``) or raise (``fail``); return the ones dropped.

@@ -102,15 +102,9 @@ def _fleet_engine(cfg: RootConfig, run_dir) -> SGLangFleet:
     r = cfg.rollout
     fleet_cfg = fleet_config(cfg, run_dir)
     if not r.launch_servers:
-        fleet = SGLangFleet(
-            replace(fleet_cfg, attach_urls=tuple(r.server_addresses), router_url=r.router_address)
-        )
-        try:
-            check_attached_servers(cfg, fleet)
-        except BaseException:
-            fleet.shutdown()  # the router it may have started
-            raise
-        return fleet
+        attached = replace(fleet_cfg, attach_urls=tuple(r.server_addresses), router_url=r.router_address)
+        check_attached_servers(cfg, SGLangFleet(replace(attached, router=False)))  # before the router starts
+        return SGLangFleet(attached)
     if torch.cuda.is_available():  # each server on GPUs of its own, after the training ranks of this node
         training_gpus = int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
         per_server = r.gpus_per_server or r.tensor_parallel_size

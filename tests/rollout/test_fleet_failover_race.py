@@ -49,3 +49,37 @@ def test_a_dead_server_is_dropped_once_by_concurrent_checks():
     finally:
         fleet.shutdown()
         alive.shutdown()
+
+
+class _ClosesKeptAliveConnections(_Alive):
+    """HTTP/1.1 with keep-alive; once ``closing`` is set, the next request on a connection that served one before
+    is read and left unanswered, the connection closed: what a server closing an idle connection as a request
+    arrives on it looks like to the client."""
+
+    protocol_version = "HTTP/1.1"
+    closing = threading.Event()
+
+    def setup(self):
+        super().setup()
+        self.served = 0
+
+    def do_GET(self):
+        if self.served and self.closing.is_set():
+            self.close_connection = True
+            return
+        self.served += 1
+        super().do_GET()
+
+
+def test_a_connection_closed_under_the_probe_is_not_a_dead_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ClosesKeptAliveConnections)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    fleet = SGLangFleet(FleetConfig(attach_urls=(url,), router=False, progress=False))
+    try:
+        _ClosesKeptAliveConnections.closing.set()  # the connection the start-up checks left open is closed next
+        assert fleet.check_servers() == [] and [s.url for s in fleet.servers] == [url]
+    finally:
+        _ClosesKeptAliveConnections.closing.clear()
+        fleet.shutdown()
+        server.shutdown()

@@ -129,6 +129,34 @@ def test_without_the_key_nothing_starts(policy):
     assert "Traceback" not in proc.stderr
 
 
+def test_a_router_in_front_of_checked_servers(served, policy):
+    """``--router-for``: servers that run otherwise are refused before the router starts; then a router with the
+    right config, stopped by SIGTERM."""
+    url, _, _ = served
+    env = _env(HAPO_ROLLOUT_API_KEY=KEY)
+    refused = subprocess.run(
+        _serve_cmd(f"model.hf_path={policy}", "model.dtype=bfloat16", "--router-for", url), cwd=REPO_ROOT, env=env,
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "the run needs 'bfloat16' (model.dtype)" in refused.stderr and "router" not in refused.stdout
+
+    port = _free_port()
+    router = subprocess.Popen(
+        _serve_cmd(f"model.hf_path={policy}", "--router-for", url, "--port", str(port)), cwd=REPO_ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        first = router.stdout.readline()
+        assert f"hapo-serve: router http://127.0.0.1:{port} in front of {url}" in first, first
+        assert requests.get(f"http://127.0.0.1:{port}/health", timeout=30).status_code == 200
+        router.send_signal(signal.SIGTERM)
+        assert router.wait(timeout=60) == 0
+    finally:
+        if router.poll() is None:
+            router.kill()
+
+
 def test_sigterm_stops_the_servers(served):
     """Last in the module: it ends the module's server."""
     url, proc, lines = served
