@@ -110,11 +110,11 @@ def test_periodic_evaluation_before_training_and_every_two_steps_and_its_resume(
     assert f"| arith | {100 * best:.2f} | {-step} |" in proc.stdout
 
 
-def test_sigterm_cancels_the_rollout_checkpoints_the_last_step_and_resumes(model, tmp_path):
+def test_sigterm_cancels_the_rollout_and_checkpoints_the_last_step(model, tmp_path):
     """SIGTERM to the trainer's whole process group, as torchrun (os.killpg), Slurm and a terminal's Ctrl-C
     send it, while step 2 generates: the stop cancels that rollout instead of waiting for it (the engine
-    aborts it), saves step 1 and exits 143; the resumed run generates step 2 anew. The engine's scheduler and
-    the scorer workers get the signal too, and must leave it to the trainer (megatron_hapo/stop_signals.py).
+    aborts it), saves step 1 and exits 143. The engine's scheduler and the scorer workers get the signal too,
+    and must leave it to the trainer (megatron_hapo/stop_signals.py).
 
     Random weights (load_weights=false) rarely emit EOS: every response runs to max_new_tokens, and a rollout
     takes 3.5-8 s on 2 cores, against ~1 s of update: a signal 0.5 s after step 1 lands in step 2's rollout."""
@@ -147,18 +147,11 @@ def test_sigterm_cancels_the_rollout_checkpoints_the_last_step_and_resumes(model
     assert cancelled_after, stderr[-6000:]
     assert "training stopped after step 1 on SIGTERM" in stderr
     assert (run_dir / "checkpoints" / "step_1" / "trainer_state.json").is_file()
-    # checkpoint.resume=auto picks the stop's checkpoint up and continues with step 2
-    resumed = subprocess.run(
-        _cmd(*common, "trainer.total_steps=2", "checkpoint.resume=auto"),
-        cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert resumed.returncode == 0, resumed.stderr[-6000:]
-    rows = _rows(run_dir)
-    assert [r["step"] for r in rows] == [1, 2]
-    # the signal came ~0.5 s into step 2's rollout: the engine aborted it there rather than finish it, as the
-    # resumed run did (the same batch, seeded). Measured: cancelled after 0.6-1.1 s; in full 3.5-7.7 s.
-    full = rows[1]["time/rollout_s"]
-    print(f"{cancelled_after[0]}; exited {stopped_s:.1f} s after the signal; step 2 in full: {full:.1f} s")
+    # the signal came ~0.5 s into step 2's rollout: the engine aborted it there rather than finish it. Step 1's
+    # rollout, as long, ran in full (a resume from the stop's checkpoint that generates step 2 anew, and repeats
+    # the uninterrupted run: tests/faults/test_signals.py). Measured: cancelled after 0.6-1.1 s; in full 3.5-8 s.
+    full = rows[0]["time/rollout_s"]
+    print(f"{cancelled_after[0]}; exited {stopped_s:.1f} s after the signal; step 1's rollout: {full:.1f} s")
     assert float(cancelled_after[1]) < 0.5 * full, (cancelled_after[0], full)
 
 

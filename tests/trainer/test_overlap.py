@@ -1,5 +1,6 @@
-"""``rollout.max_staleness=1`` end to end: ``hapo-train`` on the tiny CPU task with a launched one-server
-SGLang fleet (its own processes), the next step's batch generating while this step trains.
+"""``rollout.max_staleness=1`` end to end: ``hapo-train`` on the tiny CPU task with a one-server SGLang fleet
+on "nodes of its own" (the session's ``served_policy``: ``hapo-serve``, attached to by address, checked at
+start-up and synced every step), the next step's batch generating while this step trains.
 
 - the weight-version lag of the trained responses is 0 at step 1 and exactly 1 after;
 - the importance weights compare the sampler's behaviour log-probs with the old-policy pass: they differ
@@ -8,12 +9,11 @@ SGLang fleet (its own processes), the next step's batch generating while this st
 - the completed batch generated ahead is in the checkpoint, and a resumed run repeats the uninterrupted
   one bit for bit (seeded rollouts).
 
-Two fleet starts (~1-3 min each on 2 shared cores)."""
+Two trainer runs on one server (the fleet outlives them, as a fleet of its own does)."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from megatron_hapo.trainer.checkpoint import READY_BATCH_FILE, STATE_FORMAT, unpack_lists
+from tests.fleet_utils import SERVE_CONFIG, SERVE_KEY, serve_env
 from tests.metrics_utils import is_timing
 from tests.torchrun_utils import REPO_ROOT
 
@@ -30,17 +31,17 @@ pytestmark = pytest.mark.slow
 
 STEPS = 4
 COMMON = (
-    "rollout.engine=fleet", "rollout.launch_servers=true", "rollout.num_servers=1",
+    "rollout.engine=fleet", "rollout.num_servers=1",
     "rollout.startup_timeout_s=600", "rollout.request_timeout_s=300", "rollout.max_staleness=1",
     "algorithm.loss.tis_cap=2.0", "data.train_batch_size=4", "data.mini_batch_size=2",
     "data.micro_batch_size=2", "sampling.train.n=8", f"trainer.total_steps={STEPS}",
 )  # fmt: skip
 
 
-def _train(model, run_dir, *overrides):
-    cmd = [sys.executable, "-m", "megatron_hapo.trainer", "--config", "examples/configs/tiny_cpu.yaml",
-           f"model.hf_path={model}", f"trainer.run_dir={run_dir}", *COMMON, *overrides]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS="1", TORCHDYNAMO_DISABLE="1", PYTHONPATH=str(REPO_ROOT))
+def _train(model, served, run_dir, *overrides):
+    cmd = [sys.executable, "-m", "megatron_hapo.trainer", "--config", SERVE_CONFIG, f"model.hf_path={model}",
+           f"trainer.run_dir={run_dir}", f"rollout.server_addresses=[{served.url}]", *COMMON, *overrides]  # fmt: skip
+    env = serve_env(TORCHDYNAMO_DISABLE="1", HAPO_ROLLOUT_API_KEY=SERVE_KEY)
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1200)
     logs = sorted((Path(run_dir) / "fleet_logs").rglob("*.log"))
     assert proc.returncode == 0, proc.stderr[-6000:] + "".join(p.read_text()[-2000:] for p in logs)
@@ -48,9 +49,11 @@ def _train(model, run_dir, *overrides):
 
 
 @pytest.fixture(scope="module")
-def first_run(small_policy, tmp_path_factory):
+def first_run(small_policy, served_policy, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("overlap")
-    rows = _train(small_policy, run_dir, "checkpoint.save_every=2", "checkpoint.keep_last=null")
+    rows = _train(
+        small_policy, served_policy, run_dir, "checkpoint.save_every=2", "checkpoint.keep_last=null"
+    )
     return run_dir, rows
 
 
@@ -79,7 +82,9 @@ def test_importance_weights_use_the_samplers_behaviour_log_probs(first_run):
     assert moved, "no update changed the weights: nothing was tested"
 
 
-def test_the_batch_generated_ahead_is_checkpointed_and_resume_is_exact(first_run, small_policy, tmp_path):
+def test_the_batch_generated_ahead_is_checkpointed_and_resume_is_exact(
+    first_run, small_policy, served_policy, tmp_path
+):
     run_dir, rows = first_run
     step_2 = run_dir / "checkpoints" / "step_2"
     state = json.loads((step_2 / "trainer_state.json").read_text())
@@ -93,7 +98,7 @@ def test_the_batch_generated_ahead_is_checkpointed_and_resume_is_exact(first_run
 
     resumed = tmp_path / "resumed"
     shutil.copytree(run_dir / "checkpoints" / "step_2", resumed / "checkpoints" / "step_2")
-    got = _train(small_policy, resumed, "checkpoint.resume=auto", "checkpoint.save_every=0")
+    got = _train(small_policy, served_policy, resumed, "checkpoint.resume=auto", "checkpoint.save_every=0")
     assert [r["step"] for r in got] == [3, 4]
     for want, row in zip(rows[2:], got, strict=True):
         # the same tokens, rewards and updates; the fleet's log-probs may differ in the last float bits with how
