@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -239,21 +240,38 @@ def attached_server_problems(
 
 def rollout_model_path(cfg: Any, run_dir: str | Path) -> str:
     """The checkpoint the rollout engine starts from: ``model.hf_path``, or with blockwise FP8 rollout an FP8
-    copy of it written once to ``<run_dir>/rollout_fp8_blockwise`` (SGLang's blockwise format). Lead rank only."""
+    copy of it written once to ``<run_dir>/rollout_fp8_blockwise`` (SGLang's blockwise format): by the lead rank,
+    or by ``hapo-serve`` on each rollout node, where several may find it missing at once on a shared file system.
+    Each writes a temporary folder of its own and renames it into place; the first rename wins, and the others
+    remove theirs and serve the winner's (the same bytes: the export is deterministic)."""
     if cfg.rollout.quantization != "fp8" or cfg.rollout.fp8_format != "blockwise":
         return str(cfg.model.hf_path)
     from megatron_hapo.fp8_export.blockwise import export_fp8_blockwise
 
     out = Path(run_dir) / "rollout_fp8_blockwise"
-    if not out.is_dir():  # written under a temporary name, so a complete folder is the only kind found
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        report = export_fp8_blockwise(cfg.model.hf_path, tmp, tp_size=cfg.rollout.tensor_parallel_size)
-        os.replace(tmp, out)
+    if out.is_dir():
+        return str(out)
+    tmp = out.with_name(f"{out.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    report = export_fp8_blockwise(cfg.model.hf_path, tmp, tp_size=cfg.rollout.tensor_parallel_size)
+    try:
+        os.rename(
+            tmp, out
+        )  # onto an existing folder: an error (never a merge), so a complete copy stays whole
+    except OSError:
+        if not out.is_dir():
+            raise
+        shutil.rmtree(tmp)
         logger.info(
-            "blockwise FP8 serving copy of %s: %s (%d linears, %.2f GB)",
-            cfg.model.hf_path, out, report.quantized_linears, report.bytes_out / 1e9,
-        )  # fmt: skip
+            "blockwise FP8 serving copy of %s: %s, written meanwhile by another process",
+            cfg.model.hf_path,
+            out,
+        )
+        return str(out)
+    logger.info(
+        "blockwise FP8 serving copy of %s: %s (%d linears, %.2f GB)",
+        cfg.model.hf_path, out, report.quantized_linears, report.bytes_out / 1e9,
+    )  # fmt: skip
     return str(out)
 
 

@@ -450,3 +450,36 @@ def test_sglang_engine_serves_blockwise_fp8_and_follows_syncs(tmp_path):
         assert [s.response_ids for s in eng.generate(prompts, params)] == [s.response_ids for s in before]
     finally:
         eng.shutdown()
+
+
+def test_the_serving_copy_is_written_once_when_writers_race(tiny_models, tmp_path, monkeypatch):
+    """``rollout_model_path`` with blockwise FP8 rollout: written once, then found. When another writer (hapo-serve
+    on another rollout node, on the shared run directory) renames its copy into place first, this one keeps that
+    copy whole and removes its own temporary folder."""
+    from types import SimpleNamespace
+
+    import megatron_hapo.fp8_export.blockwise as blockwise
+    from megatron_hapo.rollout.serving import rollout_model_path
+
+    src = tiny_models["qwen2"][0]
+    cfg = SimpleNamespace(
+        model=SimpleNamespace(hf_path=str(src)),
+        rollout=SimpleNamespace(quantization="fp8", fp8_format="blockwise", tensor_parallel_size=1),
+    )
+    out = tmp_path / "rollout_fp8_blockwise"
+    real_export = blockwise.export_fp8_blockwise
+
+    def another_writer_first(hf_dir, tmp, **kwargs):
+        report = real_export(hf_dir, tmp, **kwargs)
+        other = real_export(hf_dir, tmp_path / "other", **kwargs)
+        (other.out_dir / "written_by").write_text("the other node")
+        os.rename(other.out_dir, out)
+        return report
+
+    monkeypatch.setattr(blockwise, "export_fp8_blockwise", another_writer_first)
+    assert rollout_model_path(cfg, tmp_path) == str(out)
+    assert (out / "written_by").read_text() == "the other node"  # the winner's copy, not merged into
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rollout_fp8_blockwise"]  # no temporary folder left
+
+    monkeypatch.setattr(blockwise, "export_fp8_blockwise", None)  # found: nothing is written again
+    assert rollout_model_path(cfg, tmp_path) == str(out)
