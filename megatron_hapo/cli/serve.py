@@ -23,6 +23,7 @@ started; a server that dies is reported with its log file, and the command exits
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import socket
 import threading
@@ -68,8 +69,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args) -> int:
-    import os
-
     from megatron_hapo import console
     from megatron_hapo.config import load_config
     from megatron_hapo.rollout.fleet import SGLangFleet
@@ -88,7 +87,7 @@ def _serve(args) -> int:
     console.setup_logging(None)  # the fleet's warnings and errors (a server lost) on the console
     # a blockwise-FP8 rollout's serving copy goes to the run directory, where the trainer looks for it
     base = replace(
-        fleet_config(cfg, run_dir=cfg.trainer.run_dir),
+        fleet_config(cfg, run_dir=cfg.trainer.run_dir, launching=not args.router_for),
         host=host,
         api_key=key,
         log_dir=str(log_dir),
@@ -97,7 +96,7 @@ def _serve(args) -> int:
     if args.router_for:
         urls = tuple(u.strip().rstrip("/") for u in args.router_for.split(",") if u.strip())
         attached = replace(base, attach_urls=urls)
-        check_attached_servers(cfg, SGLangFleet(replace(attached, router=False)))  # before the router starts
+        check_attached_servers(cfg, attached)
         fleet = SGLangFleet(replace(attached, router_port=args.port or 30000))
         print(f"hapo-serve: router {fleet.router.url} in front of {', '.join(urls)}", flush=True)
         print(f"  train with: rollout.router_address={fleet.router.url}", flush=True)

@@ -294,8 +294,7 @@ class SGLangFleet:
 
     def _launch_router(self) -> FleetProcess:
         cfg = self.config
-        port, metrics_port = free_ports(2)
-        port = cfg.router_port or port
+        port, metrics_port = (cfg.router_port, *free_ports(1)) if cfg.router_port else free_ports(2)
         cmd = [
             sys.executable, "-m", "sglang_router.launch_router",
             "--host", cfg.host, "--port", str(port), "--policy", cfg.router_policy,
@@ -354,11 +353,11 @@ class SGLangFleet:
                 dead.append(s)
         return dead
 
-    def _probe(self, url: str, attempts: int = 2) -> int | None:
+    def _probe(self, url: str) -> int | None:
         """The HTTP status of a GET (None: no answer). A failed attempt is retried once on a new connection: the
         server's HTTP front end closes an idle kept-alive connection after 5 s (uvicorn), and a request sent on
         it as it closes fails although the server is up."""
-        for _ in range(attempts):
+        for _ in range(2):
             try:
                 return self._session.get(url, timeout=10).status_code
             except requests.RequestException:

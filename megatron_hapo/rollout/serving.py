@@ -42,13 +42,14 @@ import shutil
 import socket
 import typing
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from megatron_hapo.rollout.types import EngineError
 
 if TYPE_CHECKING:
-    from megatron_hapo.rollout.fleet import FleetConfig, SGLangFleet
+    from megatron_hapo.rollout.fleet import FleetConfig
 
 logger = logging.getLogger(__name__)
 
@@ -255,9 +256,8 @@ def rollout_model_path(cfg: Any, run_dir: str | Path) -> str:
     shutil.rmtree(tmp, ignore_errors=True)
     report = export_fp8_blockwise(cfg.model.hf_path, tmp, tp_size=cfg.rollout.tensor_parallel_size)
     try:
-        os.rename(
-            tmp, out
-        )  # onto an existing folder: an error (never a merge), so a complete copy stays whole
+        # onto an existing folder an error, never a merge: the winner's copy stays whole
+        os.rename(tmp, out)
     except OSError:
         if not out.is_dir():
             raise
@@ -281,9 +281,11 @@ def uses_hapo_sampler(cfg: Any) -> bool:
     return cfg.algorithm.adaptive_temperature.enable or cfg.rollout.seeded_sampling
 
 
-def fleet_config(cfg: Any, run_dir) -> FleetConfig:
+def fleet_config(cfg: Any, run_dir, *, launching: bool = True) -> FleetConfig:
     """The fleet a run launches: its servers' arguments, sampler, seeds, timeouts and key. ``hapo-serve``
-    launches servers from this too, so that a fleet on nodes of its own runs as a launched one would."""
+    launches servers from this too, so that a fleet on nodes of its own runs as a launched one would.
+    ``launching=False``: a fleet that only attaches (hapo-serve's router) needs no model path, so no FP8 serving
+    copy is written for it."""
     import torch
 
     from megatron_hapo.rollout.fleet import FleetConfig
@@ -293,7 +295,7 @@ def fleet_config(cfg: Any, run_dir) -> FleetConfig:
     if torch.cuda.is_available():  # on CPU, cpu_server_args() sizes the KV cache
         args["mem_fraction_static"] = r.mem_fraction
     return FleetConfig(
-        model_path=rollout_model_path(cfg, run_dir),
+        model_path=rollout_model_path(cfg, run_dir) if launching else str(cfg.model.hf_path),
         num_servers=r.num_servers,
         tp_size=r.tensor_parallel_size,
         startup_timeout_s=r.startup_timeout_s,
@@ -311,10 +313,14 @@ def fleet_config(cfg: Any, run_dir) -> FleetConfig:
     )
 
 
-def check_attached_servers(cfg: Any, fleet: SGLangFleet) -> None:
-    """Refuse servers that run otherwise than this config would launch them (another dtype, TP size,
-    quantisation, model overrides or ``rollout.server_args``): they would serve another model or precision
-    than the trainer assumes, with no error until the numbers drift."""
+def check_attached_servers(cfg: Any, attached: FleetConfig) -> None:
+    """Refuse the servers ``attached`` names (its ``attach_urls``, or its router's workers) when they run otherwise
+    than ``cfg`` would launch them (another dtype, TP size, quantisation, model overrides or
+    ``rollout.server_args``): they would serve another model or precision than the trainer assumes, with no error
+    until the numbers drift. Call it before the fleet that starts a router in front of them."""
+    from megatron_hapo.rollout.fleet import SGLangFleet
+
+    fleet = SGLangFleet(replace(attached, router=False))  # attaches: launches nothing
     urls = [s.url for s in fleet.servers]
     problems = attached_server_problems(required_server_settings(cfg), fleet.server_settings(), urls)
     if problems:

@@ -103,7 +103,7 @@ def _fleet_engine(cfg: RootConfig, run_dir) -> SGLangFleet:
     fleet_cfg = fleet_config(cfg, run_dir)
     if not r.launch_servers:
         attached = replace(fleet_cfg, attach_urls=tuple(r.server_addresses), router_url=r.router_address)
-        check_attached_servers(cfg, SGLangFleet(replace(attached, router=False)))  # before the router starts
+        check_attached_servers(cfg, attached)
         return SGLangFleet(attached)
     if torch.cuda.is_available():  # each server on GPUs of its own, after the training ranks of this node
         training_gpus = int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
