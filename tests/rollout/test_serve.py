@@ -78,13 +78,13 @@ def test_without_the_key_nothing_starts(small_policy):
     assert "Traceback" not in proc.stderr
 
 
-def test_a_router_in_front_of_checked_servers(served_policy, small_policy):
+def test_a_router_in_front_of_checked_servers(served_policy, small_policy, tmp_path):
     """``--router-for``: servers that run otherwise are refused before the router starts; then a router with the
     right config, stopped by SIGTERM."""
     url = served_policy.url
     env = serve_env(HAPO_ROLLOUT_API_KEY=SERVE_KEY)
     refused = subprocess.run(
-        serve_cmd(small_policy, "model.dtype=bfloat16", "--router-for", url), cwd=REPO_ROOT, env=env,
+        serve_cmd(small_policy, "model.dtype=bfloat16", "--router-for", url, "--log-dir", str(tmp_path)), cwd=REPO_ROOT, env=env,
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert refused.returncode == 1, refused.stdout + refused.stderr
@@ -92,7 +92,7 @@ def test_a_router_in_front_of_checked_servers(served_policy, small_policy):
 
     port = free_ports(1)[0]
     router = subprocess.Popen(
-        serve_cmd(small_policy, "--router-for", url, "--port", str(port)), cwd=REPO_ROOT, env=env,
+        serve_cmd(small_policy, "--router-for", url, "--port", str(port), "--log-dir", str(tmp_path)), cwd=REPO_ROOT, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
