@@ -244,16 +244,17 @@ def rollout_model_path(cfg: Any, run_dir: str | Path) -> str:
     copy of it written once to ``<run_dir>/rollout_fp8_blockwise`` (SGLang's blockwise format): by the lead rank,
     or by ``hapo-serve`` on each rollout node, where several may find it missing at once on a shared file system.
     Each writes a temporary folder of its own and renames it into place; the first rename wins, and the others
-    remove theirs and serve the winner's (the same bytes: the export is deterministic)."""
+    remove theirs and serve the winner's (the same bytes: the export is deterministic). A temporary folder that a
+    killed writer on this host left is removed."""
     if cfg.rollout.quantization != "fp8" or cfg.rollout.fp8_format != "blockwise":
         return str(cfg.model.hf_path)
     from megatron_hapo.fp8_export.blockwise import export_fp8_blockwise
 
     out = Path(run_dir) / "rollout_fp8_blockwise"
+    _remove_dead_writers_copies(out)
     if out.is_dir():
         return str(out)
     tmp = out.with_name(f"{out.name}.tmp-{socket.gethostname()}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     report = export_fp8_blockwise(cfg.model.hf_path, tmp, tp_size=cfg.rollout.tensor_parallel_size)
     try:
         # onto an existing folder an error, never a merge: the winner's copy stays whole
@@ -273,6 +274,29 @@ def rollout_model_path(cfg: Any, run_dir: str | Path) -> str:
         cfg.model.hf_path, out, report.quantized_linears, report.bytes_out / 1e9,
     )  # fmt: skip
     return str(out)
+
+
+def _remove_dead_writers_copies(out: Path) -> None:
+    """Remove the temporary folders (``<out>.tmp-<host>-<pid>``) that writers on this host left when they were
+    killed mid-export: a model-sized copy each, never renamed into place. Only this host's, and only those whose
+    process is gone (a live writer's folder stays, and another host's processes cannot be checked from here)."""
+    prefix = f"{out.name}.tmp-{socket.gethostname()}-"
+    for tmp in out.parent.glob(f"{prefix}*"):
+        pid = tmp.name.removeprefix(prefix)  # not digits: another host whose name extends this one's
+        if not pid.isdigit() or (int(pid) != os.getpid() and _process_alive(int(pid))):
+            continue
+        shutil.rmtree(tmp, ignore_errors=True)
+        logger.info("removed %s, an unfinished FP8 serving copy left by process %s on this host", tmp, pid)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def uses_hapo_sampler(cfg: Any) -> bool:

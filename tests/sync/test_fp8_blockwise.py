@@ -483,3 +483,35 @@ def test_the_serving_copy_is_written_once_when_writers_race(tiny_models, tmp_pat
 
     monkeypatch.setattr(blockwise, "export_fp8_blockwise", None)  # found: nothing is written again
     assert rollout_model_path(cfg, tmp_path) == str(out)
+
+
+def test_copies_left_by_killed_writers_on_this_host_are_removed(tmp_path):
+    """A writer killed mid-export leaves ``rollout_fp8_blockwise.tmp-<host>-<pid>`` (a model-sized folder). The next
+    call removes this host's folders whose process is gone; a live writer's and another host's stay."""
+    import socket
+    from types import SimpleNamespace
+
+    from megatron_hapo.rollout.serving import rollout_model_path
+
+    out = tmp_path / "rollout_fp8_blockwise"
+    out.mkdir()  # the copy itself exists already: nothing is exported
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    host = socket.gethostname()
+    left = {
+        "dead": tmp_path / f"{out.name}.tmp-{host}-{int(dead.stdout)}",
+        "live": tmp_path / f"{out.name}.tmp-{host}-{os.getppid()}",
+        "other host": tmp_path / f"{out.name}.tmp-not-{host}-{int(dead.stdout)}",
+        "a longer host name": tmp_path / f"{out.name}.tmp-{host}-2-{int(dead.stdout)}",
+    }
+    for folder in left.values():
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"partial")
+    cfg = SimpleNamespace(
+        model=SimpleNamespace(hf_path="unused"),
+        rollout=SimpleNamespace(quantization="fp8", fp8_format="blockwise", tensor_parallel_size=1),
+    )
+    assert rollout_model_path(cfg, tmp_path) == str(out)
+    assert not left["dead"].exists()
+    assert all(left[kept].is_dir() for kept in ("live", "other host", "a longer host name"))
