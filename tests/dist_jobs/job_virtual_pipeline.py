@@ -93,15 +93,16 @@ def step(cfg, policy, seed):
     return (metrics, per_response, params), exported
 
 
-def global_params(policy):
-    """Every parameter of the model by global name, gathered over the pipeline stages."""
+def global_params(policy, group=None):
+    """Every parameter of the model by global name, gathered over ``group`` (default: the pipeline stages)."""
     from megatron.core import parallel_state as ps
 
     from megatron_hapo.models.params import as_chunks, named_global_parameters
 
+    group = group or ps.get_pipeline_model_parallel_group()
     mine = {n: p.detach().clone() for c in as_chunks(policy.chunks) for n, p in named_global_parameters(c)}
-    parts = [None] * ps.get_pipeline_model_parallel_world_size()
-    dist.all_gather_object(parts, mine, group=ps.get_pipeline_model_parallel_group())
+    parts = [None] * dist.get_world_size(group)
+    dist.all_gather_object(parts, mine, group=group)
     return {n: t for part in parts for n, t in part.items()}
 
 
