@@ -17,13 +17,17 @@ those maxima *with the step of each*, so that the choice is visible rather than 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from megatron_hapo.data import RowKeys
 from megatron_hapo.eval.benchmarks import Benchmark, load_benchmarks
+from megatron_hapo.eval.journal import JournalMismatch
 from megatron_hapo.eval.runner import EvalResult, evaluate
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from megatron_hapo.config.schema import RootConfig
@@ -103,6 +107,7 @@ class Evaluator:
         self.scorer = scorer
         self.eval_kwargs = eval_kwargs
         self.history = EvalHistory()
+        self.journal_dir: Path | None = None
 
     @classmethod
     def from_config(
@@ -146,10 +151,14 @@ class Evaluator:
             seed=cfg.trainer.seed if cfg.rollout.seeded_sampling else None,
         )
 
-    def record_to(self, path: str | Path) -> None:
+    def record_to(self, path: str | Path, journal_dir: str | Path | None = None) -> None:
         """Continue the history written to ``path`` (a resumed run's ``eval_history.jsonl``, already cut back to
-        its checkpoint's step) and append every later evaluation to it."""
+        its checkpoint's step) and append every later evaluation to it. ``journal_dir``: each evaluation keeps its
+        scored answers in ``<journal_dir>/step_<N>.jsonl`` as they come (:mod:`megatron_hapo.eval.journal`), so
+        that one a stop or a crash interrupted continues where it stopped (:meth:`pending`); journals of steps
+        after the resume's are the caller's to remove (:func:`drop_journals_after`)."""
         self.history = EvalHistory.continued(path)
+        self.journal_dir = None if journal_dir is None else Path(journal_dir)
 
     def due(self, step: int) -> bool:
         """Whether to evaluate after ``step`` (step 0 = before training)."""
@@ -157,10 +166,43 @@ class Evaluator:
             return self.before_train
         return self.every > 0 and step % self.every == 0
 
+    def pending(self, step: int) -> bool:
+        """Due after ``step`` and not in the history: at a resume from step N's checkpoint, the evaluation of
+        step N that a stop cancelled or a failure ended (the engine serves step N's weights again)."""
+        return self.due(step) and all(s != step for s, _ in self.history.results)
+
     def run(self, engine: RolloutEngine, step: int) -> EvalResult:
         """Evaluate now (whatever the schedule) and record the result under ``step``."""
-        result = evaluate(
-            engine, self.tokenizer, self.benchmarks, scorer=self.scorer, step=step, **self.eval_kwargs
-        )
+        journal = None if self.journal_dir is None else journal_path(self.journal_dir, step)
+        try:
+            result = self._evaluate(engine, step, journal)
+        except JournalMismatch as e:  # written under other eval settings: its answers are of no use now
+            logger.warning(
+                "step %d's evaluation starts over: its answer journal is of other settings (%s)", step, e
+            )
+            journal.unlink()
+            result = self._evaluate(engine, step, journal)
         self.history.add(step, result)
         return result
+
+    def _evaluate(self, engine: RolloutEngine, step: int, journal: Path | None) -> EvalResult:
+        return evaluate(
+            engine, self.tokenizer, self.benchmarks, scorer=self.scorer, step=step, journal=journal,
+            **self.eval_kwargs,
+        )  # fmt: skip
+
+
+def journal_path(journal_dir: str | Path, step: int) -> Path:
+    """The answer journal of the evaluation after ``step``."""
+    return Path(journal_dir) / f"step_{step}.jsonl"
+
+
+def drop_journals_after(journal_dir: str | Path, resume_step: int) -> list[Path]:
+    """Remove the answer journals that a run resuming after ``resume_step`` must not continue: those of later
+    steps (the interrupted attempt's weights, which a resumed run does not repeat exactly on GPUs), or all of them
+    on a fresh start (``resume_step`` 0: step 0's may be of another model). Returns the removed files."""
+    steps = {p: p.stem.removeprefix("step_") for p in sorted(Path(journal_dir).glob("step_*.jsonl"))}
+    dropped = [p for p, n in steps.items() if n.isdigit() and (not resume_step or int(n) > resume_step)]
+    for p in dropped:
+        p.unlink()
+    return dropped

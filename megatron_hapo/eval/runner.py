@@ -342,9 +342,12 @@ def evaluate(
             EvalSettings(k, temperature, top_p, top_k, max_new_tokens, tuple(stop), model, seed=seed)
         )
         answers = AnswerJournal(journal, {**settings, "keep_samples": keep_samples}, loaded)
-        if len(answers) and progress is not None:
+        if len(answers):
             total = sum(len(b.prompts) for b in loaded)
-            progress(f"resuming: {len(answers)} of {total} prompts already answered ({answers.path})")
+            line = f"resuming: {len(answers)} of {total} prompts already answered ({answers.path})"
+            logger.info("%s", line)
+            if progress is not None:
+                progress(line)
     t0 = time.monotonic()
     metrics: dict[str, BenchmarkMetrics] = {}
     samples: dict[str, list[dict[str, Any]]] = {}

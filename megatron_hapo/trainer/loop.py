@@ -209,8 +209,13 @@ def _run_steps(run: Run, plan: ResumePlan, stop: StopRequest) -> int:
     """Steps from the plan's checkpoint to the end or to an agreed stop; returns the last completed step."""
     stop.on_stop(run.rollout.cancel)  # a stop cancels the rollout in progress rather than wait for it
     state = resume(run, plan)
-    if state.step == 0 and (m := eval_metrics(run, 0)):  # eval.before_train
-        run.logger.log(0, m)
+    # eval.before_train, or the evaluation of the checkpoint's step that a stop or a failure cut short
+    if (
+        run.evaluator is not None
+        and run.evaluator.pending(state.step)
+        and (m := eval_metrics(run, state.step))
+    ):
+        run.logger.log(state.step, m)
     run.rollout.agree_on_failure()  # that evaluation's, on the lead
     stopping = stop.agreed(state.step)  # a signal during start-up: the last completed step is saved already
     saved = state.step
@@ -273,7 +278,7 @@ def eval_metrics(run: Run, step: int) -> dict[str, float]:
         result = ev.run(run.rollout.engine, step)
     except RolloutCancelled:
         logger.warning(
-            "the stop cancelled the evaluation after step %d; its checkpoint can be evaluated with hapo-eval",
+            "the stop cancelled the evaluation after step %d; a resume from that step's checkpoint continues it",
             step,
         )
         return {}

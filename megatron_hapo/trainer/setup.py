@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # built in build_run (Megatron, SGLang: heavy imports)
 logger = logging.getLogger(__name__)
 
 EVAL_HISTORY = "eval_history.jsonl"  # in the run directory: one line per evaluation (eval/periodic.py)
+EVAL_ANSWERS = "eval_answers"  # in the run directory: each evaluation's scored answers, step_<N>.jsonl
 
 
 @dataclass
@@ -124,7 +125,7 @@ def build_run(cfg: RootConfig, plan: ResumePlan | None = None) -> Run:
     from transformers import AutoTokenizer
 
     from megatron_hapo.data import PromptDataset, PromptOrder
-    from megatron_hapo.eval import Evaluator
+    from megatron_hapo.eval import Evaluator, drop_journals_after
     from megatron_hapo.rewards import ScorerPool
     from megatron_hapo.rollout.serving import rollout_model_path
     from megatron_hapo.sync import make_synchronizer
@@ -161,7 +162,8 @@ def build_run(cfg: RootConfig, plan: ResumePlan | None = None) -> Run:
     if evaluator is not None:
         if resume_step is not None:  # like metrics.jsonl: the interrupted attempt's later evaluations go
             truncate_step_rows(run_dir / EVAL_HISTORY, resume_step)
-        evaluator.record_to(run_dir / EVAL_HISTORY)
+            drop_journals_after(run_dir / EVAL_ANSWERS, resume_step)
+        evaluator.record_to(run_dir / EVAL_HISTORY, run_dir / EVAL_ANSWERS)
     run_logger = RunLogger(run_dir, cfg, lead=lead, resume_step=resume_step, total_steps=total)
     wait_for_lead()  # its engine start (up to rollout.startup_timeout_s)
     return Run(

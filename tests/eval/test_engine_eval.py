@@ -212,6 +212,45 @@ def test_trainer_evaluator_from_config(engine, tokenizer, bench_files):
     assert Evaluator.from_config(cfg, tokenizer).run(engine, 4).settings.seed == 11
 
 
+def test_the_trainers_evaluation_continues_its_journal_after_a_resume(
+    engine, tokenizer, bench_files, tmp_path, caplog
+):
+    """The trainer's ``Evaluator`` with a run directory's journals (``record_to``): an evaluation cut short after
+    its first benchmark is pending at the resume from that step's checkpoint; the resumed attempt's evaluator
+    generates only the second benchmark and records what an uninterrupted evaluation records (seeded). Journals of
+    steps after the resume's go (:func:`drop_journals_after`); one of other settings starts over, saying so."""
+    from megatron_hapo.config.schema import RootConfig
+    from megatron_hapo.eval import drop_journals_after
+
+    cfg = RootConfig()
+    cfg.eval.benchmarks = [str(p) for p in bench_files.values()]
+    cfg.eval.every, cfg.eval.max_new_tokens, cfg.sampling.val.n = 2, MAX_NEW, K
+    cfg.rollout.seeded_sampling = True
+    whole = Evaluator.from_config(cfg, tokenizer).run(engine, 2)
+    history, answers = tmp_path / "eval_history.jsonl", tmp_path / "eval_answers"
+
+    interrupted = Evaluator.from_config(cfg, tokenizer)
+    interrupted.record_to(history, answers)
+    with pytest.raises(RuntimeError, match="engine lost"):
+        interrupted.run(_Flaky(engine, fail_at=2), 2)  # one generate call per benchmark: the second fails
+    resumed, resuming = Evaluator.from_config(cfg, tokenizer), _Flaky(engine)
+    resumed.record_to(history, answers)
+    assert resumed.pending(2) and not resumed.pending(3) and not resumed.pending(1)
+    result = resumed.run(resuming, 2)
+    assert resuming.calls == [8]  # the second benchmark's 8 prompts only
+    assert result.metrics() | {"eval/wall_s": 0} == whole.metrics() | {"eval/wall_s": 0}
+    assert not resumed.pending(2) and [s for s, _ in resumed.history.results] == [2]
+
+    (answers / "step_4.jsonl").write_text("{}\n")
+    assert drop_journals_after(answers, 2) == [answers / "step_4.jsonl"]  # step 2's stays
+    cfg.sampling.val.temperature = 0.9
+    other = Evaluator.from_config(cfg, tokenizer)
+    other.record_to(tmp_path / "other_history.jsonl", answers)
+    assert other.run(engine, 2).settings.temperature == 0.9
+    assert "step 2's evaluation starts over: its answer journal is of other settings" in caplog.text
+    assert drop_journals_after(answers, 0) == [answers / "step_2.jsonl"]  # a fresh start: none kept
+
+
 class _Borrowed:
     """The module's engine, lent to the command line, which shuts down what it starts."""
 

@@ -72,16 +72,18 @@ def _history(run_dir: Path) -> list[tuple[int, dict]]:
 
 
 def test_periodic_evaluation_before_training_and_every_two_steps_and_its_resume(model, benchmark, tmp_path):
-    """Evaluations at steps 0, 2, 4 of 5 (checkpoints at 3 and 5). Then the run's copy without its last
-    checkpoint is resumed from step 3: it drops the interrupted attempt's step-4 evaluation and repeats it
-    exactly (seeded evaluation, rollout.seeded_sampling), keeps the earlier ones in eval_history.jsonl and
-    reports the best over all of them."""
+    """Evaluations at steps 0, 2, 4 of 5 (checkpoints at 2, 4 and 5), each one's answers journaled in
+    eval_answers/. Then the run's copy is made into one that a stop ended during step 2's evaluation: no later
+    checkpoint, step 2's evaluation not recorded, its journal holding one of the 4 prompts. The resume from step 2
+    first finishes that evaluation from the journal (the other 3 prompts), then drops the interrupted attempt's
+    step-4 evaluation and its journal and repeats it: every evaluation and every training row as the uninterrupted
+    run had them (seeded evaluation, rollout.seeded_sampling), and the best over all of them reported."""
     run_dir = tmp_path / "run"
     # T 1 and top-p 1: unseeded, the repeated evaluation would draw other answers (the warm policy is confident)
     evals = (f"model.hf_path={model}", "trainer.total_steps=5", f"eval.benchmarks=[{benchmark}]",
              "eval.every=2", "eval.before_train=true", "sampling.val.n=2",
              "sampling.val.temperature=1.0", "sampling.val.top_p=1.0")  # fmt: skip
-    proc = _run(run_dir, *evals, "checkpoint.save_every=3", "checkpoint.keep_last=2")
+    proc = _run(run_dir, *evals, "checkpoint.save_every=2", "checkpoint.keep_last=null")
     rows = _rows(run_dir)
     assert [r["step"] for r in rows] == [0, 1, 2, 3, 4, 5]  # step 0: the evaluation before training
     evaluated = [r["step"] for r in rows if "eval/arith/avg@2" in r]
@@ -94,18 +96,37 @@ def test_periodic_evaluation_before_training_and_every_two_steps_and_its_resume(
     assert [step for step, _ in history] == [0, 2, 4]
     assert all(result["settings"]["seed"] == 42 for _, result in history)  # trainer.seed (base.yaml)
     assert "best evaluation so far" in proc.stdout and "| arith |" in proc.stdout
+    answers = run_dir / "eval_answers"
+    assert sorted(p.name for p in answers.iterdir()) == ["step_0.jsonl", "step_2.jsonl", "step_4.jsonl"]
 
     resumed = tmp_path / "resumed"
     shutil.copytree(run_dir, resumed)
-    shutil.rmtree(resumed / "checkpoints" / "step_5")  # stopped after step 5's rows, before its checkpoint
+    for step in (4, 5):  # stopped during step 2's evaluation: step 2's checkpoint is the last
+        shutil.rmtree(resumed / "checkpoints" / f"step_{step}")
+    lines = (resumed / "eval_history.jsonl").read_text().splitlines()
+    (resumed / "eval_history.jsonl").write_text("\n".join(lines[:1]) + "\n")  # step 0's only
+    interrupted = [
+        {k: v for k, v in r.items() if not k.startswith("eval/")} if r["step"] == 2 else r for r in rows
+    ]
+    (resumed / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in interrupted))
+    journal = resumed / "eval_answers" / "step_2.jsonl"
+    journal.write_text("\n".join(journal.read_text().splitlines()[:2]) + "\n")  # the header and one prompt
     proc = _run(resumed, *evals, "checkpoint.resume=auto")
+    assert (
+        f"resuming: 1 of 4 prompts already answered ({journal})"
+        in (resumed / "logs" / "rank0.log").read_text()
+    )
     again = _rows(resumed)
-    assert [r["step"] for r in again] == [0, 1, 2, 3, 4, 5]
-    for want, got in zip(rows, again, strict=True):
+    assert [r["step"] for r in again] == [0, 1, 2, 2, 3, 4, 5]  # step 2's training row, then its evaluation
+    assert again[3] == {"step": 2, **{k: v for k, v in rows[2].items() if k.startswith("eval/")}} | {
+        "eval/wall_s": again[3]["eval/wall_s"]
+    }
+    for want, got in zip(rows, again[:3] + again[4:], strict=True):
         differing = {k: (v, got.get(k)) for k, v in want.items() if not is_timing(k) and got.get(k) != v}
+        differing = {k: d for k, d in differing.items() if not (want["step"] == 2 and k.startswith("eval/"))}
         assert not differing, (want["step"], differing)
     assert _history(resumed) == history
-    # the best over the three evaluations, two of them from the first attempt
+    # the best over the three evaluations, one of them from the first attempt
     best, step = max((r["benchmarks"]["arith"]["avg_at_k"], -step) for step, r in history)
     assert f"| arith | {100 * best:.2f} | {-step} |" in proc.stdout
 
