@@ -111,6 +111,18 @@ def same_export(a, b):
     return max(rel(a[n], b[n], floor=LR) for n in a)
 
 
+def loaded_problem(name, got, want):
+    """Log how far the parameters a checkpoint loaded (``got``) are from those it was written with; the failure
+    message when they are not the same, or None."""
+    worst = max(rel(got[n], want[n], floor=LR) for n in want)
+    log(f"checkpoint {name}: params {worst:.1e}")
+    return (
+        f"a checkpoint {name} holds other parameters ({worst})"
+        if got.keys() != want.keys() or worst > 0
+        else None
+    )
+
+
 def compare_steps(name, got, ref, tol):
     """Log how far step ``got`` (``step``'s result) is from ``ref``; the failure message, or None."""
     (got, got_export), (ref, ref_export) = got, ref
@@ -161,10 +173,7 @@ def main():
         ("written at VP=2, loaded at plain PP=2", loaded, runs["vp", "fixed"][0][2]),
         ("written at plain PP=2, loaded at VP=2", loaded_back, runs["plain", "next"][0][2]),
     ):
-        worst_load = max(rel(got[n], want[n], floor=LR) for n in want)
-        log(f"checkpoint {name}: params {worst_load:.1e}")
-        if got.keys() != want.keys() or worst_load > 0:
-            failures.append(f"a checkpoint {name} holds other parameters ({worst_load})")
+        failures += [problem] if (problem := loaded_problem(name, got, want)) else []
     for v in (*VARIANTS, "next"):
         failure = compare_steps(f"{v}: VP=2 vs plain PP=2", runs["vp", v], runs["plain", v], REL_TOL)
         failures += [failure] if failure else []
