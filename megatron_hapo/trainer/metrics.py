@@ -37,6 +37,8 @@ CONSOLE_COLUMNS = (
     ("time/step_s", "step_s", "{:>6.1f}"),
     ("eta", "eta", "{:>8}"),  # console only: a forecast, not a measurement (RunLogger.log)
 )
+# a row with none of these is an evaluation's alone (before training, or one a resume finished): no table line
+_TRAINING_COLUMNS = tuple(key for key, _, _ in CONSOLE_COLUMNS if key not in ("step", "eta"))
 # the ETA: the steps left times the mean wall time between the last ETA_WINDOW + 1 rows, so that evaluations
 # and checkpoint saves count (time/step_s leaves them out); a slower phase moves it for a while only
 ETA_WINDOW = 10
@@ -193,7 +195,8 @@ class RunLogger:
             self._step_times.append(row["time/step_s"])
         if step > 0:
             self._last_row = (step, now)
-        if self.stdout_every and step % self.stdout_every == 0:
+        evaluation = format_eval(row)
+        if self.stdout_every and step % self.stdout_every == 0 and any(k in row for k in _TRAINING_COLUMNS):
             if not self._header_printed:
                 print(format_header(), flush=True)
                 self._header_printed = True
@@ -202,6 +205,8 @@ class RunLogger:
                 left = max(self.total_steps - step, 0) * sum(self._step_times) / len(self._step_times)
                 eta = {"eta": format_duration(left)}
             print(format_row({**row, **eta}), flush=True)
+        if evaluation is not None:  # every evaluation, whatever stdout_every: they are few and long
+            print(evaluation, flush=True)
 
     def close(self) -> None:
         if self._jsonl is not None:
@@ -242,6 +247,20 @@ def format_row(row: dict) -> str:
         v = row.get(key)
         cells.append(fmt.format(v) if isinstance(v, (int, float, str)) else "-".rjust(len(fmt.format(0))))
     return " ".join(cells)
+
+
+def format_eval(row: dict) -> str | None:
+    """The console line of an evaluation in ``row`` (a metrics row), or None when it holds none:
+    ``eval after step 2: avg@8 0.438 (AIME24 0.375, MATH500 0.500)`` (the mean over benchmarks, then each)."""
+    means = [k for k in row if k.startswith("eval/avg@")]
+    if not means:
+        return None
+    at = means[0].removeprefix("eval/")
+    each = [
+        f"{k.split('/')[1]} {v:.3f}" for k, v in row.items() if k.count("/") == 2 and k.endswith(f"/{at}")
+    ]
+    when = "before training" if row["step"] == 0 else f"after step {row['step']}"
+    return f"eval {when}: {at} {row[means[0]]:.3f} ({', '.join(each)})"
 
 
 def format_duration(seconds: float) -> str:

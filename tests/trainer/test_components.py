@@ -419,6 +419,31 @@ def test_console_eta_follows_the_recent_wall_time_per_step(tmp_path, capsys, mon
     assert not list(tmp_path.iterdir())  # console only: every file sink was off
 
 
+def test_console_prints_each_evaluation_on_a_line_of_its_own(tmp_path, capsys):
+    """The table has no column for evaluations: each gets a line with the mean avg@k and each benchmark's, after its
+    step's line; a row holding only an evaluation (before training, or one a resume finished) prints that line alone,
+    and an evaluation is printed even on a step that ``logging.stdout_every`` leaves out of the table."""
+    cfg = load_config(
+        CONFIG, ["logging.jsonl=false", "logging.tensorboard=false", "logging.plots=false", "logging.stdout_every=2"],
+        world_size=1, check_env=False,
+    )  # fmt: skip
+    log = RunLogger(tmp_path, cfg, lead=True, total_steps=4)
+    evaluation = {
+        "eval/avg@8": 0.4375,
+        "eval/aime/avg@8": 0.375,
+        "eval/aime/pass@8": 0.9,
+        "eval/math/avg@8": 0.5,
+    }
+    log.log(0, evaluation)
+    log.log(1, {"reward/mean": 0.5, **evaluation})
+    log.log(2, {"reward/mean": 0.25, **evaluation})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "eval before training: avg@8 0.438 (aime 0.375, math 0.500)"
+    assert lines[1] == "eval after step 1: avg@8 0.438 (aime 0.375, math 0.500)"  # step 1: not a table row
+    assert lines[2].split()[:2] == ["step", "reward"] and lines[3].split()[:2] == ["2", "0.250"]
+    assert lines[4].startswith("eval after step 2: avg@8") and len(lines) == 5
+
+
 def test_close_run_stops_the_scorer_pool_before_the_engine():
     """SGLang's own engine shutdown SIGKILLs every child of the process, the pool's workers too (ours keeps to
     the engine's processes: tests/rollout/test_inprocess_and_sync.py): the pool is stopped first, the engine

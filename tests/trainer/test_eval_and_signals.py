@@ -96,6 +96,9 @@ def test_periodic_evaluation_before_training_and_every_two_steps_and_its_resume(
     assert [step for step, _ in history] == [0, 2, 4]
     assert all(result["settings"]["seed"] == 42 for _, result in history)  # trainer.seed (base.yaml)
     assert "best evaluation so far" in proc.stdout and "| arith |" in proc.stdout
+    assert (
+        f"eval after step 2: avg@2 {rows[2]['eval/avg@2']:.3f} (arith " in proc.stdout
+    )  # the console's line
     answers = run_dir / "eval_answers"
     assert sorted(p.name for p in answers.iterdir()) == ["step_0.jsonl", "step_2.jsonl", "step_4.jsonl"]
 
@@ -116,6 +119,9 @@ def test_periodic_evaluation_before_training_and_every_two_steps_and_its_resume(
         f"resuming: 1 of 4 prompts already answered ({journal})"
         in (resumed / "logs" / "rank0.log").read_text()
     )
+    printed = proc.stdout.splitlines()
+    finished = printed.index(next(line for line in printed if line.startswith("eval after step 2: avg@2")))
+    assert printed[finished + 1].split()[:2] == ["step", "reward"]  # the finished evaluation, then the table
     again = _rows(resumed)
     assert [r["step"] for r in again] == [0, 1, 2, 2, 3, 4, 5]  # step 2's training row, then its evaluation
     assert again[3] == {"step": 2, **{k: v for k, v in rows[2].items() if k.startswith("eval/")}} | {
