@@ -81,8 +81,8 @@ def small_policy(tmp_path_factory):
 @pytest.fixture(scope="session")
 def served_policy(small_policy, tmp_path_factory):
     """``hapo-serve`` serving ``small_policy`` on the tiny config, one server, as a rollout node runs it: attached to
-    by tests/rollout/test_serve.py and by the trainer runs of tests/trainer/test_overlap.py (one server start for
-    both). Idle between them (sleep on idle). Its teardown stops it by SIGTERM and checks it stopped cleanly."""
+    by tests/rollout/test_serve.py, by tests/trainer/test_over_sampling.py's rollout stage and by the trainer runs of
+    tests/trainer/test_overlap.py (one server start for all three). Idle between them (sleep on idle). Its teardown stops it by SIGTERM and checks it stopped cleanly."""
     from megatron_hapo.rollout.fleet import free_ports
     from tests.fleet_utils import start_hapo_serve, stop_hapo_serve
 

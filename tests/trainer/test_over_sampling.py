@@ -1,9 +1,8 @@
 """Dynamic sampling by over-sampling (``algorithm.dynamic_sampling.over_sample``) on the real rollout stage:
-a launched one-server SGLang fleet on CPU, the SFT-warmed tiny policy, the bundled task's prompts and the
-real scorer pool. The step's batch has exactly ``train_batch_size`` mixed groups, none of them aborted, and
-a step that cannot be filled within the bound fails with an error naming it.
-
-One server start (~30-60 s on 2 cores) for the module."""
+a one-server SGLang fleet on CPU (the session's ``served_policy``, attached to by address), the SFT-warmed tiny
+policy, the bundled task's prompts and the real scorer pool. The step's batch has exactly ``train_batch_size``
+mixed groups, none of them aborted, and a step that cannot be filled within the bound fails with an error naming
+it."""
 
 from __future__ import annotations
 
@@ -17,6 +16,7 @@ from megatron_hapo.config import load_config
 from megatron_hapo.data import PromptDataset, PromptOrder
 from megatron_hapo.rewards import ScorerPool
 from megatron_hapo.trainer.rollout_stage import DynamicSamplingError, RolloutStage, make_engine
+from tests.fleet_utils import SERVE_CONFIG, SERVE_KEY
 from tests.torchrun_utils import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -24,11 +24,11 @@ pytestmark = pytest.mark.slow
 WANT, N = 4, 4
 
 
-def _cfg(model, *extra):
+def _cfg(model, url, *extra):
     return load_config(
-        REPO_ROOT / "examples/configs/tiny_cpu.yaml",
+        REPO_ROOT / SERVE_CONFIG,
         [
-            f"model.hf_path={model}", "rollout.engine=fleet", "rollout.launch_servers=true",
+            f"model.hf_path={model}", "rollout.engine=fleet", f"rollout.server_addresses=[{url}]",
             "rollout.num_servers=1", "rollout.startup_timeout_s=400", "rollout.request_timeout_s=300",
             "algorithm.dynamic_sampling.enable=true", "algorithm.dynamic_sampling.over_sample=2",
             "algorithm.adaptive_temperature.enable=false", f"data.train_batch_size={WANT}",
@@ -39,12 +39,15 @@ def _cfg(model, *extra):
 
 
 @pytest.fixture(scope="module")
-def parts(small_policy, tmp_path_factory):
-    cfg = _cfg(small_policy)
+def parts(small_policy, served_policy, tmp_path_factory):
+    cfg = _cfg(small_policy, served_policy.url)
     tokenizer = AutoTokenizer.from_pretrained(small_policy)
     dataset = PromptDataset.from_config(cfg.data, tokenizer, scorer=cfg.reward.scorer)
     scorer = ScorerPool.from_config(cfg.reward)
-    engine = make_engine(cfg, tmp_path_factory.mktemp("run"))
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("HAPO_ROLLOUT_API_KEY", SERVE_KEY)  # rollout.api_key_env: the served fleet's key
+        engine = make_engine(cfg, tmp_path_factory.mktemp("run"))
+    engine.update_weights_from_disk(str(small_policy))  # whatever weights the tests before it synced there
     yield cfg, tokenizer, dataset, scorer, engine
     engine.shutdown()
     scorer.close()
