@@ -17,7 +17,7 @@ node's GPUs hold (one on a CPU machine). Optionally, on one of them, a router in
 The trainer then attaches with ``rollout.server_addresses`` (or ``rollout.router_address``) and checks at
 start-up that every server runs as its config asks (``rollout.serving.check_attached_servers``); the router
 mode checks the same before it starts. Runs in the foreground until SIGTERM or SIGINT, then stops what it
-started; a server that dies is reported with its log file, and the command exits 1 once none is left.
+started (a signal during start-up too); a server that dies is reported with its log file, and the command exits 1 once none is left.
 """
 
 from __future__ import annotations
@@ -68,7 +68,37 @@ def main(argv: list[str] | None = None) -> int:
     return report_errors("hapo-serve", lambda: _serve(args))
 
 
+class _StoppedStarting(BaseException):
+    """SIGTERM/SIGINT while the fleet starts (a BaseException, as KeyboardInterrupt: the fleet's start-up stops
+    what it had launched on its way out)."""
+
+
 def _serve(args) -> int:
+    """Install the stop signals first: a scheduler may stop the job while the servers load (minutes on GPUs), and
+    the default action would leave the servers it had launched running, in sessions of their own."""
+    stop = threading.Event()
+    starting = True
+
+    def on_signal(signum, _frame):
+        stop.set()
+        if starting:
+            raise _StoppedStarting(signal.Signals(signum).name)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
+    try:
+        fleet = _start(args)
+        starting = False
+    except (
+        _StoppedStarting
+    ) as e:  # what had started is stopped (SGLangFleet), or stops at exit (its atexit hook)
+        print(f"hapo-serve: {e} during start-up: stopped before serving", flush=True)
+        return 0
+    return _run_until_stopped(fleet, stop)
+
+
+def _start(args):
+    """This node's servers (or the router with --router-for), up and checked; their addresses printed."""
     from megatron_hapo import console
     from megatron_hapo.config import load_config
     from megatron_hapo.rollout.fleet import SGLangFleet
@@ -119,7 +149,7 @@ def _serve(args) -> int:
         for url in urls:
             print(f"  {url}", flush=True)
         print(f"  train with: rollout.server_addresses=[{','.join(urls)}] (all rollout nodes')", flush=True)
-    return _run_until_stopped(fleet)
+    return fleet
 
 
 def _servers_on_this_node(asked: int | None, tp: int) -> tuple[int, tuple[tuple[int, ...], ...] | None]:
@@ -137,12 +167,9 @@ def _servers_on_this_node(asked: int | None, tp: int) -> tuple[int, tuple[tuple[
     return n, tuple(tuple(g) for g in server_gpus(n, tp, node_gpus, training_gpus=0))
 
 
-def _run_until_stopped(fleet) -> int:
-    """Serve until SIGTERM/SIGINT; a dead server is logged with its log file and dropped (from the router
-    too), and the fleet raises once none is left (exit 1). Stops what was started either way."""
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+def _run_until_stopped(fleet, stop: threading.Event) -> int:
+    """Serve until ``stop`` (SIGTERM/SIGINT); a dead server is logged with its log file and dropped (from the
+    router too), and the fleet raises once none is left (exit 1). Stops what was started either way."""
     try:
         while not stop.wait(POLL_S):
             fleet.check_servers()

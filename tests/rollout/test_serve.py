@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import signal
 import subprocess
+import time
 
 import pytest
 import requests
@@ -17,7 +18,7 @@ from megatron_hapo.rollout import GenerationParams
 from megatron_hapo.rollout.fleet import free_ports
 from megatron_hapo.rollout.types import AdaptiveTemperature, EngineError
 from megatron_hapo.trainer.rollout_stage import make_engine
-from tests.fleet_utils import SERVE_CONFIG, SERVE_KEY, serve_cmd, serve_env
+from tests.fleet_utils import SERVE_CONFIG, SERVE_KEY, serve_cmd, serve_env, server_pid
 from tests.torchrun_utils import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -104,3 +105,26 @@ def test_a_router_in_front_of_checked_servers(served_policy, small_policy, tmp_p
     finally:
         if router.poll() is None:
             router.kill()
+
+
+def test_a_stop_during_start_up_leaves_no_server_behind(small_policy, tmp_path):
+    """SIGTERM while the server loads, as a scheduler cancelling the job sends it: exit 0, saying so, and the server
+    it had launched is stopped. (Before, the signal's default action killed hapo-serve alone, and the server, in a
+    session of its own, went on running; the router test met the same window as a failed exit code.)"""
+    proc = subprocess.Popen(
+        serve_cmd(small_policy, "--port", str(free_ports(1)[0]), "--log-dir", str(tmp_path)), cwd=REPO_ROOT,
+        env=serve_env(HAPO_ROLLOUT_API_KEY=SERVE_KEY), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while server_pid(tmp_path, 0) is None:  # launched: its key file is on its command line
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert "hapo-serve: SIGTERM during start-up: stopped before serving" in out and "up, logs in" not in out
+    assert server_pid(tmp_path, 0) is None
