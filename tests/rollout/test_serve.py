@@ -120,6 +120,7 @@ def test_a_stop_during_start_up_leaves_no_server_behind(small_policy, tmp_path):
         while server_pid(tmp_path, 0) is None:  # launched: its key file is on its command line
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
             time.sleep(0.1)
+        time.sleep(0.5)  # hapo-serve is past the spawn, and the server still imports SGLang (seconds)
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=120)
     finally:
