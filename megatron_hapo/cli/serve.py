@@ -17,7 +17,8 @@ node's GPUs hold (one on a CPU machine). Optionally, on one of them, a router in
 The trainer then attaches with ``rollout.server_addresses`` (or ``rollout.router_address``) and checks at
 start-up that every server runs as its config asks (``rollout.serving.check_attached_servers``); the router
 mode checks the same before it starts. Runs in the foreground until SIGTERM or SIGINT, then stops what it
-started (a signal during start-up too); a server that dies is reported with its log file, and the command exits 1 once none is left.
+started (a signal during start-up too); a server that dies is reported with its log file, and the command exits 1
+once none is left.
 """
 
 from __future__ import annotations
@@ -89,9 +90,8 @@ def _serve(args) -> int:
     try:
         fleet = _start(args)
         starting = False
-    except (
-        _StoppedStarting
-    ) as e:  # what had started is stopped (SGLangFleet), or stops at exit (its atexit hook)
+    except _StoppedStarting as e:
+        # what had started is stopped (SGLangFleet's start-up), or stops at exit (its atexit hook)
         print(f"hapo-serve: {e} during start-up: stopped before serving", flush=True)
         return 0
     return _run_until_stopped(fleet, stop)

@@ -173,7 +173,7 @@ class Evaluator:
 
     def run(self, engine: RolloutEngine, step: int) -> EvalResult:
         """Evaluate now (whatever the schedule) and record the result under ``step``."""
-        journal = None if self.journal_dir is None else journal_path(self.journal_dir, step)
+        journal = None if self.journal_dir is None else self.journal_dir / f"step_{step}.jsonl"
         try:
             result = self._evaluate(engine, step, journal)
         except JournalMismatch as e:  # written under other eval settings: its answers are of no use now
@@ -190,11 +190,6 @@ class Evaluator:
             engine, self.tokenizer, self.benchmarks, scorer=self.scorer, step=step, journal=journal,
             **self.eval_kwargs,
         )  # fmt: skip
-
-
-def journal_path(journal_dir: str | Path, step: int) -> Path:
-    """The answer journal of the evaluation after ``step``."""
-    return Path(journal_dir) / f"step_{step}.jsonl"
 
 
 def drop_journals_after(journal_dir: str | Path, resume_step: int) -> list[Path]:
