@@ -33,8 +33,10 @@ checked. Terms per training GPU (bf16 training, fp32 master weights, Adam):
 * logits and their gradient: 2 x 2 B x T x V / TP (the fused log-prob/entropy op adds O(T) only)
 * context parallelism (CP > 1) divides the tokens of every activation and logits term, and a packed row's
   mask, by CP (a CP rank holds s / CP tokens of each sequence or row) and adds the whole sequence's K and
-  V per layer as SDPA saves them, repeated to the query heads: 4 B x T x heads x head dim / TP (the
-  all-gather of ``models/context_parallel.py``); the distributed optimizer shards over DP x CP
+  V per layer as the attention saves them (the all-gather of ``models/context_parallel.py``): 4 B x T x g d
+  / TP with SDPA on causal rows (the flash kernel takes the KV heads grouped), 4 B x T x n d / TP where they
+  are repeated to the query heads (SDPA on packed rows; TE's, not measured here); the distributed optimizer
+  shards over DP x CP
 * the old-policy pass, forward only, on micro-batches of its own budget T_old
   (``data.max_tokens_per_old_micro_batch``): one layer's working set at a time (the same per-layer terms
   at T_old) plus its bf16 logits, 2 B x T_old x V / TP. It runs before the update, so the total counts
@@ -178,8 +180,8 @@ def layer_activations(
 ) -> LayerActivations:
     """What one layer keeps per token on one TP rank, for the core attention ``attention`` ("sdpa",
     "unfused" or "te"). Tensors of the hidden size are sharded over TP only under sequence parallelism.
-    ``masked``: the attention takes an explicit mask (packed rows, context parallelism), with which SDPA
-    repeats K and V to the query heads (models/sdpa_attention.py). ``recompute_core_attention``
+    ``masked``: the attention takes an explicit mask (packed rows), with which SDPA repeats K and V to the
+    query heads (models/sdpa_attention.py). ``recompute_core_attention``
     (``recompute_granularity: selective``): Megatron's checkpoint keeps the core attention's inputs, q, k
     and V's view of linear_qkv's output (which keeps that whole output alive), and linear_proj keeps its
     input; the core attention's own tensors (and the s^2 terms) are recomputed in the backward."""
@@ -279,13 +281,16 @@ def memory_plan(cfg: RootConfig, arch, dp: int) -> MemoryPlan:
     h, sp, cp = arch.hidden_size, (tp if p.sequence_parallel else 1), p.context_parallel_size
     q_dim = arch.num_attention_heads * arch.head_dim
     update, old = micro_batch_shape(cfg), micro_batch_shape(cfg, old_pass=True)
-    masked = update.packed or cp > 1
+    masked = update.packed
     per_token = layer_activations(arch, update.attention, tp, p.sequence_parallel, masked)
 
     def attention_squares(mb: MicroBatchShape) -> float:
         # a CP rank holds T / CP tokens (and query rows of a packed row's mask), and the whole sequence's K
-        # and V (bf16) repeated to the query heads, as SDPA saves them (bench_context_parallel.py)
-        gathered_kv = 2 * 2 * mb.tokens * q_dim / tp if cp > 1 else 0
+        # and V (bf16) as the attention saves them: SDPA on causal rows at the KV heads, else repeated to the
+        # query heads (models/sdpa_attention.py, bench_context_parallel.py)
+        grouped = mb.attention == "sdpa" and not mb.packed
+        kv_dim = arch.num_kv_heads * arch.head_dim if grouped else q_dim
+        gathered_kv = 2 * 2 * mb.tokens * kv_dim / tp if cp > 1 else 0
         return mb.attention_bytes_per_layer(arch.num_attention_heads, tp) / cp + gathered_kv
 
     def layer_working_set(mb: MicroBatchShape) -> float:

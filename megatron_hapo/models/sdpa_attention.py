@@ -101,23 +101,23 @@ class SDPAttention(MegatronModule):
         sq, b = query.shape[:2]
         if self.cp_group is not None:
             key, value = gather_keys_values(key, value, self.cp_group)  # [s, b, ng, hn], sequence order
-        rep = self.heads // self.groups
-        # grouped-query attention: each KV head serves `rep` query heads. The flash kernel (CUDA's and the
-        # CPU's) takes the heads grouped (enable_gqa), so K and V are neither copied nor kept `rep` times for
-        # the backward. The memory-efficient kernel (an explicit mask: packed rows, context parallelism) does
-        # not take them grouped, and would fall back to the math kernel, which writes the s x s scores: there
-        # they are repeated first.
-        grouped = rep > 1 and attention_mask is None and self.cp_group is None
-        if rep > 1 and not grouped:
-            key = key.repeat_interleave(rep, dim=2)
-            value = value.repeat_interleave(rep, dim=2)
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads or groups, s, hn]
+        # grouped-query attention: each KV head serves heads / groups query heads. Kept grouped where the kernel
+        # takes them so (kernel_takes_grouped_heads), K and V are neither copied nor kept that many times for
+        # the backward: under CP the whole sequence's K and V. An explicit mask (packed rows) runs on CUDA's
+        # memory-efficient kernel, which does not take them grouped: there they are repeated.
+        grouped = self.heads > self.groups and attention_mask is None and kernel_takes_grouped_heads(q, k, v)
+        if self.heads > self.groups and not grouped:
+            k, v = (t.repeat_interleave(self.heads // self.groups, dim=1) for t in (k, v))
         else:
             # V is a view into linear_qkv's output (K and Q are new tensors: rotary embedding): kept for the
             # backward as it is, it would keep that whole output alive; a copy of V alone is 2 kv bytes a token
-            value = value.contiguous()
-        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads, s, hn]
+            # (under CP V is the all-gather's own tensor, and this no copy)
+            v = value.contiguous().permute(1, 2, 0, 3)
         if self.cp_group is not None and attention_mask is None:
-            out = chunked_causal_attention(q, k, v, self.cp_group.rank(), self.cp_group.size(), self.scale)
+            out = chunked_causal_attention(
+                q, k, v, self.cp_group.rank(), self.cp_group.size(), self.scale, enable_gqa=grouped
+            )
         elif attention_mask is None:
             out = F.scaled_dot_product_attention(
                 q, k, v, is_causal=True, scale=self.scale, enable_gqa=grouped
@@ -127,13 +127,35 @@ class SDPAttention(MegatronModule):
         return out.permute(2, 0, 1, 3).reshape(sq, b, self.heads * q.shape[-1])
 
 
+def kernel_takes_grouped_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether SDPA runs queries ``[b, heads, sq, hn]`` against keys and values ``[b, groups, sk, hn]``
+    (``enable_gqa``, no mask or a causal one) on a fused kernel without repeating K and V to the query heads.
+    On CUDA that is the flash kernel (PyTorch's own check, ``can_use_flash_attention``: bf16/fp16, head
+    dim <= 256, sm80+); CUDA's memory-efficient kernel does not take them grouped, and PyTorch would then fall
+    back to the math kernel, which writes the ``s x s`` scores, so those inputs are better repeated. The
+    CPU's fused kernel takes them grouped, with or without a mask."""
+    if q.device.type != "cuda":
+        return True
+    from torch.backends.cuda import SDPAParams, can_use_flash_attention
+
+    return can_use_flash_attention(SDPAParams(q, k, v, None, 0.0, False, True), False)
+
+
 def chunked_causal_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cp_rank: int, cp_size: int, scale: float
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cp_rank: int,
+    cp_size: int,
+    scale: float,
+    enable_gqa: bool = False,
 ) -> torch.Tensor:
     """Causal attention of CP rank ``cp_rank``'s queries ``[b, heads, 2L, hn]`` (chunks c = cp_rank and
     2·CP-1-c of the sequence, models/context_parallel.py) to the whole sequence's keys and values
-    ``[b, heads, s, hn]`` (s = 2·CP·L): chunk c attends keys ``[0, (c+1)·L)``, causal at its own end, which
-    is SDPA's lower-right causal mask (no ``s x s`` tensor on CUDA's fused kernels). Output ``[b, heads, 2L, hn]``."""
+    ``[b, heads, s, hn]`` (s = 2·CP·L; ``[b, groups, s, hn]`` with ``enable_gqa``, grouped-query attention):
+    chunk c attends keys ``[0, (c+1)·L)``, causal at its own end, which is SDPA's lower-right causal mask (no
+    ``s x s`` tensor on CUDA's fused kernels: flash, which takes grouped K and V as they are, else the
+    memory-efficient one). Output ``[b, heads, 2L, hn]``."""
     chunk = q.shape[2] // 2
     if k.shape[2] != 2 * cp_size * chunk:
         raise ValueError(
@@ -144,6 +166,8 @@ def chunked_causal_attention(
         keys = (c + 1) * chunk
         bias = causal_lower_right(chunk, keys)
         halves.append(
-            F.scaled_dot_product_attention(half, k[:, :, :keys], v[:, :, :keys], attn_mask=bias, scale=scale)
+            F.scaled_dot_product_attention(
+                half, k[:, :, :keys], v[:, :, :keys], attn_mask=bias, scale=scale, enable_gqa=enable_gqa
+            )
         )
     return torch.cat(halves, dim=2)

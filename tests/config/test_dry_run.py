@@ -187,6 +187,22 @@ def test_context_parallelism_divides_the_tokens_a_rank_holds():
     assert two.logits == one.logits / 2 and two.optimizer == one.optimizer / 2
     assert two.weights == one.weights and two.grads == one.grads
     assert one.activations / 2 < two.activations < 0.55 * one.activations
+    # the whole sequence's K and V: SDPA on causal rows keeps the 2 KV heads' (flash takes them grouped), TE's
+    # planned at the 12 query heads
+    sdpa1, sdpa2 = (
+        _plan(
+            SMALL,
+            "model.layer_spec=local",
+            "data.sequence_packing=none",
+            f"parallel.context_parallel_size={c}",
+        )
+        for c in (1, 2)
+    )
+    whole_kv = {
+        "sdpa": sdpa2.activations - sdpa1.activations / 2,
+        "te": two.activations - one.activations / 2,
+    }
+    assert whole_kv["sdpa"] / whole_kv["te"] == pytest.approx(2 / 12), whole_kv
     text = dry_run(SMALL, ["parallel.context_parallel_size=2"])
     assert "x CP 2 x DP" in text and "CP vs attention, packing and loss" in text
     # a packed row on the local spec (SDPA): a CP rank keeps its query rows of the mask

@@ -5,6 +5,7 @@ features it lacks are refused by name, and the key is refused where nothing woul
 
 from __future__ import annotations
 
+import contextlib
 from types import SimpleNamespace
 
 import pytest
@@ -151,7 +152,7 @@ def test_what_it_does_not_implement_is_refused_by_name(extra, named):
             SDPAttention(config, layer_number=1, attn_mask_type=AttnMaskType.causal, attention_type="self")
 
 
-def _chunked_against_full(q, k, v, cp_size, grad):
+def _chunked_against_full(q, k, v, cp_size, grad, enable_gqa=False):
     """Every CP rank's ``chunked_causal_attention`` of its queries, put back in sequence order, with the
     gradients of q, k, v summed over the ranks (what the all-gather's reduce-scatter gives each rank)."""
     from megatron_hapo.models.context_parallel import local_positions
@@ -162,7 +163,7 @@ def _chunked_against_full(q, k, v, cp_size, grad):
     out = torch.empty_like(q)
     for r in range(cp_size):
         mine = local_positions(s, cp_size, r, device=q.device)
-        part = chunked_causal_attention(q[:, :, mine], k, v, r, cp_size, scale=0.125)
+        part = chunked_causal_attention(q[:, :, mine], k, v, r, cp_size, 0.125, enable_gqa=enable_gqa)
         part.backward(grad[:, :, mine])
         out[:, :, mine] = part.detach()
     return out, (q.grad, k.grad, v.grad)
@@ -191,20 +192,104 @@ def test_chunked_causal_attention_of_every_cp_rank_is_the_full_causal_attention(
         chunked_causal_attention(q[:, :, :10], k[:, :, :12], v[:, :, :12], 0, 2, 0.125)
 
 
-@pytest.mark.gpu
-def test_on_cuda_in_bf16_chunked_causal_attention_agrees():
-    """On a GPU (benchmarks/gpu/run_all.sh): the context-parallel attention (CP=2 and 4) at the 1.5B model's
-    query heads and head_dim 128 in bf16, s = 4096, agrees with fp32 causal attention of the whole sequence
-    (5e-2 of the largest value, as the test below); the lower-right causal mask runs on CUDA's kernels."""
+@contextlib.contextmanager
+def _kept_for_backward():
+    """The tensors autograd keeps for the backward of what runs inside (a list, filled as it runs)."""
+    kept: list[torch.Tensor] = []
+
+    def pack(t):
+        kept.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield kept
+
+
+def test_chunked_causal_attention_takes_grouped_keys_and_values_as_they_are():
+    """Grouped-query attention under CP (4 query heads, 2 KV heads, ``enable_gqa``): over all ranks the same
+    outputs and gradients as causal SDPA of the whole sequence with K and V repeated to the query heads, in
+    float64; and the backward keeps the K and V it was given, not copies repeated to the query heads."""
     import torch.nn.functional as F
 
-    g = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v, grad = (torch.randn(1, 12, 4096, 128, device="cuda", generator=g) for _ in range(4))
-    want = [t.clone().requires_grad_(True) for t in (q, k, v)]
-    expected = F.scaled_dot_product_attention(*want, is_causal=True, scale=0.125)
+    from megatron_hapo.models.sdpa_attention import chunked_causal_attention
+
+    g = torch.Generator().manual_seed(1)
+    cp_size, s = 2, 20
+    q, grad = (torch.randn(2, 4, s, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    k, v = (torch.randn(2, 2, s, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    out, grads = _chunked_against_full(q, k, v, cp_size, grad, enable_gqa=True)
+    want = [t.detach().requires_grad_(True) for t in (q, k, v)]
+    repeated = [t.repeat_interleave(2, dim=1) for t in want[1:]]
+    expected = F.scaled_dot_product_attention(want[0], *repeated, is_causal=True, scale=0.125)
     expected.backward(grad)
+    torch.testing.assert_close(out, expected.detach(), atol=1e-12, rtol=1e-12)
+    for name, a, b in zip(("dq", "dk", "dv"), grads, want):
+        torch.testing.assert_close(a, b.grad, atol=1e-12, rtol=1e-12, msg=name)
+    # what the backward keeps: K and V themselves (their storage), nothing of the query heads' size beside Q
+    k, v = (t.detach().requires_grad_(True) for t in (k, v))
+    with _kept_for_backward() as kept:
+        chunked_causal_attention(q[:, :, :10].requires_grad_(True), k, v, 0, cp_size, 0.125, enable_gqa=True)
+    storages = {t.untyped_storage().data_ptr() for t in kept}
+    assert {t.untyped_storage().data_ptr() for t in (k, v)} <= storages
+    assert not any(t.shape[1] == 4 and t.shape[2] == s for t in kept), [tuple(t.shape) for t in kept]
+
+
+def test_under_context_parallelism_the_layer_keeps_k_and_v_at_the_kv_heads():
+    """SDPAttention on its CP route (a CP group of one rank, so the all-gather is the identity) keeps, for
+    the backward, K and V of 2 KV heads where a model of 4 KV heads keeps 4: 2 x (4 - 2) x s x b x head_dim
+    values less. Repeated to the query heads, as before, both would keep the same."""
+    from megatron.core.transformer.enums import AttnMaskType
+
+    from megatron_hapo.models.sdpa_attention import SDPAttention
+
+    one = SimpleNamespace(size=lambda: 1, rank=lambda: 0)
+    kept = {}
+    with world_of_one():
+        for groups in (2, 4):
+            config = _config(groups=groups, context_parallel_size=2)
+            layer = SDPAttention(
+                config, layer_number=1, attn_mask_type=AttnMaskType.causal, attention_type="self",
+                pg_collection=SimpleNamespace(tp=one, cp=one),
+            )  # fmt: skip
+            assert layer.cp_group is one
+            g = torch.Generator().manual_seed(0)
+            s, b = 12, 2
+            q = torch.randn(s, b, 4, 8, generator=g, requires_grad=True)
+            k, v = (torch.randn(s, b, groups, 8, generator=g, requires_grad=True) for _ in range(2))
+            with _kept_for_backward() as saved:
+                layer(q, k, v, None)
+            kept[groups] = sum(
+                {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in saved}.values()
+            )
+    assert kept[4] - kept[2] == 2 * (4 - 2) * s * b * 8 * 4, kept
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("groups", [12, 2], ids=["mha", "gqa"])
+def test_on_cuda_in_bf16_chunked_causal_attention_agrees(groups):
+    """On a GPU (benchmarks/gpu/run_all.sh): the context-parallel attention (CP=2 and 4) at the 1.5B model's
+    12 query heads and head_dim 128 in bf16, s = 4096, agrees with fp32 causal attention of the whole sequence
+    (5e-2 of the largest value, as the test below); the lower-right causal mask runs on CUDA's kernels. With
+    the model's 2 KV heads, the flash kernel takes K and V grouped (``kernel_takes_grouped_heads``), so the
+    whole sequence's K and V are neither repeated nor kept 6 times."""
+    import torch.nn.functional as F
+
+    from megatron_hapo.models.sdpa_attention import kernel_takes_grouped_heads
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, grad = (torch.randn(1, 12, 4096, 128, device="cuda", generator=g) for _ in range(2))
+    k, v = (torch.randn(1, groups, 4096, 128, device="cuda", generator=g) for _ in range(2))
+    want = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    repeated = [t.repeat_interleave(12 // groups, dim=1) for t in want[1:]]
+    expected = F.scaled_dot_product_attention(want[0], *repeated, is_causal=True, scale=0.125)
+    expected.backward(grad)
+    low = [t.bfloat16() for t in (q, k, v)]
+    gqa = groups < 12
+    assert not gqa or kernel_takes_grouped_heads(*low), (
+        "the flash kernel does not take bf16 K, V grouped here"
+    )
     for cp_size in (2, 4):
-        out, grads = _chunked_against_full(*(t.bfloat16() for t in (q, k, v)), cp_size, grad.bfloat16())
+        out, grads = _chunked_against_full(*low, cp_size, grad.bfloat16(), enable_gqa=gqa)
         pairs = [("output", expected.detach(), out)] + [
             (n, a.grad, c) for n, a, c in zip(("dq", "dk", "dv"), want, grads)
         ]
