@@ -10,7 +10,7 @@ Metric definitions: :mod:`megatron_hapo.eval.metrics`. See docs/evaluation.md.
 
 from megatron_hapo.eval.benchmarks import Benchmark, benchmark_names, load_benchmarks
 from megatron_hapo.eval.metrics import BenchmarkMetrics, SampleOutcome, benchmark_metrics, pass_at_k
-from megatron_hapo.eval.periodic import EvalHistory, Evaluator, drop_journals_after
+from megatron_hapo.eval.periodic import EvalHistory, Evaluator, drop_journals_after, initial_weights
 from megatron_hapo.eval.runner import EvalResult, EvalSettings, evaluate, score_answers
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "benchmark_names",
     "drop_journals_after",
     "evaluate",
+    "initial_weights",
     "load_benchmarks",
     "pass_at_k",
     "score_answers",

@@ -146,6 +146,7 @@ class Evaluator:
             top_k=val.top_k,
             max_new_tokens=ev.max_new_tokens or cfg.rollout.max_new_tokens,
             stop=tuple(cfg.rollout.stop),
+            model=initial_weights(cfg),
             # seeded like the rollouts: a resumed run repeats the evaluations too, and every evaluation of the
             # run draws the same way for the same prompt (checkpoints compared on common random numbers)
             seed=cfg.trainer.seed if cfg.rollout.seeded_sampling else None,
@@ -192,12 +193,27 @@ class Evaluator:
         )  # fmt: skip
 
 
+def initial_weights(cfg: RootConfig) -> str:
+    """What the run starts from, as its evaluations record it (``EvalSettings.model``): ``model.hf_path``, and
+    what else makes the weights before training: random ones of ``trainer.seed``, ``model.override_config``.
+    The journal of the evaluation before training holds it in its settings, so a fresh start of the run
+    continues that journal only for the same weights (:func:`drop_journals_after`)."""
+    m = cfg.model
+    label = m.hf_path if m.load_weights else f"{m.hf_path} (random weights, seed {cfg.trainer.seed})"
+    if m.override_config:
+        label += f" override_config={json.dumps(dict(m.override_config), sort_keys=True, default=str)}"
+    return label
+
+
 def drop_journals_after(journal_dir: str | Path, resume_step: int) -> list[Path]:
-    """Remove the answer journals that a run resuming after ``resume_step`` must not continue: those of later
-    steps (the interrupted attempt's weights, which a resumed run does not repeat exactly on GPUs), or all of them
-    on a fresh start (``resume_step`` 0: step 0's may be of another model). Returns the removed files."""
+    """Remove the answer journals that a run resuming after ``resume_step`` (0: a fresh start) must not
+    continue: those of later steps, the interrupted attempt's weights, which a resumed run does not repeat
+    exactly on GPUs. Step 0's stays on a fresh start: the weights before training are the run's
+    :func:`initial_weights`, which its settings record (a journal of other weights starts over, saying so), so
+    an attempt that ended in its first steps (an out-of-memory update, a preemption before the first checkpoint)
+    does not generate that evaluation again. Returns the removed files."""
     steps = {p: p.stem.removeprefix("step_") for p in sorted(Path(journal_dir).glob("step_*.jsonl"))}
-    dropped = [p for p, n in steps.items() if n.isdigit() and (not resume_step or int(n) > resume_step)]
+    dropped = [p for p, n in steps.items() if n.isdigit() and int(n) > resume_step]
     for p in dropped:
         p.unlink()
     return dropped

@@ -248,7 +248,25 @@ def test_the_trainers_evaluation_continues_its_journal_after_a_resume(
     other.record_to(tmp_path / "other_history.jsonl", answers)
     assert other.run(engine, 2).settings.temperature == 0.9
     assert "step 2's evaluation starts over: its answer journal is of other settings" in caplog.text
-    assert drop_journals_after(answers, 0) == [answers / "step_2.jsonl"]  # a fresh start: none kept
+    # a fresh start (resume step 0) keeps the journal of the evaluation before training, continued for the
+    # same initial weights (an attempt that failed in its first steps): nothing generated again
+    first = Evaluator.from_config(cfg, tokenizer)
+    first.record_to(tmp_path / "first_history.jsonl", answers)
+    before = first.run(engine, 0)
+    assert drop_journals_after(answers, 0) == [answers / "step_2.jsonl"]
+    assert before.settings.model == cfg.model.hf_path
+    again, counted = Evaluator.from_config(cfg, tokenizer), _Flaky(engine)
+    again.record_to(tmp_path / "again_history.jsonl", answers)
+    assert again.run(counted, 0).metrics() | {"eval/wall_s": 0} == before.metrics() | {"eval/wall_s": 0}
+    assert counted.calls == []
+    cfg.model.load_weights = False  # other weights before training: that evaluation starts over
+    other, counted = Evaluator.from_config(cfg, tokenizer), _Flaky(engine)
+    other.record_to(tmp_path / "random_history.jsonl", answers)
+    assert (
+        other.run(counted, 0).settings.model
+        == f"{cfg.model.hf_path} (random weights, seed {cfg.trainer.seed})"
+    )
+    assert counted.calls == [8, 8] and "step 0's evaluation starts over" in caplog.text
 
 
 class _Borrowed:
