@@ -30,7 +30,7 @@ from megatron_hapo.checkpoint_io.mcore_io import load_model_state, model_state
 from megatron_hapo.config.errors import HapoError
 from megatron_hapo.parallel.checkpointing import load_sharded, save_sharded
 from megatron_hapo.parallel.lead import wait_for_lead
-from megatron_hapo.trainer import manifest
+from megatron_hapo.trainer import manifest, optimizer_layout
 from megatron_hapo.trainer.manifest import CheckpointInvalid
 
 logger = logging.getLogger(__name__)
@@ -107,30 +107,6 @@ def verify(path: str | Path) -> int:
     if state_step != step:
         raise CheckpointInvalid(f"{path}: {STATE_FILE} says step {state_step}, the manifest step {step}")
     return step
-
-
-class ExpertLayoutMismatch(HapoError, ValueError):
-    """A mixture of experts' checkpoint whose optimizer state cannot load at this run's expert parallelism."""
-
-
-def refuse_expert_layout_change(path: str | Path, expert_parallel: bool) -> None:
-    """Raise :class:`ExpertLayoutMismatch` when the MoE checkpoint at ``path`` and this run disagree on EP > 1.
-
-    At EP > 1 Megatron keeps the experts' optimizer state in an optimizer of its own (a chain of two: keys
-    ``chained_0.`` / ``chained_1.``); at EP = 1 there is one. Neither loads into the other (Megatron fails deep
-    in the load with a KeyError), so this is checked before any engine starts."""
-    from torch.distributed.checkpoint import FileSystemReader
-
-    keys = FileSystemReader(str(path)).read_metadata().state_dict_metadata
-    written_at_ep = any(key.startswith("chained_") for key in keys)
-    if written_at_ep != expert_parallel:
-        raise ExpertLayoutMismatch(
-            f"{path} was written at {'EP > 1' if written_at_ep else 'EP = 1'} and this run has "
-            f"parallel.expert_model_parallel_size {'> 1' if expert_parallel else '= 1'}: Megatron keeps the "
-            "experts' optimizer state apart only at EP > 1, so it does not load across that line. Resume at "
-            f"{'an EP > 1' if written_at_ep else 'EP = 1'}, or start a new run from the checkpoint's weights "
-            "(checkpoint.hf_export, then model.hf_path)"
-        )
 
 
 def select(setting: str, directory: str | Path) -> Path | None:
@@ -295,9 +271,13 @@ def load(policy, path: str | Path) -> dict[str, Any]:
     layout (:func:`upgrade_state`): the loop's state, and each other component's under its key."""
     path = Path(path)
     _ensure_optimizer_state(policy.optimizer)
-    loaded = load_sharded(_state(policy, is_loading=True), path)
+    wanted = _state(policy, is_loading=True)
+    # a mixture of experts' checkpoint loads across EP = 1 and EP > 1 (trainer/optimizer_layout.py)
+    chained = optimizer_layout.is_chained_state(wanted["optimizer"])
+    optimizer_layout.ask_for_written_keys(wanted["optimizer"], optimizer_layout.written_keys(path))
+    loaded = load_sharded(wanted, path)
     load_model_state(policy.chunks, loaded)
-    policy.optimizer.load_state_dict(loaded["optimizer"])
+    policy.optimizer.load_state_dict(optimizer_layout.reshape_loaded(loaded["optimizer"], chained))
     _unshare_adam_steps(policy.optimizer)
     state = upgrade_state(json.loads((path / STATE_FILE).read_text()), path)
     policy.scheduler.load_state_dict(state["scheduler"])

@@ -76,8 +76,6 @@ def plan_resume(cfg: RootConfig) -> ResumePlan:
             _refuse_fresh_start_over_a_run(cfg)
             path = checkpoint.select(cfg.checkpoint.resume, cfg.checkpoint.dir)
             step = checkpoint.verify(path) if path is not None else 0  # reads every file: minutes at scale
-            if path is not None and _is_mixture_of_experts(cfg):
-                checkpoint.refuse_expert_layout_change(path, cfg.parallel.expert_model_parallel_size > 1)
             answer = ResumePlan(path, step)
         except ValueError as e:  # CheckpointInvalid, RunDirectoryInUse: the same error on every rank
             answer = e
@@ -89,16 +87,6 @@ def plan_resume(cfg: RootConfig) -> ResumePlan:
             "resuming from %s (step %d), verified against its manifest", answer.checkpoint, answer.step
         )
     return answer
-
-
-def _is_mixture_of_experts(cfg: RootConfig) -> bool:
-    """From the model's config.json (a local directory, or a hub id in the HF cache, as the builder reads it)."""
-    from megatron_hapo.config.model_info import find_config_json, read_model_shape
-
-    config_json = find_config_json(cfg.model.hf_path)
-    if config_json is None or not config_json.is_file():
-        return False  # the policy build names the missing model
-    return bool(read_model_shape(config_json, cfg.model.override_config).num_experts)
 
 
 def _refuse_fresh_start_over_a_run(cfg: RootConfig) -> None:

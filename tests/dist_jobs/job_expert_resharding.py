@@ -1,13 +1,18 @@
-"""torchrun job (4 processes): a mixture of experts' training checkpoint resumes at another expert parallelism.
+"""torchrun job (4 processes): a mixture of experts' training checkpoint resumes at another expert parallelism,
+EP = 1 included (trainer/optimizer_layout.py: at EP > 1 Megatron keeps the experts' optimizer state apart).
 
 usage: torchrun --nproc-per-node 4 job_expert_resharding.py MODEL_DIR CKPT_DIR   (MODEL_DIR: a tiny Qwen3-MoE)
 
-At EP=2 (DP=4, expert-DP=2) one HAPO step (old-policy pass, two updates of Megatron's distributed optimizer), a
-checkpoint, then the next step: the reference. The checkpoint loads at EP=4 (each rank 2 of the 8 experts,
-expert-DP=1: the experts' optimizer state resharded from two shards to one) into the same parameters, and the next
-step from it matches the EP=2 run's own next step to REL_TOL: the Adam moments moved with their experts. That
-step's checkpoint, written at EP=4, loads back at EP=2 into the same parameters.
-Prints EXPERT_RESHARDING_OK on success.
+The reference: at EP=2 (DP=4, expert-DP=2) four HAPO steps (old-policy pass, two updates of Megatron's distributed
+optimizer each), with a checkpoint after the first. Then a chain of resumes, each from the last one's checkpoint:
+
+- at EP=1 (every rank all 8 experts, one optimizer) from the EP=2 checkpoint: step 2, then a checkpoint;
+- at EP=4 (2 experts per rank, expert-DP=1) from the EP=1 checkpoint: step 3, then a checkpoint;
+- at EP=2 again from the EP=4 checkpoint: step 4.
+
+Every load gives the parameters the checkpoint holds (difference 0), and every step after a load matches the
+reference's step to REL_TOL: the Adam moments moved with their parameters into the other optimizer layout (with
+them lost the step differs by ~5e-4). Prints EXPERT_RESHARDING_OK on success.
 """
 
 import sys
@@ -61,32 +66,26 @@ def main():
 
     with layout(1, 1, ep=2):
         cfg, policy = build(model_dir, 2)
-        first = step(cfg, policy, seed=0)
-        ckpt = checkpoint.save(policy, ckpt_dir, 1, {}, keep_last=None)
-        ep2_next = step(cfg, policy, seed=1)
+        reference = [step(cfg, policy, seed=0)]
+        saved = checkpoint.save(policy, f"{ckpt_dir}/ep2", 1, {}, keep_last=None)
+        reference += [step(cfg, policy, seed=k) for k in (1, 2, 3)]
         del policy
-    with layout(1, 1, ep=4):
-        cfg, policy = build(model_dir, 4)
-        checkpoint.load(policy, ckpt)
-        loaded = all_params(policy)
-        ep4_next = step(cfg, policy, seed=1)
-        ckpt_ep4 = checkpoint.save(policy, f"{ckpt_dir}/ep4", 2, {}, keep_last=None)
-        del policy
-    with layout(1, 1, ep=2):
-        cfg, policy = build(model_dir, 2)
-        checkpoint.load(policy, ckpt_ep4)
-        loaded_back = all_params(policy)
-        del policy
-    failures = [
-        problem
-        for name, got, want in (
-            ("written at EP=2, loaded at EP=4", loaded, first[0][2]),
-            ("written at EP=4, loaded at EP=2", loaded_back, ep4_next[0][2]),
-        )
-        if (problem := loaded_problem(name, got, want))
-    ]
-    failure = compare_steps("the step after the checkpoint: at EP=4 vs at EP=2", ep4_next, ep2_next, REL_TOL)
-    failures += [failure] if failure else []
+    failures, params = [], reference[0][0][2]
+    for k, ep in enumerate((1, 4, 2), start=1):  # each resumes from the checkpoint the one before wrote
+        with layout(1, 1, ep=ep):
+            cfg, policy = build(model_dir, ep)
+            checkpoint.load(policy, saved)
+            failures.append(loaded_problem(f"{saved} loaded at EP={ep}", all_params(policy), params))
+            resumed = step(cfg, policy, seed=k)
+            failures.append(
+                compare_steps(f"step {k + 1} at EP={ep}, resumed", resumed, reference[k], REL_TOL)
+            )
+            saved, params = (
+                checkpoint.save(policy, f"{ckpt_dir}/ep{ep}", k + 1, {}, keep_last=None),
+                resumed[0][2],
+            )
+            del policy
+    failures = [f for f in failures if f]
     if failures:
         raise AssertionError("\n".join(failures))
     log("EXPERT_RESHARDING_OK")

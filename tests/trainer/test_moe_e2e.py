@@ -17,7 +17,6 @@ import re
 import pytest
 
 from megatron_hapo.demo.tiny_models import make_tiny_hf_model
-from megatron_hapo.trainer.checkpoint import ExpertLayoutMismatch, refuse_expert_layout_change
 from tests.torchrun_utils import run_torchrun
 
 pytestmark = pytest.mark.slow  # four torchrun jobs (~1.6 min)
@@ -47,39 +46,30 @@ def test_two_steps_at_tp2_with_sequence_parallelism_and_the_distributed_optimize
         "job_trainer_world2.py", 2, moe_model, tmp_path / "run", "2", "1", env=env, timeout=480
     )
     assert "TRAINER_WORLD2_OK tp=2" in out, out[-3000:]
-    step_2 = tmp_path / "run" / "checkpoints" / "step_2"
-    refuse_expert_layout_change(step_2, expert_parallel=False)  # written at EP = 1: resumes at EP = 1
-    with pytest.raises(
-        ExpertLayoutMismatch, match="written at EP = 1 and this run has parallel.expert_model"
-    ):
-        refuse_expert_layout_change(step_2, expert_parallel=True)
 
 
 @pytest.mark.dist
 def test_expert_parallelism_trains_syncs_every_expert_and_resumes(moe_model, tmp_path):
     """EP=2 (DP=2): each rank holds 4 of the 8 experts; the sync gathers them all (the engine's log-probs are the
-    trainer's), the checkpoint shards them, and a resume from step 2 runs step 3 on the same layout."""
-    ep = f"parallel.expert_model_parallel_size=2 algorithm.rollout_routing_replay=true {MOVING}"
-    for steps in (2, 3):
-        env = {"EXTRA_OVERRIDES": f"{ep} trainer.total_steps={steps}"}
+    trainer's), the checkpoint shards them, and a resume from step 2 runs step 3 at EP=1 (every rank all 8 experts,
+    the experts' optimizer state no longer apart: trainer/optimizer_layout.py)."""
+    for steps, ep in ((2, 2), (3, 1)):
+        overrides = f"parallel.expert_model_parallel_size={ep} algorithm.rollout_routing_replay=true {MOVING}"
+        env = {"EXTRA_OVERRIDES": f"{overrides} trainer.total_steps={steps}"}
         out = run_torchrun(
             "job_trainer_world2.py", 2, moe_model, tmp_path / "run", "1", "1", env=env, timeout=480
         )
         assert "TRAINER_WORLD2_OK tp=1" in out, out[-3000:]
     steps_run = re.findall(r"^ +(\d+) +-?\d", out, flags=re.MULTILINE)  # the console's step lines
     assert steps_run == ["3"], steps_run  # the second launch resumed from step 2's checkpoint
-    # not at EP = 1: the experts' optimizer state is kept apart at EP > 1 (a KeyError deep in Megatron's load)
-    with pytest.raises(
-        ExpertLayoutMismatch, match="written at EP > 1 and this run has parallel.expert_model"
-    ):
-        refuse_expert_layout_change(tmp_path / "run" / "checkpoints" / "step_3", expert_parallel=False)
 
 
 @pytest.mark.dist
 def test_a_training_checkpoint_resumes_at_another_expert_parallelism(moe_model, tmp_path):
-    """World 4: a checkpoint written at EP=2 (expert-DP=2) loads at EP=4 (expert-DP=1) into the same parameters, and
-    the next step from it matches the EP=2 run's own next step (the experts' Adam state resharded with them); the EP=4
-    checkpoint loads back at EP=2 (tests/dist_jobs/job_expert_resharding.py). With the optimizer state dropped at the
-    load, that step differs by 5e-4 against a tolerance of 1e-5."""
+    """World 4: a chain of resumes EP=2 -> EP=1 -> EP=4 -> EP=2 (tests/dist_jobs/job_expert_resharding.py): each
+    checkpoint loads into the same parameters, and the step after each load matches the EP=2 run's own step (the
+    experts' Adam state moved into the other optimizer layout: one optimizer at EP=1, the experts' apart at EP > 1,
+    resharded over expert-DP 2 or 1). With the optimizer state dropped at the load, that step differs by 5e-4
+    against a tolerance of 1e-5."""
     out = run_torchrun("job_expert_resharding.py", 4, moe_model, tmp_path / "ckpt", timeout=600)
     assert "EXPERT_RESHARDING_OK" in out, out[-3000:]
