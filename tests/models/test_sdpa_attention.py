@@ -240,6 +240,7 @@ def test_under_context_parallelism_the_layer_keeps_k_and_v_at_the_kv_heads():
     values less. Repeated to the query heads, as before, both would keep the same."""
     from megatron.core.transformer.enums import AttnMaskType
 
+    from megatron_hapo.models.activation_memory import saved_for_backward
     from megatron_hapo.models.sdpa_attention import SDPAttention
 
     one = SimpleNamespace(size=lambda: 1, rank=lambda: 0)
@@ -256,11 +257,9 @@ def test_under_context_parallelism_the_layer_keeps_k_and_v_at_the_kv_heads():
             s, b = 12, 2
             q = torch.randn(s, b, 4, 8, generator=g, requires_grad=True)
             k, v = (torch.randn(s, b, groups, 8, generator=g, requires_grad=True) for _ in range(2))
-            with _kept_for_backward() as saved:
+            with saved_for_backward(layer) as saved:  # each storage once (models/activation_memory.py)
                 layer(q, k, v, None)
-            kept[groups] = sum(
-                {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in saved}.values()
-            )
+            kept[groups] = saved.total()
     assert kept[4] - kept[2] == 2 * (4 - 2) * s * b * 8 * 4, kept
 
 
