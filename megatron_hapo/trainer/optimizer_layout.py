@@ -71,7 +71,8 @@ def reshape_loaded(loaded: dict[Any, Any], chained: bool) -> dict[Any, Any]:
 
     Every part gets every param group the checkpoint has, each also as the other side of ``is_expert_parallel``:
     Megatron's distributed optimizer takes from them the groups it has by their identifying keys (weight-decay and
-    learning-rate multipliers, ``is_expert_parallel``, ...), and an exact match is put last, so it wins."""
+    learning-rate multipliers, ``is_expert_parallel``, ...), and an exact match is put last, so it wins. An fp16
+    run's dynamic loss scale (``grad_scaler``) goes to every part."""
     parts = {k: v for k, v in loaded.items() if isinstance(k, int)}
     rest = {k: v for k, v in loaded.items() if not isinstance(k, int)}
     written_chained = any("optimizer" in part for part in parts.values())
@@ -84,6 +85,13 @@ def reshape_loaded(loaded: dict[Any, Any], chained: bool) -> dict[Any, Any]:
         "optimizer": {"param_groups": flipped + groups},
         "param_state_sharding_type": written[0]["param_state_sharding_type"],
     }
+    scalers = [part["grad_scaler"] for part in written if "grad_scaler" in part]
+    if scalers:  # fp16: a dynamic loss scale (bf16 and fp32 have none)
+        # a chained optimizer's parts each keep a scale; one scaler for all the parameters takes the smallest, the
+        # one the part whose gradients overflow soonest settled on
+        common["grad_scaler"] = min(
+            scalers, key=lambda s: float(s["scale"]) if "scale" in s else float("inf")
+        )
     if chained:  # written flat: this run's parts hold its tensors
         return {i: {**common, "param_state": part["param_state"]} for i, part in parts.items()}
     return {**common, "param_state": rest["param_state"]}
