@@ -1,16 +1,18 @@
 """The answers of an evaluation, kept as they are scored, so that an interrupted evaluation resumes where it stopped.
 
-A journal is a JSON-lines file: a header line with what the answers depend on (the model, the sampling settings,
-the seed, whether the answers' texts are kept, and a fingerprint of each benchmark's prompts), then one line per
-answered prompt::
+A journal is a JSON-lines file: a header line with what the answers depend on (the model, the files it was read
+from, the sampling settings, the seed, whether the answers' texts are kept, and a fingerprint of each benchmark's
+prompts), then one line per answered prompt::
 
-    {"journal": 1, "settings": {...}, "benchmarks": {"AIME24": "<sha256 of its prompts>", ...}}
+    {"journal": 1, "settings": {...}, "model_files": "2 files, 1234 bytes, ...", "benchmarks": {"AIME24": "<sha256>"}}
     {"benchmark": "AIME24", "prompt": 0, "version": "...", "outcomes": [[acc, length, finish, timeout, error], ...],
      "records": [...] | null}
 
 ``evaluate(..., journal=...)`` asks it which prompts are answered, generates the others and appends each batch's
 answers as soon as they are scored (one write and fsync per batch). Opening a journal written for other settings
-or other prompts is an error naming what differs: answers of different evaluations never mix. A line cut short by
+or other prompts is an error naming what differs: answers of different evaluations never mix. That includes a model
+written anew at the same path (another export or conversion into the same directory): the header keeps the names,
+sizes and modification times of the model's files (:func:`files_identity`). A line cut short by
 a crash while it was written is dropped (its prompt is answered again).
 
 With a seed (``evaluate(..., seed=S)``) the resumed evaluation's result is the uninterrupted one's: answer j of
@@ -25,6 +27,7 @@ import logging
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import astuple, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -60,15 +63,36 @@ def fingerprint(bench: Benchmark) -> str:
     return digest.hexdigest()
 
 
+def files_identity(path: str | Path | None) -> str | None:
+    """What identifies the files at ``path`` without reading them: a file, or the files directly in a directory
+    (an HF checkpoint's weights, config and tokenizer; not its subdirectories, where a run directory may be). Their
+    count, total size and newest modification time, and the sha256 of every file's name, size and modification time
+    (ns): writing any of them anew changes it; reading them or copying them with their times (``cp -p``,
+    ``rsync -a``) does not. None where ``path`` names nothing on this filesystem (a hub id, a label of random
+    weights)."""
+    if path is None or not Path(path).exists():
+        return None
+    root = Path(path)
+    files = [root] if root.is_file() else sorted(p for p in root.iterdir() if p.is_file())
+    digest, size, newest = hashlib.sha256(), 0, 0
+    for p in files:
+        st = p.stat()
+        digest.update(f"{p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        size, newest = size + st.st_size, max(newest, st.st_mtime_ns)
+    when = datetime.fromtimestamp(newest / 1e9, UTC).isoformat(timespec="microseconds") if files else "-"
+    return f"{len(files)} files, {size} bytes, newest {when} (sha256 {digest.hexdigest()[:16]})"
+
+
 class AnswerJournal:
-    """The journal at ``path`` for an evaluation with ``settings`` (JSON-able) over ``benchmarks``: resumed when
-    the file exists (and matches), created otherwise."""
+    """The journal at ``path`` for an evaluation with ``settings`` (JSON-able; ``settings["model"]`` the model's
+    path or label) over ``benchmarks``: resumed when the file exists (and matches), created otherwise."""
 
     def __init__(self, path: str | Path, settings: Mapping[str, Any], benchmarks: Iterable[Benchmark]):
         self.path = Path(path)
         self.header = {
             "journal": FORMAT,
             "settings": json.loads(json.dumps(dict(settings))),  # as it reads back (tuples -> lists)
+            "model_files": files_identity(settings.get("model")),
             "benchmarks": {b.name: fingerprint(b) for b in benchmarks},
         }
         self._answered: dict[tuple[str, int], AnsweredPrompt] = {}
@@ -134,6 +158,8 @@ def _differences(written: Mapping[str, Any], wanted: Mapping[str, Any]) -> str:
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
             out.append(f"{key} {old.get(key)!r} there, {new.get(key)!r} here")
+    if written.get("model_files") != wanted["model_files"]:
+        out.append(f"the model's files: {written.get('model_files')} there, {wanted['model_files']} here")
     old_b, new_b = written.get("benchmarks", {}), wanted["benchmarks"]
     if list(old_b) != list(new_b):
         out.append(f"benchmarks {list(old_b)} there, {list(new_b)} here")

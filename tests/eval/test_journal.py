@@ -1,15 +1,18 @@
 """The answer journal of an evaluation (``eval/journal.py``): what it keeps reads back, an evaluation with other
-settings or prompts is refused naming the difference, and a line cut short by a crash is dropped. Resuming a real
-evaluation from it: tests/eval/test_engine_eval.py."""
+settings, prompts or model files is refused naming the difference, and a line cut short by a crash is
+dropped. Resuming a real evaluation from it: tests/eval/test_engine_eval.py."""
 
 from __future__ import annotations
+
+import os
+import shutil
 
 import pytest
 
 from megatron_hapo.data import PromptSample
 from megatron_hapo.data.dataset import DatasetStats
 from megatron_hapo.eval.benchmarks import Benchmark
-from megatron_hapo.eval.journal import AnsweredPrompt, AnswerJournal, JournalMismatch
+from megatron_hapo.eval.journal import AnsweredPrompt, AnswerJournal, JournalMismatch, files_identity
 from megatron_hapo.eval.metrics import SampleOutcome
 
 SETTINGS = {"k": 2, "temperature": 0.5, "stop": ("</s>",), "seed": 3}
@@ -46,6 +49,29 @@ def test_another_evaluation_is_refused_naming_what_differs(tmp_path):
     (tmp_path / "other.jsonl").write_text('{"step": 1}\n')
     with pytest.raises(JournalMismatch, match="not an answer journal"):
         AnswerJournal(tmp_path / "other.jsonl", SETTINGS, [_bench()])
+
+
+def test_a_model_written_anew_at_the_same_path_is_another_evaluation(tmp_path):
+    """The same --model path after another export into it: its answers are not those of the journal."""
+    model = tmp_path / "hf"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"A" * 64)
+    (model / "eval").mkdir()  # a subdirectory (a run directory, say) is not the model's
+    settings = {**SETTINGS, "model": str(model)}
+    path = model / "eval" / "model0.jsonl"
+    AnswerJournal(path, settings, [_bench()]).record("aime", {0: _answers(True)})
+    shutil.copytree(model, tmp_path / "copy", copy_function=shutil.copy2)  # a copy keeping the times
+    assert files_identity(tmp_path / "copy") == files_identity(model)
+    assert AnswerJournal(path, settings, [_bench()]).answered("aime", 0) == _answers(True)
+
+    stat = (model / "model.safetensors").stat()
+    (model / "model.safetensors").write_bytes(b"B" * 64)  # the same name and size, written again
+    os.utime(model / "model.safetensors", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    with pytest.raises(JournalMismatch, match=r"the model's files: 2 files, 66 bytes, .* there, .* here"):
+        AnswerJournal(path, settings, [_bench()])
+    # a label that names no file (random weights, a hub id) has no files to compare
+    assert files_identity("Qwen/Qwen2.5-Math-1.5B (random weights, seed 1)") is None
 
 
 def test_a_line_cut_short_by_a_crash_is_dropped_and_the_journal_goes_on(tmp_path):
