@@ -33,7 +33,8 @@ from megatron_hapo import console
 from megatron_hapo.cli import report_errors
 from megatron_hapo.data import DataError
 from megatron_hapo.eval.benchmarks import benchmark_names
-from megatron_hapo.eval.runner import comparison_table, evaluate
+from megatron_hapo.eval.journal import JournalMismatch
+from megatron_hapo.eval.runner import comparison_table, evaluate, open_journal
 from megatron_hapo.rollout.types import GenerationParams
 
 logger = logging.getLogger(__name__)
@@ -228,6 +229,17 @@ def _evaluate(args: argparse.Namespace, benchmarks: dict[str, str]) -> int:
     if (problem := budget_problem(args.model[0], loaded, args.max_new_tokens)) is not None:
         print(f"hapo-eval: {problem}", file=sys.stderr)
         return 2
+    sampling = dict(k=args.k, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                    max_new_tokens=args.max_new_tokens, stop=args.stop)  # fmt: skip
+    seed = args.seed if args.seeded else None
+    journals = [args.run_dir / "answers" / f"model{i}.jsonl" for i in range(len(args.model))]
+    try:  # a rerun on this run directory resumes: one written by another evaluation is refused now, not after
+        # the engine's start or the evaluation of the models before it
+        for model, journal in zip(args.model, journals, strict=True):
+            open_journal(journal, loaded, **sampling, model=model, seed=seed, keep_samples=args.save_samples)
+    except JournalMismatch as e:
+        print(f"hapo-eval: {e}", file=sys.stderr)
+        return 2
     console.start_resource_tracker(console.engine_log_file(args.run_dir))  # its exit notice: sglang.log
     scorer = None
     if args.scorer_workers > 0:
@@ -250,20 +262,15 @@ def _evaluate(args: argparse.Namespace, benchmarks: dict[str, str]) -> int:
                 engine,
                 tokenizer,
                 loaded,
-                k=args.k,
-                temperature=args.temperature,
-                top_p=args.top_p,
-                top_k=args.top_k,
-                max_new_tokens=args.max_new_tokens,
-                stop=args.stop,
+                **sampling,
                 scorer=scorer,
                 pass_ks=args.pass_k,
                 keep_samples=args.save_samples,
                 batch_prompts=args.batch_prompts,
                 model=model,
-                seed=args.seed if args.seeded else None,
+                seed=seed,
                 progress=None if console.verbose() else functools.partial(_print_progress, label),
-                journal=args.run_dir / "answers" / f"model{i}.jsonl",  # a rerun on this run directory resumes
+                journal=journals[i],
             )
             print(f"{label}\n{result.table()}" if label else result.table(), flush=True)
             results.append(result)

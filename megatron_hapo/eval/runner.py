@@ -338,10 +338,10 @@ def evaluate(
         )
     answers = None
     if journal is not None:
-        settings = asdict(
-            EvalSettings(k, temperature, top_p, top_k, max_new_tokens, tuple(stop), model, seed=seed)
-        )
-        answers = AnswerJournal(journal, {**settings, "keep_samples": keep_samples}, loaded)
+        answers = open_journal(
+            journal, loaded, k=k, temperature=temperature, top_p=top_p, top_k=top_k,
+            max_new_tokens=max_new_tokens, stop=stop, model=model, seed=seed, keep_samples=keep_samples,
+        )  # fmt: skip
         if len(answers):
             total = sum(len(b.prompts) for b in loaded)
             line = f"resuming: {len(answers)} of {total} prompts already answered ({answers.path})"
@@ -373,8 +373,37 @@ def evaluate(
     return EvalResult(settings, metrics, time.monotonic() - t0, samples if keep_samples else None)
 
 
+def open_journal(
+    path: str | Path,
+    benchmarks: Sequence[Benchmark],
+    *,
+    k: int,
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    max_new_tokens: int,
+    stop: Sequence[str],
+    model: str | None,
+    seed: int | None,
+    keep_samples: bool,
+) -> AnswerJournal:
+    """The answer journal at ``path`` of :func:`evaluate` with these arguments: resumed when it exists, created
+    otherwise. Raises :class:`~megatron_hapo.eval.journal.JournalMismatch` when it was written by another
+    evaluation, so a caller can check a run directory before it starts an engine."""
+    settings = EvalSettings(k, temperature, top_p, top_k, max_new_tokens, tuple(stop), model, seed=seed)
+    return AnswerJournal(path, {**asdict(settings), "keep_samples": keep_samples}, benchmarks)
+
+
 def _first(bench: Benchmark, n: int) -> Benchmark:
     return Benchmark(bench.name, bench.path, bench.prompts[:n], bench.stats)
 
 
-__all__ = ["EvalResult", "EvalSettings", "comparison_table", "evaluate", "prompt_seed", "score_answers"]
+__all__ = [
+    "EvalResult",
+    "EvalSettings",
+    "comparison_table",
+    "evaluate",
+    "open_journal",
+    "prompt_seed",
+    "score_answers",
+]

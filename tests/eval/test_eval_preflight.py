@@ -111,3 +111,43 @@ def test_server_args_are_checked_against_sglangs_fields_before_the_engine(
         "chunked_prefill_size": 64,
         "cuda_graph_bs_decode": [1, 2],
     }
+
+
+def test_a_run_directory_of_another_evaluation_is_refused_before_the_engine(
+    tmp_path, model_dir, monkeypatch, capsys
+):
+    """A rerun on the same --run-dir resumes each model's answer journal; one written by another evaluation
+    (other settings, or another model written at the same path) is refused before the engine starts, whichever
+    model it belongs to, naming the journal and what differs."""
+    import os
+    import shutil
+
+    second = shutil.copytree(model_dir, tmp_path / "second", copy_function=shutil.copy2)
+    run_dir = tmp_path / "run"
+    argv = ["--model", str(model_dir), str(second), "--benchmarks", str(VAL), "--run-dir", str(run_dir),
+            "--scorer-workers", "0", "--max-new-tokens", "64"]  # fmt: skip
+
+    def engine_starts(args):
+        raise RuntimeError("the engine starts")
+
+    monkeypatch.setattr(eval_cli, "build_engine", engine_starts)
+    with pytest.raises(RuntimeError, match="the engine starts"):
+        eval_cli.main(argv)  # both journals are open (empty) when the engine starts
+    assert sorted(p.name for p in (run_dir / "answers").iterdir()) == ["model0.jsonl", "model1.jsonl"]
+
+    monkeypatch.setattr(eval_cli, "build_engine", lambda args: pytest.fail("engine started"))
+    assert eval_cli.main([*argv, "--temperature", "0.6"]) == 2
+    err = capsys.readouterr().err
+    assert f"hapo-eval: {run_dir / 'answers' / 'model0.jsonl'} holds the answers of another evaluation" in err
+    assert "temperature 0.5 there, 0.6 here" in err
+
+    weights = next(second.glob("*.safetensors"))  # the second model exported anew into its directory
+    mtime = weights.stat().st_mtime_ns
+    weights.write_bytes(weights.read_bytes())
+    os.utime(weights, ns=(mtime, mtime + 10**9))
+    assert eval_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"{run_dir / 'answers' / 'model1.jsonl'} holds the answers of another evaluation (the model's files:"
+        in err
+    )
