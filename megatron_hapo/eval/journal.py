@@ -12,8 +12,8 @@ prompts), then one line per answered prompt::
 answers as soon as they are scored (one write and fsync per batch). Opening a journal written for other settings
 or other prompts is an error naming what differs: answers of different evaluations never mix. That includes a model
 written anew at the same path (another export or conversion into the same directory): the header keeps the names,
-sizes and modification times of the model's files (:func:`files_identity`). A line cut short by
-a crash while it was written is dropped (its prompt is answered again).
+sizes and modification times of the model's files (:func:`files_identity`). A line cut short by a crash while it
+was written is dropped (its prompt is answered again).
 
 With a seed (``evaluate(..., seed=S)``) the resumed evaluation's result is the uninterrupted one's: answer j of
 prompt i is drawn with a seed of its own, whatever else ran before it.
