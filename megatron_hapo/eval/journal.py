@@ -12,8 +12,9 @@ prompts), then one line per answered prompt::
 answers as soon as they are scored (one write and fsync per batch). Opening a journal written for other settings
 or other prompts is an error naming what differs: answers of different evaluations never mix. That includes a model
 written anew at the same path (another export or conversion into the same directory): the header keeps the names,
-sizes and modification times of the model's files (:func:`files_identity`). A line cut short by a crash while it
-was written is dropped (its prompt is answered again).
+sizes and modification times of the model's files (:func:`files_identity`). A journal that holds no answer yet (a
+start that failed before the first batch) is taken over by whichever evaluation opens it. A line cut short by a
+crash while it was written is dropped (its prompt is answered again).
 
 With a seed (``evaluate(..., seed=S)``) the resumed evaluation's result is the uninterrupted one's: answer j of
 prompt i is drawn with a seed of its own, whatever else ran before it.
@@ -137,6 +138,11 @@ class AnswerJournal:
         if not isinstance(header, dict) or header.get("journal") != FORMAT:
             raise JournalMismatch(f"{self.path} is not an answer journal of this version: remove it, or give "
                                   "another run directory")  # fmt: skip
+        if header != self.header and len(complete) == 1:  # no answer yet (a start that failed before any)
+            logger.info("%s: no answers yet, for other settings; it starts anew with these", self.path)
+            self.path.unlink()
+            self._append([self.header])
+            return
         if header != self.header:
             raise JournalMismatch(f"{self.path} holds the answers of another evaluation ({_differences(header, self.header)}): "
                                   "rerun with the arguments it was written with to resume it, or give another run "

@@ -133,7 +133,13 @@ def test_a_run_directory_of_another_evaluation_is_refused_before_the_engine(
     monkeypatch.setattr(eval_cli, "build_engine", engine_starts)
     with pytest.raises(RuntimeError, match="the engine starts"):
         eval_cli.main(argv)  # both journals are open (empty) when the engine starts
-    assert sorted(p.name for p in (run_dir / "answers").iterdir()) == ["model0.jsonl", "model1.jsonl"]
+    journals = sorted((run_dir / "answers").iterdir())
+    assert [p.name for p in journals] == ["model0.jsonl", "model1.jsonl"]
+    for journal in journals:  # a first batch answered (an empty journal is any evaluation's to take over)
+        line = {"benchmark": "tiny_math_val", "prompt": 0, "version": "v1", "outcomes": [[True, 3, "stop"]],
+                "records": None}  # fmt: skip
+        with open(journal, "a") as f:
+            f.write(json.dumps(line) + "\n")
 
     monkeypatch.setattr(eval_cli, "build_engine", lambda args: pytest.fail("engine started"))
     assert eval_cli.main([*argv, "--temperature", "0.6"]) == 2

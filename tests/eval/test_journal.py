@@ -37,7 +37,7 @@ def test_answers_read_back_and_only_they_count_as_answered(tmp_path):
     assert again.answered("aime", 0) == _answers(True) and again.answered("aime", 2) == _answers(False)
 
 
-def test_another_evaluation_is_refused_naming_what_differs(tmp_path):
+def test_another_evaluation_is_refused_naming_what_differs_unless_nothing_was_answered(tmp_path):
     path = tmp_path / "model0.jsonl"
     AnswerJournal(path, SETTINGS, [_bench()]).record("aime", {0: _answers(True)})
     with pytest.raises(JournalMismatch, match=r"temperature 0.5 there, 0.6 here.*another run directory"):
@@ -46,6 +46,16 @@ def test_another_evaluation_is_refused_naming_what_differs(tmp_path):
         AnswerJournal(path, SETTINGS, [_bench(truths=("1", "2", "4"))])  # another ground truth
     with pytest.raises(JournalMismatch, match=r"benchmarks \['aime'\] there, \['aime', 'amc'\] here"):
         AnswerJournal(path, SETTINGS, [_bench(), _bench("amc")])
+    # no answer yet (a start that failed before the first batch): taken over, nothing to mix
+    empty = tmp_path / "empty.jsonl"
+    AnswerJournal(empty, SETTINGS, [_bench()])
+    taken = AnswerJournal(empty, {**SETTINGS, "temperature": 0.6}, [_bench()])
+    taken.record("aime", {1: _answers(False)})
+    assert AnswerJournal(empty, {**SETTINGS, "temperature": 0.6}, [_bench()]).answered("aime", 1) == _answers(
+        False
+    )
+    with pytest.raises(JournalMismatch, match=r"temperature 0.6 there, 0.5 here"):
+        AnswerJournal(empty, SETTINGS, [_bench()])
     (tmp_path / "other.jsonl").write_text('{"step": 1}\n')
     with pytest.raises(JournalMismatch, match="not an answer journal"):
         AnswerJournal(tmp_path / "other.jsonl", SETTINGS, [_bench()])
