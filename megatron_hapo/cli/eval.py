@@ -11,6 +11,9 @@ table and writes the JSON result. Defaults follow the paper (avg@8 at T=0.5, top
 (one architecture and tokenizer) are evaluated one after another on that engine, each loaded into it from
 disk, and compared in a last table. Every batch of answers is kept in ``RUN_DIR/answers/`` as soon as it is scored:
 the same command on the same ``--run-dir`` resumes an interrupted evaluation, generating only what is missing.
+SIGTERM or SIGINT (a scheduler's preemption, Ctrl-C) stops it at once: the engine and the scorer are shut down, the
+console says how many prompts are answered and the ``--run-dir`` that resumes them, and the exit code is 128 + the
+signal number (143, 130).
 
 The console is hapo-train's (``megatron_hapo.console``): a line naming the run directory, one line per
 benchmark, the table and what needs acting on. The libraries' output (SGLang's settings and scheduler, Python
@@ -21,9 +24,11 @@ or to the console with ``--verbose``. The result goes to ``--out`` or ``RUN_DIR/
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -36,6 +41,7 @@ from megatron_hapo.eval.benchmarks import benchmark_names
 from megatron_hapo.eval.journal import JournalMismatch
 from megatron_hapo.eval.runner import comparison_table, evaluate, open_journal
 from megatron_hapo.rollout.types import GenerationParams
+from megatron_hapo.stop_signals import STOP_SIGNALS
 
 logger = logging.getLogger(__name__)
 
@@ -194,10 +200,57 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.run_dir = Path(args.run_dir or f"runs/hapo-eval-{time.strftime('%Y%m%d-%H%M%S')}")
     console.filter_benign_warnings()  # before SGLang is imported: most are import-time
-    with console.logging_to(args.run_dir) as log_file:
+    with console.logging_to(args.run_dir) as log_file, _stop_on_signals():
         where = "" if console.verbose() else f"; SGLang's output in {log_file.parent}/ (--verbose shows it)"
         print(f"hapo-eval: run directory {args.run_dir}{where}", flush=True)
-        return report_errors("hapo-eval", lambda: _evaluate(args, benchmarks))
+        try:
+            return report_errors("hapo-eval", lambda: _evaluate(args, benchmarks))
+        except EvaluationStopped as stop:  # before any answer (no journal): nothing to resume
+            _say(f"{stop}, before any answer")
+            return stop.code
+
+
+class EvaluationStopped(SystemExit):
+    """SIGTERM or SIGINT stopped the evaluation; ``code`` is 128 + the signal number (143, 130). A SystemExit, as
+    KeyboardInterrupt is: asyncio re-raises it out of SGLang's event loop, and ``except Exception`` keeps out."""
+
+    def __init__(self, signum: int):
+        super().__init__(128 + signum)
+        self.signum = signum
+
+    def __str__(self) -> str:
+        return f"stopped on {signal.Signals(self.signum).name} (exit code {self.code})"
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """The first SIGTERM/SIGINT raises :class:`EvaluationStopped` wherever the main thread is (the answers of the
+    batch in flight are lost; a journal line it cuts short is dropped on resume). The ``finally`` blocks then shut
+    the engine and the scorer down; a signal meanwhile is logged, not raised, so that it cannot cut the shutdown
+    short (the engine's processes ignore both signals: ``stop_signals.py``). The handlers in place before are
+    restored after the block."""
+    stopping = False
+
+    def on_signal(signum, _frame):
+        nonlocal stopping
+        if stopping:
+            logger.warning("%s again: the evaluation is already stopping", signal.Signals(signum).name)
+            return
+        stopping = True
+        raise EvaluationStopped(signum)
+
+    previous = {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _say(message: str) -> None:
+    """A line for the console's stderr, and for the log file."""
+    logger.error("%s", message, extra=console.FILE_ONLY)
+    print(f"hapo-eval: {message}", file=sys.stderr, flush=True)
 
 
 def _evaluate(args: argparse.Namespace, benchmarks: dict[str, str]) -> int:
@@ -206,9 +259,6 @@ def _evaluate(args: argparse.Namespace, benchmarks: dict[str, str]) -> int:
     from megatron_hapo.data import RowKeys
     from megatron_hapo.eval.benchmarks import load_benchmarks
     from megatron_hapo.eval.preflight import budget_problem
-    from megatron_hapo.rewards import ScorerPool
-    from megatron_hapo.rollout.serving import report_server_args
-    from megatron_hapo.sync import VERIFY_NAME, WeightSynchronizer
 
     tokenizer = AutoTokenizer.from_pretrained(args.model[0])
     keys = RowKeys(default_data_source=args.default_data_source)
@@ -233,13 +283,46 @@ def _evaluate(args: argparse.Namespace, benchmarks: dict[str, str]) -> int:
                     max_new_tokens=args.max_new_tokens, stop=args.stop)  # fmt: skip
     seed = args.seed if args.seeded else None
     journals = [args.run_dir / "answers" / f"model{i}.jsonl" for i in range(len(args.model))]
-    try:  # a rerun on this run directory resumes: one written by another evaluation is refused now, not after
-        # the engine's start or the evaluation of the models before it
-        for model, journal in zip(args.model, journals, strict=True):
+
+    def open_journals() -> list:
+        return [
             open_journal(journal, loaded, **sampling, model=model, seed=seed, keep_samples=args.save_samples)
+            for model, journal in zip(args.model, journals, strict=True)
+        ]
+
+    try:  # a rerun on this run directory resumes: one written by another evaluation is refused now, not after
+        open_journals()  # the engine's start or the evaluation of the models before it
     except JournalMismatch as e:
         print(f"hapo-eval: {e}", file=sys.stderr)
         return 2
+    try:
+        return _evaluate_models(args, tokenizer, loaded, sampling, seed, journals)
+    except EvaluationStopped as stop:  # the engine and the scorer are shut down by now
+        answered = [len(j) for j in open_journals()]
+        if not any(answered):
+            _say(f"{stop}, before any answer")
+            return stop.code
+        total = sum(len(b.prompts) for b in loaded)
+        kept = ", ".join(f"{m} {n} of {total} prompts" for m, n in zip(args.model, answered, strict=True))
+        _say(f"{stop}; answered and kept in {journals[0].parent}/: {kept}")
+        _say(f"the same command with --run-dir {args.run_dir} resumes the evaluation")
+        return stop.code
+
+
+def _evaluate_models(
+    args: argparse.Namespace,
+    tokenizer,
+    loaded: list,
+    sampling: dict[str, Any],
+    seed: int | None,
+    journals: list[Path],
+) -> int:
+    """Every ``--model`` on one engine (each after the first loaded into it), answers journaled as they are
+    scored, the results file written after each model."""
+    from megatron_hapo.rewards import ScorerPool
+    from megatron_hapo.rollout.serving import report_server_args
+    from megatron_hapo.sync import VERIFY_NAME, WeightSynchronizer
+
     console.start_resource_tracker(console.engine_log_file(args.run_dir))  # its exit notice: sglang.log
     scorer = None
     if args.scorer_workers > 0:

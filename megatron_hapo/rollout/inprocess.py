@@ -111,7 +111,7 @@ class InProcessSGLangEngine:
                 self._engine = start_sglang_engine(
                     model_path=str(model_path), tp_size=tp_size, random_seed=seed, log_level=log_level, **args
                 )
-        except BaseException:
+        except Exception:  # a stop signal's KeyboardInterrupt or SystemExit is no failure to start
             if log_file is not None:  # the scheduler's own traceback (the cause) is only there
                 logger.error("the SGLang engine failed to start; its processes' output is in %s", log_file)
             raise

@@ -11,12 +11,15 @@ The numbers are recomputed from the per-answer records and from re-scoring each 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -31,6 +34,7 @@ from tests.eval import helper_scorers
 pytestmark = pytest.mark.slow
 
 VAL = Path(__file__).resolve().parents[2] / "examples" / "data" / "tiny_math_val.parquet"
+TRAIN = VAL.with_name("tiny_math_train.parquet")  # 260 prompts
 K = 4
 MAX_NEW = 12
 
@@ -402,3 +406,61 @@ def test_cli_evaluates_checkpoints_on_one_engine_with_a_quiet_console(model_dir,
     (alone,) = json.loads((tmp_path / "alone" / "results.json").read_text())
     assert answers(second) == answers(alone) != answers(first)
     assert second["benchmarks"] == alone["benchmarks"]
+
+
+def test_cli_stopped_by_a_signal_says_how_to_resume(engine, model_dir, tmp_path, monkeypatch, capsys):
+    """SIGTERM to hapo-eval's process group while it answers (what a scheduler's preemption and torchrun send; a
+    Ctrl-C sends SIGINT the same way): the engine is shut down, the command exits 143 and names the prompts
+    answered and the --run-dir that resumes them, nothing of it keeps running, and the same command resumes."""
+    import psutil
+
+    from megatron_hapo import cli
+    from megatron_hapo.cli import eval as eval_cli
+
+    run_dir, total = tmp_path / "run", 64
+    argv = ["--model", str(model_dir), "--benchmarks", str(TRAIN), "--max-prompts", str(total), "--k", "2",
+            "--max-new-tokens", "16", "--batch-prompts", "1", "--scorer-workers", "1", "--run-dir", str(run_dir)]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "HAPO_VERBOSE"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "megatron_hapo.cli.eval", *argv], env=dict(env, OMP_NUM_THREADS="1"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    journal = run_dir / "answers" / "model0.jsonl"
+    deadline = time.monotonic() + 240
+    while not (journal.exists() and journal.read_text().count("\n") >= 2):  # the header and one answer
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-4000:]
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-4000:]
+    answered = (
+        journal.read_text().count("\n") - 1
+    )  # whole lines (a line the signal cut short is answered again)
+    assert 1 <= answered < total
+    assert err.splitlines() == [
+        f"hapo-eval: stopped on SIGTERM (exit code 143); answered and kept in {journal.parent}/: "
+        f"{model_dir} {answered} of {total} prompts",
+        f"hapo-eval: the same command with --run-dir {run_dir} resumes the evaluation",
+    ]
+    assert "SGLang engine shut down: its processes" in (run_dir / "logs" / "rank0.log").read_text()
+
+    def left_running() -> list[list[str]]:
+        found = []
+        for p in psutil.process_iter():
+            with contextlib.suppress(psutil.Error, ProcessLookupError):
+                if os.getpgid(p.pid) == proc.pid:
+                    found.append(p.cmdline())
+        return found
+
+    deadline = time.monotonic() + 20  # multiprocessing's resource tracker exits once it reads its pipe's end
+    while (left := left_running()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert left == []
+
+    monkeypatch.setattr(eval_cli, "build_engine", lambda args: _Borrowed(engine))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.eval_main(argv)
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert f"hapo-eval: resuming: {answered} of {total} prompts already answered ({journal})" in printed
+    assert f"| {TRAIN.stem} | {total} |" in printed
