@@ -23,6 +23,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -287,12 +288,18 @@ def load(policy, path: str | Path) -> dict[str, Any]:
     return state
 
 
+_NDARRAY = "__ndarray__"  # pack_lists' tag of a numpy array (its tensor), told apart from the lists it packs
+
+
 def pack_lists(value: Any) -> Any:
     """``value`` with every non-empty list of ints (or of floats) as an int64 (float64) tensor: exact, and
-    compact where the per-token lists of a batch are millions long (``ready_batch.pt``). :func:`unpack_lists`
-    is its inverse."""
+    compact where the per-token lists of a batch are millions long (``ready_batch.pt``), and every numpy array
+    (a routing-replay sample's ``routed_experts``) as ``{"__ndarray__": tensor}`` of its dtype, which
+    ``torch.load(weights_only=True)`` reads (a numpy array it refuses). :func:`unpack_lists` is its inverse."""
     if isinstance(value, dict):
         return {k: pack_lists(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return {_NDARRAY: torch.from_numpy(np.ascontiguousarray(value))}
     if isinstance(value, list):
         for kind, dtype in ((int, torch.int64), (float, torch.float64)):
             if value and all(type(x) is kind for x in value):
@@ -302,8 +309,11 @@ def pack_lists(value: Any) -> Any:
 
 
 def unpack_lists(value: Any) -> Any:
-    """The JSON-ready value :func:`pack_lists` packed: every tensor back to a list of Python numbers."""
+    """The value :func:`pack_lists` packed: every tensor back to a list of Python numbers, every numpy array
+    back to the array."""
     if isinstance(value, dict):
+        if value.keys() == {_NDARRAY}:
+            return value[_NDARRAY].numpy()
         return {k: unpack_lists(v) for k, v in value.items()}
     if isinstance(value, list):
         return [unpack_lists(v) for v in value]

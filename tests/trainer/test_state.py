@@ -102,3 +102,21 @@ def test_ready_batch_packing_is_exact(tmp_path):
     assert back == batch
     assert [type(x) for x in back["samples"][0]["logprobs"]] == [float] * 3
     assert [type(x) for x in back["scores"]] == [int, float]
+
+
+def test_ready_batch_keeps_routed_experts(tmp_path):
+    """A routing-replay batch generated ahead (rollout.max_staleness=1): each sample's ``routed_experts`` is a
+    numpy array (rollout/parse.py), which ``torch.load(weights_only=True)`` refuses unless packed; it comes back
+    with its dtype, shape and values."""
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(0)
+    experts = [rng.integers(0, 64, (5, 8)).astype(np.uint8), rng.integers(0, 300, (3, 4)).astype(np.int16)]
+    batch = {"samples": [{"response_ids": [1, 2], "routed_experts": e, "extra": {}} for e in experts]}
+    torch.save(pack_lists(batch), tmp_path / "ready_batch.pt")
+    back = unpack_lists(torch.load(tmp_path / "ready_batch.pt", weights_only=True))
+    for sample, e in zip(back["samples"], experts, strict=True):
+        got = sample["routed_experts"]
+        assert isinstance(got, np.ndarray) and got.dtype == e.dtype and np.array_equal(got, e)
+        assert sample["response_ids"] == [1, 2]
