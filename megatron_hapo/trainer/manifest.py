@@ -76,20 +76,7 @@ def check(directory: str | Path) -> int:
 
     Raises :class:`CheckpointInvalid` naming the checkpoint and the first problem found."""
     directory = Path(directory)
-    path = directory / MANIFEST
-    if not path.is_file():
-        raise CheckpointInvalid(
-            f"{directory}: no {MANIFEST} (an unfinished save, or not written by megatron-hapo)"
-        )
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        files, step = manifest["files"], int(manifest["step"])
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-        raise CheckpointInvalid(f"{path}: unreadable manifest ({type(e).__name__}: {e})") from None
-    if manifest.get("format") != FORMAT:
-        raise CheckpointInvalid(
-            f"{path}: manifest format {manifest.get('format')!r}, this version reads {FORMAT}"
-        )
+    files, step = _read(directory)
     for rel, want in sorted(files.items()):
         p = directory / rel
         if not p.is_file():
@@ -102,3 +89,28 @@ def check(directory: str | Path) -> int:
                 f"{p}: CRC-32 {crc:#010x}, the manifest says {want['crc32']:#010x} (corrupted)"
             )
     return step
+
+
+def recorded_step(directory: str | Path) -> int:
+    """The step ``directory``'s manifest records, without reading the files (:func:`check` does): for a
+    checkpoint already checked, whose second read would cost as much as the first."""
+    return _read(Path(directory))[1]
+
+
+def _read(directory: Path) -> tuple[dict, int]:
+    """The manifest's files and step."""
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise CheckpointInvalid(
+            f"{directory}: no {MANIFEST} (an unfinished save, or not written by megatron-hapo)"
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        files, step = dict(manifest["files"]), int(manifest["step"])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise CheckpointInvalid(f"{path}: unreadable manifest ({type(e).__name__}: {e})") from None
+    if manifest.get("format") != FORMAT:
+        raise CheckpointInvalid(
+            f"{path}: manifest format {manifest.get('format')!r}, this version reads {FORMAT}"
+        )
+    return files, step

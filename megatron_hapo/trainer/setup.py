@@ -68,14 +68,15 @@ def plan_resume(cfg: RootConfig) -> ResumePlan:
 
     ``checkpoint.resume=none`` where the run directory already has metrics rows or checkpoints is refused
     (it would mix two runs' rows and prune the old run's checkpoints)."""
-    from megatron_hapo.trainer import checkpoint
+    from megatron_hapo.trainer import checkpoint, manifest
 
     answer = None
     if dist.get_rank() == 0:
         try:
             _refuse_fresh_start_over_a_run(cfg)
+            # select verifies the checkpoint, reading every file (minutes at scale): its step is not read again
             path = checkpoint.select(cfg.checkpoint.resume, cfg.checkpoint.dir)
-            step = checkpoint.verify(path) if path is not None else 0  # reads every file: minutes at scale
+            step = manifest.recorded_step(path) if path is not None else 0
             answer = ResumePlan(path, step)
         except ValueError as e:  # CheckpointInvalid, RunDirectoryInUse: the same error on every rank
             answer = e

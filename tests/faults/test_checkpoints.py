@@ -260,12 +260,15 @@ def test_no_good_checkpoint_is_refused_before_the_engine_starts(two_checkpoints,
     assert "starting in-process SGLang engine" not in proc.stderr and "sglang" not in proc.stderr.lower()
 
 
-def test_resume_none_over_an_existing_run_is_refused_with_the_ways_forward(two_checkpoints, model, tmp_path):
+def test_resume_none_over_an_existing_run_is_refused_with_the_ways_forward(
+    two_checkpoints, model, tmp_path, monkeypatch
+):
     """Checked by ``plan_resume``, which ``train`` calls before ``build_run`` (so before any engine)."""
     import shutil
 
     import megatron_hapo.parallel as hp
     from megatron_hapo.config import load_config
+    from megatron_hapo.trainer import manifest
     from megatron_hapo.trainer.setup import RunDirectoryInUse, plan_resume
 
     hp.init_distributed()
@@ -288,8 +291,13 @@ def test_resume_none_over_an_existing_run_is_refused_with_the_ways_forward(two_c
     cont = load_config(
         CONFIG, [f"model.hf_path={model}", f"trainer.run_dir={run_dir}", "checkpoint.resume=auto"]
     )
+    read = []
+    digest = manifest.file_digest
+    monkeypatch.setattr(manifest, "file_digest", lambda p, fsync=False: read.append(p) or digest(p, fsync))
     plan = plan_resume(cont)
     assert plan.checkpoint == run_dir / "checkpoints" / "step_2" and plan.step == 2
+    listed = json.loads((plan.checkpoint / manifest.MANIFEST).read_text())["files"]
+    assert sorted(read) == sorted(plan.checkpoint / f for f in listed)  # verified, every file read once
 
 
 if __name__ == "__main__":
