@@ -33,6 +33,7 @@ from megatron_hapo.parallel.checkpointing import load_sharded, save_sharded
 from megatron_hapo.parallel.lead import wait_for_lead
 from megatron_hapo.trainer import manifest, optimizer_layout
 from megatron_hapo.trainer.manifest import CheckpointInvalid
+from megatron_hapo.trainer.optim import load_scheduler_state
 
 logger = logging.getLogger(__name__)
 
@@ -281,7 +282,7 @@ def load(policy, path: str | Path) -> dict[str, Any]:
     policy.optimizer.load_state_dict(optimizer_layout.reshape_loaded(loaded["optimizer"], chained))
     _unshare_adam_steps(policy.optimizer)
     state = upgrade_state(json.loads((path / STATE_FILE).read_text()), path)
-    policy.scheduler.load_state_dict(state["scheduler"])
+    load_scheduler_state(policy.scheduler, state["scheduler"])
     ready = (state.get("rollout") or {}).get("ready_batch")
     if isinstance(ready, dict) and set(ready) == {"file"}:
         state["rollout"]["ready_batch"] = unpack_lists(torch.load(path / ready["file"], weights_only=True))
