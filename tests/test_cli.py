@@ -174,3 +174,60 @@ def test_a_failing_engine_process_shows_its_last_words_on_the_console(tmp_path):
     assert proc.returncode in (-9, 137), proc.stderr[-2000:]
     assert proc.stderr.startswith(f"SGLang engine process failed; the last lines of {log}:")
     assert "Cannot find any model weights" in proc.stderr and "line 50\n" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--names", "X", "X"], "--names gives 'X' to several benchmark files: one name each"),
+        (["--top-k", "0"], "top_k must be -1 (off) or at least 1, got 0"),
+        (["--batch-prompts", "0"], "--batch-prompts must be at least 1, got 0"),
+        (["--max-prompts", "0"], "--max-prompts must be at least 1, got 0"),
+        (["--scorer-workers", "-1"], "--scorer-workers must be at least 0, got -1"),
+        (["--score-timeout", "0"], "--score-timeout must be a positive number of seconds, got 0.0"),
+        (["--reward-extra-modules", "no_such_pkg.scorers"], "--reward-extra-modules: no module 'no_such_pkg.scorers' on this Python's path (sys.path)"),
+        (["--run-dir", "{file}"], "--run-dir {file} is a file: give a directory (new or an evaluation's)"),
+        (["--out", "{dir}"], "--out {dir} is a directory: give the JSON file's path, e.g. {dir}/results.json"),
+    ],
+)  # fmt: skip
+def test_hapo_eval_refuses_arguments_that_cannot_work_before_reading_anything(
+    extra, message, tmp_path, capsys
+):
+    """Each of these was a traceback, a failure after the engine's start, or a benchmark silently dropped."""
+    from megatron_hapo.cli import eval as eval_cli
+
+    (tmp_path / "file").write_text("")
+    names = {"file": str(tmp_path / "file"), "dir": str(tmp_path)}
+    argv = ["--model", str(tmp_path / "no_model"), "--benchmarks", "a.jsonl", "b.jsonl", *extra]
+    assert eval_cli.main([a.format(**names) for a in argv]) == 2
+    assert capsys.readouterr().err.strip() == f"hapo-eval: {message.format(**names)}"
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--router-for", ""], "--router-for lists no server URL: give the rollout servers' comma-separated addresses"),
+        (["--router-for", " , "], "--router-for lists no server URL"),
+        (["--servers", "0"], "--servers must be at least 1, got 0"),
+        (["--servers", "2", "--router-for", "http://a:30001"], "--servers starts servers, --router-for a router"),
+        (["--port", "0"], "--port must be a TCP port (1-65535), got 0"),
+    ],
+)  # fmt: skip
+def test_hapo_serve_refuses_arguments_that_cannot_work_before_reading_the_config(extra, message, capsys):
+    """An empty --router-for (an unset variable) started servers in the router's place; --servers 0 and --port 0
+    were replaced by the defaults."""
+    from megatron_hapo.cli import serve
+
+    assert serve.main(["--config", "no_such_config.yaml", *extra]) == 2
+    assert capsys.readouterr().err.startswith(f"hapo-serve: {message}")
+
+
+def test_hapo_convert_refuses_an_output_that_is_a_file_and_a_negative_tolerance(tmp_path, capsys):
+    from megatron_hapo.cli import convert
+
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    assert convert.main(["hf-to-mcore", "--hf", str(tmp_path), "--out", str(taken)]) == 2
+    assert f"--out {taken} is a file: give a directory" in capsys.readouterr().err
+    assert convert.main(["verify", "--hf", str(tmp_path), "--mcore", str(tmp_path), "--atol", "-1"]) == 2
+    assert "--atol must be >= 0 (0: the logits must match exactly), got -1.0" in capsys.readouterr().err

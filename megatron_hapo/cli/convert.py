@@ -127,6 +127,11 @@ def main(argv: list[str] | None = None) -> int:
             "export-fp8": export_fp8,
             "export-fp8-blockwise": export_fp8_blockwise,
         }
+        out = getattr(args, "out", None)
+        if out is not None and Path(out).exists() and not Path(out).is_dir():
+            raise ConversionError(f"--out {out} is a file: give a directory (a new or an empty one)")
+        if getattr(args, "atol", None) is not None and args.atol < 0:
+            raise ConversionError(f"--atol must be >= 0 (0: the logits must match exactly), got {args.atol}")
         with _model_logs_shown():
             return commands[args.command](args)
     except (ConversionError, FileNotFoundError) as e:
@@ -354,7 +359,7 @@ def verify(args) -> int:
             batch=args.batch,
             seq_len=args.seq_len,
             seed=args.seed,
-            atol=args.atol or DEFAULT_ATOL,
+            atol=DEFAULT_ATOL if args.atol is None else args.atol,
         )
         _log(f"verify {arch.family} TP={args.tp} PP={args.pp}: {result.describe()}")
     return 0 if result.ok else 1

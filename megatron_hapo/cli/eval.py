@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import importlib.util
 import json
 import logging
 import signal
@@ -172,19 +173,8 @@ def build_engine(args: argparse.Namespace) -> Any:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console.set_verbose(args.verbose)
-    if args.names is not None and len(args.names) != len(args.benchmarks):
-        print(
-            f"hapo-eval: --names gives {len(args.names)} names for {len(args.benchmarks)} benchmark files",
-            file=sys.stderr,
-        )
-        return 2
-    try:  # bad sampling arguments fail here, before any file is read or engine started
-        GenerationParams(
-            n=args.k, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p
-        )
-        bad = [j for j in args.pass_k if not 1 <= j <= args.k]
-        if bad:
-            raise ValueError(f"--pass-k values must be in [1, --k={args.k}], got {bad}")
+    try:  # bad arguments fail here, before any file is read or engine started
+        _check_arguments(args)
         benchmarks = benchmark_names(
             dict(zip(args.names, args.benchmarks, strict=True)) if args.names else args.benchmarks
         )
@@ -208,6 +198,53 @@ def main(argv: list[str] | None = None) -> int:
         except EvaluationStopped as stop:  # before any answer (no journal): nothing to resume
             _say(f"{stop}, before any answer")
             return stop.code
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Raise ValueError naming the first argument that cannot work (what SGLang, the scorer pool or the file
+    system would otherwise refuse after the engine's start, or silently change)."""
+    GenerationParams(
+        n=args.k, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+        top_k=args.top_k,
+    )  # fmt: skip
+    bad = [j for j in args.pass_k if not 1 <= j <= args.k]
+    if bad:
+        raise ValueError(f"--pass-k values must be in [1, --k={args.k}], got {bad}")
+    if args.names is not None:
+        if len(args.names) != len(args.benchmarks):
+            raise ValueError(
+                f"--names gives {len(args.names)} names for {len(args.benchmarks)} benchmark files"
+            )
+        if twice := sorted({n for n in args.names if args.names.count(n) > 1}):
+            raise ValueError(
+                f"--names gives {', '.join(map(repr, twice))} to several benchmark files: one name each"
+            )
+    at_least = {
+        "--batch-prompts": 1,
+        "--max-prompts": 1,
+        "--scorer-workers": 0,
+        "--fleet-servers": 0,
+        "--tp": 1,
+    }
+    for flag, low in at_least.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None and value < low:
+            raise ValueError(f"{flag} must be at least {low}, got {value}")
+    if not args.score_timeout > 0:
+        raise ValueError(f"--score-timeout must be a positive number of seconds, got {args.score_timeout}")
+    for module in args.reward_extra_modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ImportError:  # a parent package that does not exist
+            found = False
+        if not found:
+            raise ValueError(f"--reward-extra-modules: no module {module!r} on this Python's path (sys.path)")
+    if args.run_dir is not None and Path(args.run_dir).exists() and not Path(args.run_dir).is_dir():
+        raise ValueError(f"--run-dir {args.run_dir} is a file: give a directory (new or an evaluation's)")
+    if args.out is not None and Path(args.out).is_dir():
+        raise ValueError(
+            f"--out {args.out} is a directory: give the JSON file's path, e.g. {Path(args.out) / 'results.json'}"
+        )
 
 
 class EvaluationStopped(SystemExit):

@@ -27,6 +27,7 @@ import argparse
 import os
 import signal
 import socket
+import sys
 import threading
 import zlib
 from dataclasses import replace
@@ -66,7 +67,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-dir", default="logs", help="the servers' log files go here (default ./logs)")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, as given to the trainer")
     args = parser.parse_intermixed_args(argv)
+    if args.router_for is not None:
+        args.router_for = [u.strip().rstrip("/") for u in args.router_for.split(",") if u.strip()]
+    if problem := _argument_problem(args):  # before the config is read or anything started
+        print(f"hapo-serve: {problem}", file=sys.stderr)
+        return 2
     return report_errors("hapo-serve", lambda: _serve(args))
+
+
+def _argument_problem(args: argparse.Namespace) -> str | None:
+    if args.router_for == []:  # given, but empty (an unset variable, say): never servers in its place
+        return "--router-for lists no server URL: give the rollout servers' comma-separated addresses"
+    if args.servers is not None and args.servers < 1:
+        return f"--servers must be at least 1, got {args.servers} (leave it out for this node's GPUs // TP)"
+    if args.servers is not None and args.router_for is not None:
+        return (
+            "--servers starts servers, --router-for a router in front of servers started elsewhere: give one"
+        )
+    if args.port is not None and not 1 <= args.port <= 65535:
+        return f"--port must be a TCP port (1-65535), got {args.port}"
+    return None
 
 
 class _StoppedStarting(BaseException):
@@ -124,7 +144,7 @@ def _start(args):
         on_server_failure="continue",
     )
     if args.router_for:
-        urls = tuple(u.strip().rstrip("/") for u in args.router_for.split(",") if u.strip())
+        urls = tuple(args.router_for)
         attached = replace(base, attach_urls=urls)
         check_attached_servers(cfg, attached)
         fleet = SGLangFleet(replace(attached, router_port=args.port or 30000))

@@ -344,6 +344,10 @@ def check_attached_servers(cfg: Any, attached: FleetConfig) -> None:
     until the numbers drift. Call it before the fleet that starts a router in front of them."""
     from megatron_hapo.rollout.fleet import SGLangFleet
 
+    if not attached.attach_urls and not attached.router_url:  # the fleet would launch servers of its own
+        raise EngineError(
+            "no rollout server to check: the attached fleet names no server address and no router"
+        )
     fleet = SGLangFleet(replace(attached, router=False))  # attaches: launches nothing
     urls = [s.url for s in fleet.servers]
     problems = attached_server_problems(required_server_settings(cfg), fleet.server_settings(), urls)

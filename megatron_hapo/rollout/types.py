@@ -96,6 +96,8 @@ class GenerationParams:
             raise ValueError(
                 f"need temperature >= 0 and 0 < top_p <= 1 (got {self.temperature}, {self.top_p})"
             )
+        if self.top_k == 0 or self.top_k < -1:  # SGLang refuses it, at the first request
+            raise ValueError(f"top_k must be -1 (off) or at least 1, got {self.top_k}")
 
     def to_sglang(self) -> dict[str, Any]:
         """SGLang ``sampling_params`` for one request (``n`` is handled by the engine wrapper)."""
