@@ -284,8 +284,11 @@ def load(policy, path: str | Path) -> dict[str, Any]:
     state = upgrade_state(json.loads((path / STATE_FILE).read_text()), path)
     load_scheduler_state(policy.scheduler, state["scheduler"])
     ready = (state.get("rollout") or {}).get("ready_batch")
-    if isinstance(ready, dict) and set(ready) == {"file"}:
-        state["rollout"]["ready_batch"] = unpack_lists(torch.load(path / ready["file"], weights_only=True))
+    if isinstance(ready, dict) and set(ready) == {"file"}:  # only the lead, which hands the batch out, reads
+        # it: gigabytes of Python lists at real shapes, which every other rank would keep for the whole run
+        lead = dist.get_rank() == 0
+        batch = unpack_lists(torch.load(path / ready["file"], weights_only=True)) if lead else None
+        state["rollout"]["ready_batch"] = batch
     return state
 
 

@@ -12,11 +12,14 @@ optimizer each), with a checkpoint after the first. Then a chain of resumes, eac
 
 Every load gives the parameters the checkpoint holds (difference 0), and every step after a load matches the
 reference's step to REL_TOL: the Adam moments moved with their parameters into the other optimizer layout (with
-them lost the step differs by ~5e-4). Prints EXPERT_RESHARDING_OK on success.
+them lost the step differs by ~5e-4). The first checkpoint also holds a batch generated ahead with routing replay
+(rollout.max_staleness=1: ready_batch.pt, each sample's routed experts a numpy array): it loads on the lead as
+written, and not at all on the other ranks, which never use it. Prints EXPERT_RESHARDING_OK on success.
 """
 
 import sys
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -27,6 +30,36 @@ from tests.dist_jobs.job_virtual_pipeline import compare_steps, global_params, l
 from tests.dist_jobs.job_virtual_pipeline import step as one_step
 
 REL_TOL = 1e-5
+
+
+# a routing-replay batch generated ahead, as RolloutStage.state_dict saves it (its samples' other fields elided)
+READY = {
+    "samples": [
+        {"response_ids": [5, 6, 7], "routed_experts": np.arange(4 * 4, dtype=np.uint8).reshape(4, 4) % 8},
+        {"response_ids": [9], "routed_experts": np.full((2, 4), 300, dtype=np.int16)},
+    ],
+    "group_ids": [0, 0],
+}
+
+
+def ready_batch_problem(loaded, rank: int) -> str | None:
+    if rank != 0:
+        return (
+            None
+            if loaded is None
+            else f"rank {rank} loaded the batch generated ahead, which only the lead uses"
+        )
+    got = [(s["response_ids"], s["routed_experts"]) for s in loaded["samples"]]
+    want = [(s["response_ids"], s["routed_experts"]) for s in READY["samples"]]
+    same = all(
+        g[0] == w[0] and g[1].dtype == w[1].dtype and np.array_equal(g[1], w[1])
+        for g, w in zip(got, want, strict=True)
+    )
+    return (
+        None
+        if same and loaded["group_ids"] == READY["group_ids"]
+        else f"the lead's batch generated ahead: {loaded}"
+    )
 
 
 def build(model_dir, ep):
@@ -67,15 +100,19 @@ def main():
     with layout(1, 1, ep=2):
         cfg, policy = build(model_dir, 2)
         reference = [step(cfg, policy, seed=0)]
-        saved = checkpoint.save(policy, f"{ckpt_dir}/ep2", 1, {}, keep_last=None)
+        saved = checkpoint.save(
+            policy, f"{ckpt_dir}/ep2", 1, {"rollout": {"ready_batch": READY}}, keep_last=None
+        )
         reference += [step(cfg, policy, seed=k) for k in (1, 2, 3)]
         del policy
     failures, params = [], reference[0][0][2]
     for k, ep in enumerate((1, 4, 2), start=1):  # each resumes from the checkpoint the one before wrote
         with layout(1, 1, ep=ep):
             cfg, policy = build(model_dir, ep)
-            checkpoint.load(policy, saved)
+            state = checkpoint.load(policy, saved)
             failures.append(loaded_problem(f"{saved} loaded at EP={ep}", all_params(policy), params))
+            if k == 1:
+                failures.append(ready_batch_problem(state["rollout"]["ready_batch"], dist.get_rank()))
             resumed = step(cfg, policy, seed=k)
             failures.append(
                 compare_steps(f"step {k + 1} at EP={ep}, resumed", resumed, reference[k], REL_TOL)
