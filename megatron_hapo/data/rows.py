@@ -14,6 +14,7 @@ for JSONL also the line number), or is skipped and counted when the caller asks 
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 from collections.abc import Iterator
@@ -138,10 +139,13 @@ def parse_record(record: Any, keys: RowKeys) -> PromptRow:
 def iter_records(path: str | Path, columns: list[str] | None = None) -> Iterator[tuple[int, Any, str | None]]:
     """Yield ``(row_index, record, problem)`` for every record of a .parquet or .jsonl/.json file.
 
+    A .json file is JSON Lines too, or one JSON array of records (``pandas.DataFrame.to_json(orient="records")``,
+    ``json.dump(rows)``): the first character that is not white space tells which.
     columns: parquet columns to read (those present; None = all); JSONL records are read whole.
     ``problem`` is None, or why the record could not even be decoded (JSONL: a line that is not UTF-8 or
     not JSON; it names the line); then record is None.
-    Raises DataError for a missing file, an unknown extension or an unreadable parquet file.
+    Raises DataError for a missing file, an unknown extension, an unreadable parquet file or a JSON array that
+    is not valid JSON.
     """
     path = Path(path)
     if not path.is_file():
@@ -149,6 +153,8 @@ def iter_records(path: str | Path, columns: list[str] | None = None) -> Iterator
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         yield from _iter_parquet(path, columns)
+    elif suffix == ".json" and _starts_an_array(path):
+        yield from _iter_json_array(path)
     elif suffix in DATA_SUFFIXES:
         yield from _iter_jsonl(path)
     else:
@@ -172,12 +178,32 @@ def _iter_parquet(path: Path, columns: list[str] | None) -> Iterator[tuple[int, 
             row += 1
 
 
+def _starts_an_array(path: Path) -> bool:
+    with path.open("rb") as f:
+        head = f.read(4096).removeprefix(codecs.BOM_UTF8).lstrip()
+    return head.startswith(b"[")
+
+
+def _iter_json_array(path: Path) -> Iterator[tuple[int, Any, str | None]]:
+    try:
+        records = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        where = (
+            f"line {e.lineno}, column {e.colno}: {e.msg}" if isinstance(e, json.JSONDecodeError) else str(e)
+        )
+        raise DataError(f"{path}: a JSON array of records that does not parse ({where})") from None
+    for row, record in enumerate(records):
+        yield row, record, None
+
+
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any, str | None]]:
     # Decoded line by line (not as one text stream) so that a bad byte costs one row, named by its line,
     # instead of the whole file with an anonymous UnicodeDecodeError.
     row = 0
     with path.open("rb") as f:
         for line_no, raw in enumerate(f, start=1):
+            if line_no == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)  # written by some Windows editors and exporters
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:

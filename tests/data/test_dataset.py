@@ -39,6 +39,31 @@ def test_parquet_and_jsonl_give_the_same_samples(tmp_path, tokenizer):
     assert s.source.endswith("a.parquet row 3")
 
 
+def test_a_json_array_and_a_byte_order_mark_read_as_jsonl_does(tmp_path, tokenizer):
+    """A .json file holding one array of records (pretty-printed, as pandas' to_json(orient="records") or
+    json.dump write it) and a .jsonl file that starts with a UTF-8 byte-order mark give the JSONL file's samples
+    (the array was refused as "a row must be a JSON object", the marked first row dropped as invalid JSON)."""
+    import codecs
+    import json
+
+    rows = [row(f"What is {i} + 1?", gt=str(i + 1), extra={"index": i}) for i in range(3)]
+    plain = make([write_jsonl(tmp_path / "a.jsonl", rows)], tokenizer)
+    array = tmp_path / "a.json"
+    array.write_text("\n  " + json.dumps(rows, indent=2), encoding="utf-8")
+    marked = tmp_path / "marked.jsonl"
+    marked.write_bytes(codecs.BOM_UTF8 + (tmp_path / "a.jsonl").read_bytes())
+    for other in (make([array], tokenizer), make([marked], tokenizer)):
+        assert [(s.prompt_ids, s.ground_truth, s.extra_info) for s in other] == [
+            (s.prompt_ids, s.ground_truth, s.extra_info) for s in plain
+        ]
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(rows, indent=2)[:-3])
+    with pytest.raises(
+        DataError, match=r"broken\.json: a JSON array of records that does not parse \(line \d+, column"
+    ):
+        make([broken], tokenizer)
+
+
 def test_chat_template_is_applied_with_generation_prompt(tmp_path, tokenizer):
     ds = make([write_jsonl(tmp_path / "a.jsonl", [row("What is 3 + 4?")])], tokenizer)
     text = tokenizer.decode(ds[0].prompt_ids)
