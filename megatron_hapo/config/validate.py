@@ -10,6 +10,7 @@ checkpoint paths must exist. Each issue names its key(s) and the file or overrid
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import ipaddress
 import json
@@ -127,9 +128,16 @@ def _positive(cfg: RootConfig, out: _Issues) -> None:
     for key, value in nonneg.items():
         if value < 0:
             out.add(key, f"must be >= 0, got {value}")
-    for key in ("collective_timeout_minutes", "lead_timeout_minutes"):
-        if getattr(cfg.trainer, key) <= 0:
-            out.add(f"trainer.{key}", f"must be > 0, got {getattr(cfg.trainer, key)}")
+    timeouts = {
+        "trainer.collective_timeout_minutes": cfg.trainer.collective_timeout_minutes,
+        "trainer.lead_timeout_minutes": cfg.trainer.lead_timeout_minutes,
+        "rollout.request_timeout_s": cfg.rollout.request_timeout_s,
+        "rollout.startup_timeout_s": cfg.rollout.startup_timeout_s,
+        "rollout.sync_timeout_s": cfg.rollout.sync_timeout_s,
+    }
+    for key, value in timeouts.items():
+        if value <= 0:
+            out.add(key, f"must be > 0, got {value}: a timeout has no 'off' value, set a positive limit")
 
 
 def _timeouts(cfg: RootConfig, out: _Issues) -> None:
@@ -499,6 +507,16 @@ def _reward(cfg: RootConfig, out: _Issues) -> None:
         out.add("reward.call_timeout_s", f"must be > 0, got {rw.call_timeout_s}")
     if rw.kill_grace_s < 0:
         out.add("reward.kill_grace_s", f"must be >= 0, got {rw.kill_grace_s}")
+    if rw.scorer != "auto" and not rw.extra_modules:
+        # with extra modules the workers register more scorers on import (ScorerPool names a missing one)
+        from megatron_hapo.rewards import registered  # the built-in scorers register on import; no torch
+
+        if rw.scorer not in registered():
+            out.add(
+                "reward.scorer",
+                f"no reward scorer named {rw.scorer!r}; the built-in ones are {sorted(registered())}: use one "
+                "of them or auto, or register yours in a module listed in reward.extra_modules",
+            )
     ov = rw.overlong
     if ov.enable:
         if not 0 < ov.buffer_len <= cfg.rollout.max_new_tokens:
@@ -510,6 +528,23 @@ def _reward(cfg: RootConfig, out: _Issues) -> None:
             out.add("reward.overlong.penalty_factor", f"must be >= 0, got {ov.penalty_factor}")
 
 
+def _eval(cfg: RootConfig, out: _Issues) -> None:
+    # the evaluator names each benchmark by its file stem (eval/benchmarks.py::benchmark_names); two files of
+    # one stem would otherwise fail only when the evaluator is built, after the model
+    first: dict[str, int] = {}
+    for i, f in enumerate(cfg.eval.benchmarks):
+        stem = Path(f).stem
+        if stem not in first:
+            first[stem] = i
+            continue
+        j = first[stem]
+        out.add(
+            [f"eval.benchmarks[{j}]", f"eval.benchmarks[{i}]"],
+            f"{cfg.eval.benchmarks[j]} and {f} both get the benchmark name {stem!r} (a benchmark is named by its "
+            "file stem, which names its metrics): rename one of the files, or drop one",
+        )
+
+
 def _optim(cfg: RootConfig, out: _Issues) -> None:
     o = cfg.optim
     if o.lr <= 0 or not 0 <= o.min_lr <= o.lr:
@@ -519,6 +554,12 @@ def _optim(cfg: RootConfig, out: _Issues) -> None:
         )
     if not all(0.0 <= b < 1.0 for b in o.betas):
         out.add("optim.betas", f"each beta must be in [0, 1), got {list(o.betas)}")
+    if o.decay_steps is not None and o.decay_steps <= o.warmup_steps:
+        out.add(
+            ["optim.decay_steps", "optim.warmup_steps"],
+            f"decay_steps={o.decay_steps} must be greater than warmup_steps={o.warmup_steps} (the decay counts "
+            "from step 0, warmup included): raise optim.decay_steps, or set it to null to decay until the run ends",
+        )
     if o.clip_grad < 0 or o.weight_decay < 0 or o.eps <= 0:
         out.add(
             ["optim.clip_grad", "optim.weight_decay", "optim.eps"],
@@ -637,6 +678,22 @@ def _fp8_rollout_model(cfg: RootConfig, out: _Issues) -> None:
         )
 
 
+def _reward_env(cfg: RootConfig, out: _Issues) -> None:
+    for i, module in enumerate(cfg.reward.extra_modules):
+        try:  # imports its parent packages, not the module
+            found = importlib.util.find_spec(module) is not None
+        except Exception as e:  # a parent package that is missing or fails to import, or a malformed name
+            found, why = False, f" ({type(e).__name__}: {e})"
+        else:
+            why = ""
+        if not found:
+            out.add(
+                f"reward.extra_modules[{i}]",
+                f"module {module!r} cannot be found here{why}; every reward worker imports it to register "
+                "custom scorers: check the name, install its package or put its directory on PYTHONPATH",
+            )
+
+
 def _logging_env(cfg: RootConfig, out: _Issues) -> None:
     if cfg.logging.wandb and importlib.util.find_spec("wandb") is None:
         out.add("logging.wandb", "needs the wandb package: pip install wandb, or set logging.wandb=false")
@@ -687,10 +744,12 @@ def _model_shape(cfg: RootConfig, out: _Issues, *, check_env: bool) -> ModelShap
     config_json = find_config_json(cfg.model.hf_path)
     if config_json is not None and (check_env or config_json.is_file()):
         try:
-            return read_model_shape(config_json, cfg.model.override_config)
+            shape = read_model_shape(config_json, cfg.model.override_config)
         except ValueError as e:
             out.add("model.hf_path", str(e))
             return None
+        _override_keys(cfg, config_json, out)
+        return shape
     if not check_env:
         # a dry run plans for a cluster: the model may live only there (the table is pure data, but its
         # package imports torch, so the real run's validation does not consult it)
@@ -703,6 +762,44 @@ def _model_shape(cfg: RootConfig, out: _Issues, *, check_env: bool) -> ModelShap
             cfg.model.hf_path,
         )
     return None
+
+
+# transformers 5 still takes these top-level RoPE keys, into rope_parameters (read_model_shape refuses them
+# for a config.json that keeps RoPE under rope_parameters)
+_LEGACY_ROPE_KEYS = frozenset({"rope_theta", "rope_scaling"})
+
+
+def _override_keys(cfg: RootConfig, config_json: Path, out: _Issues) -> None:
+    """A ``model.override_config`` key that neither the model's config.json nor its transformers config class
+    has is read by nothing (trainer, SGLang, HF export): a misspelling. Values are not looked into."""
+    overrides = cfg.model.override_config
+    try:
+        raw = json.loads(config_json.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # read_model_shape reports it
+    unknown = [k for k in overrides if k not in raw and k not in _LEGACY_ROPE_KEYS]
+    if not unknown:
+        return  # the usual case: no transformers import (it imports torch)
+    model_type = raw.get("model_type")
+    try:
+        import transformers
+
+        config = (
+            transformers.AutoConfig.for_model(model_type) if model_type else transformers.PretrainedConfig()
+        )
+    except Exception:  # no transformers here, or a model type it does not know: nothing to check against
+        return
+    known = set(raw) | set(config.to_dict()) | set(vars(config)) | set(type(config).attribute_map)
+    for key in unknown:
+        if key in known:
+            continue
+        close = difflib.get_close_matches(key, sorted(known | _LEGACY_ROPE_KEYS), n=1)
+        fix = f"did you mean {close[0]!r}?" if close else "check the key against the model's config.json"
+        out.add(
+            f"model.override_config.{key}",
+            f"{key!r} is not a field of {config_json} nor of the {type(config).__name__} of model type "
+            f"{model_type or '(none)'}, so nothing would read it; {fix}",
+        )
 
 
 def _model_fits(cfg: RootConfig, shape: ModelShape, out: _Issues) -> None:
@@ -789,10 +886,12 @@ def collect_issues(
     _sampling(cfg, out)
     _algorithm(cfg, out)
     _reward(cfg, out)
+    _eval(cfg, out)
     _optim(cfg, out)
     if check_env:
         _fp8_env(cfg, probe or EnvProbe(), out)
         _paths(cfg, out)
+        _reward_env(cfg, out)
         _logging_env(cfg, out)
         _fp8_rollout_model(cfg, out)
     # The model-fit rules need only the model's config.json (or the known-config table), not the machine,
@@ -808,6 +907,7 @@ ENV_CHECKS = (
     "Transformer Engine imports (precision.fp8, model.layer_spec=te, data.sequence_packing with layer_spec=auto)",
     "GPU compute capability and CUDA version for FP8",
     "data, benchmark, model and checkpoint paths exist",
+    "reward.extra_modules can be found (importlib.util.find_spec)",
     "logging.wandb package installed",
     "FP8 rollout architecture (reads the local config.json)",
 )

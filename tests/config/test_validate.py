@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from megatron_hapo.config import (
@@ -367,3 +369,84 @@ def test_a_local_mixture_of_experts_is_recognised_as_transformers_5_writes_it(tm
     assert "a mixture of experts (8 experts" in no_sp[0].message
     messages = [i.message for i in found("parallel.expert_model_parallel_size=3")]
     assert "EP=3 does not divide the 8 experts (from " in messages[-1], messages
+
+
+@pytest.mark.parametrize("decay", [0, -3, 10])
+def test_decay_steps_must_be_null_or_longer_than_the_warmup(decay):
+    """build_scheduler would read 0 as null and make -3 drop the LR to min_lr right after the warmup."""
+    found = issues([f"optim.decay_steps={decay}", "optim.warmup_steps=10"])
+    assert keys(found) == {"optim.decay_steps, optim.warmup_steps"}
+    assert f"decay_steps={decay} must be greater than warmup_steps=10" in found[0].message
+    assert "set it to null" in found[0].message
+    assert (
+        issues(["optim.decay_steps=11", "optim.warmup_steps=10"]) == issues(["optim.decay_steps=null"]) == []
+    )
+
+
+@pytest.mark.parametrize(
+    "key", ["rollout.request_timeout_s", "rollout.startup_timeout_s", "rollout.sync_timeout_s"]
+)
+@pytest.mark.parametrize("value", [0, -5])
+def test_rollout_timeouts_must_be_positive(key, value):
+    found = issues([f"{key}={value}"])
+    assert keys(found) == {key}
+    assert "must be > 0" in found[0].message
+
+
+def test_a_misspelled_override_config_key_is_refused(tmp_path):
+    """A key neither config.json nor the model's transformers config class has is read by nothing."""
+    d = tmp_path / "qwen2"
+    d.mkdir()
+    shape = {"num_attention_heads": 8, "num_key_value_heads": 2, "num_hidden_layers": 4}
+    (d / "config.json").write_text(
+        json.dumps({"model_type": "qwen2", **shape, "max_position_embeddings": 4096})
+    )
+    base = [f"model.hf_path={d}", "data.train_files=[t.jsonl]", "rollout.max_new_tokens=2048"]
+    base.append("reward.overlong.buffer_len=512")
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [*base, "model.override_config.num_hiden_layers=2"], world_size=8, check_env=False)
+    assert [i.key for i in e.value.issues] == ["model.override_config.num_hiden_layers"]
+    message = e.value.issues[0].message
+    assert "model type qwen2" in message and "did you mean 'num_hidden_layers'?" in message
+    assert "command line (model.override_config.num_hiden_layers=2)" in e.value.issues[0].source
+    ok = [
+        "model.override_config.num_hidden_layers=2",  # in config.json
+        "model.override_config.sliding_window=1024",  # not in this config.json, but a Qwen2Config field
+        "model.override_config.rope_scaling={rope_type: linear, factor: 2.0}",  # a dict is taken whole
+    ]
+    assert (
+        load_config(None, [*base, *ok], world_size=8, check_env=False).model.override_config[
+            "num_hidden_layers"
+        ]
+        == 2
+    )
+
+
+def test_an_unknown_scorer_or_missing_extra_module_is_refused_at_load():
+    found = issues(["reward.scorer=dapoo"])
+    assert keys(found) == {"reward.scorer"}
+    assert "'dapoo'" in found[0].message and "['dapo', 'math_verify']" in found[0].message
+    assert issues(["reward.scorer=dapo"]) == []
+    # custom scorers register in the workers' extra modules: the name is checked there, not here
+    assert issues(["reward.scorer=mine", "reward.extra_modules=[json]"]) == []
+    env = issues(
+        ["reward.extra_modules=[json, no_such_scorers, no_such_pkg.scorers]"], check_env=True, probe=probe()
+    )
+    extra = [i for i in env if i.key.startswith("reward.")]
+    assert [i.key for i in extra] == ["reward.extra_modules[1]", "reward.extra_modules[2]"]
+    assert "'no_such_scorers' cannot be found" in extra[0].message and "PYTHONPATH" in extra[0].message
+    assert "No module named 'no_such_pkg'" in extra[1].message
+
+
+def test_benchmarks_of_one_file_stem_are_refused_at_load():
+    from megatron_hapo.data import DataError
+    from megatron_hapo.eval.benchmarks import benchmark_names
+
+    files = ["b/a.parquet", "c.jsonl", "a.jsonl"]
+    with pytest.raises(DataError):  # what the evaluator would raise after the model is built
+        benchmark_names(files)
+    found = issues([f"eval.benchmarks=[{', '.join(files)}]"])
+    assert keys(found) == {"eval.benchmarks[0], eval.benchmarks[2]"}
+    assert "b/a.parquet and a.jsonl both get the benchmark name 'a'" in found[0].message
+    assert "command line (eval.benchmarks=" in found[0].source
+    assert issues(["eval.benchmarks=[b/a.parquet, c.jsonl]"]) == []
