@@ -500,7 +500,7 @@ class TrainerConfig:
 
 @dataclass
 class CheckpointConfig:
-    """Distributed checkpoints (model, optimizer, data order, RNG) under the run directory."""
+    """Distributed checkpoints (model, optimizer, LR schedule, data position, loop state) under the run directory."""
 
     dir: str = opt("${trainer.run_dir}/checkpoints", "checkpoint directory")
     save_every: int = opt(50, "save every N steps; 0 = only at the end")
