@@ -235,6 +235,7 @@ class SGLangFleet:
             if config.router and self._router is None:
                 self._router = self._launch_router()
                 self._wait_healthy(self._router, path="/health")
+                self._wait_routable()
         except BaseException:
             self.shutdown()
             raise
@@ -334,6 +335,27 @@ class SGLangFleet:
                 pass
             time.sleep(1.0)
         raise EngineError(f"{server.describe()} not healthy after {self.config.startup_timeout_s:.0f} s")
+
+    def _wait_routable(self) -> None:
+        """Until the router lists every server as a healthy worker. Its ``/health`` answers before it has
+        registered them (~0.5 s on 2 cores), and a request meanwhile fails with HTTP 503 "no available workers":
+        the first requests of every launched fleet were retried, each with a warning on the console."""
+        want = {s.url for s in self.servers}
+        deadline = time.monotonic() + self.config.startup_timeout_s
+        while time.monotonic() < deadline:
+            try:
+                workers = (
+                    self._session.get(self._router.url + "/workers", timeout=5).json().get("workers", [])
+                )
+            except (requests.RequestException, ValueError):
+                workers = []
+            if want <= {w.get("url", "").rstrip("/") for w in workers if w.get("is_healthy", True)}:
+                return
+            time.sleep(0.1)
+        raise EngineError(
+            f"{self._router.describe()} did not list the servers {sorted(want)} as healthy workers after "
+            f"{self.config.startup_timeout_s:.0f} s; see its log"
+        )
 
     # -- health --------------------------------------------------------------------------------------
     def _dead_servers(self) -> list[FleetProcess]:

@@ -43,6 +43,12 @@ def fleet(model_dir, tmp_path_factory):
         request_timeout_s=300,
     )
     f = SGLangFleet(config)
+    # started means routable: the router already lists both servers as healthy workers (its /health answered
+    # before it had registered them, and the first requests failed with HTTP 503 "no available workers")
+    workers = requests.get(
+        f.router.url + "/workers", headers={"Authorization": f"Bearer {f.api_key}"}, timeout=30
+    ).json()["workers"]
+    assert sorted(w["url"] for w in workers if w["is_healthy"]) == sorted(s.url for s in f.servers)
     yield f
     f.shutdown()
 
