@@ -61,6 +61,22 @@ def _scatter_sum(values: torch.Tensor, index: torch.Tensor, n_groups: int) -> to
     return torch.zeros(n_groups, dtype=values.dtype, device=values.device).index_add_(0, index, values)
 
 
+def _weighted_group_mean(
+    r: torch.Tensor, weights: torch.Tensor, index: torch.Tensor, n_groups: int
+) -> torch.Tensor:
+    """Σ_i w_i R_i / Σ_i w_i per group, computed as ref_g + Σ_i w_i (R_i − ref_g) / Σ_i w_i with ref_g the group's
+    largest reward: a group whose rewards are all equal gets that reward exactly, so its deviations, σ and
+    advantages are exactly 0, as the spec's σ_g = 0 makes them. (Summed directly, a reward that float32 does not
+    hold exactly, −1.1 say, left a mean 1e-7 off, and (R − μ)/(σ + 1e-6) turned that into advantages of 0.1.)
+    A group without weight gets its reference."""
+    ref = torch.full((n_groups,), -torch.inf, dtype=r.dtype, device=r.device).scatter_reduce(
+        0, index, r, reduce="amax"
+    )
+    ref = torch.where(torch.isfinite(ref), ref, torch.zeros_like(ref))  # a group of no response: unused
+    total = _scatter_sum(weights, index, n_groups)
+    return ref + _scatter_sum(weights * (r - ref[index]), index, n_groups) / total.clamp_min(1)
+
+
 def group_token_moments(rewards: torch.Tensor, mask: torch.Tensor, group_ids: GroupIds) -> GroupTokenMoments:
     """μ_g and σ_g of the reward broadcast to every valid token of the group (see :class:`GroupTokenMoments`).
 
@@ -72,7 +88,9 @@ def group_token_moments(rewards: torch.Tensor, mask: torch.Tensor, group_ids: Gr
     lengths = mask.to(work).sum(-1)
     index, n_groups = group_index(group_ids, r.shape[0], r.device)
     tokens = _scatter_sum(lengths, index, n_groups)
-    mean = _scatter_sum(lengths * r, index, n_groups) / tokens.clamp_min(1)
+    mean = torch.where(
+        tokens > 0, _weighted_group_mean(r, lengths, index, n_groups), torch.zeros_like(tokens)
+    )
     var = _scatter_sum(lengths * (r - mean[index]).square(), index, n_groups) / tokens.clamp_min(1)
     return GroupTokenMoments(index, mean, var.sqrt(), tokens)
 
@@ -85,7 +103,7 @@ def _grpo_per_response(
     Singleton groups use mean 0 and std 1 (so GRPO_i = R_i), as verl and the released HAPO do.
     """
     count = _scatter_sum(torch.ones_like(r), index, n_groups)
-    mean = _scatter_sum(r, index, n_groups) / count
+    mean = _weighted_group_mean(r, torch.ones_like(r), index, n_groups)
     var = _scatter_sum((r - mean[index]).square(), index, n_groups) / (count - 1).clamp_min(1)
     single = count < 2
     mean = torch.where(single, torch.zeros_like(mean), mean)

@@ -136,6 +136,25 @@ def test_edge_cases_are_defined_never_nan():
         grpo_advantage(torch.ones(3), mask, torch.tensor([0.0, 0.0, 1.0]))
 
 
+@pytest.mark.parametrize("value", [-1.1, 0.7, 0.1, -0.3, 1 / 3])
+def test_a_group_of_equal_rewards_float32_cannot_hold_has_zero_advantage(value):
+    """HAPO_SPEC: σ_g = 0 when a group's rewards are equal, so Â = 0. In float32 (the trainer's rewards) a reward
+    such as -1.1 (every response wrong and truncated under the overlong penalty) summed into a mean came out 1e-7
+    off; (R − μ)/(σ + 1e-6) made that an advantage of ~0.1 on every token of the group, all of one sign. Another
+    group beside it, of mixed rewards, keeps its advantages (float64 reference)."""
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(50, 4000, (32,), generator=gen)
+    mask = _mask(lengths.tolist(), int(lengths.max()))
+    mixed = torch.randn(16, generator=gen)
+    rewards = torch.cat([torch.full((16,), value), mixed]).float()
+    groups = [0] * 16 + [1] * 16
+    for adv in (token_level_group_average(rewards, mask, groups), grpo_advantage(rewards, mask, groups)):
+        assert adv.dtype == torch.float32 and (adv[:16] == 0).all()
+    ours = token_level_group_average(rewards, mask, groups)
+    exact = token_level_group_average(rewards.double(), mask, groups)
+    torch.testing.assert_close(ours[16:], exact[16:].float(), rtol=1e-5, atol=1e-6)
+
+
 def test_group_ids_of_any_hashable_type_agree():
     rewards, mask, groups = _tv3()
     a = token_level_group_average(rewards, mask, groups)
