@@ -53,7 +53,8 @@ class HapoLossConfig:
         TRAINER_ENTROPY_EPS, "floor of the entropy before its log in the normalisation (released: 1e-8)"
     )
     token_sum_norm_len: int | None = _opt(
-        None, "constant L_norm of agg=seq-mean-token-sum-norm; null = the padded response length"
+        None,
+        "constant L_norm of agg=seq-mean-token-sum-norm; null = rollout.max_new_tokens (the padded response length)",
     )
 
     @property

@@ -132,7 +132,8 @@ def learn(
     # 6. policy update: mini-batches x micro-batches through Megatron's schedule, fused HAPO loss
     t_upd = time.perf_counter()
     mini = [[on_rank(mb) for mb in m] for m in plan.update[rank]]
-    metrics = policy.update(exp, mini, new_stats, norm_len=max(seq_lens))
+    # L_norm of agg=seq-mean-token-sum-norm, unless set: the padded response length (Dr. GRPO's, verl's constant)
+    metrics = policy.update(exp, mini, new_stats, norm_len=cfg.rollout.max_new_tokens)
     t_upd = time.perf_counter() - t_upd
     # metrics of the whole batch (entropy/temperature token statistics all-reduced over DP ranks)
     metrics.update(batch_metrics(batch, exp.entropy, exp.mask, exp.temperature, group=policy.dp_group))

@@ -239,8 +239,9 @@ class Policy:
     ) -> dict[str, float]:
         """One optimizer step per entry of ``mini_batches`` (this rank's micro-batches of it; every DP rank
         passes the same number of micro-batches). ``norm_len``: L_norm of agg=seq-mean-token-sum-norm when
-        ``algorithm.loss.token_sum_norm_len`` is null (the step's longest sequence, what whole-step padding
-        used), so the loss does not depend on each micro-batch's padded length.
+        ``algorithm.loss.token_sum_norm_len`` is null (the trainer passes ``rollout.max_new_tokens``, the padded
+        response length of Dr. GRPO and verl), so the loss depends on neither a micro-batch's padded length nor
+        the step's longest prompt.
 
         The loss metrics (actor/*) are over every DP rank's micro-batches, combined as the configured policy
         loss declares (``self.loss_metrics``, algorithms/metric_reduction.py); optim/grad_norm is the mean

@@ -54,6 +54,33 @@ def test_two_hapo_updates_on_a_fixed_batch(tiny_model, device):
     assert m1["entropy/mean"] != m2["entropy/mean"]  # step 2's old-policy pass saw the updated model
 
 
+def test_token_sum_norm_divides_by_the_padded_response_length(tiny_model):
+    """agg=seq-mean-token-sum-norm with token_sum_norm_len null divides by rollout.max_new_tokens, as Dr. GRPO
+    and verl do: the same update as with that constant set (it divided by the step's longest prompt + response,
+    so the loss scale moved with the prompts)."""
+    from megatron_hapo.config import load_config
+    from megatron_hapo.trainer.loop import learn
+    from megatron_hapo.trainer.policy import Policy
+
+    base = [
+        f"model.hf_path={tiny_model}", "model.load_weights=true", "data.train_batch_size=4",
+        "data.mini_batch_size=4", "data.micro_batch_size=4", f"sampling.train.n={N_SAMPLES}", "optim.lr=1e-3",
+        "precision.dtype=fp32", "algorithm.loss.agg=seq-mean-token-sum-norm", "rollout.max_new_tokens=64",
+    ]  # fmt: skip
+    results = []
+    for extra in ([], ["algorithm.loss.token_sum_norm_len=64"], ["algorithm.loss.token_sum_norm_len=16"]):
+        cfg = load_config("examples/configs/tiny_cpu.yaml", base + extra, check_env=False)
+        with world_of_one(device_mode=True):
+            policy = Policy(cfg, optimizer_steps=1)
+            _, metrics = learn(cfg, policy, fixed_batch(300))
+            results.append(
+                (metrics["actor/pg_loss"], [p.detach().clone() for p in policy.model.parameters()])
+            )
+    (loss, params), (loss_64, params_64), (loss_16, _) = results
+    assert loss == loss_64 and all(torch.equal(a, b) for a, b in zip(params, params_64, strict=True))
+    assert loss_16 == pytest.approx(4 * loss)  # the constant is what divides
+
+
 @pytest.mark.gpu
 def test_megatron_on_cuda_bf16_matches_hf_on_cpu(tiny_model):
     """Megatron GPTModel (local spec, bf16, CUDA, NCCL) vs transformers (fp32, CPU) on the same weights."""
