@@ -356,6 +356,8 @@ def _evaluate_models(
 ) -> int:
     """Every ``--model`` on one engine (each after the first loaded into it), answers journaled as they are
     scored, the results file written after each model."""
+    import torch
+
     from megatron_hapo.rewards import ScorerPool
     from megatron_hapo.rollout.serving import report_server_args
     from megatron_hapo.sync import VERIFY_NAME, WeightSynchronizer
@@ -373,7 +375,9 @@ def _evaluate_models(
         engine = build_engine(args)
         if args.server_args:
             report_server_args(args.server_args, engine, "--server-arg")
-        loader = WeightSynchronizer(engine, None, verify_name=VERIFY_NAME)  # loads only (no transport)
+        # loads only (no transport); the read-back is exact at the engine's dtype when --dtype names it
+        dtype = getattr(torch, args.dtype) if args.dtype in ("bfloat16", "float16", "float32") else None
+        loader = WeightSynchronizer(engine, None, verify_name=VERIFY_NAME, engine_dtype=dtype)
         for i, model in enumerate(args.model):
             if i > 0:  # the same engine, this checkpoint's weights (read back and checked)
                 loader.load(model, version=model)

@@ -72,6 +72,6 @@ class RequestGate:
                 if left <= 0:
                     raise TimeoutError(
                         f"{self._running} generate request(s) still in flight after {timeout_s:.0f} s of "
-                        "waiting for them before a weight sync (rollout.sync_policy=wait; rollout.sync_timeout_s)"
+                        "waiting for them before a weight sync (rollout.sync_policy=wait; rollout.request_timeout_s)"
                     )
                 self._cond.wait(left)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import torch
+
 from megatron_hapo.rollout.types import RolloutEngine
 from megatron_hapo.sync.synchronizer import WeightSynchronizer
 from megatron_hapo.sync.transports import DiskTransport, DistributedTransport, TensorTransport, Transport
@@ -40,6 +42,9 @@ def make_synchronizer(
         transforms=transforms,
         timeout_s=r.request_timeout_s,
         verify_name=VERIFY_NAME,
+        engine_dtype=getattr(
+            torch, cfg.model.dtype
+        ),  # the engines serve model.dtype (attached ones: checked)
     )
 
 

@@ -37,6 +37,7 @@ from megatron_hapo.sync.weight_sync import SyncReport, WeightSyncError, verify_r
 logger = logging.getLogger(__name__)
 
 SyncPolicy = Literal["wait", "pause", "abort"]
+ABORT_REPEAT_S = 0.5  # sync_policy=abort: how often the abort goes out again while requests are in flight
 SYNC_POLICIES: tuple[str, ...] = ("wait", "pause", "abort")
 NamedTensors = Iterable[tuple[str, torch.Tensor]]
 Transform = Callable[[NamedTensors], Iterator[tuple[str, torch.Tensor]]]
@@ -55,12 +56,14 @@ class WeightSynchronizer:
         transforms: tuple[Transform, ...] = (),
         bucket_bytes: int = 512 << 20,
         verify_name: str | None = None,
+        engine_dtype: torch.dtype | None = None,
         timeout_s: float = 3600.0,
     ):
         if policy not in SYNC_POLICIES:
             raise ValueError(f"sync policy must be one of {', '.join(SYNC_POLICIES)}, got {policy!r}")
         self.engine, self.transport, self.policy = engine, transport, policy
         self.transforms, self.bucket_bytes, self.verify_name = transforms, bucket_bytes, verify_name
+        self.engine_dtype = engine_dtype  # what the read-back is rounded to (None: any engine dtype)
         self.timeout_s = timeout_s  # wait policy: bound on waiting for the running requests
         self.version: str | None = None  # the last version synced
 
@@ -119,7 +122,7 @@ class WeightSynchronizer:
             gate.release()
         report = SyncReport(version, time.perf_counter() - start, total, count, nbuckets, probe=probe)
         if self.verify_name is not None:
-            verify_read_back(self.engine, self.verify_name, report.probe)
+            verify_read_back(self.engine, self.verify_name, report.probe, self.engine_dtype)
         self.version = version
         logger.info(
             "weight sync %s via %s (policy %s): %d tensors, %.1f MB in %d buckets, %.2f s (%.2f GB/s)",
@@ -133,9 +136,27 @@ class WeightSynchronizer:
         if self.policy == "wait":
             gate.wait_idle(self.timeout_s)
         elif self.policy == "abort":
-            self.engine.abort_requests()
-            gate.wait_idle(self.timeout_s)  # aborted requests return, and wait at the gate
+            self._abort_until_idle(gate)
         # pause: the running requests are retracted by the pause below
+
+    def _abort_until_idle(self, gate) -> None:
+        """Abort the running requests, again every :data:`ABORT_REPEAT_S` until none is in flight (aborted
+        requests return, and wait at the gate). Once is not enough: a request already past the gate but not yet
+        at the engine (choosing its server, in a retry's back-off) arrives after the abort and would run to its
+        end on the old weights, the sync waiting for it (the fleet's cancel repeats its abort for the same
+        reason)."""
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            self.engine.abort_requests()
+            try:
+                gate.wait_idle(max(0.0, min(ABORT_REPEAT_S, deadline - time.monotonic())))
+                return
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(
+                        f"{gate.in_flight} generate request(s) still in flight after {self.timeout_s:.0f} s of "
+                        "aborting them before a weight sync (rollout.sync_policy=abort; rollout.request_timeout_s)"
+                    ) from None
 
     def _stream(self, named_tensors: NamedTensors) -> Iterable[tuple[str, torch.Tensor]]:
         for transform in self.transforms:
