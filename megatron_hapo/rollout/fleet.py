@@ -606,7 +606,7 @@ class SGLangFleet:
                     _, running = wait(running, timeout=ABORT_REPEAT_S)
                 for fut in pending:
                     if fut.cancelled():
-                        report.never_sent += 1
+                        report.never_sent.append(futures[fut])
                         continue
                     outputs = fut.result()
                     if outputs is None:

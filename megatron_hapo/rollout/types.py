@@ -185,13 +185,14 @@ class RolloutSample:
 @dataclass
 class GroupStreamReport:
     """What :meth:`SGLangFleet.generate_groups` generated: groups handed to ``accept`` (``completed``),
-    groups aborted mid-generation, finished too late to be used (``discarded``) or never sent, and every
-    response token the servers generated for the call (aborted partial responses included)."""
+    groups aborted mid-generation, finished too late to be used (``discarded``), the positions of the prompts
+    never sent (``never_sent``: the caller may submit them again), and every response token the servers
+    generated for the call (aborted partial responses included)."""
 
     completed: int = 0
     aborted: int = 0
     discarded: int = 0
-    never_sent: int = 0
+    never_sent: list[int] = field(default_factory=list)
     generated_tokens: int = 0
 
 

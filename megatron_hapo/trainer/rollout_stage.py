@@ -338,6 +338,9 @@ class RolloutStage:
                 return len(kept) >= want
 
             report = self.engine.generate_groups([p.prompt_ids for p in prompts], params, accept)
+            # prompts the fleet never sent (the step filled first) go back to the front of the spares: drawn
+            # from the order but unseen, they would be skipped for the rest of the epoch
+            self._spare_prompts[:0] = [prompts[i].index for i in sorted(report.never_sent)]
             submitted += count
             rounds += 1
             aborted += report.aborted

@@ -90,6 +90,32 @@ def test_over_sampling_fills_the_step_with_mixed_groups_and_no_aborted_response(
     assert restored.state_dict() == state
 
 
+def test_prompts_the_fleet_never_sent_are_kept_for_the_next_round(parts):
+    """One request at a time: the step fills before most of a round's prompts are sent. Those go back to the
+    front of the spare prompts (drawn from the order, never answered), and the next step submits them first;
+    they were skipped for the rest of the epoch."""
+    cfg, _, _, _, engine = parts
+    sampling = dataclasses.replace(cfg.algorithm.dynamic_sampling, over_sample=8)  # 32 prompts a round
+    cfg = dataclasses.replace(cfg, algorithm=dataclasses.replace(cfg.algorithm, dynamic_sampling=sampling))
+    stage = _stage(parts, cfg)
+    config = engine.config
+    engine.config = dataclasses.replace(config, max_concurrent_requests=1)
+    try:
+        batch = stage.collect_on_lead(None)
+        used = {p.index for p in batch.prompts}
+        spare = stage.state_dict()["spare_prompts"]
+        assert spare and not used & set(spare)
+        submitted_next = []
+        original = engine.generate_groups
+        engine.generate_groups = lambda prompts, *a: submitted_next.append(prompts) or original(prompts, *a)
+        stage.collect_on_lead(None)
+    finally:
+        engine.config = config
+        vars(engine).pop("generate_groups", None)
+    first_round = submitted_next[0]
+    assert [list(p) for p in first_round[: len(spare)]] == [list(stage.dataset[i].prompt_ids) for i in spare]
+
+
 def test_over_sampling_fails_clearly_when_the_bound_is_reached(parts):
     # one-token responses never hold an "Answer:" line: every group is all-wrong, none can be kept
     cfg = parts[0]
