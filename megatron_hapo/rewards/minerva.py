@@ -3,7 +3,8 @@ as used by the DAPO math scorer: answers are compared as strings after this norm
 
 ``normalize_final_answer("\\$1,000 dollars") == "1000"``, ``normalize_final_answer("\\boxed{\\frac12}") ==
 "\\frac{1}{2}"``. Behaviour matters more than elegance here: the reward a policy is trained on must
-match the published scorer, so the steps and their order follow the paper's listing.
+match the published scorer, so the steps and their order follow the paper's listing as verl's
+``math_dapo.py`` (the released HAPO's scorer) implements it, whose deleted words lack the paper's "ft".
 """
 
 from __future__ import annotations
@@ -29,9 +30,12 @@ _REPLACEMENTS: tuple[tuple[str, str], ...] = (
     ("\\text{m}", "\\text{}"),
 )
 
-# Units and filler words deleted wherever they occur (so "5 square units" and "5" compare equal).
+# Units and filler words deleted wherever they occur (so "5 square units" and "5" compare equal): verl's
+# math_dapo.py list, which the released HAPO scores with. The Minerva paper's listing also has "ft", which
+# deleted inside \left and \infty ("\left(-\infty, 3\right)" became "\le(-\iny,3\right)"), so that
+# such answers failed the string match and the Math-Verify fallback both.
 _DELETED: tuple[str, ...] = (
-    "square", "ways", "integers", "dollars", "mph", "inches", "ft", "hours", "km", "units", "\\ldots",
+    "square", "ways", "integers", "dollars", "mph", "inches", "hours", "km", "units", "\\ldots",
     "sue", "points", "feet", "minutes", "digits", "cents", "degrees", "cm", "gm", "pounds", "meters",
     "meals", "edges", "students", "childrentickets", "multiples", "\\text{s}", "\\text{.}", "\\text{\ns}",
     "\\text{}^2", "\\text{}^3", "\\text{\n}", "\\text{}", r"\mathrm{th}", r"^\circ", r"^{\circ}", r"\;",

@@ -28,6 +28,9 @@ from . import helper_scorers  # noqa: F401  (registers test_echo for routing tes
         ("Answer: 0.5", "\\frac{1}{2}", 1.0, "0.5"),  # HAPO's Math-Verify fallback
         ("Answer: 35", "34", -1.0, "35"),
         ("The answer is 34", "34", -1.0, "[INVALID]"),  # no Answer line, no fallback
+        # verl's math_dapo.py deletes no "ft": \left and \infty survive the normalisation
+        ("Answer: \\left(-\\infty, 3\\right)", "(-\\infty,3)", 1.0, "\\left(-\\infty,3\\right)"),
+        ("Answer: x \\in [2, \\infty)", "[2,\\infty)", 1.0, "x\\in[2,\\infty)"),
     ],
 )
 def test_dapo_scorer(response, gt, score, pred):
