@@ -227,7 +227,9 @@ def _answer(
     requests = []
     for s, text in zip(samples, texts, strict=True):
         p = chunk[s.prompt_index]
-        requests.append(ScoreRequest(p.data_source, text, p.ground_truth, dict(p.extra_info)))
+        # routed by data source whatever the pool's own scorer (a run's reward.scorer forces the training
+        # rewards' only): the trainer's eval/* and hapo-eval score a benchmark alike
+        requests.append(ScoreRequest(p.data_source, text, p.ground_truth, dict(p.extra_info), scorer=AUTO))
     scores = score_answers(requests, scorer)
     answers = {}
     for i, (index, prompt) in enumerate(zip(indices, chunk, strict=True)):

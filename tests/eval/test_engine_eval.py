@@ -216,6 +216,28 @@ def test_trainer_evaluator_from_config(engine, tokenizer, bench_files):
     assert Evaluator.from_config(cfg, tokenizer).run(engine, 4).settings.seed == 11
 
 
+def test_the_trainers_evaluation_routes_by_data_source_whatever_the_training_scorer(
+    engine, tokenizer, bench_files
+):
+    """reward.scorer forces the scorer of the training rewards only: the evaluator, handed the run's pool (forced
+    to the DAPO scorer here), still scores each benchmark by its data source, as hapo-eval does. (It scored the
+    checksum benchmark with the DAPO scorer: every answer wrong, no "Answer:" line.)"""
+    from megatron_hapo.config.schema import RootConfig
+    from megatron_hapo.rewards import ScorerPool
+
+    cfg = RootConfig()
+    cfg.eval.benchmarks = [str(bench_files["checksum"])]
+    cfg.eval.max_new_tokens, cfg.eval.max_prompts, cfg.sampling.val.n = 6, 4, 2
+    cfg.rollout.seeded_sampling = True  # both evaluations draw the same answers
+    pool = ScorerPool(1, scorer="dapo", extra_modules=["tests.eval.helper_scorers"])
+    try:
+        forced = Evaluator.from_config(cfg, tokenizer, scorer=pool).run(engine, 0)
+    finally:
+        pool.close()
+    routed = Evaluator.from_config(cfg, tokenizer).run(engine, 0)  # scored in this process, routed
+    assert forced.benchmarks["checksum"].avg_at_k == routed.benchmarks["checksum"].avg_at_k > 0
+
+
 def test_the_trainers_evaluation_continues_its_journal_after_a_resume(
     engine, tokenizer, bench_files, tmp_path, caplog
 ):
