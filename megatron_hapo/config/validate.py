@@ -514,7 +514,7 @@ def _reward(cfg: RootConfig, out: _Issues) -> None:
         if rw.scorer not in registered():
             out.add(
                 "reward.scorer",
-                f"no reward scorer named {rw.scorer!r}; the built-in ones are {sorted(registered())}: use one "
+                f"no reward scorer named {rw.scorer!r}; the registered ones are {sorted(registered())}: use one "
                 "of them or auto, or register yours in a module listed in reward.extra_modules",
             )
     ov = rw.overlong
