@@ -169,17 +169,25 @@ def build_run(cfg: RootConfig, plan: ResumePlan | None = None) -> Run:
 
 
 def close_run(run: Run) -> None:
-    """Close the metrics files, stop the scorer pool and shut the rollout engine (or fleet) down."""
-    run.logger.close()
-    if run.synchronizer is not None:  # its distributed group with the engine goes first
-        try:
-            run.synchronizer.close()
-        except Exception as exc:  # the servers may already be gone; never block the shutdown
-            logger.warning("closing the weight synchronizer failed: %s", exc)
-    # the pool before the engine: SGLang's own shutdown SIGKILLs every child of this process, the pool's workers
-    # included; shutdown_sglang_engine keeps it to the engine's processes, and this order keeps a clean stop
-    # should any engine ever do that again
+    """Close the metrics files, stop the scorer pool and shut the rollout engine (or fleet) down: every step
+    even when one before it fails (a full disk failing the plots, say); then the first failure is raised, but
+    the synchronizer's, which is only logged (its servers may be gone already)."""
+    # the synchronizer's distributed group with the engine goes first; the pool before the engine: SGLang's own
+    # shutdown SIGKILLs every child of this process, the pool's workers included; shutdown_sglang_engine keeps it
+    # to the engine's processes, and this order keeps a clean stop should any engine ever do that again
+    steps = [("the metrics files", run.logger.close, True)]
+    if run.synchronizer is not None:
+        steps.append(("the weight synchronizer", run.synchronizer.close, False))
     if run.rollout.scorer is not None:
-        run.rollout.scorer.close()
+        steps.append(("the scorer pool", run.rollout.scorer.close, True))
     if run.rollout.engine is not None:
-        run.rollout.engine.shutdown()
+        steps.append(("the rollout engine", run.rollout.engine.shutdown, True))
+    failure = None
+    for what, close, raises in steps:
+        try:
+            close()
+        except Exception as exc:  # the next ones still run: never leave the engine or the pool behind
+            logger.warning("closing %s failed: %s", what, exc)
+            failure = failure or (exc if raises else None)
+    if failure is not None:
+        raise failure

@@ -460,3 +460,24 @@ def test_close_run_stops_the_scorer_pool_before_the_engine():
     )
     close_run(run)
     assert calls == ["logger", "synchronizer", "scorer", "engine"]
+
+    # a failing step stops none after it (a full disk failed the plots, and the engine and pool were left
+    # running); the first failure is raised once all are closed, the synchronizer's only logged
+    def failing(name, error):
+        def fail():
+            calls.append(name)
+            raise error
+
+        return SimpleNamespace(close=fail, shutdown=fail)
+
+    calls.clear()
+    full = OSError(28, "No space left on device")
+    run.logger, run.synchronizer = failing("logger", full), failing("synchronizer", RuntimeError("gone"))
+    run.rollout.scorer = failing("scorer", RuntimeError("second"))
+    with pytest.raises(OSError) as raised:
+        close_run(run)
+    assert raised.value is full and calls == ["logger", "synchronizer", "scorer", "engine"]
+    calls.clear()
+    run.logger = run.rollout.scorer = part("fine")
+    close_run(run)  # the synchronizer's failure alone is logged, not raised
+    assert calls == ["fine", "synchronizer", "fine", "engine"]
