@@ -66,9 +66,8 @@ def compare_logprobs(
 
 
 def sample_temperatures(sample: RolloutSample, base_temperature: float) -> list[float]:
-    """The temperature each token was sampled at: the HAPO sampler's per-token values, else the base."""
-    return (
-        sample.temperatures
-        if sample.temperatures is not None
-        else [base_temperature] * len(sample.response_ids)
-    )
+    """The temperature of each token's log-prob: the HAPO sampler's per-token values, else the base; greedy
+    (base 0) has SGLang's log-probs of softmax(z), at T = 1."""
+    if sample.temperatures is not None:
+        return sample.temperatures
+    return [base_temperature if base_temperature > 0 else 1.0] * len(sample.response_ids)
