@@ -352,10 +352,7 @@ class RolloutStage:
         dropped_tokens = sum(_tokens(g) for g in raw) - _tokens(batch)
         n = self.cfg.sampling.train.n
         raw_n = sum(len(g) for g in raw)
-        metrics = {
-            k: sum(g.extra_metrics[k] for g in raw) / len(raw) if k.endswith("_mean") else sum(g.extra_metrics[k] for g in raw)
-            for k in raw[0].extra_metrics
-        }  # fmt: skip
+        metrics = _combined_metrics(raw)
         metrics.update({
             "dynamic_sampling/raw_acc_mean": sum(sum(g.accs) for g in raw) / max(raw_n, 1),
             "dynamic_sampling/raw_reward_mean": sum(sum(g.scores) for g in raw) / max(raw_n, 1),
@@ -420,7 +417,7 @@ class RolloutStage:
             batch.extra_metrics = _rollout_metrics(metrics, batch, want, time.perf_counter() - t0)
             return batch
         batch = self._generate_and_score(stats)
-        metrics = dict(batch.extra_metrics)
+        generated = [batch]  # every generation batch, refills included: the scorer's reward/* cover them all
         gen_batches, raw_n, tokens, dropped_tokens = 1, len(batch), _tokens(batch), 0
         if cfg_ds.enable:
             kept_batch: StepBatch | None = None
@@ -445,9 +442,12 @@ class RolloutStage:
                         "set it to 0 (unlimited), or disable algorithm.dynamic_sampling"
                     )
                 batch = self._generate_and_score(stats)
+                generated.append(batch)
                 tokens += _tokens(batch)
                 gen_batches += 1
             batch = kept_batch.first_groups(want)
+        metrics = _combined_metrics(generated)
+        if cfg_ds.enable:
             # over everything generated (reward/* and acc/* describe the kept groups only)
             metrics["dynamic_sampling/raw_acc_mean"] = raw_acc / max(raw_n, 1)
             metrics["dynamic_sampling/raw_reward_mean"] = raw_reward / max(raw_n, 1)
@@ -491,6 +491,18 @@ def _batch_from_dict(d: dict, dataset: PromptDataset) -> StepBatch:
         [RolloutSample(**s) for s in d["samples"]], dataset.batch(d["prompt_index"]), list(d["group_ids"]),
         list(d["scores"]), list(d["accs"]), dict(d["extra_metrics"]),
     )  # fmt: skip
+
+
+def _combined_metrics(batches: list[StepBatch]) -> dict[str, float]:
+    """The scorer's metrics (``reward/*``) of several scored batches as one: counters and seconds summed,
+    ``*_mean`` weighted by each batch's responses."""
+    total = sum(len(b) for b in batches)
+    return {
+        k: sum(b.extra_metrics[k] * len(b) for b in batches) / max(total, 1)
+        if k.endswith("_mean")
+        else sum(b.extra_metrics[k] for b in batches)
+        for k in batches[0].extra_metrics
+    }
 
 
 def _tokens(batch: StepBatch) -> int:

@@ -200,6 +200,33 @@ def test_dynamic_sampling_refills_and_trims():
         assert accs == {True, False}
 
 
+def test_dynamic_sampling_logs_the_scorer_metrics_of_every_generation_batch():
+    """reward/* (timeouts, errors, scoring time: counted; acc and score: per response) cover the refills too;
+    they described the first generation batch only."""
+
+    class Scorer(_FakeScorer):  # each call: one timeout, and the accuracy of its responses
+        def score(self, requests):
+            scored = super().score(requests)
+            accs = [s["acc"] for s in scored.results]
+            scored.metrics = lambda prefix: {
+                f"{prefix}timeouts": 1.0,
+                f"{prefix}acc_mean": sum(accs) / len(accs),
+            }
+            return scored
+
+    cfg = _cfg("algorithm.dynamic_sampling.enable=true", "algorithm.adaptive_temperature.enable=false",
+               "reward.overlong.enable=false")  # fmt: skip
+    order = PromptOrder(100, cfg.data.train_batch_size, seed=0)
+    engine = _FakeEngine(lambda call, i, j: (j == 0) and (call > 1 or i % 2 == 0))  # a refill is needed
+    m = (
+        RolloutStage(cfg, _FakeDataset(), order, _FakeTokenizer(), engine, Scorer())
+        .collect_on_lead(None)
+        .extra_metrics
+    )
+    assert m["dynamic_sampling/gen_batches"] == 2 and m["reward/timeouts"] == 2.0
+    assert m["reward/acc_mean"] == pytest.approx(m["dynamic_sampling/raw_acc_mean"])  # over all responses
+
+
 def test_dynamic_sampling_fails_clearly_when_it_cannot_fill():
     cfg = _cfg("algorithm.dynamic_sampling.enable=true", "algorithm.dynamic_sampling.max_num_gen_batches=3",
                "algorithm.adaptive_temperature.enable=false")  # fmt: skip
