@@ -478,7 +478,11 @@ class TrainerConfig:
     run_dir: str = opt(
         "runs/${trainer.experiment_name}", "directory for the resolved config, metrics, checkpoints"
     )
-    total_epochs: int = opt(1, "passes over the training prompts")
+    total_epochs: int = opt(
+        1,
+        "sets the run's length to total_epochs x steps per epoch when total_steps is null (one pass, unless "
+        "dynamic sampling draws extra batches for a step: then set total_steps)",
+    )
     total_steps: int | None = opt(None, "RL steps to run; null = total_epochs x steps per epoch")
     seed: int = opt(42, "global random seed")
     device: Literal["auto", "cuda", "cpu"] = opt("auto", "auto = cuda when available, else cpu (gloo)")
@@ -544,7 +548,7 @@ class EvalConfig:
     benchmarks: list[str] = opt(
         [], "benchmark files (.parquet/.jsonl, prompt schema as data); name = file stem"
     )
-    every: int = opt(5, "evaluate every N steps; 0 = never (HAPO: 5)")
+    every: int = opt(5, "evaluate every N steps and after the last; 0 = never (HAPO: 5)")
     before_train: bool = opt(True, "evaluate once before the first step")
     max_new_tokens: int | None = opt(None, "response limit for evaluation; null = rollout.max_new_tokens")
     max_prompts: int | None = opt(None, "evaluate only the first N prompts of each benchmark; null = all")

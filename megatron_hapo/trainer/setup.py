@@ -136,6 +136,13 @@ def build_run(cfg: RootConfig, plan: ResumePlan | None = None) -> Run:
         drop_last=cfg.data.drop_last,
     )  # fmt: skip
     total = cfg.trainer.total_steps or cfg.trainer.total_epochs * order.batches_per_epoch
+    if cfg.trainer.total_steps is None and cfg.algorithm.dynamic_sampling.enable and lead:
+        logger.warning(
+            "trainer.total_epochs=%d sets the run to %d steps (total_epochs x %d steps per epoch); dynamic sampling "
+            "draws extra prompts for a step's refills, so those steps pass over the prompts more than %d time(s): "
+            "set trainer.total_steps to choose the length yourself",
+            cfg.trainer.total_epochs, total, order.batches_per_epoch, cfg.trainer.total_epochs,
+        )  # fmt: skip
     updates = cfg.data.train_batch_size // cfg.data.mini_batch_size
     t0 = time.perf_counter()
     policy = Policy(cfg, optimizer_steps=total * updates)
