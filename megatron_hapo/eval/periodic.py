@@ -161,16 +161,17 @@ class Evaluator:
         self.history = EvalHistory.continued(path)
         self.journal_dir = None if journal_dir is None else Path(journal_dir)
 
-    def due(self, step: int) -> bool:
-        """Whether to evaluate after ``step`` (step 0 = before training)."""
+    def due(self, step: int, *, last: bool = False) -> bool:
+        """Whether to evaluate after ``step`` (step 0 = before training); ``last``: the run's last step, which
+        is evaluated whatever ``every`` (as it is saved: the weights the run ends with), unless ``every`` is 0."""
         if step == 0:
             return self.before_train
-        return self.every > 0 and step % self.every == 0
+        return self.every > 0 and (step % self.every == 0 or last)
 
-    def pending(self, step: int) -> bool:
+    def pending(self, step: int, *, last: bool = False) -> bool:
         """Due after ``step`` and not in the history: at a resume from step N's checkpoint, the evaluation of
         step N that a stop cancelled or a failure ended (the engine serves step N's weights again)."""
-        return self.due(step) and all(s != step for s, _ in self.history.results)
+        return self.due(step, last=last) and all(s != step for s, _ in self.history.results)
 
     def run(self, engine: RolloutEngine, step: int) -> EvalResult:
         """Evaluate now (whatever the schedule) and record the result under ``step``."""

@@ -213,7 +213,7 @@ def _run_steps(run: Run, plan: ResumePlan, stop: StopRequest) -> int:
     # eval.before_train, or the evaluation of the checkpoint's step that a stop or a failure cut short
     if (
         run.evaluator is not None
-        and run.evaluator.pending(state.step)
+        and run.evaluator.pending(state.step, last=state.step == run.total_steps)
         and (m := eval_metrics(run, state.step))
     ):
         run.logger.log(state.step, m)
@@ -273,7 +273,9 @@ def eval_metrics(run: Run, step: int) -> dict[str, float]:
     """``eval/<benchmark>/avg@k``, ``.../pass@j``, ... when evaluation is due after ``step`` (0 = before
     training); the lead evaluates with the rollout engine, which already serves this step's weights."""
     ev = run.evaluator
-    if ev is None or not ev.due(step) or run.rollout.ended:  # the engine generates no more
+    if (
+        ev is None or not ev.due(step, last=step == run.total_steps) or run.rollout.ended
+    ):  # no more generation
         return {}
     try:
         result = ev.run(run.rollout.engine, step)

@@ -167,7 +167,10 @@ def test_history_reports_per_benchmark_maxima_with_their_steps(tmp_path):
 def test_evaluator_schedule():
     ev = Evaluator([], None, every=5, before_train=True)
     assert [s for s in range(12) if ev.due(s)] == [0, 5, 10]
+    # the last step is evaluated too (it is saved: the weights the run ends with), unless every is 0
+    assert [s for s in range(13) if ev.due(s, last=s == 12)] == [0, 5, 10, 12]
     assert not Evaluator([], None, every=0, before_train=False).due(0)
+    assert not Evaluator([], None, every=0, before_train=False).due(12, last=True)
     with pytest.raises(ValueError):
         Evaluator([], None, every=-1)
 

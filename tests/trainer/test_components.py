@@ -319,7 +319,7 @@ def test_a_failed_evaluation_ends_the_rollouts_on_every_rank():
     from tests.parallel_utils import world_of_one
 
     class FailingEvaluator:
-        def due(self, step):
+        def due(self, step, last=False):
             return True
 
         def run(self, engine, step):
@@ -333,7 +333,7 @@ def test_a_failed_evaluation_ends_the_rollouts_on_every_rank():
         )
         stage.agree_on_failure()
         assert not stage.ended  # nothing failed yet
-        run = SimpleNamespace(evaluator=FailingEvaluator(), rollout=stage)
+        run = SimpleNamespace(evaluator=FailingEvaluator(), rollout=stage, total_steps=10)
         assert eval_metrics(run, 3) == {}
         stage.agree_on_failure()
         assert isinstance(stage.failure, EngineError) and stage.ended and not stage.cancelled

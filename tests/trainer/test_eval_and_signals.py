@@ -72,11 +72,11 @@ def _history(run_dir: Path) -> list[tuple[int, dict]]:
 
 
 def test_periodic_evaluation_before_training_and_every_two_steps_and_its_resume(model, benchmark, tmp_path):
-    """Evaluations at steps 0, 2, 4 of 5 (checkpoints at 2, 4 and 5), each one's answers journaled in
+    """Evaluations at steps 0, 2, 4 and 5, the last step (checkpoints at 2, 4 and 5), each one's answers journaled in
     eval_answers/. Then the run's copy is made into one that a stop ended during step 2's evaluation: no later
     checkpoint, step 2's evaluation not recorded, its journal holding one of the 4 prompts. The resume from step 2
     first finishes that evaluation from the journal (the other 3 prompts), then drops the interrupted attempt's
-    step-4 evaluation and its journal and repeats it: every evaluation and every training row as the uninterrupted
+    step-4 and step-5 evaluations and their journals and repeats them: every evaluation and every training row as the uninterrupted
     run had them (seeded evaluation, rollout.seeded_sampling), and the best over all of them reported."""
     run_dir = tmp_path / "run"
     # T 1 and top-p 1: unseeded, the repeated evaluation would draw other answers (the warm policy is confident)
@@ -87,20 +87,20 @@ def test_periodic_evaluation_before_training_and_every_two_steps_and_its_resume(
     rows = _rows(run_dir)
     assert [r["step"] for r in rows] == [0, 1, 2, 3, 4, 5]  # step 0: the evaluation before training
     evaluated = [r["step"] for r in rows if "eval/arith/avg@2" in r]
-    assert evaluated == [0, 2, 4]
+    assert evaluated == [0, 2, 4, 5]  # the last step too: the weights the run ends with
     for r in rows:
         if r["step"] in evaluated:
             assert 0.0 <= r["eval/arith/avg@2"] <= r["eval/arith/pass@2"] <= 1.0, r
             assert r["eval/arith/response_length"] > 0 and r["eval/wall_s"] > 0
     history = _history(run_dir)
-    assert [step for step, _ in history] == [0, 2, 4]
+    assert [step for step, _ in history] == [0, 2, 4, 5]
     assert all(result["settings"]["seed"] == 42 for _, result in history)  # trainer.seed (base.yaml)
     assert "best evaluation so far" in proc.stdout and "| arith |" in proc.stdout
     assert (
         f"eval after step 2: avg@2 {rows[2]['eval/avg@2']:.3f} (arith " in proc.stdout
     )  # the console's line
     answers = run_dir / "eval_answers"
-    assert sorted(p.name for p in answers.iterdir()) == ["step_0.jsonl", "step_2.jsonl", "step_4.jsonl"]
+    assert sorted(p.name for p in answers.iterdir()) == [f"step_{s}.jsonl" for s in (0, 2, 4, 5)]
 
     resumed = tmp_path / "resumed"
     shutil.copytree(run_dir, resumed)
@@ -132,7 +132,7 @@ def test_periodic_evaluation_before_training_and_every_two_steps_and_its_resume(
         differing = {k: d for k, d in differing.items() if not (want["step"] == 2 and k.startswith("eval/"))}
         assert not differing, (want["step"], differing)
     assert _history(resumed) == history
-    # the best over the three evaluations, one of them from the first attempt
+    # the best over the four evaluations, one of them from the first attempt
     best, step = max((r["benchmarks"]["arith"]["avg_at_k"], -step) for step, r in history)
     assert f"| arith | {100 * best:.2f} | {-step} |" in proc.stdout
 
