@@ -185,7 +185,7 @@ def test_a_failing_engine_process_shows_its_last_words_on_the_console(tmp_path):
         (["--max-prompts", "0"], "--max-prompts must be at least 1, got 0"),
         (["--scorer-workers", "-1"], "--scorer-workers must be at least 0, got -1"),
         (["--score-timeout", "0"], "--score-timeout must be a positive number of seconds, got 0.0"),
-        (["--reward-extra-modules", "no_such_pkg.scorers"], "--reward-extra-modules: no module 'no_such_pkg.scorers' on this Python's path (sys.path)"),
+        (["--reward-extra-modules", "no_such_pkg.scorers"], "--reward-extra-modules: module 'no_such_pkg.scorers' cannot be found on this Python's path (ModuleNotFoundError: No module named 'no_such_pkg')"),
         (["--run-dir", "{file}"], "--run-dir {file} is a file: give a directory (new or an evaluation's)"),
         (["--out", "{dir}"], "--out {dir} is a directory: give the JSON file's path, e.g. {dir}/results.json"),
     ],

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import importlib.util
 import json
 import logging
 import signal
@@ -232,13 +231,11 @@ def _check_arguments(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag} must be at least {low}, got {value}")
     if not args.score_timeout > 0:
         raise ValueError(f"--score-timeout must be a positive number of seconds, got {args.score_timeout}")
+    from megatron_hapo.rewards import extra_module_problem
+
     for module in args.reward_extra_modules:
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except ImportError:  # a parent package that does not exist
-            found = False
-        if not found:
-            raise ValueError(f"--reward-extra-modules: no module {module!r} on this Python's path (sys.path)")
+        if (problem := extra_module_problem(module)) is not None:
+            raise ValueError(f"--reward-extra-modules: {problem}")
     if args.run_dir is not None and Path(args.run_dir).exists() and not Path(args.run_dir).is_dir():
         raise ValueError(f"--run-dir {args.run_dir} is a file: give a directory (new or an evaluation's)")
     if args.out is not None and Path(args.out).is_dir():

@@ -679,18 +679,14 @@ def _fp8_rollout_model(cfg: RootConfig, out: _Issues) -> None:
 
 
 def _reward_env(cfg: RootConfig, out: _Issues) -> None:
+    from megatron_hapo.rewards import extra_module_problem  # the built-in scorers only; no torch
+
     for i, module in enumerate(cfg.reward.extra_modules):
-        try:  # imports its parent packages, not the module
-            found = importlib.util.find_spec(module) is not None
-        except Exception as e:  # a parent package that is missing or fails to import, or a malformed name
-            found, why = False, f" ({type(e).__name__}: {e})"
-        else:
-            why = ""
-        if not found:
+        if (problem := extra_module_problem(module)) is not None:
             out.add(
                 f"reward.extra_modules[{i}]",
-                f"module {module!r} cannot be found here{why}; every reward worker imports it to register "
-                "custom scorers: check the name, install its package or put its directory on PYTHONPATH",
+                f"{problem}; every reward worker imports it to register custom scorers: check the name, install "
+                "its package or put its directory on PYTHONPATH",
             )
 
 

@@ -109,3 +109,18 @@ def ground_truth_problem(data_source: str, ground_truth: str, scorer: str = AUTO
 
 def registered() -> list[str]:
     return list(_REGISTRY)
+
+
+def extra_module_problem(name: str) -> str | None:
+    """Why a module of ``reward.extra_modules`` / ``--reward-extra-modules`` (imported by every scorer worker to
+    register custom scorers) cannot be imported here, or None. Found without importing it
+    (``importlib.util.find_spec``, which imports its parent packages only)."""
+    import importlib.util
+
+    try:
+        if importlib.util.find_spec(name) is not None:
+            return None
+        why = ""
+    except Exception as e:  # a parent package that is missing or fails to import, or a malformed name
+        why = f" ({type(e).__name__}: {e})"
+    return f"module {name!r} cannot be found on this Python's path{why}"
