@@ -42,9 +42,8 @@ def make_synchronizer(
         transforms=transforms,
         timeout_s=r.request_timeout_s,
         verify_name=VERIFY_NAME,
-        engine_dtype=getattr(
-            torch, cfg.model.dtype
-        ),  # the engines serve model.dtype (attached ones: checked)
+        # the engines serve model.dtype (attached servers are checked to)
+        engine_dtype=getattr(torch, cfg.model.dtype),
     )
 
 

@@ -273,9 +273,8 @@ def eval_metrics(run: Run, step: int) -> dict[str, float]:
     """``eval/<benchmark>/avg@k``, ``.../pass@j``, ... when evaluation is due after ``step`` (0 = before
     training); the lead evaluates with the rollout engine, which already serves this step's weights."""
     ev = run.evaluator
-    if (
-        ev is None or not ev.due(step, last=step == run.total_steps) or run.rollout.ended
-    ):  # no more generation
+    last = step == run.total_steps  # evaluated whatever eval.every: the weights the run ends with
+    if ev is None or not ev.due(step, last=last) or run.rollout.ended:  # the engine generates no more
         return {}
     try:
         result = ev.run(run.rollout.engine, step)
